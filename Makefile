@@ -1,0 +1,45 @@
+# Two commands on a fresh machine:
+#   make run    set up .venv and run the whole pipeline on params.yaml (digits) with Snakemake
+#   make test   set up .venv and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+CORES ?= all
+STAMP := $(VENV)/.installed-stamp
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export GIT_PYTHON_REFRESH := quiet
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
+# pip's notes about this machine's unused local package folders are filtered; its errors are not.
+QUIET := 2>&1 | { grep -v "is ignored: it is neither" || true; }
+
+.PHONY: setup run test test-fast dvc bench mlflow clean-results
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip $(QUIET)
+	$(VENV)/bin/python -m pip install -q -e '.[test]' $(QUIET)
+	$(VENV)/bin/python -c "import rnas, torch, torchvision, foolbox, pyautoattack, mlflow, snakemake, dvc"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	snakemake --cores $(CORES)
+	@echo "report: results/report.md (and results/report.html if present)"
+
+test: setup
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q
+
+test-fast: setup
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -m "not slow"
+
+dvc: setup
+	dvc repro
+
+mlflow: setup
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+clean-results:
+	rm -rf results logs .snakemake/metadata mlflow.db mlartifacts

@@ -1,0 +1,251 @@
+"""Turn a network into a bound-propagation :class:`~rnas.bounds.graph.Graph`.
+
+``build_graph(model)`` walks the module structure (not a trace of the forward code) with one
+builder per module type, in the registry :data:`GRAPH_BUILDERS`: ``(graph, module, x) -> node``
+for single-input modules. Supported:
+
+* the cell space: :class:`~rnas.space.network.CellNetwork` (final networks) and
+  :class:`~rnas.space.supernet.Supernet` (mixed ops: Σ_o softmax(α)_o · op_o(x), with the same
+  op-mask skipping and PC-DARTS partial channels / edge normalization as its forward);
+  their ops ``ReLUConvBN``, ``DilConv``, ``SepConv``, ``FactorizedReduce``, ``Zero``,
+  ``Identity``, max and average pooling;
+* the fixed families: :class:`~rnas.models.NormalizedModel` around ``SmallCNN``,
+  ``PreActResNet18`` or ``WideResNet`` (dropout-free);
+* layers: ``Normalize``, ``Conv2d``, ``BatchNorm2d``, ``ReLU``, ``MaxPool2d``, ``AvgPool2d``,
+  ``Linear``, ``AdaptiveAvgPool2d(1)``, ``Identity``, ``Sequential``.
+
+Anything else raises :class:`~rnas.bounds.graph.UnsupportedModelError` naming the module.
+CellNetwork's drop path is a training-time regularizer and is not part of the graph (bounds
+are for the deterministic network); a model in training mode with drop path on is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from rnas.bounds import graph as g
+from rnas.models import NormalizedModel
+from rnas.models.normalize import Normalize
+from rnas.models.preact_resnet import PreActBlock, PreActResNet18
+from rnas.models.small_cnn import SmallCNN
+from rnas.models.wide_resnet import WideBasicBlock, WideResNet
+from rnas.space import ops as space_ops
+from rnas.space.network import Cell, CellNetwork
+from rnas.space.supernet import MixedOp, SearchCell, Supernet
+
+Builder = Callable[[g.Graph, nn.Module, int], int]
+GRAPH_BUILDERS: dict[type, Builder] = {}
+
+
+def register(*types: type) -> Callable[[Builder], Builder]:
+    def deco(fn: Builder) -> Builder:
+        for t in types:
+            GRAPH_BUILDERS[t] = fn
+        return fn
+    return deco
+
+
+def add_module(graph: g.Graph, module: nn.Module, x: int) -> int:
+    """Append ``module`` applied to node ``x``; returns its output node."""
+    for cls in type(module).__mro__:
+        if cls in GRAPH_BUILDERS:
+            return GRAPH_BUILDERS[cls](graph, module, x)
+    known = ", ".join(sorted(t.__name__ for t in GRAPH_BUILDERS))
+    raise g.UnsupportedModelError(
+        f"no bound-propagation rule for module {type(module).__name__}; supported: {known}")
+
+
+def build_graph(model: nn.Module) -> g.Graph:
+    """The graph of ``model`` (input: node 0, (B, C, H, W) in [0, 1]; output: logits)."""
+    graph = g.Graph()
+    x = graph.add(g.InputOp())
+    add_module(graph, model, x)
+    return graph
+
+
+# -- layers ---------------------------------------------------------------------------
+
+@register(nn.Sequential)
+def _sequential(graph, m, x):
+    for child in m:
+        x = add_module(graph, child, x)
+    return x
+
+
+@register(nn.Identity, space_ops.Identity)
+def _identity(graph, m, x):
+    return x
+
+
+@register(Normalize)
+def _normalize(graph, m, x):
+    return graph.add(g.ChannelAffine(1.0 / m.std, -m.mean / m.std), x)
+
+
+@register(nn.Conv2d)
+def _conv(graph, m, x):
+    return graph.add(g.Conv(m), x)
+
+
+@register(nn.BatchNorm2d)
+def _bn(graph, m, x):
+    return graph.add(g.BatchNorm(m), x)
+
+
+@register(nn.ReLU)
+def _relu(graph, m, x):
+    return graph.add(g.ReLU(), x)
+
+
+@register(nn.MaxPool2d)
+def _maxpool(graph, m, x):
+    return graph.add(g.MaxPool(m), x)
+
+
+@register(nn.AvgPool2d)
+def _avgpool(graph, m, x):
+    return graph.add(g.AvgPool(m), x)
+
+
+@register(nn.Linear)
+def _linear(graph, m, x):
+    return graph.add(g.Linear(m), x)
+
+
+@register(nn.AdaptiveAvgPool2d)
+def _gap(graph, m, x):
+    if m.output_size not in (1, (1, 1)):
+        raise g.UnsupportedModelError(f"AdaptiveAvgPool2d({m.output_size}) (only global pooling)")
+    return graph.add(g.GlobalAvgPool(), x)  # (B, C): the networks flatten right after it
+
+
+@register(space_ops.Zero)
+def _zero(graph, m, x):
+    return graph.add(g.Zero(m.stride), x)
+
+
+@register(space_ops.FactorizedReduce)
+def _factorized_reduce(graph, m, x):
+    x = graph.add(g.ReLU(), x)
+    a = graph.add(g.Conv(m.conv_1), x)
+    b = graph.add(g.Conv(m.conv_2), graph.add(g.Shift(), x))
+    return graph.add(g.BatchNorm(m.bn), graph.add(g.Concat(), a, b))
+
+
+# -- cell space -----------------------------------------------------------------------
+
+def _mixed_op(graph: g.Graph, m: MixedOp, x: int, weights, active) -> int:
+    """Σ_o w_o · op_o(x) over the ops not switched off (as ``MixedOp.forward``)."""
+    def mix(inp: int) -> int:
+        terms = [graph.add(g.Scale(w), add_module(graph, op, inp))
+                 for i, (w, op) in enumerate(zip(weights, m.ops)) if active is None or active[i]]
+        if not terms:  # every op switched off: a zero edge
+            return graph.add(g.Zero(m.stride), inp)
+        return terms[0] if len(terms) == 1 else graph.add(g.Add(), *terms)
+
+    if m.k == 1:
+        return mix(x)
+    # PC-DARTS: the first C/K channels go through the ops, the rest bypass, then shuffle.
+    xa = graph.add(g.SliceChannels(m.k, first=True), x)
+    xb = graph.add(g.SliceChannels(m.k, first=False), x)
+    out = mix(xa)
+    if m.bypass_pool is not None:
+        xb = graph.add(g.MaxPool(m.bypass_pool), xb)
+    return graph.add(g.ChannelShuffle(m.k), graph.add(g.Concat(), out, xb))
+
+
+def _search_cell(graph: g.Graph, cell: SearchCell, s0: int, s1: int, weights, edge_weights, active) -> int:
+    states = [add_module(graph, cell.preprocess0, s0), add_module(graph, cell.preprocess1, s1)]
+    offset = 0
+    for _node in range(cell.nodes):
+        terms = []
+        for j, h in enumerate(states):
+            e = offset + j
+            out = _mixed_op(graph, cell.edges[e], h, weights[e], None if active is None else active[e])
+            if edge_weights is not None:
+                out = graph.add(g.Scale(edge_weights[e]), out)
+            terms.append(out)
+        offset += len(states)
+        states.append(graph.add(g.Add(), *terms))
+    return graph.add(g.Concat(), *states[-cell.nodes:])
+
+
+@register(Supernet)
+def _supernet(graph, m, x):
+    w_n, w_r = m.op_weights(False), m.op_weights(True)
+    e_n, e_r = m.edge_weights(False), m.edge_weights(True)
+    a_n, a_r = m.active_ops(False), m.active_ops(True)
+    s0 = s1 = add_module(graph, m.stem, add_module(graph, m.normalize, x))
+    for cell in m.cells:
+        w, e, a = (w_r, e_r, a_r) if cell.reduction else (w_n, e_n, a_n)
+        s0, s1 = s1, _search_cell(graph, cell, s0, s1, w, e, a)
+    return graph.add(g.Linear(m.classifier), graph.add(g.GlobalAvgPool(), s1))
+
+
+def _cell(graph: g.Graph, cell: Cell, s0: int, s1: int) -> int:
+    if cell.training and cell.drop_prob > 0:
+        raise g.UnsupportedModelError("CellNetwork in training mode with drop path (bounds need eval mode)")
+    states = [add_module(graph, cell.preprocess0, s0), add_module(graph, cell.preprocess1, s1)]
+    for node in range(len(cell.ops) // 2):
+        a, b = (add_module(graph, cell.ops[j], states[cell.indices[j]]) for j in (2 * node, 2 * node + 1))
+        states.append(graph.add(g.Add(), a, b))
+    return graph.add(g.Concat(), *(states[i] for i in cell.concat))
+
+
+@register(CellNetwork)
+def _cell_network(graph, m, x):
+    s0 = s1 = add_module(graph, m.stem, add_module(graph, m.normalize, x))
+    for cell in m.cells:
+        s0, s1 = s1, _cell(graph, cell, s0, s1)
+    return graph.add(g.Linear(m.classifier), graph.add(g.GlobalAvgPool(), s1))
+
+
+# -- fixed families -------------------------------------------------------------------
+
+@register(NormalizedModel)
+def _normalized_model(graph, m, x):
+    return add_module(graph, m.net, add_module(graph, m.normalize, x))
+
+
+@register(SmallCNN)
+def _small_cnn(graph, m, x):
+    return graph.add(g.Linear(m.classifier), graph.add(g.GlobalAvgPool(), add_module(graph, m.features, x)))
+
+
+@register(PreActBlock)
+def _preact_block(graph, m, x):
+    pre = graph.add(g.ReLU(), graph.add(g.BatchNorm(m.bn1), x))
+    shortcut = graph.add(g.Conv(m.shortcut), pre) if m.shortcut is not None else x
+    out = graph.add(g.Conv(m.conv1), pre)
+    out = graph.add(g.Conv(m.conv2), graph.add(g.ReLU(), graph.add(g.BatchNorm(m.bn2), out)))
+    return graph.add(g.Add(), out, shortcut)
+
+
+@register(PreActResNet18)
+def _preact_resnet(graph, m, x):
+    x = graph.add(g.Conv(m.conv1), x)
+    for layer in (m.layer1, m.layer2, m.layer3, m.layer4):
+        x = add_module(graph, layer, x)
+    x = graph.add(g.ReLU(), graph.add(g.BatchNorm(m.bn), x))
+    return graph.add(g.Linear(m.linear), graph.add(g.GlobalAvgPool(), x))
+
+
+@register(WideBasicBlock)
+def _wide_block(graph, m, x):
+    if m.drop_rate > 0 and m.training:
+        raise g.UnsupportedModelError("WideResNet dropout in training mode")
+    pre = graph.add(g.ReLU(), graph.add(g.BatchNorm(m.bn1), x))
+    shortcut = x if m.conv_shortcut is None else graph.add(g.Conv(m.conv_shortcut), pre)
+    out = graph.add(g.ReLU(), graph.add(g.BatchNorm(m.bn2), graph.add(g.Conv(m.conv1), pre)))
+    return graph.add(g.Add(), graph.add(g.Conv(m.conv2), out), shortcut)
+
+
+@register(WideResNet)
+def _wide_resnet(graph, m, x):
+    x = graph.add(g.Conv(m.conv1), x)
+    for group in (m.block1, m.block2, m.block3):
+        x = add_module(graph, group, x)
+    x = graph.add(g.ReLU(), graph.add(g.BatchNorm(m.bn), x))
+    return graph.add(g.Linear(m.fc), graph.add(g.GlobalAvgPool(), x))

@@ -1,0 +1,66 @@
+"""The ``rnas`` command: one subcommand per stage (a registry, not an if-chain)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # foolbox imports GitPython
+
+# subcommand -> (module under rnas.stages, help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate-params": ("validate", "check a params file (exit 0 valid, 2 invalid)"),
+    "init-store": ("store", "create the MLflow store before parallel jobs"),
+    "teacher": ("teacher", "train the robust teacher"),
+    "search": ("search", "search an architecture for one run and seed"),
+    "retrain": ("retrain", "retrain a found architecture adversarially"),
+    "evaluate": ("evaluate", "attack a trained model, write eval.json"),
+    "report": ("report", "compare every run in results/report.md"),
+    "arch": ("arch", "parameter count / MACs of an architecture file"),
+    "dvc-yaml": ("dvcyaml", "write dvc.yaml for a params file"),
+    "params-schema": ("schema", "write the JSON schema of params files"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rnas", description="Robust neural architecture search pipeline")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        importlib.import_module(f"rnas.stages.{module}").add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from rnas.checkpoint import CheckpointError
+    from rnas.config import ParamsError
+    from rnas.data import DatasetNotFoundError
+    from rnas.space.genotype import GenotypeError
+    from rnas.distill import DistillationError
+    from rnas.tracking import Terminated, install_sigterm_handler
+    from rnas.training.trainer import NonFiniteLossError
+
+    install_sigterm_handler()
+    module = importlib.import_module(f"rnas.stages.{COMMANDS[args.command][0]}")
+    try:
+        return module.run(args)
+    except ParamsError as err:
+        print(f"rnas: invalid params: {err}", file=sys.stderr)
+        return 2
+    except (DatasetNotFoundError, CheckpointError, GenotypeError, DistillationError, NonFiniteLossError) as err:
+        print(f"rnas {args.command}: {err}", file=sys.stderr)
+        return 1
+    except Terminated:
+        print(f"rnas {args.command}: terminated by SIGTERM", file=sys.stderr)
+        return 143
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,609 @@
+"""Adversarial attacks behind one registry, with per-example robust flags.
+
+Input contract (DESIGN.md §2, §5; STYLE.md "A stated input contract"):
+
+* ``x`` is a float tensor ``(B, C, H, W)`` with values in ``[0, 1]``; normalization is a layer
+  inside the model, so every ε is in pixel units (``8/255`` is 8/255 of the pixel range).
+* ``y`` holds integer class labels ``(B,)``; they are cast to int64.
+* The model maps ``x`` to logits ``(B, K)`` and lives on ``x.device`` (the device is never chosen
+  here). The caller puts it in eval mode; attacks leave its parameters, their ``.grad``, their
+  ``requires_grad`` flags and every module's train/eval mode as they found them.
+
+Two layers:
+
+* ``*_adv(model, x, y, epsilon, **options) -> x_adv`` return the adversarial points, projected
+  onto the ε-ball (L∞ or L2, by the attack's threat model) intersected with ``[0, 1]``. For an
+  example the attack could not break, ``x_adv`` is some point of the ball (often ``x`` itself).
+* ``*_flags(model, x, y, epsilon, **options) -> Tensor[bool]`` (``B``,) are the per-example
+  robust flags: True when the model predicts the true label on the clean input *and* on
+  ``x_adv``. They are always recomputed here from ``x_adv`` with our own forward pass, never
+  taken from the attack library's bookkeeping.
+
+``ATTACKS`` maps a name to an :class:`AttackSpec` (name, threat model, flag function, x_adv
+function); :func:`get_attack` resolves a name or raises ``ValueError`` listing the known ones.
+
+The foolbox- and AutoAttack-based attacks are imported lazily, so ``import rnas.evaluation``
+stays light. :func:`pgd_attack` is a dependency-free PGD (Madry et al., 2018) for the trainer
+and as a cross-check of foolbox's ``LinfPGD``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import inspect
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ATTACKS",
+    "AttackSpec",
+    "ThreatModel",
+    "autoattack_adv",
+    "autoattack_flags",
+    "clean_flags",
+    "cw_l2_adv",
+    "cw_l2_flags",
+    "deepfool_l2_adv",
+    "deepfool_l2_flags",
+    "fgsm_adv",
+    "fgsm_flags",
+    "get_attack",
+    "pgd_adv",
+    "pgd_attack",
+    "pgd_flags",
+    "predict",
+    "project",
+    "rng_scope",
+    "robust_flags",
+    "run_attack",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 256
+# Tolerance (pixel units) for a library's x_adv lying outside the ε-ball or [0, 1] before we
+# project it back. Float round-off stays far below it; anything above is a bug, not noise.
+_BOUND_TOLERANCE = 1e-4
+
+
+class ThreatModel(enum.Enum):
+    """The norm ball an attack's perturbation lives in."""
+
+    LINF = "linf"
+    L2 = "l2"
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A registered attack.
+
+    ``fn(model, x, y, epsilon, **options) -> Tensor[bool]`` gives per-example robust flags;
+    ``adv_fn`` (same arguments) gives the adversarial points the flags were computed on.
+    ``threat`` is None only for ``clean`` (no perturbation). ``randomized`` says whether the
+    attack draws random numbers (random start, restarts, AutoAttack's internal seeding), i.e.
+    whether a caller should fix the seed (:func:`rng_scope`) to make it reproducible.
+    """
+
+    name: str
+    threat: ThreatModel | None
+    fn: Callable[..., Tensor]
+    adv_fn: Callable[..., Tensor] | None = None
+    randomized: bool = False
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers shared by all attacks.
+
+
+def _check_inputs(model: nn.Module, x: Tensor, y: Tensor, epsilon: float | None = None) -> Tensor:
+    """Validate the input contract; return ``y`` as int64 on ``x.device``."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError("x must be a floating-point tensor (B, C, H, W) with values in [0, 1]")
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.dtype.is_complex:
+        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    if x.numel() and (x.min().item() < 0.0 or x.max().item() > 1.0):
+        raise ValueError(
+            "inputs must lie in [0, 1] (normalization belongs inside the model); "
+            f"got min {x.min().item():.4g}, max {x.max().item():.4g}"
+        )
+    if epsilon is not None and not (math.isfinite(epsilon) and epsilon >= 0):
+        raise ValueError(f"epsilon must be a finite number >= 0 (pixel units), got {epsilon}")
+    param = next(model.parameters(), None)
+    if param is not None and param.device != x.device:
+        raise ValueError(
+            f"model is on {param.device} but the inputs are on {x.device}; attacks run on the "
+            "inputs' device and never move the model"
+        )
+    return y.to(device=x.device, dtype=torch.int64)
+
+
+def _chunks(n: int, batch_size: int) -> Iterator[slice]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch_size: int = DEFAULT_BATCH_SIZE) -> Tensor:
+    """Top-1 predicted labels ``(B,)`` (int64) of ``x``, computed in chunks."""
+    out = [model(x[s]).argmax(dim=1) for s in _chunks(x.shape[0], batch_size)]
+    if not out:
+        return torch.zeros(0, dtype=torch.int64, device=x.device)
+    return torch.cat(out)
+
+
+def robust_flags(
+    model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, batch_size: int = DEFAULT_BATCH_SIZE
+) -> Tensor:
+    """Per-example flags ``(B,)``: correct on the clean ``x`` and on ``x_adv``."""
+    y = y.to(device=x.device, dtype=torch.int64)
+    return (predict(model, x, batch_size) == y) & (predict(model, x_adv, batch_size) == y)
+
+
+def project(x_adv: Tensor, x: Tensor, epsilon: float, threat: ThreatModel) -> Tensor:
+    """Project ``x_adv`` onto the ``threat``-ball of radius ``epsilon`` around ``x``, then [0, 1].
+
+    Clipping to the box after the ball keeps the point in the ball: for L∞ because ``x`` is in
+    the box, for L2 because clipping towards ``x``'s box only shrinks every coordinate's offset.
+    """
+    delta = x_adv - x
+    if threat is ThreatModel.LINF:
+        delta = delta.clamp(-epsilon, epsilon)
+    elif threat is ThreatModel.L2:
+        norms = delta.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
+        factor = (epsilon / norms).clamp(max=1.0)
+        delta = delta * factor.view(-1, *([1] * (x.dim() - 1)))
+    else:  # pragma: no cover - enum is closed
+        raise ValueError(f"unknown threat model {threat!r}")
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def _perturbation_size(x_adv: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:
+    delta = (x_adv - x).flatten(1)
+    if threat is ThreatModel.LINF:
+        return delta.abs().amax(dim=1)
+    return delta.norm(p=2, dim=1)
+
+
+def _checked_projection(
+    x_adv: Tensor, x: Tensor, epsilon: float, threat: ThreatModel, source: str
+) -> Tensor:
+    """Project a library's output; fail loudly if it was more than round-off outside."""
+    x_adv = x_adv.detach().to(dtype=x.dtype)
+    excess = (_perturbation_size(x_adv, x, threat) - epsilon).max().item() if len(x) else 0.0
+    box = max(-x_adv.min().item(), x_adv.max().item() - 1.0, 0.0) if len(x) else 0.0
+    if excess > _BOUND_TOLERANCE or box > _BOUND_TOLERANCE:
+        raise RuntimeError(
+            f"{source} returned points outside the {threat.value} ε-ball or [0, 1] "
+            f"(norm excess {excess:.3g}, box excess {box:.3g})"
+        )
+    return project(x_adv, x, epsilon, threat)
+
+
+@contextlib.contextmanager
+def _preserve_modes(model: nn.Module, eval_mode: bool = False) -> Iterator[None]:
+    """Restore every module's ``training`` flag on exit (optionally switch to eval inside)."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        if eval_mode:
+            model.eval()
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextlib.contextmanager
+def _frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Run a third-party attack without touching the model's parameters' state.
+
+    foolbox and AutoAttack call ``loss.backward()``, which would accumulate ``.grad`` on every
+    parameter. Inside this scope parameters do not require grad (which also skips computing
+    those gradients); on exit ``requires_grad``, ``.grad`` and the train/eval modes are restored.
+    """
+    params = list(model.parameters())
+    saved = [(p, p.requires_grad, p.grad) for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
+        with _preserve_modes(model):
+            yield
+    finally:
+        for p, requires_grad, grad in saved:
+            p.requires_grad_(requires_grad)
+            p.grad = grad
+
+
+@contextlib.contextmanager
+def rng_scope(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Seed torch's global RNG for the body and restore the caller's RNG state on exit.
+
+    foolbox's random starts and AutoAttack's sub-attacks draw from (and AutoAttack re-seeds)
+    the global generator; forking keeps an evaluation reproducible without disturbing the
+    random stream of whoever called it.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        fork = torch.random.fork_rng(devices=[index], device_type="cuda")
+    else:
+        fork = torch.random.fork_rng(devices=[])
+    with fork:
+        torch.manual_seed(seed)
+        yield
+
+
+def _foolbox():
+    # GitPython (a foolbox dependency) refuses to import without a git binary unless told to.
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    import foolbox
+
+    return foolbox
+
+
+def _run_foolbox(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epsilon: float,
+    attack,
+    threat: ThreatModel,
+    batch_size: int,
+) -> Tensor:
+    """Run a foolbox attack chunk by chunk; return its ε-clipped points (B, C, H, W)."""
+    fb = _foolbox()
+    out = torch.empty_like(x)
+    with _frozen_parameters(model), torch.enable_grad():
+        fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
+        for s in _chunks(x.shape[0], batch_size):
+            _raw, clipped, _success = attack(fmodel, x[s], y[s], epsilons=epsilon)
+            out[s] = _checked_projection(clipped, x[s], epsilon, threat, type(attack).__name__)
+    return out
+
+
+def _restarted(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    restarts: int,
+    run: Callable[[Tensor, Tensor], Tensor],
+    batch_size: int,
+) -> Tensor:
+    """Run ``run(x, y) -> x_adv`` up to ``restarts`` times, keeping each example's worst point.
+
+    Restart r only attacks the examples still classified correctly after restarts < r, and an
+    example's returned point is the first one that fooled the model (or the last tried). So
+    "model correct on the returned point" equals the AND of the per-restart robust flags.
+    """
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
+    best = run(x, y)
+    alive = predict(model, best, batch_size) == y
+    for _ in range(restarts - 1):
+        idx = alive.nonzero().flatten()
+        if idx.numel() == 0:
+            break
+        candidate = run(x[idx], y[idx])
+        fooled = predict(model, candidate, batch_size) != y[idx]
+        best[idx[fooled]] = candidate[fooled]
+        alive[idx[fooled]] = False
+    return best
+
+
+# --------------------------------------------------------------------------------------------
+# Pure-torch PGD (trainer and cross-check).
+
+
+def _margin_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Carlini–Wagner margin max_{k≠y} z_k − z_y, summed over the batch (maximized by PGD)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
+    return (other - true).sum()
+
+
+_PGD_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "ce": lambda logits, y: F.cross_entropy(logits, y, reduction="sum"),
+    "margin": _margin_loss,
+}
+
+
+def pgd_attack(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epsilon: float,
+    step_size: float,
+    steps: int,
+    random_start: bool = True,
+    loss: str | Callable[[Tensor, Tensor], Tensor] = "ce",
+    generator: torch.Generator | None = None,
+    eval_mode: bool = True,
+) -> Tensor:
+    """L∞ projected gradient ascent (Madry et al., 2018); returns ``x_adv`` (B, C, H, W).
+
+    x⁰ = x + U(−ε, ε) (if ``random_start``), then ``steps`` times
+    x^{t+1} = Π_{B∞(x, ε) ∩ [0,1]}( x^t + step_size · sign ∇ₓ L(f(x^t), y) ).
+
+    Args:
+        epsilon: L∞ radius in pixel units. ``step_size``: absolute step in pixel units.
+        loss: ``"ce"`` (cross-entropy), ``"margin"`` (C&W logit margin), or a callable
+            ``(logits, y) -> scalar`` to maximize (``y`` is passed through untouched, so e.g.
+            TRADES can pass the clean probabilities and a KL divergence).
+        generator: draws the random start (must live on ``x.device``); the global RNG if None.
+        eval_mode: run the attack with the model in eval mode (BN running statistics, no
+            dropout, no BN statistic updates). Every module's mode is restored on return.
+
+    Gradients are taken with ``torch.autograd.grad`` w.r.t. the input only, so no parameter
+    ``.grad`` is created or changed; works when called under ``torch.no_grad()``.
+    """
+    if not (math.isfinite(epsilon) and epsilon >= 0):
+        raise ValueError(f"epsilon must be a finite number >= 0 (pixel units), got {epsilon}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if isinstance(loss, str):
+        if loss not in _PGD_LOSSES:
+            raise ValueError(f"unknown PGD loss {loss!r}; known: {', '.join(sorted(_PGD_LOSSES))}")
+        loss_fn = _PGD_LOSSES[loss]
+        y = y.to(device=x.device, dtype=torch.int64)
+    else:
+        loss_fn = loss
+    x = x.detach()
+    if random_start and epsilon > 0:
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_adv = (x + (2 * noise - 1) * epsilon).clamp(0.0, 1.0)
+    else:
+        x_adv = x.clone()
+    with _preserve_modes(model, eval_mode=eval_mode), torch.enable_grad():
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            value = loss_fn(model(x_adv), y)
+            (grad,) = torch.autograd.grad(value, x_adv)
+            with torch.no_grad():
+                x_adv = x_adv + step_size * grad.sign()
+                x_adv = torch.min(torch.max(x_adv, x - epsilon), x + epsilon).clamp(0.0, 1.0)
+    return x_adv.detach()
+
+
+# --------------------------------------------------------------------------------------------
+# x_adv functions (one per registered attack).
+
+
+def fgsm_adv(
+    model: nn.Module, x: Tensor, y: Tensor, epsilon: float, *, batch_size: int = DEFAULT_BATCH_SIZE
+) -> Tensor:
+    """FGSM (Goodfellow et al., 2015) via foolbox's ``LinfFastGradientAttack``, no random start:
+    x_adv = clip₀¹(x + ε · sign ∇ₓ CE(f(x), y))."""
+    y = _check_inputs(model, x, y, epsilon)
+    attack = _foolbox().attacks.LinfFastGradientAttack(random_start=False)
+    return _run_foolbox(model, x, y, epsilon, attack, ThreatModel.LINF, batch_size)
+
+
+def pgd_adv(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epsilon: float,
+    *,
+    step_size: float,
+    steps: int = 20,
+    restarts: int = 1,
+    random_start: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Tensor:
+    """L∞ PGD on cross-entropy via foolbox's ``LinfPGD`` with an *absolute* ``step_size``.
+
+    (foolbox's default ``rel_stepsize`` = 0.01/0.3 of ε assumes 40 steps; we never use it.)
+    ``restarts`` > 1 reruns from a new random start on the examples still robust and keeps,
+    per example, the first point that fools the model.
+    """
+    y = _check_inputs(model, x, y, epsilon)
+    if not step_size > 0:
+        raise ValueError(f"step_size must be > 0 (absolute, pixel units), got {step_size}")
+    attack = _foolbox().attacks.LinfPGD(
+        abs_stepsize=step_size, steps=steps, random_start=random_start
+    )
+
+    def run(xs: Tensor, ys: Tensor) -> Tensor:
+        return _run_foolbox(model, xs, ys, epsilon, attack, ThreatModel.LINF, batch_size)
+
+    with _preserve_modes(model):
+        return _restarted(model, x, y, restarts, run, batch_size)
+
+
+def cw_l2_adv(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epsilon: float,
+    *,
+    steps: int = 100,
+    binary_search_steps: int = 5,
+    stepsize: float = 1e-2,
+    confidence: float = 0.0,
+    initial_const: float = 1e-3,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Tensor:
+    """Carlini–Wagner L2 (2017) via foolbox's ``L2CarliniWagnerAttack``.
+
+    C&W minimizes the perturbation; foolbox's ``epsilons=ε`` projects its result onto the L2
+    ball of radius ε, so an example is robust iff no adversarial point within ε was found.
+    ``stepsize`` is Adam's learning rate (in tanh space), as in foolbox.
+    """
+    y = _check_inputs(model, x, y, epsilon)
+    attack = _foolbox().attacks.L2CarliniWagnerAttack(
+        binary_search_steps=binary_search_steps,
+        steps=steps,
+        stepsize=stepsize,
+        confidence=confidence,
+        initial_const=initial_const,
+    )
+    return _run_foolbox(model, x, y, epsilon, attack, ThreatModel.L2, batch_size)
+
+
+def deepfool_l2_adv(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epsilon: float,
+    *,
+    steps: int = 50,
+    candidates: int = 10,
+    overshoot: float = 0.02,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Tensor:
+    """DeepFool L2 (Moosavi-Dezfooli et al., 2016) via foolbox's ``L2DeepFoolAttack``.
+
+    Only the ``candidates`` most likely classes are linearized (foolbox caps it at the number
+    of classes). The minimal perturbation found is projected onto the L2 ball of radius ε.
+    """
+    y = _check_inputs(model, x, y, epsilon)
+    attack = _foolbox().attacks.L2DeepFoolAttack(
+        steps=steps, candidates=candidates, overshoot=overshoot
+    )
+    return _run_foolbox(model, x, y, epsilon, attack, ThreatModel.L2, batch_size)
+
+
+def autoattack_adv(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epsilon: float,
+    *,
+    version: str = "standard",
+    attacks: tuple[str, ...] | None = None,
+    n_queries: int | None = None,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Tensor:
+    """AutoAttack (Croce & Hein, 2020), L∞, from the ``pyautoattack`` package.
+
+    ``version="standard"``: APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5000
+    queries), each run only on the examples the previous ones left robust (AutoAttack's own
+    worst case). With K < 10 classes the targeted attacks use K − 1 targets, and APGD-T (its
+    targeted DLR loss needs 4 classes) is dropped for K < 4. ``version="custom"`` runs the
+    sub-attacks in ``attacks``. ``n_queries`` overrides Square's query budget -- a departure
+    from the standard version meant for quick tests only.
+
+    AutoAttack seeds torch's global RNG itself; that happens inside :func:`rng_scope`, so the
+    caller's random stream is left alone. Its ``check_dynamic`` calls ``sys.settrace(None)``,
+    which would switch off a debugger or coverage tracer; the previous tracer is restored.
+    """
+    y = _check_inputs(model, x, y, epsilon)
+    from pyautoattack import AutoAttack
+
+    if len(x) == 0:
+        return x.clone()
+    if version == "custom":
+        if not attacks:
+            raise ValueError("AutoAttack version='custom' needs a non-empty 'attacks' tuple")
+        attack_list = list(attacks)
+    elif attacks is not None:
+        raise ValueError(f"'attacks' is only allowed with version='custom', not {version!r}")
+    else:
+        attack_list = None
+    with _frozen_parameters(model), rng_scope(seed, x.device):
+        with torch.no_grad():
+            n_classes = model(x[:1]).shape[1]
+        adversary = AutoAttack(
+            model, attacks=attack_list, device=x.device, eps=epsilon, norm="Linf",
+            seed=seed, version=version,
+        )
+        adversary.verbose = False  # only gates logger.debug calls and a final summary
+        targets = max(1, min(adversary.apgd_targeted.n_target_classes, n_classes - 1))
+        adversary.apgd_targeted.n_target_classes = targets
+        adversary.fab.n_target_classes = targets
+        if n_classes < 4 and "apgd-t" in adversary.attacks_to_run:
+            log.warning("AutoAttack: %d classes, dropping APGD-T (needs >= 4)", n_classes)
+            adversary.attacks_to_run = [a for a in adversary.attacks_to_run if a != "apgd-t"]
+        if n_queries is not None:
+            adversary.square.n_queries = n_queries
+        tracer = sys.gettrace()
+        try:
+            x_adv, _y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+        finally:
+            sys.settrace(tracer)
+    return _checked_projection(x_adv, x, epsilon, ThreatModel.LINF, "AutoAttack")
+
+
+# --------------------------------------------------------------------------------------------
+# Flag functions (what the registry exposes).
+
+
+def clean_flags(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epsilon: float = 0.0,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Tensor:
+    """No attack: True where the model classifies the clean input correctly. ``epsilon`` is
+    accepted (and ignored) so that every registry function has the same signature."""
+    y = _check_inputs(model, x, y)
+    return predict(model, x, batch_size) == y
+
+
+def _flags_from(adv_fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    def flags(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, **options) -> Tensor:
+        x_adv = adv_fn(model, x, y, epsilon, **options)
+        batch_size = options.get("batch_size", DEFAULT_BATCH_SIZE)
+        return robust_flags(model, x, x_adv, y, batch_size)
+
+    flags.__signature__ = inspect.signature(adv_fn)  # show the attack's own options
+    flags.__name__ = adv_fn.__name__.removesuffix("_adv") + "_flags"
+    flags.__qualname__ = flags.__name__
+    flags.__doc__ = (
+        f"Per-example robust flags (B,) of :func:`{adv_fn.__name__}`: True where the model is "
+        "correct on the clean input and on the adversarial point. Same options."
+    )
+    return flags
+
+
+fgsm_flags = _flags_from(fgsm_adv)
+pgd_flags = _flags_from(pgd_adv)
+cw_l2_flags = _flags_from(cw_l2_adv)
+deepfool_l2_flags = _flags_from(deepfool_l2_adv)
+autoattack_flags = _flags_from(autoattack_adv)
+
+
+ATTACKS: dict[str, AttackSpec] = {
+    spec.name: spec
+    for spec in (
+        AttackSpec("clean", None, clean_flags, None, randomized=False),
+        AttackSpec("fgsm", ThreatModel.LINF, fgsm_flags, fgsm_adv, randomized=False),
+        AttackSpec("pgd", ThreatModel.LINF, pgd_flags, pgd_adv, randomized=True),
+        AttackSpec("autoattack", ThreatModel.LINF, autoattack_flags, autoattack_adv, randomized=True),
+        AttackSpec("cw_l2", ThreatModel.L2, cw_l2_flags, cw_l2_adv, randomized=False),
+        AttackSpec("deepfool_l2", ThreatModel.L2, deepfool_l2_flags, deepfool_l2_adv, randomized=False),
+    )
+}
+
+
+def get_attack(name: str) -> AttackSpec:
+    """Look up a registered attack; unknown names raise ``ValueError`` listing the known ones."""
+    try:
+        return ATTACKS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown attack {name!r}; known attacks: {', '.join(sorted(ATTACKS))}"
+        ) from None
+
+
+def run_attack(
+    name: str, model: nn.Module, x: Tensor, y: Tensor, epsilon: float, **options
+) -> Tensor:
+    """Per-example robust flags (B,) of the registered attack ``name``."""
+    return get_attack(name).fn(model, x, y, epsilon, **options)

@@ -1,0 +1,388 @@
+"""The evaluation protocol: one model, one fixed set of test examples, the standard attack suite.
+
+DESIGN.md §5. Every attack's own accuracy is measured on *all* examples independently (never
+only on the survivors of earlier attacks), so the per-attack numbers can be compared by the
+sanity checks (PGD at least as strong as FGSM, more steps never help, ...). The worst case
+``robust_acc`` combines the per-example flags: an example is robust only if it is classified
+correctly on the clean input and every L∞ attack that ran failed on it.
+
+Suite (names usable in :attr:`EvalSettings.attacks`):
+
+==============  ==========================================================  =============
+name            attack                                                      radius
+==============  ==========================================================  =============
+``fgsm``        FGSM, no random start                                       ``epsilon``
+``pgd20``       PGD-20, CE, random start, absolute step ``pgd_step_size``   ``epsilon``
+``pgd100``      PGD-100, same                                               ``epsilon``
+``autoattack``  AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)        ``epsilon``
+``cw``          Carlini–Wagner L2, ``cw_steps`` steps, 5 binary searches    ``epsilon_l2``
+``deepfool``    DeepFool L2, ``deepfool_steps`` steps                       ``epsilon_l2``
+==============  ==========================================================  =============
+
+The ε sweep runs PGD-20 at ε = 0, ``epsilon`` and every ``eps_sweep`` value. Its step size keeps
+the main setting's ratio step/ε (``pgd_step_size · ε' / epsilon``), so every point of the curve
+is the same attack relative to its ball (a fixed absolute step could not even reach the
+boundary of a large ball in 20 steps, which would fake robustness at large ε).
+
+Every attack runs inside :func:`~rnas.evaluation.attacks.rng_scope` seeded with
+``settings.seed``, so an evaluation is reproducible and leaves the caller's RNG untouched.
+
+Resumable state (:class:`EvalState`): after each attack (and each ε of the sweep) the flags so
+far are saved atomically to one file, keyed by :func:`state_key` (a hash of the settings, the
+model checkpoint's bytes and the examples). A restarted evaluation skips the attacks already
+done; since every attack runs in its own seeded RNG scope, the resumed numbers equal those of
+an uninterrupted run. :func:`evaluate_with_sanity` adds the sanity checks
+(:mod:`rnas.evaluation.sanity`) and their extra attacks, resumable the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from rnas.evaluation.attacks import ThreatModel, clean_flags, get_attack, rng_scope
+from rnas.evaluation.complexity import count_macs, count_parameters
+from rnas.evaluation.sanity import (
+    SanityInputs,
+    SanitySettings,
+    model_probe,
+    probe_attacks,
+    run_checks,
+    run_probe,
+    sanity_summary,
+)
+
+__all__ = [
+    "PROTOCOL_ATTACKS",
+    "EvalSettings",
+    "EvalState",
+    "evaluate_model",
+    "evaluate_with_sanity",
+    "linf_attacks",
+    "state_key",
+    "worst_case_flags",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _ProtocolAttack:
+    registry_name: str  # key of rnas.evaluation.attacks.ATTACKS
+    metric: str  # eval.json key of its accuracy
+
+
+# Protocol name -> registry attack and eval.json key. Options come from EvalSettings below.
+PROTOCOL_ATTACKS: dict[str, _ProtocolAttack] = {
+    "fgsm": _ProtocolAttack("fgsm", "fgsm_acc"),
+    "pgd20": _ProtocolAttack("pgd", "pgd20_acc"),
+    "pgd100": _ProtocolAttack("pgd", "pgd100_acc"),
+    "autoattack": _ProtocolAttack("autoattack", "autoattack_acc"),
+    "cw": _ProtocolAttack("cw_l2", "cw_acc"),
+    "deepfool": _ProtocolAttack("deepfool_l2", "deepfool_acc"),
+}
+
+
+def _threat(name: str) -> ThreatModel | None:
+    return get_attack(PROTOCOL_ATTACKS[name].registry_name).threat
+
+
+def linf_attacks(names: Iterable[str]) -> tuple[str, ...]:
+    """The protocol attacks among ``names`` whose threat model is L∞ (they enter robust_acc)."""
+    return tuple(n for n in names if _threat(n) is ThreatModel.LINF)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Settings of one evaluation; radii and steps in pixel units (inputs in [0, 1])."""
+
+    epsilon: float  # L∞ radius
+    epsilon_l2: float  # L2 radius for C&W and DeepFool
+    pgd_step_size: float  # absolute PGD step at `epsilon`
+    pgd_restarts: int = 1  # PGD random restarts (per-example AND of the flags)
+    cw_steps: int = 100  # Adam steps per C&W binary-search step
+    deepfool_steps: int = 50
+    eps_sweep: tuple[float, ...] = ()  # extra L∞ radii for the accuracy-vs-ε curve (PGD-20)
+    attacks: tuple[str, ...] = ("fgsm", "pgd20", "pgd100", "autoattack", "cw", "deepfool")
+    batch_size: int = 256  # examples per attack chunk (bounds memory)
+    seed: int = 0  # torch seed set before every attack
+
+    def __post_init__(self) -> None:
+        # Accept lists (e.g. from YAML) but store tuples, so the settings stay hashable.
+        object.__setattr__(self, "eps_sweep", tuple(float(e) for e in self.eps_sweep))
+        object.__setattr__(self, "attacks", tuple(self.attacks))
+        for name in ("epsilon", "epsilon_l2"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not (math.isfinite(self.pgd_step_size) and self.pgd_step_size > 0):
+            raise ValueError(f"pgd_step_size must be > 0, got {self.pgd_step_size!r}")
+        for name in ("pgd_restarts", "cw_steps", "deepfool_steps", "batch_size"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if any(not (math.isfinite(e) and e >= 0) for e in self.eps_sweep):
+            raise ValueError(f"eps_sweep values must be finite and >= 0, got {self.eps_sweep}")
+        unknown = [a for a in self.attacks if a not in PROTOCOL_ATTACKS]
+        if unknown:
+            raise ValueError(
+                f"unknown attack(s) {unknown}; known: {', '.join(PROTOCOL_ATTACKS)}"
+            )
+        if len(set(self.attacks)) != len(self.attacks):
+            raise ValueError(f"attacks must not repeat, got {self.attacks}")
+
+    def attack_call(self, name: str) -> tuple[str, float, dict[str, Any]]:
+        """(registry name, radius, options) with which protocol attack ``name`` runs."""
+        pgd = dict(step_size=self.pgd_step_size, restarts=self.pgd_restarts, random_start=True)
+        calls: dict[str, tuple[float, dict[str, Any]]] = {
+            "fgsm": (self.epsilon, {}),
+            "pgd20": (self.epsilon, dict(pgd, steps=20)),
+            "pgd100": (self.epsilon, dict(pgd, steps=100)),
+            "autoattack": (self.epsilon, dict(version="standard", seed=self.seed)),
+            "cw": (self.epsilon_l2, dict(steps=self.cw_steps)),
+            "deepfool": (self.epsilon_l2, dict(steps=self.deepfool_steps)),
+        }
+        if name not in calls:
+            raise ValueError(f"unknown attack {name!r}; known: {', '.join(PROTOCOL_ATTACKS)}")
+        epsilon, options = calls[name]
+        return PROTOCOL_ATTACKS[name].registry_name, epsilon, dict(options, batch_size=self.batch_size)
+
+    def sweep_epsilons(self) -> tuple[float, ...]:
+        """Sorted distinct radii of the ε sweep: 0, ``epsilon`` and ``eps_sweep``."""
+        return tuple(sorted({0.0, float(self.epsilon), *self.eps_sweep}))
+
+    def sweep_step_size(self, epsilon: float) -> float:
+        """PGD step at radius ``epsilon``: the main setting's step/ε ratio (absolute if ε = 0)."""
+        if self.epsilon == 0:
+            return self.pgd_step_size
+        return self.pgd_step_size * epsilon / self.epsilon if epsilon > 0 else self.pgd_step_size
+
+
+def worst_case_flags(flags: Mapping[str, Tensor], attacks: Iterable[str]) -> Tensor:
+    """Per-example worst case: ``flags["clean"]`` AND ``flags[a]`` for every ``a`` in ``attacks``.
+
+    Each flag tensor is boolean ``(B,)``, True = still classified correctly.
+    """
+    result = flags["clean"].clone().bool()
+    for name in attacks:
+        if flags[name].shape != result.shape:
+            raise ValueError(
+                f"flags[{name!r}] has shape {tuple(flags[name].shape)}, "
+                f"expected {tuple(result.shape)}"
+            )
+        result &= flags[name].bool().to(result.device)
+    return result
+
+
+class EvalState:
+    """Per-attack flags of one evaluation in one file, saved atomically after every attack.
+
+    The file holds ``{"key", "flags": {name: bool tensor (N,)}, "seconds": {name: float}}`` and
+    is read back with ``torch.load(weights_only=True)``. A file written under another ``key``
+    (other settings, another model, other examples) is stale: it is ignored (with a warning)
+    and overwritten by the first save. ``path=None`` keeps the state in memory only.
+    """
+
+    def __init__(self, path: str | Path | None, key: str):
+        self.path = Path(path) if path is not None else None
+        self.key = key
+        self.flags: dict[str, Tensor] = {}
+        self.seconds: dict[str, float] = {}
+        if self.path is not None and self.path.exists():
+            from rnas.checkpoint import CheckpointError, load_checked
+
+            try:
+                saved = load_checked(self.path, ("key", "flags", "seconds"))
+            except CheckpointError as err:
+                log.warning("%s; starting the evaluation over", err)
+                return
+            if saved["key"] != key:
+                log.warning("%s: written for other settings, model or examples; starting over", self.path)
+                return
+            self.flags = {k: v.bool() for k, v in saved["flags"].items()}
+            self.seconds = {k: float(v) for k, v in saved["seconds"].items()}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.flags
+
+    def get(self, name: str) -> Tensor | None:
+        return self.flags.get(name)
+
+    def put(self, name: str, flags: Tensor, seconds: float) -> None:
+        """Record one attack's flags and save the whole state atomically."""
+        self.flags[name] = flags.detach().bool().cpu()
+        self.seconds[name] = float(seconds)
+        if self.path is not None:
+            from rnas.checkpoint import save_atomic
+
+            save_atomic({"key": self.key, "flags": self.flags, "seconds": self.seconds}, self.path)
+
+    def clear(self) -> None:
+        """Delete the file (the evaluation's outputs are written)."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def state_key(settings: EvalSettings, model_digest: str, x: Tensor, y: Tensor,
+              sanity: SanitySettings | None = None) -> str:
+    """sha256 of everything an evaluation's flags depend on: the settings, the model (a digest
+    of its checkpoint bytes), the examples, and the sanity settings when checks run."""
+    h = hashlib.sha256()
+    h.update(json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str).encode())
+    h.update(json.dumps(dataclasses.asdict(sanity) if sanity else None, sort_keys=True).encode())
+    h.update(model_digest.encode())
+    for t in (x, y):
+        t = t.detach().cpu().contiguous()
+        h.update(str((tuple(t.shape), t.dtype)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _cached(state: EvalState | None, name: str, run) -> tuple[Tensor, float]:
+    """(flags, seconds) of ``name``: from the state if it ran before, else ``run()`` and save."""
+    if state is not None and name in state:
+        return state.get(name), state.seconds.get(name, 0.0)
+    start = time.perf_counter()
+    flags = run()
+    seconds = time.perf_counter() - start
+    if state is not None:
+        state.put(name, flags, seconds)
+    return flags, seconds
+
+
+def _accuracy(flags: Tensor) -> float:
+    """Exact fraction of True flags (count / n in float64, not a float32 mean)."""
+    return int(flags.sum().item()) / flags.numel()
+
+
+def evaluate_model(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    settings: EvalSettings,
+    progress: bool = True,
+    state: EvalState | None = None,
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Run the protocol on ``(x, y)``: inputs ``(N, C, H, W)`` in [0, 1] on the model's device,
+    labels ``(N,)``. The caller puts the model in eval mode. With a ``state``, attacks found
+    there are not run again and each new one is saved as soon as it finishes.
+
+    Returns ``(metrics, flags)``:
+
+    * ``metrics`` -- the JSON-serialisable ``eval.json`` dict (plain floats/ints; accuracies are
+      fractions in [0, 1]; an attack not in ``settings.attacks`` gives None for its key,
+      ``robust_acc`` is None when no L∞ attack ran);
+    * ``flags`` -- per-example boolean flags ``(N,)`` on the CPU: ``"clean"``, one per attack
+      that ran, ``"robust"`` (the worst case) and ``"eps_sweep/<ε>"`` for each sweep radius.
+    """
+    from tqdm.auto import tqdm
+
+    if x.dim() != 4:
+        raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
+    if len(x) == 0:
+        raise ValueError("evaluate_model needs at least one example")
+
+    flags: dict[str, Tensor] = {"clean": clean_flags(model, x, y, batch_size=settings.batch_size)}
+    seconds: dict[str, float] = {}
+    sweep_eps = settings.sweep_epsilons()
+    steps = [*settings.attacks, "eps_sweep"]
+
+    def attack(registry_name: str, epsilon: float, options: dict[str, Any]):
+        def run() -> Tensor:
+            with rng_scope(settings.seed, x.device):
+                return get_attack(registry_name).fn(model, x, y, epsilon, **options)
+        return run
+
+    bar = tqdm(steps, desc="evaluate", unit="attack", disable=not progress, leave=False)
+    for name in bar:
+        bar.set_postfix_str(name)
+        if name == "eps_sweep":
+            seconds[name] = 0.0
+            for eps in sweep_eps:
+                key = f"eps_sweep/{eps}"
+                if eps == settings.epsilon and "pgd20" in flags:
+                    flags[key] = flags["pgd20"]  # same attack, same seed: reuse
+                    continue
+                _, _, options = settings.attack_call("pgd20")
+                options["step_size"] = settings.sweep_step_size(eps)
+                flags[key], took = _cached(state, key, attack("pgd", eps, options))
+                seconds[name] += took
+        else:
+            flags[name], seconds[name] = _cached(state, name, attack(*settings.attack_call(name)))
+    bar.close()
+
+    flags = {k: v.detach().bool().cpu() for k, v in flags.items()}
+    ran_linf = linf_attacks(settings.attacks)
+    if ran_linf:
+        flags["robust"] = worst_case_flags(flags, ran_linf)
+
+    def acc(key: str) -> float | None:
+        return _accuracy(flags[key]) if key in flags else None
+
+    metrics: dict[str, Any] = {
+        "clean_acc": acc("clean"),
+        "fgsm_acc": acc("fgsm"),
+        "pgd20_acc": acc("pgd20"),
+        "pgd100_acc": acc("pgd100"),
+        "autoattack_acc": acc("autoattack"),
+        "robust_acc": acc("robust"),
+        "cw_acc": acc("cw"),
+        "deepfool_acc": acc("deepfool"),
+    }
+    metrics["eps_sweep"] = {str(eps): _accuracy(flags[f"eps_sweep/{eps}"]) for eps in sweep_eps}
+    metrics["epsilon"] = float(settings.epsilon)
+    metrics["epsilon_l2"] = float(settings.epsilon_l2)
+    metrics["params"] = int(count_parameters(model))
+    metrics["macs"] = int(count_macs(model, tuple(x.shape[1:])))
+    metrics["n_examples"] = int(len(x))
+    metrics["attack_seconds"] = {k: float(v) for k, v in seconds.items()}
+    return metrics, flags
+
+
+def evaluate_with_sanity(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    settings: EvalSettings,
+    sanity: SanitySettings,
+    progress: bool = True,
+    state: EvalState | None = None,
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """:func:`evaluate_model`, then the sanity checks (:mod:`rnas.evaluation.sanity`).
+
+    The checks reuse the protocol's flags; only the probe attacks they need on top (Square
+    alone, PGD-20 at the large radius when the sweep lacks it) run here, resumable through the
+    same ``state``. Adds to the metrics ``sanity`` ({check: passed} for the checks that apply)
+    and ``sanity_details`` ({check: one line with the numbers}); the probe flags are returned
+    with the others (keys ``sanity/...``), and their seconds under ``attack_seconds["sanity"]``.
+    """
+    metrics, flags = evaluate_model(model, x, y, settings, progress=progress, state=state)
+    probe_seconds = 0.0
+    for key, call in probe_attacks(settings, sanity).items():
+        def run(call=call) -> Tensor:
+            with rng_scope(settings.seed, x.device):
+                return run_probe(model, x, y, call)
+        result, took = _cached(state, key, run)
+        flags[key] = result.detach().bool().cpu()
+        probe_seconds += took
+    start = time.perf_counter()
+    probe = model_probe(model, x, y, settings.batch_size)
+    results = run_checks(SanityInputs(metrics, flags, settings, sanity, probe))
+    metrics["sanity"], metrics["sanity_details"] = sanity_summary(results)
+    metrics["attack_seconds"]["sanity"] = probe_seconds + time.perf_counter() - start
+    failed = [n for n, ok in metrics["sanity"].items() if not ok]
+    if failed:
+        log.warning("sanity checks FAILED: %s", "; ".join(f"{n} ({metrics['sanity_details'][n]})" for n in failed))
+    return metrics, flags

@@ -1,0 +1,1 @@
+"""The comparison report: tables (Markdown) and plots from every eval.json."""

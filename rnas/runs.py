@@ -1,0 +1,99 @@
+"""The run registry: a *run* is a search method with its variant (DESIGN.md §1).
+
+Run names are what the pipeline's paths and MLflow tags use
+(``results/<dataset>/<run>/seed<k>/``); the method and variant are tagged apart in MLflow.
+Each run also names the params sections its search reads, so dvc stages list exactly those
+keys and Snakemake re-runs a job when one of them changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    method: str                 # key of rnas.search.methods.METHODS
+    variant: str = "default"
+    space: str = "cell"         # "cell" (genotype.json) or "width" (architecture.json)
+    needs_teacher: bool = False  # the search and retraining read the teacher checkpoint
+    method_keys: tuple[str, ...] = field(default=())  # params sections the method reads
+    arch_from: str | None = None  # ablation: reuse this run's architecture, no search of its own
+    distill: bool = False          # retraining adds the method's distillation terms (RNAS-CL)
+    search_keys: tuple[str, ...] = field(default=())  # further sections the search reads (LRNAS: final size)
+
+    @property
+    def arch_file(self) -> str:
+        return "architecture.json" if self.space == "width" else "genotype.json"
+
+
+def _spec(name: str, method: str, **kw) -> RunSpec:
+    kw.setdefault("method_keys", (f"search.methods.{method}",))
+    return RunSpec(name=name, method=method, **kw)
+
+
+RUNS: dict[str, RunSpec] = {
+    "darts": _spec("darts", "darts"),
+    "random": _spec("random", "random"),
+    # RNAS reads only the keys of its variant, so changing the PGD settings does not re-run the
+    # noise search (and the noise settings do not re-run the adversarial one).
+    "rnas": _spec("rnas", "rnas", variant="noise", method_keys=tuple(
+        f"search.methods.rnas.{k}" for k in ("lam", "divergence", "noise", "noise_scale"))),
+    "rnas_adv": _spec("rnas_adv", "rnas", variant="adv", method_keys=tuple(
+        f"search.methods.rnas.{k}" for k in ("lam", "divergence", "adv_epsilon", "adv_step_size", "adv_steps"))),
+    # RNAS-CL: the width-space search reads the whole block; the cell-space variant only the
+    # distillation knobs (no cost term, no width space). Retraining reads retrain.distill; the
+    # ablations retrain the same architectures with the same recipe without distillation.
+    "rnas_cl": _spec("rnas_cl", "rnas_cl", variant="width", space="width", needs_teacher=True, distill=True,
+                     method_keys=("search.methods.rnas_cl", "retrain.distill")),
+    "rnas_cl_cell": _spec("rnas_cl_cell", "rnas_cl", variant="cell", needs_teacher=True, distill=True,
+                          method_keys=(*(f"search.methods.rnas_cl.{k}" for k in (
+                              "gamma", "kl_weight", "temperature", "map_size", "tau0", "tau_decay", "arch_lr",
+                              "arch_weight_decay")), "retrain.distill")),
+    "rnas_cl_nokd": _spec("rnas_cl_nokd", "rnas_cl", variant="width_nokd", space="width", arch_from="rnas_cl",
+                          method_keys=()),
+    "rnas_cl_cell_nokd": _spec("rnas_cl_cell_nokd", "rnas_cl", variant="cell_nokd", arch_from="rnas_cl_cell",
+                               method_keys=()),
+}
+
+# LRNAS: the search reads the final network's size (its parameter budget is counted there).
+# A budget run ``lrnas_<budget>`` (e.g. lrnas_20k, lrnas_2M; parameters, suffix k = 10^3,
+# M = 10^6) reads the same block but takes λ from its name (variant "20k"), so its keys leave
+# out the block's own ``budget``.
+_LRNAS_SIZE = ("retrain.init_channels", "retrain.layers")
+RUNS["lrnas"] = _spec("lrnas", "lrnas", search_keys=_LRNAS_SIZE)
+_BUDGET = re.compile(r"([1-9][0-9]*)([kM]?)")
+
+
+def parse_budget(text: str) -> int:
+    """``"20k"`` -> 20000, ``"2M"`` -> 2000000, ``"1500"`` -> 1500 (parameters)."""
+    m = _BUDGET.fullmatch(text)
+    if m is None:
+        raise ValueError(f"not a parameter budget: {text!r} (expected e.g. 20k, 2M or 1500)")
+    return int(m[1]) * {"": 1, "k": 1_000, "M": 1_000_000}[m[2]]
+
+
+def _lrnas_budget_run(m: re.Match[str]) -> RunSpec:
+    from rnas.config import LrnasMethodConfig
+
+    keys = tuple(f"search.methods.lrnas.{f.name}" for f in dataclasses.fields(LrnasMethodConfig) if f.name != "budget")
+    return _spec(m[0], "lrnas", variant=m[1], method_keys=keys, search_keys=_LRNAS_SIZE)
+
+
+_PATTERNS: list[tuple[re.Pattern[str], callable]] = [
+    (re.compile(r"lrnas_([1-9][0-9]*[kM]?)"), _lrnas_budget_run),
+]
+
+
+def resolve_run(name: str) -> RunSpec:
+    """Look a run name up; raises KeyError for unknown names."""
+    if name in RUNS:
+        return RUNS[name]
+    for pattern, make in _PATTERNS:
+        m = pattern.fullmatch(name)
+        if m:
+            return make(m)
+    raise KeyError(name)

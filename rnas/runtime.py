@@ -1,0 +1,66 @@
+"""Process-wide settings chosen once per stage: threads, determinism, seeds, device."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def choose_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("pipeline.device is 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def setup_runtime(threads: int, deterministic: bool, device: str) -> torch.device:
+    """Fix threads and deterministic algorithms so both runners and resumed runs give the same files."""
+    torch.set_num_threads(threads)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    return choose_device(device)
+
+
+def place_model(model: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    """Move a model to the stage's device, in NHWC memory format when asked (faster convs)."""
+    if channels_last:
+        return model.to(device=device, memory_format=torch.channels_last)
+    return model.to(device)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def capture_rng(generator: torch.Generator) -> dict:
+    """RNG states of python, numpy, torch and the stage's generator, as tensors and lists
+    only, so the checkpoint loads with ``torch.load(weights_only=True)``."""
+    _name, keys, pos, _has_gauss, _cached = np.random.get_state()
+    state = {
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_pos": int(pos),
+        "python_rng": list(random.getstate()[1]),
+    }
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict, generator: torch.Generator) -> None:
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    np.random.set_state(("MT19937", state["numpy_rng"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(state["python_rng"]), None))
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])

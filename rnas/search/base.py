@@ -1,0 +1,243 @@
+"""The search-method interface and the shared DARTS bilevel machinery.
+
+A method is an object with a small fixed surface (NASLib's optimizer interface):
+
+- ``setup(ctx)``: build its supernet/optimizers on the search space;
+- ``step(batch_w, batch_a, progress)``: one step on a weight batch and an architecture
+  batch (the two halves of the search's training split); returns metrics;
+- ``end_epoch(epoch)``: per-epoch bookkeeping, returns metrics;
+- ``architecture()``: the discrete result as a JSON-able dict (a genotype, or a width-space
+  architecture), written by the search stage;
+- ``state_dict()`` / ``load_state_dict()``: everything that must be checkpointed.
+
+:class:`BilevelMethod` is DARTS (Liu et al. 2019): weights w minimize L_train(w, α) with SGD,
+architecture α minimizes L_val(w*(α), α) with Adam. First-order by default
+(w*(α) ≈ w); second-order (``unrolled``) uses w' = w − ξ∇_w L_train(w, α) and the
+finite-difference Hessian-vector product of DARTS' ``architect.py``:
+
+    ∇_α L_val(w', α) − ξ · [∇_α L_train(w⁺, α) − ∇_α L_train(w⁻, α)] / (2r),
+    w± = w ± r·∇_{w'} L_val(w', α),  r = 0.01 / ‖∇_{w'} L_val‖.
+
+Robust methods override ``weight_loss`` and/or ``arch_loss``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnas.config import Params
+from rnas.data import DatasetInfo
+from rnas.runs import RunSpec
+from rnas.runtime import place_model
+from rnas.space.supernet import Supernet
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class SearchContext:
+    params: Params
+    run: RunSpec
+    info: DatasetInfo          # dataset facts: classes, channels, image size
+    device: torch.device
+    seed: int
+    steps_per_epoch: int
+    teacher: nn.Module | None = None  # the robust teacher (methods that need one)
+
+
+@dataclass(frozen=True)
+class Progress:
+    epoch: int
+    step: int
+    steps_per_epoch: int
+
+
+class SearchMethod:
+    """Base class of every search method (see module docstring)."""
+
+    uses_search_loop: bool = True  # False: the method needs no epochs (e.g. random)
+
+    def setup(self, ctx: SearchContext) -> None:
+        self.ctx = ctx
+
+    def begin_epoch(self, epoch: int) -> None:
+        pass
+
+    def step(self, batch_w: Batch, batch_a: Batch, progress: Progress) -> dict[str, float]:
+        raise NotImplementedError
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        return {}
+
+    def architecture(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def eval_model(self) -> nn.Module | None:
+        """The network whose validation accuracy the loop reports (the supernet), if any."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def extra_outputs(self) -> dict[str, Any]:
+        """Further JSON files the search stage writes beside the architecture ({name: data})."""
+        return {}
+
+    def write_files(self, folder: Path) -> list[Path]:
+        """Non-JSON files (e.g. plots) written into ``folder`` beside the architecture; returns them."""
+        return []
+
+
+def alpha_entropy(alpha: torch.Tensor) -> float:
+    """Mean entropy (nats) of softmax(α) over edges: high = undecided, low = committed."""
+    p = torch.softmax(alpha.detach(), dim=-1)
+    return float(-(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean())
+
+
+class BilevelMethod(SearchMethod):
+    """DARTS bilevel search on the cell-space supernet."""
+
+    def setup(self, ctx: SearchContext) -> None:
+        super().setup(ctx)
+        s = ctx.params.search
+        self.supernet = Supernet(
+            s.init_channels, s.layers, ctx.info.num_classes, ctx.info.input_channels, ctx.info.name,
+            nodes=s.nodes, partial_channels=s.partial_channels)
+        self.supernet = place_model(self.supernet, ctx.device, ctx.params.pipeline.channels_last)
+        self.w_opt = torch.optim.SGD(self.supernet.weights(), lr=s.w_lr, momentum=s.w_momentum,
+                                     weight_decay=s.w_weight_decay)
+        self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=s.epochs, eta_min=s.w_lr_min)
+        self.a_opt = torch.optim.Adam(self.supernet.arch_parameters(), lr=s.arch_lr,
+                                      betas=(s.arch_beta1, s.arch_beta2), weight_decay=s.arch_weight_decay)
+
+    # -- losses robust methods override ---------------------------------------------
+    def weight_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss the weights minimize on the weight half; returns (loss, logits)."""
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits
+
+    def arch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss α minimizes on the architecture half; returns (loss, metrics)."""
+        loss = F.cross_entropy(model(x), y)
+        return loss, {}
+
+    # -- one bilevel step ----------------------------------------------------------
+    def step(self, batch_w: Batch, batch_a: Batch, progress: Progress) -> dict[str, float]:
+        s = self.ctx.params.search
+        net = self.supernet
+        net.train()
+        xa, ya = batch_a
+        self.a_opt.zero_grad(set_to_none=True)
+        if s.unrolled:
+            arch_metrics = self._unrolled_arch_grad(batch_w, batch_a)
+        else:
+            a_loss, arch_metrics = self.arch_loss(net, xa, ya)
+            grads = torch.autograd.grad(a_loss, net.arch_parameters(), allow_unused=True)
+            for p, g in zip(net.arch_parameters(), grads):
+                p.grad = g
+            arch_metrics = {"arch_loss": float(a_loss), **arch_metrics}
+        self.a_opt.step()
+        return {**self.weight_step(batch_w, progress), **arch_metrics}
+
+    def weight_step(self, batch_w: Batch, progress: Progress) -> dict[str, float]:
+        """One SGD step of the weights on a weight-half batch (α gets no update from it)."""
+        s = self.ctx.params.search
+        net = self.supernet
+        net.train()
+        xw, yw = batch_w
+        self.w_opt.zero_grad(set_to_none=True)
+        w_loss, logits = self.weight_loss(net, xw, yw)
+        if not torch.isfinite(w_loss):
+            from rnas.training.trainer import NonFiniteLossError
+
+            raise NonFiniteLossError(f"search weight loss is {float(w_loss)} at epoch {progress.epoch + 1}, "
+                                     f"step {progress.step}; stopping (the last good checkpoint is kept)")
+        w_loss.backward()
+        nn.utils.clip_grad_norm_(net.weights(), s.grad_clip)
+        self.w_opt.step()
+        for p in net.arch_parameters():  # α gets no update from the weight step
+            p.grad = None
+        acc = float((logits.argmax(1) == yw).float().mean())
+        return {"weight_loss": float(w_loss), "train_acc": acc}
+
+    def _unrolled_arch_grad(self, batch_w: Batch, batch_a: Batch) -> dict[str, float]:
+        net = self.supernet
+        xi = self.w_opt.param_groups[0]["lr"]
+        weights = net.weights()
+        backup = [w.detach().clone() for w in weights]
+        xw, yw = batch_w
+        xa, ya = batch_a
+        loss_w, _ = self.weight_loss(net, xw, yw)
+        g_w = torch.autograd.grad(loss_w, weights, allow_unused=True)
+        with torch.no_grad():  # virtual step w' = w − ξ ∇_w L_train
+            for w, g in zip(weights, g_w):
+                if g is not None:
+                    w.sub_(xi * g)
+        a_loss, metrics = self.arch_loss(net, xa, ya)
+        grads = torch.autograd.grad(a_loss, list(net.arch_parameters()) + weights, allow_unused=True)
+        n_a = len(net.arch_parameters())
+        d_alpha, d_w = grads[:n_a], grads[n_a:]
+        with torch.no_grad():
+            for w, b in zip(weights, backup):
+                w.copy_(b)
+        norm = torch.sqrt(sum((g * g).sum() for g in d_w if g is not None))
+        r = 0.01 / (float(norm) + 1e-12)
+        hvp = []
+        for sign in (+1, -1):
+            with torch.no_grad():
+                for w, g in zip(weights, d_w):
+                    if g is not None:
+                        w.add_(sign * r * g if sign > 0 else -2 * r * g)
+            loss_p, _ = self.weight_loss(net, xw, yw)
+            hvp.append(torch.autograd.grad(loss_p, net.arch_parameters(), allow_unused=True))
+        with torch.no_grad():
+            for w, b in zip(weights, backup):
+                w.copy_(b)
+        for p, da, hp, hm in zip(net.arch_parameters(), d_alpha, hvp[0], hvp[1]):
+            g = torch.zeros_like(p) if da is None else da.clone()
+            if hp is not None and hm is not None:
+                g -= xi * (hp - hm) / (2 * r)
+            p.grad = g
+        return {"arch_loss": float(a_loss), **metrics}
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        self.w_sched.step()
+        return {"alpha_entropy_normal": alpha_entropy(self.supernet.alpha_normal),
+                "alpha_entropy_reduce": alpha_entropy(self.supernet.alpha_reduce)}
+
+    def eval_model(self) -> nn.Module:
+        return self.supernet
+
+    def architecture(self) -> dict[str, Any]:
+        return self.supernet.genotype().to_dict()
+
+    def extra_outputs(self) -> dict[str, Any]:
+        return {"alphas.json": {
+            "primitives": list(self.supernet.primitives),
+            "normal": torch.softmax(self.supernet.alpha_normal.detach().cpu(), -1).tolist(),
+            "reduce": torch.softmax(self.supernet.alpha_reduce.detach().cpu(), -1).tolist(),
+        }}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"supernet": self.supernet.state_dict(), "w_opt": self.w_opt.state_dict(),
+                "w_sched": self.w_sched.state_dict(), "a_opt": self.a_opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.supernet.load_state_dict(state["supernet"])
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.w_sched.load_state_dict(state["w_sched"])
+        self.a_opt.load_state_dict(state["a_opt"])
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return max(1, math.ceil(n / batch_size))

@@ -1,0 +1,98 @@
+"""The one search loop: epochs of paired (weight-half, architecture-half) batches.
+
+The search's training split is cut 50/50 into a half that trains network weights and a
+half that trains architecture parameters (DARTS). Each epoch walks both halves in step,
+hands each pair of batches to the method, reports the supernet's validation accuracy,
+and checkpoints the method's full state (resumable, see :mod:`rnas.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from rnas.checkpoint import ResumeState
+from rnas.runtime import capture_rng, restore_rng
+from rnas.data import Splits, TensorPair, iterate_batches, split_half
+from rnas.search.base import Progress, SearchContext, SearchMethod
+from rnas.training.trainer import accuracy
+
+MetricsLogger = Callable[[dict[str, float], int], None]
+
+
+@dataclass
+class SearchResult:
+    architecture: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    extra_outputs: dict[str, Any] = field(default_factory=dict)
+
+
+def search_halves(splits: Splits, seed: int) -> tuple[TensorPair, TensorPair]:
+    return split_half(splits.train, seed)
+
+
+def run_search(method: SearchMethod, ctx_kwargs: dict[str, Any], splits: Splits, *,
+               log_metrics: MetricsLogger | None = None, resume: ResumeState | None = None,
+               progress: bool = True, desc: str = "search") -> SearchResult:
+    """Set the method up and run the search; returns the discrete architecture and curves."""
+    params = ctx_kwargs["params"]
+    seed = ctx_kwargs["seed"]
+    device = ctx_kwargs["device"]
+    s = params.search
+    half_w, half_a = search_halves(splits, seed)
+    # The epoch walks full batches only (drop_last below), so it has floor(n / batch) steps.
+    n_steps = max(1, min(len(half_w), len(half_a)) // s.batch_size)
+    ctx = SearchContext(steps_per_epoch=n_steps, **ctx_kwargs)
+    method.setup(ctx)
+    log_metrics = log_metrics or (lambda m, step: None)
+    history: list[dict[str, float]] = []
+    elapsed = 0.0
+    if not method.uses_search_loop:
+        t0 = time.perf_counter()
+        arch = method.architecture()
+        return SearchResult(arch, history, time.perf_counter() - t0, method.extra_outputs())
+
+    gen = torch.Generator().manual_seed(seed)
+    start = 0
+    state = resume.load() if resume is not None else None
+    if state is not None:
+        method.load_state_dict(state["method"])
+        restore_rng(state, gen)
+        history, elapsed, start = state["history"], state["seconds"], state["epoch"] + 1
+
+    for epoch in range(start, s.epochs):
+        t0 = time.perf_counter()
+        method.begin_epoch(epoch)
+        batches = zip(iterate_batches(half_w, s.batch_size, shuffle=True, generator=gen, drop_last=True),
+                      iterate_batches(half_a, s.batch_size, shuffle=True, generator=gen, drop_last=True))
+        bar = tqdm(batches, total=n_steps, desc=f"{desc} {epoch + 1}/{s.epochs}", disable=not progress, leave=False)
+        sums: dict[str, float] = {}
+        count = 0
+        for step, ((xw, yw), (xa, ya)) in enumerate(bar):
+            batch_w = (xw.to(device), yw.to(device))
+            batch_a = (xa.to(device), ya.to(device))
+            m = method.step(batch_w, batch_a, Progress(epoch, step, n_steps))
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            bar.set_postfix({k: f"{v / count:.3f}" for k, v in list(sums.items())[:3]})
+        metrics = {k: v / max(1, count) for k, v in sums.items()}
+        metrics.update(method.end_epoch(epoch))
+        net = method.eval_model()
+        if net is not None:
+            metrics["val_acc"] = accuracy(net, splits.val, 256, device)
+        elapsed += time.perf_counter() - t0
+        metrics["seconds"] = elapsed
+        history.append(metrics)
+        log_metrics(metrics, epoch)
+        if resume is not None:
+            resume.save({
+                "epoch": epoch, "method": method.state_dict(), **capture_rng(gen),
+                "history": history, "seconds": elapsed,
+            })
+    return SearchResult(method.architecture(), history, elapsed, method.extra_outputs())

@@ -1,0 +1,211 @@
+"""The DARTS search supernet (Liu et al. 2019) with the PC-DARTS option (Xu et al. 2020).
+
+Every edge is a :class:`MixedOp`: the sum of all candidate ops weighted by
+``softmax(α_edge)``. Architecture parameters live apart from the network weights:
+``arch_parameters()`` gives the α tensors (and PC-DARTS edge-normalization β),
+``weights()`` everything else, so the bilevel optimizer updates each set on its own split.
+
+PC-DARTS (``partial_channels = K > 1``): each mixed op sees only 1/K of the channels, the
+rest bypass it; the two parts are concatenated and channel-shuffled (groups K). Edge
+normalization weighs each node's incoming edges by ``softmax(β)`` over that node's edges.
+
+The ``mask_normal`` / ``mask_reduce`` buffers (1 = on, 0 = off; shape like α) let a method
+switch single primitives off (LRNAS' contribution estimation): they multiply the softmax
+weights without renormalizing, and an op whose mask is 0 is not run at all, so the output is
+that of the supernet with the op replaced by zero and the op's weights get no gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from rnas.models.normalize import Normalize
+from rnas.space.genotype import Genotype, derive_genotype, num_edges
+from rnas.space.network import cell_normalization, reduction_layers
+from rnas.space.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, make_op
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet/PC-DARTS shuffle: output channel ``i·groups + g`` is input channel
+    ``g·(C/groups) + i``, so the C/K channels an op processed are spread over the tensor."""
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+class MixedOp(nn.Module):
+    """One supernet edge: ``Σ_o w_o · op_o(x)`` (DARTS); with ``K = partial_channels > 1``
+    the ops see only the first C/K channels, the other channels bypass them (max-pooled on a
+    stride-2 edge), and the concatenation is channel-shuffled with K groups (PC-DARTS)."""
+
+    def __init__(self, channels: int, stride: int, partial_channels: int = 1,
+                 primitives: tuple[str, ...] = PRIMITIVES):
+        super().__init__()
+        if partial_channels < 1 or channels % partial_channels:
+            raise ValueError(f"partial_channels K={partial_channels} must divide the edge's {channels} channels")
+        self.k = partial_channels
+        self.stride = stride
+        c = channels // self.k
+        self.ops = nn.ModuleList()
+        for name in primitives:
+            op = make_op(name, c, stride, affine=False)
+            if "pool" in name:  # DARTS: BN after pooling so its scale matches the convs
+                op = nn.Sequential(op, nn.BatchNorm2d(c, affine=False))
+            self.ops.append(op)
+        # ceil_mode: the same H/stride rounding as the strided ops on odd sizes (PC-DARTS' own
+        # MaxPool2d(2, 2) floors, which breaks a 7x7 input); identical on even sizes.
+        self.bypass_pool = nn.MaxPool2d(2, 2, ceil_mode=True) if (self.k > 1 and stride == 2) else None
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor,
+                active: list[bool] | None = None) -> torch.Tensor:
+        # x: (B, C, H, W); weights: (n_ops,); active: per op, False = switched off (skipped)
+        xa = x if self.k == 1 else x[:, : x.shape[1] // self.k]
+        out = sum(w * op(xa) for i, (w, op) in enumerate(zip(weights, self.ops))
+                  if active is None or active[i])
+        if isinstance(out, int):  # every op switched off: a zero edge, (B, C/K, H/s, W/s)
+            out = xa[:, :, :: self.stride, :: self.stride].mul(0.0)
+        if self.k == 1:
+            return out
+        xb = x[:, x.shape[1] // self.k:]
+        if self.bypass_pool is not None:
+            xb = self.bypass_pool(xb)
+        return channel_shuffle(torch.cat([out, xb], dim=1), self.k)
+
+
+class SearchCell(nn.Module):
+    def __init__(self, nodes: int, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool,
+                 partial_channels: int = 1, primitives: tuple[str, ...] = PRIMITIVES):
+        super().__init__()
+        self.reduction = reduction
+        self.nodes = nodes
+        self.preprocess0 = FactorizedReduce(c_pp, c, affine=False) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(c_p, c, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList()
+        for node in range(nodes):
+            for src in range(node + 2):
+                stride = 2 if reduction and src < 2 else 1
+                self.edges.append(MixedOp(c, stride, partial_channels, primitives))
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
+                edge_weights: torch.Tensor | None = None,
+                active: list[list[bool]] | None = None) -> torch.Tensor:
+        # weights: (n_edges, n_ops); edge_weights: (n_edges,) or None; active: (n_edges, n_ops) or None
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for node in range(self.nodes):
+            total = 0
+            for j, h in enumerate(states):
+                e = offset + j
+                out = self.edges[e](h, weights[e], None if active is None else active[e])
+                if edge_weights is not None:
+                    out = edge_weights[e] * out
+                total = total + out
+            offset += len(states)
+            states.append(total)
+        return torch.cat(states[-self.nodes:], dim=1)
+
+
+class Supernet(nn.Module):
+    """DARTS search network: stem, ``layers`` search cells, global pool, classifier."""
+
+    def __init__(self, init_channels: int, layers: int, num_classes: int, input_channels: int = 3,
+                 dataset: str | None = None, nodes: int = 4, stem_multiplier: int = 3,
+                 partial_channels: int = 1, primitives: tuple[str, ...] = PRIMITIVES):
+        super().__init__()
+        self.nodes = nodes
+        self.primitives = tuple(primitives)
+        self.partial_channels = partial_channels
+        self.model_args: dict[str, Any] = {
+            "init_channels": init_channels, "layers": layers, "num_classes": num_classes,
+            "input_channels": input_channels, "dataset": dataset, "nodes": nodes,
+            "stem_multiplier": stem_multiplier, "partial_channels": partial_channels,
+            "primitives": list(self.primitives),
+        }
+        self.normalize = Normalize(*cell_normalization(dataset, input_channels))
+        c_curr = stem_multiplier * init_channels
+        self.stem = nn.Sequential(nn.Conv2d(input_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
+        c_pp, c_p, c_curr = c_curr, c_curr, init_channels
+        reductions = reduction_layers(layers)
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in reductions
+            if reduction:
+                c_curr *= 2
+            self.cells.append(SearchCell(nodes, c_pp, c_p, c_curr, reduction, reduction_prev,
+                                         partial_channels, self.primitives))
+            reduction_prev = reduction
+            c_pp, c_p = c_p, nodes * c_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_p, num_classes)
+
+        n_e, n_ops = num_edges(nodes), len(self.primitives)
+        # Architecture parameters (small random init as in DARTS: 1e-3 * N(0, 1)).
+        self.alpha_normal = nn.Parameter(1e-3 * torch.randn(n_e, n_ops))
+        self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(n_e, n_ops))
+        self.beta_normal = nn.Parameter(1e-3 * torch.randn(n_e)) if partial_channels > 1 else None
+        self.beta_reduce = nn.Parameter(1e-3 * torch.randn(n_e)) if partial_channels > 1 else None
+        self.register_buffer("mask_normal", torch.ones(n_e, n_ops))
+        self.register_buffer("mask_reduce", torch.ones(n_e, n_ops))
+
+    # -- parameter groups ----------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        params = [self.alpha_normal, self.alpha_reduce]
+        if self.beta_normal is not None:
+            params += [self.beta_normal, self.beta_reduce]
+        return params
+
+    def weights(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    # -- architecture weights ------------------------------------------------------
+    def op_weights(self, reduction: bool) -> torch.Tensor:
+        alpha, mask = (self.alpha_reduce, self.mask_reduce) if reduction else (self.alpha_normal, self.mask_normal)
+        w = torch.softmax(alpha, dim=-1)
+        if bool((mask != 1).any()):
+            w = w * mask  # no renormalization: switching an op off removes its term w_o·op_o(x)
+        return w
+
+    def active_ops(self, reduction: bool) -> list[list[bool]] | None:
+        """Per edge and op, False where the mask switched the op off (the forward skips it,
+        so it neither contributes nor gets a gradient); None when nothing is masked."""
+        mask = self.mask_reduce if reduction else self.mask_normal
+        if bool((mask != 0).all()):
+            return None
+        return (mask != 0).tolist()
+
+    def edge_weights(self, reduction: bool) -> torch.Tensor | None:
+        beta = self.beta_reduce if reduction else self.beta_normal
+        if beta is None:
+            return None
+        out, start = [], 0
+        for node in range(self.nodes):
+            n_in = node + 2
+            out.append(torch.softmax(beta[start:start + n_in], dim=-1))
+            start += n_in
+        return torch.cat(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C_in, H, W) in [0, 1]
+        w_n, w_r = self.op_weights(False), self.op_weights(True)
+        e_n, e_r = self.edge_weights(False), self.edge_weights(True)
+        a_n, a_r = self.active_ops(False), self.active_ops(True)
+        s0 = s1 = self.stem(self.normalize(x))
+        for cell in self.cells:
+            w, e, a = (w_r, e_r, a_r) if cell.reduction else (w_n, e_n, a_n)
+            s0, s1 = s1, cell(s0, s1, w, e, a)
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def genotype(self) -> Genotype:
+        """Derive the discrete cell (with PC-DARTS, α weights are scaled by edge weights)."""
+        with torch.no_grad():
+            cells = []
+            for red in (False, True):
+                w = self.op_weights(red)
+                e = self.edge_weights(red)
+                if e is not None:
+                    w = w * e[:, None]
+                cells.append(w)
+        return derive_genotype(cells[0], cells[1], self.nodes, self.primitives)

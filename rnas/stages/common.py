@@ -1,0 +1,50 @@
+"""What every stage does first: load and validate params, fix the runtime, load data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnas.config import Params, load_params
+from rnas.data import Splits, load_splits
+from rnas.runtime import seed_everything, setup_runtime
+
+log = logging.getLogger("rnas")
+
+
+def add_params_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+
+
+def add_run_arguments(p: argparse.ArgumentParser, allow_teacher: bool = False) -> None:
+    add_params_argument(p)
+    p.add_argument("--run", required=True, help="run name (see rnas.runs)" + (" or 'teacher'" if allow_teacher else ""))
+    p.add_argument("--seed", type=int, default=0, help="seed (a value from pipeline.seeds)")
+
+
+def prepare(args: argparse.Namespace, seed: int) -> tuple[Params, torch.device]:
+    params = load_params(args.params)
+    device = setup_runtime(params.pipeline.threads, params.pipeline.deterministic, params.pipeline.device)
+    seed_everything(seed)
+    return params, device
+
+
+def load_data(params: Params, seed: int) -> Splits:
+    d = params.data
+    return load_splits(d.dataset, root=d.root, download=d.download, seed=seed, val_fraction=d.val_fraction,
+                       image_size=d.image_size, test_fraction=d.test_fraction, train_subset=d.train_subset)
+
+
+def write_json(path: Path, data: Any) -> None:
+    from rnas.space.genotype import write_json_atomic
+
+    write_json_atomic(path, data)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,104 @@
+"""``rnas evaluate --run RUN --seed K`` (or ``--run teacher``): attack the final model.
+
+Every model is measured on the same first ``evaluate.n_examples`` test examples, each
+attack on all of them (DESIGN.md §5). Writes ``eval.json``."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import platform
+import time
+
+import torch
+
+from rnas import paths
+from rnas.checkpoint import load_model
+from rnas.evaluation.protocol import EvalSettings, EvalState, evaluate_with_sanity, state_key
+from rnas.evaluation.sanity import SanitySettings
+from rnas.pipeline import stage_keys
+from rnas.runtime import place_model
+from rnas.runs import resolve_run
+from rnas.stages.common import add_run_arguments, load_data, log, prepare, write_json
+from rnas.tracking import stage_run
+
+EVAL_DATA_SEED = 0  # the test split does not depend on the seed; fixed for clarity
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_run_arguments(p, allow_teacher=True)
+
+
+def settings_from(params) -> EvalSettings:
+    e = params.evaluate
+    return EvalSettings(epsilon=e.epsilon, epsilon_l2=e.epsilon_l2, pgd_step_size=e.pgd_step_size,
+                        pgd_restarts=e.pgd_restarts, cw_steps=e.cw_steps, deepfool_steps=e.deepfool_steps,
+                        eps_sweep=e.eps_sweep, attacks=e.attacks, batch_size=e.batch_size)
+
+
+def sanity_from(params) -> SanitySettings:
+    e = params.evaluate
+    return SanitySettings(large_epsilon=e.sanity_large_epsilon, square_queries=e.sanity_square_queries,
+                          tolerance=e.sanity_tolerance, max_zero_grad_fraction=e.sanity_max_zero_grad_fraction)
+
+
+def file_digest(path) -> str:
+    """sha256 of a file's bytes (keys the resumable evaluation state to the checkpoint)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def device_name(device) -> str:
+    """What ran the evaluation, for the report's GPU/CPU column."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def record_sanity(tracker, metrics: dict) -> None:
+    """MLflow tags ``sanity`` (pass / FAIL: names) and ``sanity.<check>``, metric ``sanity_failures``."""
+    verdicts = metrics.get("sanity", {})
+    failed = sorted(n for n, ok in verdicts.items() if not ok)
+    tracker.set_tags({"sanity": "FAIL: " + ", ".join(failed) if failed else "pass",
+                      **{f"sanity.{n}": "pass" if ok else "FAIL" for n, ok in verdicts.items()}})
+    tracker.log_metrics({"sanity_failures": len(failed)})
+
+
+def run(args: argparse.Namespace) -> int:
+    params, device = prepare(args, args.seed)
+    if args.run == paths.TEACHER:
+        method, variant = "teacher", params.teacher.family
+    else:
+        spec = resolve_run(args.run)
+        method, variant = spec.method, spec.variant
+    splits = load_data(params, EVAL_DATA_SEED)
+    model, ckpt = load_model(paths.model_file(params, args.run, args.seed), device)
+    model = place_model(model, device, params.pipeline.channels_last)
+    n = min(params.evaluate.n_examples, len(splits.test))
+    x, y = splits.test.x[:n].to(device), splits.test.y[:n].to(device)
+    keys = stage_keys("evaluate")
+    with stage_run(params, "evaluate", run=args.run, method=method, variant=variant, seed=args.seed,
+                   keys=keys) as tracker:
+        t0 = time.perf_counter()
+        settings, sanity = settings_from(params), sanity_from(params)
+        model_path = paths.model_file(params, args.run, args.seed)
+        state = EvalState(paths.state_dir(params, args.run, args.seed, "evaluate") / "flags.pt",
+                          state_key(settings, file_digest(model_path), x, y, sanity))
+        metrics, _flags = evaluate_with_sanity(model, x, y, settings, sanity, progress=params.pipeline.progress,
+                                               state=state)
+        metrics["eval_seconds"] = time.perf_counter() - t0
+        metrics["device"] = str(device)
+        metrics["device_name"] = device_name(device)
+        out = paths.eval_file(params, args.run, args.seed)
+        record_sanity(tracker, metrics)
+        write_json(out, metrics)
+        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        tracker.log_metrics({f"eps_sweep/{eps}": acc for eps, acc in metrics["eps_sweep"].items()})
+        tracker.log_artifact(out)
+        state.clear()
+        log.info("evaluate %s seed %d: clean %.3f, robust %s -> %s", args.run, args.seed, metrics["clean_acc"],
+                 metrics.get("robust_acc"), out)
+    return 0

@@ -1,0 +1,57 @@
+"""``rnas search --run RUN --seed K``: run the run's search method, write the architecture."""
+
+from __future__ import annotations
+
+import argparse
+
+from rnas import paths
+from rnas.checkpoint import ResumeState, load_model
+from rnas.config import params_hash
+from rnas.pipeline import stage_keys
+from rnas.runs import resolve_run
+from rnas.search.loop import run_search
+from rnas.search.methods import make_method
+from rnas.stages.common import add_run_arguments, load_data, log, prepare, write_json
+from rnas.tracking import stage_run
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_run_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    params, device = prepare(args, args.seed)
+    spec = resolve_run(args.run)
+    if spec.arch_from:
+        log.error("run %s reuses the architecture of run %s and has no search of its own", args.run, spec.arch_from)
+        return 2
+    splits = load_data(params, args.seed)
+    keys = stage_keys("search", args.run)
+    teacher = None
+    if spec.needs_teacher:
+        teacher, _ = load_model(paths.distill_teacher(params), device)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    resume = ResumeState(paths.state_dir(params, args.run, args.seed, "search"), params_hash(params, keys))
+    with stage_run(params, "search", run=args.run, method=spec.method, variant=spec.variant, seed=args.seed,
+                   keys=keys) as tracker:
+        method = make_method(spec.method)
+        result = run_search(method, {"params": params, "run": spec, "info": splits.info, "device": device,
+                                     "seed": args.seed, "teacher": teacher},
+                            splits, log_metrics=tracker.log_metrics, resume=resume,
+                            progress=params.pipeline.progress, desc=f"search {args.run}")
+        arch_path = paths.arch_file(params, args.run, args.seed)
+        run_dir = arch_path.parent
+        for name, data in result.extra_outputs.items():
+            write_json(run_dir / name, data)
+        write_json(arch_path, result.architecture)
+        for extra_file in method.write_files(run_dir):
+            tracker.log_artifact(extra_file)
+        write_json(paths.search_log(params, args.run, args.seed),
+                   {"run": args.run, "method": spec.method, "variant": spec.variant, "seed": args.seed,
+                    "search_seconds": result.seconds, "history": result.history})
+        tracker.log_metrics({"search_seconds": result.seconds})
+        tracker.log_artifact(arch_path)
+        log.info("search %s seed %d: %.1f s -> %s", args.run, args.seed, result.seconds, arch_path)
+    resume.clear()
+    return 0

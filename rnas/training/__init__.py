@@ -1,0 +1,1 @@
+"""One trainer for every stage, with a pluggable perturbation."""

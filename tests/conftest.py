@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny params file for workflow-level tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+def tiny_params(runs=("darts", "random")) -> dict:
+    """params.yaml scaled down to seconds: one epoch everywhere, 4 channels, 16 test examples."""
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["pipeline"]["runs"] = list(runs)
+    p["pipeline"]["progress"] = False
+    p["teacher"].update(width=4, depth=2)
+    p["teacher"]["train"].update(epochs=1)
+    p["search"].update(epochs=1, init_channels=4, layers=2, batch_size=32)
+    p["retrain"].update(init_channels=4, layers=2)
+    p["retrain"]["train"].update(epochs=1)
+    for section in ("teacher", "retrain"):
+        p[section]["train"]["perturbation"].update(steps=1)
+    p["evaluate"].update(n_examples=16, cw_steps=5, deepfool_steps=5, eps_sweep=[0.0, 0.1, 0.3])
+    return p
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path) -> Path:
+    """A working directory with a tiny params.yaml (the Snakefile is used from the repo)."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    return tmp_path
+
+
+def copy_workflow(dest: Path) -> None:
+    shutil.copy(ROOT / "Snakefile", dest / "Snakefile")
+    shutil.copytree(ROOT / "workflow", dest / "workflow")

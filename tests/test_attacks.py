@@ -1,0 +1,466 @@
+"""Invariants of the attacks and of the evaluation protocol, on a tiny conv net (1x8x8 inputs).
+
+The model is trained for a fraction of a second on synthetic prototype data so that clean
+accuracy is high and the chosen radii leave some examples robust and break others.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from rnas.evaluation import attacks as A
+from rnas.evaluation.protocol import (
+    PROTOCOL_ATTACKS,
+    EvalSettings,
+    evaluate_model,
+    worst_case_flags,
+)
+
+EPS = 0.1  # L∞ radius used by most tests (pixel units)
+EPS_L2 = 0.8  # L2 radius: 0.1 · sqrt(64)
+N_CLASSES = 10
+
+# Fast options per registry attack (few steps; real settings come from EvalSettings).
+FAST = {
+    "clean": {},
+    "fgsm": {},
+    "pgd": dict(step_size=0.025, steps=10),
+    "cw_l2": dict(steps=20, binary_search_steps=5),
+    "deepfool_l2": dict(steps=10),
+}
+LINF_ADV = {"fgsm": A.fgsm_adv, "pgd": A.pgd_adv}
+L2_ADV = {"cw_l2": A.cw_l2_adv, "deepfool_l2": A.deepfool_l2_adv}
+ADV = {**LINF_ADV, **L2_ADV}
+
+
+def _data(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    prototypes = torch.rand(N_CLASSES, 1, 8, 8, generator=torch.Generator().manual_seed(123))
+    y = torch.randint(0, N_CLASSES, (n,), generator=generator)
+    x = 0.6 * prototypes[y] + 0.4 * torch.rand(n, 1, 8, 8, generator=generator)
+    return x.clamp(0, 1), y
+
+
+def _tiny_net(batch_norm: bool = False) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8) if batch_norm else nn.Identity(),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, N_CLASSES),
+    )
+
+
+def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 100) -> nn.Module:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster, and robust to a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(_one_thread) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    x_train, y_train = _data(512, generator)
+    x_test, y_test = _data(24, generator)
+    model = _train(_tiny_net(), x_train, y_train)
+    return model, x_test, y_test
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_untouched(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), f"{name} changed"
+    for name, p in model.named_parameters():
+        assert p.grad is None, f"{name} has a .grad"
+        assert p.requires_grad, f"{name} lost requires_grad"
+
+
+def _linf(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).flatten(1).abs().amax(dim=1)
+
+
+def _l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).flatten(1).norm(dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# pgd_attack (pure torch)
+
+
+@pytest.mark.parametrize("epsilon", [0.03, EPS, 0.3])
+@pytest.mark.parametrize("random_start", [True, False])
+def test_pgd_attack_stays_in_ball_and_box(setup, epsilon, random_start):
+    model, x, y = setup
+    x_adv = A.pgd_attack(model, x, y, epsilon, step_size=epsilon / 4, steps=10,
+                         random_start=random_start)
+    assert x_adv.shape == x.shape and not x_adv.requires_grad
+    assert (_linf(x_adv, x) <= epsilon + 1e-6).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (x_adv != x).any()
+
+
+def test_pgd_attack_breaks_the_model_at_large_epsilon(setup):
+    model, x, y = setup
+    x_adv = A.pgd_attack(model, x, y, 0.3, step_size=0.05, steps=20)
+    clean = (model(x).argmax(1) == y).float().mean()
+    robust = (model(x_adv).argmax(1) == y).float().mean()
+    assert clean > 0.9 and robust <= 1.0 / N_CLASSES
+
+
+def test_pgd_attack_restores_mode_and_leaves_no_trace():
+    generator = torch.Generator().manual_seed(1)
+    x, y = _data(16, generator)
+    model = _train(_tiny_net(batch_norm=True), x, y, steps=5).train()
+    model[1].eval()  # mixed modes must come back exactly as they were
+    before = _snapshot(model)
+    with torch.no_grad():  # the trainer or the evaluator may call it under no_grad
+        x_adv = A.pgd_attack(model, x, y, EPS, step_size=0.03, steps=3)
+    _assert_untouched(model, before)  # BN running statistics included (eval_mode=True)
+    assert model.training and not model[1].training and model[0].training
+    assert (_linf(x_adv, x) <= EPS + 1e-6).all()
+
+
+def test_pgd_attack_keeps_existing_grads(setup):
+    model, x, y = setup
+    grads = [torch.full_like(p, 0.5) for p in model.parameters()]
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g
+    try:
+        A.pgd_attack(model, x, y, EPS, step_size=0.03, steps=2)
+        assert all(p.grad is g for p, g in zip(model.parameters(), grads))
+        assert all((p.grad == 0.5).all() for p in model.parameters())
+    finally:
+        model.zero_grad(set_to_none=True)
+
+
+def test_pgd_attack_generator_makes_it_reproducible(setup):
+    model, x, y = setup
+
+    def run(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return A.pgd_attack(model, x, y, EPS, step_size=0.03, steps=3, generator=gen)
+
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+
+
+def test_pgd_attack_losses(setup):
+    model, x, y = setup
+    for loss in ("margin", lambda logits, t: nn.functional.cross_entropy(logits, t)):
+        x_adv = A.pgd_attack(model, x, y, EPS, step_size=0.03, steps=5, loss=loss)
+        assert (_linf(x_adv, x) <= EPS + 1e-6).all()
+    with pytest.raises(ValueError, match="ce"):
+        A.pgd_attack(model, x, y, EPS, step_size=0.03, steps=1, loss="hinge")
+
+
+def test_foolbox_pgd_matches_pure_torch_pgd(setup):
+    """Without random start both are the same deterministic iteration (sum CE, sign step)."""
+    model, x, y = setup
+    ours = A.pgd_attack(model, x, y, EPS, step_size=0.02, steps=10, random_start=False)
+    theirs = A.pgd_adv(model, x, y, EPS, step_size=0.02, steps=10, random_start=False)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry attacks
+
+
+@pytest.mark.parametrize("name", sorted(LINF_ADV))
+def test_linf_attacks_stay_in_ball_and_box(setup, name):
+    model, x, y = setup
+    x_adv = LINF_ADV[name](model, x, y, EPS, **FAST[name])
+    assert x_adv.shape == x.shape
+    assert (_linf(x_adv, x) <= EPS + 1e-6).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+@pytest.mark.parametrize("name", sorted(L2_ADV))
+def test_l2_attacks_stay_in_ball_and_box(setup, name):
+    model, x, y = setup
+    x_adv = L2_ADV[name](model, x, y, EPS_L2, **FAST[name])
+    assert x_adv.shape == x.shape
+    assert (_l2(x_adv, x) <= EPS_L2 + 1e-5).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_robust_flags_imply_clean_correctness(setup, name):
+    model, x, y = setup
+    spec = A.get_attack(name)
+    eps = EPS_L2 if spec.threat is A.ThreatModel.L2 else EPS
+    clean = A.clean_flags(model, x, y)
+    flags = A.run_attack(name, model, x, y, eps, **FAST[name])
+    assert flags.dtype == torch.bool and flags.shape == (len(x),)
+    assert not (flags & ~clean).any()
+    assert flags.float().mean() <= clean.float().mean()
+    if spec.adv_fn is not None:  # the flags are those of the returned points
+        x_adv = spec.adv_fn(model, x, y, eps, **FAST[name])
+        assert torch.equal(flags, clean & (model(x_adv).argmax(1) == y))
+
+
+def test_attacks_actually_attack(setup):
+    model, x, y = setup
+    clean = A.clean_flags(model, x, y).float().mean()
+    for name in ("fgsm", "pgd"):
+        assert A.run_attack(name, model, x, y, EPS, **FAST[name]).float().mean() < clean
+    for name in ("cw_l2", "deepfool_l2"):
+        assert A.run_attack(name, model, x, y, 2 * EPS_L2, **FAST[name]).float().mean() < clean
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_zero_epsilon_equals_clean(setup, name):
+    model, x, y = setup
+    flags = A.run_attack(name, model, x, y, 0.0, **FAST[name])
+    assert torch.equal(flags, A.clean_flags(model, x, y))
+
+
+@pytest.mark.parametrize("name", sorted(ADV))
+def test_attacks_leave_model_untouched(setup, name):
+    model, x, y = setup
+    frozen = next(model.parameters())
+    frozen.requires_grad_(False)  # a caller's requires_grad choices survive too
+    model[0].train()  # and so do modes
+    before = _snapshot(model)
+    try:
+        A.run_attack(name, model, x, y, EPS, **FAST[name])
+        assert not frozen.requires_grad and model[0].training and not model.training
+        frozen.requires_grad_(True)
+        _assert_untouched(model, before)
+    finally:
+        frozen.requires_grad_(True)
+        model.eval()
+
+
+@pytest.mark.parametrize("name", ["fgsm", "deepfool_l2"])
+def test_batching_does_not_change_deterministic_attacks(setup, name):
+    model, x, y = setup
+    whole = ADV[name](model, x, y, EPS, **FAST[name])
+    chunked = ADV[name](model, x, y, EPS, **FAST[name], batch_size=5)
+    assert torch.allclose(whole, chunked, atol=1e-6)
+
+
+def test_pgd_restarts_only_remove_robust_examples(setup):
+    model, x, y = setup
+    options = dict(step_size=0.01, steps=3)  # weak, so that restarts have work to do
+    with A.rng_scope(0):
+        one = A.run_attack("pgd", model, x, y, EPS, **options)
+    with A.rng_scope(0):
+        three = A.run_attack("pgd", model, x, y, EPS, **options, restarts=3)
+    assert not (three & ~one).any()
+    with pytest.raises(ValueError, match="restarts"):
+        A.run_attack("pgd", model, x, y, EPS, **options, restarts=0)
+
+
+def test_rng_scope_is_reproducible_and_restores_the_callers_rng(setup):
+    model, x, y = setup
+    state = torch.get_rng_state()
+    with A.rng_scope(3):
+        a = A.pgd_adv(model, x, y, EPS, step_size=0.03, steps=2)
+    with A.rng_scope(3):
+        b = A.pgd_adv(model, x, y, EPS, step_size=0.03, steps=2)
+    assert torch.equal(a, b)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_unknown_attack_lists_known_names():
+    with pytest.raises(ValueError, match="unknown attack 'pgd7'.*autoattack.*fgsm.*pgd"):
+        A.get_attack("pgd7")
+
+
+def test_registry_threat_models():
+    assert A.get_attack("pgd").threat is A.ThreatModel.LINF
+    assert A.get_attack("autoattack").threat is A.ThreatModel.LINF
+    assert A.get_attack("cw_l2").threat is A.ThreatModel.L2
+    assert A.get_attack("clean").threat is None
+    assert all(spec.name == name for name, spec in A.ATTACKS.items())
+
+
+def test_input_contract_is_enforced(setup):
+    model, x, y = setup
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        A.run_attack("fgsm", model, x * 2, y, EPS)
+    with pytest.raises(TypeError, match="integer"):
+        A.run_attack("fgsm", model, x, y.float(), EPS)
+    with pytest.raises(ValueError, match="epsilon"):
+        A.run_attack("fgsm", model, x, y, -0.1)
+    # int32 labels are fine (cast to int64)
+    assert torch.equal(A.run_attack("fgsm", model, x, y.int(), EPS),
+                       A.run_attack("fgsm", model, x, y, EPS))
+
+
+def test_autoattack_small(setup):
+    """Standard AutoAttack on 8 examples, Square cut to 100 queries to keep it quick."""
+    model, x, y = setup
+    x, y = x[:8], y[:8]
+    before = _snapshot(model)
+    rng = torch.get_rng_state()
+    tracer_calls = []
+
+    def tracer(frame, event, arg):  # AutoAttack's check_dynamic calls sys.settrace(None)
+        tracer_calls.append(event)
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        x_adv = A.autoattack_adv(model, x, y, EPS, n_queries=100)
+        restored = sys.gettrace() is tracer
+    finally:
+        sys.settrace(previous)
+    assert restored
+    assert (_linf(x_adv, x) <= EPS + 1e-6).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    _assert_untouched(model, before)
+    assert torch.equal(torch.get_rng_state(), rng)
+
+    clean = A.clean_flags(model, x, y)
+    flags = A.robust_flags(model, x, x_adv, y)
+    assert not (flags & ~clean).any()
+    assert flags.float().mean() < clean.float().mean()  # it does break something at ε = 0.1
+    # reproducible with the same seed
+    again = A.autoattack_flags(model, x, y, EPS, n_queries=100)
+    assert torch.equal(again, flags)
+
+
+def test_autoattack_rejects_attacks_outside_custom(setup):
+    model, x, y = setup
+    with pytest.raises(ValueError, match="custom"):
+        A.autoattack_adv(model, x, y, EPS, attacks=("apgd-ce",))
+
+
+# ---------------------------------------------------------------------------------------------
+# Protocol
+
+
+def test_worst_case_flags_hand_made():
+    t, f = True, False
+    flags = {
+        "clean": torch.tensor([t, t, t, t, f, t]),
+        "fgsm": torch.tensor([t, f, t, t, t, t]),
+        "pgd20": torch.tensor([t, t, f, t, f, t]),
+        "cw": torch.tensor([f, f, f, f, f, f]),  # L2: not part of the L∞ worst case
+    }
+    robust = worst_case_flags(flags, ["fgsm", "pgd20"])
+    assert robust.tolist() == [t, f, f, t, f, t]
+    assert worst_case_flags(flags, []).tolist() == flags["clean"].tolist()
+    with pytest.raises(ValueError, match="shape"):
+        worst_case_flags({**flags, "fgsm": torch.tensor([t])}, ["fgsm"])
+
+
+def _settings(**overrides) -> EvalSettings:
+    base = dict(
+        epsilon=EPS, epsilon_l2=EPS_L2, pgd_step_size=0.025, cw_steps=10, deepfool_steps=10,
+        eps_sweep=(0.05, 0.3), attacks=("fgsm", "pgd20", "pgd100", "cw", "deepfool"),
+    )
+    return EvalSettings(**{**base, **overrides})
+
+
+EXPECTED_KEYS = {
+    "clean_acc", "fgsm_acc", "pgd20_acc", "pgd100_acc", "autoattack_acc", "robust_acc",
+    "cw_acc", "deepfool_acc", "eps_sweep", "epsilon", "epsilon_l2", "params", "macs",
+    "n_examples", "attack_seconds",
+}
+
+
+def _check_metrics(metrics, flags, settings, n):
+    assert set(metrics) == EXPECTED_KEYS
+    json.dumps(metrics, allow_nan=False)  # plain, serialisable values
+    clean = metrics["clean_acc"]
+    ran = {name: metrics[PROTOCOL_ATTACKS[name].metric] for name in settings.attacks}
+    for name, spec in PROTOCOL_ATTACKS.items():
+        if name not in settings.attacks:
+            assert metrics[spec.metric] is None
+    for name, acc in ran.items():
+        assert isinstance(acc, float) and 0.0 <= acc <= clean
+        assert acc == flags[name].sum().item() / n
+        assert not (flags[name] & ~flags["clean"]).any()
+    linf = [a for a in settings.attacks if a in ("fgsm", "pgd20", "pgd100", "autoattack")]
+    for name in linf:
+        assert metrics["robust_acc"] <= ran[name]
+    expected_robust = flags["clean"].clone()
+    for name in linf:
+        expected_robust &= flags[name]
+    assert torch.equal(flags["robust"], expected_robust)
+    sweep = metrics["eps_sweep"]
+    assert sweep["0.0"] == clean
+    assert list(sweep) == [str(e) for e in sorted({0.0, settings.epsilon, *settings.eps_sweep})]
+    assert list(sweep.values()) == sorted(sweep.values(), reverse=True)
+    if "pgd20" in settings.attacks:
+        assert sweep[str(settings.epsilon)] == metrics["pgd20_acc"]
+    assert metrics["n_examples"] == n and metrics["params"] > 0 and metrics["macs"] > 0
+    assert set(metrics["attack_seconds"]) == {*settings.attacks, "eps_sweep"}
+
+
+def test_evaluate_model_metrics_and_flags(setup):
+    model, x, y = setup
+    settings = _settings()
+    before = _snapshot(model)
+    rng = torch.get_rng_state()
+    metrics, flags = evaluate_model(model, x, y, settings, progress=False)
+    _check_metrics(metrics, flags, settings, len(x))
+    assert metrics["clean_acc"] > 0.9 and metrics["robust_acc"] < metrics["clean_acc"]
+    assert metrics["eps_sweep"]["0.3"] <= 1.0 / N_CLASSES  # a working attack at a large ε
+    assert metrics["pgd100_acc"] <= metrics["fgsm_acc"]
+    assert all(f.dtype == torch.bool and f.device.type == "cpu" for f in flags.values())
+    _assert_untouched(model, before)
+    assert not model.training
+    assert torch.equal(torch.get_rng_state(), rng)
+
+    again, again_flags = evaluate_model(model, x, y, settings, progress=False)
+    strip = lambda m: {k: v for k, v in m.items() if k != "attack_seconds"}  # noqa: E731
+    assert strip(again) == strip(metrics)
+    assert all(torch.equal(again_flags[k], flags[k]) for k in flags)
+
+
+def test_evaluate_model_without_linf_attacks(setup):
+    model, x, y = setup
+    metrics, flags = evaluate_model(model, x, y, _settings(attacks=("deepfool",)), progress=False)
+    assert metrics["robust_acc"] is None and "robust" not in flags
+    assert metrics["pgd20_acc"] is None and metrics["deepfool_acc"] is not None
+    assert metrics["eps_sweep"]["0.0"] == metrics["clean_acc"]
+
+
+def test_eval_settings_validation():
+    with pytest.raises(ValueError, match="unknown attack.*pgd20"):
+        _settings(attacks=("pgd7",))
+    with pytest.raises(ValueError, match="epsilon"):
+        _settings(epsilon=-1.0)
+    with pytest.raises(ValueError, match="pgd_restarts"):
+        _settings(pgd_restarts=0)
+    with pytest.raises(ValueError, match="repeat"):
+        _settings(attacks=("fgsm", "fgsm"))
+    settings = _settings(attacks=["fgsm"], eps_sweep=[0.2])  # lists (YAML) become tuples
+    assert settings.attacks == ("fgsm",) and settings.eps_sweep == (0.2,)
+    hash(settings)
+    assert settings.sweep_step_size(0.2) == pytest.approx(0.05)
+
+
+@pytest.mark.slow
+def test_evaluate_model_full_default_suite(setup):
+    model, x, y = setup
+    settings = EvalSettings(epsilon=EPS, epsilon_l2=EPS_L2, pgd_step_size=0.025)
+    metrics, flags = evaluate_model(model, x[:12], y[:12], settings, progress=False)
+    _check_metrics(metrics, flags, settings, 12)
+    assert metrics["robust_acc"] <= metrics["autoattack_acc"]

@@ -1,0 +1,94 @@
+"""params.yaml loads into frozen dataclasses; bad values are refused before any work."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rnas.config import ParamsError, json_schema, load_params, params_from_dict, params_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_params_file_is_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert p.data.dataset == "digits"
+    assert 0 < p.evaluate.epsilon <= 1
+    with pytest.raises(AttributeError):
+        p.data.dataset = "mnist"  # frozen
+
+
+def test_paper_config_is_valid():
+    p = load_params(ROOT / "configs" / "cifar10.yaml")
+    assert p.data.dataset == "cifar10"
+    assert p.evaluate.epsilon == pytest.approx(8 / 255)
+    assert (p.retrain.init_channels, p.retrain.layers) == (36, 20)
+
+
+@pytest.mark.parametrize("patch, key, allowed", [
+    ({"evaluate": {"epsilon": -0.1}}, "evaluate.epsilon", "[0.0, 1.0]"),
+    ({"evaluate": {"epsilon": 1.5}}, "evaluate.epsilon", "[0.0, 1.0]"),
+    ({"search": {"epochs": 0}}, "search.epochs", "[1"),
+    ({"teacher": {"train": {"epochs": 0}}}, "teacher.train.epochs", "[1"),
+    ({"search": {"arch_lr": "1e-3"}}, "search.arch_lr", "1.0e-3"),
+    ({"data": {"dataset": "imagenet"}}, "data.dataset", "cifar10"),
+    ({"pipeline": {"runs": ["darts", "nonsense"]}}, "pipeline.runs[1]", "darts"),
+    ({"search": {"methods": {"darts": {"gamma": 1.0}}}}, "search.methods.darts.gamma", "no keys"),
+    ({"data": {"datset": "digits"}}, "data.datset", "dataset"),
+    ({"pipeline": {"deterministic": "yes"}}, "pipeline.deterministic", "true or false"),
+    ({"search": {"layers": 2.5}}, "search.layers", "integer"),
+    ({"evaluate": {"attacks": ["fgsm", "bim"]}}, "evaluate.attacks[1]", "pgd20"),
+    ({"teacher": {"train": {"lr": 0.01, "lr_min": 0.1}}}, "teacher.train.lr_min", "exceeds"),
+])
+def test_bad_values_are_refused_with_key_and_allowed(patch, key, allowed):
+    with pytest.raises(ParamsError) as err:
+        params_from_dict(patch)
+    msg = str(err.value)
+    assert msg.startswith(key), msg
+    assert allowed in msg, msg
+
+
+def test_python_object_tag_is_refused(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("data: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ParamsError, match="not valid safe YAML"):
+        load_params(f)
+
+
+def test_validate_params_command_exit_codes(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text((ROOT / "params.yaml").read_text())
+    bad = tmp_path / "bad.yaml"
+    data = yaml.safe_load(good.read_text())
+    data["evaluate"]["epsilon"] = 2.0
+    bad.write_text(yaml.safe_dump(data))
+    ok = subprocess.run([sys.executable, "-m", "rnas.cli", "validate-params", str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    no = subprocess.run([sys.executable, "-m", "rnas.cli", "validate-params", str(bad)], capture_output=True, text=True)
+    assert no.returncode == 2
+    assert "evaluate.epsilon" in no.stderr and "[0.0, 1.0]" in no.stderr
+
+
+def test_schema_file_is_generated_from_the_dataclasses():
+    committed = json.loads((ROOT / "workflow" / "schemas" / "params.schema.json").read_text())
+    assert committed == json_schema(), "run: rnas params-schema"
+
+
+def test_schema_rejects_what_the_loader_rejects():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json_schema()
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    jsonschema.validate(data, schema)
+    data["evaluate"]["epsilon"] = -1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, schema)
+
+
+def test_params_hash_tracks_only_listed_sections():
+    a = params_from_dict({})
+    b = params_from_dict({"evaluate": {"n_examples": 7}})
+    assert params_hash(a, ["search"]) == params_hash(b, ["search"])
+    assert params_hash(a, ["evaluate"]) != params_hash(b, ["evaluate"])
