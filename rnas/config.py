@@ -215,6 +215,30 @@ class LrnasMethodConfig:
                                                  "false: crafted once per permutation against the full supernet (~3x cheaper)")
     truncation_tolerance: float = spec(0.0, lo=0.0, hi=1.0, doc="truncated Monte Carlo: once both accuracies are within "
                                                                 "this of the all-off network's, later marginals are 0 (0 = off)")
+    batch_stats: bool = spec(True, doc="score coalitions with BN batch statistics of the scored batch (running "
+                                       "statistics are restored after); false: eval-mode running statistics")
+
+
+DsrnaNorm = Literal["linf", "l2"]
+
+
+@dataclass(frozen=True)
+class DsrnaMethodConfig:
+    """DSRNA (Hosseini et al., CVPR 2021; docs/methods/dsrna.md): α minimizes L_val − γ·R with a
+    differentiable robustness metric R: variant cb = mean certified lower bound of the margin
+    f_y − max_{k≠y} f_k over the ε-ball (rnas.bounds), jacobian = −ε·‖∇_x f(x)‖_* (dual norm),
+    combined = R_cb + jacobian_weight·R_jac."""
+    gamma: float = spec(0.01, lo=0.0, hi=1e6, doc="γ: weight of the robustness metric R in L_val − γ·R")
+    epsilon: float = spec(0.1, lo=0.0, hi=100.0, doc="ε of the metrics: radius of the ball in `norm`, pixel units")
+    norm: DsrnaNorm = spec("linf", doc="threat model of the metrics: linf (dual norm L1) | l2 (dual norm L2)")
+    jacobian_projection: Literal["top1", "random"] = spec(
+        "top1", doc="R_jac differentiates the top-1 logit | a random unit projection vᵀf(x) of the logits")
+    bound_method: Literal["ibp", "crown"] = spec(
+        "ibp", doc="R_cb's bound: ibp (interval) | crown (CROWN-IBP: IBP intermediate bounds + linear backward pass)")
+    jacobian_weight: float = spec(1.0, lo=0.0, hi=1e6, doc="variant combined: R = R_cb + jacobian_weight·R_jac")
+    cb_scale: Literal["log", "linear"] = spec(
+        "log", doc="R_cb per example: linear = the margin lower bound lb | log = sign(lb)·log(1 + |lb|) "
+                   "(same order; keeps an untrained supernet's lb ≈ −1e15 from drowning L_val)")
 
 
 @dataclass(frozen=True)
@@ -225,6 +249,7 @@ class MethodsConfig:
     lrnas: LrnasMethodConfig = spec(factory=LrnasMethodConfig)
     rnas_cl: RnasClMethodConfig = spec(factory=RnasClMethodConfig)
     rnas: RnasMethodConfig = spec(factory=RnasMethodConfig)
+    dsrna: DsrnaMethodConfig = spec(factory=DsrnaMethodConfig)
 
 
 @dataclass(frozen=True)
@@ -283,6 +308,10 @@ class EvaluateConfig:
     attacks: tuple[str, ...] = spec(factory=lambda: ("fgsm", "pgd20", "pgd100", "autoattack", "cw", "deepfool"),
                                     doc="attacks to run")
     batch_size: int = spec(256, lo=1)
+    # Certified accuracy at `epsilon` (L∞) with sound margin bounds (rnas.bounds, DSRNA).
+    certify_method: Literal["both", "ibp", "crown", "none"] = spec(
+        "both", doc="certified accuracy: ibp | crown (CROWN-IBP) | both (per spec the tighter) | none (skip)")
+    certify_batch_size: int = spec(128, lo=1, hi=65_536, doc="examples per bound computation (bounds memory)")
     # Sanity checks (rnas.evaluation.sanity); radii in pixel units, accuracies as fractions.
     sanity_large_epsilon: float = spec(0.5, lo=0.0, hi=1.0, lo_open=True,
                                        doc="L∞ radius at which PGD-20 must leave at most chance accuracy")

@@ -13,7 +13,9 @@ methods directly. A stage that raises ends its run FAILED; SIGTERM ends it KILLE
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import socket
 import signal
 import subprocess
 from pathlib import Path
@@ -93,11 +95,20 @@ def _flatten(prefix: str, obj: Any, out: dict[str, Any]) -> None:
 
 
 class StageLogger:
-    """What a stage logs through; a disabled logger accepts the same calls and does nothing."""
+    """What a stage logs through; a disabled logger accepts the same calls and does nothing.
 
-    def __init__(self, client=None, run_id: str | None = None):
+    Metrics are logged with explicit steps. A logger that continues a run (resume after a
+    kill) first reads which (metric, step) pairs the run already has and never logs them
+    again, so a resumed stage can re-log its whole history without duplicates.
+    """
+
+    def __init__(self, client=None, run_id: str | None = None, continued: bool = False):
         self.client = client
         self.run_id = run_id
+        self._seen: set[tuple[str, int]] = set()
+        if client is not None and continued:
+            for key in client.get_run(run_id).data.metrics:
+                self._seen.update((key, m.step) for m in client.get_metric_history(run_id, key))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.client is None:
@@ -106,10 +117,13 @@ class StageLogger:
         import time
 
         ts = int(time.time() * 1000)
-        batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
+        step = step or 0
+        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+                 and (k, step) not in self._seen]
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
+            self._seen.update((m.key, step) for m in batch)
 
     def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
         if self.client is not None and Path(path).exists():
@@ -122,10 +136,57 @@ class StageLogger:
             self.client.set_tag(self.run_id, k, str(v))
 
 
+CLAIM_FILE = "mlflow_run.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_orphans(client, exp_id: str, keep: str | None = None) -> list[str]:
+    """Mark FAILED the runs left RUNNING on this host whose process is gone (a SIGKILL), except
+    ``keep`` (the run a resume is continuing). Returns the ids marked."""
+    host = socket.gethostname()
+    reaped = []
+    for r in client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        tags = r.data.tags
+        if r.info.run_id == keep or tags.get("rnas.host") != host or "rnas.pid" not in tags:
+            continue
+        if not _pid_alive(int(tags["rnas.pid"])):
+            client.set_tag(r.info.run_id, "rnas.end_reason", "process gone (killed); not resumed")
+            client.set_terminated(r.info.run_id, "FAILED")
+            reaped.append(r.info.run_id)
+    return reaped
+
+
+def _claimed_run(client, claim_dir: Path | None) -> str | None:
+    """The unfinished run a previous, interrupted attempt of this stage left in ``claim_dir``."""
+    if claim_dir is None or not (claim_dir / CLAIM_FILE).is_file():
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run_id = json.loads((claim_dir / CLAIM_FILE).read_text())["run_id"]
+        info = client.get_run(run_id).info
+    except (MlflowException, ValueError, KeyError, OSError):
+        return None
+    return run_id if info.status != "FINISHED" else None
+
+
 @contextlib.contextmanager
 def stage_run(params: Params, stage: str, *, run: str, method: str, variant: str, seed: int,
-              keys: tuple[str, ...]) -> Iterator[StageLogger]:
-    """An MLflow run around one stage invocation (see module docstring)."""
+              keys: tuple[str, ...], claim_dir: Path | None = None) -> Iterator[StageLogger]:
+    """An MLflow run around one stage invocation (see module docstring).
+
+    ``claim_dir`` (the stage's resumable-state folder) records the run id, so a stage resumed
+    after a kill continues its own run instead of starting a second one.
+    """
     if not params.tracking.enabled:
         yield StageLogger()
         return
@@ -133,22 +194,34 @@ def stage_run(params: Params, stage: str, *, run: str, method: str, variant: str
 
     client = mlflow.MlflowClient(tracking_uri(params.tracking))
     exp_id = _ensure_experiment(client, experiment_name(params), params.tracking)
-    tags = {"stage": stage, "run": run, "method": method, "variant": variant, "dataset": params.data.dataset,
-            "seed": str(seed), "git_commit": git_commit(), "params_hash": params_hash(params, keys),
-            "mlflow.runName": f"{stage}/{run}/seed{seed}"}
-    if os.environ.get("RNAS_PARENT_RUN_ID"):
-        tags["mlflow.parentRunId"] = os.environ["RNAS_PARENT_RUN_ID"]
-    mlrun = client.create_run(exp_id, tags=tags, run_name=tags["mlflow.runName"])
-    run_id = mlrun.info.run_id
-    flat: dict[str, Any] = {}
-    for key in keys:
-        _flatten(key, to_dict(section(params, key)), flat)
-    from mlflow.entities import Param
+    run_id = _claimed_run(client, claim_dir)
+    process_tags = {"rnas.pid": str(os.getpid()), "rnas.host": socket.gethostname()}
+    reap_orphans(client, exp_id, keep=run_id)
+    if run_id is not None:
+        client.update_run(run_id, status="RUNNING")
+        for k, v in {**process_tags, "rnas.resumed": "true"}.items():
+            client.set_tag(run_id, k, v)
+        logger = StageLogger(client, run_id, continued=True)
+    else:
+        tags = {"stage": stage, "run": run, "method": method, "variant": variant, "dataset": params.data.dataset,
+                "seed": str(seed), "git_commit": git_commit(), "params_hash": params_hash(params, keys),
+                "mlflow.runName": f"{stage}/{run}/seed{seed}", **process_tags}
+        if os.environ.get("RNAS_PARENT_RUN_ID"):
+            tags["mlflow.parentRunId"] = os.environ["RNAS_PARENT_RUN_ID"]
+        mlrun = client.create_run(exp_id, tags=tags, run_name=tags["mlflow.runName"])
+        run_id = mlrun.info.run_id
+        flat: dict[str, Any] = {}
+        for key in keys:
+            _flatten(key, to_dict(section(params, key)), flat)
+        from mlflow.entities import Param
 
-    items = [Param(k, str(v)[:6000]) for k, v in sorted(flat.items())]
-    for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i:i + 100])
-    logger = StageLogger(client, run_id)
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(flat.items())]
+        for i in range(0, len(items), 100):
+            client.log_batch(run_id, params=items[i:i + 100])
+        if claim_dir is not None:
+            claim_dir.mkdir(parents=True, exist_ok=True)
+            (claim_dir / CLAIM_FILE).write_text(json.dumps({"run_id": run_id}))
+        logger = StageLogger(client, run_id)
     try:
         yield logger
     except Terminated:
@@ -159,3 +232,5 @@ def stage_run(params: Params, stage: str, *, run: str, method: str, variant: str
         raise
     else:
         client.set_terminated(run_id, "FINISHED")
+        if claim_dir is not None:
+            (claim_dir / CLAIM_FILE).unlink(missing_ok=True)

@@ -64,6 +64,8 @@ def run_search(method: SearchMethod, ctx_kwargs: dict[str, Any], splits: Splits,
         method.load_state_dict(state["method"])
         restore_rng(state, gen)
         history, elapsed, start = state["history"], state["seconds"], state["epoch"] + 1
+        for epoch, metrics in enumerate(history):  # the logger skips (metric, step) pairs it has
+            log_metrics(metrics, epoch)
 
     for epoch in range(start, s.epochs):
         t0 = time.perf_counter()
@@ -89,10 +91,10 @@ def run_search(method: SearchMethod, ctx_kwargs: dict[str, Any], splits: Splits,
         elapsed += time.perf_counter() - t0
         metrics["seconds"] = elapsed
         history.append(metrics)
-        log_metrics(metrics, epoch)
-        if resume is not None:
+        if resume is not None:  # state first, then the log: a resume re-logs what is missing
             resume.save({
                 "epoch": epoch, "method": method.state_dict(), **capture_rng(gen),
                 "history": history, "seconds": elapsed,
             })
+        log_metrics(metrics, epoch)
     return SearchResult(method.architecture(), history, elapsed, method.extra_outputs())

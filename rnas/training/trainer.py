@@ -127,6 +127,8 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             restore_rng(state, gen)
             best, history, start = state["best"], state["history"], state["epoch"] + 1
+            for epoch, metrics in enumerate(history):  # the logger skips (metric, step) pairs it has
+                self.log_metrics(metrics, epoch)
         pcfg = cfg.perturbation
         for epoch in range(start, cfg.epochs):
             self.model.train()
@@ -148,7 +150,7 @@ class Trainer:
                 self.optimizer.step()
                 total += len(y)
                 correct += int((logits.argmax(1) == y).sum())
-                loss_sum += float(loss) * len(y)
+                loss_sum += float(loss.detach()) * len(y)
                 bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
             lr = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
@@ -158,12 +160,12 @@ class Trainer:
             metrics = {"train_loss": loss_sum / total, "train_acc": correct / total, "val_clean_acc": val_clean,
                        "val_robust_acc": val_robust, "lr": lr}
             history.append(metrics)
-            self.log_metrics(metrics, epoch)
             metric = {"val_robust": val_robust, "val_clean": val_clean, "last": float(epoch)}[cfg.select_on]
             if metric > best["metric"]:
                 best = {"epoch": epoch, "metric": metric, "state_dict": copy.deepcopy(self.model.state_dict())}
-            if self.resume is not None:
+            if self.resume is not None:  # state first, then the log: a resume re-logs what is missing
                 self.resume.save(self._state(epoch, gen, best, history))
+            self.log_metrics(metrics, epoch)
         if best["state_dict"] is not None:
             self.model.load_state_dict(best["state_dict"])
         self.model.eval()

@@ -1,0 +1,261 @@
+"""Crashes, kills and bad input lose nothing (issue 8).
+
+Kill tests run the real ``rnas`` stages in subprocesses; a tiny wrapper script SIGKILLs the
+process at a chosen training step (mid-epoch), the stage is re-run, and the result must equal
+an uninterrupted run bit for bit (CPU, one thread, deterministic algorithms)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_params
+from rnas.checkpoint import CheckpointError, ResumeState, load_checked, save_atomic
+from rnas.config import TrainConfig
+from rnas.data import TensorPair
+from rnas.training.trainer import NonFiniteLossError, Trainer
+
+KILLER = textwrap.dedent("""
+    # Run an rnas stage, SIGKILL-ing ourselves at the N-th call of the training perturbation
+    # (teacher/retrain) or of the search step (search): a kill in the middle of an epoch.
+    import os, signal, sys
+    from rnas import cli
+    from rnas.training import perturbations
+    from rnas.search import base
+    n = int(os.environ["RNAS_KILL_AT"])
+    calls = {"n": 0}
+    def counted(fn):
+        def wrapper(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return fn(*a, **k)
+        return wrapper
+    for name in list(perturbations.PERTURBATIONS):
+        perturbations.PERTURBATIONS[name] = counted(perturbations.PERTURBATIONS[name])
+    base.BilevelMethod.step = counted(base.BilevelMethod.step)
+    sys.exit(cli.main(sys.argv[1:]))
+""")
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", GIT_PYTHON_REFRESH="quiet")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _project(tmp: Path, **overrides) -> Path:
+    p = tiny_params(runs=("darts",))
+    p["teacher"]["train"]["epochs"] = 3
+    p["search"]["epochs"] = 3
+    for section, values in overrides.items():
+        p[section].update(values)
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    (tmp / "killer.py").write_text(KILLER)
+    return tmp
+
+
+def _rnas(project: Path, *args: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
+    env = _env()
+    if kill_at is None:
+        cmd = [sys.executable, "-m", "rnas.cli", *args]
+    else:
+        env["RNAS_KILL_AT"] = str(kill_at)
+        cmd = [sys.executable, str(project / "killer.py"), *args]
+    return subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _runs(project: Path) -> list[tuple[str, str, str]]:
+    db = sqlite3.connect(project / "mlflow.db")
+    rows = db.execute("select run_uuid, name, status from runs").fetchall()
+    db.close()
+    return rows
+
+
+def _metric_steps(project: Path, run_id: str, key: str) -> list[int]:
+    db = sqlite3.connect(project / "mlflow.db")
+    rows = db.execute("select step from metrics where run_uuid=? and key=? order by step", (run_id, key)).fetchall()
+    db.close()
+    return [s for (s,) in rows]
+
+
+@pytest.mark.slow
+def test_teacher_killed_mid_epoch_resumes_bit_exact_and_continues_its_mlflow_run(tmp_path):
+    ref = _project(tmp_path / "ref")
+    assert _rnas(ref, "teacher").returncode == 0
+    proj = _project(tmp_path / "killed")
+    # tiny digits: 1293 training examples / batch 64 = 21 steps per epoch; step 30 is mid-epoch 2
+    killed = _rnas(proj, "teacher", kill_at=30)
+    assert killed.returncode == -signal.SIGKILL
+    assert (proj / "results/.state/digits/teacher/teacher/last.pt").exists()
+    resumed = _rnas(proj, "teacher")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = torch.load(ref / "results/digits/teacher/model.pt", weights_only=True)["state_dict"]
+    b = torch.load(proj / "results/digits/teacher/model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ha = json.loads((ref / "results/digits/teacher/train.json").read_text())["history"]
+    hb = json.loads((proj / "results/digits/teacher/train.json").read_text())["history"]
+    assert ha == hb
+    runs = _runs(proj)
+    assert len(runs) == 1, runs  # the resume continued its own run
+    assert runs[0][2] == "FINISHED"
+    assert _metric_steps(proj, runs[0][0], "val_robust_acc") == [0, 1, 2]  # no duplicates
+
+
+@pytest.mark.slow
+def test_search_killed_mid_epoch_resumes_bit_exact(tmp_path):
+    ref = _project(tmp_path / "ref")
+    assert _rnas(ref, "search", "--run", "darts", "--seed", "0").returncode == 0
+    proj = _project(tmp_path / "killed")
+    killed = _rnas(proj, "search", "--run", "darts", "--seed", "0", kill_at=25)  # 20 steps/epoch
+    assert killed.returncode == -signal.SIGKILL
+    resumed = _rnas(proj, "search", "--run", "darts", "--seed", "0")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for name in ("genotype.json", "alphas.json"):
+        assert (ref / "results/digits/darts/seed0" / name).read_text() == \
+            (proj / "results/digits/darts/seed0" / name).read_text()
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    ha = json.loads((ref / "results/digits/darts/seed0/search.json").read_text())["history"]
+    hb = json.loads((proj / "results/digits/darts/seed0/search.json").read_text())["history"]
+    assert strip(ha) == strip(hb)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_mlflow_run_killed(tmp_path):
+    proj = _project(tmp_path / "term", teacher={"train": {**tiny_params()["teacher"]["train"], "epochs": 50}})
+    proc = subprocess.Popen([sys.executable, "-m", "rnas.cli", "teacher"], cwd=proj, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (proj / "results/.state/digits/teacher/teacher/last.pt").exists():
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "SIGTERM" in err
+    assert [r[2] for r in _runs(proj)] == ["KILLED"]
+
+
+def test_orphaned_running_run_is_marked_failed(tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    from rnas.config import params_from_dict
+    from rnas.tracking import experiment_name, reap_orphans, stage_run, tracking_uri
+
+    p = tiny_params()
+    p["tracking"]["store"] = str(tmp_path / "m.db")
+    params = params_from_dict(p)
+    client = mlflow.MlflowClient(tracking_uri(params.tracking))
+    exp = client.create_experiment(experiment_name(params))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+
+    orphan = client.create_run(exp, tags={"rnas.pid": str(dead.pid), "rnas.host": socket.gethostname()})
+    alive = client.create_run(exp, tags={"rnas.pid": str(os.getpid()), "rnas.host": socket.gethostname()})
+    with stage_run(params, "report", run="x", method="x", variant="x", seed=0, keys=("data",)):
+        pass
+    assert client.get_run(orphan.info.run_id).info.status == "FAILED"
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    assert reap_orphans(client, exp) == []
+
+
+# -- checkpoints ---------------------------------------------------------------------
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("corrupt, match", [
+    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "not a loadable checkpoint"),
+    (lambda p: p.write_bytes(b"\0" * 4096), "not a loadable checkpoint"),
+    (lambda p: p.write_bytes(b""), "empty"),
+    (lambda p: save_atomic({"epoch": 1}, p), "lacks keys"),
+    (lambda p: p.write_bytes(pickle.dumps({"epoch": 1, "params_hash": "h", "x": _Payload()})),
+     "not a loadable checkpoint"),
+])
+def test_corrupt_checkpoints_are_refused_and_the_previous_one_used(tmp_path, corrupt, match):
+    state = ResumeState(tmp_path / "s", params_hash="h")
+    state.save({"epoch": 0, "w": torch.ones(3)})
+    state.save({"epoch": 1, "w": torch.full((3,), 2.0)})
+    corrupt(state.last)
+    with pytest.raises(CheckpointError, match=match):
+        load_checked(state.last, ResumeState.REQUIRED)
+    good = state.load()
+    assert good["epoch"] == 0 and torch.equal(good["w"], torch.ones(3))
+
+
+def test_pickle_payload_is_never_executed(tmp_path, capfd):
+    f = tmp_path / "evil.pt"
+    buf = io.BytesIO()
+    torch.save({"epoch": 1, "params_hash": "h", "x": _Payload()}, buf)
+    f.write_bytes(buf.getvalue())
+    with pytest.raises(CheckpointError):
+        load_checked(f)
+    assert "pwned" not in capfd.readouterr().out
+
+
+def test_params_hash_mismatch_is_not_resumed_silently(tmp_path):
+    ResumeState(tmp_path / "s", params_hash="old").save({"epoch": 3})
+    with pytest.raises(CheckpointError, match="other params"):
+        ResumeState(tmp_path / "s", params_hash="new").load()
+
+
+KILL_DURING_WRITE = textwrap.dedent("""
+    import os, signal, sys, torch
+    from rnas.checkpoint import ResumeState
+    state = ResumeState(sys.argv[1], params_hash="h")
+    state.save({"epoch": 0, "w": torch.zeros(1000)})
+    real_save = torch.save
+    def dying_save(obj, f, *a, **k):
+        f.write(b"PK\\x03\\x04 half a checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    torch.save = dying_save
+    state.save({"epoch": 1, "w": torch.ones(1000)})
+""")
+
+
+def test_kill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
+    script = tmp_path / "k.py"
+    script.write_text(KILL_DURING_WRITE)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "s")], env=_env(), capture_output=True)
+    assert out.returncode == -signal.SIGKILL
+    stale = list((tmp_path / "s").glob(".*.tmp"))
+    assert stale, "the killed write should have left its temporary behind"
+    state = ResumeState(tmp_path / "s", params_hash="h").load()
+    assert state["epoch"] == 0 and torch.equal(state["w"], torch.zeros(1000))
+    assert not list((tmp_path / "s").glob(".*.tmp")), "the next start removes the stale temporary"
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, y = torch.rand(16, 1, 2, 2), torch.randint(0, 3, (16,))
+    pair = TensorPair(x, y)
+    cfg = TrainConfig(epochs=3, batch_size=8, perturbation=TrainConfig().perturbation.__class__(kind="clean"))
+    calls = {"n": 0}
+
+    def poisoned(model, x, y, logits):
+        calls["n"] += 1
+        return torch.tensor(float("nan")) if calls["n"] > 2 else torch.zeros(())
+
+    resume = ResumeState(tmp_path / "s", params_hash="h")
+    with pytest.raises(NonFiniteLossError, match="epoch 2"):
+        Trainer(model, cfg, torch.device("cpu"), seed=0, extra_loss=poisoned, resume=resume, progress=False).fit(pair, pair)
+    state = resume.load()
+    assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["model"].values())
