@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rnas.models.normalize import Normalize, normalization_for
-from rnas.space.genotype import Genotype, validate_genotype
+from rnas.space.genotype import Genotype, GenotypeError, validate_genotype
 from rnas.space.ops import FactorizedReduce, Identity, ReLUConvBN, make_op
 
 
@@ -24,6 +24,22 @@ def cell_normalization(dataset: str | None, input_channels: int) -> tuple[tuple[
     if dataset is None:
         return (0.5,) * input_channels, (0.5,) * input_channels
     return normalization_for(dataset)
+
+
+def cell_plan(init_channels: int, layers: int, stem_multiplier: int, multiplier: int) -> list[tuple[int, int, int, bool, bool]]:
+    """The DARTS macro-architecture shared by the supernet and the final network: per cell
+    ``(C_prev_prev, C_prev, C, reduction, reduction_prev)``; a cell outputs ``multiplier·C``."""
+    c_pp = c_p = stem_multiplier * init_channels
+    c_curr, reduction_prev, plan = init_channels, False, []
+    reductions = reduction_layers(layers)
+    for i in range(layers):
+        reduction = i in reductions
+        if reduction:
+            c_curr *= 2
+        plan.append((c_pp, c_p, c_curr, reduction, reduction_prev))
+        reduction_prev = reduction
+        c_pp, c_p = c_p, multiplier * c_curr
+    return plan
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -90,20 +106,15 @@ class CellNetwork(nn.Module):
             nn.Conv2d(input_channels, c_curr, 3, padding=1, bias=False),
             nn.BatchNorm2d(c_curr),
         )
-        c_pp, c_p, c_curr = c_curr, c_curr, init_channels
-        reductions = reduction_layers(layers)
         self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(layers):
-            reduction = i in reductions
-            if reduction:
-                c_curr *= 2
-            cell = Cell(genotype, c_pp, c_p, c_curr, reduction, reduction_prev)
-            reduction_prev = reduction
-            self.cells.append(cell)
-            c_pp, c_p = c_p, cell.multiplier * c_curr
+        multiplier = len(genotype.normal_concat)
+        if len(genotype.reduce_concat) != multiplier:
+            raise GenotypeError("normal_concat and reduce_concat must have the same length")
+        plan = cell_plan(init_channels, layers, stem_multiplier, multiplier)
+        for c_pp, c_p, c_curr, reduction, reduction_prev in plan:
+            self.cells.append(Cell(genotype, c_pp, c_p, c_curr, reduction, reduction_prev))
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c_p, num_classes)
+        self.classifier = nn.Linear(multiplier * plan[-1][2], num_classes)
         self.set_drop_path(drop_path)
 
     def set_drop_path(self, prob: float) -> None:

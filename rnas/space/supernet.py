@@ -24,15 +24,27 @@ from torch import nn
 
 from rnas.models.normalize import Normalize
 from rnas.space.genotype import Genotype, derive_genotype, num_edges
-from rnas.space.network import cell_normalization, reduction_layers
-from rnas.space.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, make_op
+from rnas.space.network import cell_normalization, cell_plan
+from rnas.space.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, Zero, make_op
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """ShuffleNet/PC-DARTS shuffle: output channel ``i·groups + g`` is input channel
-    ``g·(C/groups) + i``, so the C/K channels an op processed are spread over the tensor."""
+    ``g·(C/groups) + i``, so the C/K channels an op processed are spread over the tensor.
+    A channels-last input gives a channels-last output (the shuffle runs on the NHWC view)."""
     b, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        nhwc = x.permute(0, 2, 3, 1)  # (B, H, W, C), contiguous
+        out = nhwc.reshape(b, h, w, groups, c // groups).transpose(3, 4).reshape(b, h, w, c)
+        return out.permute(0, 3, 1, 2)
     return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+def _first_channels(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x[:, :n] copied once into x's memory format (every op of the edge reads it; a strided
+    view would be copied again inside each conv)."""
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return x[:, :n].contiguous(memory_format=fmt)
 
 
 class MixedOp(nn.Module):
@@ -59,12 +71,25 @@ class MixedOp(nn.Module):
         self.bypass_pool = nn.MaxPool2d(2, 2, ceil_mode=True) if (self.k > 1 and stride == 2) else None
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor,
-                active: list[bool] | None = None) -> torch.Tensor:
-        # x: (B, C, H, W); weights: (n_ops,); active: per op, False = switched off (skipped)
-        xa = x if self.k == 1 else x[:, : x.shape[1] // self.k]
-        out = sum(w * op(xa) for i, (w, op) in enumerate(zip(weights, self.ops))
-                  if active is None or active[i])
-        if isinstance(out, int):  # every op switched off: a zero edge, (B, C/K, H/s, W/s)
+                active: list[bool] | None = None, x_relu: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (B, C, H, W); weights: (n_ops,); active: per op, False = switched off (skipped);
+        # x_relu: ReLU(x) when the caller has it (the cell computes it once per state and every
+        # sep/dil conv of every edge leaving that state starts from it instead of its own ReLU).
+        # The `none` op's term w·0 is identically zero (value and gradients), so it is not run;
+        # the other terms accumulate in place (w·y added by one fused addcmul).
+        c_ops = x.shape[1] // self.k
+        xa = x if self.k == 1 else _first_channels(x, c_ops)
+        ra = x_relu if (x_relu is None or self.k == 1) else _first_channels(x_relu, c_ops)
+        out = None
+        for i, (w, op) in enumerate(zip(weights, self.ops)):
+            if isinstance(op, Zero) or (active is not None and not active[i]):
+                continue
+            if ra is not None and hasattr(op, "forward_preactivated"):
+                y = op.forward_preactivated(ra)
+            else:
+                y = op(xa)
+            out = w * y if out is None else out.addcmul_(w, y)
+        if out is None:  # every op switched off (or only `none`): a zero edge, (B, C/K, H/s, W/s)
             out = xa[:, :, :: self.stride, :: self.stride].mul(0.0)
         if self.k == 1:
             return out
@@ -93,17 +118,20 @@ class SearchCell(nn.Module):
                 active: list[list[bool]] | None = None) -> torch.Tensor:
         # weights: (n_edges, n_ops); edge_weights: (n_edges,) or None; active: (n_edges, n_ops) or None
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        relus = [torch.relu(h) for h in states]  # one ReLU per state, shared by its out-edges' convs
         offset = 0
         for node in range(self.nodes):
             total = 0
             for j, h in enumerate(states):
                 e = offset + j
-                out = self.edges[e](h, weights[e], None if active is None else active[e])
+                out = self.edges[e](h, weights[e], None if active is None else active[e], relus[j])
                 if edge_weights is not None:
                     out = edge_weights[e] * out
                 total = total + out
             offset += len(states)
             states.append(total)
+            if node < self.nodes - 1:  # the last node feeds no edge of this cell
+                relus.append(torch.relu(total))
         return torch.cat(states[-self.nodes:], dim=1)
 
 
@@ -126,20 +154,12 @@ class Supernet(nn.Module):
         self.normalize = Normalize(*cell_normalization(dataset, input_channels))
         c_curr = stem_multiplier * init_channels
         self.stem = nn.Sequential(nn.Conv2d(input_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
-        c_pp, c_p, c_curr = c_curr, c_curr, init_channels
-        reductions = reduction_layers(layers)
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(layers):
-            reduction = i in reductions
-            if reduction:
-                c_curr *= 2
-            self.cells.append(SearchCell(nodes, c_pp, c_p, c_curr, reduction, reduction_prev,
-                                         partial_channels, self.primitives))
-            reduction_prev = reduction
-            c_pp, c_p = c_p, nodes * c_curr
+        plan = cell_plan(init_channels, layers, stem_multiplier, nodes)
+        self.cells = nn.ModuleList(
+            SearchCell(nodes, c_pp, c_p, c_curr, reduction, reduction_prev, partial_channels, self.primitives)
+            for c_pp, c_p, c_curr, reduction, reduction_prev in plan)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c_p, num_classes)
+        self.classifier = nn.Linear(nodes * plan[-1][2], num_classes)
 
         n_e, n_ops = num_edges(nodes), len(self.primitives)
         # Architecture parameters (small random init as in DARTS: 1e-3 * N(0, 1)).

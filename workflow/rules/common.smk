@@ -53,6 +53,18 @@ def teacher_dep(run):
     return [TEACHER_MODEL] if SPECS[run].needs_teacher else []
 
 
+# The MLflow store is created once, before parallel jobs; one parent run per invocation holds
+# the stage runs as children (rnas pipeline-run).
 onstart:
     if P.tracking.enabled:
-        shell(f"{RNAS} init-store {PFLAG}")
+        shell(f"{RNAS} init-store {PFLAG} && {RNAS} pipeline-run start {PFLAG}")
+
+
+onsuccess:
+    if P.tracking.enabled:
+        shell(f"{RNAS} pipeline-run end {PFLAG} --status FINISHED")
+
+
+onerror:
+    if P.tracking.enabled:
+        shell(f"{RNAS} pipeline-run end {PFLAG} --status FAILED")
