@@ -61,6 +61,9 @@ class PipelineConfig:
     device: Device = spec("cpu", doc="cpu, cuda or auto (cuda when available)")
     deterministic: bool = spec(True, doc="torch.use_deterministic_algorithms")
     channels_last: bool = spec(True, doc="NHWC memory format for models (faster convs on CPU and GPU)")
+    amp: bool = spec(False, doc="CUDA only: bfloat16 autocast in the trainer and the search step "
+                                "(ignored with a warning on CPU; evaluation stays float32)")
+    compile: bool = spec(False, doc="CUDA only: torch.compile the placed models (ignored with a warning on CPU)")
     results: str = spec("results", doc="root folder of all outputs")
     progress: bool = spec(True, doc="show tqdm progress bars")
     teacher_checkpoint: str = spec("", doc="checkpoint that runs needing a teacher distil from (any supported "
@@ -229,7 +232,7 @@ class DsrnaMethodConfig:
     f_y − max_{k≠y} f_k over the ε-ball (rnas.bounds), jacobian = −ε·‖∇_x f(x)‖_* (dual norm),
     combined = R_cb + jacobian_weight·R_jac."""
     gamma: float = spec(0.01, lo=0.0, hi=1e6, doc="γ: weight of the robustness metric R in L_val − γ·R")
-    epsilon: float = spec(0.1, lo=0.0, hi=100.0, doc="ε of the metrics: radius of the ball in `norm`, pixel units")
+    epsilon: float = spec(8 / 255, lo=0.0, hi=100.0, doc="ε of the metrics: radius of the ball in `norm`, pixel units")
     norm: DsrnaNorm = spec("linf", doc="threat model of the metrics: linf (dual norm L1) | l2 (dual norm L2)")
     jacobian_projection: Literal["top1", "random"] = spec(
         "top1", doc="R_jac differentiates the top-1 logit | a random unit projection vᵀf(x) of the logits")
@@ -239,6 +242,9 @@ class DsrnaMethodConfig:
     cb_scale: Literal["log", "linear"] = spec(
         "log", doc="R_cb per example: linear = the margin lower bound lb | log = sign(lb)·log(1 + |lb|) "
                    "(same order; keeps an untrained supernet's lb ≈ −1e15 from drowning L_val)")
+    bound_dtype: Literal["float32", "float64"] = spec(
+        "float32", doc="precision of R_cb's bound propagation; float64 where loose bounds overflow float32 "
+                       "(untrained 8-cell CIFAR supernet: lb ≈ −1e62)")
 
 
 @dataclass(frozen=True)
@@ -312,6 +318,9 @@ class EvaluateConfig:
     certify_method: Literal["both", "ibp", "crown", "none"] = spec(
         "both", doc="certified accuracy: ibp | crown (CROWN-IBP) | both (per spec the tighter) | none (skip)")
     certify_batch_size: int = spec(128, lo=1, hi=65_536, doc="examples per bound computation (bounds memory)")
+    certify_intermediate: Literal["ibp", "crown"] = spec(
+        "ibp", doc="CROWN's intermediate bounds: ibp (CROWN-IBP, one backward pass) | crown (full CROWN: a "
+                   "backward pass per ReLU layer; much tighter, minutes per 100 examples on small networks)")
     # Sanity checks (rnas.evaluation.sanity); radii in pixel units, accuracies as fractions.
     sanity_large_epsilon: float = spec(0.5, lo=0.0, hi=1.0, lo_open=True,
                                        doc="L∞ radius at which PGD-20 must leave at most chance accuracy")

@@ -306,7 +306,7 @@ class FixedTutorDistillation:
         t_logits, t_maps = self.teacher(x)
         kl = kd_kl(logits, t_logits, self.temperature)
         attn = attention_loss(s_maps, t_maps, self.g.to(s_maps.device))
-        self.last = {"kl": float(kl), "attn": float(attn)}
+        self.last = {"kl": float(kl.detach()), "attn": float(attn.detach())}
         return self.kl_weight * kl + self.gamma * attn
 
     def remove(self) -> None:

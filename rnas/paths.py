@@ -93,3 +93,25 @@ def report_html(params: Params) -> Path:
 
 def plots_dir(params: Params) -> Path:
     return Path(params.pipeline.results) / "plots"
+
+
+def pipeline_run_file(params: Params) -> Path:
+    """Id of the MLflow parent run of the running pipeline invocation (``rnas pipeline-run``)."""
+    return Path(params.pipeline.results) / ".pipeline_run_id"
+
+
+def cell_plot(params: Params, run: str, seed: int) -> Path:
+    """Drawing of a run's found normal and reduction cells."""
+    return plots_dir(params) / f"cell_{run}_seed{seed}.png"
+
+
+def report_plots(params: Params) -> list[Path]:
+    """Every PNG ``rnas report`` writes under ``plots_dir`` (always all of them, so a workflow
+    can declare them as outputs): the ε sweep, the Pareto front, the search curves, and one
+    cell drawing per cell-space run with its own search (not ``arch_from`` ablations) and seed."""
+    out = [plots_dir(params) / name for name in ("eps_sweep.png", "pareto.png", "search_curves.png")]
+    for run in params.pipeline.runs:
+        spec = resolve_run(run)
+        if spec.space == "cell" and not spec.arch_from:
+            out += [cell_plot(params, run, seed) for seed in params.pipeline.seeds]
+    return out

@@ -35,7 +35,7 @@ def stage_keys(stage: str, run: str | None = None) -> tuple[str, ...]:
     if stage == "evaluate":
         return ("data", "evaluate", *RUNTIME_KEYS)
     if stage == "report":
-        return ("pipeline.runs", "pipeline.seeds", "data.dataset", "evaluate.epsilon", "evaluate.epsilon_l2")
+        return ("pipeline.runs", "pipeline.seeds", "data.dataset", "teacher.family", "evaluate")
     raise ValueError(f"unknown stage {stage!r}")
 
 
@@ -91,13 +91,17 @@ def dvc_yaml(params: Params, params_file: str = "params.yaml") -> dict[str, Any]
                 "params": keys("evaluate"),
                 "metrics": [{str(paths.eval_file(params, run, seed)): {"cache": False}}],
             }
+    from rnas.report.curves import curve_files, dvc_plots
+
+    report_outs = [paths.report_md(params), paths.report_html(params), *paths.report_plots(params),
+                   *curve_files(params)]
     stages["report"] = {
         "cmd": f"rnas report{p}",
         "deps": eval_targets(params),
         "params": keys("report"),
-        "outs": [{str(paths.report_md(params)): {"cache": False}}],
+        "outs": [{str(f): {"cache": False}} for f in report_outs],
     }
     for st in stages.values():
         if st.get("deps") is None:
             st.pop("deps", None)
-    return {"stages": stages}
+    return {"stages": stages, "plots": dvc_plots(params)}

@@ -59,6 +59,15 @@ RUNS: dict[str, RunSpec] = {
                                method_keys=()),
 }
 
+# DSRNA: each variant reads the keys of its metric(s) only (docs/methods/dsrna.md).
+_DSRNA_KEYS = {"cb": ("gamma", "epsilon", "norm", "bound_method", "cb_scale", "bound_dtype"),
+               "jacobian": ("gamma", "epsilon", "norm", "jacobian_projection"),
+               "combined": ("gamma", "epsilon", "norm", "bound_method", "cb_scale", "bound_dtype",
+                            "jacobian_projection", "jacobian_weight")}
+for _variant, _keys in _DSRNA_KEYS.items():
+    RUNS[f"dsrna_{_variant}"] = _spec(f"dsrna_{_variant}", "dsrna", variant=_variant,
+                                      method_keys=tuple(f"search.methods.dsrna.{k}" for k in _keys))
+
 # LRNAS: the search reads the final network's size (its parameter budget is counted there).
 # A budget run ``lrnas_<budget>`` (e.g. lrnas_20k, lrnas_2M; parameters, suffix k = 10^3,
 # M = 10^6) reads the same block but takes λ from its name (variant "20k"), so its keys leave

@@ -2,11 +2,56 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    """CUDA-only speed options of this process (params ``pipeline.amp`` / ``pipeline.compile``).
+
+    ``amp``: the trainer's and the search step's forward passes run under
+    ``torch.autocast("cuda", dtype=torch.bfloat16)`` (bf16 has float32's exponent range, so no
+    loss scaling); backward passes, optimizer steps, validation and evaluation stay float32.
+    ``compile``: :func:`place_model` calls ``module.compile()`` (``torch.compile`` in place, so
+    ``state_dict`` keys and checkpoints are unchanged)."""
+    amp: bool = False
+    compile: bool = False
+
+
+_ACCELERATION = Acceleration()
+
+
+def configure_acceleration(amp: bool, compile: bool, device: torch.device) -> Acceleration:
+    """Switch the CUDA-only options on for this process. On another device they are ignored
+    with a warning saying so (float32, eager), never silently."""
+    global _ACCELERATION
+    asked = [name for name, on in (("pipeline.amp", amp), ("pipeline.compile", compile)) if on]
+    if asked and device.type != "cuda":
+        log.warning("%s: CUDA only; the device is %s, so it is ignored (float32, eager mode)",
+                    " and ".join(asked), device.type)
+        amp = compile = False
+    _ACCELERATION = Acceleration(amp=amp, compile=compile)
+    return _ACCELERATION
+
+
+def acceleration() -> Acceleration:
+    return _ACCELERATION
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``pipeline.amp`` is on, else a no-op context."""
+    if _ACCELERATION.amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def choose_device(name: str) -> torch.device:
@@ -17,21 +62,30 @@ def choose_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def setup_runtime(threads: int, deterministic: bool, device: str) -> torch.device:
-    """Fix threads and deterministic algorithms so both runners and resumed runs give the same files."""
+def setup_runtime(threads: int, deterministic: bool, device: str, amp: bool = False,
+                  compile: bool = False) -> torch.device:
+    """Fix threads and deterministic algorithms so both runners and resumed runs give the same
+    files; set the CUDA-only options (:func:`configure_acceleration`)."""
     torch.set_num_threads(threads)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    return choose_device(device)
+    chosen = choose_device(device)
+    configure_acceleration(amp, compile, chosen)
+    return chosen
 
 
 def place_model(model: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
-    """Move a model to the stage's device, in NHWC memory format when asked (faster convs)."""
+    """Move a model to the stage's device, in NHWC memory format when asked (faster convs),
+    and compile it in place when ``pipeline.compile`` is on (CUDA only)."""
     if channels_last:
-        return model.to(device=device, memory_format=torch.channels_last)
-    return model.to(device)
+        model = model.to(device=device, memory_format=torch.channels_last)
+    else:
+        model = model.to(device)
+    if _ACCELERATION.compile and device.type == "cuda":
+        model.compile()
+    return model
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -179,6 +179,68 @@ def _claimed_run(client, claim_dir: Path | None) -> str | None:
     return run_id if info.status != "FINISHED" else None
 
 
+def parent_run_id(params: Params) -> str | None:
+    """The pipeline invocation's parent run: env ``RNAS_PARENT_RUN_ID``, else the id that
+    ``rnas pipeline-run start`` wrote to ``<results>/.pipeline_run_id``, else None."""
+    from rnas.paths import pipeline_run_file
+
+    if os.environ.get("RNAS_PARENT_RUN_ID"):
+        return os.environ["RNAS_PARENT_RUN_ID"]
+    path = pipeline_run_file(params)
+    return (path.read_text().strip() or None) if path.is_file() else None
+
+
+def start_pipeline_run(params: Params) -> str:
+    """Create the parent run of one pipeline invocation and record its id for the stages.
+
+    A parent left RUNNING by an invocation that never called :func:`end_pipeline_run` (killed)
+    is marked FAILED first. The parent carries no ``rnas.pid`` tag: its creating process exits
+    at once, and :func:`reap_orphans` must not take it for a killed stage.
+    """
+    import mlflow
+
+    from rnas.paths import pipeline_run_file
+
+    client = mlflow.MlflowClient(tracking_uri(params.tracking))
+    exp_id = _ensure_experiment(client, experiment_name(params), params.tracking)
+    path = pipeline_run_file(params)
+    if path.is_file():
+        end_pipeline_run(params, "FAILED", reason="superseded by a new pipeline invocation")
+    tags = {"stage": "pipeline", "dataset": params.data.dataset, "git_commit": git_commit(),
+            "params_hash": params_hash(params, ("pipeline", "data", "teacher", "search", "retrain", "evaluate")),
+            "mlflow.runName": f"pipeline/{params.data.dataset}"}
+    run_id = client.create_run(exp_id, tags=tags, run_name=tags["mlflow.runName"]).info.run_id
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id
+
+
+def end_pipeline_run(params: Params, status: str, reason: str | None = None) -> str | None:
+    """End the recorded parent run with ``status`` (FINISHED, FAILED or KILLED) if it is still
+    RUNNING, and forget it; returns its id (None when no pipeline run is recorded)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from rnas.paths import pipeline_run_file
+
+    if status not in ("FINISHED", "FAILED", "KILLED"):
+        raise ValueError(f"status must be FINISHED, FAILED or KILLED, got {status!r}")
+    path = pipeline_run_file(params)
+    if not path.is_file():
+        return None
+    run_id = path.read_text().strip()
+    client = mlflow.MlflowClient(tracking_uri(params.tracking))
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            if reason:
+                client.set_tag(run_id, "rnas.end_reason", reason)
+            client.set_terminated(run_id, status)
+    except MlflowException:
+        pass  # the store was reset since: nothing to end
+    path.unlink(missing_ok=True)
+    return run_id
+
+
 @contextlib.contextmanager
 def stage_run(params: Params, stage: str, *, run: str, method: str, variant: str, seed: int,
               keys: tuple[str, ...], claim_dir: Path | None = None) -> Iterator[StageLogger]:
@@ -206,8 +268,9 @@ def stage_run(params: Params, stage: str, *, run: str, method: str, variant: str
         tags = {"stage": stage, "run": run, "method": method, "variant": variant, "dataset": params.data.dataset,
                 "seed": str(seed), "git_commit": git_commit(), "params_hash": params_hash(params, keys),
                 "mlflow.runName": f"{stage}/{run}/seed{seed}", **process_tags}
-        if os.environ.get("RNAS_PARENT_RUN_ID"):
-            tags["mlflow.parentRunId"] = os.environ["RNAS_PARENT_RUN_ID"]
+        parent = parent_run_id(params)
+        if parent:
+            tags["mlflow.parentRunId"] = parent
         mlrun = client.create_run(exp_id, tags=tags, run_name=tags["mlflow.runName"])
         run_id = mlrun.info.run_id
         flat: dict[str, Any] = {}

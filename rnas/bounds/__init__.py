@@ -93,13 +93,18 @@ class BoundResult:
 
 
 def spec_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: Norm = "linf",
-                methods: tuple[str, ...] = ("ibp",), intermediate: str = "ibp", chunk: int = 256) -> BoundResult:
+                methods: tuple[str, ...] = ("ibp",), intermediate: str = "ibp", chunk: int = 256,
+                dtype: torch.dtype | None = None) -> BoundResult:
     """Margin lower bounds of ``model`` at (x (B, C, H, W) in [0, 1], y (B,)) over the ε-ball.
 
     One graph, one point + IBP pass shared by every method in ``methods`` (keys of
     :data:`BOUND_METHODS`). ``intermediate``: ``"ibp"`` (CROWN-IBP) or ``"crown"`` (full CROWN,
     whose refined boxes then also feed the IBP bound); ``chunk``: neurons per backward pass in
-    full CROWN."""
+    full CROWN. ``dtype``: propagate in this precision (e.g. float64 for a float32 model whose
+    loose bounds overflow float32; parameters are cast on the fly, gradients still reach them);
+    the returned bounds and logits are in it."""
+    if dtype is not None:
+        x = x.to(dtype)
     unknown = [m for m in methods if m not in BOUND_METHODS]
     if unknown or not methods:
         raise ValueError(f"unknown bound method(s) {unknown}; known: {', '.join(BOUND_METHODS)}")

@@ -9,6 +9,8 @@ for single-input modules. Supported:
   op-mask skipping and PC-DARTS partial channels / edge normalization as its forward);
   their ops ``ReLUConvBN``, ``DilConv``, ``SepConv``, ``FactorizedReduce``, ``Zero``,
   ``Identity``, max and average pooling;
+* RNAS-CL's width space: :class:`~rnas.space.width.WidthNetwork` (final networks; the identity
+  path of a block whose width changes is an exact channel-selection 1x1 conv);
 * the fixed families: :class:`~rnas.models.NormalizedModel` around ``SmallCNN``,
   ``PreActResNet18`` or ``WideResNet`` (dropout-free);
 * layers: ``Normalize``, ``Conv2d``, ``BatchNorm2d``, ``ReLU``, ``MaxPool2d``, ``AvgPool2d``,
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import nn
 
 from rnas.bounds import graph as g
@@ -34,6 +37,7 @@ from rnas.models.wide_resnet import WideBasicBlock, WideResNet
 from rnas.space import ops as space_ops
 from rnas.space.network import Cell, CellNetwork
 from rnas.space.supernet import MixedOp, SearchCell, Supernet
+from rnas.space.width import ConvBNAct, WidthBlock, WidthNetwork
 
 Builder = Callable[[g.Graph, nn.Module, int], int]
 GRAPH_BUILDERS: dict[type, Builder] = {}
@@ -137,10 +141,12 @@ def _factorized_reduce(graph, m, x):
 # -- cell space -----------------------------------------------------------------------
 
 def _mixed_op(graph: g.Graph, m: MixedOp, x: int, weights, active) -> int:
-    """Σ_o w_o · op_o(x) over the ops not switched off (as ``MixedOp.forward``)."""
+    """Σ_o w_o · op_o(x) over the ops not switched off (as ``MixedOp.forward``). The ``none``
+    op's term w·0 is identically zero (value, box and gradient), so it adds no node."""
     def mix(inp: int) -> int:
-        terms = [graph.add(g.Scale(w), add_module(graph, op, inp))
-                 for i, (w, op) in enumerate(zip(weights, m.ops)) if active is None or active[i]]
+        terms = [graph.add(g.Scale(w, nonnegative=True), add_module(graph, op, inp))  # w = softmax(α)_o
+                 for i, (w, op) in enumerate(zip(weights, m.ops))
+                 if (active is None or active[i]) and not isinstance(op, space_ops.Zero)]
         if not terms:  # every op switched off: a zero edge
             return graph.add(g.Zero(m.stride), inp)
         return terms[0] if len(terms) == 1 else graph.add(g.Add(), *terms)
@@ -165,7 +171,7 @@ def _search_cell(graph: g.Graph, cell: SearchCell, s0: int, s1: int, weights, ed
             e = offset + j
             out = _mixed_op(graph, cell.edges[e], h, weights[e], None if active is None else active[e])
             if edge_weights is not None:
-                out = graph.add(g.Scale(edge_weights[e]), out)
+                out = graph.add(g.Scale(edge_weights[e], nonnegative=True), out)  # softmax(β)
             terms.append(out)
         offset += len(states)
         states.append(graph.add(g.Add(), *terms))
@@ -249,3 +255,40 @@ def _wide_resnet(graph, m, x):
         x = add_module(graph, group, x)
     x = graph.add(g.ReLU(), graph.add(g.BatchNorm(m.bn), x))
     return graph.add(g.Linear(m.fc), graph.add(g.GlobalAvgPool(), x))
+
+
+# -- RNAS-CL's width space (final network) ------------------------------------------------
+
+def _channel_selection(c_in: int, c_out: int, like: nn.Module) -> nn.Conv2d:
+    """The identity path of a width block as an exact linear op: a fixed 1x1 conv that keeps the
+    first min(c_in, c_out) channels and zero-pads the rest (``rnas.space.width.match_channels``)."""
+    w = like.conv.weight
+    conv = nn.Conv2d(c_in, c_out, 1, bias=False).to(device=w.device, dtype=w.dtype)
+    conv.weight.requires_grad_(False)
+    conv.weight.zero_()
+    idx = torch.arange(min(c_in, c_out), device=w.device)
+    conv.weight[idx, idx, 0, 0] = 1.0
+    return conv
+
+
+@register(ConvBNAct)
+def _conv_bn_act(graph, m, x):
+    return add_module(graph, m.act, graph.add(g.BatchNorm(m.bn), graph.add(g.Conv(m.conv), x)))
+
+
+@register(WidthBlock)
+def _width_block(graph, m, x):
+    out = add_module(graph, m.project, add_module(graph, m.depthwise, add_module(graph, m.expand, x)))
+    if not m.residual:
+        return out
+    c_in = m.expand.conv.in_channels
+    shortcut = x if c_in == m.c_out else graph.add(g.Conv(_channel_selection(c_in, m.c_out, m.expand)), x)
+    return graph.add(g.Add(), out, shortcut)
+
+
+@register(WidthNetwork)
+def _width_network(graph, m, x):
+    x = add_module(graph, m.stem, add_module(graph, m.normalize, x))
+    for block in m.blocks:
+        x = add_module(graph, block, x)
+    return graph.add(g.Linear(m.classifier), graph.add(g.GlobalAvgPool(), x))

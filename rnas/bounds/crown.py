@@ -68,35 +68,45 @@ def crown_spec_bounds(graph: Graph, points: list[Tensor], boxes: list[Box], C: T
     return inputs.lower(a_in, bias)
 
 
-def needs_bounds(graph: Graph) -> set[int]:
-    """Nodes whose boxes a relaxation reads (inputs of ReLU and max-pool nodes)."""
-    out: set[int] = set()
+def needs_bounds(graph: Graph) -> dict[int, bool]:
+    """Nodes whose boxes a relaxation reads -> True if only ReLUs read them (then only the
+    neurons that are unstable, l < 0 < u, need a tighter box: stable ones are relaxed exactly)."""
+    out: dict[int, bool] = {}
     for node in graph.nodes:
         if isinstance(node.op, (ReLU, MaxPool)):
-            out.update(node.inputs)
+            for j in node.inputs:
+                out[j] = out.get(j, True) and isinstance(node.op, ReLU)
     return out
 
 
 def crown_node_box(graph: Graph, node: int, points: list[Tensor], boxes: list[Box], inputs: InputSet,
-                   chunk: int) -> Box:
-    """CROWN lower and upper bounds of every neuron of ``node`` (identity specification)."""
+                   chunk: int, neurons: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """CROWN lower and upper bounds (B, len(neurons)) of the given flat neurons of ``node`` (all
+    if None), by backward passes with identity specifications, ``chunk`` neurons at a time."""
     shape = points[node].shape
     b, n = shape[0], points[node][0].numel()
+    if neurons is None:
+        neurons = torch.arange(n, device=points[node].device)
     lows, ups = [], []
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        eye = torch.zeros(stop - start, n, dtype=points[node].dtype, device=points[node].device)
-        eye[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-        spec = torch.cat([eye, -eye]).unsqueeze(0).expand(b, -1, -1).reshape(b, 2 * (stop - start), *shape[1:])
+    for start in range(0, len(neurons), chunk):
+        idx = neurons[start:start + chunk]
+        s = len(idx)
+        eye = torch.zeros(s, n, dtype=points[node].dtype, device=points[node].device)
+        eye[torch.arange(s), idx] = 1.0
+        spec = torch.cat([eye, -eye]).unsqueeze(0).expand(b, -1, -1).reshape(b, 2 * s, *shape[1:])
         a_in, bias = backward(graph, node, spec, points, boxes)
         bound = inputs.lower(a_in, bias)  # (B, 2s): lower of x_i, lower of −x_i
-        lows.append(bound[:, : stop - start])
-        ups.append(-bound[:, stop - start:])
-    return torch.cat(lows, 1).view(shape), torch.cat(ups, 1).view(shape)
+        lows.append(bound[:, :s])
+        ups.append(-bound[:, s:])
+    return torch.cat(lows, 1), torch.cat(ups, 1)
 
 
 def crown_forward(graph: Graph, inputs: InputSet, chunk: int = 256) -> tuple[list[Tensor], list[Box]]:
-    """Point pass plus boxes where every relaxed node's box is CROWN ∩ IBP (full CROWN)."""
+    """Point pass plus boxes where every relaxed node's box is CROWN ∩ IBP (full CROWN).
+
+    Nodes are refined in topological order, each from the already refined boxes of the nodes
+    before it. A node read only by ReLUs gets CROWN bounds just for the neurons that are
+    unstable under its current box in some example of the batch."""
     refine = needs_bounds(graph)
     n = inputs.x0.shape[0]
     stacks: list[Tensor] = []
@@ -107,9 +117,19 @@ def crown_forward(graph: Graph, inputs: InputSet, chunk: int = 256) -> tuple[lis
             continue
         z = node.op.ibp([stacks[j] for j in node.inputs], n)
         if i in refine:
-            points, boxes = unstack(stacks + [z], n)
-            lo, up = crown_node_box(graph, i, points, boxes, inputs, chunk)
             x, lo_i, up_i = split3(z, n)
-            z = torch.cat([x, torch.maximum(lo_i, lo), torch.minimum(up_i, up)])
+            neurons = None
+            if refine[i]:
+                neurons = ((lo_i < 0) & (up_i > 0)).flatten(1).any(0).nonzero().flatten()
+            if neurons is None or len(neurons):
+                points, boxes = unstack(stacks + [z], n)
+                lo, up = crown_node_box(graph, i, points, boxes, inputs, chunk, neurons)
+                lo_f, up_f = lo_i.flatten(1), up_i.flatten(1)
+                if neurons is not None:
+                    lo = lo_f.index_copy(1, neurons, lo)
+                    up = up_f.index_copy(1, neurons, up)
+                lo_i = torch.maximum(lo_f, lo).view_as(lo_i)
+                up_i = torch.minimum(up_f, up).view_as(up_i)
+                z = torch.cat([x, lo_i, up_i])
         stacks.append(z)
     return unstack(stacks, n)

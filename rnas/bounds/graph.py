@@ -50,6 +50,12 @@ def _sum_spec(t: Tensor) -> Tensor:
     return t.flatten(2).sum(-1)
 
 
+def cast(t: Tensor | None, like: Tensor) -> Tensor | None:
+    """A parameter in the dtype of the propagated tensors (bounds may run in float64 on a float32
+    model, see :func:`rnas.bounds.spec_bounds`); differentiable, a no-op when they agree."""
+    return t if t is None or t.dtype == like.dtype else t.to(like.dtype)
+
+
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
@@ -173,8 +179,7 @@ class BatchNorm(ChannelAffine):
         m = self.m
         use_batch = m.training or m.running_mean is None
         if use_batch:
-            mean = x.mean(dim=(0, 2, 3))
-            var = x.var(dim=(0, 2, 3), unbiased=False)
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
         else:
             mean, var = m.running_mean, m.running_var
         scale = torch.rsqrt(var + m.eps)
@@ -192,6 +197,9 @@ class BatchNorm(ChannelAffine):
 
     def ibp(self, zs, n):
         self._cache = None  # statistics of the clean rows only
+        if self.m.weight is None:  # scale 1/σ > 0: monotone, the stack maps in one affine op
+            self._params(zs[0][:n])
+            return self.apply(zs[0])
         return super().ibp(zs, n)
 
 
@@ -208,14 +216,15 @@ class Conv(LinearOp):
         return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
 
     def apply(self, x):
-        return self._conv(x, self.m.weight, self.m.bias)
+        return self._conv(x, cast(self.m.weight, x), cast(self.m.bias, x))
 
     def apply_abs(self, r):
-        return self._conv(r, self.m.weight.abs(), None)
+        return self._conv(r, cast(self.m.weight, r).abs(), None)
 
     def crown(self, A, boxes, xs):
         m = self.m
-        a_in = conv_adjoint(A, m.weight, m.stride, m.padding, m.dilation, m.groups, tuple(xs[0].shape[-2:]))
+        a_in = conv_adjoint(A, cast(m.weight, A), m.stride, m.padding, m.dilation, m.groups,
+                            tuple(xs[0].shape[-2:]))
         bias = None if m.bias is None else (A.flatten(3).sum(-1) * m.bias).sum(-1)
         return [a_in], bias
 
@@ -227,14 +236,14 @@ class Linear(LinearOp):
         self.m = module
 
     def apply(self, x):
-        return F.linear(x, self.m.weight, self.m.bias)
+        return F.linear(x, cast(self.m.weight, x), cast(self.m.bias, x))
 
     def apply_abs(self, r):
-        return F.linear(r, self.m.weight.abs())
+        return F.linear(r, cast(self.m.weight, r).abs())
 
     def crown(self, A, boxes, xs):  # A: (B, S, out)
-        bias = None if self.m.bias is None else A @ self.m.bias
-        return [A @ self.m.weight], bias
+        bias = None if self.m.bias is None else A @ cast(self.m.bias, A)
+        return [A @ cast(self.m.weight, A)], bias
 
 
 class GlobalAvgPool(LinearOp):
@@ -282,10 +291,12 @@ class AvgPool(LinearOp):
 
 
 class Scale(LinearOp):
-    """y = w · x with a scalar tensor w (a mixed-op weight softmax(α)_o, an edge weight)."""
+    """y = w · x with a scalar tensor w (a mixed-op weight softmax(α)_o, an edge weight).
+    ``nonnegative=True`` (softmax weights) makes it monotone: the box is just w · [l, u]."""
 
-    def __init__(self, w: Tensor):
+    def __init__(self, w: Tensor, nonnegative: bool = False):
         self.w = w
+        self.monotone = nonnegative
 
     def apply(self, x):
         return self.w * x
@@ -294,6 +305,8 @@ class Scale(LinearOp):
         return self.w.abs() * r
 
     def ibp(self, zs, n):  # one multiply of the stack; the box ends swap if w < 0
+        if self.monotone:
+            return self.w * zs[0]
         z = self.w * zs[0]
         lo, up = z[n:2 * n], z[2 * n:]
         return torch.cat([z[:n], torch.minimum(lo, up), torch.maximum(lo, up)])

@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from rnas.bounds.graph import Box, Graph, Linear
+from rnas.bounds.graph import Box, Graph, Linear, cast
 
 Norm = Literal["linf", "l2"]
 NORMS: tuple[str, ...] = ("linf", "l2")
@@ -81,10 +81,10 @@ def ibp_spec_bounds(graph: Graph, points: list[Tensor], boxes: list[Box], C: Ten
         lo, up = boxes[out.inputs[0]]
         c, r = (up + lo) / 2, (up - lo) / 2  # (B, F)
         m = out.op.m
-        w = C @ m.weight  # (B, S, F)
+        w = C @ cast(m.weight, C)  # (B, S, F)
         bound = (w @ c.unsqueeze(-1)).squeeze(-1) - (w.abs() @ r.unsqueeze(-1)).squeeze(-1)
         if m.bias is not None:
-            bound = bound + C @ m.bias
+            bound = bound + C @ cast(m.bias, C)
         return bound
     lo, up = boxes[graph.output]
     return (C.clamp(min=0) @ lo.unsqueeze(-1) + C.clamp(max=0) @ up.unsqueeze(-1)).squeeze(-1)

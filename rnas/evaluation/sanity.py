@@ -117,6 +117,7 @@ class SanityCheck:
     name: str
     doc: str  # what passing means, shown in the report
     fn: Callable[[SanityInputs], CheckResult]
+    label: str = ""  # short column header in the report
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,17 +299,22 @@ def check_outputs_are_logits(s: SanityInputs) -> CheckResult:
 SANITY_CHECKS: dict[str, SanityCheck] = {
     c.name: c
     for c in (
-        SanityCheck("eps0_equals_clean", "accuracy at ε = 0 equals clean accuracy", check_eps0_equals_clean),
-        SanityCheck("monotone_in_eps", "robust accuracy never rises with ε", check_monotone_in_eps),
+        SanityCheck("eps0_equals_clean", "accuracy at ε = 0 equals clean accuracy", check_eps0_equals_clean,
+                    "ε=0 is clean"),
+        SanityCheck("monotone_in_eps", "robust accuracy never rises with ε", check_monotone_in_eps,
+                    "monotone in ε"),
         SanityCheck("large_eps_reaches_chance", "at a large ε a white-box attack reaches chance",
-                    check_large_eps_reaches_chance),
-        SanityCheck("pgd_not_weaker_than_fgsm", "PGD at least as strong as FGSM", check_pgd_not_weaker_than_fgsm),
+                    check_large_eps_reaches_chance, "large ε → chance"),
+        SanityCheck("pgd_not_weaker_than_fgsm", "PGD at least as strong as FGSM", check_pgd_not_weaker_than_fgsm,
+                    "PGD ≥ FGSM"),
         SanityCheck("more_pgd_steps_not_weaker", "more PGD steps do not raise accuracy",
-                    check_more_pgd_steps_not_weaker),
+                    check_more_pgd_steps_not_weaker, "PGD-100 ≥ PGD-20"),
         SanityCheck("square_not_stronger_than_whitebox", "black-box Square not stronger than white-box",
-                    check_square_not_stronger_than_whitebox),
-        SanityCheck("nonzero_input_gradients", "input gradients are non-zero", check_nonzero_input_gradients),
-        SanityCheck("outputs_are_logits", "the model outputs logits, not probabilities", check_outputs_are_logits),
+                    check_square_not_stronger_than_whitebox, "Square ≤ white-box"),
+        SanityCheck("nonzero_input_gradients", "input gradients are non-zero", check_nonzero_input_gradients,
+                    "∇ₓ ≠ 0"),
+        SanityCheck("outputs_are_logits", "the model outputs logits, not probabilities", check_outputs_are_logits,
+                    "logits out"),
     )
 }
 

@@ -47,7 +47,7 @@ def noise_vs_adversarial_markdown(params: Params) -> str:
     if noise is None or adv is None:
         return ""
     lines = [
-        "## RNAS: noise vs adversarial search",
+        "### RNAS: noise vs adversarial search",
         "",
         "The same RNAS search (α: CE(clean) + λ·R) fed noise examples (`rnas`) or PGD examples "
         "(`rnas_adv`); both architectures retrained and evaluated alike. Search time in seconds of wall "

@@ -31,7 +31,7 @@ def plot_tutor_map(weights: list[list[float]], student_layers: list[str], teache
     ax.set_yticks(range(n_s))
     ax.set_yticklabels(student_layers, fontsize=6)
     ax.set_xlabel("teacher layer (conv)")
-    ax.set_ylabel("student layer (conv-bn-act unit)")
+    ax.set_ylabel("student layer")
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="tutor weight softmax(logits)")
     fig.tight_layout()

@@ -35,7 +35,7 @@ from torch import nn
 from rnas.config import Params
 from rnas.data import DatasetInfo
 from rnas.runs import RunSpec
-from rnas.runtime import place_model
+from rnas.runtime import autocast, place_model
 from rnas.space.supernet import Supernet
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -141,7 +141,8 @@ class BilevelMethod(SearchMethod):
         if s.unrolled:
             arch_metrics = self._unrolled_arch_grad(batch_w, batch_a)
         else:
-            a_loss, arch_metrics = self.arch_loss(net, xa, ya)
+            with autocast(self.ctx.device):  # bf16 on CUDA when pipeline.amp is on (first-order only)
+                a_loss, arch_metrics = self.arch_loss(net, xa, ya)
             grads = torch.autograd.grad(a_loss, net.arch_parameters(), allow_unused=True)
             for p, g in zip(net.arch_parameters(), grads):
                 p.grad = g
@@ -156,7 +157,8 @@ class BilevelMethod(SearchMethod):
         net.train()
         xw, yw = batch_w
         self.w_opt.zero_grad(set_to_none=True)
-        w_loss, logits = self.weight_loss(net, xw, yw)
+        with autocast(self.ctx.device):  # bf16 on CUDA when pipeline.amp is on
+            w_loss, logits = self.weight_loss(net, xw, yw)
         if not torch.isfinite(w_loss):
             from rnas.training.trainer import NonFiniteLossError
 
@@ -168,7 +170,7 @@ class BilevelMethod(SearchMethod):
         for p in net.arch_parameters():  # α gets no update from the weight step
             p.grad = None
         acc = float((logits.argmax(1) == yw).float().mean())
-        return {"weight_loss": float(w_loss), "train_acc": acc}
+        return {"weight_loss": float(w_loss.detach()), "train_acc": acc}
 
     def _unrolled_arch_grad(self, batch_w: Batch, batch_a: Batch) -> dict[str, float]:
         net = self.supernet

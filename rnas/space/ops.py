@@ -35,6 +35,29 @@ class ReLUConvBN(nn.Sequential):
         )
 
 
+class DepthwiseConv2d(nn.Conv2d):
+    """The depthwise conv of :class:`DilConv`: an ``nn.Conv2d`` (same parameters, same result)
+    with a fast path for stride = dilation = d > 1 and "same" padding p = d·(k−1)/2, i.e. the
+    stride-2 ``dil_conv`` edges of reduction cells.
+
+    Such a conv reads only every d-th pixel: out[i] = Σ_t w[t]·x[d·i + d·t − p]
+    = Σ_t w[t]·x_d[i + t − p/d] with x_d = x[..., ::d, ::d], so it equals a stride-1,
+    dilation-1 conv of the subsampled input with padding p/d (output size ⌈H/d⌉ both ways).
+    CPU kernels for dilated depthwise convs are slow (forward + backward ~3-10x the subsampled
+    conv's at 32x32, benchmarks/README.md); every other setting runs ``nn.Conv2d.forward``
+    unchanged. Module hooks (MAC counting) and the bound propagation (which reads
+    stride/padding/dilation) see an ordinary ``nn.Conv2d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, d = self.kernel_size[0], self.dilation[0]
+        subsample = (d > 1 and self.stride == self.dilation and self.dilation[1] == d
+                     and self.kernel_size[1] == k and k % 2 == 1 and self.padding_mode == "zeros"
+                     and self.padding == (d * (k - 1) // 2,) * 2)
+        if not subsample:
+            return super().forward(x)
+        return nn.functional.conv2d(x[:, :, ::d, ::d], self.weight, self.bias, 1, (k - 1) // 2, 1, self.groups)
+
+
 class DilConv(nn.Sequential):
     """ReLU -> depthwise dilated conv -> pointwise conv -> BN."""
 
@@ -42,11 +65,15 @@ class DilConv(nn.Sequential):
                  affine: bool = True):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(c_in, c_in, kernel, stride=stride, padding=padding, dilation=dilation,
-                      groups=c_in, bias=False),
+            DepthwiseConv2d(c_in, c_in, kernel, stride=stride, padding=padding, dilation=dilation,
+                            groups=c_in, bias=False),
             nn.Conv2d(c_in, c_out, 1, bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
         )
+
+    def forward_preactivated(self, x_relu: torch.Tensor) -> torch.Tensor:
+        """The op on an input that is already ReLU(x) (the supernet shares one ReLU per state)."""
+        return self[3](self[2](self[1](x_relu)))
 
 
 class SepConv(nn.Sequential):
@@ -57,6 +84,10 @@ class SepConv(nn.Sequential):
             DilConv(c_in, c_in, kernel, stride, padding, 1, affine),
             DilConv(c_in, c_out, kernel, 1, padding, 1, affine),
         )
+
+    def forward_preactivated(self, x_relu: torch.Tensor) -> torch.Tensor:
+        """The op on an input that is already ReLU(x) (see :meth:`DilConv.forward_preactivated`)."""
+        return self[1](self[0].forward_preactivated(x_relu))
 
 
 class Identity(nn.Module):

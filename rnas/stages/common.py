@@ -29,7 +29,8 @@ def add_run_arguments(p: argparse.ArgumentParser, allow_teacher: bool = False) -
 
 def prepare(args: argparse.Namespace, seed: int) -> tuple[Params, torch.device]:
     params = load_params(args.params)
-    device = setup_runtime(params.pipeline.threads, params.pipeline.deterministic, params.pipeline.device)
+    pipe = params.pipeline
+    device = setup_runtime(pipe.threads, pipe.deterministic, pipe.device, amp=pipe.amp, compile=pipe.compile)
     seed_everything(seed)
     return params, device
 

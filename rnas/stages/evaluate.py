@@ -14,6 +14,7 @@ import torch
 
 from rnas import paths
 from rnas.checkpoint import load_model
+from rnas.evaluation.certify import certify_evaluation
 from rnas.evaluation.protocol import EvalSettings, EvalState, evaluate_with_sanity, state_key
 from rnas.evaluation.sanity import SanitySettings
 from rnas.pipeline import stage_keys
@@ -58,12 +59,17 @@ def device_name(device) -> str:
     return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def record_sanity(tracker, metrics: dict) -> None:
-    """MLflow tags ``sanity`` (pass / FAIL: names) and ``sanity.<check>``, metric ``sanity_failures``."""
+def log_evaluation(tracker, metrics: dict) -> None:
+    """eval.json into MLflow, with the same names for every method: its numbers as metrics
+    (``eps_sweep/<ε>`` for the sweep), the tag ``sanity`` (pass / FAIL: names), a tag
+    ``sanity.<check>`` per check and the metric ``sanity_failures``."""
     verdicts = metrics.get("sanity", {})
     failed = sorted(n for n, ok in verdicts.items() if not ok)
     tracker.set_tags({"sanity": "FAIL: " + ", ".join(failed) if failed else "pass",
-                      **{f"sanity.{n}": "pass" if ok else "FAIL" for n, ok in verdicts.items()}})
+                      **{f"sanity.{n}": "pass" if ok else "FAIL" for n, ok in verdicts.items()},
+                      **{k: metrics[k] for k in ("device", "device_name") if k in metrics}})
+    tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    tracker.log_metrics({f"eps_sweep/{eps}": acc for eps, acc in metrics.get("eps_sweep", {}).items()})
     tracker.log_metrics({"sanity_failures": len(failed)})
 
 
@@ -80,23 +86,24 @@ def run(args: argparse.Namespace) -> int:
     n = min(params.evaluate.n_examples, len(splits.test))
     x, y = splits.test.x[:n].to(device), splits.test.y[:n].to(device)
     keys = stage_keys("evaluate")
+    state_folder = paths.state_dir(params, args.run, args.seed, "evaluate")
     with stage_run(params, "evaluate", run=args.run, method=method, variant=variant, seed=args.seed,
-                   keys=keys) as tracker:
+                   keys=keys, claim_dir=state_folder) as tracker:
         t0 = time.perf_counter()
         settings, sanity = settings_from(params), sanity_from(params)
         model_path = paths.model_file(params, args.run, args.seed)
-        state = EvalState(paths.state_dir(params, args.run, args.seed, "evaluate") / "flags.pt",
+        state = EvalState(state_folder / "flags.pt",
                           state_key(settings, file_digest(model_path), x, y, sanity))
-        metrics, _flags = evaluate_with_sanity(model, x, y, settings, sanity, progress=params.pipeline.progress,
-                                               state=state)
+        metrics, flags = evaluate_with_sanity(model, x, y, settings, sanity, progress=params.pipeline.progress,
+                                              state=state)
+        certify_evaluation(metrics, flags, model, x, y, settings, params.evaluate.certify_method,
+                           params.evaluate.certify_batch_size, sanity, params.evaluate.certify_intermediate)
         metrics["eval_seconds"] = time.perf_counter() - t0
         metrics["device"] = str(device)
         metrics["device_name"] = device_name(device)
         out = paths.eval_file(params, args.run, args.seed)
-        record_sanity(tracker, metrics)
         write_json(out, metrics)
-        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        tracker.log_metrics({f"eps_sweep/{eps}": acc for eps, acc in metrics["eps_sweep"].items()})
+        log_evaluation(tracker, metrics)
         tracker.log_artifact(out)
         state.clear()
         log.info("evaluate %s seed %d: clean %.3f, robust %s -> %s", args.run, args.seed, metrics["clean_acc"],

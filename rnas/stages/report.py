@@ -1,14 +1,18 @@
-"""``rnas report``: every run side by side in ``results/report.md``."""
+"""``rnas report``: every run side by side in ``results/report.md`` and the self-contained
+``results/report.html``, with the plots under ``results/plots/`` (see :mod:`rnas.report.build`).
+
+The report stage is an MLflow run of its own (stage ``report``) carrying the report and the
+plots as artifacts, a child of the pipeline invocation's parent run like every stage."""
 
 from __future__ import annotations
 
 import argparse
 
-from rnas import paths
 from rnas.config import load_params
-from rnas.report.rnas_noise import noise_vs_adversarial_markdown
-from rnas.report.table import collect, markdown_table
+from rnas.pipeline import stage_keys
+from rnas.report.build import build_report
 from rnas.stages.common import add_params_argument, log
+from rnas.tracking import stage_run
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,22 +21,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
-    rows = collect(params)
-    e = params.evaluate
-    n = rows[0].evals[0].get("n_examples") if rows else 0
-    text = [
-        f"# rnas report: {params.data.dataset}",
-        "",
-        f"Accuracies in % on the same {n} test examples; L∞ ε = {e.epsilon:.4g}, L2 radius = {e.epsilon_l2:.4g} "
-        "(pixel units, inputs in [0, 1]). One seed: value [95% Wilson interval]; several: mean ± std. "
-        "'worst case' counts an example robust only if every L∞ attack failed on it.",
-        "",
-        markdown_table(rows),
-        "",
-    ]
-    text.append(noise_vs_adversarial_markdown(params))
-    out = paths.report_md(params)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(text))
-    log.info("report -> %s", out)
+    with stage_run(params, "report", run="report", method="report", variant="all", seed=0,
+                   keys=stage_keys("report")) as tracker:
+        out = build_report(params)
+        tracker.log_metrics({"sanity_failures": len(out.failures)})
+        tracker.set_tags({"sanity": "FAIL" if out.failures else "pass"})
+        tracker.log_artifact(out.markdown)
+        tracker.log_artifact(out.html)
+        for png in out.plots:
+            tracker.log_artifact(png, "plots")
+    for line in out.failures:
+        log.warning("sanity check failed: %s", line.replace("**", "").replace("`", ""))
+    log.info("report -> %s and %s", out.markdown, out.html)
     return 0

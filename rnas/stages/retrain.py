@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     distill = make_distillation(params, model, arch_path, device) if spec.distill else None
     resume = ResumeState(paths.state_dir(params, args.run, args.seed, "retrain"), params_hash(params, keys))
     with stage_run(params, "retrain", run=args.run, method=spec.method, variant=spec.variant, seed=args.seed,
-                   keys=keys) as tracker:
+                   keys=keys, claim_dir=resume.folder) as tracker:
         t0 = time.perf_counter()
         trainer = Trainer(model, params.retrain.train, device, seed=args.seed, log_metrics=tracker.log_metrics,
                           resume=resume, progress=params.pipeline.progress, desc=f"retrain {args.run}",

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
             p.requires_grad_(False)
     resume = ResumeState(paths.state_dir(params, args.run, args.seed, "search"), params_hash(params, keys))
     with stage_run(params, "search", run=args.run, method=spec.method, variant=spec.variant, seed=args.seed,
-                   keys=keys) as tracker:
+                   keys=keys, claim_dir=resume.folder) as tracker:
         method = make_method(spec.method)
         result = run_search(method, {"params": params, "run": spec, "info": splits.info, "device": device,
                                      "seed": args.seed, "teacher": teacher},

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     model = place_model(model, device, params.pipeline.channels_last)
     resume = ResumeState(paths.state_dir(params, paths.TEACHER, 0, "teacher"), params_hash(params, keys))
     with stage_run(params, "teacher", run="teacher", method="teacher", variant=params.teacher.family,
-                   seed=TEACHER_SEED, keys=keys) as tracker:
+                   seed=TEACHER_SEED, keys=keys, claim_dir=resume.folder) as tracker:
         t0 = time.perf_counter()
         trainer = Trainer(model, params.teacher.train, device, seed=TEACHER_SEED, log_metrics=tracker.log_metrics,
                           resume=resume, progress=params.pipeline.progress, desc="teacher")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from rnas.checkpoint import ResumeState
 from rnas.config import TrainConfig
-from rnas.runtime import capture_rng, restore_rng
+from rnas.runtime import autocast, capture_rng, restore_rng
 from rnas.data import TensorPair, iterate_batches
 from rnas.training.perturbations import get_perturbation, pgd_inner
 
@@ -139,9 +139,10 @@ class Trainer:
                        disable=not self.progress, leave=False)
             for step, (x, y) in enumerate(bar):
                 x, y = x.to(device), y.to(device)
-                loss, logits, x_used = self.perturb(self.model, x, y, pcfg, gen)
-                if self.extra_loss is not None:
-                    loss = loss + self.extra_loss(self.model, x_used, y, logits)
+                with autocast(device):  # bf16 on CUDA when pipeline.amp is on, else a no-op
+                    loss, logits, x_used = self.perturb(self.model, x, y, pcfg, gen)
+                    if self.extra_loss is not None:
+                        loss = loss + self.extra_loss(self.model, x_used, y, logits)
                 check_finite(loss, epoch, step)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -1,11 +1,15 @@
 from rnas.pipeline import eval_targets
+from rnas.report.curves import curve_files
 
 
 rule report:
     input:
         eval_targets(P),
     output:
-        REPORT,
+        md=REPORT,
+        html=str(paths.report_html(P)),
+        plots=[report(str(p), category="Plots") for p in paths.report_plots(P)],
+        curves=[str(p) for p in curve_files(P)],
     params:
         h=key_hash("report"),
     log:

@@ -6,13 +6,17 @@ from typing import Callable
 
 from rnas.search.base import SearchMethod
 from rnas.search.methods.darts import DartsMethod
+from rnas.search.methods.dsrna import DsrnaMethod
+from rnas.search.methods.lrnas import LrnasMethod
 from rnas.search.methods.random_search import RandomMethod
 from rnas.search.methods.rnas import RnasMethod
 from rnas.search.methods.rnas_cl import RnasClMethod
 
 METHODS: dict[str, Callable[[], SearchMethod]] = {
     "darts": DartsMethod,
+    "dsrna": DsrnaMethod,
     "random": RandomMethod,
+    "lrnas": LrnasMethod,
     "rnas": RnasMethod,
     "rnas_cl": RnasClMethod,
 }

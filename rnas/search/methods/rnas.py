@@ -1,8 +1,8 @@
 """RNAS: robust neural architecture search with noise examples (this project's interpretation).
 
-Only the paper's abstract is available ("RNAS", arXiv 2024, seed text in DESIGN.md §4): a
-*regularization term balances accuracy and robustness*, and the search uses *noise examples
-instead of adversarial examples* to cut its cost. Everything below the level of those two
+Only the abstract of the RNAS paper (Robust Neural Architecture Search) is available to this
+project: a *regularization term balances accuracy and robustness*, and the search uses *noise
+examples instead of adversarial examples* to cut its cost. Everything below the level of those two
 sentences is our reading; ``docs/methods/rnas.md`` lists what comes from where.
 
 The bilevel DARTS search (Liu et al. 2019) with

@@ -34,7 +34,7 @@ from torch import nn
 
 from rnas.config import RnasClMethodConfig
 from rnas.distill import MapTaps, TeacherProbe, TutorLogits, attention_loss, kd_kl, student_layers
-from rnas.runtime import place_model
+from rnas.runtime import autocast, place_model
 from rnas.search.base import Batch, BilevelMethod, Progress, SearchContext, SearchMethod, alpha_entropy
 from rnas.space.gumbel import one_hot_argmax
 from rnas.space.width import WidthSupernet, log_cost
@@ -168,7 +168,8 @@ class RnasClWidthSearch(SearchMethod):
         metrics: dict[str, float] = {}
         if phase in ("weight", "both"):
             x, y = batch_w
-            loss, metrics = self.search_loss(x, y, train_arch=False)
+            with autocast(self.ctx.device):  # bf16 on CUDA when pipeline.amp is on
+                loss, metrics = self.search_loss(x, y, train_arch=False)
             if not torch.isfinite(loss):
                 from rnas.training.trainer import NonFiniteLossError
 
@@ -181,7 +182,8 @@ class RnasClWidthSearch(SearchMethod):
             self.w_opt.step()
         if phase in ("arch", "both"):
             x, y = batch_a
-            loss, arch_metrics = self.search_loss(x, y, train_arch=True)
+            with autocast(self.ctx.device):
+                loss, arch_metrics = self.search_loss(x, y, train_arch=True)
             params = self.arch_parameters()
             grads = torch.autograd.grad(loss, params)
             self.a_opt.zero_grad(set_to_none=True)

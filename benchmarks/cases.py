@@ -1,0 +1,417 @@
+"""The benchmark cases: each builds one unit of work in a given variant.
+
+A case's ``build(variant, env)`` returns a :class:`Workload` whose ``run()`` does the unit of work
+once (a search step, a training step, an evaluation, a bound pass) and returns a scalar result
+(a loss, an accuracy) that both variants must agree on up to float rounding — the "same
+algorithm" check printed as Δresult. Variants: ``"straightforward"`` (the reference
+implementation of the same algorithm: NCHW float32, no reuse, every attack on all examples) and
+``"fast"`` (rnas's own code path with the options on: channels-last, the fused supernet
+mixed op, the subsampled stride-2 dilated convs, reuse, attacks on still-robust examples, and on
+CUDA bf16 autocast). Ablation cases compare one optimization switched off ("before") and on
+("after") with everything else equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+VARIANTS = ("straightforward", "fast")
+ABLATION_VARIANTS = ("before", "after")
+
+
+@dataclass
+class Env:
+    """What a case is built for: the device, the size preset and the robust model's file."""
+    device: torch.device
+    quick: bool = False
+    model_file: str | None = None  # state_dict of the PGD-trained digits network (evaluation rows)
+
+
+@dataclass
+class Workload:
+    run: Callable[[], float]  # one unit of work; returns a scalar result for the Δ check
+    images: int               # examples processed by one run (images/s = images / seconds)
+    amp: bool = False         # ran under bf16 autocast (GFLOP/s is then compared to the bf16 ceiling)
+    count_flops: bool = True  # False where the counter's per-op Python overhead would dominate the warm-up
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    group: str
+    config: str                       # one line: the configuration measured
+    build: Callable[[str, Env], Workload]
+    variants: tuple[str, str] = VARIANTS
+    quick_config: str = ""            # the configuration under --quick, when it differs
+    cuda_only: bool = False
+    requires: str = ""                # a module that must import, else the row says unavailable
+    heavy: bool = False               # one timed repeat by default (a step takes tens of seconds on CPU)
+    single_run: bool = False          # no repeat: the one (uncounted) run is the timed one (minutes-long rows)
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+# -- shared pieces ---------------------------------------------------------------------------
+
+def _use_amp(variant: str, env: Env) -> bool:
+    return variant in ("fast", "after") and env.device.type == "cuda"
+
+
+def _configure(variant: str, env: Env, amp: bool | None = None) -> bool:
+    """Process-wide options of rnas.runtime for this variant; returns whether autocast is on."""
+    from rnas.runtime import configure_acceleration
+
+    on = _use_amp(variant, env) if amp is None else amp
+    configure_acceleration(amp=on, compile=False, device=env.device)
+    return on
+
+
+def _data(batch: int, channels: int, size: int, classes: int, seed: int, device: torch.device):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, channels, size, size, generator=gen)
+    y = torch.randint(0, classes, (batch,), generator=gen)
+    return x.to(device), y.to(device)
+
+
+def _place(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    from rnas.runtime import place_model
+
+    return place_model(model, device, channels_last)
+
+
+def plain_depthwise_convs(model: nn.Module) -> nn.Module:
+    """Give every :class:`rnas.space.ops.DepthwiseConv2d` the plain ``nn.Conv2d`` kernel back."""
+    from rnas.space.ops import DepthwiseConv2d
+
+    for m in model.modules():
+        if isinstance(m, DepthwiseConv2d):
+            m.forward = types.MethodType(nn.Conv2d.forward, m)
+    return model
+
+
+def darts_v2():
+    from rnas.space.genotype import load_genotype
+
+    return load_genotype(HERE / "darts_v2.json")
+
+
+# -- (a) one supernet search step ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SearchSpec:
+    init_channels: int
+    layers: int
+    batch: int
+    size: int
+    channels: int
+    dataset: str
+    partial_channels: int
+
+
+def _search_workload(spec: SearchSpec, variant: str, env: Env, fused: bool | None = None,
+                     channels_last: bool | None = None, amp: bool | None = None,
+                     compile: bool = False) -> Workload:
+    """One first-order DARTS step (α on an architecture batch, then w on a weight batch) through
+    rnas's :class:`~rnas.search.base.BilevelMethod`; the straightforward variant swaps in the
+    direct supernet forward of :mod:`benchmarks.reference` in NCHW."""
+    from benchmarks.reference import NaiveSupernet
+    from rnas.config import params_from_dict
+    from rnas.data import DATASETS
+    from rnas.runs import resolve_run
+    from rnas.search.base import BilevelMethod, Progress, SearchContext
+
+    fast = variant in ("fast", "after")
+    fused = fast if fused is None else fused
+    channels_last = fast if channels_last is None else channels_last
+    amp = _configure(variant, env, amp)
+    if compile:
+        from rnas.runtime import configure_acceleration
+
+        configure_acceleration(amp=amp, compile=True, device=env.device)
+    params = params_from_dict({
+        "pipeline": {"device": env.device.type, "channels_last": channels_last, "progress": False},
+        "search": {"init_channels": spec.init_channels, "layers": spec.layers, "batch_size": spec.batch,
+                   "partial_channels": spec.partial_channels},
+    })
+    info = dataclasses.replace(DATASETS[spec.dataset], image_size=spec.size)
+    torch.manual_seed(0)
+    method = BilevelMethod()
+    method.setup(SearchContext(params=params, run=resolve_run("darts"), info=info, device=env.device, seed=0,
+                               steps_per_epoch=1))
+    if not fused:
+        method.supernet = NaiveSupernet(method.supernet)
+    xw, yw = _data(spec.batch, spec.channels, spec.size, info.num_classes, 1, env.device)
+    xa, ya = _data(spec.batch, spec.channels, spec.size, info.num_classes, 2, env.device)
+
+    def run() -> float:
+        m = method.step((xw, yw), (xa, ya), Progress(0, 0, 1))
+        return m["weight_loss"] + m["arch_loss"]
+
+    return Workload(run, images=2 * spec.batch, amp=amp)
+
+
+PAPER_SEARCH = SearchSpec(16, 8, 64, 32, 3, "cifar10", 1)
+PAPER_SEARCH_QUICK = SearchSpec(16, 8, 8, 32, 3, "cifar10", 1)
+DIGITS_SEARCH = SearchSpec(8, 3, 64, 8, 1, "digits", 1)  # params.yaml's search block
+
+
+def _paper(k: int, quick: bool) -> SearchSpec:
+    return dataclasses.replace(PAPER_SEARCH_QUICK if quick else PAPER_SEARCH, partial_channels=k)
+
+
+# -- (b) PGD-10 adversarial training step ----------------------------------------------------
+
+def _train_workload(build_model: Callable[[], nn.Module], batch: int, size: int, channels: int,
+                    variant: str, env: Env) -> Workload:
+    """One step of the trainer's inner loop: PGD-10 (ε 8/255, step 2/255, random start) on
+    the batch, CE on the adversarial examples, backward, clip 5, SGD."""
+    from rnas.config import PerturbationConfig
+    from rnas.runtime import autocast
+    from rnas.training.perturbations import get_perturbation
+
+    fast = variant == "fast"
+    amp = _configure(variant, env)
+    torch.manual_seed(0)
+    model = build_model()
+    if not fast:
+        plain_depthwise_convs(model)
+    model = _place(model, env.device, channels_last=fast).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    pcfg = PerturbationConfig(kind="pgd", epsilon=8 / 255, step_size=2 / 255, steps=10)
+    perturb = get_perturbation("pgd")
+    x, y = _data(batch, channels, size, 10, 3, env.device)
+
+    def run() -> float:
+        gen = torch.Generator().manual_seed(0)
+        with autocast(env.device):
+            loss, _logits, _x = perturb(model, x, y, pcfg, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        return float(loss)
+
+    return Workload(run, images=batch, amp=amp)
+
+
+def _resnet18() -> nn.Module:
+    from rnas.models import build_model
+
+    return build_model("preact_resnet18", num_classes=10, input_channels=3, dataset="cifar10", width=64)
+
+
+def _darts_v2_paper() -> nn.Module:
+    from rnas.space.network import CellNetwork
+
+    return CellNetwork(darts_v2(), init_channels=36, layers=20, num_classes=10, input_channels=3, dataset="cifar10")
+
+
+# -- (c), (d): evaluation of the PGD-trained digits network ----------------------------------
+
+EVAL_EPS = 0.1          # params.yaml evaluate.epsilon (digits, pixel units)
+EVAL_STEP = 0.025       # evaluate.pgd_step_size
+EVAL_N, EVAL_N_QUICK = 200, 48   # evaluate.n_examples
+SQUARE_QUERIES = 500    # AutoAttack's Square budget here (standard: 5000; see README)
+AA_N, AA_N_QUICK = 100, 16  # AutoAttack on CPU takes minutes: fewer examples than the protocol's 200
+
+
+def digits_network() -> nn.Module:
+    """params.yaml's final network size (retrain: C=8, 4 cells) with the DARTS V2 cell, 8x8 digits."""
+    from rnas.space.network import CellNetwork
+
+    return CellNetwork(darts_v2(), init_channels=8, layers=4, num_classes=10, input_channels=1, dataset="digits")
+
+
+def train_digits_model(path: Path, epochs: int = 3) -> dict[str, float]:
+    """PGD-3 adversarial training (params.yaml's recipe, fewer epochs) of :func:`digits_network`,
+    so that the evaluation rows attack a model with a real robust accuracy."""
+    from rnas.config import PerturbationConfig, TrainConfig
+    from rnas.data import load_splits
+    from rnas.training.trainer import Trainer
+
+    torch.manual_seed(0)
+    splits = load_splits("digits", seed=0, image_size=8)
+    model = digits_network()
+    cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, weight_decay=3e-4,
+                      perturbation=PerturbationConfig(kind="pgd", epsilon=0.1, step_size=0.04, steps=3))
+    result = Trainer(model, cfg, torch.device("cpu"), seed=0, progress=False).fit(splits.train, splits.val)
+    torch.save(model.state_dict(), path)
+    return result.history[-1]
+
+
+def _eval_setup(variant: str, env: Env, n_full: int = EVAL_N, n_quick: int = EVAL_N_QUICK):
+    from rnas.data import load_splits
+
+    _configure(variant, env, amp=False)  # evaluation stays float32
+    fast = variant in ("fast", "after")
+    model = digits_network()
+    if env.model_file:
+        model.load_state_dict(torch.load(env.model_file, weights_only=True))
+    if not fast:
+        plain_depthwise_convs(model)
+    model = _place(model, env.device, channels_last=fast).eval()
+    splits = load_splits("digits", seed=0, image_size=8)
+    n = n_quick if env.quick else n_full
+    return model, splits.test.x[:n].to(env.device), splits.test.y[:n].to(env.device)
+
+
+def _pgd20_workload(variant: str, env: Env) -> Workload:
+    """PGD-20 flags (the protocol's pgd20: foolbox LinfPGD, absolute step, random start)."""
+    from rnas.evaluation.attacks import get_attack, rng_scope
+
+    model, x, y = _eval_setup(variant, env)
+
+    def run() -> float:
+        with rng_scope(0, x.device):
+            flags = get_attack("pgd").fn(model, x, y, EVAL_EPS, step_size=EVAL_STEP, steps=20)
+        return float(flags.float().mean())
+
+    return Workload(run, images=len(x))
+
+
+def _worst_case_workload(variant: str, env: Env) -> Workload:
+    """Worst case over PGD-20 and AutoAttack (robust_acc of the two). Straightforward: each
+    attack on all examples, flags AND-ed. Fast: AutoAttack only on the examples PGD-20 left
+    robust (DESIGN.md §5 allows it for the worst case, never for per-attack numbers)."""
+    from rnas.evaluation.attacks import autoattack_flags, get_attack, rng_scope
+
+    model, x, y = _eval_setup(variant, env, n_full=AA_N, n_quick=AA_N_QUICK)
+    cascade = variant in ("fast", "after")
+
+    def run() -> float:
+        with rng_scope(0, x.device):
+            robust = get_attack("pgd").fn(model, x, y, EVAL_EPS, step_size=EVAL_STEP, steps=20)
+        idx = robust.nonzero().flatten() if cascade else torch.arange(len(x), device=x.device)
+        if len(idx):
+            aa = autoattack_flags(model, x[idx], y[idx], EVAL_EPS, n_queries=SQUARE_QUERIES, seed=0)
+            robust = robust.clone()
+            robust[idx] &= aa
+        return float(robust.float().mean())
+
+    return Workload(run, images=len(x), count_flops=False)
+
+
+def _bounds_workload(variant: str, env: Env) -> Workload:
+    """Certified margin bounds (IBP and CROWN-IBP, per specification the tighter) of the
+    evaluation examples. Straightforward: one bound method per pass (the graph and the point +
+    interval pass rebuilt for each). Fast: both from one graph and one shared IBP pass."""
+    from rnas.bounds import spec_bounds
+
+    model, x, y = _eval_setup(variant, env, n_full=128, n_quick=32)  # evaluate.certify_batch_size
+    shared = variant in ("fast", "after")
+
+    def run() -> float:
+        with torch.no_grad():
+            if shared:
+                lower = spec_bounds(model, x, y, EVAL_EPS, "linf", ("ibp", "crown")).best()
+            else:
+                ibp = spec_bounds(model, x, y, EVAL_EPS, "linf", ("ibp",)).lower["ibp"]
+                crown = spec_bounds(model, x, y, EVAL_EPS, "linf", ("crown",)).lower["crown"]
+                lower = torch.maximum(ibp, crown)
+        return float((lower.min(dim=1).values > 0).float().mean())
+
+    return Workload(run, images=len(x))
+
+
+# -- ablations: one optimization off / on ----------------------------------------------------
+
+def _dilconv_workload(stride: int, kernel: int, variant: str, env: Env, quick: bool) -> Workload:
+    """Forward + backward of one ``dil_conv`` (ReLU, depthwise dilation-2 conv, 1x1 conv, BN)
+    at the paper supernet's first reduction cell: C=32, 32x32 input, batch 64, channels-last."""
+    from rnas.space.ops import DilConv
+
+    _configure(variant, env, amp=False)
+    torch.manual_seed(0)
+    op = DilConv(32, 32, kernel, stride, 2 * (kernel - 1) // 2, 2, affine=False)
+    if variant == "before":
+        plain_depthwise_convs(op)
+    op = _place(op, env.device, True).train()
+    batch = 16 if quick else 64
+    x, _ = _data(batch, 32, 32, 10, 4, env.device)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+
+    def run() -> float:
+        out = op(x)
+        out.square().mean().backward()
+        return float(x.grad.abs().sum())
+
+    return Workload(run, images=batch)
+
+
+def _amp_or_compile_workload(option: str, variant: str, env: Env) -> Workload:
+    """CUDA: the paper PC-DARTS search step with bf16 autocast / torch.compile off and on
+    (everything else as in the fast path; compile is measured with amp off)."""
+    on = variant == "after"
+    spec = _paper(4, env.quick)
+    if option == "amp":
+        return _search_workload(spec, "fast", env, amp=on)
+    return _search_workload(spec, "fast", env, amp=False, compile=on)
+
+
+def _search_case(name: str, group: str, spec_of: Callable[[bool], SearchSpec], config: str, quick: str,
+                 heavy: bool = False, **kw) -> Case:
+    return Case(name, group, config, lambda v, e: _search_workload(spec_of(e.quick), v, e, **kw),
+                quick_config=quick, heavy=heavy)
+
+
+CASES: dict[str, Case] = {c.name: c for c in (
+    _search_case("search_darts_paper", "a", lambda q: _paper(1, q),
+                 "DARTS supernet C=16, 8 cells, batch 64+64, 32x32x3, first-order step",
+                 "DARTS supernet C=16, 8 cells, batch 8+8, 32x32x3", heavy=True),
+    _search_case("search_pcdarts_paper", "a", lambda q: _paper(4, q),
+                 "PC-DARTS K=4 supernet C=16, 8 cells, batch 64+64, 32x32x3, first-order step",
+                 "PC-DARTS K=4 supernet C=16, 8 cells, batch 8+8, 32x32x3", heavy=True),
+    _search_case("search_digits_default", "a", lambda q: DIGITS_SEARCH,
+                 "params.yaml search: C=8, 3 cells, batch 64+64, 8x8x1 digits", ""),
+    Case("pgd10_resnet18", "b", "PreAct ResNet-18 (width 64), batch 32, 32x32x3, PGD-10 AT step",
+         lambda v, e: _train_workload(_resnet18, 8 if e.quick else 32, 32, 3, v, e),
+         quick_config="PreAct ResNet-18, batch 8", heavy=True),
+    Case("pgd10_darts_v2", "b", "DARTS V2 network C=36, 20 cells, batch 16, 32x32x3, PGD-10 AT step",
+         lambda v, e: _train_workload(_darts_v2_paper, 4 if e.quick else 16, 32, 3, v, e),
+         quick_config="DARTS V2 C=36, 20 cells, batch 4", heavy=True),
+    Case("eval_pgd20", "c", f"PGD-20 flags, digits DARTS V2 net (C=8, 4 cells), n={EVAL_N}, eps {EVAL_EPS}",
+         _pgd20_workload, quick_config=f"n={EVAL_N_QUICK}"),
+    Case("eval_pgd20_autoattack", "c",
+         f"worst case PGD-20 + AutoAttack (Square {SQUARE_QUERIES} queries), n={AA_N}, eps {EVAL_EPS}",
+         _worst_case_workload, quick_config=f"n={AA_N_QUICK}", single_run=True),
+    Case("certify_ibp_crown", "d", f"IBP + CROWN-IBP margin bounds, digits DARTS V2 net, n=128, eps {EVAL_EPS}",
+         _bounds_workload, quick_config="n=32", requires="rnas.bounds"),
+    # ablations
+    Case("ablate_channels_last", "ablation", "channels_last: straightforward supernet step NCHW -> NHWC "
+         "(paper C=16, 8 cells, batch 16+16)",
+         lambda v, e: _search_workload(dataclasses.replace(_paper(1, True), batch=4 if e.quick else 16), v, e,
+                                       fused=False, channels_last=(v == "after")),
+         variants=ABLATION_VARIANTS),
+    Case("ablate_fused_mixed_op", "ablation", "fused mixed op (shared ReLU, no `none` op, in-place addcmul, "
+         "subsampled stride-2 dil convs), NHWC (paper C=16, 8 cells, batch 16+16)",
+         lambda v, e: _search_workload(dataclasses.replace(_paper(1, True), batch=4 if e.quick else 16), v, e,
+                                       fused=(v == "after"), channels_last=True),
+         variants=ABLATION_VARIANTS),
+    Case("ablate_partial_channels", "ablation", "PC-DARTS partial channels K=1 -> K=4, fast path "
+         "(paper C=16, 8 cells, batch 16+16)",
+         lambda v, e: _search_workload(dataclasses.replace(_paper(1 if v == "before" else 4, True),
+                                                           batch=4 if e.quick else 16), "fast", e),
+         variants=ABLATION_VARIANTS),
+    Case("ablate_dilconv_s2_3x3", "ablation", "dil_conv_3x3 stride 2: dilated kernel -> subsampled conv "
+         "(C=32, 32x32, batch 64, fwd+bwd)",
+         lambda v, e: _dilconv_workload(2, 3, v, e, e.quick), variants=ABLATION_VARIANTS),
+    Case("ablate_dilconv_s2_5x5", "ablation", "dil_conv_5x5 stride 2: dilated kernel -> subsampled conv "
+         "(C=32, 32x32, batch 64, fwd+bwd)",
+         lambda v, e: _dilconv_workload(2, 5, v, e, e.quick), variants=ABLATION_VARIANTS),
+    Case("ablate_dilconv_s1_3x3", "ablation", "dil_conv_3x3 stride 1 (unchanged: no exact subsampling; "
+         "the remaining slow CPU kernel) (C=32, 32x32, batch 64, fwd+bwd)",
+         lambda v, e: _dilconv_workload(1, 3, v, e, e.quick), variants=ABLATION_VARIANTS),
+    Case("ablate_amp", "ablation", "bf16 autocast off -> on (PC-DARTS paper search step)",
+         lambda v, e: _amp_or_compile_workload("amp", v, e), variants=ABLATION_VARIANTS, cuda_only=True),
+    Case("ablate_compile", "ablation", "torch.compile off -> on (PC-DARTS paper search step)",
+         lambda v, e: _amp_or_compile_workload("compile", v, e), variants=ABLATION_VARIANTS, cuda_only=True),
+)}

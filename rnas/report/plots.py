@@ -1,0 +1,182 @@
+"""The report's figures (matplotlib, Agg backend; PNGs under ``results/plots/``).
+
+* :func:`plot_eps_sweep` -- robust accuracy vs L∞ ε per run (PGD-20, step/ε fixed), mean over
+  seeds with the min–max band; the evaluation ε marked.
+* :func:`plot_pareto` -- parameters vs AutoAttack accuracy (worst case if AutoAttack did not
+  run), one point per run (mean over seeds, ± std bars), the Pareto front (no other run has
+  fewer parameters *and* higher accuracy) joined.
+* :func:`plot_search_curves` -- per-epoch search history (``search.json``): supernet validation
+  accuracy and the entropy of softmax(α) per cell type, one line per run and seed.
+
+Every function writes its file even without data (a figure saying so), so a workflow that
+declares the paths as outputs always gets them.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
+
+from rnas.report.collect import RunRow  # noqa: E402
+from rnas.space.ops import PRIMITIVES  # noqa: E402
+
+DPI = 110
+# search.json history keys shown as search curves (when present), with their axis labels
+SEARCH_CURVES: tuple[tuple[str, str], ...] = (
+    ("val_acc", "supernet validation accuracy (%)"),
+    ("alpha_entropy_normal", "H(softmax α), normal cell (nats)"),
+    ("alpha_entropy_reduce", "H(softmax α), reduction cell (nats)"),
+)
+
+
+def _colors(rows: list[RunRow]) -> dict[str, str]:
+    cmap = plt.get_cmap("tab10")
+    return {row.run: ("#444444" if row.reference else cmap(i % 10)) for i, row in enumerate(rows)}
+
+
+def _empty(path: Path, title: str, message: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, color="#666666")
+    ax.set_title(title)
+    ax.axis("off")
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _prepare(path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def plot_eps_sweep(rows: list[RunRow], path: str | Path, epsilon: float | None = None) -> Path:
+    path = _prepare(path)
+    title = "Robust accuracy vs ε (PGD-20, L∞)"
+    curves = []
+    for row in rows:
+        by_eps: dict[float, list[float]] = {}
+        for res in row.results:
+            for eps, acc in (res.eval.get("eps_sweep") or {}).items():
+                by_eps.setdefault(float(eps), []).append(float(acc))
+        if by_eps:
+            curves.append((row, sorted(by_eps.items())))
+    if not curves:
+        return _empty(path, title, "no ε sweep in any eval.json")
+    colors = _colors(rows)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for row, points in curves:
+        xs = [e for e, _ in points]
+        mean = [100 * statistics.mean(v) for _, v in points]
+        style = dict(color=colors[row.run], lw=2, marker="o", ms=4)
+        if row.reference:
+            style.update(linestyle="--", lw=1.5)
+        ax.plot(xs, mean, label=row.run + (" (reference)" if row.reference else ""), **style)
+        if any(len(v) > 1 for _, v in points):
+            ax.fill_between(xs, [100 * min(v) for _, v in points], [100 * max(v) for _, v in points],
+                            color=colors[row.run], alpha=0.15, lw=0)
+    if epsilon is not None:
+        ax.axvline(epsilon, color="#999999", lw=1, linestyle=":")
+        ax.text(epsilon, 2, f" evaluation ε = {epsilon:g}", fontsize=8, color="#666666", va="bottom")
+    ax.set_xlabel("L∞ radius ε (pixel units, inputs in [0, 1])")
+    ax.set_ylabel("accuracy under attack (%)")
+    ax.set_ylim(-2, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points (size, accuracy) no other point beats on both (fewer or equal
+    parameters and higher accuracy, or fewer parameters and equal accuracy), by size."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_pareto(rows: list[RunRow], path: str | Path) -> Path:
+    path = _prepare(path)
+    key = "autoattack_acc" if any(row.values("autoattack_acc") for row in rows) else "robust_acc"
+    label = "AutoAttack accuracy (%)" if key == "autoattack_acc" else "worst-case robust accuracy (%)"
+    title = "Accuracy–size trade-off"
+    pts = [(row, row.values("params"), row.values(key)) for row in rows]
+    pts = [(row, p, a) for row, p, a in pts if p and a]
+    if not pts:
+        return _empty(path, title, f"no run has both params and {key}")
+    colors = _colors(rows)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    xy = [(statistics.mean(p), 100 * statistics.mean(a)) for _, p, a in pts]
+    for (row, p, a), (x, y) in zip(pts, xy):
+        err = 100 * statistics.stdev(a) if len(a) > 1 else 0.0
+        ax.errorbar(x, y, yerr=err or None, fmt="s" if row.reference else "o", ms=8, color=colors[row.run],
+                    capsize=3, zorder=3)
+        ax.annotate(row.run, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+    front = pareto_front(xy)
+    ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], color="#2ca02c", lw=1.5, linestyle="--",
+            zorder=2, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (log scale)")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    ax.set_title(title + " (upper left is better)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_search_curves(rows: list[RunRow], path: str | Path) -> Path:
+    path = _prepare(path)
+    title = "Search curves"
+    series = []  # (row, seed, history)
+    for row in rows:
+        for res in row.results:
+            history = (res.search or {}).get("history") or []
+            if history:
+                series.append((row, res.seed, history))
+    keys = [(k, lab) for k, lab in SEARCH_CURVES if any(k in h for _, _, hist in series for h in hist)]
+    if not keys:
+        return _empty(path, title, "no search history (no run searched with the search loop)")
+    colors = _colors(rows)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
+    multi_seed = len({seed for _, seed, _ in series}) > 1
+    for ax, (key, lab) in zip(axes[0], keys):
+        for row, seed, history in series:
+            pts = [(e + 1, h[key]) for e, h in enumerate(history) if isinstance(h.get(key), (int, float))]
+            if not pts:
+                continue
+            scale = 100 if key.endswith("_acc") else 1
+            ax.plot([e for e, _ in pts], [scale * v for _, v in pts], marker="o", ms=3, lw=1.6,
+                    color=colors[row.run], label=row.run + (f" s{seed}" if multi_seed else ""))
+        if key.startswith("alpha_entropy"):  # absolute scale: 0 = one op per edge, ln K = uniform α
+            h_max = math.log(len(PRIMITIVES))
+            ax.axhline(h_max, color="#999999", lw=1, linestyle=":")
+            ax.text(1, h_max, "uniform α", fontsize=8, color="#666666", va="bottom")
+            ax.set_ylim(0, 1.12 * h_max)
+        elif key.endswith("_acc"):
+            ax.set_ylim(0, 100)
+        ax.set_xlabel("search epoch")
+        ax.set_ylabel(lab, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0][0].legend(fontsize=8, frameon=False)
+    fig.suptitle(title + " (per epoch, from search.json)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path

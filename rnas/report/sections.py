@@ -1,0 +1,18 @@
+"""Extra report sections other modules contribute, as Markdown (the subset
+:func:`rnas.report.document.markdown_blocks` reads: headings, paragraphs, lists, pipe tables).
+
+A section is a function ``(params) -> str`` returning its Markdown, or ``""`` when it has
+nothing to show (e.g. its runs are not in ``pipeline.runs``). To add one, register it here;
+it appears in both report.md and report.html, after the built-in sections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rnas.config import Params
+from rnas.report.rnas_noise import noise_vs_adversarial_markdown
+
+SECTIONS: dict[str, Callable[[Params], str]] = {
+    "rnas_noise": noise_vs_adversarial_markdown,
+}

@@ -1,0 +1,164 @@
+"""DSRNA: differentiable search of robust neural architectures (Hosseini, Yang & Xie, CVPR 2021).
+
+The DARTS bilevel search (Liu et al. 2019, first-order by default, ``search.unrolled`` for the
+second-order step) with an explicit, differentiable robustness metric R(α) in the architecture
+objective, which is *maximized* alongside the validation loss:
+
+    min_α  L_val(w*(α), α) − γ · R(w*(α), α),      w*(α) ≈ argmin_w L_train(w, α).
+
+The weights train on plain cross-entropy (the method changes only the architecture objective).
+R is a mean over the architecture batch of one of:
+
+* variant ``cb`` — the certified lower bound of the margin,
+  lb_i ≤ min_{x ∈ B_ε(x_i) ∩ [0,1]^d} [f_y(x) − max_{k≠y} f_k(x)]  (a sound lower bound),
+  propagated through every op of the supernet — mixed ops weighted by softmax(α) — with interval
+  bounds (IBP) or CROWN-IBP linear bounds (:mod:`rnas.bounds`); R_cb = mean_i s(lb_i) with s the
+  identity (``cb_scale: linear``) or sign(lb)·log(1 + |lb|) (``log``, see :func:`scale_bound`).
+  Higher = more certifiably robust.
+* variant ``jacobian`` — R_jac = −ε · ‖∇_x g(x)‖_*, with ‖·‖_* the dual norm of the threat model
+  (L1 for L∞, L2 for L2) and g the top-1 logit f_{argmax}(x) or a random projection vᵀf(x), v
+  uniform on the unit sphere (Hoffman et al. 2019), so that one backward pass suffices; it is
+  the first-order change of the output over the ε-ball. Higher (smaller gradient) = more robust.
+* variant ``combined`` — R = R_cb + λ_J · R_jac (``jacobian_weight``).
+
+Gradients reach α through softmax(α) in every mixed op: for R_cb through the bound computation
+(everything in :mod:`rnas.bounds` is differentiable), for R_jac through a double backward
+(``create_graph=True``).
+
+Batch norm during the search is in training mode: the supernet's forward uses the batch
+statistics, and the bound treats each BN layer as the affine map given by the *clean* batch's
+statistics held fixed over the ε-ball (:class:`rnas.bounds.graph.BatchNorm`) — the same
+function the training-mode forward computes on that batch. The cross-entropy of the ``cb``
+variant uses the logits of the bound's own clean pass (identical to ``model(x)``), so the
+clean forward is not repeated; that pass leaves BN running statistics alone.
+
+Randomness (the random projection) comes from a dedicated generator seeded from the run seed
+and checkpointed with the method, so runs are reproducible and resumable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnas.bounds import spec_bounds
+from rnas.config import DsrnaMethodConfig
+from rnas.search.base import BilevelMethod, SearchContext
+from rnas.training.trainer import NonFiniteLossError
+
+VARIANTS: dict[str, tuple[str, ...]] = {"cb": ("cb",), "jacobian": ("jacobian",), "combined": ("cb", "jacobian")}
+
+#: Stream id mixed with the run seed (numpy SeedSequence) so the projection draws are independent
+#: of the data order, which torch draws from the bare run seed. An identifier, not a knob.
+PROJECTION_STREAM = 0x44535241  # "DSRA"
+
+
+def dual_norm(g: torch.Tensor, norm: str) -> torch.Tensor:
+    """‖g_i‖_* per example of (B, ...): L1 for an L∞ threat model, L2 for L2."""
+    flat = g.flatten(1)
+    if norm == "linf":
+        return flat.abs().sum(1)
+    if norm == "l2":
+        return flat.norm(dim=1)
+    raise ValueError(f"unknown norm {norm!r}; known: linf, l2")
+
+
+def jacobian_metric(model: nn.Module, x: torch.Tensor, eps: float, norm: str = "linf", projection: str = "top1",
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """R_jac = −ε·‖∇_x g(x)‖_* per example (B,) and the logits (B, K) of the same forward pass.
+
+    g = f_{argmax f(x)}(x) (``top1``) or vᵀ f(x) with v uniform on the unit sphere per example
+    (``random``, drawn on the CPU from ``generator``). Differentiable in the weights and α
+    (double backward)."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)  # (B, K)
+    if projection == "top1":
+        g = logits.gather(1, logits.detach().argmax(1, keepdim=True)).sum()
+    elif projection == "random":
+        v = torch.randn(logits.shape, generator=generator, dtype=logits.dtype)
+        v = (v / v.norm(dim=1, keepdim=True)).to(logits.device)
+        g = (logits * v).sum()
+    else:
+        raise ValueError(f"unknown jacobian projection {projection!r}; known: top1, random")
+    (grad,) = torch.autograd.grad(g, x, create_graph=True)
+    return -eps * dual_norm(grad, norm), logits
+
+
+def bound_metric(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",
+                 method: str = "ibp", dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lower bound lb (B,) of f_y − max_{k≠y} f_k over the ε-ball ∩ [0, 1] per example, and
+    the clean logits (B, K) of the bound's point pass (both in x's dtype; propagated in
+    ``dtype`` if given)."""
+    result = spec_bounds(model, x, y, eps, norm, (method,), dtype=dtype)
+    return result.margin(method).to(x.dtype), result.logits.to(x.dtype)
+
+
+def scale_bound(lb: torch.Tensor, scale: str) -> torch.Tensor:
+    """R_cb per example from the margin lower bound: ``linear`` lb, or ``log`` sign(lb)·log(1 + |lb|).
+
+    Both increase with lb (a more certifiably robust architecture scores higher); ``log`` keeps
+    the scale of L_val: IBP/CROWN bounds of an untrained supernet with batch-statistics BN are
+    around −1e15 at ε = 0.01 (each BN rescales the box by 1/σ of the clean batch, ~5–10x per layer),
+    and ∂R/∂α = ∂lb/∂α / (1 + |lb|) is then the *relative* change of the bound."""
+    if scale == "linear":
+        return lb
+    if scale == "log":
+        return torch.sign(lb) * torch.log1p(lb.abs())
+    raise ValueError(f"unknown cb scale {scale!r}; known: log, linear")
+
+
+class DsrnaMethod(BilevelMethod):
+    """DARTS with the architecture loss L_val − γ·R (see the module docstring)."""
+
+    def setup(self, ctx: SearchContext) -> None:
+        super().setup(ctx)
+        if ctx.run.variant not in VARIANTS:
+            raise ValueError(f"unknown DSRNA variant {ctx.run.variant!r}; known: {', '.join(VARIANTS)}")
+        self.cfg: DsrnaMethodConfig = ctx.params.search.methods.dsrna
+        self.metrics = VARIANTS[ctx.run.variant]
+        seed = np.random.SeedSequence([ctx.seed, PROJECTION_STREAM]).generate_state(1)[0]
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def robustness(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                       dict[str, float]]:
+        """(R (scalar), clean logits (B, K), metrics) of the run's variant on one batch."""
+        cfg = self.cfg
+        parts: dict[str, torch.Tensor] = {}
+        logits = None
+        if "jacobian" in self.metrics:
+            r_jac, logits = jacobian_metric(model, x, cfg.epsilon, cfg.norm, cfg.jacobian_projection, self.generator)
+            parts["r_jac"] = r_jac.mean()
+        if "cb" in self.metrics:
+            lb, cb_logits = bound_metric(model, x, y, cfg.epsilon, cfg.norm, cfg.bound_method,
+                                         getattr(torch, cfg.bound_dtype))
+            if not torch.isfinite(lb).all():
+                raise NonFiniteLossError(
+                    f"DSRNA R_cb: the {cfg.bound_method} margin bound is not finite in {cfg.bound_dtype} "
+                    f"(loose bounds of a deep untrained supernet overflow); set search.methods.dsrna."
+                    f"bound_dtype: float64, or lower search.methods.dsrna.epsilon / search.layers")
+            parts["r_cb"] = scale_bound(lb, cfg.cb_scale).mean()
+            parts["margin_bound"] = lb.detach().mean()
+            parts["certified_frac"] = (lb.detach() > 0).float().mean()
+            logits = cb_logits if logits is None else logits
+        if "r_cb" in parts and "r_jac" in parts:
+            r = parts["r_cb"] + cfg.jacobian_weight * parts["r_jac"]
+        else:
+            r = parts["r_cb"] if "r_cb" in parts else parts["r_jac"]
+        return r, logits, {k: float(v.detach()) for k, v in parts.items()}
+
+    def arch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        r, logits, metrics = self.robustness(model, x, y)
+        ce = F.cross_entropy(logits, y)
+        loss = ce - self.cfg.gamma * r
+        return loss, {"val_ce": float(ce.detach()), "robustness": float(r.detach()), **metrics}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["generator"])

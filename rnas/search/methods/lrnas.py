@@ -1,0 +1,436 @@
+"""LRNAS: lightweight robust NAS by contribution estimation and greedy selection (DESIGN.md §4).
+
+Only the abstract of LRNAS is available; the formulas below are DESIGN.md's reading of it
+(docs/methods/lrnas.md says what follows the paper and what is interpretation).
+
+Supernet: the DARTS cell space, PC-DARTS partial channels when ``search.partial_channels > 1``.
+α is **not** trained by gradient; the weights are trained by the usual SGD on the weight half
+(clean cross-entropy, :meth:`BilevelMethod.weight_step`).
+
+1. Warm-up: ``warmup_epochs`` epochs of weight training only.
+2. Every later epoch, after its weight steps: the players are the primitives (cell type, edge,
+   op). For each of n random permutations, on one validation batch (the architecture half),
+   the primitives are switched off one by one in permutation order (``Supernet.mask_*``), and
+   each one's marginal drop in clean accuracy ΔA and in FGSM(ε) accuracy ΔR is recorded
+   (:mod:`rnas.search.shapley`). Within a permutation ΔA and ΔR are z-scored over the players;
+   the contribution is V̂ = mean over permutations of z(ΔA) + z(ΔR).
+3. Update (‖·‖ the L2 norm over all primitives of both cell types):
+   V ← (1 − μ)·V + μ·V̂/‖V̂‖,   α ← α + η·V/‖V‖.
+4. Greedy selection (:func:`greedy_select`) under the parameter budget λ of the *final*
+   network (``retrain.init_channels``, ``retrain.layers``): each edge's best op by α, edges in
+   decreasing α, added while its node has fewer than two inputs; once adding a parametric op
+   would take the final network over λ, only parameter-free ops are accepted. Nodes left with
+   fewer than two inputs get the best parameter-free op of their remaining edges.
+
+Coalitions are scored with the supernet's weights frozen and, by default (``batch_stats``),
+BN normalizing with the scored batch's own statistics: the running statistics of a
+weight-sharing supernet lag behind its weights and do not match a subnetwork with primitives
+switched off (on digits after 3 epochs: 45% clean accuracy with running statistics, 89% with
+batch statistics). The running statistics are restored after each estimate. A run ``lrnas_<budget>``
+takes λ from its name (RunSpec variant, e.g. "20k"); ``lrnas`` uses the block's ``budget``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnas.config import LrnasMethodConfig
+from rnas.evaluation.complexity import count_parameters
+from rnas.runs import parse_budget
+from rnas.search.base import Batch, BilevelMethod, Progress, SearchContext
+from rnas.search.shapley import lrnas_values, permutation_marginals
+from rnas.space.genotype import Edge, Genotype
+from rnas.space.network import CellNetwork, reduction_layers
+from rnas.space.ops import PRIMITIVES, is_parameter_free, make_op
+from rnas.space.supernet import Supernet
+
+CELL_TYPES = ("normal", "reduce")
+
+
+def edge_endpoints(nodes: int) -> list[tuple[int, int]]:
+    """Edge index -> (node k, input j) in the supernet's order (node 0's inputs 0, 1; node 1's 0..2; ...)."""
+    return [(node, src) for node in range(nodes) for src in range(node + 2)]
+
+
+def edge_stride(reduction: bool, src: int) -> int:
+    """Edges from the two cell inputs of a reduction cell have stride 2."""
+    return 2 if reduction and src < 2 else 1
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter count of the final network
+# --------------------------------------------------------------------------------------------
+
+class ParameterCost:
+    """Exact parameter count of the final :class:`CellNetwork` as a base plus per-edge op costs.
+
+    params(genotype) = base + Σ_{cells c} Σ_{edges (op, j) of c's type} params(op at C_c, stride),
+    where base is the network with every edge ``none`` (stem, preprocessing, classifier: it
+    only depends on how many nodes each cell concatenates) and C_c the cell's channels
+    (``init_channels``, doubled at each reduction cell as in DARTS). Op costs are counted on
+    the real modules (``make_op(..., affine=True)``), so the sum equals ``count_parameters``
+    of the built network (tests check it on the published DARTS V2 cell).
+    """
+
+    def __init__(self, init_channels: int, layers: int, num_classes: int, input_channels: int = 3,
+                 dataset: str | None = None, nodes: int = 4):
+        self.net_args = {"init_channels": init_channels, "layers": layers, "num_classes": num_classes,
+                         "input_channels": input_channels, "dataset": dataset}
+        self.nodes = nodes
+        self.cells: list[tuple[bool, int]] = []  # (reduction, C) per cell, in order
+        c = init_channels
+        reductions = reduction_layers(layers)
+        for i in range(layers):
+            if i in reductions:
+                c *= 2
+            self.cells.append((i in reductions, c))
+        self._ops: dict[tuple[str, int, int], int] = {}
+        self._base: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+
+    def op_params(self, op: str, channels: int, stride: int) -> int:
+        key = (op, channels, stride)
+        if key not in self._ops:
+            self._ops[key] = count_parameters(make_op(op, channels, stride, affine=True))
+        return self._ops[key]
+
+    def edge_cost(self, reduction: bool, src: int, op: str) -> int:
+        """Parameters one genotype edge (op from input ``src``) adds to the final network."""
+        stride = edge_stride(reduction, src)
+        return sum(self.op_params(op, c, stride) for red, c in self.cells if red == reduction)
+
+    def base(self, normal_concat: tuple[int, ...] | None = None, reduce_concat: tuple[int, ...] | None = None) -> int:
+        full = tuple(range(2, self.nodes + 2))
+        key = (tuple(normal_concat or full), tuple(reduce_concat or full))
+        if key not in self._base:
+            empty = tuple(("none", src) for _ in range(self.nodes) for src in (0, 1))
+            genotype = Genotype(empty, key[0], empty, key[1])
+            self._base[key] = count_parameters(CellNetwork(genotype, **self.net_args))
+        return self._base[key]
+
+    def genotype_params(self, genotype: Genotype) -> int:
+        total = self.base(genotype.normal_concat, genotype.reduce_concat)
+        for reduction, edges in ((False, genotype.normal), (True, genotype.reduce)):
+            total += sum(self.edge_cost(reduction, src, op) for op, src in edges)
+        return total
+
+    def count_built(self, genotype: Genotype) -> int:
+        """The same number counted on the built network (slower; a check)."""
+        return count_parameters(CellNetwork(genotype, **self.net_args))
+
+
+# --------------------------------------------------------------------------------------------
+# Greedy selection under the budget
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Selection:
+    genotype: Genotype
+    params: int                      # parameters of the final network (exact)
+    budget: int
+    over_budget: bool                # the budget stopped a parametric op at some point
+    steps: list[dict[str, Any]] = field(default_factory=list)  # the trace, in order
+
+
+def greedy_select(alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor, cost: ParameterCost, budget: int,
+                  primitives: tuple[str, ...] = PRIMITIVES) -> Selection:
+    """LRNAS' greedy selection with two inputs per node (see module docstring, step 4).
+
+    ``alpha_*``: (n_edges, n_ops). Ties in α are broken by cell type (normal first), then edge
+    index, so the result is deterministic. Never exceeds ``budget`` unless the network with
+    only parameter-free ops already does; every node gets exactly two distinct inputs.
+    """
+    nodes = cost.nodes
+    ends = edge_endpoints(nodes)
+    alphas = {False: alpha_normal.detach().cpu().double(), True: alpha_reduce.detach().cpu().double()}
+    for a in alphas.values():
+        if tuple(a.shape) != (len(ends), len(primitives)):
+            raise ValueError(f"α has shape {tuple(a.shape)}, expected ({len(ends)}, {len(primitives)})")
+    candidates = []
+    for reduction in (False, True):
+        for e in range(len(ends)):
+            o = int(alphas[reduction][e].argmax())
+            candidates.append((float(alphas[reduction][e, o]), reduction, e, o))
+    candidates.sort(key=lambda t: (-t[0], t[1], t[2]))
+
+    chosen: dict[bool, list[list[Edge]]] = {r: [[] for _ in range(nodes)] for r in (False, True)}
+    total = cost.base()
+    over = False
+    steps: list[dict[str, Any]] = []
+    for a, reduction, e, o in candidates:
+        node, src = ends[e]
+        op = primitives[o]
+        step = {"cell": CELL_TYPES[reduction], "node": node, "input": src, "op": op, "alpha": a}
+        steps.append(step)
+        if len(chosen[reduction][node]) == 2:
+            step["result"] = "skipped: node has two inputs"
+            continue
+        free = is_parameter_free(op, edge_stride(reduction, src))
+        added = cost.edge_cost(reduction, src, op)
+        if not free and (over or total + added > budget):
+            over = True
+            step["result"] = "skipped: over budget, only parameter-free ops accepted"
+            continue
+        chosen[reduction][node].append((op, src))
+        total += added
+        step.update(result="added", params=total)
+
+    # Nodes the budget left short: the best parameter-free op of their remaining edges.
+    for reduction in (False, True):
+        a = alphas[reduction]
+        for node in range(nodes):
+            while len(chosen[reduction][node]) < 2:
+                used = {src for _, src in chosen[reduction][node]}
+                options = [(float(a[e, o]), e, o) for e, (n, src) in enumerate(ends) if n == node and src not in used
+                           for o in range(len(primitives))
+                           if is_parameter_free(primitives[o], edge_stride(reduction, src))]
+                _, e, o = max(options, key=lambda t: (t[0], -t[1], -t[2]))
+                src = ends[e][1]
+                chosen[reduction][node].append((primitives[o], src))
+                steps.append({"cell": CELL_TYPES[reduction], "node": node, "input": src, "op": primitives[o],
+                              "alpha": float(a[e, o]), "result": "filled: best parameter-free op", "params": total})
+
+    def cell(reduction: bool) -> tuple[Edge, ...]:
+        return tuple(edge for pair in chosen[reduction] for edge in sorted(pair, key=lambda t: t[1]))
+
+    concat = tuple(range(2, nodes + 2))
+    genotype = Genotype(cell(False), concat, cell(True), concat)
+    return Selection(genotype, cost.genotype_params(genotype), budget, over, steps)
+
+
+# --------------------------------------------------------------------------------------------
+# The coalition value: clean and FGSM accuracy of the supernet with some primitives off
+# --------------------------------------------------------------------------------------------
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """FGSM (Goodfellow et al. 2015), no random start: x' = clip₀¹(x + ε·sign ∇ₓ CE(f(x), y)).
+    Returns (x', clean logits). Gradients are taken w.r.t. the input only."""
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, y), x)
+    return (x + epsilon * grad.sign()).clamp(0.0, 1.0).detach(), logits.detach()
+
+
+def set_active(net: Supernet, active: torch.Tensor) -> None:
+    """Switch primitives on/off: ``active`` (2·n_edges·n_ops,) bool, normal cell first."""
+    masks = active.view(2, *net.mask_normal.shape)
+    net.mask_normal.copy_(masks[0])
+    net.mask_reduce.copy_(masks[1])
+
+
+class CoalitionValue:
+    """v(S) = (clean accuracy, FGSM(ε) accuracy) on one batch of the supernet with exactly the
+    primitives in S switched on: the value function of the contribution game.
+
+    ``attack_each``: FGSM is run against each coalition's network (white-box); otherwise the
+    adversarial batch is crafted once against the full supernet. Clean and adversarial
+    examples go through separate forwards (BN batch statistics never mix them). Players in ``null`` (the
+    ``none`` ops: w·0 = 0, switching them off leaves the forward unchanged) do not change the
+    value, so a coalition that differs from the last one only in them reuses its value.
+    """
+
+    def __init__(self, net: Supernet, x: torch.Tensor, y: torch.Tensor, epsilon: float, attack_each: bool,
+                 null: torch.Tensor):
+        self.net, self.x, self.y, self.epsilon, self.attack_each = net, x, y, epsilon, attack_each
+        self.null = null
+        self.evaluations = 0
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        if not attack_each:
+            set_active(net, torch.ones_like(null))
+            self.x_adv, _ = fgsm(net, x, y, epsilon)
+
+    def __call__(self, active: torch.Tensor) -> torch.Tensor:
+        key = active | self.null
+        if self._last is not None and torch.equal(key, self._last[0]):
+            return self._last[1]
+        set_active(self.net, active)
+        y = self.y
+        if self.attack_each:
+            x_adv, clean_logits = fgsm(self.net, self.x, y, self.epsilon)
+        else:
+            x_adv = self.x_adv
+            with torch.no_grad():
+                clean_logits = self.net(self.x)
+        with torch.no_grad():
+            adv_logits = self.net(x_adv)
+        value = torch.stack([(clean_logits.argmax(1) == y).double().mean(),
+                             (adv_logits.argmax(1) == y).double().mean()]).cpu()
+        self.evaluations += 1
+        self._last = (key, value)
+        return value
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    """v/‖v‖ (L2 over all entries); 0 when v is 0."""
+    norm = float(v.norm())
+    return v / norm if norm > 0 else torch.zeros_like(v)
+
+
+def momentum_update(V: torch.Tensor, v_hat: torch.Tensor, momentum: float,
+                    step_size: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """LRNAS' update: V ← (1−μ)·V + μ·V̂/‖V̂‖; returns (new V, the step η·V/‖V‖ added to α)."""
+    V = (1 - momentum) * V + momentum * _unit(v_hat)
+    return V, step_size * _unit(V)
+
+
+# --------------------------------------------------------------------------------------------
+# The method
+# --------------------------------------------------------------------------------------------
+
+class LrnasMethod(BilevelMethod):
+    """LRNAS (see module docstring): weight training, Shapley contributions, greedy selection."""
+
+    def setup(self, ctx: SearchContext) -> None:
+        super().setup(ctx)
+        s = ctx.params.search
+        self.cfg: LrnasMethodConfig = s.methods.lrnas
+        if self.cfg.warmup_epochs >= s.epochs:
+            raise ValueError(f"search.methods.lrnas.warmup_epochs ({self.cfg.warmup_epochs}) leaves no epoch of "
+                             f"contribution estimation (search.epochs is {s.epochs})")
+        self.budget = self.cfg.budget if ctx.run.variant == "default" else parse_budget(ctx.run.variant)
+        net = self.supernet
+        for p in net.arch_parameters():  # α (and PC-DARTS β) get no gradient in LRNAS
+            p.requires_grad_(False)
+        n_e, n_ops = net.alpha_normal.shape
+        self.n_players = 2 * n_e * n_ops
+        self.null = torch.tensor([op == "none" for _ in CELL_TYPES for _ in range(n_e) for op in net.primitives])
+        self.V = torch.zeros(2, n_e, n_ops, dtype=torch.float64)  # momentum of the contributions
+        self.history: list[dict[str, Any]] = []
+        self._batches: list[Batch] = []
+        self._selection: Selection | None = None
+        r = ctx.params.retrain
+        self.cost = ParameterCost(r.init_channels, r.layers, ctx.info.num_classes, ctx.info.input_channels,
+                                  ctx.info.name, s.nodes)
+
+    def begin_epoch(self, epoch: int) -> None:
+        self._batches = []
+
+    def step(self, batch_w: Batch, batch_a: Batch, progress: Progress) -> dict[str, float]:
+        if progress.epoch >= self.cfg.warmup_epochs and len(self._batches) < self.cfg.permutations:
+            xa, ya = batch_a
+            b = min(self.cfg.batch_size, ya.shape[0])
+            self._batches.append((xa[:b], ya[:b]))
+        return self.weight_step(batch_w, progress)
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        metrics = super().end_epoch(epoch)
+        if epoch >= self.cfg.warmup_epochs:
+            metrics.update(self.estimate_contributions(epoch))
+        return metrics
+
+    # -- contribution estimation -----------------------------------------------------
+    def estimate_contributions(self, epoch: int) -> dict[str, float]:
+        """Steps 2 and 3 of the module docstring on this epoch's validation batches."""
+        if not self._batches:
+            raise RuntimeError("LRNAS: no validation batch this epoch (the architecture half is smaller than "
+                               "search.batch_size)")
+        cfg, net = self.cfg, self.supernet
+        t0 = time.perf_counter()
+        # One permutation stream per (seed, epoch): a resumed search draws the same permutations.
+        seed = int(np.random.SeedSequence([self.ctx.seed, epoch]).generate_state(1)[0])
+        gen = torch.Generator().manual_seed(seed)
+        modes = [(m, m.training) for m in net.modules()]
+        weights = [(p, p.requires_grad) for p in net.parameters()]
+        buffers = [(b, b.detach().clone()) for b in net.buffers()]  # BN running statistics, masks
+        marginals, full, evaluations = [], [], 0
+        try:
+            net.train(cfg.batch_stats)
+            for p, _ in weights:
+                p.requires_grad_(False)
+            for j in range(cfg.permutations):
+                x, y = self._batches[j % len(self._batches)]  # fewer batches than permutations: reuse
+                value = CoalitionValue(net, x, y, cfg.fgsm_epsilon, cfg.attack_each_coalition, self.null)
+                full.append(value(torch.ones(self.n_players, dtype=torch.bool)))
+                order = torch.randperm(self.n_players, generator=gen)
+                marginals.append(permutation_marginals(value, order, cfg.truncation_tolerance))
+                evaluations += value.evaluations
+        finally:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+            for p, requires_grad in weights:
+                p.requires_grad_(requires_grad)
+            for m, training in modes:
+                m.training = training
+        m = torch.stack(marginals)  # (n, players, 2): ΔA, ΔR
+        v_hat = lrnas_values(m).view_as(self.V)
+        self.V, step = momentum_update(self.V, v_hat, cfg.momentum, cfg.step_size)
+        with torch.no_grad():
+            net.alpha_normal.add_(step[0].to(net.alpha_normal))
+            net.alpha_reduce.add_(step[1].to(net.alpha_reduce))
+        self._selection = None
+        full_t = torch.stack(full).mean(0)
+        self.history.append({
+            "epoch": epoch, "value": v_hat.flatten().float(), "momentum": self.V.flatten().float(),
+            "shapley_clean": m[..., 0].mean(0).float(), "shapley_robust": m[..., 1].mean(0).float(),
+            "full_clean_acc": float(full_t[0]), "full_fgsm_acc": float(full_t[1]), "evaluations": evaluations,
+        })
+        return {"shapley_seconds": time.perf_counter() - t0, "shapley_evaluations": float(evaluations),
+                "shapley_full_clean_acc": float(full_t[0]), "shapley_full_fgsm_acc": float(full_t[1])}
+
+    # -- result --------------------------------------------------------------------
+    def selection(self) -> Selection:
+        if self._selection is None:
+            self._selection = greedy_select(self.supernet.alpha_normal, self.supernet.alpha_reduce, self.cost,
+                                            self.budget, self.supernet.primitives)
+        return self._selection
+
+    def architecture(self) -> dict[str, Any]:
+        return self.selection().genotype.to_dict()
+
+    def players(self) -> list[dict[str, Any]]:
+        ends = edge_endpoints(self.supernet.nodes)
+        return [{"cell": kind, "edge": e, "node": node, "input": src, "op": op}
+                for kind in CELL_TYPES for e, (node, src) in enumerate(ends) for op in self.supernet.primitives]
+
+    def contributions(self) -> dict[str, Any]:
+        sel = self.selection()
+        r = self.ctx.params.retrain
+        return {
+            "method": "lrnas", "run": self.ctx.run.name, "budget": self.budget,
+            "final_network": {"init_channels": r.init_channels, "layers": r.layers},
+            "params": sel.params, "params_built": self.cost.count_built(sel.genotype), "over_budget": sel.over_budget,
+            "primitives": list(self.supernet.primitives), "players": self.players(),
+            "epochs": [h["epoch"] for h in self.history],
+            "value": [h["value"].tolist() for h in self.history],
+            "momentum": [h["momentum"].tolist() for h in self.history],
+            "shapley_clean": [h["shapley_clean"].tolist() for h in self.history],
+            "shapley_robust": [h["shapley_robust"].tolist() for h in self.history],
+            "full_clean_acc": [h["full_clean_acc"] for h in self.history],
+            "full_fgsm_acc": [h["full_fgsm_acc"] for h in self.history],
+            "evaluations": [h["evaluations"] for h in self.history],
+            "alpha": {"normal": self.supernet.alpha_normal.detach().cpu().tolist(),
+                      "reduce": self.supernet.alpha_reduce.detach().cpu().tolist()},
+            "selection": sel.steps,
+        }
+
+    def extra_outputs(self) -> dict[str, Any]:
+        return {**super().extra_outputs(), "contributions.json": self.contributions()}
+
+    def write_files(self, folder: Path) -> list[Path]:
+        from rnas.report.contributions import plot_contributions
+
+        players = self.players()
+        labels = [f"{p['node']}←{p['input']} {p['op']}" for p in players]
+        path = plot_contributions([h["value"].tolist() for h in self.history], [h["epoch"] for h in self.history],
+                                  labels, [p["cell"] for p in players], Path(folder) / "contributions.png",
+                                  title=f"LRNAS contributions ({self.ctx.run.name}, λ = {self.budget:,} params)")
+        return [path]
+
+    # -- checkpoint ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "lrnas_V": self.V, "lrnas_history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.V = state["lrnas_V"]
+        self.history = list(state["lrnas_history"])
+        self._selection = None

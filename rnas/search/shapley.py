@@ -1,0 +1,77 @@
+"""Monte Carlo (permutation) estimates of Shapley values, as pure functions over a value function.
+
+A cooperative game is a value function ``v`` over coalitions of ``n`` players; a coalition is a
+bool tensor ``active`` of shape (n,), and ``v`` returns a tensor of shape (k,) (k values per
+coalition: LRNAS scores clean and FGSM accuracy at once). The Shapley value of player i is
+
+    φ_i = E_π [ v(P_π(i) ∪ {i}) − v(P_π(i)) ],
+
+P_π(i) the players before i in a uniformly random permutation π (Shapley 1953). LRNAS switches
+players *off* one by one in permutation order, starting from the grand coalition, and records
+each one's marginal *drop* v(S) − v(S \\ {i}); the players still on after i are the players
+before i in the reversed permutation, which is again uniform, so the mean drop over random
+permutations is an unbiased estimate of φ_i (Castro, Gómez & Tejada 2009).
+
+Truncated Monte Carlo (Ghorbani & Zou 2019, "Data Shapley"): once v(S) is within
+``tolerance`` of v(∅) in every component, the players left get marginal 0 without evaluating
+v (the drops left sum to v(S) − v(∅), so each permutation's total is off by less than the
+tolerance). ``tolerance = 0`` evaluates every coalition.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+ValueFn = Callable[[torch.Tensor], torch.Tensor]  # active (n,) bool -> values (k,)
+
+
+def permutation_marginals(value_fn: ValueFn, order: torch.Tensor, tolerance: float = 0.0) -> torch.Tensor:
+    """Marginal drops of one permutation: returns (n, k), row i = v(S ∪ {i}) − v(S).
+
+    ``order`` (n,) is the permutation: players are switched off in this order, starting from
+    all on, so S is the set of players after i in ``order``.
+    """
+    n = int(order.numel())
+    active = torch.ones(n, dtype=torch.bool)
+    current = torch.as_tensor(value_fn(active.clone()), dtype=torch.float64)
+    out = torch.zeros(n, current.numel(), dtype=torch.float64)
+    empty = None
+    if tolerance > 0:
+        empty = torch.as_tensor(value_fn(torch.zeros(n, dtype=torch.bool)), dtype=torch.float64)
+    for i in order.tolist():
+        if empty is not None and bool(((current - empty).abs() < tolerance).all()):
+            break  # truncated: the drops left are 0
+        active[i] = False
+        after = torch.as_tensor(value_fn(active.clone()), dtype=torch.float64)
+        out[i] = current - after
+        current = after
+    return out
+
+
+def sample_marginals(value_fn: ValueFn, n_players: int, n_permutations: int, generator: torch.Generator,
+                     tolerance: float = 0.0) -> torch.Tensor:
+    """Marginal drops of ``n_permutations`` uniformly random permutations: (n_permutations, n, k)."""
+    return torch.stack([permutation_marginals(value_fn, torch.randperm(n_players, generator=generator), tolerance)
+                        for _ in range(n_permutations)])
+
+
+def monte_carlo_shapley(value_fn: ValueFn, n_players: int, n_permutations: int, generator: torch.Generator,
+                        tolerance: float = 0.0) -> torch.Tensor:
+    """The permutation estimate of the Shapley values: mean marginal over permutations, (n, k)."""
+    return sample_marginals(value_fn, n_players, n_permutations, generator, tolerance).mean(0)
+
+
+def zscore(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """(x − mean) / std along ``dim`` (population std); 0 where the std is 0 (all values equal)."""
+    mean = x.mean(dim, keepdim=True)
+    std = x.std(dim, correction=0, keepdim=True)
+    return torch.where(std > 0, (x - mean) / torch.where(std > 0, std, torch.ones_like(std)), torch.zeros_like(x))
+
+
+def lrnas_values(marginals: torch.Tensor) -> torch.Tensor:
+    """LRNAS' contribution value of each player from (n_permutations, n, k) marginal drops:
+    z-score each kind of drop over the players within a permutation, add the k z-scores
+    (ΔA and ΔR: z(ΔA) + z(ΔR)), mean over permutations. Returns (n,)."""
+    return zscore(marginals, dim=1).sum(-1).mean(0)

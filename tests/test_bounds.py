@@ -1,0 +1,323 @@
+"""Sound margin bounds (rnas.bounds): the graph computes the model, IBP and CROWN bounds hold at
+sampled and adversarial points of the ε-ball, are exact at ε = 0, the reported bound is never
+looser than IBP, and every linear op's backward rule is its exact adjoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rnas.bounds import (BOUND_METHODS, InputSet, UnsupportedModelError, build_graph, margin_lower_bound,
+                         margin_spec, spec_bounds)
+from rnas.bounds import graph as g
+from rnas.evaluation.attacks import pgd_attack
+from rnas.models import build_model
+from rnas.space.genotype import validate_genotype
+from rnas.space.network import CellNetwork
+from rnas.space.supernet import Supernet
+
+torch.set_num_threads(1)
+
+# Every op of the cell space, in both cell types: stride-2 skip (factorized reduce), pools and
+# 'none' on reduction edges, odd and even sizes after reductions.
+ALL_OPS_GENOTYPE = {
+    "normal": [["sep_conv_3x3", 0], ["max_pool_3x3", 1], ["avg_pool_3x3", 0], ["skip_connect", 2],
+               ["dil_conv_3x3", 1], ["none", 3], ["dil_conv_5x5", 2], ["sep_conv_5x5", 4]],
+    "normal_concat": [2, 3, 4, 5],
+    "reduce": [["skip_connect", 0], ["max_pool_3x3", 1], ["none", 0], ["sep_conv_3x3", 2],
+               ["avg_pool_3x3", 1], ["dil_conv_3x3", 3], ["sep_conv_5x5", 0], ["dil_conv_5x5", 4]],
+    "reduce_concat": [2, 3, 4, 5],
+}
+
+
+def _randomize_bn(model: nn.Module, gen: torch.Generator) -> None:
+    """Non-trivial eval-mode BN: random running statistics and (signed) affine parameters."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
+            if m.weight is not None:
+                m.weight.data.copy_(torch.randn(m.num_features, generator=gen))
+                m.bias.data.copy_(0.1 * torch.randn(m.num_features, generator=gen))
+
+
+def _model(kind: str) -> nn.Module:
+    torch.manual_seed(0)
+    if kind == "supernet":
+        m = Supernet(4, 2, 10, 1, "digits")  # a normal and a reduction cell
+    elif kind == "supernet_pc":
+        m = Supernet(4, 2, 10, 1, "digits", partial_channels=2)
+    elif kind == "cell":
+        m = CellNetwork(validate_genotype(ALL_OPS_GENOTYPE), 4, 3, 10, 1, "digits")
+    elif kind == "small_cnn":
+        m = build_model("small_cnn", 10, 1, "digits", width=4, depth=3)
+    elif kind == "preact_resnet18":
+        m = build_model("preact_resnet18", 10, 1, "digits", width=2)
+    elif kind == "wide_resnet":
+        m = build_model("wide_resnet", 10, 1, "digits", depth=10, widen_factor=1)
+    else:
+        raise ValueError(kind)
+    with torch.no_grad():
+        _randomize_bn(m, torch.Generator().manual_seed(1))
+    return m.double().eval()
+
+
+KINDS = ["supernet", "supernet_pc", "cell", "small_cnn", "preact_resnet18", "wide_resnet"]
+
+
+def _data(n: int = 6, side: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, side, side, generator=gen, dtype=torch.float64)
+    x[:, :, :2] = 0.0  # some pixels on the [0, 1] boundary, as in real digits
+    return x, torch.randint(0, 10, (n,), generator=gen)
+
+
+def _margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """f_y − f_k for every k ≠ y, (B, K−1), in the order of margin_spec."""
+    return (margin_spec(y, logits.shape[1], logits.dtype) @ logits.unsqueeze(-1)).squeeze(-1)
+
+
+def _ball_points(x: torch.Tensor, eps: float, norm: str, n: int, gen: torch.Generator) -> torch.Tensor:
+    """n points per example in the ε-ball ∩ [0, 1]: uniform, corners / sphere, clipped (clipping
+    to the box never leaves the ball since x ∈ [0, 1])."""
+    pts = []
+    for i in range(n):
+        if norm == "linf":
+            d = torch.rand(x.shape, generator=gen, dtype=x.dtype) * 2 - 1
+            if i % 2:
+                d = d.sign()  # vertices of the box
+            d = eps * d
+        else:
+            d = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+            d = eps * d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            if i % 2:
+                d = d * torch.rand(len(x), 1, 1, 1, generator=gen, dtype=x.dtype)
+        pts.append((x + d).clamp(0, 1))
+    return torch.stack(pts)  # (n, B, C, H, W)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("train", [False, True])
+def test_graph_computes_the_model(kind, train):
+    model = _model(kind).train(train)
+    x, _ = _data()
+    with torch.no_grad():
+        assert torch.allclose(build_graph(model)(x), model(x), atol=1e-10)
+
+
+def test_supernet_graph_follows_masks_and_alpha():
+    model = _model("supernet").train()
+    model.mask_normal[0, 3] = 0.0  # switch single primitives off
+    model.mask_reduce[:, 5] = 0.0
+    model.mask_normal[1] = 0.0  # a whole edge off: a zero edge
+    with torch.no_grad():
+        model.alpha_normal.normal_()
+    x, _ = _data()
+    with torch.no_grad():
+        assert torch.allclose(build_graph(model)(x), model(x), atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bounds_are_exact_at_eps_zero(kind):
+    model = _model(kind)
+    x, y = _data()
+    res = spec_bounds(model, x, y, 0.0, methods=("ibp", "crown"))
+    with torch.no_grad():
+        true = _margins(model(x), y)
+    for name in ("ibp", "crown"):
+        assert torch.allclose(res.lower[name], true, atol=1e-9), name
+    assert torch.allclose(res.margin(), true.min(1).values, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("norm, eps", [("linf", 0.02), ("l2", 0.1)])
+def test_sampled_points_never_beat_the_bound(kind, norm, eps):
+    model = _model(kind)
+    x, y = _data()
+    res = spec_bounds(model, x, y, eps, norm, methods=("ibp", "crown"))
+    pts = _ball_points(x, eps, norm, 16, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        worst = torch.stack([_margins(model(p), y) for p in pts]).min(0).values  # (B, K−1)
+    for name in ("ibp", "crown"):
+        assert (worst >= res.lower[name] - 1e-9).all(), name
+    assert (worst >= res.best() - 1e-9).all()
+    assert res.lower["ibp"].abs().max() > 0  # not a vacuous comparison
+
+
+@pytest.mark.parametrize("kind", ["cell", "small_cnn", "preact_resnet18"])
+def test_pgd_points_never_beat_the_bound(kind):
+    """PGD on the margin (Madry et al. 2018) looks for the worst point the sampling may miss."""
+    model = _model(kind)
+    x, y = _data()
+    eps = 0.03
+    lb = {name: margin_lower_bound(model, x, y, eps, "linf", name) for name in ("ibp", "crown", "both")}
+    x_adv = pgd_attack(model, x, y, eps, step_size=eps / 4, steps=10, loss="margin",
+                       generator=torch.Generator().manual_seed(0))
+    assert (x_adv - x).abs().max() <= eps + 1e-12 and x_adv.min() >= 0 and x_adv.max() <= 1
+    with torch.no_grad():
+        margin = _margins(model(x_adv), y).min(1).values
+        clean = _margins(model(x), y).min(1).values
+    assert (margin <= clean + 1e-12).all() and (margin < clean).any()  # the attack did something
+    for name, bound in lb.items():
+        assert (margin >= bound - 1e-9).all(), name
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reported_bound_is_the_tighter_and_never_looser_than_ibp(kind):
+    model = _model(kind)
+    x, y = _data()
+    res = spec_bounds(model, x, y, 0.05, methods=("ibp", "crown"))
+    assert torch.equal(res.best(), torch.maximum(res.lower["ibp"], res.lower["crown"]))
+    both = margin_lower_bound(model, x, y, 0.05, "linf", "both")
+    assert torch.allclose(both, res.margin(), rtol=0, atol=1e-12)
+    assert (both >= res.margin("ibp")).all() and (both >= res.margin("crown")).all()
+    # the bounds loosen as ε grows (IBP is monotone in the box)
+    assert (margin_lower_bound(model, x, y, 0.1, "linf", "ibp") <= res.margin("ibp") + 1e-12).all()
+
+
+@pytest.mark.parametrize("kind", ["cell", "small_cnn"])
+def test_full_crown_is_sound_and_tightens_crown_ibp(kind):
+    if kind == "cell":  # full CROWN is quadratic in depth: a smaller cell network
+        torch.manual_seed(0)
+        model = CellNetwork(validate_genotype(ALL_OPS_GENOTYPE), 2, 2, 10, 1, "digits")
+        with torch.no_grad():
+            _randomize_bn(model, torch.Generator().manual_seed(1))
+        model = model.double().eval()
+    else:
+        model = _model(kind)
+    x, y = _data(n=3, side=6)
+    eps = 0.02
+    full = spec_bounds(model, x, y, eps, methods=("ibp", "crown"), intermediate="crown", chunk=512)
+    fast = spec_bounds(model, x, y, eps, methods=("ibp", "crown"))
+    pts = _ball_points(x, eps, "linf", 16, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        worst = torch.stack([_margins(model(p), y) for p in pts]).min(0).values
+    for name in ("ibp", "crown"):
+        assert (worst >= full.lower[name] - 1e-9).all(), name
+    # refined intermediate boxes are intersections, so IBP on them can only tighten
+    assert (full.lower["ibp"] >= fast.lower["ibp"] - 1e-9).all()
+    assert (full.best() >= fast.lower["ibp"] - 1e-9).all()
+
+
+def test_crown_is_tighter_than_ibp_at_small_eps():
+    """Linear bounds win where the relaxations are nearly tight (the reason to report both)."""
+    model = _model("cell")
+    x, y = _data()
+    res = spec_bounds(model, x, y, 0.005, methods=("ibp", "crown"))
+    assert (res.lower["crown"] > res.lower["ibp"]).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("method", list(BOUND_METHODS))
+def test_bounds_are_differentiable_in_alpha_and_weights(method):
+    model = _model("supernet").train()
+    x, y = _data()
+    lb = margin_lower_bound(model, x, y, 0.01, "linf", method).mean()
+    grads = torch.autograd.grad(lb, model.arch_parameters() + [model.stem[0].weight])
+    for gr in grads:
+        assert torch.isfinite(gr).all() and gr.abs().sum() > 0
+
+
+def test_train_mode_bound_is_the_bound_of_the_network_frozen_at_batch_statistics():
+    """Training-mode BN in the bound = affine map with the clean batch's (biased) statistics."""
+    model = _model("supernet").train()
+    x, y = _data()
+    stats = {}
+
+    def hook(mod, inp, out):
+        var, mean = torch.var_mean(inp[0], dim=(0, 2, 3), unbiased=False)
+        stats[mod] = (mean.detach(), var.detach())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_bound = spec_bounds(model, x, y, 0.01, methods=("ibp", "crown"))
+    for k, v in model.state_dict().items():  # the bound pass leaves running statistics alone
+        assert torch.equal(v, before[k]), k
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    for m, (mean, var) in stats.items():
+        m.running_mean.copy_(mean)
+        m.running_var.copy_(var)
+    eval_bound = spec_bounds(model.eval(), x, y, 0.01, methods=("ibp", "crown"))
+    for name in ("ibp", "crown"):
+        assert torch.allclose(train_bound.lower[name], eval_bound.lower[name], rtol=1e-9, atol=1e-9)
+
+
+def test_margin_spec_rows():
+    y = torch.tensor([0, 3, 9])
+    C = margin_spec(y, 10)
+    assert C.shape == (3, 9, 10)
+    assert (C.sum(-1) == 0).all() and (C[torch.arange(3), :, y] == 1).all()
+    others = C.argmin(-1)
+    for i in range(3):
+        assert sorted(others[i].tolist()) == [k for k in range(10) if k != int(y[i])]
+
+
+def test_l2_input_set_lower_bound_is_sound():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 5, 5, generator=gen, dtype=torch.float64)
+    A = torch.randn(4, 3, 1, 5, 5, generator=gen, dtype=torch.float64)
+    s = InputSet(x, 0.3, "l2")
+    lower = s.lower(A, torch.zeros(4, 3, dtype=torch.float64))
+    pts = _ball_points(x, 0.3, "l2", 64, gen)
+    values = torch.einsum("bsd,nbd->nbs", A.flatten(2), pts.flatten(2))
+    assert (values >= lower - 1e-12).all()
+    # tight for an interior centre: the minimizer x − ε A/‖A‖ is in the box
+    xc = torch.full_like(x, 0.5)
+    inner = InputSet(xc, 0.1, "l2").lower(A, torch.zeros(4, 3, dtype=torch.float64))
+    expected = (A.flatten(2) * xc.flatten(1).unsqueeze(1)).sum(-1) - 0.1 * A.flatten(2).norm(dim=-1)
+    assert torch.allclose(inner, expected)
+
+
+def _adjoint_check(op: g.Op, x: torch.Tensor) -> None:
+    """⟨A, f(x) − f(0)⟩ = ⟨crown coefficient, x⟩ and the bias is ⟨A, f(0)⟩ (exact linear rules)."""
+    gen = torch.Generator().manual_seed(5)
+    out = op.forward([x])
+    A = torch.randn(x.shape[0], 3, *out.shape[1:], generator=gen, dtype=x.dtype)
+    (a_in,), bias = op.crown(A, [(x, x)], [x])
+    lhs = (A * out.unsqueeze(1)).flatten(2).sum(-1)
+    rhs = (a_in * x.unsqueeze(1)).flatten(2).sum(-1) + (0 if bias is None else bias)
+    assert torch.allclose(lhs, rhs, atol=1e-10)
+
+
+@pytest.mark.parametrize("stride, padding, dilation, groups, side", [
+    (1, 1, 1, 1, 7), (2, 1, 1, 1, 7), (2, 2, 2, 4, 7), (2, 4, 2, 4, 8), (1, 2, 2, 4, 5), (2, 0, 1, 1, 7)])
+def test_conv_rule_is_the_adjoint(stride, padding, dilation, groups, side):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 4, 3 if padding < 4 else 5, stride, padding, dilation, groups, bias=True).double()
+    _adjoint_check(g.Conv(conv), torch.randn(2, 4, side, side, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("op", [
+    g.AvgPool(nn.AvgPool2d(3, 1, 1, count_include_pad=False)), g.AvgPool(nn.AvgPool2d(3, 2, 1, count_include_pad=False)),
+    g.AvgPool(nn.AvgPool2d(2, 2)), g.GlobalAvgPool(), g.Shift(), g.ChannelShuffle(2), g.SliceChannels(2, True),
+    g.SliceChannels(2, False), g.Scale(torch.tensor(-0.7, dtype=torch.float64)),
+    g.ChannelAffine(torch.tensor([2.0, -1.0, 0.5, 3.0], dtype=torch.float64),
+                    torch.tensor([0.1, 0.2, -0.3, 0.0], dtype=torch.float64))])
+def test_linear_rules_are_adjoints(op):
+    _adjoint_check(op, torch.randn(2, 4, 7, 7, dtype=torch.float64))
+
+
+def test_relaxations_bound_relu_and_max_pool():
+    gen = torch.Generator().manual_seed(0)
+    lo = torch.randn(2, 3, 6, 6, generator=gen, dtype=torch.float64)
+    up = lo + torch.rand(lo.shape, generator=gen, dtype=torch.float64)
+    for op in (g.ReLU(), g.MaxPool(nn.MaxPool2d(3, 2, 1)), g.MaxPool(nn.MaxPool2d(2, 2, ceil_mode=True))):
+        out = op.forward([lo])
+        A = torch.randn(2, 4, *out.shape[1:], generator=gen, dtype=torch.float64)
+        (a_in,), bias = op.crown(A, [(lo, up)], [lo])
+        for _ in range(20):
+            z = lo + (up - lo) * torch.rand(lo.shape, generator=gen, dtype=torch.float64)
+            value = (A * op.forward([z]).unsqueeze(1)).flatten(2).sum(-1)
+            linear = (a_in * z.unsqueeze(1)).flatten(2).sum(-1) + bias
+            assert (value >= linear - 1e-10).all(), op
+
+
+def test_unsupported_module_is_a_clear_error():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.GELU())
+    with pytest.raises(UnsupportedModelError, match="GELU.*supported:.*Conv2d"):
+        build_graph(model)
+    with pytest.raises(ValueError, match="unknown bound method"):
+        margin_lower_bound(_model("small_cnn"), *_data(), 0.1, "linf", "lp")

@@ -1,0 +1,274 @@
+"""DSRNA (rnas/search/methods/dsrna.py) and verification-based evaluation (rnas/evaluation/certify.py):
+the robustness metrics move α (non-zero gradient, a step along it raises the metric), the
+architecture loss is L_val − γ·R per variant, the three runs search end to end, and no example
+is both certified and broken by an attack (the evaluate stage's sanity flag and the CLI)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from rnas.checkpoint import ResumeState, save_model
+from rnas.config import ParamsError, params_from_dict
+from rnas.data import Splits, TensorPair, get_info, load_splits
+from rnas.evaluation.certify import SANITY_KEY, attack_radii, certified_not_broken, certify, certify_evaluation
+from rnas.evaluation.protocol import EvalSettings, evaluate_model
+from rnas.models import build_model
+from rnas.pipeline import stage_keys
+from rnas.runs import resolve_run
+from rnas.search.base import SearchContext
+from rnas.search.loop import run_search
+from rnas.search.methods import make_method
+from rnas.search.methods.dsrna import bound_metric, jacobian_metric, scale_bound
+from rnas.space.supernet import Supernet
+
+torch.set_num_threads(1)
+
+RUNS = ("dsrna_cb", "dsrna_jacobian", "dsrna_combined")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_params(epochs: int = 1, **dsrna):
+    return params_from_dict({
+        "pipeline": {"progress": False, "channels_last": False},
+        "search": {"epochs": epochs, "batch_size": 8, "init_channels": 4, "layers": 2, "nodes": 2,
+                   "methods": {"dsrna": dsrna}},
+    })
+
+
+def tiny_splits(n_train: int = 32, n_val: int = 16) -> Splits:
+    g = torch.Generator().manual_seed(123)
+    info = dataclasses.replace(get_info("digits"), image_size=8)
+
+    def pair(n: int) -> TensorPair:
+        return TensorPair(torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+    return Splits(train=pair(n_train), val=pair(n_val), test=pair(n_val), info=info)
+
+
+def supernet_and_batch():
+    torch.manual_seed(0)
+    net = Supernet(4, 2, 10, 1, "digits", nodes=2).double().train()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 1, 8, 8, generator=g, dtype=torch.float64)
+    return net, x, torch.randint(0, 10, (8,), generator=g)
+
+
+METRICS = {
+    "jacobian_top1": lambda net, x, y: jacobian_metric(net, x, 0.1, "linf", "top1")[0],
+    "jacobian_random_l2": lambda net, x, y: jacobian_metric(
+        net, x, 0.5, "l2", "random", torch.Generator().manual_seed(0))[0],
+    "cb_ibp": lambda net, x, y: scale_bound(bound_metric(net, x, y, 0.01, "linf", "ibp")[0], "log"),
+    "cb_crown": lambda net, x, y: scale_bound(bound_metric(net, x, y, 0.01, "linf", "crown")[0], "log"),
+    "cb_ibp_linear": lambda net, x, y: bound_metric(net, x, y, 0.01, "linf", "ibp")[0],
+}
+
+
+@pytest.mark.parametrize("name", list(METRICS))
+def test_metric_moves_alpha(name):
+    """∂R/∂α ≠ 0, and a small step along it raises R (same weights, same batch)."""
+    net, x, y = supernet_and_batch()
+    metric = METRICS[name]
+    r0 = metric(net, x, y).mean()
+    grads = torch.autograd.grad(r0, net.arch_parameters())
+    norm = torch.sqrt(sum((gr * gr).sum() for gr in grads))
+    assert all(torch.isfinite(gr).all() for gr in grads) and norm > 0
+    with torch.no_grad():
+        for p, gr in zip(net.arch_parameters(), grads):
+            p.add_(1e-3 * gr / norm)
+    r1 = metric(net, x, y).mean().detach()  # the Jacobian metric needs autograd itself
+    assert r1 > r0, (float(r0), float(r1))
+
+
+def test_jacobian_metric_is_minus_eps_times_the_dual_norm():
+    net, x, y = supernet_and_batch()
+    r, logits = jacobian_metric(net, x, 0.1, "linf", "top1")
+    xr = x.clone().requires_grad_(True)
+    out = net(xr)
+    top = out.gather(1, out.argmax(1, keepdim=True)).sum()
+    (grad,) = torch.autograd.grad(top, xr)
+    assert torch.allclose(r, -0.1 * grad.flatten(1).abs().sum(1))
+    assert torch.allclose(logits, out)
+    r2, _ = jacobian_metric(net, x, 0.1, "l2", "top1")
+    assert torch.allclose(r2, -0.1 * grad.flatten(1).norm(dim=1))
+
+
+def test_scale_bound_keeps_the_order():
+    lb = torch.tensor([-1e15, -3.0, -0.5, 0.0, 0.5, 7.0])
+    for scale in ("log", "linear"):
+        s = scale_bound(lb, scale)
+        assert (s[1:] > s[:-1]).all()
+    assert float(scale_bound(lb, "log")[0]) == pytest.approx(-34.54, abs=0.01)  # log(1 + 1e15)
+    with pytest.raises(ValueError, match="log, linear"):
+        scale_bound(lb, "cube")
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_arch_loss_is_val_ce_minus_gamma_r(run):
+    params = tiny_params(gamma=0.5, epsilon=0.01, jacobian_weight=2.0)
+    splits = tiny_splits()
+    torch.manual_seed(0)
+    spec = resolve_run(run)
+    method = make_method(spec.method)
+    method.setup(SearchContext(params=params, run=spec, info=splits.info, device=torch.device("cpu"), seed=0,
+                               steps_per_epoch=1))
+    net = method.supernet.train()
+    x, y = splits.train.x[:8], splits.train.y[:8]
+    loss, metrics = method.arch_loss(net, x, y)
+    ce = F.cross_entropy(net(x), y)
+    assert torch.allclose(loss.detach(), ce.detach() - 0.5 * metrics["robustness"], atol=1e-5)
+    assert metrics["val_ce"] == pytest.approx(float(ce.detach()), abs=1e-5)
+    if spec.variant == "combined":
+        assert metrics["robustness"] == pytest.approx(metrics["r_cb"] + 2.0 * metrics["r_jac"], rel=1e-5)
+    else:
+        key = {"cb": "r_cb", "jacobian": "r_jac"}[spec.variant]
+        assert metrics["robustness"] == pytest.approx(metrics[key], rel=1e-6)
+    if "r_cb" in metrics:
+        assert metrics["margin_bound"] < 0 and 0.0 <= metrics["certified_frac"] <= 1.0
+    grads = torch.autograd.grad(loss, net.arch_parameters())
+    assert all(torch.isfinite(gr).all() and gr.abs().sum() > 0 for gr in grads)
+
+
+def _search(run: str, params, splits: Splits, resume: ResumeState | None = None):
+    torch.manual_seed(0)
+    method = make_method(resolve_run(run).method)
+    result = run_search(method, {"params": params, "run": resolve_run(run), "info": splits.info,
+                                 "device": torch.device("cpu"), "seed": 0}, splits, resume=resume, progress=False)
+    return method, result
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_each_variant_searches(run):
+    _method, result = _search(run, tiny_params(epsilon=0.02), tiny_splits())
+    assert len(result.history) == 1 and "robustness" in result.history[0] and result.seconds > 0
+    assert set(result.architecture) == {"normal", "normal_concat", "reduce", "reduce_concat"}
+
+
+def test_search_is_reproducible_and_resumable(tmp_path):
+    params, splits = tiny_params(epochs=2, jacobian_projection="random", epsilon=0.02), tiny_splits()
+    method, full = _search("dsrna_combined", params, splits)
+    _search("dsrna_combined", params, splits, resume=ResumeState(tmp_path, "h"))
+    (tmp_path / "prev.pt").replace(tmp_path / "last.pt")  # as if killed after epoch 1 of 2
+    resumed, result = _search("dsrna_combined", params, splits, resume=ResumeState(tmp_path, "h"))
+    assert result.architecture == full.architecture
+    assert result.history[1]["robustness"] == full.history[1]["robustness"]
+    assert torch.equal(method.generator.get_state(), resumed.generator.get_state())
+    for a, b in zip(method.supernet.arch_parameters(), resumed.supernet.arch_parameters()):
+        assert torch.equal(a, b)
+
+
+def test_float64_bound_pass_on_a_float32_supernet():
+    torch.manual_seed(0)
+    net = Supernet(4, 2, 10, 1, "digits", nodes=2).train()
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    lb32, logits32 = bound_metric(net, x, y, 0.01, "linf", "crown")
+    lb64, logits64 = bound_metric(net, x, y, 0.01, "linf", "crown", torch.float64)
+    assert lb64.dtype == torch.float32 and torch.allclose(lb32, lb64, rtol=1e-3)
+    assert torch.allclose(logits32, logits64, atol=1e-5)
+    grads = torch.autograd.grad(lb64.sum(), net.arch_parameters())
+    assert all(gr.dtype == torch.float32 and gr.abs().sum() > 0 for gr in grads)
+
+
+def test_overflowing_bound_is_a_clear_error(monkeypatch):
+    import rnas.search.methods.dsrna as dsrna
+    from rnas.training.trainer import NonFiniteLossError
+
+    params, splits = tiny_params(), tiny_splits()
+    spec = resolve_run("dsrna_cb")
+    method = make_method(spec.method)
+    method.setup(SearchContext(params=params, run=spec, info=splits.info, device=torch.device("cpu"), seed=0,
+                               steps_per_epoch=1))
+    monkeypatch.setattr(dsrna, "bound_metric", lambda *a, **k: (torch.tensor([-float("inf")]), torch.zeros(1, 10)))
+    with pytest.raises(NonFiniteLossError, match="bound_dtype: float64"):
+        method.arch_loss(method.supernet, splits.train.x[:1], splits.train.y[:1])
+
+
+def test_params_block_and_runs():
+    with pytest.raises(ParamsError, match="search.methods.dsrna.gama: unknown key"):
+        tiny_params(gama=0.1)
+    with pytest.raises(ParamsError, match="bound_method"):
+        tiny_params(bound_method="lp")
+    with pytest.raises(ParamsError, match="rnas"):  # a method's key never leaks into another block
+        params_from_dict({"search": {"methods": {"rnas": {"gamma": 0.1}}}})
+    for run, variant in zip(RUNS, ("cb", "jacobian", "combined")):
+        spec = resolve_run(run)
+        assert (spec.method, spec.variant) == ("dsrna", variant)
+    cb, jac = stage_keys("search", "dsrna_cb"), stage_keys("search", "dsrna_jacobian")
+    assert "search.methods.dsrna.bound_method" in cb and "search.methods.dsrna.bound_method" not in jac
+    assert "search.methods.dsrna.jacobian_projection" in jac and "search.methods.dsrna.jacobian_projection" not in cb
+
+
+# -- verification-based evaluation ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_digits_model():
+    """A small CNN trained for a few seconds on digits (clean), and 64 test examples."""
+    torch.manual_seed(0)
+    splits = load_splits("digits", seed=0, image_size=8)
+    model = build_model("small_cnn", 10, 1, "digits", width=8, depth=2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for idx in torch.randperm(len(splits.train), generator=g).split(64):
+            opt.zero_grad()
+            F.cross_entropy(model(splits.train.x[idx]), splits.train.y[idx]).backward()
+            opt.step()
+    return model.eval(), splits.test.x[:64], splits.test.y[:64]
+
+
+def test_no_certified_example_is_broken_by_an_attack(trained_digits_model):
+    model, x, y = trained_digits_model
+    eps = 0.02
+    settings = EvalSettings(epsilon=eps, epsilon_l2=0.5, pgd_step_size=eps / 4, attacks=("fgsm", "pgd20"),
+                            eps_sweep=(0.01, 0.3))
+    metrics, flags = evaluate_model(model, x, y, settings, progress=False)
+    certify_evaluation(metrics, flags, model, x, y, settings, "both", 32)
+    assert metrics["clean_acc"] > 0.8
+    assert 0 < metrics["certified_acc"] <= metrics["robust_acc"]
+    assert metrics["certify_method"] == "both"
+    assert metrics["certified_acc"] >= max(metrics["certified_acc_ibp"], metrics["certified_acc_crown"])
+    assert metrics["sanity"][SANITY_KEY] is True
+    result = certify(model, x, y, eps, "linf", "both", 32)
+    assert result.accuracy == metrics["certified_acc"]
+    for key in ("clean", "fgsm", "pgd20", "eps_sweep/0.01", "eps_sweep/0.02"):
+        assert not (result.certified & ~flags[key]).any(), key
+    # a larger radius is not part of the claim; a broken certified example is flagged
+    radii = attack_radii(settings, flags)
+    assert radii["pgd20"] == eps and "eps_sweep/0.3" in radii
+    assert (result.certified & ~flags["eps_sweep/0.3"]).any()  # ... and would fail it if checked
+    assert certified_not_broken(result.certified, flags, radii, eps)[0]
+    doctored = dict(flags, pgd20=flags["pgd20"] & ~result.certified)
+    ok, detail = certified_not_broken(result.certified, doctored, radii, eps)
+    assert not ok and "pgd20" in detail
+
+
+def test_certify_stage_prints_certified_accuracy(tmp_path, capsys):
+    from rnas import paths
+    from rnas.cli import main
+    from rnas.space.genotype import random_genotype
+    from rnas.space.network import CellNetwork
+
+    raw = {"pipeline": {"results": str(tmp_path / "results"), "progress": False, "channels_last": False},
+           "tracking": {"enabled": False}, "evaluate": {"epsilon": 0.001, "n_examples": 16}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = params_from_dict(raw)
+    torch.manual_seed(0)
+    net = CellNetwork(random_genotype(4, torch.Generator().manual_seed(0)), 4, 2, 10, 1, "digits").eval()
+    save_model(paths.model_file(params, "darts", 0), net, net.model_args)
+    assert main(["certify", "--params", str(tmp_path / "params.yaml"), "--run", "darts", "--method", "both"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_examples"] == 16 and out["certify_method"] == "both" and out["certify_epsilon"] == 0.001
+    assert 0.0 <= out["certified_acc"] <= 1.0 and out["certified_acc"] >= out["certified_acc_ibp"]

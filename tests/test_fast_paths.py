@@ -1,0 +1,129 @@
+"""Issue 9's fast paths compute exactly what the straightforward code computes.
+
+The supernet's fused mixed op (one ReLU per state, no `none` op, in-place accumulation,
+channels-last PC-DARTS shuffle), the subsampled stride-2 dilated conv and the CUDA-only
+options of rnas.runtime (refused with a warning on CPU). The reference is the direct
+implementation in benchmarks/reference.py, which the benchmarks time against.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import ROOT
+from rnas.config import ParamsError, params_from_dict
+from rnas.runtime import acceleration, autocast, configure_acceleration, place_model
+from rnas.space.ops import DepthwiseConv2d, DilConv
+from rnas.space.supernet import Supernet, channel_shuffle
+
+torch.set_num_threads(1)
+
+
+def _reference():
+    spec = importlib.util.spec_from_file_location("rnas_bench_reference", ROOT / "benchmarks" / "reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (5, 1), (3, 2), (5, 2)])
+@pytest.mark.parametrize("size", [7, 8])
+def test_depthwise_conv_equals_nn_conv2d(stride, kernel, dilation, size):
+    torch.manual_seed(0)
+    m = DepthwiseConv2d(4, 4, kernel, stride=stride, padding=dilation * (kernel - 1) // 2, dilation=dilation,
+                        groups=4, bias=False)
+    x = torch.rand(2, 4, size, size, requires_grad=True)
+    fast, plain = m(x), nn.Conv2d.forward(m, x)
+    assert fast.shape == plain.shape
+    torch.testing.assert_close(fast, plain, atol=1e-6, rtol=1e-5)
+    g_fast = torch.autograd.grad(fast.square().sum(), (x, m.weight))
+    g_plain = torch.autograd.grad(plain.square().sum(), (x, m.weight))
+    for a, b in zip(g_fast, g_plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_dil_conv_counts_as_an_ordinary_conv():
+    """MAC counting and bound propagation see nn.Conv2d modules with the op's true geometry."""
+    from rnas.evaluation.complexity import count_macs
+
+    op = DilConv(4, 4, 3, 2, 2, 2, affine=True)
+    assert isinstance(op[1], nn.Conv2d) and op[1].dilation == (2, 2) and op[1].stride == (2, 2)
+    # depthwise 3x3 on a 4x4 output (4 channels) + pointwise 4->4 on 4x4
+    assert count_macs(op, (4, 8, 8)) == 4 * 16 * 9 + 4 * 16 * 4
+
+
+@pytest.mark.parametrize("k,size", [(1, 8), (4, 9)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_supernet_matches_the_straightforward_forward(k, channels_last, size):
+    ref = _reference()
+    torch.manual_seed(0)
+    net = Supernet(4, 3, 10, 3, "cifar10", partial_channels=k).train()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    other = copy.deepcopy(net)
+    x, y = torch.rand(4, 3, size, size), torch.randint(0, 10, (4,))
+    loss = F.cross_entropy(net(x), y)
+    loss_ref = F.cross_entropy(ref.naive_supernet_forward(other, x), y)
+    torch.testing.assert_close(loss, loss_ref, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(loss, list(net.parameters()))
+    grads_ref = torch.autograd.grad(loss_ref, list(other.parameters()))
+    # (a 1x1 conv into an affine-free BN has a zero weight gradient up to round-off, hence the
+    # absolute floor relative to the largest gradient)
+    floor = 1e-5 * max(float(g.abs().max()) for g in grads_ref)
+    for (name, _), a, b in zip(net.named_parameters(), grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=floor, msg=name)
+    assert all(g.abs().sum() > 0 for g in grads[-4 if k > 1 else -2:] if g is not None)  # α (and β) learn
+
+
+def test_channel_shuffle_keeps_channels_last_and_values():
+    x = torch.arange(2 * 8 * 3 * 3, dtype=torch.float32).reshape(2, 8, 3, 3)
+    out = channel_shuffle(x.contiguous(memory_format=torch.channels_last), 4)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, channel_shuffle(x, 4), rtol=0, atol=0)
+    # output channel i*groups + g is input channel g*(C/groups) + i
+    assert torch.equal(out[:, 1], x[:, 2]) and torch.equal(out[:, 4], x[:, 1])
+
+
+def test_masked_edges_still_skip_ops_and_zero_edges_are_zero():
+    torch.manual_seed(0)
+    net = Supernet(4, 2, 10, 1, "digits")
+    net.mask_normal.zero_()
+    net.mask_normal[:, 0] = 1.0  # only `none` on: every normal edge is a zero edge
+    out = net(torch.rand(2, 1, 8, 8))
+    assert torch.isfinite(out).all()
+    loss = out.sum()
+    loss.backward()
+    normal_cell = next(c for c in net.cells if not c.reduction)
+    for edge in normal_cell.edges:
+        assert all(p.grad is None for p in edge.parameters())  # no op of a normal edge ran
+
+
+def test_cuda_options_are_refused_with_a_warning_on_cpu(caplog):
+    try:
+        with caplog.at_level(logging.WARNING, logger="rnas.runtime"):
+            acc = configure_acceleration(amp=True, compile=True, device=torch.device("cpu"))
+        assert not acc.amp and not acc.compile
+        assert "pipeline.amp and pipeline.compile: CUDA only" in caplog.text
+        with autocast(torch.device("cpu")):
+            assert torch.get_autocast_dtype("cpu") is not None
+            assert not torch.is_autocast_enabled("cpu")
+        model = place_model(nn.Conv2d(1, 2, 3), torch.device("cpu"), channels_last=True)
+        assert type(model.forward).__name__ == "method"  # not wrapped by torch.compile
+    finally:
+        configure_acceleration(amp=False, compile=False, device=torch.device("cpu"))
+    assert acceleration().amp is False
+
+
+def test_amp_and_compile_params_are_typed_booleans():
+    p = params_from_dict({"pipeline": {"amp": True, "compile": False}})
+    assert p.pipeline.amp is True and p.pipeline.compile is False
+    with pytest.raises(ParamsError, match="pipeline.amp"):
+        params_from_dict({"pipeline": {"amp": "yes"}})

@@ -1,0 +1,381 @@
+"""LRNAS: the Monte Carlo Shapley estimator on toy games, switching primitives off in the
+supernet, the momentum update, greedy selection under the parameter budget, budget runs, and a
+tiny end-to-end search."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from rnas.config import params_from_dict, to_dict
+from rnas.runs import parse_budget, resolve_run
+from rnas.search.methods.lrnas import (ParameterCost, edge_endpoints, edge_stride, greedy_select,
+                                       momentum_update)
+from rnas.search.shapley import (lrnas_values, monte_carlo_shapley, permutation_marginals, sample_marginals,
+                                 zscore)
+from rnas.space.genotype import Genotype, num_edges, random_genotype, validate_genotype
+from rnas.space.ops import PRIMITIVES, Zero, is_parameter_free
+from rnas.space.supernet import Supernet
+
+torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------------------------
+# The estimator on games with known Shapley values
+# --------------------------------------------------------------------------------------------
+
+def additive(weights):
+    w = torch.tensor(weights, dtype=torch.float64)
+    return lambda active: (w * active).sum().view(1)
+
+
+def glove(active):
+    """Player 0 owns a left glove, players 1 and 2 a right glove; a pair is worth 1.
+    Shapley values (2/3, 1/6, 1/6)."""
+    a = active.tolist()
+    return torch.tensor([float(min(a[0], a[1] + a[2]))], dtype=torch.float64)
+
+
+def majority(active):
+    """3-player majority game: 1 if at least two players; Shapley values 1/3 each."""
+    return torch.tensor([float(int(active.sum()) >= 2)], dtype=torch.float64)
+
+
+def exact_shapley(value, n):
+    """Shapley values by enumerating all n! orders (the definition)."""
+    phi = torch.zeros(n, dtype=torch.float64)
+    orders = list(itertools.permutations(range(n)))
+    for order in orders:
+        active = torch.zeros(n, dtype=torch.bool)
+        before = value(active)[0]
+        for i in order:
+            active[i] = True
+            after = value(active)[0]
+            phi[i] += after - before
+            before = after
+    return phi / len(orders)
+
+
+def test_exact_values_of_the_toy_games():
+    torch.testing.assert_close(exact_shapley(glove, 3), torch.tensor([2 / 3, 1 / 6, 1 / 6], dtype=torch.float64))
+    torch.testing.assert_close(exact_shapley(majority, 3), torch.full((3,), 1 / 3, dtype=torch.float64))
+
+
+def test_additive_game_is_exact_with_one_permutation():
+    w = [0.5, -1.0, 2.0, 0.0, 3.5]
+    gen = torch.Generator().manual_seed(0)
+    est = monte_carlo_shapley(additive(w), 5, 1, gen)
+    torch.testing.assert_close(est[:, 0], torch.tensor(w, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("game,truth", [(glove, [2 / 3, 1 / 6, 1 / 6]), (majority, [1 / 3] * 3)])
+def test_estimator_converges_to_the_shapley_values(game, truth):
+    truth = torch.tensor(truth, dtype=torch.float64)
+    errors = {}
+    for n in (4, 64, 1024):
+        errs = [float((monte_carlo_shapley(game, 3, n, torch.Generator().manual_seed(seed))[:, 0] - truth).abs().max())
+                for seed in range(8)]
+        errors[n] = sum(errs) / len(errs)
+    assert errors[4] > errors[64] > errors[1024]
+    assert errors[1024] < 0.04  # the standard error is ~0.5/sqrt(1024) ≈ 0.016
+
+
+def test_permutation_marginals_switch_players_off_in_order():
+    calls = []
+
+    def value(active):
+        calls.append(active.clone())
+        return glove(active)
+
+    order = torch.tensor([2, 0, 1])
+    m = permutation_marginals(value, order)
+    assert [c.tolist() for c in calls] == [[True, True, True], [True, True, False], [False, True, False],
+                                           [False, False, False]]
+    # drops: removing 2 from {0,1,2} -> 0; removing 0 from {0,1} -> 1; removing 1 from {1} -> 0
+    assert m[:, 0].tolist() == [1.0, 0.0, 0.0]
+    # efficiency: every permutation's drops sum to v(N) − v(∅)
+    marg = sample_marginals(majority, 3, 20, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(marg.sum(1)[:, 0], torch.ones(20, dtype=torch.float64))
+
+
+def test_truncation_stops_near_the_empty_value_and_keeps_efficiency_within_tolerance():
+    w = torch.tensor([1.0, 0.001, 0.002, 0.001, 0.003], dtype=torch.float64)
+    calls = []
+
+    def value(active):
+        calls.append(1)
+        return (w * active).sum().view(1)
+
+    order = torch.tensor([0, 1, 2, 3, 4])
+    m = permutation_marginals(value, order, tolerance=0.01)
+    assert len(calls) == 3  # full, empty, after removing player 0 -> within 0.01 of v(∅): stop
+    assert abs(float(m[0, 0]) - 1.0) < 1e-12 and bool((m[1:] == 0).all())
+    assert abs(float(m.sum()) - float(w.sum())) < 0.01
+
+
+def test_zscore_and_lrnas_values():
+    x = torch.tensor([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]])
+    z = zscore(x, dim=1)
+    torch.testing.assert_close(z[0], torch.tensor([-1.0, 0.0, 1.0]) * math.sqrt(1.5))
+    assert bool((z[1] == 0).all())  # constant drops: z = 0, not NaN
+    # (n_perm=2, players=3, k=2): value = mean_p z(ΔA) + z(ΔR)
+    m = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [0.0, 3.0]],
+                      [[0.0, 1.0], [0.0, 1.0], [2.0, 1.0]]])
+    expected = ((zscore(m[0, :, 0], 0) + zscore(m[0, :, 1], 0)) + (zscore(m[1, :, 0], 0) + 0)) / 2
+    torch.testing.assert_close(lrnas_values(m), expected)
+
+
+def test_momentum_update():
+    V = torch.zeros(2, 3)
+    v_hat = torch.tensor([[3.0, 0.0, 4.0], [0.0, 0.0, 0.0]])
+    V1, step = momentum_update(V, v_hat, 0.2, 0.1)
+    torch.testing.assert_close(V1, 0.2 * v_hat / 5.0)
+    torch.testing.assert_close(step, 0.1 * v_hat / 5.0)
+    V2, step2 = momentum_update(V1, -v_hat, 0.2, 0.1)
+    torch.testing.assert_close(V2, 0.8 * V1 - 0.2 * v_hat / 5.0)
+    assert abs(float(step2.norm()) - 0.1) < 1e-6  # α moves by exactly η per epoch
+    V3, step3 = momentum_update(torch.zeros(2, 3), torch.zeros(2, 3), 0.2, 0.1)  # no signal: no move
+    assert bool((V3 == 0).all()) and bool((step3 == 0).all())
+
+
+# --------------------------------------------------------------------------------------------
+# Switching primitives off in the supernet
+# --------------------------------------------------------------------------------------------
+
+def _tiny_supernet(k=1):
+    torch.manual_seed(0)
+    net = Supernet(4, 3, 10, input_channels=1, nodes=2, partial_channels=k)
+    with torch.no_grad():
+        net.alpha_normal.copy_(torch.randn_like(net.alpha_normal))
+        net.alpha_reduce.copy_(torch.randn_like(net.alpha_reduce))
+    return net
+
+
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("reduction,edge,op", [(False, 0, 4), (True, 1, 3), (True, 4, 7), (False, 2, 1)])
+def test_switching_an_op_off_removes_it_from_the_forward(k, reduction, edge, op):
+    net = _tiny_supernet(k).train()
+    ref = copy.deepcopy(net)
+    for cell in ref.cells:  # the same op's module replaced by zero in every cell of that type
+        if cell.reduction == reduction:
+            cell.edges[edge].ops[op] = Zero(cell.edges[edge].stride)
+    (net.mask_reduce if reduction else net.mask_normal)[edge, op] = 0.0
+    x = torch.rand(4, 1, 8, 8)
+    out = net(x)
+    torch.testing.assert_close(out, ref(x))
+    out.square().sum().backward()
+    switched, kept = [], []
+    for cell in net.cells:
+        for j, m in enumerate(cell.edges[edge].ops):
+            params = list(m.parameters())
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            (switched if (cell.reduction == reduction and j == op) else kept).append(grads)
+    for grads in switched:  # not run at all: no gradient
+        assert all(g is None or bool((g == 0).all()) for g in grads)
+    assert any(g is not None and bool(g.abs().sum() > 0) for grads in kept for g in grads)
+    # switching it back on restores the original output
+    (net.mask_reduce if reduction else net.mask_normal)[edge, op] = 1.0
+    torch.testing.assert_close(net(x), _tiny_supernet(k).train()(x))
+
+
+def test_everything_switched_off_gives_a_constant_network():
+    net = _tiny_supernet(1).eval()
+    net.mask_normal.zero_()
+    net.mask_reduce.zero_()
+    out = net(torch.rand(5, 1, 8, 8))
+    assert out.shape == (5, 10) and torch.isfinite(out).all()
+    torch.testing.assert_close(out, out[:1].expand_as(out))  # no input reaches the classifier
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter count and greedy selection
+# --------------------------------------------------------------------------------------------
+
+DARTS_V2 = Genotype(
+    (("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 1),
+     ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)), (2, 3, 4, 5),
+    (("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1), ("max_pool_3x3", 0),
+     ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)), (2, 3, 4, 5))
+
+
+def test_parameter_cost_is_exact():
+    # shared/reference/README.md: DARTS V2 at C=36, 20 cells, 10 classes = 3,349,342; C=16, 8 cells = 246,106
+    assert ParameterCost(36, 20, 10, 3).genotype_params(DARTS_V2) == 3_349_342
+    assert ParameterCost(16, 8, 10, 3).genotype_params(DARTS_V2) == 246_106
+    cost = ParameterCost(8, 4, 10, 1, "digits")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        g = random_genotype(4, gen)
+        assert cost.genotype_params(g) == cost.count_built(g)
+    for reduction in (False, True):
+        for src in range(5):
+            for op in PRIMITIVES:
+                assert (cost.edge_cost(reduction, src, op) == 0) == is_parameter_free(op, edge_stride(reduction, src))
+
+
+def _check_selection(sel, cost, budget, nodes=4):
+    g = validate_genotype(sel.genotype.to_dict())
+    for cell, reduction in ((g.normal, False), (g.reduce, True)):
+        for node in range(nodes):
+            pair = cell[2 * node: 2 * node + 2]
+            assert len({src for _, src in pair}) == 2  # two distinct inputs per node
+    assert sel.params == cost.count_built(g)
+    if sel.params > budget:
+        assert all(is_parameter_free(op, edge_stride(red, src))
+                   for cell, red in ((g.normal, False), (g.reduce, True)) for op, src in cell)
+
+
+def test_greedy_selection_respects_the_budget_and_two_inputs_per_node():
+    cost = ParameterCost(8, 4, 10, 1, "digits")
+    base, n_e = cost.base(), num_edges(4)
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(6):
+        a_n, a_r = torch.randn(n_e, 8, generator=gen), torch.randn(n_e, 8, generator=gen)
+        if trial % 2:  # convs most valuable: the budget binds
+            a_n[:, 4:] += 2.0
+            a_r[:, 4:] += 2.0
+        previous = -1
+        for budget in (1_000, base, base + 3_000, 25_000, 40_000, 60_000, 10**7):
+            sel = greedy_select(a_n, a_r, cost, budget)
+            _check_selection(sel, cost, budget)
+            assert sel.params >= previous  # a larger budget never gives a smaller network
+            previous = sel.params
+        assert sel.params > base  # unbounded: the parametric best ops are all taken
+        below = greedy_select(a_n, a_r, cost, 1_000)  # below the parameter-free network
+        assert below.params == base and below.over_budget
+
+
+def test_greedy_selection_takes_best_ops_in_alpha_order():
+    cost = ParameterCost(8, 4, 10, 1, "digits")
+    n_e = num_edges(4)
+    a = torch.zeros(n_e, 8)
+    ends = edge_endpoints(4)
+    # node k: its edge from input k+1 has sep_conv_3x3 best, then input 0 has avg_pool; others low
+    for e, (node, src) in enumerate(ends):
+        a[e, 0] = -1.0
+        if src == node + 1:
+            a[e, 4] = 3.0 - node * 0.1
+        elif src == 0:
+            a[e, 2] = 1.0
+    sel = greedy_select(a, a.clone(), cost, 10**7)
+    assert sel.genotype.normal == tuple(edge for node in range(4)
+                                        for edge in (("avg_pool_3x3", 0), ("sep_conv_3x3", node + 1)))
+    # with a budget for only the first conv of the normal cell, later convs are refused and
+    # nodes fall back to parameter-free ops
+    first = cost.base() + cost.edge_cost(False, 1, "sep_conv_3x3")
+    sel = greedy_select(a, a.clone(), cost, first)
+    assert sel.params == first and sel.over_budget
+    assert sum(op == "sep_conv_3x3" for op, _ in sel.genotype.normal + sel.genotype.reduce) == 1
+    _check_selection(sel, cost, first)
+
+
+# --------------------------------------------------------------------------------------------
+# Runs and the method end to end
+# --------------------------------------------------------------------------------------------
+
+def test_budget_runs():
+    assert parse_budget("20k") == 20_000 and parse_budget("2M") == 2_000_000 and parse_budget("1500") == 1500
+    spec = resolve_run("lrnas_60k")
+    assert (spec.method, spec.variant) == ("lrnas", "60k")
+    assert "search.methods.lrnas.budget" not in spec.method_keys
+    assert set(spec.search_keys) == {"retrain.init_channels", "retrain.layers"}
+    assert resolve_run("lrnas").variant == "default"
+    for bad in ("lrnas_0k", "lrnas_1.5M", "lrnas_20K", "lrnas_", "lrnas_k"):
+        with pytest.raises(KeyError):
+            resolve_run(bad)
+    with pytest.raises(ValueError):
+        parse_budget("1.5M")
+
+
+def _tiny_params(**lrnas):
+    block = {"warmup_epochs": 1, "permutations": 2, "batch_size": 16, "budget": 30_000,
+             "fgsm_epsilon": 0.1, "attack_each_coalition": False, **lrnas}
+    return params_from_dict({
+        "pipeline": {"runs": ["lrnas"], "progress": False, "channels_last": False},
+        "data": {"dataset": "digits", "train_subset": 160},
+        "search": {"epochs": 2, "batch_size": 16, "init_channels": 4, "layers": 2, "nodes": 2,
+                   "methods": {"lrnas": block}},
+        "retrain": {"init_channels": 8, "layers": 4},
+        "tracking": {"enabled": False},
+    })
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run,attack_each", [("lrnas", False), ("lrnas_20k", True)])
+def test_search_end_to_end(tmp_path, run, attack_each):
+    from rnas.data import load_splits
+    from rnas.search.loop import run_search
+    from rnas.search.methods import make_method
+
+    params = _tiny_params(attack_each_coalition=attack_each, permutations=1)
+    splits = load_splits("digits", root="data", download=False, seed=0, val_fraction=0.1, image_size=8,
+                         test_fraction=0.2, train_subset=160)
+    method = make_method("lrnas")
+    ctx = {"params": params, "run": resolve_run(run), "info": splits.info, "device": torch.device("cpu"), "seed": 0}
+    result = run_search(method, ctx, splits, progress=False)
+    budget = 30_000 if run == "lrnas" else 20_000
+    assert method.budget == budget
+    contrib = result.extra_outputs["contributions.json"]
+    assert contrib["epochs"] == [1] and len(contrib["value"][0]) == 2 * num_edges(2) * 8
+    assert contrib["params"] == contrib["params_built"]
+    assert contrib["params"] <= budget
+    json.dumps(contrib)  # JSON-able
+    g = validate_genotype(result.architecture)
+    assert g.nodes == 2
+    hist = result.history
+    assert "shapley_seconds" in hist[1] and "shapley_seconds" not in hist[0]
+    assert 0.0 <= hist[1]["shapley_full_clean_acc"] <= 1.0
+    assert all(not p.requires_grad for p in method.supernet.arch_parameters())
+    assert bool((method.supernet.mask_normal == 1).all()) and bool((method.supernet.mask_reduce == 1).all())
+    files = method.write_files(tmp_path)
+    assert files[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the checkpointed state restores the contributions
+    other = make_method("lrnas")
+    other.setup(method.ctx)
+    torch.save(method.state_dict(), tmp_path / "state.pt")
+    other.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert other.contributions()["value"] == contrib["value"]
+    assert other.architecture() == result.architecture
+
+
+@pytest.mark.slow
+def test_alpha_moves_by_eta_and_masks_are_restored():
+    from rnas.data import load_splits
+    from rnas.search.base import SearchContext
+    from rnas.search.methods import make_method
+
+    params = _tiny_params(permutations=1, batch_size=16)
+    torch.manual_seed(0)
+    splits = load_splits("digits", root="data", download=False, seed=0, val_fraction=0.1, image_size=8,
+                         test_fraction=0.2, train_subset=160)
+    method = make_method("lrnas")
+    method.setup(SearchContext(params, resolve_run("lrnas"), splits.info, torch.device("cpu"), 0, 1))
+    net = method.supernet
+    before = torch.cat([net.alpha_normal.detach().clone(), net.alpha_reduce.detach().clone()])
+    bn_before = [b.clone() for b in net.buffers()]
+    method._batches = [(splits.val.x[:16], splits.val.y[:16])]
+    metrics = method.estimate_contributions(1)
+    assert float(method.history[-1]["value"].norm()) > 0  # some primitive mattered
+    after = torch.cat([net.alpha_normal.detach(), net.alpha_reduce.detach()])
+    assert abs(float((after - before).norm()) - 0.1) < 1e-5  # η = 0.1 (default step_size)
+    assert all(torch.equal(a, b) for a, b in zip(bn_before, net.buffers()))  # BN stats and masks restored
+    assert metrics["shapley_evaluations"] >= 2
+    assert net.training  # modes restored
+
+
+def test_warmup_must_leave_an_estimation_epoch():
+    from rnas.config import ParamsError
+
+    with pytest.raises(ParamsError, match="warmup_epochs"):
+        _tiny_params(warmup_epochs=2)
+    d = to_dict(_tiny_params())
+    d["search"]["methods"]["lrnas"]["warmup_epochs"] = 5
+    d["pipeline"]["runs"] = ["darts"]  # no lrnas run: not checked
+    params_from_dict(d)

@@ -1,0 +1,102 @@
+"""Scale-out: the tiny pipeline runs through the SLURM profile on a real single-node SLURM.
+
+``tests/slurm/setup.sh`` installs Debian's slurm-wlm and munge and the executor plugin
+(``pip install -e '.[slurm]'``); :mod:`tests/slurm/cluster.py` starts munged, slurmctld and
+slurmd on localhost in a temporary folder. The test then runs
+``snakemake --profile workflow/profiles/slurm`` on the tiny params and checks that the report
+exists and that SLURM itself ran the rules' jobs (``squeue --states=all`` and the job-completion
+log list them). It skips, with the reason, only where the packages cannot be installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, tiny_params
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+SETUP = ROOT / "tests" / "slurm" / "setup.sh"
+
+
+def _cluster_module():
+    spec = importlib.util.spec_from_file_location("rnas_test_slurm_cluster", ROOT / "tests" / "slurm" / "cluster.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _ensure_installed() -> None:
+    """Run tests/slurm/setup.sh when something is missing; skip if it cannot install."""
+    cluster = _cluster_module()
+    try:
+        import snakemake_executor_plugin_slurm  # noqa: F401
+        plugin = True
+    except ImportError:
+        plugin = False
+    if plugin and not cluster.missing_binaries():
+        return
+    env = dict(os.environ, PYTHON=sys.executable)
+    out = subprocess.run(["bash", str(SETUP)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        pytest.skip(f"SLURM test packages cannot be installed here (tests/slurm/setup.sh exit {out.returncode}): "
+                    f"{(out.stderr or out.stdout).strip()[-400:]}")
+    importlib.invalidate_caches()
+    if cluster.missing_binaries():
+        pytest.skip(f"tests/slurm/setup.sh ran but {cluster.missing_binaries()} are still missing")
+
+
+def test_tiny_pipeline_runs_through_the_slurm_profile(tmp_path: Path):
+    _ensure_installed()
+    cluster = _cluster_module()
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    slurm = cluster.LocalSlurm(tmp_path / "slurm", cpus=2)
+    try:
+        slurm.start()
+    except cluster.SlurmUnavailable as err:
+        pytest.fail(f"the local SLURM cluster did not start: {err}")
+    try:
+        env = slurm.env()
+        env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+        env["OMP_NUM_THREADS"] = "1"
+        env["GIT_PYTHON_REFRESH"] = "quiet"
+        env.pop("MLFLOW_TRACKING_URI", None)
+        cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(project),
+               "--profile", str(ROOT / "workflow" / "profiles" / "slurm"),
+               # This cluster has no accounting database (no slurmdbd): no account to charge, and
+               # job states come from squeue (finished jobs stay listed for MinJobAge seconds).
+               "--slurm-no-account", "--slurm-status-command", "squeue",
+               "--slurm-init-seconds-before-status-checks", "5",
+               "--slurm-logdir", str(tmp_path / "slurm_logs"), "--slurm-keep-successful-logs"]
+        out = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=1800)
+        text = out.stdout + out.stderr
+        assert out.returncode == 0, f"snakemake through SLURM failed:\n{text[-4000:]}\n{slurm.logs()}"
+        assert (project / "results" / "report.md").is_file()
+        report = (project / "results" / "report.md").read_text()
+        for run in ("teacher", "darts", "random"):
+            assert f"| {run} |" in report
+
+        # SLURM ran the jobs: squeue still lists the finished ones, the completion log has them all.
+        queue = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%i|%j|%T"], env=env,
+                               capture_output=True, text=True, timeout=30).stdout.split()
+        completed = [line for line in queue if line.endswith("|COMPLETED")]
+        jobcomp = (tmp_path / "slurm" / "jobcomp.txt").read_text()
+        comp_ok = jobcomp.count("JobState=COMPLETED")
+        # teacher, evaluate_teacher, 2 searches, 2 retrains, 2 evaluations (the report runs locally)
+        assert len(completed) >= 8, f"squeue saw {queue}\n{text[-2000:]}"
+        assert comp_ok >= 8, jobcomp[-2000:]
+        assert "JobState=FAILED" not in jobcomp
+        logs = list((tmp_path / "slurm_logs").rglob("*.log"))
+        assert any("search_cell" in str(p) for p in logs), logs
+    finally:
+        slurm.stop()
