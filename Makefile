@@ -14,7 +14,7 @@ SHELL := bash
 # pip's notes about this machine's unused local package folders are filtered; its errors are not.
 QUIET := 2>&1 | { grep -v "is ignored: it is neither" || true; }
 
-.PHONY: setup run test test-fast dvc bench mlflow clean-results
+.PHONY: setup browser run test test-fast dvc bench mlflow clean-results
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,14 @@ run: setup
 	snakemake --cores $(CORES)
 	@echo "report: results/report.md (and results/report.html if present)"
 
-test: setup
+# Headless Chromium for the report screenshot test (Debian's package; the test skips with a
+# reason where it cannot be installed).
+browser:
+	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium not installed: the HTML screenshot test will skip"; }
+
+test: setup browser
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q
 
 test-fast: setup
@@ -37,6 +44,11 @@ test-fast: setup
 
 dvc: setup
 	dvc repro
+
+# Speed/memory table of the hot paths (benchmarks/README.md); BENCH_ARGS=--quick for a smoke run.
+BENCH_THREADS ?= $(shell nproc)
+bench: setup
+	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python -m benchmarks --threads $(BENCH_THREADS) $(BENCH_ARGS)
 
 mlflow: setup
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -2,7 +2,9 @@
 
 Each case's two variants run one after the other, each in a fresh subprocess
 (:mod:`benchmarks.measure`): one warm-up run (FLOPs counted there), then timed repeats, of which
-the fastest is reported (the least disturbed by other processes). Columns:
+the fastest is reported (the least disturbed by other processes). Steps that take many seconds
+(search and training steps, the AutoAttack evaluation) run once, without warm-up; their FLOPs
+are counted on a 2-example batch and scaled (they are linear in the batch). Columns:
 
 * ``s/run``: seconds of the fastest timed run; ``images/s``: examples per run / ``s/run``
   (a search step processes a weight batch and an architecture batch);
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small batches and example counts (a smoke run)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="timed runs per variant (default: 3, and 1 for the multi-second steps; --quick: 1)")
+                   help="timed runs after a warm-up (default 3; --quick: 1); multi-second steps always run "
+                        "once, without warm-up")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--only", default="", help="comma-separated case names (default: all)")
@@ -161,9 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError as err:
                 emit([name, "n/a", "", "", "", "", "", "", f"unavailable: {case.requires} does not import ({err})"])
                 continue
-        repeats = args.repeats if args.repeats is not None else (1 if (args.quick or case.heavy) else 3)
-        if case.single_run:
-            repeats = 0
+        if case.heavy or case.single_run:
+            repeats = 0  # no warm-up, one timed run: these runs take many seconds
+        else:
+            repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
         results = {}
         for variant in case.variants:
             r = run_variant(name, variant, args, repeats, model_file)

@@ -14,7 +14,6 @@ CUDA bf16 autocast). Ablation cases compare one optimization switched off ("befo
 from __future__ import annotations
 
 import dataclasses
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +21,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from benchmarks.reference import plain_kernels
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("straightforward", "fast")
@@ -42,6 +43,8 @@ class Workload:
     images: int               # examples processed by one run (images/s = images / seconds)
     amp: bool = False         # ran under bf16 autocast (GFLOP/s is then compared to the bf16 ceiling)
     count_flops: bool = True  # False where the counter's per-op Python overhead would dominate the warm-up
+    count_run: Callable[[], object] | None = None  # a smaller run whose FLOPs x count_scale are the run's
+    count_scale: float = 1.0
     note: str = ""
 
 
@@ -55,7 +58,7 @@ class Case:
     quick_config: str = ""            # the configuration under --quick, when it differs
     cuda_only: bool = False
     requires: str = ""                # a module that must import, else the row says unavailable
-    heavy: bool = False               # one timed repeat by default (a step takes tens of seconds on CPU)
+    heavy: bool = False               # multi-second steps: no warm-up, one timed run (FLOPs from count_run)
     single_run: bool = False          # no repeat: the one (uncounted) run is the timed one (minutes-long rows)
     tags: tuple[str, ...] = field(default_factory=tuple)
 
@@ -86,16 +89,6 @@ def _place(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Mo
     from rnas.runtime import place_model
 
     return place_model(model, device, channels_last)
-
-
-def plain_depthwise_convs(model: nn.Module) -> nn.Module:
-    """Give every :class:`rnas.space.ops.DepthwiseConv2d` the plain ``nn.Conv2d`` kernel back."""
-    from rnas.space.ops import DepthwiseConv2d
-
-    for m in model.modules():
-        if isinstance(m, DepthwiseConv2d):
-            m.forward = types.MethodType(nn.Conv2d.forward, m)
-    return model
 
 
 def darts_v2():
@@ -156,7 +149,10 @@ def _search_workload(spec: SearchSpec, variant: str, env: Env, fused: bool | Non
         m = method.step((xw, yw), (xa, ya), Progress(0, 0, 1))
         return m["weight_loss"] + m["arch_loss"]
 
-    return Workload(run, images=2 * spec.batch, amp=amp)
+    def count_run() -> None:  # FLOPs are linear in the batch: count 2 examples, scale
+        method.step((xw[:2], yw[:2]), (xa[:2], ya[:2]), Progress(0, 0, 1))
+
+    return Workload(run, images=2 * spec.batch, amp=amp, count_run=count_run, count_scale=spec.batch / 2)
 
 
 PAPER_SEARCH = SearchSpec(16, 8, 64, 32, 3, "cifar10", 1)
@@ -183,24 +179,25 @@ def _train_workload(build_model: Callable[[], nn.Module], batch: int, size: int,
     torch.manual_seed(0)
     model = build_model()
     if not fast:
-        plain_depthwise_convs(model)
+        plain_kernels(model)
     model = _place(model, env.device, channels_last=fast).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     pcfg = PerturbationConfig(kind="pgd", epsilon=8 / 255, step_size=2 / 255, steps=10)
     perturb = get_perturbation("pgd")
     x, y = _data(batch, channels, size, 10, 3, env.device)
 
-    def run() -> float:
+    def step(xs: torch.Tensor, ys: torch.Tensor) -> float:
         gen = torch.Generator().manual_seed(0)
         with autocast(env.device):
-            loss, _logits, _x = perturb(model, x, y, pcfg, gen)
+            loss, _logits, _x = perturb(model, xs, ys, pcfg, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
         return float(loss)
 
-    return Workload(run, images=batch, amp=amp)
+    return Workload(lambda: step(x, y), images=batch, amp=amp, count_run=lambda: step(x[:2], y[:2]),
+                    count_scale=batch / 2)
 
 
 def _resnet18() -> nn.Module:
@@ -257,7 +254,7 @@ def _eval_setup(variant: str, env: Env, n_full: int = EVAL_N, n_quick: int = EVA
     if env.model_file:
         model.load_state_dict(torch.load(env.model_file, weights_only=True))
     if not fast:
-        plain_depthwise_convs(model)
+        plain_kernels(model)
     model = _place(model, env.device, channels_last=fast).eval()
     splits = load_splits("digits", seed=0, image_size=8)
     n = n_quick if env.quick else n_full
@@ -333,7 +330,7 @@ def _dilconv_workload(stride: int, kernel: int, variant: str, env: Env, quick: b
     torch.manual_seed(0)
     op = DilConv(32, 32, kernel, stride, 2 * (kernel - 1) // 2, 2, affine=False)
     if variant == "before":
-        plain_depthwise_convs(op)
+        plain_kernels(op)
     op = _place(op, env.device, True).train()
     batch = 16 if quick else 64
     x, _ = _data(batch, 32, 32, 10, 4, env.device)
@@ -375,8 +372,8 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("pgd10_resnet18", "b", "PreAct ResNet-18 (width 64), batch 32, 32x32x3, PGD-10 AT step",
          lambda v, e: _train_workload(_resnet18, 8 if e.quick else 32, 32, 3, v, e),
          quick_config="PreAct ResNet-18, batch 8", heavy=True),
-    Case("pgd10_darts_v2", "b", "DARTS V2 network C=36, 20 cells, batch 16, 32x32x3, PGD-10 AT step",
-         lambda v, e: _train_workload(_darts_v2_paper, 4 if e.quick else 16, 32, 3, v, e),
+    Case("pgd10_darts_v2", "b", "DARTS V2 network C=36, 20 cells, batch 8, 32x32x3, PGD-10 AT step",
+         lambda v, e: _train_workload(_darts_v2_paper, 4 if e.quick else 8, 32, 3, v, e),
          quick_config="DARTS V2 C=36, 20 cells, batch 4", heavy=True),
     Case("eval_pgd20", "c", f"PGD-20 flags, digits DARTS V2 net (C=8, 4 cells), n={EVAL_N}, eps {EVAL_EPS}",
          _pgd20_workload, quick_config=f"n={EVAL_N_QUICK}"),
@@ -390,17 +387,17 @@ CASES: dict[str, Case] = {c.name: c for c in (
          "(paper C=16, 8 cells, batch 16+16)",
          lambda v, e: _search_workload(dataclasses.replace(_paper(1, True), batch=4 if e.quick else 16), v, e,
                                        fused=False, channels_last=(v == "after")),
-         variants=ABLATION_VARIANTS),
+         variants=ABLATION_VARIANTS, heavy=True),
     Case("ablate_fused_mixed_op", "ablation", "fused mixed op (shared ReLU, no `none` op, in-place addcmul, "
          "subsampled stride-2 dil convs), NHWC (paper C=16, 8 cells, batch 16+16)",
          lambda v, e: _search_workload(dataclasses.replace(_paper(1, True), batch=4 if e.quick else 16), v, e,
                                        fused=(v == "after"), channels_last=True),
-         variants=ABLATION_VARIANTS),
+         variants=ABLATION_VARIANTS, heavy=True),
     Case("ablate_partial_channels", "ablation", "PC-DARTS partial channels K=1 -> K=4, fast path "
          "(paper C=16, 8 cells, batch 16+16)",
          lambda v, e: _search_workload(dataclasses.replace(_paper(1 if v == "before" else 4, True),
                                                            batch=4 if e.quick else 16), "fast", e),
-         variants=ABLATION_VARIANTS),
+         variants=ABLATION_VARIANTS, heavy=True),
     Case("ablate_dilconv_s2_3x3", "ablation", "dil_conv_3x3 stride 2: dilated kernel -> subsampled conv "
          "(C=32, 32x32, batch 64, fwd+bwd)",
          lambda v, e: _dilconv_workload(2, 3, v, e, e.quick), variants=ABLATION_VARIANTS),
@@ -411,7 +408,8 @@ CASES: dict[str, Case] = {c.name: c for c in (
          "the remaining slow CPU kernel) (C=32, 32x32, batch 64, fwd+bwd)",
          lambda v, e: _dilconv_workload(1, 3, v, e, e.quick), variants=ABLATION_VARIANTS),
     Case("ablate_amp", "ablation", "bf16 autocast off -> on (PC-DARTS paper search step)",
-         lambda v, e: _amp_or_compile_workload("amp", v, e), variants=ABLATION_VARIANTS, cuda_only=True),
+         lambda v, e: _amp_or_compile_workload("amp", v, e), variants=ABLATION_VARIANTS, cuda_only=True,
+         heavy=True),
     Case("ablate_compile", "ablation", "torch.compile off -> on (PC-DARTS paper search step)",
          lambda v, e: _amp_or_compile_workload("compile", v, e), variants=ABLATION_VARIANTS, cuda_only=True),
 )}

@@ -2,11 +2,13 @@
 
     python -m benchmarks.measure --case search_darts_paper --variant fast --repeats 2 --threads 2
 
-The first run is the warm-up; it runs under :class:`FlopCount`, which counts the FLOPs of the
-matmuls and convolutions (forward and backward, a multiply-add = 2 FLOPs) that the unit of work
-executes, with the formulas of ``torch.utils.flop_counter``. The ``repeats`` runs after it are timed (wall clock; on CUDA with
-synchronization). Peak memory is the growth over the process's memory just before the warm-up
-(model, data and optimizer built): on CPU the peak resident set size (``ru_maxrss``), on CUDA
+:class:`FlopCount` counts the FLOPs of the matmuls and convolutions (forward and backward, a
+multiply-add = 2 FLOPs) with the formulas of ``torch.utils.flop_counter``: on the workload's
+``count_run`` (a 2-example batch, scaled) when it has one, else on the warm-up run. With
+``--repeats N > 0`` a warm-up run precedes N timed runs; with 0 there is one timed run and no
+warm-up (steps that take many seconds). Times are wall clock (on CUDA with synchronization).
+Peak memory is the growth over the process's memory once the model, data and optimizer are
+built: on CPU the peak resident set size (``ru_maxrss``), on CUDA
 ``torch.cuda.max_memory_allocated``.
 """
 
@@ -70,26 +72,35 @@ def measure(case_name: str, variant: str, repeats: int, device: torch.device, qu
     else:
         base = rss_mib()
     counter = FlopCount()
-    t0 = time.perf_counter()
-    with counter if work.count_flops else contextlib.nullcontext():
-        result = work.run()
-    sync()
-    warmup_s = time.perf_counter() - t0
+    flops = None
+    if work.count_flops and work.count_run is not None:
+        with counter:
+            work.count_run()
+        flops = int(counter.total * work.count_scale)
+    result = warmup_s = None
+    if repeats > 0:  # a warm-up run (FLOPs counted here when there is no count_run)
+        counting = work.count_flops and work.count_run is None
+        t0 = time.perf_counter()
+        with counter if counting else contextlib.nullcontext():
+            result = work.run()
+        sync()
+        warmup_s = time.perf_counter() - t0
+        if counting:
+            flops = counter.total
     times = []
-    for _ in range(repeats):
+    for _ in range(max(repeats, 1)):
         sync()
         t0 = time.perf_counter()
-        work.run()
+        value = work.run()
         sync()
         times.append(time.perf_counter() - t0)
-    if not times:  # --repeats 0: the warm-up (not counted) is the timed run
-        times = [warmup_s]
+        result = value if result is None else result
     if cuda:
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     else:
         peak = peak_rss_mib() - base
     return {"case": case_name, "variant": variant, "seconds": times, "warmup_seconds": warmup_s,
-            "flops": counter.total if work.count_flops else None, "peak_mib": peak, "result": result,
+            "flops": flops, "peak_mib": peak, "result": result,
             "images": work.images, "amp": work.amp, "note": work.note}
 
 

@@ -11,11 +11,13 @@ parameters; only the speed differs.
 
 from __future__ import annotations
 
+import types
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnas.space.ops import DilConv, SepConv
+from rnas.space.ops import AvgPool2d, DepthwiseConv2d, DilConv, SepConv
 from rnas.space.supernet import MixedOp, SearchCell, Supernet
 
 
@@ -25,7 +27,22 @@ def naive_op(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(op, DilConv):
         relu, dw, pw, bn = op
         return bn(pw(nn.Conv2d.forward(dw, relu(x))))  # the plain (dilated) conv kernel
+    if isinstance(op, nn.Sequential):  # pool + BN
+        return naive_op(op[1], naive_op(op[0], x))
+    if isinstance(op, nn.AvgPool2d):
+        return nn.AvgPool2d.forward(op, x)  # the pooling kernel
     return op(x)
+
+
+def plain_kernels(model: nn.Module) -> nn.Module:
+    """Give every :class:`rnas.space.ops.DepthwiseConv2d` and :class:`rnas.space.ops.AvgPool2d`
+    of ``model`` the plain ``nn.Conv2d`` / ``nn.AvgPool2d`` kernel back (in place)."""
+    for m in model.modules():
+        if isinstance(m, DepthwiseConv2d):
+            m.forward = types.MethodType(nn.Conv2d.forward, m)
+        elif isinstance(m, AvgPool2d):
+            m.forward = types.MethodType(nn.AvgPool2d.forward, m)
+    return model
 
 
 def naive_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

@@ -241,7 +241,7 @@ class DsrnaMethodConfig:
     jacobian_weight: float = spec(1.0, lo=0.0, hi=1e6, doc="variant combined: R = R_cb + jacobian_weight·R_jac")
     cb_scale: Literal["log", "linear"] = spec(
         "log", doc="R_cb per example: linear = the margin lower bound lb | log = sign(lb)·log(1 + |lb|) "
-                   "(same order; keeps an untrained supernet's lb ≈ −1e15 from drowning L_val)")
+                   "(same order; keeps an untrained supernet's lb ≈ −1e16 from drowning L_val)")
     bound_dtype: Literal["float32", "float64"] = spec(
         "float32", doc="precision of R_cb's bound propagation; float64 where loose bounds overflow float32 "
                        "(untrained 8-cell CIFAR supernet: lb ≈ −1e62)")
@@ -448,6 +448,11 @@ def _cross_checks(p: Params) -> None:
         except KeyError:
             raise ParamsError(
                 f"pipeline.runs[{i}]: unknown run {run!r}; known runs: {', '.join(RUNS)}") from None
+    for i, run in enumerate(p.pipeline.runs):
+        source = resolve_run(run).arch_from
+        if source is not None and source not in p.pipeline.runs:
+            raise ParamsError(f"pipeline.runs[{i}]: {run!r} retrains the architecture of {source!r}; "
+                              f"list {source!r} in pipeline.runs too")
     if len(set(p.pipeline.runs)) != len(p.pipeline.runs):
         raise ParamsError("pipeline.runs: a run is listed twice")
     if not p.pipeline.seeds:

@@ -47,6 +47,34 @@ def eval_targets(params: Params) -> list[str]:
     return out
 
 
+def searches(params: Params) -> list[str]:
+    """Runs with a search of their own (ablations reuse another run's architecture)."""
+    return [run for run in params.pipeline.runs if resolve_run(run).arch_from is None]
+
+
+def search_outputs(params: Params, run: str, seed: int) -> list[str]:
+    """Files a search writes that later stages read (both runners declare exactly these)."""
+    spec = resolve_run(run)
+    outs = [str(paths.arch_file(params, run, seed)), str(paths.search_log(params, run, seed))]
+    if spec.distill and spec.space == "cell":  # RNAS-CL cell space: tutors beside the genotype
+        outs.append(str(paths.tutors_file(params, run, seed)))
+    return outs
+
+
+def retrain_inputs(params: Params, run: str, seed: int) -> list[str]:
+    spec = resolve_run(run)
+    deps = [str(paths.arch_file(params, run, seed))]
+    if spec.distill:
+        deps.append(str(paths.distill_teacher(params)))
+        if spec.space == "cell":
+            deps.append(str(paths.tutors_file(params, run, seed)))
+    return deps
+
+
+def search_inputs(params: Params, run: str) -> list[str]:
+    return [str(paths.distill_teacher(params))] if resolve_run(run).needs_teacher else []
+
+
 def dvc_yaml(params: Params, params_file: str = "params.yaml") -> dict[str, Any]:
     """dvc.yaml for the given params (one stage per stage × run × seed)."""
     def keys(stage: str, run: str | None = None) -> list[Any]:
@@ -71,17 +99,16 @@ def dvc_yaml(params: Params, params_file: str = "params.yaml") -> dict[str, Any]
         spec = resolve_run(run)
         for seed in params.pipeline.seeds:
             tag = f"{run}_seed{seed}"
-            teacher_dep = [str(paths.teacher_model(params))] if spec.needs_teacher else []
-            arch = str(paths.arch_file(params, run, seed))
-            stages[f"search_{tag}"] = {
-                "cmd": f"rnas search{p} --run {run} --seed {seed}",
-                "deps": teacher_dep or None,
-                "params": keys("search", run),
-                "outs": [arch, str(paths.search_log(params, run, seed))],
-            }
+            if spec.arch_from is None:
+                stages[f"search_{tag}"] = {
+                    "cmd": f"rnas search{p} --run {run} --seed {seed}",
+                    "deps": search_inputs(params, run) or None,
+                    "params": keys("search", run),
+                    "outs": search_outputs(params, run, seed),
+                }
             stages[f"retrain_{tag}"] = {
                 "cmd": f"rnas retrain{p} --run {run} --seed {seed}",
-                "deps": [arch, *teacher_dep],
+                "deps": retrain_inputs(params, run, seed),
                 "params": keys("retrain", run),
                 "outs": [str(paths.model_file(params, run, seed)), str(paths.train_log(params, run, seed))],
             }

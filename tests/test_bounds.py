@@ -15,6 +15,7 @@ from rnas.evaluation.attacks import pgd_attack
 from rnas.models import build_model
 from rnas.space.genotype import validate_genotype
 from rnas.space.network import CellNetwork
+from rnas.space.ops import AvgPool2d
 from rnas.space.supernet import Supernet
 
 torch.set_num_threads(1)
@@ -291,7 +292,8 @@ def test_conv_rule_is_the_adjoint(stride, padding, dilation, groups, side):
 
 
 @pytest.mark.parametrize("op", [
-    g.AvgPool(nn.AvgPool2d(3, 1, 1, count_include_pad=False)), g.AvgPool(nn.AvgPool2d(3, 2, 1, count_include_pad=False)),
+    g.AvgPool(nn.AvgPool2d(3, 1, 1, count_include_pad=False)),
+    g.AvgPool(nn.AvgPool2d(3, 2, 1, count_include_pad=False)), g.AvgPool(AvgPool2d(3, 2, 1, count_include_pad=False)),
     g.AvgPool(nn.AvgPool2d(2, 2)), g.GlobalAvgPool(), g.Shift(), g.ChannelShuffle(2), g.SliceChannels(2, True),
     g.SliceChannels(2, False), g.Scale(torch.tensor(-0.7, dtype=torch.float64)),
     g.ChannelAffine(torch.tensor([2.0, -1.0, 0.5, 3.0], dtype=torch.float64),

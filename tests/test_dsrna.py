@@ -268,7 +268,13 @@ def test_certify_stage_prints_certified_accuracy(tmp_path, capsys):
     torch.manual_seed(0)
     net = CellNetwork(random_genotype(4, torch.Generator().manual_seed(0)), 4, 2, 10, 1, "digits").eval()
     save_model(paths.model_file(params, "darts", 0), net, net.model_args)
-    assert main(["certify", "--params", str(tmp_path / "params.yaml"), "--run", "darts", "--method", "both"]) == 0
+    args = ["certify", "--params", str(tmp_path / "params.yaml"), "--run", "darts", "--method", "both"]
+    assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_examples"] == 16 and out["certify_method"] == "both" and out["certify_epsilon"] == 0.001
     assert 0.0 <= out["certified_acc"] <= 1.0 and out["certified_acc"] >= out["certified_acc_ibp"]
+    assert out["certify_intermediate"] == "ibp"
+    assert main(args + ["--intermediate", "crown", "--n-examples", "4", "--out", str(tmp_path / "c.json")]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert full == json.loads((tmp_path / "c.json").read_text())
+    assert full["certify_intermediate"] == "crown" and full["n_examples"] == 4

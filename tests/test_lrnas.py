@@ -345,7 +345,6 @@ def test_search_end_to_end(tmp_path, run, attack_each):
     assert other.architecture() == result.architecture
 
 
-@pytest.mark.slow
 def test_alpha_moves_by_eta_and_masks_are_restored():
     from rnas.data import load_splits
     from rnas.search.base import SearchContext

@@ -20,9 +20,9 @@ gives three semantics of the same function f:
   relaxations described on their classes; a ``None`` coefficient means "no dependence".
 
 ``xs`` are the clean values of the inputs (the point pass); batch-norm layers in training mode
-take their statistics from them (see :class:`BatchNorm`), never from the box rows. Graphs are cheap and built afresh for
-every batch (weights are read from the modules at evaluation time, so gradients reach them and
-the architecture parameters α). Shapes: activations (B, C, H, W) or (B, F); coefficients
+take their statistics from them (see :class:`BatchNorm`), never from the box rows. Graphs are
+cheap and built afresh for every batch (weights are read from the modules at evaluation time,
+so gradients reach them and the architecture parameters α). Shapes: activations (B, C, H, W) or (B, F); coefficients
 (B, S, C, H, W) or (B, S, F).
 """
 
@@ -483,17 +483,28 @@ class Graph:
     """Nodes in topological order; node 0 is the input, the last node the logits."""
 
     nodes: list[Node] = field(default_factory=list)
+    _relu_of: dict[int, int] = field(default_factory=dict, repr=False)
+    _last: int = -1
 
     def add(self, op: Op, *inputs: int) -> int:
+        """Append ``op`` on the given nodes; returns its node. A ReLU of a node that already has
+        one is that node (every op of every edge leaving a cell state starts with the same ReLU)."""
         for i in inputs:
             if not 0 <= i < len(self.nodes):
                 raise ValueError(f"node input {i} does not exist yet")
+        if isinstance(op, ReLU) and inputs[0] in self._relu_of:
+            self._last = self._relu_of[inputs[0]]
+            return self._last
         self.nodes.append(Node(op, tuple(inputs)))
-        return len(self.nodes) - 1
+        self._last = len(self.nodes) - 1
+        if isinstance(op, ReLU):
+            self._relu_of[inputs[0]] = self._last
+        return self._last
 
     @property
     def output(self) -> int:
-        return len(self.nodes) - 1
+        """The node added last (the logits once the network is built)."""
+        return self._last
 
     def forward(self, x: Tensor, box: Box | None = None) -> tuple[list[Tensor], list[Box] | None]:
         """The point pass on ``x`` and, if ``box`` (the input set's box) is given, the IBP pass.

@@ -58,6 +58,27 @@ class DepthwiseConv2d(nn.Conv2d):
         return nn.functional.conv2d(x[:, :, ::d, ::d], self.weight, self.bias, 1, (k - 1) // 2, 1, self.groups)
 
 
+class AvgPool2d(nn.AvgPool2d):
+    """``nn.AvgPool2d`` (same result up to float rounding) computed as a depthwise convolution
+    with a ones kernel divided by the per-pixel count of window pixels inside the image
+    (``count_include_pad=False``): out = conv(x, 1) / conv(1_image, 1). CPU average-pooling
+    kernels are 2-3x slower than the depthwise conv, forward + backward (benchmarks/README.md).
+    Used when padding is zero-padding-free counting with ``ceil_mode=False`` (the DARTS op);
+    anything else runs ``nn.AvgPool2d.forward``. Bound propagation reads kernel/stride/padding
+    of this ``nn.AvgPool2d`` as before."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s, p = self.kernel_size, self.stride, self.padding
+        if (not isinstance(k, int) or not isinstance(s, int) or not isinstance(p, int) or self.ceil_mode
+                or self.count_include_pad or self.divisor_override is not None or x.dim() != 4):
+            return super().forward(x)
+        c = x.shape[1]
+        ones = x.new_ones((c, 1, k, k))
+        total = nn.functional.conv2d(x, ones, None, s, p, 1, c)  # (B, C, H', W')
+        count = nn.functional.conv2d(x.new_ones((1, 1) + x.shape[-2:]), ones[:1], None, s, p)  # (1, 1, H', W')
+        return total / count
+
+
 class DilConv(nn.Sequential):
     """ReLU -> depthwise dilated conv -> pointwise conv -> BN."""
 
@@ -133,7 +154,7 @@ OpFactory = Callable[[int, int, bool], nn.Module]  # (C, stride, affine) -> modu
 OPS: dict[str, OpFactory] = {
     "none": lambda c, stride, affine: Zero(stride),
     "max_pool_3x3": lambda c, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
-    "avg_pool_3x3": lambda c, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
+    "avg_pool_3x3": lambda c, stride, affine: AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
     "skip_connect": lambda c, stride, affine: Identity() if stride == 1 else FactorizedReduce(c, c, affine),
     "sep_conv_3x3": lambda c, stride, affine: SepConv(c, c, 3, stride, 1, affine),
     "sep_conv_5x5": lambda c, stride, affine: SepConv(c, c, 5, stride, 2, affine),

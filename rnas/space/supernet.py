@@ -70,33 +70,42 @@ class MixedOp(nn.Module):
         # MaxPool2d(2, 2) floors, which breaks a 7x7 input); identical on even sizes.
         self.bypass_pool = nn.MaxPool2d(2, 2, ceil_mode=True) if (self.k > 1 and stride == 2) else None
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor,
-                active: list[bool] | None = None, x_relu: torch.Tensor | None = None) -> torch.Tensor:
-        # x: (B, C, H, W); weights: (n_ops,); active: per op, False = switched off (skipped);
-        # x_relu: ReLU(x) when the caller has it (the cell computes it once per state and every
-        # sep/dil conv of every edge leaving that state starts from it instead of its own ReLU).
-        # The `none` op's term w·0 is identically zero (value and gradients), so it is not run;
-        # the other terms accumulate in place (w·y added by one fused addcmul).
-        c_ops = x.shape[1] // self.k
-        xa = x if self.k == 1 else _first_channels(x, c_ops)
-        ra = x_relu if (x_relu is None or self.k == 1) else _first_channels(x_relu, c_ops)
+    def mix(self, xa: torch.Tensor, weights: torch.Tensor, active: list[bool] | None = None,
+            xa_relu: torch.Tensor | None = None) -> torch.Tensor:
+        """``Σ_o w_o · op_o(xa)`` on the ops' input xa (B, C/K, H, W) -> (B, C/K, H/s, W/s).
+
+        ``xa_relu``: ReLU(xa) when the caller has it (the cell computes one per state, and every
+        sep/dil conv of every edge leaving that state starts from it instead of its own ReLU).
+        The `none` op's term w·0 is identically zero (value and gradients), so it is not run;
+        the other terms accumulate in place (w·y added by one fused addcmul)."""
         out = None
         for i, (w, op) in enumerate(zip(weights, self.ops)):
             if isinstance(op, Zero) or (active is not None and not active[i]):
                 continue
-            if ra is not None and hasattr(op, "forward_preactivated"):
-                y = op.forward_preactivated(ra)
+            if xa_relu is not None and hasattr(op, "forward_preactivated"):
+                y = op.forward_preactivated(xa_relu)
             else:
                 y = op(xa)
             out = w * y if out is None else out.addcmul_(w, y)
         if out is None:  # every op switched off (or only `none`): a zero edge, (B, C/K, H/s, W/s)
             out = xa[:, :, :: self.stride, :: self.stride].mul(0.0)
-        if self.k == 1:
-            return out
+        return out
+
+    def bypass(self, x: torch.Tensor) -> torch.Tensor:
+        """PC-DARTS: the channels the ops do not see, (B, C − C/K, H/s, W/s)."""
         xb = x[:, x.shape[1] // self.k:]
-        if self.bypass_pool is not None:
-            xb = self.bypass_pool(xb)
-        return channel_shuffle(torch.cat([out, xb], dim=1), self.k)
+        return self.bypass_pool(xb) if self.bypass_pool is not None else xb
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor,
+                active: list[bool] | None = None, x_relu: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (B, C, H, W); weights: (n_ops,); active: per op, False = switched off (skipped);
+        # x_relu: ReLU(x) when the caller has it (see mix)
+        if self.k == 1:
+            return self.mix(x, weights, active, x_relu)
+        c_ops = x.shape[1] // self.k
+        xa = _first_channels(x, c_ops)
+        ra = None if x_relu is None else _first_channels(x_relu, c_ops)
+        return channel_shuffle(torch.cat([self.mix(xa, weights, active, ra), self.bypass(x)], dim=1), self.k)
 
 
 class SearchCell(nn.Module):
@@ -118,6 +127,8 @@ class SearchCell(nn.Module):
                 active: list[list[bool]] | None = None) -> torch.Tensor:
         # weights: (n_edges, n_ops); edge_weights: (n_edges,) or None; active: (n_edges, n_ops) or None
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        if self.edges[0].k > 1:
+            return self._forward_partial(states, weights, edge_weights, active)
         relus = [torch.relu(h) for h in states]  # one ReLU per state, shared by its out-edges' convs
         offset = 0
         for node in range(self.nodes):
@@ -133,6 +144,38 @@ class SearchCell(nn.Module):
             if node < self.nodes - 1:  # the last node feeds no edge of this cell
                 relus.append(torch.relu(total))
         return torch.cat(states[-self.nodes:], dim=1)
+
+    def _forward_partial(self, states: list[torch.Tensor], weights: torch.Tensor,
+                         edge_weights: torch.Tensor | None, active: list[list[bool]] | None) -> torch.Tensor:
+        """PC-DARTS cell, computed per node instead of per edge. Shuffle and concatenation are
+        linear, so node = Σ_j β_j·shuffle(cat(mix_j, bypass_j)) = shuffle(cat(Σ_j β_j·mix_j,
+        Σ_j β_j·bypass_j)): one concatenation and one shuffle per node (not per edge), and each
+        state's partial channels, their ReLU and its bypass are cut once for all its out-edges."""
+        k = self.edges[0].k
+        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+        def add_state(h: torch.Tensor, first_edge: MixedOp) -> None:
+            xa = _first_channels(h, h.shape[1] // k)  # (B, C/K, H, W)
+            parts.append((xa, torch.relu(xa), first_edge.bypass(h)))
+
+        offset = 0
+        for j, h in enumerate(states):
+            add_state(h, self.edges[j])
+        nodes = []
+        for node in range(self.nodes):
+            ops_sum = bypass_sum = None
+            for j, (xa, ra, xb) in enumerate(parts):
+                e = offset + j
+                y = self.edges[e].mix(xa, weights[e], None if active is None else active[e], ra)
+                beta = edge_weights[e] if edge_weights is not None else y.new_ones(())
+                ops_sum = beta * y if ops_sum is None else ops_sum.addcmul_(beta, y)
+                bypass_sum = beta * xb if bypass_sum is None else bypass_sum.addcmul_(beta, xb)
+            offset += len(parts)
+            total = channel_shuffle(torch.cat([ops_sum, bypass_sum], dim=1), k)
+            nodes.append(total)
+            if node < self.nodes - 1:  # the last node feeds no edge of this cell
+                add_state(total, self.edges[offset + len(parts)])
+        return torch.cat(nodes, dim=1)
 
 
 class Supernet(nn.Module):

@@ -7,7 +7,7 @@ from snakemake.utils import validate
 
 from rnas import paths
 from rnas.config import load_params, params_hash
-from rnas.pipeline import stage_keys
+from rnas.pipeline import retrain_inputs, search_inputs, stage_keys
 from rnas.runs import resolve_run
 
 PARAMS_FILE = os.environ.get("RNAS_PARAMS", "params.yaml")
@@ -27,8 +27,10 @@ TEACHER_MODEL = str(paths.teacher_model(P))
 RUNS = list(P.pipeline.runs)
 SEEDS = list(P.pipeline.seeds)
 SPECS = {run: resolve_run(run) for run in RUNS}
-CELL_RUNS = [r for r, s in SPECS.items() if s.space == "cell" and s.arch_from is None]
-WIDTH_RUNS = [r for r, s in SPECS.items() if s.space == "width" and s.arch_from is None]
+SEARCHED = [r for r, s in SPECS.items() if s.arch_from is None]
+TUTOR_RUNS = [r for r in SEARCHED if SPECS[r].space == "cell" and SPECS[r].distill]  # + tutors.json
+CELL_RUNS = [r for r in SEARCHED if SPECS[r].space == "cell" and r not in TUTOR_RUNS]
+WIDTH_RUNS = [r for r in SEARCHED if SPECS[r].space == "width"]
 
 
 def run_regex(runs):
@@ -44,13 +46,6 @@ def key_hash(stage, run=None):
     return params_hash(P, stage_keys(stage, run))
 
 
-def arch_of(run, seed):
-    spec = SPECS[run]
-    return str(paths.arch_file(P, spec.arch_from or run, int(seed)))
-
-
-def teacher_dep(run):
-    return [TEACHER_MODEL] if SPECS[run].needs_teacher else []
 
 
 # The MLflow store is created once, before parallel jobs; one parent run per invocation holds

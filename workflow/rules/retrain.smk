@@ -1,7 +1,6 @@
 rule retrain:
     input:
-        arch=lambda w: arch_of(w.run, w.seed),
-        teacher=lambda w: teacher_dep(w.run),
+        lambda w: retrain_inputs(P, w.run, int(w.seed)),
     output:
         model=f"{DS_DIR}/{{run}}/seed{{seed}}/model.pt",
         curves=f"{DS_DIR}/{{run}}/seed{{seed}}/train.json",

@@ -1,10 +1,10 @@
-# One rule per search space, because the output file differs (genotype.json / architecture.json).
+# One rule per kind of output set (genotype.json / + tutors.json / architecture.json).
 # Ablation runs (RunSpec.arch_from) have no search of their own.
 
 
 rule search_cell:
     input:
-        lambda w: teacher_dep(w.run),
+        lambda w: search_inputs(P, w.run),
     output:
         arch=f"{DS_DIR}/{{run}}/seed{{seed}}/genotype.json",
         curves=f"{DS_DIR}/{{run}}/seed{{seed}}/search.json",
@@ -24,9 +24,32 @@ rule search_cell:
         "{RNAS} search {PFLAG} --run {wildcards.run} --seed {wildcards.seed} > {log} 2>&1"
 
 
+rule search_cell_tutors:
+    input:
+        lambda w: search_inputs(P, w.run),
+    output:
+        arch=f"{DS_DIR}/{{run}}/seed{{seed}}/genotype.json",
+        curves=f"{DS_DIR}/{{run}}/seed{{seed}}/search.json",
+        tutors=f"{DS_DIR}/{{run}}/seed{{seed}}/tutors.json",
+    wildcard_constraints:
+        run=run_regex(TUTOR_RUNS),
+    params:
+        h=lambda w: key_hash("search", w.run),
+    log:
+        f"{LOGS}/{{run}}/seed{{seed}}/search.log",
+    benchmark:
+        f"{LOGS}/{{run}}/seed{{seed}}/search.benchmark.tsv"
+    threads: P.pipeline.threads
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    shell:
+        "{RNAS} search {PFLAG} --run {wildcards.run} --seed {wildcards.seed} > {log} 2>&1"
+
+
 rule search_width:
     input:
-        lambda w: teacher_dep(w.run),
+        lambda w: search_inputs(P, w.run),
     output:
         arch=f"{DS_DIR}/{{run}}/seed{{seed}}/architecture.json",
         curves=f"{DS_DIR}/{{run}}/seed{{seed}}/search.json",
