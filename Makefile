@@ -46,7 +46,8 @@ dvc: setup
 	dvc repro
 
 # Speed/memory table of the hot paths (benchmarks/README.md); BENCH_ARGS=--quick for a smoke run.
-BENCH_THREADS ?= $(shell nproc)
+# One thread by default, as pipeline.threads (each Snakemake job uses one core).
+BENCH_THREADS ?= 1
 bench: setup
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python -m benchmarks --threads $(BENCH_THREADS) $(BENCH_ARGS)
 

@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None,
                    help="timed runs after a warm-up (default 3; --quick: 1); multi-second steps always run "
                         "once, without warm-up")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1, as pipeline.threads: one core per Snakemake job)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--only", default="", help="comma-separated case names (default: all)")
     p.add_argument("--no-ablations", action="store_true", help="skip the per-optimization ablation rows")
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for n in names if CASES[n].group != "ablation"]
 
     lines = [f"machine: {machine(device, args.threads)}"]
-    ceil32 = matmul_ceiling(device, torch.float32, 4096 if device.type == "cuda" else 2048)
+    ceil32 = matmul_ceiling(device, torch.float32, 4096 if device.type == "cuda" else 2048, repeats=10)
     ceil16 = matmul_ceiling(device, torch.bfloat16, 8192) if device.type == "cuda" else None
     lines.append(f"matmul ceiling: {ceil32:.0f} GFLOP/s float32"
                  + (f", {ceil16:.0f} GFLOP/s bfloat16" if ceil16 else "") + " (best of 5 torch.mm)")
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(CASES[n].group in ("c", "d") for n in names):
         t0 = time.perf_counter()
         model_file = str(Path(tmp.name) / "digits_pgd.pt")
-        last = train_digits_model(Path(model_file), epochs=1 if args.quick else 3)
+        last = train_digits_model(Path(model_file), epochs=1 if args.quick else 2)
         msg = (f"evaluation model: digits DARTS V2 net PGD-trained in {time.perf_counter() - t0:.0f} s "
                f"(val clean {last['val_clean_acc']:.3f}, val PGD {last['val_robust_acc']:.3f})")
         lines.append(msg)
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                      "-" if gflops is None else f"{100 * gflops / ceiling:.1f}%", "", ""]
             base = results.get(case.variants[0])
             if variant == case.variants[1] and base and "error" not in base:
-                cells[7] = f"{abs(r['result'] - base['result']):.2g}"
+                cells[7] = f"{abs(r['result'] - base['result']):.2g}" if case.same_result else "n/a"
                 cells[8] = f"speedup {min(base['seconds']) / s:.2f}x"
             emit(cells)
     print("\nConfigurations:\n" + "\n".join(configs), flush=True)

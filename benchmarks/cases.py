@@ -14,9 +14,9 @@ CUDA bf16 autocast). Ablation cases compare one optimization switched off ("befo
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,6 @@ class Workload:
     count_flops: bool = True  # False where the counter's per-op Python overhead would dominate the warm-up
     count_run: Callable[[], object] | None = None  # a smaller run whose FLOPs x count_scale are the run's
     count_scale: float = 1.0
-    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,10 +59,19 @@ class Case:
     requires: str = ""                # a module that must import, else the row says unavailable
     heavy: bool = False               # multi-second steps: no warm-up, one timed run (FLOPs from count_run)
     single_run: bool = False          # no repeat: the one (uncounted) run is the timed one (minutes-long rows)
-    tags: tuple[str, ...] = field(default_factory=tuple)
+    same_result: bool = True          # False: the two variants compute different things (no Δresult)
 
 
 # -- shared pieces ---------------------------------------------------------------------------
+
+def _digits_params():
+    """params.yaml (the default digits profile): the evaluation rows use its settings."""
+    from rnas.config import load_params
+
+    return load_params(HERE.parent / "params.yaml")
+
+
+_P = _digits_params()
 
 def _use_amp(variant: str, env: Env) -> bool:
     return variant in ("fast", "after") and env.device.type == "cuda"
@@ -157,7 +165,8 @@ def _search_workload(spec: SearchSpec, variant: str, env: Env, fused: bool | Non
 
 PAPER_SEARCH = SearchSpec(16, 8, 64, 32, 3, "cifar10", 1)
 PAPER_SEARCH_QUICK = SearchSpec(16, 8, 8, 32, 3, "cifar10", 1)
-DIGITS_SEARCH = SearchSpec(8, 3, 64, 8, 1, "digits", 1)  # params.yaml's search block
+DIGITS_SEARCH = SearchSpec(_P.search.init_channels, _P.search.layers, _P.search.batch_size,  # params.yaml
+                           _P.data.image_size, 1, "digits", _P.search.partial_channels)
 
 
 def _paper(k: int, quick: bool) -> SearchSpec:
@@ -214,40 +223,46 @@ def _darts_v2_paper() -> nn.Module:
 
 # -- (c), (d): evaluation of the PGD-trained digits network ----------------------------------
 
-EVAL_EPS = 0.1          # params.yaml evaluate.epsilon (digits, pixel units)
-EVAL_STEP = 0.025       # evaluate.pgd_step_size
-EVAL_N, EVAL_N_QUICK = 200, 48   # evaluate.n_examples
+EVAL_EPS = _P.evaluate.epsilon              # L∞ radius, pixel units
+EVAL_STEP = _P.evaluate.pgd_step_size       # absolute PGD step
+EVAL_N, EVAL_N_QUICK = _P.evaluate.n_examples, 32
+CERT_N, CERT_N_QUICK = _P.evaluate.certify_batch_size, 32
 SQUARE_QUERIES = 500    # AutoAttack's Square budget here (standard: 5000; see README)
-AA_N, AA_N_QUICK = 100, 16  # AutoAttack on CPU takes minutes: fewer examples than the protocol's 200
+AA_N, AA_N_QUICK = min(64, EVAL_N), 16  # AutoAttack on CPU takes minutes: at most 64 examples
 
 
 def digits_network() -> nn.Module:
-    """params.yaml's final network size (retrain: C=8, 4 cells) with the DARTS V2 cell, 8x8 digits."""
+    """params.yaml's final network size (retrain.init_channels / layers) with the DARTS V2 cell,
+    at params.yaml's digits image size."""
     from rnas.space.network import CellNetwork
 
-    return CellNetwork(darts_v2(), init_channels=8, layers=4, num_classes=10, input_channels=1, dataset="digits")
+    return CellNetwork(darts_v2(), init_channels=_P.retrain.init_channels, layers=_P.retrain.layers,
+                       num_classes=10, input_channels=1, dataset="digits")
 
 
-def train_digits_model(path: Path, epochs: int = 3) -> dict[str, float]:
-    """PGD-3 adversarial training (params.yaml's recipe, fewer epochs) of :func:`digits_network`,
-    so that the evaluation rows attack a model with a real robust accuracy."""
-    from rnas.config import PerturbationConfig, TrainConfig
+def _digits_splits():
     from rnas.data import load_splits
+
+    d = _P.data
+    return load_splits("digits", seed=0, image_size=d.image_size, val_fraction=d.val_fraction,
+                       test_fraction=d.test_fraction)
+
+
+def train_digits_model(path: Path, epochs: int = 2) -> dict[str, float]:
+    """Adversarial training with params.yaml's retrain recipe (fewer epochs) of
+    :func:`digits_network`, so that the evaluation rows attack a model with a real robust accuracy."""
     from rnas.training.trainer import Trainer
 
     torch.manual_seed(0)
-    splits = load_splits("digits", seed=0, image_size=8)
+    splits = _digits_splits()
     model = digits_network()
-    cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, weight_decay=3e-4,
-                      perturbation=PerturbationConfig(kind="pgd", epsilon=0.1, step_size=0.04, steps=3))
+    cfg = dataclasses.replace(_P.retrain.train, epochs=epochs)
     result = Trainer(model, cfg, torch.device("cpu"), seed=0, progress=False).fit(splits.train, splits.val)
     torch.save(model.state_dict(), path)
     return result.history[-1]
 
 
 def _eval_setup(variant: str, env: Env, n_full: int = EVAL_N, n_quick: int = EVAL_N_QUICK):
-    from rnas.data import load_splits
-
     _configure(variant, env, amp=False)  # evaluation stays float32
     fast = variant in ("fast", "after")
     model = digits_network()
@@ -256,7 +271,7 @@ def _eval_setup(variant: str, env: Env, n_full: int = EVAL_N, n_quick: int = EVA
     if not fast:
         plain_kernels(model)
     model = _place(model, env.device, channels_last=fast).eval()
-    splits = load_splits("digits", seed=0, image_size=8)
+    splits = _digits_splits()
     n = n_quick if env.quick else n_full
     return model, splits.test.x[:n].to(env.device), splits.test.y[:n].to(env.device)
 
@@ -303,7 +318,7 @@ def _bounds_workload(variant: str, env: Env) -> Workload:
     interval pass rebuilt for each). Fast: both from one graph and one shared IBP pass."""
     from rnas.bounds import spec_bounds
 
-    model, x, y = _eval_setup(variant, env, n_full=128, n_quick=32)  # evaluate.certify_batch_size
+    model, x, y = _eval_setup(variant, env, n_full=CERT_N, n_quick=CERT_N_QUICK)
     shared = variant in ("fast", "after")
 
     def run() -> float:
@@ -337,8 +352,30 @@ def _dilconv_workload(stride: int, kernel: int, variant: str, env: Env, quick: b
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
 
     def run() -> float:
-        out = op(x)
-        out.square().mean().backward()
+        x.grad = None
+        op(x).square().mean().backward()
+        return float(x.grad.abs().sum())
+
+    return Workload(run, images=batch)
+
+
+def _avgpool_workload(variant: str, env: Env, quick: bool) -> Workload:
+    """Forward + backward of the ``avg_pool_3x3`` op (+ its BN) on the paper supernet's first
+    cells' edges: C=16, 32x32, batch 64, channels-last."""
+    from rnas.space.ops import make_op
+
+    _configure(variant, env, amp=False)
+    op = nn.Sequential(make_op("avg_pool_3x3", 16, 1, affine=False), nn.BatchNorm2d(16, affine=False))
+    if variant == "before":
+        plain_kernels(op)
+    op = _place(op, env.device, True).train()
+    batch = 16 if quick else 64
+    x, _ = _data(batch, 16, 32, 10, 5, env.device)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+
+    def run() -> float:
+        x.grad = None
+        op(x).square().mean().backward()
         return float(x.grad.abs().sum())
 
     return Workload(run, images=batch)
@@ -368,20 +405,23 @@ CASES: dict[str, Case] = {c.name: c for c in (
                  "PC-DARTS K=4 supernet C=16, 8 cells, batch 64+64, 32x32x3, first-order step",
                  "PC-DARTS K=4 supernet C=16, 8 cells, batch 8+8, 32x32x3", heavy=True),
     _search_case("search_digits_default", "a", lambda q: DIGITS_SEARCH,
-                 "params.yaml search: C=8, 3 cells, batch 64+64, 8x8x1 digits", ""),
+                 f"params.yaml search: C={DIGITS_SEARCH.init_channels}, {DIGITS_SEARCH.layers} cells, batch "
+                 f"{DIGITS_SEARCH.batch}+{DIGITS_SEARCH.batch}, {DIGITS_SEARCH.size}x{DIGITS_SEARCH.size}x1 digits, "
+                 f"K={DIGITS_SEARCH.partial_channels}", ""),
     Case("pgd10_resnet18", "b", "PreAct ResNet-18 (width 64), batch 32, 32x32x3, PGD-10 AT step",
          lambda v, e: _train_workload(_resnet18, 8 if e.quick else 32, 32, 3, v, e),
          quick_config="PreAct ResNet-18, batch 8", heavy=True),
     Case("pgd10_darts_v2", "b", "DARTS V2 network C=36, 20 cells, batch 8, 32x32x3, PGD-10 AT step",
          lambda v, e: _train_workload(_darts_v2_paper, 4 if e.quick else 8, 32, 3, v, e),
          quick_config="DARTS V2 C=36, 20 cells, batch 4", heavy=True),
-    Case("eval_pgd20", "c", f"PGD-20 flags, digits DARTS V2 net (C=8, 4 cells), n={EVAL_N}, eps {EVAL_EPS}",
+    Case("eval_pgd20", "c", f"PGD-20 flags, params.yaml's digits evaluation (DARTS V2 cell, "
+         f"C={_P.retrain.init_channels}, {_P.retrain.layers} cells), n={EVAL_N}, eps {EVAL_EPS}",
          _pgd20_workload, quick_config=f"n={EVAL_N_QUICK}"),
     Case("eval_pgd20_autoattack", "c",
          f"worst case PGD-20 + AutoAttack (Square {SQUARE_QUERIES} queries), n={AA_N}, eps {EVAL_EPS}",
          _worst_case_workload, quick_config=f"n={AA_N_QUICK}", single_run=True),
-    Case("certify_ibp_crown", "d", f"IBP + CROWN-IBP margin bounds, digits DARTS V2 net, n=128, eps {EVAL_EPS}",
-         _bounds_workload, quick_config="n=32", requires="rnas.bounds"),
+    Case("certify_ibp_crown", "d", f"IBP + CROWN-IBP margin bounds, digits DARTS V2 net, n={CERT_N}, eps {EVAL_EPS}",
+         _bounds_workload, quick_config=f"n={CERT_N_QUICK}", requires="rnas.bounds"),
     # ablations
     Case("ablate_channels_last", "ablation", "channels_last: straightforward supernet step NCHW -> NHWC "
          "(paper C=16, 8 cells, batch 16+16)",
@@ -397,16 +437,16 @@ CASES: dict[str, Case] = {c.name: c for c in (
          "(paper C=16, 8 cells, batch 16+16)",
          lambda v, e: _search_workload(dataclasses.replace(_paper(1 if v == "before" else 4, True),
                                                            batch=4 if e.quick else 16), "fast", e),
-         variants=ABLATION_VARIANTS, heavy=True),
+         variants=ABLATION_VARIANTS, heavy=True, same_result=False),
     Case("ablate_dilconv_s2_3x3", "ablation", "dil_conv_3x3 stride 2: dilated kernel -> subsampled conv "
          "(C=32, 32x32, batch 64, fwd+bwd)",
          lambda v, e: _dilconv_workload(2, 3, v, e, e.quick), variants=ABLATION_VARIANTS),
     Case("ablate_dilconv_s2_5x5", "ablation", "dil_conv_5x5 stride 2: dilated kernel -> subsampled conv "
          "(C=32, 32x32, batch 64, fwd+bwd)",
          lambda v, e: _dilconv_workload(2, 5, v, e, e.quick), variants=ABLATION_VARIANTS),
-    Case("ablate_dilconv_s1_3x3", "ablation", "dil_conv_3x3 stride 1 (unchanged: no exact subsampling; "
-         "the remaining slow CPU kernel) (C=32, 32x32, batch 64, fwd+bwd)",
-         lambda v, e: _dilconv_workload(1, 3, v, e, e.quick), variants=ABLATION_VARIANTS),
+    Case("ablate_avgpool", "ablation", "avg_pool_3x3 (+BN): pooling kernel -> ones-kernel depthwise conv / "
+         "window count (C=16, 32x32, batch 64, fwd+bwd)",
+         lambda v, e: _avgpool_workload(v, e, e.quick), variants=ABLATION_VARIANTS),
     Case("ablate_amp", "ablation", "bf16 autocast off -> on (PC-DARTS paper search step)",
          lambda v, e: _amp_or_compile_workload("amp", v, e), variants=ABLATION_VARIANTS, cuda_only=True,
          heavy=True),

@@ -32,8 +32,27 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def reset_peak_rss() -> None:
+    """Reset the kernel's high-water mark of this process's RSS (Linux >= 4.0), so that the peak
+    read afterwards belongs to the runs, not to imports or model building."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # then the peak is the process's lifetime peak (an upper bound)
+
+
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """Peak RSS (MiB) since the last reset: VmHWM, else ru_maxrss; never below the current RSS."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return max(peak, rss_mib())
 
 
 class FlopCount(TorchDispatchMode):
@@ -71,6 +90,7 @@ def measure(case_name: str, variant: str, repeats: int, device: torch.device, qu
         torch.cuda.reset_peak_memory_stats(device)
     else:
         base = rss_mib()
+        reset_peak_rss()
     counter = FlopCount()
     flops = None
     if work.count_flops and work.count_run is not None:
@@ -98,10 +118,10 @@ def measure(case_name: str, variant: str, repeats: int, device: torch.device, qu
     if cuda:
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     else:
-        peak = peak_rss_mib() - base
+        peak = max(0.0, peak_rss_mib() - base)  # (VmHWM and statm differ by page rounding)
     return {"case": case_name, "variant": variant, "seconds": times, "warmup_seconds": warmup_s,
             "flops": flops, "peak_mib": peak, "result": result,
-            "images": work.images, "amp": work.amp, "note": work.note}
+            "images": work.images, "amp": work.amp}
 
 
 def main(argv: list[str] | None = None) -> int:

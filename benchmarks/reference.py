@@ -89,12 +89,12 @@ def naive_supernet_forward(net: Supernet, x: torch.Tensor) -> torch.Tensor:
 
 
 class NaiveSupernet(nn.Module):
-    """``net`` with the straightforward forward (shares its parameters and buffers), in NCHW;
-    it answers the parameter-group calls of :class:`~rnas.search.base.BilevelMethod`."""
+    """``net`` with the straightforward forward (shares its parameters and buffers, keeps their
+    memory format); it answers the parameter-group calls of :class:`~rnas.search.base.BilevelMethod`."""
 
     def __init__(self, net: Supernet):
         super().__init__()
-        self.net = net.to(memory_format=torch.contiguous_format)
+        self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return naive_supernet_forward(self.net, x)

@@ -39,3 +39,27 @@ def tiny_project(tmp_path: Path) -> Path:
 def copy_workflow(dest: Path) -> None:
     shutil.copy(ROOT / "Snakefile", dest / "Snakefile")
     shutil.copytree(ROOT / "workflow", dest / "workflow")
+
+
+def kill_test_params() -> dict:
+    """Tiny params for the kill/resume tests: three epochs, so a kill lands mid-run."""
+    p = tiny_params(runs=("darts",))
+    p["teacher"]["train"]["epochs"] = 3
+    p["search"]["epochs"] = 3
+    return p
+
+
+@pytest.fixture(scope="session")
+def darts_search_reference(tmp_path_factory) -> Path:
+    """An uninterrupted darts search on :func:`kill_test_params` (shared by the kill tests)."""
+    import subprocess
+    import sys
+
+    ref = tmp_path_factory.mktemp("darts_reference")
+    (ref / "params.yaml").write_text(yaml.safe_dump(kill_test_params(), sort_keys=False))
+    env = dict(os.environ, OMP_NUM_THREADS="1", GIT_PYTHON_REFRESH="quiet")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    out = subprocess.run([sys.executable, "-m", "rnas.cli", "search", "--run", "darts", "--seed", "0"], cwd=ref,
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return ref

@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_params
+from conftest import kill_test_params, tiny_params
 from rnas.checkpoint import CheckpointError, ResumeState, load_checked, save_atomic
 from rnas.config import TrainConfig
 from rnas.data import TensorPair
@@ -58,9 +58,7 @@ def _env() -> dict:
 
 
 def _project(tmp: Path, **overrides) -> Path:
-    p = tiny_params(runs=("darts",))
-    p["teacher"]["train"]["epochs"] = 3
-    p["search"]["epochs"] = 3
+    p = kill_test_params()
     for section, values in overrides.items():
         p[section].update(values)
     tmp.mkdir(parents=True, exist_ok=True)
@@ -117,9 +115,8 @@ def test_teacher_killed_mid_epoch_resumes_bit_exact_and_continues_its_mlflow_run
 
 
 @pytest.mark.slow
-def test_search_killed_mid_epoch_resumes_bit_exact(tmp_path):
-    ref = _project(tmp_path / "ref")
-    assert _rnas(ref, "search", "--run", "darts", "--seed", "0").returncode == 0
+def test_search_killed_mid_epoch_resumes_bit_exact(tmp_path, darts_search_reference):
+    ref = darts_search_reference
     proj = _project(tmp_path / "killed")
     killed = _rnas(proj, "search", "--run", "darts", "--seed", "0", kill_at=25)  # 20 steps/epoch
     assert killed.returncode == -signal.SIGKILL

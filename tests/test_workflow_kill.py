@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, tiny_params
+from conftest import ROOT, kill_test_params
 from rnas.config import load_params
 from rnas.pipeline import dvc_yaml
 
@@ -31,8 +31,7 @@ def _env() -> dict:
 
 
 def _project(path: Path) -> Path:
-    p = tiny_params(runs=("darts",))
-    p["search"]["epochs"] = 3
+    p = kill_test_params()
     path.mkdir(parents=True)
     (path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     return path
@@ -62,9 +61,8 @@ def _same_search_outputs(a: Path, b: Path) -> None:
             (b / "results/digits/darts/seed0" / name).read_text(), name
 
 
-def test_snakemake_killed_mid_search_finishes_from_the_checkpoint(tmp_path):
-    ref = _project(tmp_path / "ref")
-    assert _snakemake(ref, "--cores", "1", TARGET).returncode == 0
+def test_snakemake_killed_mid_search_finishes_from_the_checkpoint(tmp_path, darts_search_reference):
+    ref = darts_search_reference
     proj = _project(tmp_path / "killed")
     _kill_group_when_checkpointed([str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"),
                                    "--cores", "1", TARGET], proj)
@@ -74,9 +72,8 @@ def test_snakemake_killed_mid_search_finishes_from_the_checkpoint(tmp_path):
     _same_search_outputs(ref, proj)
 
 
-def test_dvc_killed_mid_search_finishes_from_the_checkpoint(tmp_path):
-    ref = _project(tmp_path / "ref")
-    assert _snakemake(ref, "--cores", "1", TARGET).returncode == 0
+def test_dvc_killed_mid_search_finishes_from_the_checkpoint(tmp_path, darts_search_reference):
+    ref = darts_search_reference
     proj = _project(tmp_path / "dvc")
     (proj / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml(load_params(proj / "params.yaml")), sort_keys=False))
     for cmd in (["init", "--no-scm", "-q"], ["config", "core.analytics", "false"]):

@@ -146,7 +146,7 @@ class BilevelMethod(SearchMethod):
             grads = torch.autograd.grad(a_loss, net.arch_parameters(), allow_unused=True)
             for p, g in zip(net.arch_parameters(), grads):
                 p.grad = g
-            arch_metrics = {"arch_loss": float(a_loss), **arch_metrics}
+            arch_metrics = {"arch_loss": float(a_loss.detach()), **arch_metrics}
         self.a_opt.step()
         return {**self.weight_step(batch_w, progress), **arch_metrics}
 
