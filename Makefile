@@ -14,7 +14,7 @@ SHELL := bash
 # pip's notes about this machine's unused local package folders are filtered; its errors are not.
 QUIET := 2>&1 | { grep -v "is ignored: it is neither" || true; }
 
-.PHONY: setup browser run test test-fast dvc bench mlflow clean-results
+.PHONY: setup browser run test test-slurm test-fast dvc bench mlflow clean-results
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ browser:
 
 test: setup browser
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q
+
+# The real single-node SLURM test (installs slurm-wlm and munge; ~10 minutes).
+test-slurm: setup
+	RNAS_TEST_SLURM=1 OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests/test_slurm.py
 
 test-fast: setup
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -m "not slow"

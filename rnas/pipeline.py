@@ -12,7 +12,8 @@ from rnas import paths
 from rnas.config import Params, SearchConfig
 from rnas.runs import resolve_run
 
-RUNTIME_KEYS = ("pipeline.device", "pipeline.threads", "pipeline.deterministic", "pipeline.channels_last")
+RUNTIME_KEYS = ("pipeline.device", "pipeline.threads", "pipeline.deterministic", "pipeline.channels_last",
+                "pipeline.amp", "pipeline.compile")
 TEACHER_KEYS = ("pipeline.teacher_checkpoint",)  # read by stages that load the teacher (paths.distill_teacher)
 SEARCH_COMMON = tuple(f"search.{f.name}" for f in dataclasses.fields(SearchConfig) if f.name != "methods")
 

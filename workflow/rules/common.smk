@@ -27,6 +27,7 @@ TEACHER_MODEL = str(paths.teacher_model(P))
 RUNS = list(P.pipeline.runs)
 SEEDS = list(P.pipeline.seeds)
 SPECS = {run: resolve_run(run) for run in RUNS}
+GPUS = 1 if P.pipeline.device == "cuda" else 0  # the SLURM executor turns it into --gpus
 SEARCHED = [r for r, s in SPECS.items() if s.arch_from is None]
 TUTOR_RUNS = [r for r in SEARCHED if SPECS[r].space == "cell" and SPECS[r].distill]  # + tutors.json
 CELL_RUNS = [r for r in SEARCHED if SPECS[r].space == "cell" and r not in TUTOR_RUNS]

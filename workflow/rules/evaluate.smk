@@ -12,6 +12,7 @@ rule evaluate:
     threads: P.pipeline.threads
     resources:
         mem_mb=4000,
+        gpu=GPUS,
         runtime=120,
     shell:
         "{RNAS} evaluate {PFLAG} --run {wildcards.run} --seed {wildcards.seed} > {log} 2>&1"
@@ -31,6 +32,7 @@ rule evaluate_teacher:
     threads: P.pipeline.threads
     resources:
         mem_mb=4000,
+        gpu=GPUS,
         runtime=120,
     shell:
         "{RNAS} evaluate {PFLAG} --run teacher > {log} 2>&1"

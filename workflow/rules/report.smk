@@ -2,6 +2,10 @@ from rnas.pipeline import eval_targets
 from rnas.report.curves import curve_files
 
 
+localrules:
+    report,
+
+
 rule report:
     input:
         eval_targets(P),

@@ -13,6 +13,7 @@ rule retrain:
     threads: P.pipeline.threads
     resources:
         mem_mb=4000,
+        gpu=GPUS,
         runtime=240,
     shell:
         "{RNAS} retrain {PFLAG} --run {wildcards.run} --seed {wildcards.seed} > {log} 2>&1"

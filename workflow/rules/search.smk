@@ -19,6 +19,7 @@ rule search_cell:
     threads: P.pipeline.threads
     resources:
         mem_mb=4000,
+        gpu=GPUS,
         runtime=120,
     shell:
         "{RNAS} search {PFLAG} --run {wildcards.run} --seed {wildcards.seed} > {log} 2>&1"
@@ -42,6 +43,7 @@ rule search_cell_tutors:
     threads: P.pipeline.threads
     resources:
         mem_mb=4000,
+        gpu=GPUS,
         runtime=120,
     shell:
         "{RNAS} search {PFLAG} --run {wildcards.run} --seed {wildcards.seed} > {log} 2>&1"
@@ -64,6 +66,7 @@ rule search_width:
     threads: P.pipeline.threads
     resources:
         mem_mb=4000,
+        gpu=GPUS,
         runtime=120,
     shell:
         "{RNAS} search {PFLAG} --run {wildcards.run} --seed {wildcards.seed} > {log} 2>&1"

@@ -11,6 +11,7 @@ rule teacher:
     threads: P.pipeline.threads
     resources:
         mem_mb=4000,
+        gpu=GPUS,
         runtime=60,
     shell:
         "{RNAS} teacher {PFLAG} > {log} 2>&1"
