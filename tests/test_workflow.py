@@ -117,9 +117,9 @@ def test_tiny_pipeline_end_to_end_with_both_runners(tiny_project, tmp_path_facto
     for rel in ("darts/seed0/genotype.json", "random/seed0/genotype.json", "darts/seed0/eval.json"):
         a = json.loads((results / rel).read_text())
         b = json.loads((other / "results" / "digits" / rel).read_text())
-        if rel.endswith("eval.json"):
-            for k in ("eval_seconds", "attack_seconds"):
-                a.pop(k, None), b.pop(k, None)
+        if rel.endswith("eval.json"):  # wall-clock timings differ between any two runs
+            a = {k: v for k, v in a.items() if not k.endswith("_seconds")}
+            b = {k: v for k, v in b.items() if not k.endswith("_seconds")}
         assert a == b, rel
     again = _run([str(BIN / "dvc"), "repro"], cwd=other)
     assert "Running stage" not in again.stdout, again.stdout[-1500:]
