@@ -6,11 +6,35 @@ import os
 import shutil
 from pathlib import Path
 
+import dataclasses
+
 import pytest
+import torch
 import yaml
+
+from rnas.data import Splits, TensorPair, get_info
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is fastest, and robust to a busy 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_splits(n_train: int = 32, n_val: int = 16) -> Splits:
+    g = torch.Generator().manual_seed(123)
+    info = dataclasses.replace(get_info("digits"), image_size=8)
+
+    def pair(n: int) -> TensorPair:
+        return TensorPair(torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+    return Splits(train=pair(n_train), val=pair(n_val), test=pair(n_val), info=info)
 
 
 def tiny_params(runs=("darts", "random")) -> dict:

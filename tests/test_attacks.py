@@ -67,15 +67,6 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 100)
     return model.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and robust to a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def setup(_one_thread) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)

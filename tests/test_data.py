@@ -27,15 +27,6 @@ from rnas.data import (
 TORCHVISION_SETS = ["mnist", "fashion_mnist", "cifar10", "cifar100", "svhn"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is fastest and avoids thread-pool start-up costs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _row_counter(*tensors: torch.Tensor) -> Counter:
     """Multiset of examples (rows as bytes): equal counters <=> the same examples."""
     counter: Counter = Counter()

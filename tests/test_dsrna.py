@@ -10,6 +10,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
+
+from conftest import tiny_splits
 import torch
 import torch.nn.functional as F
 import yaml
@@ -33,30 +35,12 @@ torch.set_num_threads(1)
 RUNS = ("dsrna_cb", "dsrna_jacobian", "dsrna_combined")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_params(epochs: int = 1, **dsrna):
     return params_from_dict({
         "pipeline": {"progress": False, "channels_last": False},
         "search": {"epochs": epochs, "batch_size": 8, "init_channels": 4, "layers": 2, "nodes": 2,
                    "methods": {"dsrna": dsrna}},
     })
-
-
-def tiny_splits(n_train: int = 32, n_val: int = 16) -> Splits:
-    g = torch.Generator().manual_seed(123)
-    info = dataclasses.replace(get_info("digits"), image_size=8)
-
-    def pair(n: int) -> TensorPair:
-        return TensorPair(torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g))
-
-    return Splits(train=pair(n_train), val=pair(n_val), test=pair(n_val), info=info)
 
 
 def supernet_and_batch():

@@ -20,15 +20,6 @@ from rnas.models import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is fastest and avoids thread-pool start-up costs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # Tiny sizes: every family builds, runs forward and backward in well under a second.
 TINY: dict[str, dict] = {
     "small_cnn": {"width": 8, "depth": 3},

@@ -10,6 +10,8 @@ import math
 from collections.abc import Iterator
 
 import pytest
+
+from conftest import tiny_splits
 import torch
 
 import rnas.evaluation.attacks as attacks
@@ -36,30 +38,12 @@ torch.set_num_threads(1)
 DIVERGENCES = ("kl", "js", "l2", "features")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_params(epochs: int = 1, unrolled: bool = False, **rnas):
     return params_from_dict({
         "pipeline": {"progress": False, "channels_last": False},
         "search": {"epochs": epochs, "batch_size": 8, "init_channels": 4, "layers": 2, "nodes": 2,
                    "unrolled": unrolled, "methods": {"rnas": rnas}},
     })
-
-
-def tiny_splits(n_train: int = 32, n_val: int = 16) -> Splits:
-    g = torch.Generator().manual_seed(123)
-    info = dataclasses.replace(get_info("digits"), image_size=8)
-
-    def pair(n: int) -> TensorPair:
-        return TensorPair(torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g))
-
-    return Splits(train=pair(n_train), val=pair(n_val), test=pair(n_val), info=info)
 
 
 def search(run: str, params, splits: Splits, seed: int = 0, resume: ResumeState | None = None):
