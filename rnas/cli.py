@@ -28,18 +28,29 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``command``, only that subcommand's stage module is imported for
+    its arguments (the others keep their help line), so a stage does not pay for importing
+    every other stage (matplotlib, AutoAttack, ...) at start-up."""
     parser = argparse.ArgumentParser(prog="rnas", description="Robust neural architecture search pipeline")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
-        importlib.import_module(f"rnas.stages.{module}").add_arguments(p)
+        if command is None or name == command:
+            importlib.import_module(f"rnas.stages.{module}").add_arguments(p)
     return parser
 
 
+def requested_command(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (its first non-option word), if it is a known one."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(requested_command(argv)).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from rnas.checkpoint import CheckpointError

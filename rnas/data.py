@@ -23,10 +23,12 @@ is cached on disk.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -129,16 +131,34 @@ class Splits:
 # --------------------------------------------------------------------------------------------
 
 
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as (images (1797, 8, 8) in 0..16, labels (1797,)).
+
+    Read straight from the file scikit-learn ships (``sklearn/datasets/data/digits.csv.gz``,
+    the one ``load_digits`` parses: 64 pixel columns then the label), found without importing
+    scikit-learn, whose import costs ~1 s of every stage's start-up. Falls back to
+    ``sklearn.datasets.load_digits`` where the file is not at that place."""
+    spec = importlib.util.find_spec("sklearn")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in locations:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            data = np.loadtxt(path, delimiter=",", dtype=np.float64)  # (1797, 65)
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images, bunch.target
+
+
 def _load_digits(
     root: Path, download: bool, image_size: int, test_fraction: float
 ) -> tuple[TensorPair, TensorPair]:
     """scikit-learn's digits: values 0..16 -> [0, 1], bilinear upsampling to ``image_size``."""
     del root, download  # bundled with scikit-learn
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = torch.as_tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)  # (N, 1, 8, 8)
-    y = torch.as_tensor(bunch.target, dtype=torch.int64)  # (N,)
+    images, target = digits_arrays()
+    x = torch.as_tensor(images, dtype=torch.float32).div_(16.0).unsqueeze(1)  # (N, 1, 8, 8)
+    y = torch.as_tensor(target, dtype=torch.int64)  # (N,)
     if image_size != x.shape[-1]:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
     x = x.clamp_(0.0, 1.0).contiguous()  # (N, 1, image_size, image_size)

@@ -24,38 +24,91 @@ PRIMITIVES: tuple[str, ...] = (
 )
 
 
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 ``nn.Conv2d`` (same parameters, same result up to float rounding) that runs as one
+    matrix product on the CPU: out[b] = W · x[b] with x[b] viewed as (C_in, H·W).
+
+    oneDNN's convolution has a fixed cost of ~50 µs per call, which dominates at the channel
+    counts and map sizes of the search and of the small digits networks; the matmul is ~2x
+    faster forward + backward there (benchmarks/README.md). NCHW and channels_last inputs each
+    get their layout's product (the output keeps the input's memory format); a stride s reads
+    x[..., ::s, ::s] first. Other devices and padded or grouped convs run ``nn.Conv2d.forward``;
+    hooks and the bound propagation see an ordinary ``nn.Conv2d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.dim() != 4 or self.groups != 1 or self.padding != (0, 0)
+                or self.kernel_size != (1, 1) or self.stride[0] != self.stride[1]):
+            return super().forward(x)
+        s = self.stride[0]
+        if s > 1:
+            x = x[:, :, ::s, ::s]
+        b, c, h, w = x.shape
+        weight = self.weight.view(self.out_channels, c)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # NHWC: (B·H·W, C_in) @ (C_in, C_out), the result viewed back as channels_last NCHW
+            out = torch.matmul(x.permute(0, 2, 3, 1).reshape(b * h * w, c), weight.t())
+            if self.bias is not None:
+                out = out + self.bias
+            return out.view(b, h, w, self.out_channels).permute(0, 3, 1, 2)
+        out = torch.matmul(weight, x.reshape(b, c, h * w))  # (B, C_out, H·W)
+        if self.bias is not None:
+            out = out + self.bias.view(1, -1, 1)
+        return out.view(b, self.out_channels, h, w)
+
+
+def conv2d(c_in: int, c_out: int, kernel: int, **kwargs) -> nn.Conv2d:
+    """``nn.Conv2d``, or its :class:`PointwiseConv2d` fast path for a 1x1 kernel."""
+    return (PointwiseConv2d if kernel == 1 else nn.Conv2d)(c_in, c_out, kernel, **kwargs)
+
+
 class ReLUConvBN(nn.Sequential):
     """ReLU -> Conv(k, stride, padding) -> BN: the conv-bn-act unit of cells and preprocessing."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = True):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
+            conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
         )
 
 
 class DepthwiseConv2d(nn.Conv2d):
     """The depthwise conv of :class:`DilConv`: an ``nn.Conv2d`` (same parameters, same result)
-    with a fast path for stride = dilation = d > 1 and "same" padding p = d·(k−1)/2, i.e. the
-    stride-2 ``dil_conv`` edges of reduction cells.
+    with two fast paths for "same" padding p = d·(k−1)/2 and odd k.
 
+    *Subsampling*, for stride = dilation = d > 1: the stride-2 ``dil_conv`` edges of reduction
+    cells.
     Such a conv reads only every d-th pixel: out[i] = Σ_t w[t]·x[d·i + d·t − p]
     = Σ_t w[t]·x_d[i + t − p/d] with x_d = x[..., ::d, ::d], so it equals a stride-1,
     dilation-1 conv of the subsampled input with padding p/d (output size ⌈H/d⌉ both ways).
     CPU kernels for dilated depthwise convs are slow (forward + backward ~3-10x the subsampled
-    conv's at 32x32, benchmarks/README.md); every other setting runs ``nn.Conv2d.forward``
-    unchanged. Module hooks (MAC counting) and the bound propagation (which reads
-    stride/padding/dilation) see an ordinary ``nn.Conv2d``."""
+    conv's at 32x32, benchmarks/README.md).
+
+    *Cropping*, for stride 1 on a map smaller than the kernel's reach: a tap at offset d·t
+    (|t| ≤ (k−1)/2) reads only zero padding when d·|t| ≥ H, so the kernel is cropped to the taps
+    with d·|t| ≤ H − 1 (per axis) and the padding shrinks to match. A dil_conv_5x5 on the 2x2
+    maps of a digits network is then a 1x1 conv; CPU kernels spend most of their time on the
+    padding there (440 µs vs 55 µs per call).
+
+    Every other setting runs ``nn.Conv2d.forward`` unchanged. Module hooks (MAC counting) and
+    the bound propagation (which reads stride/padding/dilation) see an ordinary ``nn.Conv2d``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, d = self.kernel_size[0], self.dilation[0]
-        subsample = (d > 1 and self.stride == self.dilation and self.dilation[1] == d
-                     and self.kernel_size[1] == k and k % 2 == 1 and self.padding_mode == "zeros"
-                     and self.padding == (d * (k - 1) // 2,) * 2)
-        if not subsample:
+        (k, k1), (d, d1) = self.kernel_size, self.dilation
+        same = (k == k1 and d == d1 and k % 2 == 1 and self.padding_mode == "zeros"
+                and self.padding == (d * (k - 1) // 2,) * 2 and self.stride[0] == self.stride[1])
+        if not same:
             return super().forward(x)
-        return nn.functional.conv2d(x[:, :, ::d, ::d], self.weight, self.bias, 1, (k - 1) // 2, 1, self.groups)
+        r = (k - 1) // 2  # taps on each side of the centre
+        if d > 1 and self.stride[0] == d:
+            return nn.functional.conv2d(x[:, :, ::d, ::d], self.weight, self.bias, 1, r, 1, self.groups)
+        if self.stride[0] == 1:
+            h, w = x.shape[-2:]
+            rh, rw = min(r, (h - 1) // d), min(r, (w - 1) // d)
+            if (rh, rw) != (r, r):
+                weight = self.weight[:, :, r - rh:r + rh + 1, r - rw:r + rw + 1]
+                return nn.functional.conv2d(x, weight, self.bias, 1, (d * rh, d * rw), d, self.groups)
+        return super().forward(x)
 
 
 class AvgPool2d(nn.AvgPool2d):
@@ -88,7 +141,7 @@ class DilConv(nn.Sequential):
             nn.ReLU(inplace=False),
             DepthwiseConv2d(c_in, c_in, kernel, stride=stride, padding=padding, dilation=dilation,
                             groups=c_in, bias=False),
-            nn.Conv2d(c_in, c_out, 1, bias=False),
+            PointwiseConv2d(c_in, c_out, 1, bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
         )
 
@@ -137,8 +190,8 @@ class FactorizedReduce(nn.Module):
         if c_out % 2:
             raise ValueError(f"FactorizedReduce needs an even channel count, got {c_out}")
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
+        self.conv_1 = PointwiseConv2d(c_in, c_out // 2, 1, stride=2, bias=False)
+        self.conv_2 = PointwiseConv2d(c_in, c_out // 2, 1, stride=2, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

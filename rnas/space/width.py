@@ -48,6 +48,7 @@ from rnas.models.normalize import Normalize
 from rnas.space.genotype import GenotypeError
 from rnas.space.gumbel import gumbel_softmax, one_hot_argmax
 from rnas.space.network import cell_normalization
+from rnas.space.ops import conv2d
 
 STEM_KERNEL = 3  # the stem is a 3x3 conv at stride 1, as in the DARTS networks
 
@@ -90,7 +91,7 @@ class ConvBNAct(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False)
+        self.conv = conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(c_out)
         self.act = nn.ReLU(inplace=False) if act else nn.Identity()
 
