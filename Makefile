@@ -14,7 +14,7 @@ SHELL := bash
 # pip's notes about this machine's unused local package folders are filtered; its errors are not.
 QUIET := 2>&1 | { grep -v "is ignored: it is neither" || true; }
 
-.PHONY: setup browser run test test-slurm test-fast dvc bench mlflow clean-results
+.PHONY: setup browser slurm run run-full test test-slurm test-fast dvc bench mlflow clean-results
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ run: setup
 	snakemake --cores $(CORES)
 	@echo "report: results/report.md (and results/report.html if present)"
 
+# Every run on digits (variants, ablations, the LRNAS budget sweep); reuses what `make run` made.
+run-full: setup
+	RNAS_PARAMS=configs/digits_full.yaml snakemake --cores $(CORES)
+	@echo "report: results/report.md (and results/report.html if present)"
+
 # Headless Chromium for the report screenshot test (Debian's package; the test skips with a
 # reason where it cannot be installed).
 browser:
@@ -36,12 +41,17 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium not installed: the HTML screenshot test will skip"; }
 
-test: setup browser
+# Debian's slurm-wlm and munge plus the executor plugin (.[slurm]) for the real single-node
+# SLURM test; where they cannot be installed the test skips and prints why.
+slurm: setup
+	PYTHON=$(BIN)/python bash tests/slurm/setup.sh >/dev/null || echo "slurm-wlm not installed: the SLURM test will skip"
+
+test: setup browser slurm
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q
 
-# The real single-node SLURM test (installs slurm-wlm and munge; ~10 minutes).
-test-slurm: setup
-	RNAS_TEST_SLURM=1 OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests/test_slurm.py
+# Only the real single-node SLURM run of the tiny pipeline.
+test-slurm: setup slurm
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests/test_slurm.py
 
 test-fast: setup
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -m "not slow"

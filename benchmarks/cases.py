@@ -359,6 +359,33 @@ def _dilconv_workload(stride: int, kernel: int, variant: str, env: Env, quick: b
     return Workload(run, images=batch)
 
 
+def _small_map_workload(op_name: str, channels: int, size: int, variant: str, env: Env, quick: bool) -> Workload:
+    """Forward + backward of one op at the map sizes of the digits networks (8x8 down to 2x2),
+    batch 100 (the evaluation's examples), channels-last: where oneDNN's ~50 µs per-call cost,
+    not arithmetic, sets the time."""
+    from rnas.space.ops import PointwiseConv2d, make_op
+
+    _configure(variant, env, amp=False)
+    torch.manual_seed(0)
+    if op_name == "conv_1x1":
+        op = nn.Sequential(nn.ReLU(), PointwiseConv2d(channels, channels, 1, bias=False))
+    else:
+        op = make_op(op_name, channels, 1, affine=True)
+    if variant == "before":
+        plain_kernels(op)
+    op = _place(op, env.device, True).eval()
+    batch = 20 if quick else 100
+    x, _ = _data(batch, channels, size, 10, 6, env.device)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+
+    def run() -> float:
+        x.grad = None
+        op(x).square().mean().backward()
+        return float(x.grad.abs().sum())
+
+    return Workload(run, images=batch)
+
+
 def _avgpool_workload(variant: str, env: Env, quick: bool) -> Workload:
     """Forward + backward of the ``avg_pool_3x3`` op (+ its BN) on the paper supernet's first
     cells' edges: C=16, 32x32, batch 64, channels-last."""
@@ -444,6 +471,12 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("ablate_dilconv_s2_5x5", "ablation", "dil_conv_5x5 stride 2: dilated kernel -> subsampled conv "
          "(C=32, 32x32, batch 64, fwd+bwd)",
          lambda v, e: _dilconv_workload(2, 5, v, e, e.quick), variants=ABLATION_VARIANTS),
+    Case("ablate_pointwise", "ablation", "1x1 conv (+ReLU): oneDNN conv -> one matmul "
+         "(C=8, 8x8 digits map, batch 100, fwd+bwd)",
+         lambda v, e: _small_map_workload("conv_1x1", 8, 8, v, e, e.quick), variants=ABLATION_VARIANTS),
+    Case("ablate_dilconv_crop", "ablation", "dil_conv_5x5 stride 1 on a 2x2 map: full kernel -> the taps "
+         "that reach the map (C=32, batch 100, fwd+bwd)",
+         lambda v, e: _small_map_workload("dil_conv_5x5", 32, 2, v, e, e.quick), variants=ABLATION_VARIANTS),
     Case("ablate_avgpool", "ablation", "avg_pool_3x3 (+BN): pooling kernel -> ones-kernel depthwise conv / "
          "window count (C=16, 32x32, batch 64, fwd+bwd)",
          lambda v, e: _avgpool_workload(v, e, e.quick), variants=ABLATION_VARIANTS),

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnas.space.ops import AvgPool2d, DepthwiseConv2d, DilConv, SepConv
+from rnas.space.ops import AvgPool2d, DepthwiseConv2d, DilConv, PointwiseConv2d, SepConv
 from rnas.space.supernet import MixedOp, SearchCell, Supernet
 
 
@@ -35,10 +35,11 @@ def naive_op(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def plain_kernels(model: nn.Module) -> nn.Module:
-    """Give every :class:`rnas.space.ops.DepthwiseConv2d` and :class:`rnas.space.ops.AvgPool2d`
-    of ``model`` the plain ``nn.Conv2d`` / ``nn.AvgPool2d`` kernel back (in place)."""
+    """Give every :class:`rnas.space.ops.DepthwiseConv2d`, :class:`rnas.space.ops.PointwiseConv2d`
+    and :class:`rnas.space.ops.AvgPool2d` of ``model`` the plain ``nn.Conv2d`` / ``nn.AvgPool2d``
+    kernel back (in place)."""
     for m in model.modules():
-        if isinstance(m, DepthwiseConv2d):
+        if isinstance(m, (DepthwiseConv2d, PointwiseConv2d)):
             m.forward = types.MethodType(nn.Conv2d.forward, m)
         elif isinstance(m, AvgPool2d):
             m.forward = types.MethodType(nn.AvgPool2d.forward, m)

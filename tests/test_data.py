@@ -19,6 +19,7 @@ from rnas.data import (
     DatasetNotFoundError,
     TensorPair,
     UnknownDatasetError,
+    digits_arrays,
     iterate_batches,
     load_splits,
     split_half,
@@ -60,6 +61,22 @@ def test_registry_entries() -> None:
     assert DATASETS["mnist"].default_epsilon == pytest.approx(0.3)
     assert DATASETS["cifar100"].num_classes == 100
     assert DATASETS["svhn"].input_channels == 3 and DATASETS["digits"].input_channels == 1
+
+
+def test_digits_file_reader_equals_sklearn_load_digits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The direct read of scikit-learn's digits.csv.gz gives load_digits' arrays; where the file
+    is not found it falls back to load_digits itself."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images, target = digits_arrays()
+    assert images.shape == (1797, 8, 8) and target.dtype == np.int64
+    np.testing.assert_array_equal(images, bunch.images)
+    np.testing.assert_array_equal(target, bunch.target)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    images2, target2 = digits_arrays()
+    np.testing.assert_array_equal(images2, bunch.images)
+    np.testing.assert_array_equal(target2, bunch.target)
 
 
 def test_digits_shapes_dtypes_range_and_partition() -> None:

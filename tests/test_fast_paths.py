@@ -1,7 +1,8 @@
 """Issue 9's fast paths compute exactly what the straightforward code computes.
 
 The supernet's fused mixed op (one ReLU per state, no `none` op, in-place accumulation,
-channels-last PC-DARTS shuffle), the subsampled stride-2 dilated conv and the CUDA-only
+channels-last PC-DARTS shuffle), the subsampled stride-2 dilated conv, the kernel cropped to
+the taps that reach a small map, the 1x1 conv as a matrix product, and the CUDA-only
 options of rnas.runtime (refused with a warning on CPU). The reference is the direct
 implementation in benchmarks/reference.py, which the benchmarks time against.
 """
@@ -20,7 +21,7 @@ from torch import nn
 from conftest import ROOT
 from rnas.config import ParamsError, params_from_dict
 from rnas.runtime import acceleration, autocast, configure_acceleration, place_model
-from rnas.space.ops import DepthwiseConv2d, DilConv
+from rnas.space.ops import DepthwiseConv2d, DilConv, PointwiseConv2d
 from rnas.space.supernet import Supernet, channel_shuffle
 
 torch.set_num_threads(1)
@@ -35,7 +36,7 @@ def _reference():
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("kernel,dilation", [(3, 1), (5, 1), (3, 2), (5, 2)])
-@pytest.mark.parametrize("size", [7, 8])
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7, 8])  # 1..4: the cropped kernels (digits' 2x2 and 4x4 maps)
 def test_depthwise_conv_equals_nn_conv2d(stride, kernel, dilation, size):
     torch.manual_seed(0)
     m = DepthwiseConv2d(4, 4, kernel, stride=stride, padding=dilation * (kernel - 1) // 2, dilation=dilation,
@@ -47,6 +48,26 @@ def test_depthwise_conv_equals_nn_conv2d(stride, kernel, dilation, size):
     g_fast = torch.autograd.grad(fast.square().sum(), (x, m.weight))
     g_plain = torch.autograd.grad(plain.square().sum(), (x, m.weight))
     for a, b in zip(g_fast, g_plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_pointwise_conv_equals_nn_conv2d(stride, channels_last, bias):
+    torch.manual_seed(0)
+    m = PointwiseConv2d(5, 7, 1, stride=stride, bias=bias)
+    x = torch.rand(3, 5, 7, 6)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    fast, plain = m(x), nn.Conv2d.forward(m, x)
+    assert fast.shape == plain.shape
+    if stride == 1:  # the output keeps the input's memory format
+        assert fast.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.testing.assert_close(fast, plain, atol=1e-6, rtol=1e-5)
+    wrt = (x, m.weight) + ((m.bias,) if bias else ())
+    for a, b in zip(torch.autograd.grad(fast.square().sum(), wrt), torch.autograd.grad(plain.square().sum(), wrt)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 

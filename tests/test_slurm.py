@@ -23,10 +23,7 @@ from conftest import ROOT, tiny_params
 
 pytestmark = [
     pytest.mark.slow,
-    # About 10 minutes plus an apt install: more than `make test`'s budget, so it runs with
-    # `make test-slurm` (RNAS_TEST_SLURM=1), not in the default suite.
-    pytest.mark.skipif(os.environ.get("RNAS_TEST_SLURM") != "1",
-                       reason="SLURM end-to-end test is opt-in: run `make test-slurm` (RNAS_TEST_SLURM=1)"),
+    pytest.mark.skipif(os.environ.get("RNAS_SKIP_SLURM") == "1", reason="RNAS_SKIP_SLURM=1 is set"),
 ]
 
 BIN = Path(sys.executable).parent
@@ -65,7 +62,7 @@ def test_tiny_pipeline_runs_through_the_slurm_profile(tmp_path: Path):
     cluster = _cluster_module()
     project = tmp_path / "project"
     project.mkdir()
-    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(runs=("darts",)), sort_keys=False))
     slurm = cluster.LocalSlurm(tmp_path / "slurm", cpus=2)
     try:
         slurm.start()
@@ -89,7 +86,7 @@ def test_tiny_pipeline_runs_through_the_slurm_profile(tmp_path: Path):
         assert out.returncode == 0, f"snakemake through SLURM failed:\n{text[-4000:]}\n{slurm.logs()}"
         assert (project / "results" / "report.md").is_file()
         report = (project / "results" / "report.md").read_text()
-        for run in ("teacher", "darts", "random"):
+        for run in ("teacher", "darts"):
             assert f"| {run} |" in report
 
         # SLURM ran the jobs: squeue still lists the finished ones, the completion log has them all.
@@ -98,9 +95,9 @@ def test_tiny_pipeline_runs_through_the_slurm_profile(tmp_path: Path):
         completed = [line for line in queue if line.endswith("|COMPLETED")]
         jobcomp = (tmp_path / "slurm" / "jobcomp.txt").read_text()
         comp_ok = jobcomp.count("JobState=COMPLETED")
-        # teacher, evaluate_teacher, 2 searches, 2 retrains, 2 evaluations (the report runs locally)
-        assert len(completed) >= 8, f"squeue saw {queue}\n{text[-2000:]}"
-        assert comp_ok >= 8, jobcomp[-2000:]
+        # teacher, evaluate_teacher, search, retrain, evaluate (the report runs locally)
+        assert len(completed) >= 5, f"squeue saw {queue}\n{text[-2000:]}"
+        assert comp_ok >= 5, jobcomp[-2000:]
         assert "JobState=FAILED" not in jobcomp
         logs = list((tmp_path / "slurm_logs").rglob("*.log"))
         assert any("search_cell" in str(p) for p in logs), logs
