@@ -15,6 +15,10 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Every evaluation is a target besides the report: the report's outputs (one cell drawing per
+# run) change with pipeline.runs, and Snakemake gives a job whose output set changed no
+# provenance, so an added run would otherwise leave the old report "up to date".
 rule all:
     input:
         REPORT,
+        eval_targets(P),

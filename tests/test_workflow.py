@@ -108,6 +108,18 @@ def test_tiny_pipeline_end_to_end_with_both_runners(tiny_project, tmp_path_facto
     # second run: nothing to do (cached)
     again = _snakemake(tiny_project, "--cores", "2")
     assert "Nothing to be done" in again.stdout + again.stderr
+    # an added run: its three jobs and the report (whose outputs gain a cell drawing) are planned
+    p = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    p["pipeline"]["runs"].append("dsrna_jacobian")
+    added = tiny_project / "params_added.yaml"
+    added.write_text(yaml.safe_dump(p, sort_keys=False))
+    env = dict(_env(), RNAS_PARAMS=str(added))
+    dry = subprocess.run([str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "-n"], cwd=tiny_project,
+                         env=env, capture_output=True, text=True, timeout=300)
+    stats = dry.stdout.split("Job stats:")[-1]
+    planned = {line.split()[0]: int(line.split()[1]) for line in stats.splitlines()
+               if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert planned == {"search_cell": 1, "retrain": 1, "evaluate": 1, "report": 1, "all": 1, "total": 5}, dry.stdout
 
     # dvc repro in a fresh copy produces the same files
     other = tmp_path_factory.mktemp("dvc")

@@ -35,9 +35,27 @@ SEARCH_CURVES: tuple[tuple[str, str], ...] = (
 )
 
 
-def _colors(rows: list[RunRow]) -> dict[str, str]:
+MARKERS = ("o", "^", "D", "v", "P", "X")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def _styles(rows: list[RunRow]) -> dict[str, dict]:
+    """One colour per method and, within a method, one marker and line style per run, so the
+    14 runs of the full profile stay apart (tab10 alone repeats after ten) and a method's
+    variants and ablations read as one family. The teacher reference is dark grey and dashed."""
     cmap = plt.get_cmap("tab10")
-    return {row.run: ("#444444" if row.reference else cmap(i % 10)) for i, row in enumerate(rows)}
+    methods: dict[str, int] = {}
+    per_method: dict[str, int] = {}
+    styles = {}
+    for row in rows:
+        if row.reference:
+            styles[row.run] = dict(color="#444444", marker="s", linestyle="--")
+            continue
+        colour = methods.setdefault(row.method, len(methods))
+        k = per_method[row.method] = per_method.get(row.method, -1) + 1
+        styles[row.run] = dict(color=cmap(colour % 10), marker=MARKERS[k % len(MARKERS)],
+                               linestyle=LINESTYLES[k % len(LINESTYLES)])
+    return styles
 
 
 def _empty(path: Path, title: str, message: str) -> Path:
@@ -69,18 +87,16 @@ def plot_eps_sweep(rows: list[RunRow], path: str | Path, epsilon: float | None =
             curves.append((row, sorted(by_eps.items())))
     if not curves:
         return _empty(path, title, "no ε sweep in any eval.json")
-    colors = _colors(rows)
+    styles = _styles(rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for row, points in curves:
         xs = [e for e, _ in points]
         mean = [100 * statistics.mean(v) for _, v in points]
-        style = dict(color=colors[row.run], lw=2, marker="o", ms=4)
-        if row.reference:
-            style.update(linestyle="--", lw=1.5)
+        style = dict(styles[row.run], lw=1.5 if row.reference else 1.8, ms=4)
         ax.plot(xs, mean, label=row.run + (" (reference)" if row.reference else ""), **style)
         if any(len(v) > 1 for _, v in points):
             ax.fill_between(xs, [100 * min(v) for _, v in points], [100 * max(v) for _, v in points],
-                            color=colors[row.run], alpha=0.15, lw=0)
+                            color=styles[row.run]["color"], alpha=0.15, lw=0)
     if epsilon is not None:
         ax.axvline(epsilon, color="#999999", lw=1, linestyle=":")
         ax.text(epsilon, 2, f" evaluation ε = {epsilon:g}", fontsize=8, color="#666666", va="bottom")
@@ -117,12 +133,12 @@ def plot_pareto(rows: list[RunRow], path: str | Path) -> Path:
     pts = [(row, p, a) for row, p, a in pts if p and a]
     if not pts:
         return _empty(path, title, f"no run has both params and {key}")
-    colors = _colors(rows)
+    styles = _styles(rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     xy = [(statistics.mean(p), 100 * statistics.mean(a)) for _, p, a in pts]
     for (row, p, a), (x, y) in zip(pts, xy):
         err = 100 * statistics.stdev(a) if len(a) > 1 else 0.0
-        ax.errorbar(x, y, yerr=err or None, fmt="s" if row.reference else "o", ms=8, color=colors[row.run],
+        ax.errorbar(x, y, yerr=err or None, fmt=styles[row.run]["marker"], ms=8, color=styles[row.run]["color"],
                     capsize=3, zorder=3)
         ax.annotate(row.run, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
     front = pareto_front(xy)
@@ -152,7 +168,7 @@ def plot_search_curves(rows: list[RunRow], path: str | Path) -> Path:
     keys = [(k, lab) for k, lab in SEARCH_CURVES if any(k in h for _, _, hist in series for h in hist)]
     if not keys:
         return _empty(path, title, "no search history (no run searched with the search loop)")
-    colors = _colors(rows)
+    styles = _styles(rows)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
     multi_seed = len({seed for _, seed, _ in series}) > 1
     for ax, (key, lab) in zip(axes[0], keys):
@@ -161,8 +177,8 @@ def plot_search_curves(rows: list[RunRow], path: str | Path) -> Path:
             if not pts:
                 continue
             scale = 100 if key.endswith("_acc") else 1
-            ax.plot([e for e, _ in pts], [scale * v for _, v in pts], marker="o", ms=3, lw=1.6,
-                    color=colors[row.run], label=row.run + (f" s{seed}" if multi_seed else ""))
+            ax.plot([e for e, _ in pts], [scale * v for _, v in pts], ms=3, lw=1.6, **styles[row.run],
+                    label=row.run + (f" s{seed}" if multi_seed else ""))
         if key.startswith("alpha_entropy"):  # absolute scale: 0 = one op per edge, ln K = uniform α
             h_max = math.log(len(PRIMITIVES))
             ax.axhline(h_max, color="#999999", lw=1, linestyle=":")
