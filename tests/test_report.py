@@ -270,3 +270,17 @@ def test_dvc_curves_match_their_declaration(report):
     # the dataclass knobs the report shows exist in the evaluate config
     assert {"sanity_large_epsilon", "sanity_square_queries"} <= {
         f.name for f in dataclasses.fields(type(params.evaluate))}
+
+
+def test_best_is_the_highest_passing_mean_and_none_for_a_tie():
+    from rnas.report.collect import RunRow, SeedResult
+    from rnas.report.table import _best
+
+    def row(run, acc, ok=True, reference=False):
+        return RunRow(run, run, "", reference=reference,
+                      results=[SeedResult(0, {"autoattack_acc": acc, "sanity": {"check": ok}})])
+
+    assert _best([row("a", 0.4), row("b", 0.5), row("t", 0.9, reference=True)], "autoattack_acc") == 0.5
+    assert _best([row("a", 0.4), row("b", 0.9, ok=False)], "autoattack_acc") == 0.4  # masked: never best
+    assert _best([row("a", 0.0), row("b", 0.0)], "autoattack_acc") is None  # all equal: no best
+    assert _best([row("a", 0.3)], "autoattack_acc") is None  # one searched run: nothing to compare

@@ -164,10 +164,13 @@ def sanity_cell(results: Sequence[SeedResult]) -> Cell:
 
 def _best(rows: Sequence[RunRow], key: str) -> float | None:
     """Highest mean among searched runs whose sanity checks all passed (a masked model's fake
-    robustness is never crowned)."""
+    robustness is never crowned); None when every such run has the same value (a column of
+    zeros, e.g. certified accuracy of networks not trained to be certified, has no best)."""
     searched = [row for row in rows if not row.reference and row.values(key)]
     means = [statistics.mean(row.values(key)) for row in searched if not sanity_counts(row.results)[2]]
-    return max(means) if len(searched) > 1 and means else None
+    if len(searched) < 2 or not means or (len(means) > 1 and all(math.isclose(m, means[0]) for m in means)):
+        return None
+    return max(means)
 
 
 def main_table(rows: Sequence[RunRow]) -> Table:
