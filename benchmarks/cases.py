@@ -336,19 +336,14 @@ def _bounds_workload(variant: str, env: Env) -> Workload:
 
 # -- ablations: one optimization off / on ----------------------------------------------------
 
-def _dilconv_workload(stride: int, kernel: int, variant: str, env: Env, quick: bool) -> Workload:
-    """Forward + backward of one ``dil_conv`` (ReLU, depthwise dilation-2 conv, 1x1 conv, BN)
-    at the paper supernet's first reduction cell: C=32, 32x32 input, batch 64, channels-last."""
-    from rnas.space.ops import DilConv
-
-    _configure(variant, env, amp=False)
-    torch.manual_seed(0)
-    op = DilConv(32, 32, kernel, stride, 2 * (kernel - 1) // 2, 2, affine=False)
+def _op_workload(op: nn.Module, variant: str, env: Env, batch: int, channels: int, size: int, data_seed: int,
+                 train: bool = True) -> Workload:
+    """Forward + backward of one op on a channels-last batch; the "before" variant gets the plain
+    ``nn.Conv2d`` / ``nn.AvgPool2d`` kernels back (:func:`plain_kernels`)."""
     if variant == "before":
         plain_kernels(op)
-    op = _place(op, env.device, True).train()
-    batch = 16 if quick else 64
-    x, _ = _data(batch, 32, 32, 10, 4, env.device)
+    op = _place(op, env.device, True).train(train)
+    x, _ = _data(batch, channels, size, 10, data_seed, env.device)
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
 
     def run() -> float:
@@ -357,6 +352,17 @@ def _dilconv_workload(stride: int, kernel: int, variant: str, env: Env, quick: b
         return float(x.grad.abs().sum())
 
     return Workload(run, images=batch)
+
+
+def _dilconv_workload(stride: int, kernel: int, variant: str, env: Env, quick: bool) -> Workload:
+    """Forward + backward of one ``dil_conv`` (ReLU, depthwise dilation-2 conv, 1x1 conv, BN)
+    at the paper supernet's first reduction cell: C=32, 32x32 input, batch 64, channels-last."""
+    from rnas.space.ops import DilConv
+
+    _configure(variant, env, amp=False)
+    torch.manual_seed(0)
+    op = DilConv(32, 32, kernel, stride, 2 * (kernel - 1) // 2, 2, affine=False)
+    return _op_workload(op, variant, env, 16 if quick else 64, 32, 32, data_seed=4)
 
 
 def _small_map_workload(op_name: str, channels: int, size: int, variant: str, env: Env, quick: bool) -> Workload:
@@ -371,19 +377,7 @@ def _small_map_workload(op_name: str, channels: int, size: int, variant: str, en
         op = nn.Sequential(nn.ReLU(), PointwiseConv2d(channels, channels, 1, bias=False))
     else:
         op = make_op(op_name, channels, 1, affine=True)
-    if variant == "before":
-        plain_kernels(op)
-    op = _place(op, env.device, True).eval()
-    batch = 20 if quick else 100
-    x, _ = _data(batch, channels, size, 10, 6, env.device)
-    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
-
-    def run() -> float:
-        x.grad = None
-        op(x).square().mean().backward()
-        return float(x.grad.abs().sum())
-
-    return Workload(run, images=batch)
+    return _op_workload(op, variant, env, 20 if quick else 100, channels, size, data_seed=6, train=False)
 
 
 def _avgpool_workload(variant: str, env: Env, quick: bool) -> Workload:
@@ -393,19 +387,7 @@ def _avgpool_workload(variant: str, env: Env, quick: bool) -> Workload:
 
     _configure(variant, env, amp=False)
     op = nn.Sequential(make_op("avg_pool_3x3", 16, 1, affine=False), nn.BatchNorm2d(16, affine=False))
-    if variant == "before":
-        plain_kernels(op)
-    op = _place(op, env.device, True).train()
-    batch = 16 if quick else 64
-    x, _ = _data(batch, 16, 32, 10, 5, env.device)
-    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
-
-    def run() -> float:
-        x.grad = None
-        op(x).square().mean().backward()
-        return float(x.grad.abs().sum())
-
-    return Workload(run, images=batch)
+    return _op_workload(op, variant, env, 16 if quick else 64, 16, 32, data_seed=5)
 
 
 def _amp_or_compile_workload(option: str, variant: str, env: Env) -> Workload:

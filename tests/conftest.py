@@ -37,6 +37,17 @@ def tiny_splits(n_train: int = 32, n_val: int = 16) -> Splits:
     return Splits(train=pair(n_train), val=pair(n_val), test=pair(n_val), info=info)
 
 
+def train_tiny(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 100) -> torch.nn.Module:
+    """Full-batch Adam (lr 1e-2) on cross-entropy for ``steps`` steps; gradients cleared, eval mode."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
 def tiny_params(runs=("darts", "random")) -> dict:
     """params.yaml scaled down to seconds: one epoch everywhere, 4 channels, 16 test examples."""
     p = yaml.safe_load((ROOT / "params.yaml").read_text())

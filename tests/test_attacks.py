@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import train_tiny
 from rnas.evaluation import attacks as A
 from rnas.evaluation.protocol import (
     PROTOCOL_ATTACKS,
@@ -57,23 +58,13 @@ def _tiny_net(batch_norm: bool = False) -> nn.Sequential:
     )
 
 
-def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 100) -> nn.Module:
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def setup(_one_thread) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     x_train, y_train = _data(512, generator)
     x_test, y_test = _data(24, generator)
-    model = _train(_tiny_net(), x_train, y_train)
+    model = train_tiny(_tiny_net(), x_train, y_train)
     return model, x_test, y_test
 
 
@@ -124,7 +115,7 @@ def test_pgd_attack_breaks_the_model_at_large_epsilon(setup):
 def test_pgd_attack_restores_mode_and_leaves_no_trace():
     generator = torch.Generator().manual_seed(1)
     x, y = _data(16, generator)
-    model = _train(_tiny_net(batch_norm=True), x, y, steps=5).train()
+    model = train_tiny(_tiny_net(batch_norm=True), x, y, steps=5).train()
     model[1].eval()  # mixed modes must come back exactly as they were
     before = _snapshot(model)
     with torch.no_grad():  # the trainer or the evaluator may call it under no_grad

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import train_tiny
 from rnas.evaluation.protocol import EvalSettings, evaluate_with_sanity, worst_case_flags
 from rnas.evaluation.sanity import (
     SANITY_CHECKS,
@@ -209,17 +210,6 @@ class SaturatedSoftmax(nn.Module):
         return torch.softmax(self.net(x) / self.temperature, dim=1)
 
 
-def _train(model: nn.Module, x, y, steps: int = 100) -> nn.Module:
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def trained():
     """One honest tiny net (trained once) and the 48 test examples every model is evaluated on."""
@@ -227,7 +217,7 @@ def trained():
     x_train, y_train = _data(256, gen)
     x_test, y_test = _data(48, gen)
     torch.manual_seed(0)  # the initial weights
-    return _train(_net(), x_train, y_train), x_test, y_test
+    return train_tiny(_net(), x_train, y_train), x_test, y_test
 
 
 SANITY = SanitySettings(large_epsilon=0.5, square_queries=300, tolerance=0.03)
