@@ -78,6 +78,11 @@ def eval_file(params: Params, run: str, seed: int) -> Path:
     return run_dir(params, run, seed) / "eval.json"
 
 
+def flags_file(params: Params, run: str, seed: int) -> Path:
+    """Per-example results of the evaluation (:mod:`rnas.evaluation.flags`), for paired tests."""
+    return run_dir(params, run, seed) / "flags.json"
+
+
 def state_dir(params: Params, run: str, seed: int, stage: str) -> Path:
     rel = run_dir(params, run, seed).relative_to(Path(params.pipeline.results))
     return Path(params.pipeline.results) / ".state" / rel / stage

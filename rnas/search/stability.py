@@ -1,0 +1,57 @@
+"""When did a search decide? The epoch from which its derived architecture stopped changing.
+
+A search *decides* when the discrete architecture it would return (the argmax genotype of a
+cell-space search, the widths and tutors of a width search, LRNAS's greedy selection) stays the
+same over the last quarter of its epochs. :func:`stable_from` finds the first epoch of the final
+unchanged stretch; :func:`is_decided` applies the last-quarter rule. The search loop records the
+per-epoch decision digest in the history and both figures in ``search.json``; the report shows
+them beside the α entropy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["decision_digest", "is_decided", "stable_from", "stability_summary"]
+
+
+def decision_digest(decision: Any) -> str:
+    """A short, order-independent digest of a JSON-able decision (dict keys sorted)."""
+    text = json.dumps(decision, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stable_from(decisions: Sequence[str]) -> int | None:
+    """First epoch (0-based) from which every decision equals the last one; None if empty."""
+    if not decisions:
+        return None
+    last = decisions[-1]
+    epoch = len(decisions) - 1
+    while epoch > 0 and decisions[epoch - 1] == last:
+        epoch -= 1
+    return epoch
+
+
+def is_decided(stable_epoch: int | None, epochs: int, fraction: float = 0.25) -> bool:
+    """True when the decision did not change over the last ``fraction`` of ``epochs``.
+
+    The last quarter of 20 epochs is epochs 15..19 (0-based): the decision held at the end of
+    epoch 14 must survive all five, so a search stable from epoch 14 or earlier is decided. A
+    single-epoch search never is (there is no change to look for).
+    """
+    if stable_epoch is None or epochs < 2:
+        return False
+    window = max(1, math.ceil(fraction * epochs))
+    return stable_epoch <= epochs - window - 1
+
+
+def stability_summary(decisions: Sequence[str], epochs: int, fraction: float = 0.25) -> dict[str, Any]:
+    """``stable_from_epoch`` (1-based for people, None if no epoch ran) and ``decided``."""
+    s = stable_from(decisions)
+    return {"stable_from_epoch": None if s is None else s + 1,
+            "decided": is_decided(s, epochs, fraction),
+            "decision_changes": sum(1 for a, b in zip(decisions, decisions[1:]) if a != b)}

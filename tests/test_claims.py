@@ -1,0 +1,128 @@
+"""The report's Claims section (rnas.report.claims) and the per-example flags file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_params
+from rnas import paths
+from rnas.config import params_from_dict
+from rnas.evaluation.flags import encode_flags, read_flags, write_flags
+from rnas.report.claims import claims_markdown, evaluate_claims
+
+N = 200
+
+
+def test_flags_round_trip(tmp_path):
+    flags = {"clean": torch.tensor([True, False, True]), "robust": np.array([False, False, True])}
+    f = write_flags(tmp_path / "flags.json", flags, {"certified_radius": [0.0, 0.01, 0.2]})
+    got, values = read_flags(f)
+    assert got["clean"].tolist() == [True, False, True]
+    assert got["robust"].tolist() == [False, False, True]
+    assert values["certified_radius"].tolist() == [0.0, 0.01, 0.2]
+    with pytest.raises(ValueError, match="different numbers"):
+        encode_flags({"a": [True], "b": [True, False]})
+    with pytest.raises(ValueError, match="entries for 3 examples"):
+        encode_flags(flags, {"certified_radius": [0.0]})
+    doc = json.loads(f.read_text())
+    doc["flags"]["clean"] = "01"
+    f.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="not 3 characters"):
+        read_flags(f)
+
+
+def _params(tmp_path, runs, seeds):
+    p = tiny_params(runs=runs)
+    p["pipeline"]["seeds"] = list(seeds)
+    p["pipeline"]["results"] = str(tmp_path / "results")
+    p["search"]["epochs"] = 4  # LRNAS needs epochs after its warm-up
+    return params_from_dict(p)
+
+
+def _write_run(params, run, seed, clean, robust, certified=None, n_params=1000, search_seconds=None):
+    d = paths.run_dir(params, run, seed)
+    d.mkdir(parents=True, exist_ok=True)
+    flags = {"clean": clean, "robust": robust}
+    if certified is not None:
+        flags["certified"] = certified
+    write_flags(paths.flags_file(params, run, seed), flags)
+    (d / "eval.json").write_text(json.dumps({"params": n_params, "clean_acc": float(np.mean(clean)),
+                                             "robust_acc": float(np.mean(robust))}))
+    if search_seconds is not None:
+        (d / "search.json").write_text(json.dumps({"search_seconds": search_seconds}))
+
+
+def _flags(rng, p):
+    return rng.random(N) < p
+
+
+def test_clear_difference_is_supported_and_noise_is_inconclusive(tmp_path):
+    params = _params(tmp_path, ("darts", "random", "dsrna_cb"), seeds=(0, 1, 2))
+    rng = np.random.default_rng(0)
+    for seed in (0, 1, 2):
+        base = _flags(rng, 0.4)
+        clean = _flags(rng, 0.9)
+        # dsrna_cb: darts' robust flags plus 60 more examples robust; random equals darts up to noise.
+        better = base.copy()
+        better[np.flatnonzero(~base)[:60]] = True
+        noisy = base.copy()
+        flip = rng.choice(N, 6, replace=False)
+        noisy[flip] = ~noisy[flip]
+        _write_run(params, "darts", seed, clean, base, certified=np.zeros(N, bool))
+        _write_run(params, "dsrna_cb", seed, clean, better, certified=np.zeros(N, bool))
+        _write_run(params, "random", seed, clean, noisy)
+    results = {r.statement: r for r in evaluate_claims(params)}
+    robust = results["`dsrna_cb` is more robust than DARTS under attack"]
+    assert robust.comparison.diff == pytest.approx(60 / N)
+    assert robust.verdict == "supported"
+    # Same clean flags: non-inferior with a zero-width interval at 0.
+    assert results["`dsrna_cb`'s clean accuracy is not lower than DARTS's"].verdict == "supported"
+    # All-zero certified flags: no difference, inconclusive, the detectable difference stated.
+    assert results["`dsrna_cb` has higher certified accuracy than DARTS"].verdict == "inconclusive"
+    darts_vs_random = results["`darts` is more robust than a random architecture"]
+    assert darts_vs_random.verdict == "inconclusive"
+    assert darts_vs_random.p_adjusted >= darts_vs_random.p
+    md = claims_markdown(params)
+    assert "### Claims" in md and "**supported**" in md and "could detect" in md
+
+
+def test_a_worse_method_is_contradicted(tmp_path):
+    params = _params(tmp_path, ("darts", "random", "lrnas"), seeds=(0, 1, 2))
+    rng = np.random.default_rng(1)
+    for seed in (0, 1, 2):
+        base = _flags(rng, 0.6)
+        worse = base.copy()
+        worse[np.flatnonzero(base)[: 40 + 5 * seed]] = False
+        clean = _flags(rng, 0.9)
+        _write_run(params, "darts", seed, clean, base)
+        _write_run(params, "random", seed, clean, base)
+        _write_run(params, "lrnas", seed, clean, worse)
+    results = {r.statement: r for r in evaluate_claims(params)}
+    assert results["`lrnas` is more robust than DARTS's architecture"].verdict == "contradicted"
+    assert results["`lrnas` is more robust than a random architecture"].verdict == "contradicted"
+
+
+def test_budget_and_cost_claims(tmp_path):
+    params = _params(tmp_path, ("darts", "lrnas_10k", "lrnas_15k", "rnas", "rnas_adv"), seeds=(0, 1))
+    ok = np.ones(N, bool)
+    for seed in (0, 1):
+        _write_run(params, "darts", seed, ok, ok)
+        _write_run(params, "lrnas_10k", seed, ok, ok, n_params=9000)
+        _write_run(params, "lrnas_15k", seed, ok, ok, n_params=14000 if seed == 0 else 8000)
+        _write_run(params, "rnas", seed, ok, ok, search_seconds=10.0 + seed)
+        _write_run(params, "rnas_adv", seed, ok, ok, search_seconds=40.0 + 3 * seed)
+    results = {r.statement: r for r in evaluate_claims(params)}
+    budget = results["the parameter count follows λ (non-decreasing in the budget)"]
+    assert budget.verdict == "contradicted" and "1/2 seeds" in budget.detail
+    cost = results["the noise search `rnas` costs a fraction of the adversarial one `rnas_adv`"]
+    assert cost.effect == pytest.approx(np.exp(np.mean(np.log([10 / 40, 11 / 43]))))
+    assert cost.verdict == "supported"
+
+
+def test_no_results_no_section(tmp_path):
+    params = _params(tmp_path, ("darts", "random"), seeds=(0,))
+    assert claims_markdown(params) == ""
