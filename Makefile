@@ -34,17 +34,17 @@ run-full: setup
 	RNAS_PARAMS=configs/digits_full.yaml snakemake --cores $(CORES)
 	@echo "report: results/report.md (and results/report.html if present)"
 
-# Headless Chromium for the report screenshot test (Debian's package; the test skips with a
-# reason where it cannot be installed).
+# Headless Chromium for the report screenshot test (Debian's package; where it cannot be
+# installed the test skips with its reason, and fails under CI=true, which .ci/run sets).
 browser:
 	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	  || echo "chromium not installed: the HTML screenshot test will skip"; }
+	  || echo "chromium not installed: the HTML screenshot test will skip (fail under CI=true)"; }
 
 # Debian's slurm-wlm and munge plus the executor plugin (.[slurm]) for the real single-node
-# SLURM test; where they cannot be installed the test skips and prints why.
+# SLURM test; where they cannot be installed the test skips and prints why (fails under CI=true).
 slurm: setup
-	PYTHON=$(BIN)/python bash tests/slurm/setup.sh >/dev/null || echo "slurm-wlm not installed: the SLURM test will skip"
+	PYTHON=$(BIN)/python bash tests/slurm/setup.sh >/dev/null || echo "slurm-wlm not installed: the SLURM test will skip (fail under CI=true)"
 
 test: setup browser slurm
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q

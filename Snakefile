@@ -1,4 +1,4 @@
-# rnas pipeline: teacher -> search -> retrain -> evaluate -> report (DESIGN.md §1).
+# rnas pipeline: teacher -> search -> retrain -> evaluate -> report (docs/design.md §2).
 # Every rule calls the same `rnas <stage>` command that dvc.yaml calls.
 #   snakemake --cores all                               # params.yaml (digits, embedded)
 #   RNAS_PARAMS=configs/cifar10.yaml snakemake --cores all

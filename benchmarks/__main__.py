@@ -16,7 +16,11 @@ are counted on a 2-example batch and scaled (they are linear in the batch). Colu
   random starts on different batches, a few examples);
 * ``speedup``: s/run(straightforward) / s/run(fast), or before/after for ablations.
 
-Figures are printed, never asserted (timings on a shared machine are noisy).
+Timings are printed, never asserted (timings on a shared machine are noisy). Results are
+checked: a row whose Δresult exceeds its case's tolerance (:func:`benchmarks.cases.allowed_delta`:
+float round-off, bf16 round-off under autocast, a few examples of an accuracy, PGD's
+amplification in the training rows) is marked MISMATCH, and the run exits 1 after the table,
+as it does when a variant failed to run.
 """
 
 from __future__ import annotations
@@ -99,7 +103,7 @@ def fmt_row(cells: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.cases import CASES, train_digits_model
+    from benchmarks.cases import CASES, allowed_delta, train_digits_model
 
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small batches and example counts (a smoke run)")
@@ -145,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     header = ["case", "variant", "s/run", "images/s", "peak MiB", "GFLOP/s", "% ceil", "Δresult", "speedup"]
     table = [fmt_row(header), fmt_row(["---"] * len(header))]
     configs = []
+    failures: list[str] = []
     print("\n" + table[0] + "\n" + table[1], flush=True)
 
     def emit(cells: list[str]) -> None:
@@ -179,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             results[variant] = r
             if "error" in r:
                 emit([name, variant, "", "", "", "", "", "", f"FAILED: {r['error'][:300]}"])
+                failures.append(f"{name} {variant}: did not run ({r['error'][:300]})")
                 continue
             s = min(r["seconds"])
             ceiling = ceil16 if (r["amp"] and ceil16) else ceil32
@@ -190,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
             if variant == case.variants[1] and base and "error" not in base:
                 cells[7] = f"{abs(r['result'] - base['result']):.2g}" if case.same_result else "n/a"
                 cells[8] = f"speedup {min(base['seconds']) / s:.2f}x"
+                limit = allowed_delta(case, base, r)
+                if case.same_result and not abs(r["result"] - base["result"]) <= limit:  # NaN fails too
+                    cells[7] += f" MISMATCH (> {limit:.2g})"
+                    failures.append(f"{name}: result {r['result']!r} ({variant}) vs {base['result']!r} "
+                                    f"({case.variants[0]}), |Δ| beyond the allowed {limit:.2g}")
             emit(cells)
     final = f"matmul ceiling, best over the run: {ceil32:.0f} GFLOP/s float32"
     lines.append(final)
@@ -198,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.markdown).write_text("\n".join(lines) + "\n\n" + "\n".join(table) + "\n\nConfigurations:\n"
                                        + "\n".join(configs) + "\n")
     tmp.cleanup()
+    if failures:
+        print("\nbenchmark FAILED:\n" + "\n".join(f"- {f}" for f in failures), file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

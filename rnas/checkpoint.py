@@ -4,7 +4,9 @@ Every file is written through a temporary file in the same folder (flush, fsync,
 so a kill mid-write never leaves a half-written checkpoint under the real name. Loading
 uses ``torch.load(weights_only=True)``: no pickle payload is ever executed. Resumable
 stage state keeps two generations (``last.pt`` and ``prev.pt``); a corrupt ``last.pt``
-is reported and ``prev.pt`` is used.
+is reported and ``prev.pt`` is used; when neither is readable the stage stops with an error
+naming the folder and its files (never a silent restart from epoch 0) and leaves them as they
+are.
 
 ``build_model(model_args)`` rebuilds any network the project saves from the arguments stored
 in its checkpoint (a registry keyed by ``model_args["kind"]``).
@@ -82,6 +84,7 @@ class ResumeState:
     def __init__(self, folder: str | Path, params_hash: str):
         self.folder = Path(folder)
         self.params_hash = params_hash
+        self.loaded_from: Path | None = None  # the file the last load() returned
 
     @property
     def last(self) -> Path:
@@ -99,27 +102,54 @@ class ResumeState:
         save_atomic(state, self.last)
 
     def load(self) -> dict | None:
-        """The newest good state, or None. A params-hash mismatch is an error, not a silent restart."""
+        """The newest good state, or None when the folder holds no checkpoint (a fresh start).
+
+        A corrupt ``last.pt`` falls back to ``prev.pt`` (logged). Checkpoint files none of which
+        is readable are an error, not a silent restart from epoch 0: the files are left as they
+        are for a person to look at. A params-hash mismatch is an error too. ``loaded_from``
+        names the file the returned state came from.
+        """
+        self.loaded_from = None
         for tmp in clean_stale_temporaries(self.folder):
             log.warning("removed stale temporary %s from an interrupted write", tmp)
-        for path in (self.last, self.prev):
-            if not path.exists():
-                continue
+        present = [path for path in (self.last, self.prev) if path.exists()]
+        errors = []
+        for path in present:
             try:
                 state = load_checked(path, self.REQUIRED)
             except CheckpointError as err:
-                log.error("%s; falling back to the previous checkpoint", err)
+                errors.append(str(err))
+                if path == self.last and self.prev in present:
+                    log.error("%s; falling back to the previous checkpoint %s", err, self.prev.name)
                 continue
             if state["params_hash"] != self.params_hash:
                 raise CheckpointError(
                     f"{path}: written with other params (hash {state['params_hash']}, now {self.params_hash}); "
                     f"delete {self.folder} to start over")
+            self.loaded_from = path
             return state
+        if present:
+            raise CheckpointError(
+                f"{self.folder}: no readable checkpoint among {', '.join(p.name for p in present)} "
+                f"({'; '.join(errors)}); not starting over silently. The files are left untouched: "
+                f"restore a good checkpoint there, or delete {self.folder} to start over")
         return None
 
     def clear(self) -> None:
         for path in (self.last, self.prev):
             path.unlink(missing_ok=True)
+
+
+def log_resume(desc: str, start: int, epochs: int, resume: ResumeState) -> None:
+    """One INFO line when a stage resumes: the checkpoint's epoch, its file and what is left."""
+    todo = f"epochs {start + 1}-{epochs} to run" if start < epochs else "no epoch left to run"
+    log.info("%s: resuming from epoch %d/%d (checkpoint %s); %s", desc, start, epochs, resume.loaded_from, todo)
+
+
+def log_steps_run(desc: str, steps: int, kind: str, start: int, epochs: int) -> None:
+    """How many steps this process ran (after a resume: only the remaining epochs')."""
+    span = f"epochs {start + 1}-{epochs} of {epochs}" if start < epochs else "no epoch"
+    log.info("%s: ran %d %s steps in this process (%s)", desc, steps, kind, span)
 
 
 # -- model registry ------------------------------------------------------------------

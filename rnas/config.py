@@ -111,7 +111,9 @@ class TrainConfig:
 class TeacherConfig:
     family: TeacherFamily = spec("small_cnn", doc="fixed model family of the robust teacher")
     width: int = spec(32, lo=1, hi=1024, doc="base channels (small_cnn, preact_resnet18)")
-    depth: int = spec(3, lo=1, hi=100, doc="conv blocks (small_cnn) or depth (wide_resnet, 6n+4)")
+    depth: int = spec(3, lo=1, hi=100, doc="stages (small_cnn) or depth (wide_resnet, 6n+4)")
+    convs_per_stage: int = spec(1, lo=1, hi=16, doc="small_cnn only: conv-bn-relu units per stage "
+                                                  "(depth·convs_per_stage convs: RNAS-CL's tutor candidates)")
     widen_factor: int = spec(10, lo=1, hi=32, doc="wide_resnet only")
     train: TrainConfig = spec(factory=TrainConfig)
 
@@ -149,7 +151,7 @@ class RnasMethodConfig:
 
 @dataclass(frozen=True)
 class WidthSpaceConfig:
-    """RNAS-CL's FBNetV2-style width space (DESIGN.md §3): a stem, then stages of inverted-residual
+    """RNAS-CL's FBNetV2-style width space (docs/methods/rnas_cl.md): a stem, then stages of inverted-residual
     blocks; each block picks its width from C_max − i·step (i = 0..width_options−1)."""
     stem_channels: int = spec(8, lo=1, hi=1024, doc="channels of the 3x3 stem conv (not searched)")
     stage_widths: tuple[int, ...] = spec(factory=lambda: (8, 16, 24), item_lo=1, item_hi=4096,
@@ -179,17 +181,28 @@ class WidthSpaceConfig:
                                   "channel counts; lower width_options or raise width_step")
 
 
+# RNAS-CL's two readings of its losses (docs/methods/rnas_cl.md, "Loss forms"): ``public`` follows
+# the authors' public code, ``paper`` is this project's earlier reading of the paper.
+RnasClLossForm = Literal["public", "paper"]
+
+
 @dataclass(frozen=True)
 class RnasClMethodConfig:
     """RNAS-CL (Nath et al. 2023, docs/methods/rnas_cl.md): cross-layer attention distillation from
     the robust teacher with learned tutors; the width space's search loss is
-    α·(CE + kl_weight·KL + γ·L_attn)·log(MACs)^β. Retraining knobs: retrain.distill."""
+    α·(CE + kl_weight·KL + γ·L_attn)·C(MACs), with L_attn and the cost factor C set by
+    ``loss_form``. Retraining knobs: retrain.distill."""
+    loss_form: RnasClLossForm = spec(
+        "public", doc="public (the authors' code): L_attn = Σ_i sqrt(Σ_j g_ij²·d_ij), C = β·log(MACs) | "
+                      "paper: L_attn = Σ_ij g_ij·d_ij / (n_s·n_t), C = log(MACs)^β; d_ij = batch-mean squared "
+                      "distance of the normalized attention maps")
     gamma: float = spec(1.0, lo=0.0, hi=1e6, doc="γ: weight of the attention loss L_attn")
     kl_weight: float = spec(1.0, lo=0.0, hi=1e6, doc="weight of KL(teacher ‖ student)")
     temperature: float = spec(1.0, lo=0.0, hi=100.0, lo_open=True, doc="softmax temperature T of the KL term")
     map_size: int = spec(4, lo=1, hi=256, doc="attention maps are resized to map_size x map_size (pixels)")
-    alpha_cost: float = spec(0.2, lo=0.0, hi=100.0, lo_open=True, doc="α of the cost term α·loss·log(MACs)^β")
-    beta_cost: float = spec(0.5, lo=0.0, hi=100.0, doc="β of the cost term (larger: smaller networks)")
+    alpha_cost: float = spec(0.2, lo=0.0, hi=100.0, lo_open=True, doc="α of the cost term α·loss·C(MACs)")
+    beta_cost: float = spec(0.5, lo=0.0, hi=100.0, doc="β of the cost factor: paper form log(MACs)^β (larger: "
+                                                      "smaller networks); public form β·log(MACs) (a scale only)")
     tau0: float = spec(5.0, lo=0.0, hi=100.0, lo_open=True, doc="initial Gumbel-softmax temperature")
     tau_decay: float = spec(0.045, lo=0.0, hi=10.0, doc="τ(epoch) = tau0·exp(−tau_decay·epoch)")
     arch_lr: float = spec(0.1, lo=0.0, hi=10.0, lo_open=True, doc="Adam learning rate of tutor and width logits")
@@ -198,6 +211,12 @@ class RnasClMethodConfig:
                                 doc="width space: the last fraction of each epoch's batches updates the logits")
     width: WidthSpaceConfig = spec(factory=WidthSpaceConfig)
 
+    def __post_init__(self) -> None:
+        if self.loss_form == "public" and self.beta_cost == 0.0:
+            raise ParamsError("search.methods.rnas_cl.beta_cost: 0 makes the public form's cost factor "
+                              "β·log(MACs) zero, so the search loss is 0 and nothing trains; give β > 0 "
+                              "(or loss_form: paper, where β = 0 removes the cost term)")
+
 
 @dataclass(frozen=True)
 class LrnasMethodConfig:
@@ -205,13 +224,14 @@ class LrnasMethodConfig:
 
     α is not trained by gradient: after the warm-up, each epoch estimates every primitive's
     contribution V̂ to clean and FGSM(ε) accuracy (z(ΔA) + z(ΔR), mean over permutations),
-    then V ← (1−μ)·V + μ·V̂/‖V̂‖ and α ← α + η·V/‖V‖. A run ``lrnas_<budget>`` overrides
+    then V ← (1−μ)·V + μ·z_cell(V̂) (V̂ z-scored over each cell type's own primitives, as the
+    public LRNAS code) and α ← α + η·V. A run ``lrnas_<budget>`` overrides
     ``budget`` from its name."""
     warmup_epochs: int = spec(15, lo=0, hi=10_000, doc="epochs of weight training only before the first contribution estimate")
     permutations: int = spec(10, lo=1, hi=10_000, doc="n: Monte Carlo permutations per epoch (one validation batch each)")
     batch_size: int = spec(64, lo=1, hi=65_536, doc="examples of the validation batch each permutation is scored on (at most search.batch_size)")
-    momentum: float = spec(0.2, lo=0.0, hi=1.0, lo_open=True, doc="μ: V ← (1−μ)·V + μ·V̂/‖V̂‖")
-    step_size: float = spec(0.1, lo=0.0, lo_open=True, doc="η: α ← α + η·V/‖V‖")
+    momentum: float = spec(0.2, lo=0.0, hi=1.0, lo_open=True, doc="μ: V ← (1−μ)·V + μ·z_cell(V̂), V̂ z-scored per cell type")
+    step_size: float = spec(0.1, lo=0.0, lo_open=True, doc="η: α ← α + η·V")
     budget: int = spec(2_000_000, lo=1, doc="λ: parameter budget of the final network (retrain.init_channels/layers), parameters")
     fgsm_epsilon: float = spec(8 / 255, lo=0.0, hi=1.0, doc="ε of the FGSM accuracy in the contributions, pixel units")
     attack_each_coalition: bool = spec(True, doc="true: FGSM against each switched-off subnetwork (white-box); "
@@ -276,6 +296,13 @@ class SearchConfig:
     arch_beta1: float = spec(0.5, lo=0.0, hi=1.0, hi_open=True)
     arch_beta2: float = spec(0.999, lo=0.0, hi=1.0, hi_open=True)
     arch_weight_decay: float = spec(1e-3, lo=0.0, hi=1.0)
+    arch_warmup_epochs: int = spec(0, lo=0, hi=10_000,
+                                   doc="bilevel (DARTS-type) searches: the first N epochs train the weights "
+                                       "only; α moves from epoch N+1 on (capped at search.epochs − 1, so "
+                                       "a short smoke search still moves α)")
+    arch_lr_schedule: Literal["constant", "cosine"] = spec(
+        "constant", doc="bilevel searches: α's Adam step size per epoch: constant (DARTS) | cosine from arch_lr "
+                        "at the first α epoch towards 0 at the end (as the weights' lr), so α settles")
     unrolled: bool = spec(False, doc="second-order (unrolled) architecture gradient")
     methods: MethodsConfig = spec(factory=MethodsConfig)
 
@@ -284,6 +311,9 @@ class SearchConfig:
 class RetrainDistillConfig:
     """RNAS-CL retraining terms, read only by runs with distillation (RunSpec.distill):
     loss += kl_weight·KL(teacher ‖ student) + γ·L_attn with the searched (fixed) tutors."""
+    loss_form: RnasClLossForm = spec(
+        "public", doc="L_attn with one-hot tutors: public (the authors' code) Σ_i sqrt(d_i) | paper "
+                      "Σ_i d_i / (n_s·n_t); d_i = batch-mean squared distance to the tutor's map")
     gamma: float = spec(1.0, lo=0.0, hi=1e6, doc="γ: weight of the attention loss")
     kl_weight: float = spec(1.0, lo=0.0, hi=1e6, doc="weight of KL(teacher ‖ student)")
     temperature: float = spec(1.0, lo=0.0, hi=100.0, lo_open=True, doc="softmax temperature T of the KL term")
@@ -301,17 +331,22 @@ class RetrainConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """Evaluation protocol (DESIGN.md §5). ε here is independent of the training ε."""
+    """Evaluation protocol (docs/design.md §6). ε here is independent of the training ε."""
     n_examples: int = spec(1000, lo=1, doc="test examples every attack is measured on")
     epsilon: float = spec(8 / 255, lo=0.0, hi=1.0, doc="L∞ radius, pixel units")
-    epsilon_l2: float = spec(0.5, lo=0.0, hi=100.0, doc="L2 radius for C&W and DeepFool")
+    epsilon_l2: float = spec(0.5, lo=0.0, hi=100.0, doc="L2 radius for AutoAttack-L2, C&W and DeepFool")
     pgd_step_size: float = spec(2 / 255, lo=0.0, hi=1.0, lo_open=True, doc="absolute PGD step")
     pgd_restarts: int = spec(1, lo=1, hi=100)
-    cw_steps: int = spec(100, lo=1, hi=10_000)
+    cw_steps: int = spec(1000, lo=1, hi=10_000, doc="C&W-L2: Adam steps per binary-search step "
+                                                      "(docs/evaluation.md: the convergence measurement)")
+    cw_binary_search_steps: int = spec(5, lo=1, hi=50, doc="C&W-L2: binary-search steps over the constant c")
+    cw_initial_const: float = spec(1.0e-3, lo=0.0, hi=1.0e4, lo_open=True,
+                                   doc="C&W-L2: c of the first binary-search step (×10 until an adversarial is found)")
     deepfool_steps: int = spec(50, lo=1, hi=10_000)
     eps_sweep: tuple[float, ...] = spec(factory=tuple, item_lo=0.0, item_hi=1.0,
                                         doc="ε values for the accuracy-vs-ε curve")
-    attacks: tuple[str, ...] = spec(factory=lambda: ("fgsm", "pgd20", "pgd100", "autoattack", "cw", "deepfool"),
+    attacks: tuple[str, ...] = spec(factory=lambda: ("fgsm", "pgd20", "pgd100", "autoattack", "autoattack_l2", "cw",
+                                                     "deepfool"),
                                     doc="attacks to run")
     batch_size: int = spec(256, lo=1)
     # Certified accuracy at `epsilon` (L∞) with sound margin bounds (rnas.bounds, DSRNA).
@@ -321,9 +356,20 @@ class EvaluateConfig:
     certify_intermediate: Literal["ibp", "crown"] = spec(
         "ibp", doc="CROWN's intermediate bounds: ibp (CROWN-IBP, one backward pass) | crown (full CROWN: a "
                    "backward pass per ReLU layer; much tighter, minutes per 100 examples on small networks)")
+    certify_eps_sweep: tuple[float, ...] = spec(
+        factory=lambda: (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3), item_lo=0.0, item_hi=1.0,
+        doc="L∞ radii (pixel units, each > certify_radius_min) of the certified-accuracy-vs-ε curve; they also "
+            "bracket the certified-radius bisection (empty: no curve)")
+    certify_radius_steps: int = spec(8, lo=0, hi=64, doc="geometric bisection steps per certified radius (one bound "
+                                                           "pass each; 0: no bisection, the radius is the largest "
+                                                           "certified sweep ε)")
+    certify_radius_min: float = spec(1e-10, lo=0.0, hi=1.0, lo_open=True,
+                                     doc="smallest radius tried: an example not certified here has radius 0")
     # Sanity checks (rnas.evaluation.sanity); radii in pixel units, accuracies as fractions.
     sanity_large_epsilon: float = spec(0.5, lo=0.0, hi=1.0, lo_open=True,
                                        doc="L∞ radius at which PGD-20 must leave at most chance accuracy")
+    sanity_large_epsilon_l2: float = spec(4.0, lo=0.0, hi=100.0, lo_open=True,
+                                          doc="L2 radius at which APGD-CE (L2) must leave at most chance accuracy")
     sanity_square_queries: int = spec(1000, lo=1, hi=100_000,
                                       doc="queries of the stand-alone Square attack (black-box check)")
     sanity_tolerance: float = spec(0.01, lo=0.0, hi=1.0,
@@ -471,6 +517,10 @@ def _cross_checks(p: Params) -> None:
         if name not in KNOWN_EVAL_ATTACKS:
             raise ParamsError(f"evaluate.attacks[{i}]: unknown attack {name!r}; "
                               f"known: {', '.join(KNOWN_EVAL_ATTACKS)}")
+    for i, eps in enumerate(p.evaluate.certify_eps_sweep):
+        if not eps > p.evaluate.certify_radius_min:
+            raise ParamsError(f"evaluate.certify_eps_sweep[{i}]: {eps} must exceed evaluate.certify_radius_min "
+                              f"({p.evaluate.certify_radius_min})")
     if p.search.init_channels % p.search.partial_channels:
         raise ParamsError(f"search.partial_channels: {p.search.partial_channels} must divide "
                           f"search.init_channels ({p.search.init_channels})")

@@ -1,6 +1,6 @@
 """Datasets, deterministic splits and batch iteration.
 
-Input contract (DESIGN.md §2, STYLE.md "a stated input contract"): every tensor this module
+Input contract (docs/design.md §3): every tensor this module
 returns is ``float32`` in ``[0, 1]`` with shape ``(N, C, H, W)``; labels are ``int64`` of shape
 ``(N,)``. Normalization (mean/std) is *not* applied here: it is a layer inside each model
 (:class:`rnas.models.normalize.Normalize`), so attack epsilons are in pixel units.

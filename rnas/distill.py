@@ -1,5 +1,5 @@
 """Cross-layer knowledge distillation of RNAS-CL (Nath et al., "RNAS-CL: Robust Neural
-Architecture Search by Cross-Layer Knowledge Distillation", 2023; DESIGN.md §4).
+Architecture Search by Cross-Layer Knowledge Distillation", 2023; docs/methods/rnas_cl.md).
 
 Attention map of an activation A (B, C, H, W) (Zagoruyko & Komodakis 2017, p = 2):
 
@@ -11,13 +11,17 @@ units and each cell's output, see :func:`cell_layers`). Teacher layers are the o
 ``nn.Conv2d`` of the teacher, found by forward hooks, so any model family works.
 
 Each student layer i has tutor logits over the n_t teacher layers; the Gumbel-softmax weights
-g_ij weigh the attention loss
+g_ij weigh the distances d_ij = mean over the batch of ‖F̂(A_s^i) − F̂(A_t^j)‖² in the attention
+loss, in one of two forms (``loss_form``):
 
-    L_attn = 1/(n_s·n_t) · Σ_i Σ_j g_ij · ‖F̂(A_s^i) − F̂(A_t^j)‖²   (squared L2, mean over the batch),
+    public (the authors' code):  L_attn = Σ_i sqrt(Σ_j g_ij² · d_ij)
+                                  (per student layer the L2 norm of the tutor-weighted differences,
+                                  summed over the student layers)
+    paper (earlier reading):     L_attn = 1/(n_s·n_t) · Σ_i Σ_j g_ij · d_ij
 
 and KL(teacher ‖ student) = T² · Σ_k p_t,k (log p_t,k − log p_s,k) with p = softmax(logits / T)
 (Hinton et al. 2015) is the logit term. Retraining uses the same loss with the fixed (argmax)
-tutors, i.e. one-hot g.
+tutors, i.e. one-hot g (public: Σ_i sqrt(d_i,tutor(i)); paper: Σ_i d_i,tutor(i) / (n_s·n_t)).
 """
 
 from __future__ import annotations
@@ -73,12 +77,29 @@ def pairwise_distances(student: torch.Tensor, teacher: torch.Tensor) -> torch.Te
     return d.clamp_min(0.0).mean(-1)
 
 
-def attention_loss(student: torch.Tensor, teacher: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """L_attn = 1/(n_s·n_t) Σ_ij g_ij ‖F̂(A_s^i) − F̂(A_t^j)‖²; maps (n, B, D), g (n_s, n_t)."""
+LOSS_FORMS = ("public", "paper")
+
+# The public form's per-layer square root is taken of max(x, SQRT_FLOOR): a finite gradient
+# where a student map equals its tutors' maps exactly (the value moves by at most 1e-6 per layer).
+SQRT_FLOOR = 1e-12
+
+
+def attention_loss(student: torch.Tensor, teacher: torch.Tensor, g: torch.Tensor,
+                   form: str = "public") -> torch.Tensor:
+    """L_attn of maps (n_s, B, D), (n_t, B, D) with tutor weights g (n_s, n_t); d_ij = batch mean of
+    ‖F̂(A_s^i) − F̂(A_t^j)‖².
+
+    ``public`` (the authors' code): Σ_i sqrt(Σ_j g_ij² · d_ij);
+    ``paper``: Σ_i Σ_j g_ij · d_ij / (n_s·n_t)."""
     n_s, n_t = student.shape[0], teacher.shape[0]
     if g.shape != (n_s, n_t):
         raise DistillationError(f"tutor weights have shape {tuple(g.shape)}, expected ({n_s}, {n_t})")
-    return (g * pairwise_distances(student, teacher)).sum() / (n_s * n_t)
+    d = pairwise_distances(student, teacher)
+    if form == "public":
+        return (g.pow(2) * d).sum(-1).clamp_min(SQRT_FLOOR).sqrt().sum()
+    if form == "paper":
+        return (g * d).sum() / (n_s * n_t)
+    raise DistillationError(f"unknown loss form {form!r}; known: {', '.join(LOSS_FORMS)}")
 
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -272,7 +293,7 @@ def load_tutors(arch_path: str | Path) -> dict[str, Any]:
 class FixedTutorDistillation:
     """RNAS-CL's retraining terms as the Trainer's ``extra_loss``:
 
-        kl_weight · KL(teacher ‖ student) + γ · L_attn   (fixed tutors: one-hot g),
+        kl_weight · KL(teacher ‖ student) + γ · L_attn   (fixed tutors: one-hot g; L_attn in ``loss_form``),
 
     both on the input the perturbation's loss used (``x_used``: the adversarial examples for
     PGD and TRADES). The student's maps come from hooks; when the last student forward was on
@@ -280,7 +301,10 @@ class FixedTutorDistillation:
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, assignment: dict[str, Any], *, map_size: int,
-                 gamma: float, kl_weight: float, temperature: float):
+                 gamma: float, kl_weight: float, temperature: float, loss_form: str = "public"):
+        if loss_form not in LOSS_FORMS:
+            raise DistillationError(f"unknown loss form {loss_form!r}; known: {', '.join(LOSS_FORMS)}")
+        self.loss_form = loss_form
         self.teacher = TeacherProbe(teacher, map_size)
         if list(assignment["teacher_layers"]) != self.teacher.names:
             raise DistillationError(
@@ -305,7 +329,7 @@ class FixedTutorDistillation:
         s_maps = self.student_taps.stack()
         t_logits, t_maps = self.teacher(x)
         kl = kd_kl(logits, t_logits, self.temperature)
-        attn = attention_loss(s_maps, t_maps, self.g.to(s_maps.device))
+        attn = attention_loss(s_maps, t_maps, self.g.to(s_maps.device), self.loss_form)
         self.last = {"kl": float(kl.detach()), "attn": float(attn.detach())}
         return self.kl_weight * kl + self.gamma * attn
 

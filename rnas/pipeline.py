@@ -6,6 +6,7 @@ keys each stage reads (a test keeps the committed file in sync)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from rnas import paths
@@ -45,6 +46,15 @@ def eval_targets(params: Params) -> list[str]:
     for run in params.pipeline.runs:
         for seed in params.pipeline.seeds:
             out.append(str(paths.eval_file(params, run, seed)))
+    return out
+
+
+def report_inputs(params: Params) -> list[str]:
+    """What the report reads from the evaluations: every ``eval.json`` and its ``flags.json``
+    (per-example results for the paired tests of the Claims section)."""
+    out = []
+    for ev in eval_targets(params):
+        out += [ev, str(Path(ev).with_name("flags.json"))]
     return out
 
 
@@ -93,6 +103,7 @@ def dvc_yaml(params: Params, params_file: str = "params.yaml") -> dict[str, Any]
             "cmd": f"rnas evaluate{p} --run teacher",
             "deps": [str(paths.teacher_model(params))],
             "params": keys("evaluate"),
+            "outs": [{str(paths.flags_file(params, paths.TEACHER, 0)): {"cache": False}}],
             "metrics": [{str(paths.eval_file(params, paths.TEACHER, 0)): {"cache": False}}],
         },
     }
@@ -117,6 +128,7 @@ def dvc_yaml(params: Params, params_file: str = "params.yaml") -> dict[str, Any]
                 "cmd": f"rnas evaluate{p} --run {run} --seed {seed}",
                 "deps": [str(paths.model_file(params, run, seed))],
                 "params": keys("evaluate"),
+                "outs": [{str(paths.flags_file(params, run, seed)): {"cache": False}}],
                 "metrics": [{str(paths.eval_file(params, run, seed)): {"cache": False}}],
             }
     from rnas.report.curves import curve_files, dvc_plots
@@ -125,7 +137,7 @@ def dvc_yaml(params: Params, params_file: str = "params.yaml") -> dict[str, Any]
                    *curve_files(params)]
     stages["report"] = {
         "cmd": f"rnas report{p}",
-        "deps": eval_targets(params),
+        "deps": report_inputs(params),
         "params": keys("report"),
         "outs": [{str(f): {"cache": False}} for f in report_outs],
     }

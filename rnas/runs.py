@@ -1,4 +1,4 @@
-"""The run registry: a *run* is a search method with its variant (DESIGN.md §1).
+"""The run registry: a *run* is a search method with its variant (docs/design.md §2).
 
 Run names are what the pipeline's paths and MLflow tags use
 (``results/<dataset>/<run>/seed<k>/``); the method and variant are tagged apart in MLflow.
@@ -51,8 +51,8 @@ RUNS: dict[str, RunSpec] = {
                      method_keys=("search.methods.rnas_cl", "retrain.distill")),
     "rnas_cl_cell": _spec("rnas_cl_cell", "rnas_cl", variant="cell", needs_teacher=True, distill=True,
                           method_keys=(*(f"search.methods.rnas_cl.{k}" for k in (
-                              "gamma", "kl_weight", "temperature", "map_size", "tau0", "tau_decay", "arch_lr",
-                              "arch_weight_decay")), "retrain.distill")),
+                              "loss_form", "gamma", "kl_weight", "temperature", "map_size", "tau0", "tau_decay",
+                              "arch_lr", "arch_weight_decay")), "retrain.distill")),
     "rnas_cl_nokd": _spec("rnas_cl_nokd", "rnas_cl", variant="width_nokd", space="width", arch_from="rnas_cl",
                           method_keys=()),
     "rnas_cl_cell_nokd": _spec("rnas_cl_cell_nokd", "rnas_cl", variant="cell_nokd", arch_from="rnas_cl_cell",

@@ -1,4 +1,4 @@
-"""MLflow tracking: one experiment per dataset, one run per stage invocation (DESIGN.md §6).
+"""MLflow tracking: one experiment per dataset, one run per stage invocation (docs/design.md §8).
 
 The store is an SQLite file at an *absolute* path in the project (``tracking.store``);
 ``MLFLOW_TRACKING_URI`` overrides it (e.g. a team server). :func:`init_store` creates the

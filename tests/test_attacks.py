@@ -33,9 +33,10 @@ FAST = {
     "pgd": dict(step_size=0.025, steps=10),
     "cw_l2": dict(steps=20, binary_search_steps=5),
     "deepfool_l2": dict(steps=10),
+    "autoattack_l2": dict(version="custom", attacks=("apgd-ce",), n_iter=10),  # standard version: own test
 }
 LINF_ADV = {"fgsm": A.fgsm_adv, "pgd": A.pgd_adv}
-L2_ADV = {"cw_l2": A.cw_l2_adv, "deepfool_l2": A.deepfool_l2_adv}
+L2_ADV = {"cw_l2": A.cw_l2_adv, "deepfool_l2": A.deepfool_l2_adv, "autoattack_l2": A.autoattack_l2_adv}
 ADV = {**LINF_ADV, **L2_ADV}
 
 
@@ -162,8 +163,65 @@ def test_foolbox_pgd_matches_pure_torch_pgd(setup):
     """Without random start both are the same deterministic iteration (sum CE, sign step)."""
     model, x, y = setup
     ours = A.pgd_attack(model, x, y, EPS, step_size=0.02, steps=10, random_start=False)
-    theirs = A.pgd_adv(model, x, y, EPS, step_size=0.02, steps=10, random_start=False)
+    linf_pgd = A._foolbox().attacks.LinfPGD(abs_stepsize=0.02, steps=10, random_start=False)
+    theirs = A._run_foolbox(model, x, y, EPS, linf_pgd, A.ThreatModel.LINF, 256)
     assert torch.allclose(ours, theirs, atol=1e-6)
+    # tracking the best iterate changes only the examples some iterate fooled
+    best = A.pgd_attack(model, x, y, EPS, step_size=0.02, steps=10, random_start=False, track_best=True)
+    fooled_last = model(ours).argmax(1) != y
+    assert not ((model(best).argmax(1) == y) & fooled_last).any()  # never robust where the last iterate is not
+
+
+@pytest.mark.slow
+def test_cw_budget_of_params_yaml_is_converged(setup):
+    """params.yaml's C&W-L2 budget breaks exactly what a much larger one (9 searches × 2000 steps)
+    breaks on the tiny model (the digits measurement: docs/evaluation.md); the old 5 × 50 left an
+    example robust here."""
+    import dataclasses
+    from pathlib import Path
+
+    from rnas.config import load_params
+    from rnas.stages.evaluate import settings_from
+
+    model, x, y = setup
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    name, eps, options = dataclasses.replace(settings_from(params), epsilon_l2=EPS_L2).attack_call("cw")
+    ours = A.run_attack(name, model, x, y, eps, **options)
+    reference = A.run_attack(name, model, x, y, eps, **dict(options, steps=2000, binary_search_steps=9))
+    assert torch.equal(ours, reference)
+
+
+class Bump(nn.Module):
+    """A 1x1x1-pixel input v, logits (0, g(v)) with g(v) = 1 − 400·(v − 0.45)²: class 1 (wrong for
+    label 0) only on the narrow band |v − 0.45| < 0.05. Sign-gradient ascent with step 0.15 from
+    v = 0.31 jumps into the band (v = 0.46) and, the gradient there pointing back, out again
+    (v = 0.31): PGD-2's last iterate is classified correctly, its first is not."""
+
+    def forward(self, x):
+        v = x.flatten(1)[:, 0]
+        return torch.stack([torch.zeros_like(v), 1 - 400 * (v - 0.45) ** 2], dim=1)
+
+
+def test_pgd_counts_any_iterate_not_only_the_last():
+    model = Bump()
+    x, y = torch.full((1, 1, 1, 1), 0.31), torch.zeros(1, dtype=torch.long)
+    options = dict(step_size=0.15, steps=2, random_start=False)
+    assert model(x).argmax(1).item() == 0  # clean: correct
+    last = A.pgd_attack(model, x, y, 0.2, **options)
+    assert last.item() == pytest.approx(0.31) and model(last).argmax(1).item() == 0  # the last iterate misses
+    # the protocol's PGD counts the example as broken: an intermediate iterate fooled the model
+    assert A.run_attack("pgd", model, x, y, 0.2, **options).tolist() == [False]
+    best = A.pgd_attack(model, x, y, 0.2, **options, track_best=True)
+    assert best.item() == pytest.approx(0.46) and model(best).argmax(1).item() == 1
+    assert (_linf(best, x) <= 0.2 + 1e-6).all()
+    # with restarts too (the second restart never runs: nothing is left robust)
+    assert A.run_attack("pgd", model, x, y, 0.2, **options, restarts=3).tolist() == [False]
+    # an example the iterates never fool keeps the last one; the loop stops once all are fooled
+    both = torch.cat([x, torch.full((1, 1, 1, 1), 0.9)])
+    out = A.pgd_attack(model, both, torch.zeros(2, dtype=torch.long), 0.2, **options, track_best=True)
+    assert out[0].item() == pytest.approx(0.46) and out[1].item() == pytest.approx(0.9 - 0.2)
+    with pytest.raises(ValueError, match="labels"):
+        A.pgd_attack(model, x, torch.zeros(1, 2), 0.2, loss=lambda o, t: o.sum(), **options, track_best=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,6 +390,72 @@ def test_autoattack_rejects_attacks_outside_custom(setup):
         A.autoattack_adv(model, x, y, EPS, attacks=("apgd-ce",))
 
 
+def test_autoattack_l2_standard_small(setup):
+    """Standard AutoAttack at norm='L2' on 8 examples (Square cut to 100 queries): in the L2 ball,
+    breaks something, reproducible, and reports AutoAttack's own checks (all passing here)."""
+    model, x, y = setup
+    x, y = x[:8], y[:8]
+    checks: dict = {}
+    x_adv = A.autoattack_l2_adv(model, x, y, EPS_L2, n_queries=100, checks=checks)
+    assert (_l2(x_adv, x) <= EPS_L2 + 1e-5).all() and x_adv.min() >= 0 and x_adv.max() <= 1
+    flags = A.robust_flags(model, x, x_adv, y)
+    assert flags.float().mean() < A.clean_flags(model, x, y).float().mean()
+    # (zero_gradients and square_sr only apply once APGD-T / Square see a robust example)
+    assert {"randomized", "range_output", "dynamic", "n_classes"} <= set(checks)
+    assert all(c["passed"] for c in checks.values()), checks
+    assert torch.equal(A.autoattack_l2_flags(model, x, y, EPS_L2, n_queries=100), flags)
+    with pytest.raises(ValueError, match="norm"):
+        A.autoattack_adv(model, x, y, EPS, norm="L3")
+
+
+class _Wrapped(nn.Module):
+    def __init__(self, net: nn.Module, kind: str):
+        super().__init__()
+        self.net, self.kind = net, kind
+
+    def forward(self, x):
+        if self.kind == "softmax":  # probabilities out
+            return torch.softmax(self.net(x), dim=1)
+        if self.kind == "noisy":  # a randomized defense
+            return self.net(x) + 0.1 * torch.randn(len(x), N_CLASSES)
+        if self.kind == "dynamic":  # calls autograd in its forward pass
+            with torch.enable_grad():
+                z = x.detach().requires_grad_(True)
+                torch.autograd.grad((z ** 2).sum(), z)
+            return self.net(x)
+        if self.kind == "quantized":  # zero input gradients
+            return self.net(torch.round(x * 4) / 4)
+        raise ValueError(self.kind)
+
+
+def test_autoattack_own_checks_are_recorded(setup):
+    """AutoAttack only logs its checks; autoattack_adv(checks=...) records each one that ran."""
+    model, x, y = setup
+    x, y = x[:8], y[:8]
+
+    def checks_of(m, attacks=("square",), eps=EPS, n_queries=1, **kw):  # the checks run before any attack
+        out: dict = {}
+        A.autoattack_adv(m.eval(), x, y, eps, version="custom", attacks=attacks, checks=out, n_queries=n_queries,
+                         **kw)
+        return out
+
+    honest = checks_of(model)
+    assert set(honest) == {"randomized", "range_output", "dynamic", "n_classes"}
+    assert all(c == {"passed": True, "detail": "no warning"} for c in honest.values()), honest
+    softmax = checks_of(_Wrapped(model, "softmax"))
+    assert not softmax["range_output"]["passed"] and "probability" in softmax["range_output"]["detail"]
+    assert not checks_of(_Wrapped(model, "noisy"))["randomized"]["passed"]
+    assert not checks_of(_Wrapped(model, "dynamic"))["dynamic"]["passed"]
+    # pyautoattack's check_dynamic counts in a dict it never resets; an honest model after a
+    # dynamic one is not flagged
+    assert checks_of(model)["dynamic"]["passed"]
+    quantized = _Wrapped(model, "quantized")
+    zero = checks_of(quantized, attacks=("apgd-t",), n_iter=2)["zero_gradients"]
+    assert not zero["passed"] and "zero gradient" in zero["detail"]
+    square = checks_of(quantized, attacks=("apgd-ce", "square"), eps=0.25, n_queries=100, n_iter=5)["square_sr"]
+    assert not square["passed"] and "accuracy after clean" in square["detail"], square
+
+
 # ---------------------------------------------------------------------------------------------
 # Protocol
 
@@ -361,8 +485,9 @@ def _settings(**overrides) -> EvalSettings:
 
 EXPECTED_KEYS = {
     "clean_acc", "fgsm_acc", "pgd20_acc", "pgd100_acc", "autoattack_acc", "robust_acc",
-    "cw_acc", "deepfool_acc", "eps_sweep", "epsilon", "epsilon_l2", "params", "macs",
-    "n_examples", "attack_seconds",
+    "autoattack_l2_acc", "cw_acc", "deepfool_acc", "robust_acc_l2", "worst_case_attacks",
+    "autoattack_checks", "autoattack_checks_details", "eps_sweep", "pgd_best_iterate", "epsilon", "epsilon_l2",
+    "params", "macs", "n_examples", "attack_seconds",
 }
 
 
@@ -378,13 +503,23 @@ def _check_metrics(metrics, flags, settings, n):
         assert isinstance(acc, float) and 0.0 <= acc <= clean
         assert acc == flags[name].sum().item() / n
         assert not (flags[name] & ~flags["clean"]).any()
-    linf = [a for a in settings.attacks if a in ("fgsm", "pgd20", "pgd100", "autoattack")]
-    for name in linf:
-        assert metrics["robust_acc"] <= ran[name]
-    expected_robust = flags["clean"].clone()
-    for name in linf:
-        expected_robust &= flags[name]
-    assert torch.equal(flags["robust"], expected_robust)
+    for worst, metric, attacks in (("robust", "robust_acc", ("fgsm", "pgd20", "pgd100", "autoattack")),
+                                   ("robust_l2", "robust_acc_l2", ("autoattack_l2", "cw", "deepfool"))):
+        names = [a for a in settings.attacks if a in attacks]
+        if not names:
+            assert metrics[metric] is None and worst not in flags and metric not in metrics["worst_case_attacks"]
+            continue
+        for name in names:
+            assert metrics[metric] <= ran[name]
+        expected = flags["clean"].clone()
+        for name in names:
+            expected &= flags[name]
+        assert torch.equal(flags[worst], expected) and metrics[metric] == expected.sum().item() / n
+        assert metrics["worst_case_attacks"][metric] == ", ".join(names)
+    autoattacks = [a for a in settings.attacks if a.startswith("autoattack")]
+    assert set(metrics["autoattack_checks"]) == set(autoattacks) == set(metrics["autoattack_checks_details"])
+    for name in autoattacks:
+        assert all(metrics["autoattack_checks"][name].values()), metrics["autoattack_checks_details"]
     sweep = metrics["eps_sweep"]
     assert sweep["0.0"] == clean
     assert list(sweep) == [str(e) for e in sorted({0.0, settings.epsilon, *settings.eps_sweep})]
@@ -418,9 +553,12 @@ def test_evaluate_model_metrics_and_flags(setup):
 
 def test_evaluate_model_without_linf_attacks(setup):
     model, x, y = setup
-    metrics, flags = evaluate_model(model, x, y, _settings(attacks=("deepfool",)), progress=False)
+    settings = _settings(attacks=("deepfool",))
+    metrics, flags = evaluate_model(model, x, y, settings, progress=False)
+    _check_metrics(metrics, flags, settings, len(x))
     assert metrics["robust_acc"] is None and "robust" not in flags
     assert metrics["pgd20_acc"] is None and metrics["deepfool_acc"] is not None
+    assert metrics["robust_acc_l2"] == metrics["deepfool_acc"]
     assert metrics["eps_sweep"]["0.0"] == metrics["clean_acc"]
 
 
@@ -433,6 +571,20 @@ def test_eval_settings_validation():
         _settings(pgd_restarts=0)
     with pytest.raises(ValueError, match="repeat"):
         _settings(attacks=("fgsm", "fgsm"))
+    with pytest.raises(ValueError, match="cw_binary_search_steps"):
+        _settings(cw_binary_search_steps=0)
+    with pytest.raises(ValueError, match="cw_initial_const"):
+        _settings(cw_initial_const=0.0)
+    registry, eps, options = _settings(cw_binary_search_steps=7, cw_initial_const=0.1).attack_call("cw")
+    assert (registry, eps, options["binary_search_steps"], options["initial_const"]) == ("cw_l2", EPS_L2, 7, 0.1)
+    assert _settings().attack_call("autoattack_l2")[:2] == ("autoattack_l2", EPS_L2)
+    # params.yaml: the same knobs, range-checked before any work starts
+    from rnas.config import ParamsError, params_from_dict
+
+    for key, value, allowed in (("cw_binary_search_steps", 0, r"\[1, 50\]"), ("cw_initial_const", 0.0, r"\(0"),
+                                ("sanity_large_epsilon_l2", 0.0, r"\(0")):
+        with pytest.raises(ParamsError, match=rf"evaluate\.{key}.*{allowed}"):
+            params_from_dict({"evaluate": {key: value}})
     settings = _settings(attacks=["fgsm"], eps_sweep=[0.2])  # lists (YAML) become tuples
     assert settings.attacks == ("fgsm",) and settings.eps_sweep == (0.2,)
     hash(settings)
@@ -442,7 +594,9 @@ def test_eval_settings_validation():
 @pytest.mark.slow
 def test_evaluate_model_full_default_suite(setup):
     model, x, y = setup
-    settings = EvalSettings(epsilon=EPS, epsilon_l2=EPS_L2, pgd_step_size=0.025)
+    settings = EvalSettings(epsilon=EPS, epsilon_l2=EPS_L2, pgd_step_size=0.025, cw_steps=50)  # C&W: fast
     metrics, flags = evaluate_model(model, x[:12], y[:12], settings, progress=False)
     _check_metrics(metrics, flags, settings, 12)
     assert metrics["robust_acc"] <= metrics["autoattack_acc"]
+    assert metrics["robust_acc_l2"] <= metrics["autoattack_l2_acc"]
+    assert set(metrics["autoattack_checks"]) == {"autoattack", "autoattack_l2"}

@@ -39,7 +39,7 @@ def _params(tmp_path, runs, seeds):
     p = tiny_params(runs=runs)
     p["pipeline"]["seeds"] = list(seeds)
     p["pipeline"]["results"] = str(tmp_path / "results")
-    p["search"]["epochs"] = 4  # LRNAS needs epochs after its warm-up
+    p["search"]["epochs"] = 8  # LRNAS needs epochs after its warm-up
     return params_from_dict(p)
 
 

@@ -1,10 +1,14 @@
 """DSRNA (rnas/search/methods/dsrna.py) and verification-based evaluation (rnas/evaluation/certify.py):
 the robustness metrics move α (non-zero gradient, a step along it raises the metric), the
-architecture loss is L_val − γ·R per variant, the three runs search end to end, and no example
+Jacobian metric is per example (BN at the clean batch's statistics held fixed; its value and
+α-gradient equal a one-example-at-a-time reference), the architecture loss is L_val − γ·R per
+variant (numerically, from hand-computed terms: tests/test_search_losses.py), the three runs search end to end, and no example
 is both certified and broken by an attack (the evaluate stage's sanity flag and the CLI)."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import json
 from collections.abc import Iterator
@@ -15,6 +19,7 @@ from conftest import tiny_splits
 import torch
 import torch.nn.functional as F
 import yaml
+from torch import nn
 
 from rnas.checkpoint import ResumeState, save_model
 from rnas.config import ParamsError, params_from_dict
@@ -22,6 +27,7 @@ from rnas.data import Splits, TensorPair, get_info, load_splits
 from rnas.evaluation.certify import SANITY_KEY, attack_radii, certified_not_broken, certify, certify_evaluation
 from rnas.evaluation.protocol import EvalSettings, evaluate_model
 from rnas.models import build_model
+from rnas.models.small_cnn import SmallCNN
 from rnas.pipeline import stage_keys
 from rnas.runs import resolve_run
 from rnas.search.base import SearchContext
@@ -77,17 +83,129 @@ def test_metric_moves_alpha(name):
     assert r1 > r0, (float(r0), float(r1))
 
 
-def test_jacobian_metric_is_minus_eps_times_the_dual_norm():
+def frozen_at_batch_statistics(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """An eval-mode copy of ``model`` whose BN running statistics are the (biased) batch
+    statistics of the training-mode forward on ``x``: the function the training-mode forward
+    computes on that batch, applied example by example."""
+    ref = copy.deepcopy(model).train()
+    stats = {}
+
+    def hook(mod, inp, out):
+        var, mean = torch.var_mean(inp[0], dim=(0, 2, 3), unbiased=False)
+        stats[mod] = (mean.detach(), var.detach())
+
+    handles = [m.register_forward_hook(hook) for m in ref.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        ref(x)
+    for h in handles:
+        h.remove()
+    for m, (mean, var) in stats.items():
+        m.running_mean.copy_(mean)
+        m.running_var.copy_(var)
+    return ref.eval()
+
+
+@contextlib.contextmanager
+def batch_statistics_held(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
+    """Within the block every BN layer of ``model`` normalizes with the (biased) statistics its
+    input had in a training-mode forward on ``x``: fixed in the input, still functions of the
+    weights and α (so gradients reach α through them). Updates ``model``'s running statistics."""
+    stats = {}
+
+    def hook(mod, inp, out):
+        var, mean = torch.var_mean(inp[0], dim=(0, 2, 3), unbiased=False)
+        stats[mod] = (mean, var)
+
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    handles = [m.register_forward_hook(hook) for m in bns]
+    model.train()(x)
+    for h in handles:
+        h.remove()
+
+    def frozen(m: nn.BatchNorm2d, inp: torch.Tensor) -> torch.Tensor:
+        mean, var = (t.view(1, -1, 1, 1) for t in stats[m])
+        out = (inp - mean) / torch.sqrt(var + m.eps)
+        return out if m.weight is None else out * m.weight.view(1, -1, 1, 1) + m.bias.view(1, -1, 1, 1)
+
+    for m in bns:
+        m.forward = lambda inp, m=m: frozen(m, inp)
+    try:
+        yield
+    finally:
+        for m in bns:
+            del m.forward
+
+
+def per_example_jacobian(ref: nn.Module, x: torch.Tensor, eps: float, norm: str,
+                         v: torch.Tensor | None = None, create_graph: bool = False) -> torch.Tensor:
+    """−ε·‖∇ₓ g(x_i)‖_* computed one example at a time (g the top-1 logit, or vᵢᵀf)."""
+    out = []
+    for i in range(len(x)):
+        xi = x[i:i + 1].clone().requires_grad_(True)
+        logits = ref(xi)[0]
+        g = logits[logits.argmax()] if v is None else (logits * v[i]).sum()
+        (grad,) = torch.autograd.grad(g, xi, create_graph=create_graph)
+        out.append(grad.abs().sum() if norm == "linf" else grad.norm())
+    return -eps * torch.stack(out)
+
+
+def test_jacobian_metric_is_per_example_with_fixed_batch_statistics():
+    """R_jac of each example is −ε·‖∇ₓ g(x_i)‖_* of the network with BN frozen at the clean batch's
+    statistics, computed one example at a time: no other example enters through the BN mean and
+    variance. The logits are the training-mode forward's."""
     net, x, y = supernet_and_batch()
+    ref = frozen_at_batch_statistics(net, x)
     r, logits = jacobian_metric(net, x, 0.1, "linf", "top1")
-    xr = x.clone().requires_grad_(True)
-    out = net(xr)
-    top = out.gather(1, out.argmax(1, keepdim=True)).sum()
-    (grad,) = torch.autograd.grad(top, xr)
-    assert torch.allclose(r, -0.1 * grad.flatten(1).abs().sum(1))
-    assert torch.allclose(logits, out)
+    assert torch.allclose(logits, net(x), rtol=1e-10, atol=1e-12)
+    expected = per_example_jacobian(ref, x, 0.1, "linf")
+    assert torch.allclose(r, expected, rtol=1e-9, atol=1e-12), (r, expected)
     r2, _ = jacobian_metric(net, x, 0.1, "l2", "top1")
-    assert torch.allclose(r2, -0.1 * grad.flatten(1).norm(dim=1))
+    assert torch.allclose(r2, per_example_jacobian(ref, x, 0.1, "l2"), rtol=1e-9, atol=1e-12)
+    gen = torch.Generator().manual_seed(3)
+    v = torch.randn(logits.shape, generator=torch.Generator().manual_seed(3), dtype=logits.dtype)
+    r3, _ = jacobian_metric(net, x, 0.5, "l2", "random", gen)
+    expected3 = per_example_jacobian(ref, x, 0.5, "l2", v / v.norm(dim=1, keepdim=True))
+    assert torch.allclose(r3, expected3, rtol=1e-9, atol=1e-12)
+    # One example's metric does not depend on which other examples share its batch.
+    r_half, _ = jacobian_metric(net, x[:4], 0.1, "linf", "top1")
+    ref_half = frozen_at_batch_statistics(net, x[:4])
+    assert torch.allclose(r_half, per_example_jacobian(ref_half, x[:4], 0.1, "linf"), rtol=1e-9, atol=1e-12)
+    # ∂R_jac/∂α: the double backward of the same per-example function, the BN statistics
+    # being functions of α (as in a training-mode forward), not constants
+    ref2 = copy.deepcopy(net)
+    with batch_statistics_held(ref2, x):
+        expected = per_example_jacobian(ref2, x, 0.1, "linf", create_graph=True)
+    assert torch.allclose(r, expected, rtol=1e-9, atol=1e-12)
+    g_ref = torch.autograd.grad(expected.sum(), ref2.arch_parameters())
+    g = torch.autograd.grad(r.sum(), net.arch_parameters())
+    for a, b in zip(g, g_ref):
+        assert b.abs().sum() > 0 and torch.allclose(a, b, rtol=1e-8, atol=1e-12)
+
+
+def test_jacobian_metric_two_examples_one_bn_channel():
+    """Two examples, one BN channel, 1x1 images: the batch-normalized value is ±1 whatever x is,
+    so the batch-statistics gradient is ≈ 0 ("perfectly robust"). With the statistics held fixed
+    the gradient is conv · γ / sqrt(σ² + eps) · (classifier weight), non-zero."""
+    net = SmallCNN(2, 1, width=1, depth=1).double().train()
+    conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+    bn = next(m for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 2.0  # the 3x3 conv on a 1x1 image: only the centre tap
+        bn.weight.fill_(1.5)
+        bn.bias.fill_(4.0)  # BN output 4 ± 1.5 > 0: the ReLU passes both examples
+        net.classifier.weight.copy_(torch.tensor([[1.0], [-3.0]]))
+        net.classifier.bias.zero_()
+    x = torch.tensor([0.2, 0.7], dtype=torch.float64).view(2, 1, 1, 1)
+    a = 2.0 * x.flatten()
+    var = ((a - a.mean()) ** 2).mean()
+    slope = 1.0 * 1.5 / torch.sqrt(var + bn.eps) * 2.0  # ∂ logit_0 / ∂x_i, logit 0 the top one
+    r, logits = jacobian_metric(net, x, 0.1, "linf", "top1")
+    assert (logits.argmax(1) == 0).all()
+    assert torch.allclose(r, torch.full((2,), -0.1 * float(slope), dtype=torch.float64), rtol=1e-9)
+    assert float(r.detach().abs().min()) > 0.5  # far from 0 ("perfectly robust")
+    grads = torch.autograd.grad(r.sum(), [bn.weight, conv.weight])  # the metric stays differentiable
+    assert all(gr.abs().sum() > 0 for gr in grads)
 
 
 def test_scale_bound_keeps_the_order():

@@ -1,5 +1,6 @@
 """Resumable evaluation: an evaluation killed after some attacks resumes from its state file,
-skips what is done and gives exactly the numbers of an uninterrupted run."""
+skips what is done and gives exactly the numbers of an uninterrupted run (AutoAttack's own
+checks, kept in the state beside the flags, included)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from rnas.evaluation.sanity import SQUARE_KEY, SanitySettings
 torch.set_num_threads(1)
 
 N_CLASSES = 10
-SETTINGS = EvalSettings(epsilon=0.1, epsilon_l2=0.8, pgd_step_size=0.025, eps_sweep=(0.05,),
-                        attacks=("fgsm", "pgd20", "deepfool"), deepfool_steps=10)
+# At the L2 radius 2.5 AutoAttack-L2's APGD-CE already breaks every example, so its later
+# sub-attacks are skipped and the test stays fast; its own checks still run and are resumed.
+SETTINGS = EvalSettings(epsilon=0.1, epsilon_l2=2.5, pgd_step_size=0.025, eps_sweep=(0.05,),
+                        attacks=("fgsm", "pgd20", "autoattack_l2", "deepfool"), deepfool_steps=10)
 SANITY = SanitySettings(large_epsilon=0.5, square_queries=50, tolerance=0.05)
 
 
@@ -71,8 +74,10 @@ def test_resume_gives_the_uninterrupted_numbers(setup, tmp_path, monkeypatch):
     _counting(monkeypatch, calls, fail="deepfool_l2")
     with pytest.raises(Interrupted):
         evaluate_with_sanity(model, x, y, SETTINGS, SANITY, progress=False, state=EvalState(path, key))
-    saved = load_checked(path, ("key", "flags", "seconds"))  # weights_only=True load
-    assert saved["key"] == key and set(saved["flags"]) == {"fgsm", "pgd20"}
+    saved = load_checked(path, ("key", "flags", "seconds", "info"))  # weights_only=True load
+    assert saved["key"] == key and set(saved["flags"]) == {"fgsm", "pgd20", "autoattack_l2"}
+    assert set(saved["info"]) == {"autoattack_l2"}
+    assert "range_output" in saved["info"]["autoattack_l2"]["autoattack_checks"]
     assert not list(path.parent.glob(".*.tmp"))  # atomic writes leave no temporaries
 
     calls.clear()
@@ -81,7 +86,10 @@ def test_resume_gives_the_uninterrupted_numbers(setup, tmp_path, monkeypatch):
                                                   state=EvalState(path, key))
     assert "fgsm" not in calls and calls["pgd"] == 3  # eps 0, 0.05 and the probe at 0.5; not PGD-20 at ε
     assert calls["deepfool_l2"] == 1 and calls["autoattack"] == 1  # the rest, incl. Square alone
+    assert calls["autoattack_l2"] == 1  # APGD-CE at the large L2 radius, not the protocol's AutoAttack-L2
     assert _strip(resumed) == _strip(full)
+    assert set(full["autoattack_checks"]) == {"autoattack_l2", SQUARE_KEY, "sanity/apgd_ce_l2@4.0"}
+    assert full["robust_acc_l2"] is not None and full["worst_case_attacks"]["robust_acc"].endswith(SQUARE_KEY)
     assert set(resumed_flags) == set(full_flags) and SQUARE_KEY in resumed_flags
     assert all(torch.equal(resumed_flags[k], full_flags[k]) for k in full_flags)
     assert resumed["attack_seconds"]["fgsm"] == pytest.approx(float(saved["seconds"]["fgsm"]))

@@ -1,6 +1,7 @@
 """LRNAS: the Monte Carlo Shapley estimator on toy games, switching primitives off in the
-supernet, the momentum update, greedy selection under the parameter budget, budget runs, and a
-tiny end-to-end search."""
+supernet, the per-cell-type update by hand, a hand-set supernet where exactly one op helps, the
+weight step by hand, greedy selection under the parameter budget, budget runs, and a tiny
+end-to-end search."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from rnas.config import params_from_dict, to_dict
 from rnas.runs import parse_budget, resolve_run
 from rnas.search.methods.lrnas import (ParameterCost, edge_endpoints, edge_stride, greedy_select,
-                                       momentum_update)
+                                       momentum_update, standardize_per_cell)
 from rnas.search.shapley import (lrnas_values, monte_carlo_shapley, permutation_marginals, sample_marginals,
                                  zscore)
 from rnas.space.genotype import Genotype, num_edges, random_genotype, validate_genotype
@@ -130,17 +132,53 @@ def test_zscore_and_lrnas_values():
     torch.testing.assert_close(lrnas_values(m), expected)
 
 
-def test_momentum_update():
-    V = torch.zeros(2, 3)
-    v_hat = torch.tensor([[3.0, 0.0, 4.0], [0.0, 0.0, 0.0]])
-    V1, step = momentum_update(V, v_hat, 0.2, 0.1)
-    torch.testing.assert_close(V1, 0.2 * v_hat / 5.0)
-    torch.testing.assert_close(step, 0.1 * v_hat / 5.0)
-    V2, step2 = momentum_update(V1, -v_hat, 0.2, 0.1)
-    torch.testing.assert_close(V2, 0.8 * V1 - 0.2 * v_hat / 5.0)
-    assert abs(float(step2.norm()) - 0.1) < 1e-6  # α moves by exactly η per epoch
-    V3, step3 = momentum_update(torch.zeros(2, 3), torch.zeros(2, 3), 0.2, 0.1)  # no signal: no move
-    assert bool((V3 == 0).all()) and bool((step3 == 0).all())
+def test_zscore_of_equal_values_is_zero_despite_rounding():
+    # the mean of these 40 equal floats is not exactly their value: std ~1e-17, and z = ±1 from rounding
+    x = torch.full((40,), 0.1, dtype=torch.float64) * -1.2345
+    assert float(x.std()) > 0
+    for correction in (0, 1):
+        assert bool((zscore(x, 0, correction) == 0).all())
+        assert bool((standardize_per_cell(torch.stack([x, x.flip(0)]).view(2, 5, 8)) == 0).all())
+
+
+def test_update_by_hand_standardizes_each_cell_type_separately():
+    """The α update on a tiny case, numbers worked out by hand: each cell type's V̂ is z-scored
+    over its own entries (sample std, n − 1, as the public LRNAS code's update_alpha), then
+    V ← (1 − μ)·V + μ·z and α ← α + η·V (μ = 0.2, η = 0.1). Every reduction value is below
+    every normal value, yet the reduction cell's best op rises as much as the normal one's."""
+    v_hat = torch.tensor([[1.0, 2.0, 3.0], [0.1, 0.2, 0.6]], dtype=torch.float64)  # (cell type, primitive)
+    V1, step1 = momentum_update(torch.zeros(2, 3, dtype=torch.float64), v_hat, 0.2, 0.1)
+    # normal: mean 2, sample std 1 -> z = (-1, 0, 1); reduce: mean 0.3, sample std sqrt(0.07)
+    z_r = [-0.7559289460, -0.3779644730, 1.1338934190]
+    torch.testing.assert_close(V1, torch.tensor([[-0.2, 0.0, 0.2], [0.2 * z for z in z_r]], dtype=torch.float64))
+    torch.testing.assert_close(step1, torch.tensor([[-0.02, 0.0, 0.02], [0.02 * z for z in z_r]],
+                                                   dtype=torch.float64))
+    assert float(step1[1, 2]) > 0 and float(step1[1].argmax()) == 2  # the reduction cell's best op rises
+    # second epoch: the momentum keeps 0.8 of V
+    v_hat2 = torch.tensor([[3.0, 2.0, 1.0], [0.5, 0.5, 0.2]], dtype=torch.float64)
+    V2, step2 = momentum_update(V1, v_hat2, 0.2, 0.1)
+    # normal: z = (1, 0, -1), V = 0.8·(-0.2, 0, 0.2) + 0.2·(1, 0, -1) = (0.04, 0, -0.04)
+    # reduce: mean 0.4, sample std sqrt(0.03), z = (0.5773502692, 0.5773502692, -1.1547005384)
+    v2_r = [0.16 * a + 0.2 * b for a, b in zip(z_r, [0.5773502692, 0.5773502692, -1.1547005384])]
+    torch.testing.assert_close(V2, torch.tensor([[0.04, 0.0, -0.04], v2_r], dtype=torch.float64))
+    torch.testing.assert_close(step2, torch.tensor([[0.004, 0.0, -0.004], [0.1 * v for v in v2_r]],
+                                                   dtype=torch.float64))
+    # a cell whose values are all equal carries no ranking: z = 0 there, the other cell unchanged
+    V3, step3 = momentum_update(torch.zeros(2, 3, dtype=torch.float64),
+                                torch.tensor([[5.0, 5.0, 5.0], [1.0, 2.0, 3.0]], dtype=torch.float64), 0.2, 0.1)
+    assert bool((V3[0] == 0).all()) and bool((step3[0] == 0).all())
+    torch.testing.assert_close(step3[1], torch.tensor([-0.02, 0.0, 0.02], dtype=torch.float64))
+
+
+def test_standardize_per_cell():
+    v = torch.tensor([[[1.0, 3.0], [5.0, 7.0]], [[0.0, 0.0], [0.0, 0.0]]], dtype=torch.float64)
+    z = standardize_per_cell(v)
+    s = math.sqrt(((1 - 4) ** 2 + (3 - 4) ** 2 + (5 - 4) ** 2 + (7 - 4) ** 2) / 3)  # sample std, n - 1
+    torch.testing.assert_close(z[0], (v[0] - 4.0) / s)
+    assert bool((z[1] == 0).all())
+    # an affine change of one cell's values (e.g. a different scale of its drops) changes nothing
+    torch.testing.assert_close(standardize_per_cell(torch.stack([3 * v[0] - 2, v[0] * 0.01])),
+                               torch.stack([z[0], z[0]]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,14 +332,14 @@ def test_budget_runs():
         parse_budget("1.5M")
 
 
-def _tiny_params(**lrnas):
+def _tiny_params(search=None, **lrnas):
     block = {"warmup_epochs": 1, "permutations": 2, "batch_size": 16, "budget": 30_000,
              "fgsm_epsilon": 0.1, "attack_each_coalition": False, **lrnas}
     return params_from_dict({
         "pipeline": {"runs": ["lrnas"], "progress": False, "channels_last": False},
         "data": {"dataset": "digits", "train_subset": 160},
         "search": {"epochs": 2, "batch_size": 16, "init_channels": 4, "layers": 2, "nodes": 2,
-                   "methods": {"lrnas": block}},
+                   **(search or {}), "methods": {"lrnas": block}},
         "retrain": {"init_channels": 8, "layers": 4},
         "tracking": {"enabled": False},
     })
@@ -345,28 +383,249 @@ def test_search_end_to_end(tmp_path, run, attack_each):
     assert other.architecture() == result.architecture
 
 
-def test_alpha_moves_by_eta_and_masks_are_restored():
-    from rnas.data import load_splits
+def _z_cell_by_hand(v):
+    """Each cell type's values z-scored over that cell's entries, sample std (n − 1), written out."""
+    out = []
+    for cell in v.double():
+        if bool((cell == cell.flatten()[0]).all()):
+            out.append(torch.zeros_like(cell))  # all equal: no ranking in this cell
+            continue
+        mean = cell.sum() / cell.numel()
+        std = math.sqrt(float(((cell - mean) ** 2).sum()) / (cell.numel() - 1))
+        out.append((cell - mean) / std)
+    return torch.stack(out)
+
+
+def _lrnas_method(params, seed=0):
+    from rnas.data import DATASETS
     from rnas.search.base import SearchContext
     from rnas.search.methods import make_method
+
+    method = make_method("lrnas")
+    method.setup(SearchContext(params, resolve_run("lrnas"), DATASETS["digits"], torch.device("cpu"), seed, 1))
+    return method
+
+
+def _alphas(net):
+    return torch.stack([net.alpha_normal.detach().clone(), net.alpha_reduce.detach().clone()]).double()
+
+
+def test_alpha_update_on_digits_by_hand_and_masks_are_restored():
+    from rnas.data import load_splits
 
     params = _tiny_params(permutations=1, batch_size=16)
     torch.manual_seed(0)
     splits = load_splits("digits", root="data", download=False, seed=0, val_fraction=0.1, image_size=8,
                          test_fraction=0.2, train_subset=160)
-    method = make_method("lrnas")
-    method.setup(SearchContext(params, resolve_run("lrnas"), splits.info, torch.device("cpu"), 0, 1))
+    method = _lrnas_method(params)
     net = method.supernet
-    before = torch.cat([net.alpha_normal.detach().clone(), net.alpha_reduce.detach().clone()])
+    before = _alphas(net)
     bn_before = [b.clone() for b in net.buffers()]
     method._batches = [(splits.val.x[:16], splits.val.y[:16])]
     metrics = method.estimate_contributions(1)
-    assert float(method.history[-1]["value"].norm()) > 0  # some primitive mattered
-    after = torch.cat([net.alpha_normal.detach(), net.alpha_reduce.detach()])
-    assert abs(float((after - before).norm()) - 0.1) < 1e-5  # η = 0.1 (default step_size)
+    v_hat = method.history[-1]["value"].view(2, *net.alpha_normal.shape)
+    assert float(v_hat.norm()) > 0  # some primitive mattered
+    # V starts at 0: α moves by η·μ·z_cell(V̂) (η = 0.1, μ = 0.2, the defaults)
+    torch.testing.assert_close(_alphas(net) - before, 0.1 * 0.2 * _z_cell_by_hand(v_hat), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(method.V, 0.2 * _z_cell_by_hand(v_hat), atol=1e-5, rtol=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(bn_before, net.buffers()))  # BN stats and masks restored
     assert metrics["shapley_evaluations"] >= 2
     assert net.training  # modes restored
+
+
+class _AdditiveCoalition:
+    """Stands in for CoalitionValue: an additive game, v(S) = Σ_{i∈S} w_i for the clean and the
+    FGSM accuracy alike, so every permutation's drop of player i is exactly w_i."""
+
+    worth: torch.Tensor
+
+    def __init__(self, net, x, y, epsilon, attack_each, null):
+        self.evaluations = 0
+
+    def __call__(self, active):
+        self.evaluations += 1
+        v = float((self.worth * active.double()).sum())
+        return torch.tensor([v, v], dtype=torch.float64)
+
+
+def test_reduction_candidates_are_standardized_and_ranked_on_their_own_scale(monkeypatch):
+    """Every reduction primitive contributes less than every normal one (in the paper's supernet
+    a reduction op acts in 2 of 8 cells, a normal op in 6), yet the reduction cell's clearly best
+    primitive rises, and the greedy selection's one list takes it first."""
+    import rnas.search.methods.lrnas as lrnas_module
+
+    method = _lrnas_method(_tiny_params(permutations=3))
+    net = method.supernet
+    n_e, n_ops = net.alpha_normal.shape
+    gen = torch.Generator().manual_seed(0)
+    normal = 1.0 + torch.rand(n_e, n_ops, generator=gen, dtype=torch.float64)        # in [1, 2]
+    reduce = 0.1 + 0.05 * torch.rand(n_e, n_ops, generator=gen, dtype=torch.float64)  # in [0.1, 0.15]
+    best = (3, PRIMITIVES.index("sep_conv_5x5"))  # edge 3: node 1 <- input 1
+    reduce[best] = 0.5
+    assert float(reduce.max()) < float(normal.min())
+    worth = torch.stack([normal, reduce])
+    monkeypatch.setattr(lrnas_module, "CoalitionValue",
+                        type("Additive", (_AdditiveCoalition,), {"worth": worth.flatten()}))
+    before = _alphas(net)
+    method._batches = [(torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))]
+    method.estimate_contributions(1)
+    step = _alphas(net) - before
+    assert float(step[1][best]) > 0 and float(step[1][best]) == float(step[1].max())  # the reduction best rises
+    # by hand: every drop is w_i, so V̂ = z(w) + z(w), z over all players (population std) ...
+    flat = worth.flatten()
+    z_all = (flat - flat.mean()) / math.sqrt(float(((flat - flat.mean()) ** 2).mean()))
+    torch.testing.assert_close(method.history[-1]["value"].double(), 2 * z_all, atol=1e-5, rtol=1e-5)
+    # ... and each cell's re-standardized V̂ is the cell's z of w: α moves by η·μ·z_cell(w)
+    torch.testing.assert_close(step, 0.1 * 0.2 * _z_cell_by_hand(worth), atol=1e-6, rtol=1e-5)
+    # one list for both cell types: the reduction cell's best primitive is the first candidate
+    sel = method.selection()
+    first = sel.steps[0]
+    assert (first["cell"], first["node"], first["input"], first["op"], first["result"]) == \
+        ("reduce", 1, 1, "sep_conv_5x5", "added")
+    assert ("sep_conv_5x5", 1) in sel.genotype.reduce
+
+
+class _Scale(nn.Module):
+    """factor · x, spatially strided like the op it replaces."""
+
+    def __init__(self, factor, stride=1):
+        super().__init__()
+        self.factor, self.stride = factor, stride
+
+    def forward(self, x):
+        return self.factor * x[:, :, :: self.stride, :: self.stride]
+
+
+class _Repeat(nn.Module):
+    """The input's first channel repeated to ``channels`` channels."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x):
+        return x[:, :1].repeat(1, self.channels, 1, 1)
+
+
+class _Signed(nn.Module):
+    def forward(self, x):
+        return 2 * x - 1
+
+
+SKIP, MAX_POOL = PRIMITIVES.index("skip_connect"), PRIMITIVES.index("max_pool_3x3")
+
+
+def _one_useful_op(net):
+    """Hand-set weights on a 2-cell (normal, reduce) supernet, task: is the (constant) image
+    brighter than 0.5? The signal s = 2x − 1 reaches the classifier only through the normal
+    cell's ``skip_connect`` from input 1 (N), then any of the reduction cell's seven non-zero ops
+    from input 1 (redundant carriers: every path needs one of them). Every other op outputs 0,
+    except the normal cell's ``max_pool_3x3`` from input 0 (H), which adds −s/2 (harmful). With
+    N and a carrier on the network is always right (w_N − w_H/2 > 0 for equal α), with N off and
+    H on always wrong, with no signal it says class 0 (half right here). Exact Shapley values of
+    this game (enumerated): N 49/72, H −7/36, each carrier 1/504, every other primitive 0."""
+    c = net.model_args["init_channels"]
+    net.normalize = _Signed()
+    net.stem = _Repeat(net.stem[0].out_channels)
+    for cell in net.cells:
+        channels = 2 * c if cell.reduction else c
+        cell.preprocess0, cell.preprocess1 = _Repeat(channels), _Repeat(channels)
+        for edge in cell.edges:
+            for o, name in enumerate(PRIMITIVES):
+                if name != "none":
+                    edge.ops[o] = _Scale(0.0, edge.stride)
+    normal, reduce = net.cells
+    assert not normal.reduction and reduce.reduction
+    normal.edges[1].ops[SKIP] = _Scale(1.0)
+    normal.edges[0].ops[MAX_POOL] = _Scale(-0.5)
+    for o, name in enumerate(PRIMITIVES):
+        if name != "none":
+            reduce.edges[1].ops[o] = _Scale(1.0, 2)
+    with torch.no_grad():
+        net.classifier.weight.zero_()
+        net.classifier.bias.zero_()
+        net.classifier.weight[1, 0], net.classifier.weight[0, 0] = 1.0, -1.0
+
+
+def test_the_one_useful_op_gets_the_highest_contribution_and_its_alpha_rises():
+    """The real contribution estimate (masks in the supernet, clean and FGSM accuracy, z-scores,
+    update) on :func:`_one_useful_op`'s network: N gets the highest value and its α rises most in
+    its cell, the harmful H the lowest and its α falls, and every α moves by η·μ·z_cell(V̂)."""
+    params = _tiny_params(search={"init_channels": 2}, permutations=4, attack_each_coalition=False,
+                          fgsm_epsilon=0.1, batch_size=12)
+    method = _lrnas_method(params)
+    net = method.supernet
+    _one_useful_op(net)
+    shade = torch.tensor([0.1, 0.2, 0.3, 0.7, 0.8, 0.9] * 2)
+    x, y = shade.view(-1, 1, 1, 1).expand(12, 1, 8, 8).contiguous(), (shade > 0.5).long()
+    # the op provably helps: on, every example right; off (H still on), every one wrong
+    assert bool((net(x).argmax(1) == y).all())
+    net.mask_normal[1, SKIP] = 0.0
+    assert bool((net(x).argmax(1) != y).all())
+    net.mask_normal.fill_(1.0)
+
+    n_e, n_ops = net.alpha_normal.shape
+    before = _alphas(net)
+    method._batches = [(x, y)]
+    metrics = method.estimate_contributions(1)
+    assert metrics["shapley_full_clean_acc"] == 1.0 and metrics["shapley_full_fgsm_acc"] == 1.0
+    h = method.history[-1]
+    v_hat = h["value"].view(2, n_e, n_ops).double()
+    clean = h["shapley_clean"].view(2, n_e, n_ops)
+    useful, harmful = (0, 1, SKIP), (0, 0, MAX_POOL)
+    others = torch.ones(2, n_e, n_ops, dtype=torch.bool)
+    others[useful] = False
+    assert float(v_hat[useful]) > float(v_hat[others].max())  # the highest contribution of all
+    assert float(clean[useful]) > float(clean[others].max())  # also the plain Shapley estimate (exact: 49/72)
+    assert float(clean[harmful]) <= 0 and float(v_hat[harmful]) == float(v_hat[0].min())
+    step = _alphas(net) - before
+    assert float(step[useful]) > 0 and int(step[0].argmax()) == 1 * n_ops + SKIP  # rises, most of its cell
+    assert float(step[harmful]) < 0
+    z = _z_cell_by_hand(v_hat)
+    assert bool((torch.sign(step) == torch.sign(z)).all())  # the update's sign is the cell's z-score's
+    torch.testing.assert_close(step, 0.1 * 0.2 * z, atol=1e-6, rtol=1e-5)
+    assert int(net.alpha_normal.argmax()) == 1 * n_ops + SKIP
+    # (the reduction cell's carriers share a tiny value; the scale of that cell's update against the
+    # normal cell's is test_reduction_candidates_are_standardized_and_ranked_on_their_own_scale's)
+    assert ("skip_connect", 1) in method.selection().genotype.normal
+
+
+def test_weight_step_is_clean_cross_entropy_and_sgd_by_hand():
+    """LRNAS' weight loss is plain cross-entropy on the weight half and the update one SGD step
+    (momentum, weight decay, gradient clipping at search.grad_clip); α, β are not touched and the
+    validation batch is only collected after the warm-up."""
+    from rnas.search.base import Progress
+
+    # a clip that binds and a weight decay large enough to be seen in the step
+    params = _tiny_params(search={"partial_channels": 2, "grad_clip": 0.05, "w_weight_decay": 0.01})
+    s = params.search
+    method = _lrnas_method(params)
+    net = method.supernet
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(8, 1, 8, 8, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+    xa, ya = torch.rand(20, 1, 8, 8, generator=gen), torch.randint(0, 10, (20,), generator=gen)
+    ref = copy.deepcopy(net).train()
+    logits = ref(x)
+    loss = -(logits - logits.logsumexp(1, keepdim=True)).gather(1, y[:, None]).mean()
+    weights = ref.weights()
+    grads = [torch.zeros_like(w) if g is None else g
+             for w, g in zip(weights, torch.autograd.grad(loss, weights, allow_unused=True))]
+    norm = math.sqrt(sum(float((g ** 2).sum()) for g in grads))
+    clip = min(1.0, s.grad_clip / (norm + 1e-6))
+    assert clip < 0.5
+    # first SGD step: the momentum buffer is the first gradient (with weight decay), w <- w - lr·buffer
+    expected = [-s.w_lr * (clip * g + s.w_weight_decay * w.detach()) for w, g in zip(weights, grads)]
+    old = [w.detach().clone() for w in net.weights()]
+    arch = [p.detach().clone() for p in net.arch_parameters()]
+    metrics = method.step((x, y), (xa, ya), Progress(0, 0, 1))
+    assert abs(metrics["weight_loss"] - float(loss.detach())) < 1e-6
+    for w, w0, e in zip(net.weights(), old, expected):
+        torch.testing.assert_close(w.detach() - w0, e, atol=1e-8, rtol=1e-3)
+    assert all(torch.equal(p, a) for p, a in zip(net.arch_parameters(), arch))
+    assert method._batches == []  # warm-up epoch: no validation batch kept
+    method.step((x, y), (xa, ya), Progress(1, 0, 1))
+    assert len(method._batches) == 1 and torch.equal(method._batches[0][0], xa[:16])
+    assert all(torch.equal(p, a) for p, a in zip(net.arch_parameters(), arch))
 
 
 def test_warmup_must_leave_an_estimation_epoch():

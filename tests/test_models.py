@@ -130,3 +130,57 @@ def test_unknown_family_and_bad_arguments() -> None:
         build_model("small_cnn", 10, 3, "imagenet")
     with pytest.raises(ValueError, match="6n"):
         build_model("wide_resnet", 10, 3, "cifar10", depth=12)
+
+
+def _conv_output_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
+    shapes: list[tuple[int, ...]] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
+               for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in handles:
+        h.remove()
+    return shapes
+
+
+@pytest.mark.parametrize(("depth", "convs_per_stage"), [(3, 1), (3, 3), (4, 2)])
+def test_small_cnn_stages_of_several_convs(depth: int, convs_per_stage: int) -> None:
+    """Stage i: ``convs_per_stage`` convs with width·2^i channels at (8 / 2^i)² pixels (ceil), then pooling."""
+    model = build_model("small_cnn", 10, 1, "digits", width=4, depth=depth, convs_per_stage=convs_per_stage)
+    shapes = _conv_output_shapes(model, torch.rand(2, 1, 8, 8))
+    expected = [(2, 4 * 2**i, -(-8 // 2**i), -(-8 // 2**i)) for i in range(depth) for _ in range(convs_per_stage)]
+    assert shapes == expected
+    assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+    pools = [m for m in model.net.modules() if isinstance(m, nn.MaxPool2d)]
+    assert len(pools) == depth - 1
+
+
+def test_small_cnn_default_is_the_one_conv_per_stage_network() -> None:
+    """convs_per_stage=1 (the default) keeps the former module names, so older checkpoints load."""
+    old = MODEL_FAMILIES["small_cnn"](10, 1, width=8, depth=3)
+    assert list(old.state_dict()) == list(MODEL_FAMILIES["small_cnn"](10, 1, width=8, depth=3,
+                                                                      convs_per_stage=1).state_dict())
+    assert [n for n, m in old.named_modules() if isinstance(m, nn.Conv2d)] == ["features.0", "features.4",
+                                                                               "features.8"]
+    with pytest.raises(ValueError, match="convs_per_stage"):
+        MODEL_FAMILIES["small_cnn"](10, 1, width=8, depth=3, convs_per_stage=0)
+
+
+@pytest.mark.parametrize("params_file", ["params.yaml", "configs/digits_full.yaml"])
+def test_digits_teacher_gives_rnas_cl_a_choice_of_tutors(params_file: str) -> None:
+    """The embedded profile's teacher (built as the teacher stage builds it) has >= 8 conv layers,
+    every one a tutor candidate of RNAS-CL, and rebuilds from the model_args its checkpoint stores."""
+    from pathlib import Path
+
+    from rnas.checkpoint import build_model as build_checkpoint_model
+    from rnas.config import load_params
+    from rnas.data import get_info
+    from rnas.distill import TeacherProbe
+    from rnas.stages.teacher import teacher_model_args
+
+    params = load_params(Path(__file__).resolve().parents[1] / params_file)
+    args = json.loads(json.dumps(teacher_model_args(params, get_info("digits"))))
+    teacher = build_checkpoint_model(args)
+    probe = TeacherProbe(teacher, 4)
+    logits, maps = probe(torch.rand(3, 1, 8, 8))
+    assert len(probe.names) >= 8 and maps.shape == (len(probe.names), 3, 16) and logits.shape == (3, 10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rnas.space.genotype import num_edges
 from rnas.space.ops import PRIMITIVES
@@ -143,3 +144,73 @@ def test_k1_equals_full_darts():
 def test_k_must_divide_channels():
     with pytest.raises(ValueError, match="must divide"):
         MixedOp(6, 1, partial_channels=4)
+
+
+# --------------------------------------------------------------------------------------------
+# K > 1 against the PC-DARTS definition, written out
+# --------------------------------------------------------------------------------------------
+
+def _shuffle_by_definition(x: torch.Tensor, k: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle with K groups, as an index list: output channel i·K + g is
+    input channel g·(C/K) + i."""
+    c = x.shape[1]
+    return x[:, [g * (c // k) + i for i in range(c // k) for g in range(k)]]
+
+
+def _pc_edge_by_definition(edge: MixedOp, x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
+    """PC-DARTS' partial-channel edge (Xu et al. 2020, eq. 2 and their model_search.py): the
+    ops see the sampled 1/K of the channels (the first C/K; the shuffle of the previous node
+    decides which they are), Σ_o w_o · o(x_sampled); the other channels bypass the ops
+    (max-pooled 2x2 on a stride-2 edge); the two parts are concatenated, then shuffled."""
+    c = x.shape[1]
+    sampled, bypassed = x[:, : c // k], x[:, c // k:]
+    mixed = sum(w[o] * op(sampled) for o, op in enumerate(edge.ops))
+    if edge.stride == 2:
+        bypassed = F.max_pool2d(bypassed, 2, 2)
+    return _shuffle_by_definition(torch.cat([mixed, bypassed], dim=1), k)
+
+
+def _pc_forward_by_definition(net: Supernet, x: torch.Tensor, k: int) -> torch.Tensor:
+    """The PC-DARTS supernet forward: node_j = Σ_{i<j} softmax(β over node j's inputs)_i ·
+    edge_ij(x_i) (edge normalization), each edge as :func:`_pc_edge_by_definition` with
+    w = softmax(α_ij) times the switch-off mask; the cell output concatenates the nodes."""
+    s0 = s1 = net.stem(net.normalize(x))
+    for cell in net.cells:
+        alpha, beta, mask = ((net.alpha_reduce, net.beta_reduce, net.mask_reduce) if cell.reduction
+                             else (net.alpha_normal, net.beta_normal, net.mask_normal))
+        w = torch.softmax(alpha, -1) * mask
+        states = [cell.preprocess0(s0), cell.preprocess1(s1)]
+        offset = 0
+        for _ in range(cell.nodes):
+            n_in = len(states)
+            b = torch.softmax(beta[offset:offset + n_in], 0)
+            states.append(sum(b[j] * _pc_edge_by_definition(cell.edges[offset + j], h, w[offset + j], k)
+                              for j, h in enumerate(states)))
+            offset += n_in
+        s0, s1 = s1, torch.cat(states[2:], dim=1)
+    return net.classifier(net.global_pooling(s1).flatten(1))
+
+
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("masked", [False, True])
+def test_partial_channel_supernet_matches_the_pc_darts_definition(k, masked):
+    torch.manual_seed(0)
+    net = Supernet(8, 3, 10, input_channels=1, nodes=3, partial_channels=k)  # normal, reduce, reduce
+    with torch.no_grad():
+        for p in net.arch_parameters():  # far from uniform, so every weight matters
+            p.copy_(2 * torch.randn_like(p))
+        if masked:  # primitives switched off (LRNAS' contribution estimate)
+            for mask in (net.mask_normal, net.mask_reduce):
+                mask.copy_((torch.rand_like(mask) > 0.3).float())
+    x = torch.rand(4, 1, 8, 8)
+    for train in (True, False):  # BN with batch statistics (search) and with running statistics
+        net.train(train)
+        with torch.no_grad():
+            torch.testing.assert_close(net(x), _pc_forward_by_definition(net, x, k), atol=1e-5, rtol=1e-4)
+    # and the gradient reaches α and β as in the definition
+    net.train()
+    x = torch.rand(4, 1, 8, 8)
+    got = torch.autograd.grad(net(x).square().sum(), net.arch_parameters())
+    want = torch.autograd.grad(_pc_forward_by_definition(net, x, k).square().sum(), net.arch_parameters())
+    for g, h in zip(got, want):
+        torch.testing.assert_close(g, h, atol=1e-5, rtol=1e-4)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import require_or_skip
 from rnas import paths
 from rnas.config import load_params
 from rnas.report.build import build_report
@@ -28,9 +29,9 @@ from rnas.report.table import main_table, sanity_failures, seed_interval, wilson
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKS = ("eps0_equals_clean", "monotone_in_eps", "large_eps_reaches_chance", "pgd_not_weaker_than_fgsm",
-          "more_pgd_steps_not_weaker", "square_not_stronger_than_whitebox", "nonzero_input_gradients",
-          "outputs_are_logits")
+CHECKS = ("eps0_equals_clean", "monotone_in_eps", "large_eps_reaches_chance", "large_eps_l2_reaches_chance",
+          "pgd_not_weaker_than_fgsm", "more_pgd_steps_not_weaker", "square_not_stronger_than_whitebox",
+          "nonzero_input_gradients", "outputs_are_logits", "autoattack_own_checks")
 GENOTYPE = {
     "normal": [["sep_conv_3x3", 0], ["skip_connect", 1], ["skip_connect", 0], ["dil_conv_3x3", 2],
                ["avg_pool_3x3", 1], ["sep_conv_5x5", 3], ["max_pool_3x3", 0], ["skip_connect", 4]],
@@ -52,9 +53,20 @@ def _params(tmp_path: Path, seeds=(0, 1)):
     return load_params(path)
 
 
-def _eval(clean: float, robust: float, failed: tuple[str, ...] = (), certified: float | None = None) -> dict:
+AA_CHECKS = ("randomized", "range_output", "dynamic", "n_classes", "zero_gradients", "square_sr")
+
+
+def _eval(clean: float, robust: float, failed: tuple[str, ...] = (), certified: float | None = None,
+          aa_failed: tuple[str, ...] = ()) -> dict:
     ev = {"clean_acc": clean, "fgsm_acc": robust + 0.06, "pgd20_acc": robust + 0.03, "pgd100_acc": robust + 0.02,
-          "autoattack_acc": robust, "robust_acc": robust, "cw_acc": robust + 0.05, "deepfool_acc": robust + 0.01,
+          "autoattack_acc": robust, "robust_acc": robust, "autoattack_l2_acc": robust + 0.04,
+          "cw_acc": robust + 0.05, "deepfool_acc": robust + 0.01, "robust_acc_l2": robust + 0.035,
+          "autoattack_checks": {"autoattack": {c: c not in aa_failed for c in AA_CHECKS},
+                                "sanity/square": {c: True for c in AA_CHECKS[:4]}},
+          "autoattack_checks_details": {"autoattack": {c: ("Square Attack has decreased the robust accuracy of "
+                                                           "2.00%" if c in aa_failed else "no warning")
+                                                       for c in AA_CHECKS},
+                                        "sanity/square": {c: "no warning" for c in AA_CHECKS[:4]}},
           "eps_sweep": {"0.0": clean, "0.05": (clean + robust) / 2, "0.1": robust + 0.03, "0.3": 0.0},
           "epsilon": 0.1, "epsilon_l2": 0.5, "params": 28354, "macs": 324736, "n_examples": 200,
           "attack_seconds": {"fgsm": 0.1}, "eval_seconds": 42.0, "device": "cpu",
@@ -114,8 +126,9 @@ def test_report_tables_every_run_every_column(report):
     md = out.markdown.read_text()
     # one row per run, teacher last; every accuracy column, certified (the teacher has it), costs
     header = next(line for line in md.splitlines() if line.startswith("| run | seeds"))
-    for label in ("clean", "FGSM", "PGD-20", "PGD-100", "AutoAttack", "worst case", "C&W-L2", "DeepFool-L2",
-                  "certified", "params", "MACs", "search", "wall", "device", "sanity"):
+    for label in ("clean", "FGSM", "PGD-20", "PGD-100", "AutoAttack", "worst case", "AutoAttack-L2", "C&W-L2",
+                  "DeepFool-L2", "worst case L2", "certified", "params", "MACs", "search", "wall", "device",
+                  "sanity"):
         assert f"| {label} |" in header, label
     main = [line for line in md.splitlines()
             if re.match(r"\| (darts \| 2 \| .*±|random \| 2 \| .*±|teacher \(reference\) — teacher \(small_cnn\) \| 1 \|)",
@@ -126,11 +139,11 @@ def test_report_tables_every_run_every_column(report):
     # two seeds: mean ± std and a t-interval; robust 80% and 82%
     assert "**81.0 ± 1.4** [" in darts  # best searched run in its column, in bold
     assert "28.4k" in darts and "324.7k" in darts and "40 s" in darts and "2.4 min" in darts
-    assert "✓ 16/16" in darts
+    assert "✓ 20/20" in darts
     # per-seed appendix: Wilson intervals over 200 examples
     lo, hi = wilson_interval(0.80, 200)
     assert f"| darts | 0 | 98.0 [" in md and f"80.0 [{100 * lo:.1f}–{100 * hi:.1f}]" in md
-    assert md.count("| darts | 0 |") == 3  # cell-statistics, sanity and appendix rows
+    assert md.count("| darts | 0 |") == 5  # cell-statistics, sanity, 2 AutoAttack-check and appendix rows
 
 
 def test_failed_sanity_check_is_loud(report):
@@ -143,6 +156,27 @@ def test_failed_sanity_check_is_loud(report):
     assert "✗ 1 failed" in md  # the run's sanity cell
     assert html.index('class="callout danger"') < html.index('id="results"')
     assert re.search(r'<td class="fail" title="[^"]*square_not_stronger[^"]*">✗ 1 failed</td>', html)
+
+
+def test_autoattack_own_checks_are_shown(report, tmp_path):
+    _, out = report
+    md = out.markdown.read_text()
+    section = md.split("### AutoAttack's own checks")[1].split("## Appendix")[0]
+    # one row per run, seed and AutoAttack run; the Square probe's run did not do APGD-T / Square
+    assert "| darts | 0 | sanity/square | ✓ | ✓ | ✓ | ✓ | n/a | n/a |" in section
+    assert "| darts | 1 | autoattack | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |" in section
+    # a warning is a ✗ in its cell, spelled out below the table, and a failed sanity check
+    params = _params(tmp_path, seeds=(0,))
+    _results(params, failed_random=())
+    ev = _eval(0.95, 0.7, failed=("autoattack_own_checks",), aa_failed=("square_sr",))
+    _write(paths.eval_file(params, "random", 0), ev)
+    out = build_report(params)
+    md = out.markdown.read_text()
+    assert "| random | 0 | autoattack | ✓ | ✓ | ✓ | ✓ | ✓ | ✗ |" in md
+    assert ("**random** seed 0, autoattack: `square_sr` — Square Attack has decreased the robust accuracy "
+            "of 2.00%") in md
+    assert any("autoattack_own_checks" in line for line in out.failures)
+    assert re.search(r'<td class="fail" title="Square Attack has decreased[^"]*">✗</td>', out.html.read_text())
 
 
 def test_all_passing_report_says_so(tmp_path):
@@ -164,7 +198,7 @@ def test_all_passing_report_says_so(tmp_path):
 def test_plots_cells_and_figures(report):
     params, out = report
     expected = paths.report_plots(params)
-    assert [p.name for p in expected] == ["eps_sweep.png", "pareto.png", "search_curves.png",
+    assert [p.name for p in expected] == ["eps_sweep.png", "certified_sweep.png", "pareto.png", "search_curves.png",
                                           "cell_darts_seed0.png", "cell_darts_seed1.png",
                                           "cell_random_seed0.png", "cell_random_seed1.png"]
     assert sorted(out.plots) == sorted(expected)
@@ -182,7 +216,7 @@ def test_html_is_self_contained(report):
     _, out = report
     html = out.html.read_text()
     images = re.findall(r'<img src="([^"]+)"', html)
-    assert len(images) == 3 + 4 + 2  # ε/Pareto/search, 4 cell drawings, 2 method figures
+    assert len(images) == 4 + 4 + 2  # ε/certified ε/Pareto/search, 4 cell drawings, 2 method figures
     assert all(src.startswith("data:image/png;base64,") for src in images)
     assert not re.search(r'(src|href)="(?!data:|#)', html)  # nothing loaded from elsewhere
     assert "<style>" in html and 'href="#sanity"' in html
@@ -191,8 +225,7 @@ def test_html_is_self_contained(report):
 def test_html_opens_in_headless_chromium(report, tmp_path):
     binary = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome")
                    if shutil.which(b)), None)
-    if binary is None:
-        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium)")
+    require_or_skip(binary is not None, "no chromium binary on PATH (Debian: apt-get install chromium)")
     _, out = report
     shot = tmp_path / "report.png"
     proc = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
@@ -207,6 +240,17 @@ def test_html_opens_in_headless_chromium(report, tmp_path):
         assert colors is None or len(colors) > 200  # a rendered page, not a blank one
         red = sum(n for n, (r, g, b) in (colors or []) if r > 200 and g < 230 and b < 230)
         assert colors is None or red > 1000  # the red warning block is drawn
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), (None, pytest.skip.Exception)])
+def test_missing_chromium_fails_under_ci_and_skips_locally(report, tmp_path, monkeypatch, ci, outcome):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="no chromium binary on PATH"):
+        test_html_opens_in_headless_chromium(report, tmp_path)
 
 
 def test_certified_column_only_when_recorded(tmp_path):

@@ -2,7 +2,10 @@
 
 Kill tests run the real ``rnas`` stages in subprocesses; a tiny wrapper script SIGKILLs the
 process at a chosen training step (mid-epoch), the stage is re-run, and the result must equal
-an uninterrupted run bit for bit (CPU, one thread, deterministic algorithms)."""
+an uninterrupted run bit for bit (CPU, one thread, deterministic algorithms). Since the runs are
+deterministic, a resume that silently started over would give the same result: the wrapper also
+counts the steps the resumed process runs, which must be exactly the epochs the checkpoint had
+not finished."""
 
 from __future__ import annotations
 
@@ -26,12 +29,14 @@ from conftest import kill_test_params, tiny_params
 from rnas.checkpoint import CheckpointError, ResumeState, load_checked, save_atomic
 from rnas.config import TrainConfig
 from rnas.data import TensorPair
+from rnas.search.base import SearchMethod
 from rnas.training.trainer import NonFiniteLossError, Trainer
 
 KILLER = textwrap.dedent("""
     # Run an rnas stage, SIGKILL-ing ourselves at the N-th call of the training perturbation
     # (teacher/retrain) or of the search step (search): a kill in the middle of an epoch.
-    import os, signal, sys
+    # N = 0 never kills; every run prints how many of those calls it made (STEPS_CALLED=k).
+    import atexit, os, signal, sys
     from rnas import cli
     from rnas.training import perturbations
     from rnas.search import base
@@ -47,6 +52,7 @@ KILLER = textwrap.dedent("""
     for name in list(perturbations.PERTURBATIONS):
         perturbations.PERTURBATIONS[name] = counted(perturbations.PERTURBATIONS[name])
     base.BilevelMethod.step = counted(base.BilevelMethod.step)
+    atexit.register(lambda: print(f"STEPS_CALLED={calls['n']}", file=sys.stderr, flush=True))
     sys.exit(cli.main(sys.argv[1:]))
 """)
 
@@ -67,14 +73,31 @@ def _project(tmp: Path, **overrides) -> Path:
     return tmp
 
 
-def _rnas(project: Path, *args: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
+def _rnas(project: Path, *args: str, kill_at: int | None = None, count: bool = False) -> subprocess.CompletedProcess:
+    """Run ``rnas ARGS``; ``kill_at``: SIGKILL at that step; ``count``: through the wrapper
+    without a kill, so that :func:`_steps_called` can read how many steps the process ran."""
     env = _env()
-    if kill_at is None:
+    if kill_at is None and not count:
         cmd = [sys.executable, "-m", "rnas.cli", *args]
     else:
-        env["RNAS_KILL_AT"] = str(kill_at)
+        env["RNAS_KILL_AT"] = str(kill_at or 0)
         cmd = [sys.executable, str(project / "killer.py"), *args]
     return subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _steps_called(out: subprocess.CompletedProcess) -> int:
+    """Training/search steps the wrapped process ran (the wrapper's own count, not the code's)."""
+    return int(out.stderr.rsplit("STEPS_CALLED=", 1)[1].split()[0])
+
+
+def _checkpointed_epochs(folder: Path) -> int:
+    """Epochs a stage's resumable state holds (the newest readable generation, as a resume reads it)."""
+    for name in ("last.pt", "prev.pt"):
+        try:
+            return load_checked(folder / name, ResumeState.REQUIRED)["epoch"] + 1
+        except CheckpointError:
+            continue
+    raise AssertionError(f"no readable checkpoint in {folder}")
 
 
 def _runs(project: Path) -> list[tuple[str, str, str]]:
@@ -99,9 +122,16 @@ def test_teacher_killed_mid_epoch_resumes_bit_exact_and_continues_its_mlflow_run
     # tiny digits: 1293 training examples / batch 64 = 21 steps per epoch; step 30 is mid-epoch 2
     killed = _rnas(proj, "teacher", kill_at=30)
     assert killed.returncode == -signal.SIGKILL
-    assert (proj / "results/.state/digits/teacher/teacher/last.pt").exists()
-    resumed = _rnas(proj, "teacher")
+    state = proj / "results/.state/digits/teacher/teacher"
+    assert (state / "last.pt").exists()
+    assert _checkpointed_epochs(state) == 1  # epoch 1 (steps 1-21) saved, killed at step 30 of epoch 2
+    resumed = _rnas(proj, "teacher", count=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # only epochs 2 and 3 ran again: 3 x 21 steps in all, 21 of them in the checkpoint
+    assert _steps_called(resumed) == 3 * 21 - 21
+    assert f"teacher: resuming from epoch 1/3 (checkpoint {Path('results/.state/digits/teacher/teacher/last.pt')}" \
+        in resumed.stderr
+    assert "teacher: ran 42 training steps in this process (epochs 2-3 of 3)" in resumed.stderr
     a = torch.load(ref / "results/digits/teacher/model.pt", weights_only=True)["state_dict"]
     b = torch.load(proj / "results/digits/teacher/model.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -120,8 +150,13 @@ def test_search_killed_mid_epoch_resumes_bit_exact(tmp_path, darts_search_refere
     proj = _project(tmp_path / "killed")
     killed = _rnas(proj, "search", "--run", "darts", "--seed", "0", kill_at=25)  # 20 steps/epoch
     assert killed.returncode == -signal.SIGKILL
-    resumed = _rnas(proj, "search", "--run", "darts", "--seed", "0")
+    state = proj / "results/.state/digits/darts/seed0/search"
+    assert _checkpointed_epochs(state) == 1
+    resumed = _rnas(proj, "search", "--run", "darts", "--seed", "0", count=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _steps_called(resumed) == 3 * 20 - 20  # epochs 2 and 3 only, not a fresh start
+    assert "search darts: resuming from epoch 1/3" in resumed.stderr
+    assert "search darts: ran 40 search steps in this process (epochs 2-3 of 3)" in resumed.stderr
     for name in ("genotype.json", "alphas.json"):
         assert (ref / "results/digits/darts/seed0" / name).read_text() == \
             (proj / "results/digits/darts/seed0" / name).read_text()
@@ -147,7 +182,7 @@ def test_sigterm_ends_the_mlflow_run_killed(tmp_path):
 
 
 def test_orphaned_running_run_is_marked_failed(tmp_path):
-    mlflow = pytest.importorskip("mlflow")
+    import mlflow  # a dependency of the project: never a reason to skip
     from rnas.config import params_from_dict
     from rnas.tracking import experiment_name, reap_orphans, stage_run, tracking_uri
 
@@ -256,3 +291,174 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
         Trainer(model, cfg, torch.device("cpu"), seed=0, extra_loss=poisoned, resume=resume, progress=False).fit(pair, pair)
     state = resume.load()
     assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+# -- resume: only what the checkpoint lacks, and never a silent restart -------------
+
+def _corrupt_both(state: ResumeState) -> dict[str, bytes]:
+    state.last.write_bytes(state.last.read_bytes()[:100])
+    state.prev.write_bytes(b"\0" * 4096)
+    return {p.name: p.read_bytes() for p in (state.last, state.prev)}
+
+
+def test_no_readable_checkpoint_is_an_error_and_the_files_are_left_alone(tmp_path):
+    state = ResumeState(tmp_path / "s", params_hash="h")
+    state.save({"epoch": 0, "w": torch.ones(3)})
+    state.save({"epoch": 1, "w": torch.full((3,), 2.0)})
+    before = _corrupt_both(state)
+    with pytest.raises(CheckpointError) as err:
+        state.load()
+    message = str(err.value)
+    assert str(state.folder) in message and "last.pt" in message and "prev.pt" in message
+    assert "start over" in message
+    assert {p.name: p.read_bytes() for p in state.folder.iterdir()} == before  # nothing removed or rewritten
+
+
+def test_a_lone_unreadable_last_checkpoint_is_an_error(tmp_path):
+    state = ResumeState(tmp_path / "s", params_hash="h")
+    state.save({"epoch": 0})
+    state.last.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="no readable checkpoint among last.pt"):
+        state.load()
+    assert state.last.read_bytes() == b"garbage"
+
+
+def test_killed_between_the_two_generations_resumes_from_prev(tmp_path):
+    # save() moves last.pt to prev.pt, then writes last.pt: a kill in between leaves prev.pt only
+    state = ResumeState(tmp_path / "s", params_hash="h")
+    state.save({"epoch": 0, "w": torch.ones(3)})
+    os.replace(state.last, state.prev)
+    good = state.load()
+    assert good["epoch"] == 0 and state.loaded_from == state.prev
+
+
+def _tiny_training(tmp_path: Path, epochs: int = 3):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    pair = TensorPair(torch.rand(16, 1, 2, 2), torch.randint(0, 3, (16,)))  # batch 8: 2 steps per epoch
+    cfg = TrainConfig(epochs=epochs, batch_size=8, perturbation=TrainConfig().perturbation.__class__(kind="clean"))
+    return model, pair, cfg, ResumeState(tmp_path / "s", params_hash="h")
+
+
+class _Killed(Exception):
+    pass
+
+
+def _counting_loss(calls: dict, kill_at: int | None = None):
+    def extra(model, x, y, logits):
+        calls["n"] += 1
+        if calls["n"] == kill_at:
+            raise _Killed
+        return torch.zeros(())
+    return extra
+
+
+def test_trainer_resume_runs_only_the_remaining_epochs_and_says_so(tmp_path, caplog):
+    model, pair, cfg, resume = _tiny_training(tmp_path)
+    with pytest.raises(_Killed):  # killed at step 4 = the second step of epoch 2: epoch 1 is saved
+        Trainer(model, cfg, torch.device("cpu"), seed=0, extra_loss=_counting_loss({"n": 0}, 4), resume=resume,
+                progress=False, desc="teacher").fit(pair, pair)
+    calls = {"n": 0}
+    caplog.set_level("INFO")
+    result = Trainer(model, cfg, torch.device("cpu"), seed=0, extra_loss=_counting_loss(calls), resume=resume,
+                     progress=False, desc="teacher").fit(pair, pair)
+    assert calls["n"] == 3 * 2 - 2  # the steps actually run: epochs 2 and 3, not a fresh start
+    assert (result.start_epoch, result.steps_run) == (1, 4)
+    assert f"teacher: resuming from epoch 1/3 (checkpoint {resume.last}); epochs 2-3 to run" in caplog.text
+    assert "teacher: ran 4 training steps in this process (epochs 2-3 of 3)" in caplog.text
+    assert len(result.history) == 3
+
+
+def test_trainer_refuses_unreadable_checkpoints_instead_of_restarting(tmp_path):
+    model, pair, cfg, resume = _tiny_training(tmp_path)
+    with pytest.raises(_Killed):  # killed in epoch 3: two generations saved
+        Trainer(model, cfg, torch.device("cpu"), seed=0, extra_loss=_counting_loss({"n": 0}, 5), resume=resume,
+                progress=False).fit(pair, pair)
+    before = _corrupt_both(resume)
+    calls = {"n": 0}
+    with pytest.raises(CheckpointError, match="no readable checkpoint"):
+        Trainer(model, cfg, torch.device("cpu"), seed=0, extra_loss=_counting_loss(calls), resume=resume,
+                progress=False).fit(pair, pair)
+    assert calls["n"] == 0
+    assert {p.name: p.read_bytes() for p in resume.folder.iterdir()} == before
+
+
+def test_trainer_resumes_from_prev_when_last_is_corrupt(tmp_path, caplog):
+    model, pair, cfg, resume = _tiny_training(tmp_path)
+    with pytest.raises(_Killed):  # killed in epoch 3: last.pt = epoch 2, prev.pt = epoch 1
+        Trainer(model, cfg, torch.device("cpu"), seed=0, extra_loss=_counting_loss({"n": 0}, 5), resume=resume,
+                progress=False).fit(pair, pair)
+    resume.last.write_bytes(b"\0" * 64)
+    calls = {"n": 0}
+    caplog.set_level("INFO")
+    result = Trainer(model, cfg, torch.device("cpu"), seed=0, extra_loss=_counting_loss(calls), resume=resume,
+                     progress=False, desc="retrain darts").fit(pair, pair)
+    assert calls["n"] == 4 and result.start_epoch == 1  # from prev.pt: epoch 1 done, 2 and 3 run
+    assert f"retrain darts: resuming from epoch 1/3 (checkpoint {resume.prev})" in caplog.text
+
+
+class _CountingSearch(SearchMethod):
+    """A search method with one parameter that counts its steps (and can die at a given one)."""
+
+    def __init__(self, kill_at: int | None = None):
+        self.kill_at, self.calls = kill_at, 0
+
+    def setup(self, ctx):
+        super().setup(ctx)
+        self.w = torch.zeros(1)
+
+    def step(self, batch_w, batch_a, progress):
+        self.calls += 1
+        if self.calls == self.kill_at:
+            raise _Killed
+        self.w += 1
+        return {"w": float(self.w)}
+
+    def architecture(self):
+        return {"w": float(self.w)}
+
+    def state_dict(self):
+        return {"w": self.w.clone()}
+
+    def load_state_dict(self, state):
+        self.w = state["w"].clone()
+
+
+def test_search_resume_runs_only_the_remaining_epochs_and_says_so(tmp_path, caplog):
+    from conftest import tiny_splits
+    from rnas.config import params_from_dict
+    from rnas.runs import resolve_run
+    from rnas.search.loop import run_search
+
+    p = tiny_params()
+    p["search"].update(epochs=3, batch_size=8)
+    params = params_from_dict(p)
+    splits = tiny_splits(n_train=32)  # two halves of 16: 2 steps per epoch
+    ctx = {"params": params, "run": resolve_run("darts"), "info": splits.info, "device": torch.device("cpu"),
+           "seed": 0}
+    resume = ResumeState(tmp_path / "s", params_hash="h")
+    with pytest.raises(_Killed):
+        run_search(_CountingSearch(kill_at=4), ctx, splits, resume=resume, progress=False, desc="search x")
+    caplog.set_level("INFO")
+    method = _CountingSearch()
+    result = run_search(method, ctx, splits, resume=resume, progress=False, desc="search x")
+    assert method.calls == 3 * 2 - 2 and (result.start_epoch, result.steps_run) == (1, 4)
+    assert result.architecture == {"w": 6.0}  # the 2 checkpointed steps + the 4 run here
+    assert f"search x: resuming from epoch 1/3 (checkpoint {resume.last}); epochs 2-3 to run" in caplog.text
+    assert "search x: ran 4 search steps in this process (epochs 2-3 of 3)" in caplog.text
+
+
+@pytest.mark.slow
+def test_stage_with_unreadable_checkpoints_fails_naming_them(tmp_path):
+    proj = _project(tmp_path / "p")
+    state = proj / "results/.state/digits/teacher/teacher"
+    state.mkdir(parents=True)
+    (state / "last.pt").write_bytes(b"\0" * 128)
+    (state / "prev.pt").write_bytes(b"")
+    out = _rnas(proj, "teacher")
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert f"rnas teacher: {Path('results/.state/digits/teacher/teacher')}: no readable checkpoint among " \
+           f"last.pt, prev.pt" in out.stderr
+    assert (state / "last.pt").read_bytes() == b"\0" * 128 and (state / "prev.pt").read_bytes() == b""
+    assert not (proj / "results/digits/teacher/model.pt").exists()
+    assert [r[2] for r in _runs(proj)] == ["FAILED"]

@@ -25,7 +25,7 @@ from rnas.runs import RUNS
 from rnas.search.base import Progress, SearchContext
 from rnas.search.loop import run_search
 from rnas.search.methods import make_method
-from rnas.search.methods.rnas_cl import RnasClCellSearch, RnasClWidthSearch, step_phase, temperature
+from rnas.search.methods.rnas_cl import RnasClCellSearch, RnasClWidthSearch, cost_factor, step_phase, temperature
 from rnas.space.genotype import validate_genotype
 from rnas.space.network import CellNetwork
 from rnas.space.supernet import Supernet
@@ -95,14 +95,42 @@ def test_attention_map_is_normalized_sum_of_squares():
     assert attention_map(torch.randn(2, 3, 16, 16), 4).shape == (2, 16)  # area-averaged
 
 
-def test_attention_loss_matches_the_double_sum():
+def test_attention_loss_forms_match_their_definitions():
+    """public (the authors' code): per student layer the L2 norm of the tutor-weighted differences
+    to every teacher map, summed over student layers; paper: Σ_ij g_ij·d_ij / (n_s·n_t)."""
     s, t = torch.randn(4, 3, 9), torch.randn(2, 3, 9)
     g = torch.softmax(torch.randn(4, 2), -1)
-    brute = sum(g[i, j] * ((s[i] - t[j]) ** 2).sum(-1).mean() for i in range(4) for j in range(2)) / 8
-    assert torch.allclose(attention_loss(s, t, g), brute, atol=1e-5)
+    d = [[float(((s[i] - t[j]) ** 2).sum(-1).mean()) for j in range(2)] for i in range(4)]
+    paper = sum(float(g[i, j]) * d[i][j] for i in range(4) for j in range(2)) / 8
+    public = sum(math.sqrt(sum(float(g[i, j]) ** 2 * d[i][j] for j in range(2))) for i in range(4))
+    assert float(attention_loss(s, t, g, "paper")) == pytest.approx(paper, rel=1e-5)
+    assert float(attention_loss(s, t, g, "public")) == pytest.approx(public, rel=1e-5)
+    assert float(attention_loss(s, t, g)) == pytest.approx(public, rel=1e-5)  # the default form
+    # The public form is the authors' norm over the stacked weighted differences (batch of one:
+    # their batch-wide map normalization and this per-example one coincide).
+    s1, t1 = F.normalize(torch.rand(4, 1, 9), dim=-1), F.normalize(torch.rand(2, 1, 9), dim=-1)
+    authors = sum(torch.linalg.norm((t1[:, 0] - s1[i, 0][None, :]) * g[i][:, None]) for i in range(4))
+    assert torch.allclose(attention_loss(s1, t1, g, "public"), authors, atol=1e-6)
     assert torch.allclose(pairwise_distances(s, s).diagonal(), torch.zeros(4), atol=1e-5)
     with pytest.raises(DistillationError):
         attention_loss(s, t, torch.ones(2, 4))
+    with pytest.raises(DistillationError, match="loss form"):
+        attention_loss(s, t, g, "squared")
+
+
+def test_public_attention_loss_has_a_finite_gradient_at_zero_distance():
+    s = torch.rand(3, 2, 4, requires_grad=True)
+    loss = attention_loss(s, s.detach().clone(), torch.eye(3), "public")
+    (grad,) = torch.autograd.grad(loss, s)
+    assert float(loss.detach()) < 1e-5 and torch.isfinite(grad).all()
+
+
+def test_cost_factor_forms():
+    cost = torch.tensor(math.exp(9.0))
+    assert float(cost_factor(cost, 0.5, "public")) == pytest.approx(4.5)  # β·log(MACs), the authors' code
+    assert float(cost_factor(cost, 0.5, "paper")) == pytest.approx(3.0)  # log(MACs)^β
+    with pytest.raises(ValueError):
+        cost_factor(torch.tensor(1.0), 0.5, "public")
 
 
 def test_kd_kl_is_teacher_to_student_kl_times_t_squared():
@@ -192,8 +220,14 @@ def test_attention_loss_gradient_reaches_every_tutor_and_width_logit():
     assert (g_tutor.abs() > 0).all(), "every tutor logit moves the attention loss"
 
 
-def test_tutors_follow_permuted_teacher_maps():
-    """Optimized tutors pick the closest teacher map; permuting the teacher layers permutes them."""
+@pytest.mark.parametrize("form", ["public", "paper"])
+def test_tutors_follow_permuted_teacher_maps(form):
+    """Optimized tutors pick the closest teacher map; permuting the teacher layers permutes them.
+
+    paper: fitted through Gumbel samples at τ = 1. public: Σ_i sqrt(Σ_j g_ij²·d_ij) is smallest at
+    the spread weights g_ij ∝ 1/d_ij (argmax: the closest map), and its Gumbel gradient reaches a
+    teacher layer only in proportion to its sampled weight, so the tutors are fitted on the
+    noise-free softmax and checked against that minimum (docs/methods/rnas_cl.md, "Loss forms")."""
     net = tiny_supernet().eval()
     net.width_mode = "full"
     teacher = TeacherProbe(tiny_teacher(), 4)
@@ -204,24 +238,28 @@ def test_tutors_follow_permuted_teacher_maps():
         s_maps = taps.stack()
         _, t_maps = teacher(x)
 
-    def fit(t: torch.Tensor) -> list[int]:
+    def fit(t: torch.Tensor) -> TutorLogits:
         tutors = TutorLogits(s_maps.shape[0], t.shape[0])
         opt = torch.optim.Adam(tutors.parameters(), lr=0.1)
         gen = torch.Generator().manual_seed(0)
-        for _ in range(60):
+        for _ in range(60 if form == "paper" else 300):
             opt.zero_grad()
-            attention_loss(s_maps, t, tutors.sample(1.0, gen)).backward()
+            g = tutors.sample(1.0, gen) if form == "paper" else torch.softmax(tutors.logits, -1)
+            attention_loss(s_maps, t, g, form).backward()
             opt.step()
-        return tutors.choice()
+        return tutors
 
     d = pairwise_distances(s_maps, t_maps)  # (n_s, n_t)
     best2 = d.topk(2, dim=1, largest=False).values
     clear = (best2[:, 1] - best2[:, 0] > 0.02).nonzero().flatten().tolist()  # rows that are not near-ties
     assert len(clear) >= len(d) // 2
-    chosen = fit(t_maps)
+    fitted = fit(t_maps)
+    if form == "public":
+        assert torch.allclose(fitted.probabilities(), (1 / d) / (1 / d).sum(1, keepdim=True), atol=1e-3)
+    chosen = fitted.choice()
     assert [chosen[i] for i in clear] == d.argmin(1)[clear].tolist()
     perm = [2, 0, 1]  # a cycle: no teacher layer keeps its index
-    chosen_perm = fit(t_maps[perm])
+    chosen_perm = fit(t_maps[perm]).choice()
     assert [chosen_perm[i] for i in clear] == [perm.index(chosen[i]) for i in clear]
     assert [chosen_perm[i] for i in clear] != [chosen[i] for i in clear]
 
@@ -239,10 +277,11 @@ def test_schedule_80_20_and_temperature():
 
 
 def _arch_steps(beta: float, seed: int = 0) -> float:
-    """Expected MACs after a few architecture steps at cost exponent β (weights as initialized)."""
+    """Expected MACs after a few architecture steps at cost exponent β (paper form: log(MACs)^β;
+    in the public form β·log(MACs) β only scales the loss)."""
     torch.manual_seed(seed)
     method = RnasClWidthSearch()
-    method.setup(make_ctx(tiny_params(beta_cost=beta), "rnas_cl", tiny_teacher(), seed=seed))
+    method.setup(make_ctx(tiny_params(beta_cost=beta, loss_form="paper"), "rnas_cl", tiny_teacher(), seed=seed))
     splits = random_splits(112)
     for x, y in iterate_batches(splits.train, 16, True, torch.Generator().manual_seed(seed), True):
         method.step((x, y), (x, y), Progress(0, 4, 5))  # step 4 of 5: an architecture step
@@ -267,6 +306,131 @@ def test_arch_step_updates_only_logits_and_weight_step_only_weights():
     metrics = method.step((x, y), (x, y), Progress(0, 4, 5))  # architecture step
     assert all(not torch.equal(a, p) for a, p in zip(a0, method.arch_parameters()))
     assert {"loss", "ce", "kl", "attn", "macs"} <= set(metrics)
+
+
+def _area_or_bilinear(m: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, H, W) -> (B, size, size) as the docs define it: area averaging down, bilinear up."""
+    if m.shape[-1] >= size:
+        return F.adaptive_avg_pool2d(m[:, None], size)[:, 0]
+    return F.interpolate(m[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def _by_hand_map(a: torch.Tensor, size: int) -> torch.Tensor:
+    m = _area_or_bilinear(a.double().pow(2).sum(1), size).flatten(1)  # F(A) = Σ_c A_c², resized
+    return m / m.norm(dim=1, keepdim=True)  # per example
+
+
+def _by_hand_search_loss(form: str, cfg, tau: float, s_acts, t_acts, logits, t_logits, y, tutor_logits, noise,
+                         width_logits, net) -> dict[str, float]:
+    """The width search loss of one batch from its definition (docs/methods/rnas_cl.md), in float64."""
+    size = cfg.map_size
+    s_maps = [_by_hand_map(a, size) for a in s_acts]
+    t_maps = [_by_hand_map(a, size) for a in t_acts]
+    n_s, n_t = len(s_maps), len(t_maps)
+    g = torch.softmax((tutor_logits.double() + noise) / tau, -1)  # Gumbel-softmax tutor weights
+    d = [[float(((s_maps[i] - t_maps[j]) ** 2).sum(1).mean()) for j in range(n_t)] for i in range(n_s)]
+    if form == "public":
+        attn = sum(math.sqrt(sum(float(g[i, j]) ** 2 * d[i][j] for j in range(n_t))) for i in range(n_s))
+    else:
+        attn = sum(float(g[i, j]) * d[i][j] for i in range(n_s) for j in range(n_t)) / (n_s * n_t)
+    z, zt, big_t = logits.double(), t_logits.double(), cfg.temperature
+    ce = float(-torch.log_softmax(z, 1)[torch.arange(len(y)), y].mean())
+    p_t = torch.softmax(zt / big_t, 1)
+    kl = float((p_t * (p_t.log() - torch.log_softmax(z / big_t, 1))).sum(1).mean()) * big_t ** 2
+    # MACs with effective widths Σ_i g_i·w_i (soft width weights softmax(l/τ)), stem + blocks + head
+    g_w = torch.softmax(width_logits.double() / tau, -1)
+    e, k = net.expansion, net.kernel
+    macs = net.stem_size ** 2 * net.input_channels * net.stem_channels * 9
+    c_in = float(net.stem_channels)
+    for b, ((size_in, size_out), options) in enumerate(zip(net.sizes, net.options)):
+        w = float(sum(float(g_w[b, i]) * options[i] for i in range(len(options))))
+        macs += size_in ** 2 * c_in * e * w + size_out ** 2 * k * k * e * w + size_out ** 2 * e * w * w
+        c_in = w
+    macs += c_in * net.num_classes
+    factor = cfg.beta_cost * math.log(macs) if form == "public" else math.log(macs) ** cfg.beta_cost
+    total = cfg.alpha_cost * (ce + cfg.kl_weight * kl + cfg.gamma * attn) * factor
+    return {"loss": total, "ce": ce, "kl": kl, "attn": attn, "macs": macs}
+
+
+@pytest.mark.parametrize("form", ["public", "paper"])
+def test_search_loss_equals_its_definition_by_hand(form):
+    """α·(CE + kl_weight·KL + γ·L_attn)·C(MACs) computed term by term from the definitions on a
+    tiny student, teacher and batch: dropping a term, changing a weight or a form fails this."""
+    params = tiny_params(loss_form=form, gamma=3.0, kl_weight=0.7, temperature=2.0, alpha_cost=0.3, beta_cost=0.8)
+    cfg = params.search.methods.rnas_cl
+    teacher = tiny_teacher()
+    method = RnasClWidthSearch()
+    method.setup(make_ctx(params, "rnas_cl", teacher))
+    net = method.supernet
+    with torch.no_grad():
+        net.width_logits.copy_(torch.randn_like(net.width_logits))
+        method.cl.tutors.logits.copy_(torch.randn_like(method.cl.tutors.logits))
+    tau = 2.0
+    method.set_temperature(tau)
+    net.width_mode = "soft"  # widths softmax(l/τ): the only random draw left is the tutors' Gumbel noise
+    s_acts, t_acts, out = [], [], {}
+    hooks = [m.register_forward_hook(lambda _m, _i, o: s_acts.append(o.detach())) for _, m in net.distill_layers()]
+    hooks += [m.register_forward_hook(lambda _m, _i, o: t_acts.append(o.detach()))
+              for m in teacher.modules() if isinstance(m, nn.Conv2d)]
+    hooks.append(net.register_forward_hook(lambda _m, _i, o: out.__setitem__("s", o.detach())))
+    hooks.append(teacher.register_forward_hook(lambda _m, _i, o: out.__setitem__("t", o.detach())))
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 3, 5, 9])
+    state = method.cl.generator.get_state()
+    u = torch.rand(method.cl.tutors.logits.shape, generator=torch.Generator().manual_seed(0).set_state(state))
+    noise = -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-10))).double()
+    for train_arch in (True, False):  # the same value on both levels (the weights see C as a constant)
+        s_acts.clear(), t_acts.clear()
+        method.cl.generator.set_state(state)
+        total, parts = method.search_loss(x, y, train_arch=train_arch)
+        assert len(s_acts) == len(net.distill_layers()) and len(t_acts) == 3
+        expected = _by_hand_search_loss(form, cfg, tau, s_acts, t_acts, out["s"], out["t"], y,
+                                        method.cl.tutors.logits.detach(), noise, net.width_logits.detach(), net)
+        for key in ("ce", "kl", "attn", "macs"):
+            assert parts[key] == pytest.approx(expected[key], rel=1e-4), key
+        assert float(total.detach()) == pytest.approx(expected["loss"], rel=1e-4)
+    other = _by_hand_search_loss("paper" if form == "public" else "public", cfg, tau, s_acts, t_acts, out["s"],
+                                 out["t"], y, method.cl.tutors.logits.detach(), noise, net.width_logits.detach(), net)
+    assert abs(other["loss"] - expected["loss"]) > 0.05 * expected["loss"]  # the two forms are told apart
+    for h in hooks:
+        h.remove()
+
+
+def test_width_search_uses_the_whole_split_80_20(monkeypatch):
+    """One epoch trains on every example of the search's training split once: the first 80% of the
+    epoch's batches update the weights, the last 20% the logits (the public code's search_data_percent)."""
+    n = 160  # two halves of 80 = 5 steps of 16 per half: 4 weight steps, 1 architecture step
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(n, 1, 8, 8, generator=gen)
+    x[:, 0, 0, 0] = torch.arange(n) / n  # tag every example
+    tag = {float(v): i for i, v in enumerate(x[:, 0, 0, 0])}
+    splits = Splits(TensorPair(x, torch.randint(0, 10, (n,), generator=gen)), random_splits().val,
+                    random_splits().test, digits_info())
+    seen: dict[bool, list[int]] = {False: [], True: []}
+    original = RnasClWidthSearch.search_loss
+
+    def recording(self, xb, yb, train_arch):
+        seen[train_arch] += [tag[float(v)] for v in xb[:, 0, 0, 0]]
+        return original(self, xb, yb, train_arch)
+
+    monkeypatch.setattr(RnasClWidthSearch, "search_loss", recording)
+    run_search(make_method("rnas_cl"), {"params": tiny_params(), "run": RUNS["rnas_cl"], "info": digits_info(),
+                                        "device": torch.device("cpu"), "seed": 0, "teacher": tiny_teacher()},
+               splits, progress=False)
+    weights, arch = seen[False], seen[True]
+    assert len(weights) == 0.8 * n and len(arch) == 0.2 * n
+    assert sorted(weights + arch) == list(range(n))  # every example once
+
+
+def test_params_loss_form_defaults_and_validation():
+    params = tiny_params()
+    assert params.search.methods.rnas_cl.loss_form == "public" and params.retrain.distill.loss_form == "public"
+    assert tiny_params(loss_form="paper", beta_cost=0.0).search.methods.rnas_cl.beta_cost == 0.0
+    with pytest.raises(ParamsError, match="beta_cost"):
+        tiny_params(beta_cost=0.0)  # public: β·log(MACs) = 0 would zero the whole loss
+    with pytest.raises(ParamsError, match="loss_form"):
+        tiny_params(loss_form="squared")
+    with pytest.raises(ParamsError, match="loss_form"):
+        params_from_dict({"retrain": {"distill": {"loss_form": "squared"}}})
 
 
 def test_width_search_writes_a_rebuildable_architecture(tmp_path):
@@ -332,7 +496,8 @@ def test_transfer_tutors_by_layer_kind_and_depth():
     assert transfer_tutors(names, tutors, target) == [0, 1, 2, 3, 1, 2, 3, 4, 5, 6, 4, 5, 6]
 
 
-def test_fixed_tutor_distillation_value_and_reforward():
+@pytest.mark.parametrize("form", ["public", "paper"])
+def test_fixed_tutor_distillation_value_and_reforward(form):
     final = tiny_supernet().export([4, 8, 8]).train()
     teacher = tiny_teacher()
     names = [n for n, _ in final.distill_layers()]
@@ -340,14 +505,17 @@ def test_fixed_tutor_distillation_value_and_reforward():
     assignment = {"student_layers": names, "teacher_layers": [n for n, _ in teacher_layers(teacher)],
                   "tutors": [i % n_t for i in range(len(names))]}
     loss_fn = FixedTutorDistillation(final, teacher, assignment, map_size=4, gamma=2.0, kl_weight=0.5,
-                                     temperature=1.0)
+                                     temperature=1.0, loss_form=form)
     x = torch.rand(8, 1, 8, 8)
     logits = final(x)
     value = loss_fn(final, x, None, logits)
     maps = loss_fn.student_taps.stack()
     t_logits, t_maps = TeacherProbe(teacher, 4)(x)
     g = F.one_hot(torch.tensor(assignment["tutors"]), n_t).float()
-    expected = 0.5 * kd_kl(logits, t_logits, 1.0) + 2.0 * attention_loss(maps, t_maps, g)
+    d = [float(((maps[i] - t_maps[t]) ** 2).sum(-1).mean().detach()) for i, t in enumerate(assignment["tutors"])]
+    attn = sum(math.sqrt(v) for v in d) if form == "public" else sum(d) / (len(names) * n_t)
+    assert float(attention_loss(maps, t_maps, g, form).detach()) == pytest.approx(attn, rel=1e-5)
+    expected = 0.5 * kd_kl(logits, t_logits, 1.0) + 2.0 * attention_loss(maps, t_maps, g, form)
     assert torch.allclose(value, expected, atol=1e-6)
     (grad,) = torch.autograd.grad(value, [final.stem.conv.weight])
     assert grad.abs().sum() > 0

@@ -17,6 +17,7 @@ from rnas.evaluation.sanity import (
     SanityInputs,
     SanitySettings,
     large_eps_key,
+    large_eps_l2_key,
     model_probe,
     probe_attacks,
     run_checks,
@@ -43,12 +44,16 @@ GOOD_PROBE = ModelProbe(num_classes=N_CLASSES, zero_grad_fraction=0.0, output_mi
                         max_row_sum_deviation=4.0)
 
 
+AA_CHECKS = {SQUARE_KEY: {"randomized": True, "range_output": True, "dynamic": True, "n_classes": True}}
+
+
 def _inputs(flags: dict, metrics: dict | None = None, probe: ModelProbe = GOOD_PROBE,
             sanity: SanitySettings = SanitySettings(large_epsilon=0.3, tolerance=0.0)) -> SanityInputs:
     def acc(f):
         return int(f.sum()) / f.numel()
 
     metrics = metrics or {f"{k}_acc": acc(v) for k, v in flags.items() if k in ("fgsm", "pgd20", "pgd100")}
+    metrics.setdefault("autoattack_checks", AA_CHECKS)
     return SanityInputs(metrics, flags, _settings(), sanity, probe)
 
 
@@ -64,14 +69,15 @@ HONEST = {
     "eps_sweep/0.1": _flags(1, 1, 1, 0, 0, 0, 0, 0, 0, 0),
     "eps_sweep/0.3": _flags(0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
     SQUARE_KEY: _flags(1, 1, 1, 1, 1, 1, 0, 0, 0, 0),
+    large_eps_l2_key(SanitySettings()): _flags(0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
 }
 
 
 def test_registry_names_and_honest_inputs_pass():
     assert list(SANITY_CHECKS) == [
-        "eps0_equals_clean", "monotone_in_eps", "large_eps_reaches_chance", "pgd_not_weaker_than_fgsm",
-        "more_pgd_steps_not_weaker", "square_not_stronger_than_whitebox", "nonzero_input_gradients",
-        "outputs_are_logits"]
+        "eps0_equals_clean", "monotone_in_eps", "large_eps_reaches_chance", "large_eps_l2_reaches_chance",
+        "pgd_not_weaker_than_fgsm", "more_pgd_steps_not_weaker", "square_not_stronger_than_whitebox",
+        "nonzero_input_gradients", "outputs_are_logits", "autoattack_own_checks"]
     results = run_checks(_inputs(dict(HONEST)))
     assert {n: r.passed for n, r in results.items()} == {n: True for n in SANITY_CHECKS}
     verdicts, details = sanity_summary(results)
@@ -112,6 +118,26 @@ def test_large_eps_reaches_chance_uses_sweep_or_probe():
     assert _one("large_eps_reaches_chance", _inputs(probed, sanity=other)).passed is True
 
 
+def test_large_eps_l2_reaches_chance():
+    key = large_eps_l2_key(SanitySettings())
+    assert key == "sanity/apgd_ce_l2@4.0"
+    stuck = {**HONEST, key: _flags(1, 1, 0, 0, 0, 0, 0, 0, 0, 0)}  # 20% > 1/10
+    result = _one("large_eps_l2_reaches_chance", _inputs(stuck))
+    assert result.passed is False and "20.0%" in result.detail and "ε₂=4" in result.detail
+    no_probe = {k: v for k, v in HONEST.items() if k != key}
+    assert _one("large_eps_l2_reaches_chance", _inputs(no_probe)).passed is None
+
+
+def test_autoattack_own_checks():
+    warned = {**AA_CHECKS, "autoattack": {"range_output": False, "dynamic": True}}
+    details = {"autoattack": {"range_output": "it seems that the output is a probability distribution"}}
+    result = _one("autoattack_own_checks", _inputs(dict(HONEST), metrics={
+        "autoattack_checks": warned, "autoattack_checks_details": details}))
+    assert result.passed is False and "autoattack: range_output — it seems" in result.detail
+    assert _one("autoattack_own_checks", _inputs(dict(HONEST))).passed is True
+    assert _one("autoattack_own_checks", _inputs(dict(HONEST), metrics={"autoattack_checks": {}})).passed is None
+
+
 def test_pgd_not_weaker_than_fgsm():
     weak = {**HONEST, "pgd20": _flags(1, 1, 1, 1, 1, 0, 0, 0, 0, 0)}  # 50% > FGSM 40%
     assert _one("pgd_not_weaker_than_fgsm", _inputs(weak)).passed is False
@@ -128,9 +154,21 @@ def test_more_pgd_steps_not_weaker():
 def test_square_not_stronger_than_whitebox():
     strong = {**HONEST, SQUARE_KEY: _flags(1, 0, 0, 0, 0, 0, 0, 0, 0, 0)}  # 10% < PGD-100 20%
     result = _one("square_not_stronger_than_whitebox", _inputs(strong))
-    assert result.passed is False and "PGD100" in result.detail and "1 examples broken by Square alone" in result.detail
+    assert result.passed is False and "PGD100 20.0%" in result.detail
+    assert result.detail.startswith("1 examples (10.0%, allowed 0.0%) broken by Square")
+    assert "(examples 1)" in result.detail
     no_square = {k: v for k, v in HONEST.items() if k != SQUARE_KEY}
     assert _one("square_not_stronger_than_whitebox", _inputs(no_square)).passed is None
+
+
+def test_square_check_is_per_example_not_totals():
+    """Square keeps more examples in total (40%) than the best white-box attack (PGD-100 20%), but
+    breaks two (0 and 1) that every white-box attack missed: gradient masking, and the check fails."""
+    flags = {**HONEST, SQUARE_KEY: _flags(0, 0, 1, 1, 1, 1, 0, 0, 0, 0)}
+    result = _one("square_not_stronger_than_whitebox", _inputs(flags))
+    assert result.passed is False and "2 examples (20.0%" in result.detail and "(examples 0, 1)" in result.detail
+    loose = SanitySettings(large_epsilon=0.3, tolerance=0.2)  # 2 of 10 allowed
+    assert _one("square_not_stronger_than_whitebox", _inputs(flags, sanity=loose)).passed is True
 
 
 def test_nonzero_input_gradients_and_logits_checks():
@@ -152,6 +190,8 @@ def test_sanity_settings_validation():
         SanitySettings(square_queries=0)
     with pytest.raises(ValueError, match="tolerance"):
         SanitySettings(tolerance=1.5)
+    with pytest.raises(ValueError, match="large_epsilon_l2"):
+        SanitySettings(large_epsilon_l2=0.0)
 
 
 def test_probe_attacks_reuse_the_sweep():
@@ -162,8 +202,9 @@ def test_probe_attacks_reuse_the_sweep():
     name, eps, options = outside["sanity/pgd20@0.5"]
     assert (name, eps, options["steps"]) == ("pgd", 0.5, 20)
     assert options["step_size"] == pytest.approx(0.025 * 0.5 / 0.1)  # the sweep's step/ε ratio
-    assert probe_attacks(_settings(attacks=("cw",)), SanitySettings()) == {"sanity/pgd20@0.5": outside[
-        "sanity/pgd20@0.5"]}
+    l2 = probe_attacks(_settings(attacks=("cw",)), SanitySettings(large_epsilon_l2=3.0))
+    assert l2 == {"sanity/pgd20@0.5": outside["sanity/pgd20@0.5"], "sanity/apgd_ce_l2@3.0": (
+        "autoattack_l2", 3.0, dict(version="custom", attacks=("apgd-ce",), seed=0, batch_size=256))}
 
 
 def test_worst_case_is_per_example_not_min_of_accuracies():
@@ -220,7 +261,8 @@ def trained():
     return train_tiny(_net(), x_train, y_train), x_test, y_test
 
 
-SANITY = SanitySettings(large_epsilon=0.5, square_queries=300, tolerance=0.03)
+SANITY = SanitySettings(large_epsilon=0.5, large_epsilon_l2=4.0, square_queries=300, tolerance=0.03)
+WITH_L2 = ("fgsm", "pgd20", "pgd100", "deepfool")  # an L2 attack: the L2 large-radius probe runs
 
 
 def _evaluate(model, x, y, **settings):
@@ -229,16 +271,23 @@ def _evaluate(model, x, y, **settings):
 
 def test_honest_model_passes_every_check(trained):
     model, x, y = trained
-    metrics, flags = _evaluate(model, x, y)
+    metrics, flags = _evaluate(model, x, y, attacks=WITH_L2)
     assert metrics["clean_acc"] > 0.9
     assert metrics["sanity"] == {n: True for n in SANITY_CHECKS}, metrics["sanity_details"]
     assert set(metrics["sanity_details"]) == set(SANITY_CHECKS)
-    assert {SQUARE_KEY, "sanity/pgd20@0.5"} <= set(flags)
-    # the worst case is the per-example AND, never above any single L∞ attack
-    expected = flags["clean"] & flags["fgsm"] & flags["pgd20"] & flags["pgd100"]
+    assert {SQUARE_KEY, "sanity/pgd20@0.5", "sanity/apgd_ce_l2@4.0"} <= set(flags)
+    # the worst case is the per-example AND over every attack at ε, Square alone included, never
+    # above any single one
+    expected = flags["clean"] & flags["fgsm"] & flags["pgd20"] & flags["pgd100"] & flags[SQUARE_KEY]
     assert torch.equal(flags["robust"], expected)
     assert metrics["robust_acc"] == int(expected.sum()) / len(y)
     assert metrics["robust_acc"] <= min(metrics[k] for k in ("fgsm_acc", "pgd20_acc", "pgd100_acc"))
+    assert metrics["worst_case_attacks"] == {"robust_acc": f"fgsm, pgd20, pgd100, {SQUARE_KEY}",
+                                             "robust_acc_l2": "deepfool"}
+    assert torch.equal(flags["robust_l2"], flags["clean"] & flags["deepfool"])
+    # AutoAttack's own checks of the AutoAttack runs (Square alone, APGD-CE at the large L2 radius)
+    assert set(metrics["autoattack_checks"]) == {SQUARE_KEY, "sanity/apgd_ce_l2@4.0"}
+    assert all(all(c.values()) for c in metrics["autoattack_checks"].values())
     assert metrics["attack_seconds"]["sanity"] > 0
 
 
@@ -248,13 +297,18 @@ def test_quantized_input_model_is_flagged(trained):
     assert model_probe(model, x, y).zero_grad_fraction == 1.0
     # ε = 0.25: a radius at which the honest net has no robustness left (see the PGD numbers of
     # test_honest_model_passes_every_check), so fake robustness shows against Square
-    metrics, _ = _evaluate(model, x, y, epsilon=0.25, pgd_step_size=0.06)
+    metrics, flags = _evaluate(model, x, y, epsilon=0.25, pgd_step_size=0.06, attacks=WITH_L2)
     assert metrics["clean_acc"] > 0.8
     # gradient attacks see no gradient and report fake robustness; black-box Square does not
     assert metrics["pgd100_acc"] > 0.8 and metrics["sanity"]["nonzero_input_gradients"] is False
     assert metrics["sanity"]["square_not_stronger_than_whitebox"] is False, metrics["sanity_details"]
     assert metrics["sanity"]["large_eps_reaches_chance"] is False
     assert metrics["sanity"]["outputs_are_logits"] is True
+    # what Square broke counts in the worst case: robust_acc is not the white-box attacks' fake number
+    square_acc = int(flags[SQUARE_KEY].sum()) / len(y)
+    assert metrics["robust_acc"] <= square_acc < metrics["pgd100_acc"]
+    assert torch.equal(flags["robust"], flags["clean"] & flags["fgsm"] & flags["pgd20"] & flags["pgd100"]
+                       & flags[SQUARE_KEY])
 
 
 def test_saturated_softmax_model_is_flagged(trained):
@@ -266,3 +320,34 @@ def test_saturated_softmax_model_is_flagged(trained):
     assert metrics["sanity"]["nonzero_input_gradients"] is False
     # flat outputs also starve score-based Square; the huge radius still exposes the masking
     assert metrics["sanity"]["large_eps_reaches_chance"] is False, metrics["sanity_details"]
+    # and AutoAttack's own range check (run with Square alone) sees the probabilities
+    assert metrics["sanity"]["autoattack_own_checks"] is False
+    assert metrics["autoattack_checks"][SQUARE_KEY]["range_output"] is False
+
+
+def test_evaluation_tags_name_every_sanity_and_autoattack_check():
+    """rnas evaluate logs each sanity verdict and each AutoAttack check as an MLflow tag (keys
+    restricted to the characters MLflow allows: a probe's '@' becomes '_')."""
+    from rnas.stages.evaluate import log_evaluation
+
+    class Tracker:
+        def __init__(self):
+            self.tags, self.metrics = {}, {}
+
+        def set_tags(self, tags):
+            self.tags.update(tags)
+
+        def log_metrics(self, metrics):
+            self.metrics.update(metrics)
+
+    metrics = {"clean_acc": 0.9, "robust_acc": 0.5, "robust_acc_l2": None, "eps_sweep": {"0.0": 0.9},
+               "sanity": {"autoattack_own_checks": False, "eps0_equals_clean": True},
+               "autoattack_checks": {"autoattack": {"randomized": True, "square_sr": False},
+                                     "sanity/apgd_ce_l2@2.0": {"range_output": True}}}
+    tracker = Tracker()
+    log_evaluation(tracker, metrics)
+    assert tracker.tags["sanity"] == "FAIL: autoattack_own_checks"
+    assert tracker.tags["autoattack_check.autoattack.square_sr"] == "FAIL"
+    assert tracker.tags["autoattack_check.autoattack.randomized"] == "pass"
+    assert tracker.tags["autoattack_check.sanity/apgd_ce_l2_2.0.range_output"] == "pass"
+    assert "robust_acc_l2" not in tracker.metrics and tracker.metrics["sanity_failures"] == 1

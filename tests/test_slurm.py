@@ -5,7 +5,8 @@
 slurmd on localhost in a temporary folder. The test then runs
 ``snakemake --profile workflow/profiles/slurm`` on the tiny params and checks that the report
 exists and that SLURM itself ran the rules' jobs (``squeue --states=all`` and the job-completion
-log list them). It skips, with the reason, only where the packages cannot be installed.
+log list them). It skips, with the reason, only where the packages cannot be installed, and
+under ``CI=true`` fails instead (:func:`conftest.require_or_skip`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, tiny_params
+from conftest import ROOT, require_or_skip, tiny_params
 
 pytestmark = [
     pytest.mark.slow,
@@ -38,7 +39,7 @@ def _cluster_module():
 
 
 def _ensure_installed() -> None:
-    """Run tests/slurm/setup.sh when something is missing; skip if it cannot install."""
+    """Run tests/slurm/setup.sh when something is missing; skip if it cannot install (CI: fail)."""
     cluster = _cluster_module()
     try:
         import snakemake_executor_plugin_slurm  # noqa: F401
@@ -49,12 +50,29 @@ def _ensure_installed() -> None:
         return
     env = dict(os.environ, PYTHON=sys.executable)
     out = subprocess.run(["bash", str(SETUP)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    if out.returncode != 0:
-        pytest.skip(f"SLURM test packages cannot be installed here (tests/slurm/setup.sh exit {out.returncode}): "
+    require_or_skip(out.returncode == 0,
+                    f"SLURM test packages cannot be installed here (tests/slurm/setup.sh exit {out.returncode}): "
                     f"{(out.stderr or out.stdout).strip()[-400:]}")
     importlib.invalidate_caches()
-    if cluster.missing_binaries():
-        pytest.skip(f"tests/slurm/setup.sh ran but {cluster.missing_binaries()} are still missing")
+    missing = cluster.missing_binaries()
+    require_or_skip(not missing, f"tests/slurm/setup.sh ran but {missing} are still missing")
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), (None, pytest.skip.Exception)])
+def test_slurm_that_cannot_be_installed_fails_under_ci_and_skips_locally(monkeypatch, ci, outcome):
+    class NoSlurm:
+        @staticmethod
+        def missing_binaries():
+            return ["slurmctld"]
+
+    monkeypatch.setattr(sys.modules[__name__], "_cluster_module", lambda: NoSlurm)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 100, "", "apt-get: no"))
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="SLURM test packages cannot be installed here"):
+        _ensure_installed()
 
 
 def test_tiny_pipeline_runs_through_the_slurm_profile(tmp_path: Path):

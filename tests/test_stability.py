@@ -39,3 +39,87 @@ def test_summary_is_one_based_and_counts_changes():
 def test_digest_ignores_key_order_but_not_values():
     assert decision_digest({"a": 1, "b": [1, 2]}) == decision_digest({"b": [1, 2], "a": 1})
     assert decision_digest({"a": 1}) != decision_digest({"a": 2})
+
+
+def _flipping_method(switch_at: int):
+    """A search whose derived choice is 'a' until ``switch_at`` epochs have ended, then 'b'."""
+    import torch
+
+    from rnas.search.base import SearchMethod
+
+    class Flipping(SearchMethod):
+        def setup(self, ctx):
+            super().setup(ctx)
+            self.epochs_done = torch.zeros(1)
+
+        def step(self, batch_w, batch_a, progress):
+            return {}
+
+        def end_epoch(self, epoch):
+            self.epochs_done += 1
+            return {}
+
+        def architecture(self):
+            return {"op": "a" if self.epochs_done.item() <= switch_at else "b", "p": self.epochs_done.item()}
+
+        def decision(self):
+            return self.architecture()["op"]
+
+        def state_dict(self):
+            return {"n": self.epochs_done.clone()}
+
+        def load_state_dict(self, state):
+            self.epochs_done = state["n"].clone()
+
+    return Flipping()
+
+
+def test_loop_records_one_decision_per_epoch_across_a_resume(tmp_path):
+    import torch
+
+    from conftest import tiny_params, tiny_splits
+    from rnas.checkpoint import ResumeState
+    from rnas.config import params_from_dict
+    from rnas.runs import resolve_run
+    from rnas.search.loop import run_search
+
+    p = tiny_params()
+    p["search"].update(epochs=6, batch_size=8)
+    params = params_from_dict(p)
+    splits = tiny_splits(n_train=32)
+    ctx = {"params": params, "run": resolve_run("darts"), "info": splits.info, "device": torch.device("cpu"),
+           "seed": 0}
+    # Uninterrupted: 'a' after epochs 1-2, 'b' from the third epoch (index 2) on.
+    full = run_search(_flipping_method(2), ctx, splits, progress=False)
+    assert full.decisions == [decision_digest("a")] * 2 + [decision_digest("b")] * 4
+    assert stability_summary(full.decisions, 6) == {"stable_from_epoch": 3, "decided": True, "decision_changes": 1}
+    # Stopped after 3 epochs and resumed: the decisions of the first process are kept.
+    p["search"]["epochs"] = 3
+    resume = ResumeState(tmp_path / "s", params_hash="h")
+    run_search(_flipping_method(2), {**ctx, "params": params_from_dict(p)}, splits, resume=resume, progress=False)
+    resumed = run_search(_flipping_method(2), ctx, splits, resume=ResumeState(tmp_path / "s", params_hash="h"),
+                         progress=False)
+    assert resumed.start_epoch == 3 and resumed.decisions == full.decisions
+
+
+def test_report_section_flags_undecided_searches(tmp_path):
+    import json
+
+    from conftest import tiny_params
+    from rnas import paths
+    from rnas.config import params_from_dict
+    from rnas.report.decisions import decisions_markdown
+
+    p = tiny_params(runs=("darts", "random"))
+    p["pipeline"].update(results=str(tmp_path / "results"), seeds=[0, 1])
+    params = params_from_dict(p)
+    assert decisions_markdown(params) == ""
+    for seed, summary in ((0, stability_summary(list("aabbbbbb"), 8)), (1, stability_summary(list("abababab"), 8))):
+        f = paths.search_log(params, "darts", seed)
+        f.parent.mkdir(parents=True)
+        f.write_text(json.dumps({"search_seconds": 1.0, "history": [{}] * 8, **summary}))
+    (f.parent / "alphas.json").write_text(json.dumps({"normal": [[0.5, 0.5]], "reduce": [[1.0, 0.0]]}))
+    md = decisions_markdown(params)
+    assert "**1 of 2 searches decided.** Undecided: darts (seed 1)." in md
+    assert "| darts | 0 | 3/8 | yes | 1 |" in md
+    assert "| darts | 1 | 8/8 | **no** | 7 | 100% | 0% |" in md

@@ -99,6 +99,14 @@ def test_tiny_pipeline_end_to_end_with_both_runners(tiny_project, tmp_path_facto
             assert 0.0 <= ev[key] <= 1.0
             assert ev[key] <= ev["clean_acc"] + 1e-12
         assert ev["n_examples"] == 16
+        # per-example results beside eval.json, agreeing with its accuracies
+        from rnas.evaluation.flags import read_flags
+
+        flags, _ = read_flags(results / run / "seed0" / "flags.json")
+        assert flags["clean"].mean() == pytest.approx(ev["clean_acc"])
+        assert flags["robust"].mean() == pytest.approx(ev["robust_acc"])
+    assert "### Claims" in report and "`darts` is more robust than a random architecture" in report
+    assert "### Did the searches decide?" in report
     # MLflow store: one run per stage invocation, all FINISHED, tagged
     db = sqlite3.connect(tiny_project / "mlflow.db")
     statuses = db.execute("select status from runs").fetchall()
@@ -126,7 +134,8 @@ def test_tiny_pipeline_end_to_end_with_both_runners(tiny_project, tmp_path_facto
     (other / "params.yaml").write_text((tiny_project / "params.yaml").read_text())
     _dvc_project(other)
     _run([str(BIN / "dvc"), "repro"], cwd=other)
-    for rel in ("darts/seed0/genotype.json", "random/seed0/genotype.json", "darts/seed0/eval.json"):
+    for rel in ("darts/seed0/genotype.json", "random/seed0/genotype.json", "darts/seed0/eval.json",
+                "darts/seed0/flags.json"):
         a = json.loads((results / rel).read_text())
         b = json.loads((other / "results" / "digits" / rel).read_text())
         if rel.endswith("eval.json"):  # wall-clock timings differ between any two runs

@@ -92,10 +92,11 @@ class BoundResult:
         return spec.min(dim=1).values
 
 
-def spec_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: Norm = "linf",
+def spec_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, norm: Norm = "linf",
                 methods: tuple[str, ...] = ("ibp",), intermediate: str = "ibp", chunk: int = 256,
                 dtype: torch.dtype | None = None) -> BoundResult:
-    """Margin lower bounds of ``model`` at (x (B, C, H, W) in [0, 1], y (B,)) over the ε-ball.
+    """Margin lower bounds of ``model`` at (x (B, C, H, W) in [0, 1], y (B,)) over the ε-ball
+    (``eps``: one radius, or a tensor (B,) with one radius per example).
 
     One graph, one point + IBP pass shared by every method in ``methods`` (keys of
     :data:`BOUND_METHODS`). ``intermediate``: ``"ibp"`` (CROWN-IBP) or ``"crown"`` (full CROWN,
@@ -111,7 +112,7 @@ def spec_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: Norm =
     if intermediate not in ("ibp", "crown"):
         raise ValueError(f"intermediate must be 'ibp' or 'crown', got {intermediate!r}")
     graph = build_graph(model)
-    inputs = InputSet(x, float(eps), norm)
+    inputs = InputSet(x, eps.to(x.device) if isinstance(eps, torch.Tensor) else float(eps), norm)
     if intermediate == "crown":
         points, boxes = crown_forward(graph, inputs, chunk)
     else:

@@ -20,7 +20,9 @@ gives three semantics of the same function f:
   relaxations described on their classes; a ``None`` coefficient means "no dependence".
 
 ``xs`` are the clean values of the inputs (the point pass); batch-norm layers in training mode
-take their statistics from them (see :class:`BatchNorm`), never from the box rows. Graphs are
+take their statistics from them (see :class:`BatchNorm`), never from the box rows. The same
+rule gives :meth:`Graph.forward_fixed_stats`: the network at other points with the clean
+batch's BN statistics held fixed (``forward_again``, used by DSRNA's Jacobian metric). Graphs are
 cheap and built afresh for every batch (weights are read from the modules at evaluation time,
 so gradients reach them and the architecture parameters α). Shapes: activations (B, C, H, W) or (B, F); coefficients
 (B, S, C, H, W) or (B, S, F).
@@ -96,6 +98,13 @@ class Op:
 
     def crown(self, A: Tensor, boxes: list[Box], xs: list[Tensor]) -> tuple[list[Tensor | None], Tensor | None]:
         raise NotImplementedError
+
+    def forward_again(self, xs: list[Tensor]) -> Tensor:
+        """The op at other inputs, with whatever it takes from the batch as in its last
+        ``forward`` (:meth:`Graph.forward_fixed_stats`). Every op but training-mode batch norm
+        acts per example, so this is ``forward``; :class:`BatchNorm` keeps the clean batch's
+        statistics."""
+        return self.forward(xs)
 
     def __repr__(self) -> str:
         return type(self).__name__
@@ -194,6 +203,9 @@ class BatchNorm(ChannelAffine):
     def forward(self, xs):
         self._cache = None  # statistics of this batch's clean values
         return self.apply(xs[0])
+
+    def forward_again(self, xs):
+        return self.apply(xs[0])  # the statistics of the last forward's (clean) input
 
     def ibp(self, zs, n):
         self._cache = None  # statistics of the clean rows only
@@ -523,6 +535,25 @@ class Graph:
             else:
                 stacks.append(node.op.ibp([stacks[j] for j in node.inputs], n))
         return unstack(stacks, n)
+
+    def forward_fixed_stats(self, x: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
+        """The logits at the clean batch ``x`` (B, ...) and at ``points`` (any number of rows of
+        the same shape), every training-mode BN layer normalizing both with the statistics of the
+        *clean* batch's activation at that layer, held fixed as in the IBP pass (eval-mode BN uses
+        the running statistics as always). So row i of the second result depends on points[i]
+        alone (and on x only through the statistics), and its input gradient is per example. The
+        point pass and the pass at ``points`` (:meth:`Op.forward_again`) run node by node; the
+        running statistics are left alone. Returns (logits at x (B, K), logits at points)."""
+        clean: list[Tensor] = []
+        other: list[Tensor] = []
+        for node in self.nodes:
+            if isinstance(node.op, InputOp):
+                clean.append(x)
+                other.append(points)
+            else:
+                clean.append(node.op.forward([clean[j] for j in node.inputs]))
+                other.append(node.op.forward_again([other[j] for j in node.inputs]))
+        return clean[self.output], other[self.output]
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.forward(x)[0][-1]

@@ -33,21 +33,34 @@ NORMS: tuple[str, ...] = ("linf", "l2")
 
 @dataclass(frozen=True)
 class InputSet:
-    """{x : ‖x − x₀‖_p ≤ ε} ∩ [0, 1]^d, with x₀ (B, C, H, W) in [0, 1] and ε in pixel units."""
+    """{x : ‖x − x₀‖_p ≤ ε} ∩ [0, 1]^d, with x₀ (B, C, H, W) in [0, 1] and ε in pixel units: one
+    radius for the batch (a float) or one per example (a tensor (B,), e.g. a bisection over ε)."""
 
     x0: Tensor
-    eps: float
+    eps: float | Tensor
     norm: Norm = "linf"
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; known: {', '.join(NORMS)}")
-        if not (self.eps >= 0):
+        if isinstance(self.eps, Tensor):
+            if self.eps.shape != self.x0.shape[:1]:
+                raise ValueError(f"per-example eps must have shape ({self.x0.shape[0]},), got {tuple(self.eps.shape)}")
+            if not bool((self.eps >= 0).all()):
+                raise ValueError("eps must be >= 0 (pixel units) for every example")
+        elif not (self.eps >= 0):
             raise ValueError(f"eps must be >= 0 (pixel units), got {self.eps}")
+
+    def _eps(self, ndim: int) -> float | Tensor:
+        """ε broadcastable against a (B, ...) tensor of ``ndim`` dimensions."""
+        if isinstance(self.eps, Tensor):
+            return self.eps.to(self.x0.dtype).view(-1, *([1] * (ndim - 1)))
+        return self.eps
 
     def box(self) -> Box:
         """The box hull [max(x₀ − ε, 0), min(x₀ + ε, 1)] (exact for L∞)."""
-        return (self.x0 - self.eps).clamp(0.0, 1.0), (self.x0 + self.eps).clamp(0.0, 1.0)
+        eps = self._eps(self.x0.dim())
+        return (self.x0 - eps).clamp(0.0, 1.0), (self.x0 + eps).clamp(0.0, 1.0)
 
     def lower(self, A: Tensor, bias: Tensor) -> Tensor:
         """min over the set of A·x + bias; A (B, S, C, H, W), bias (B, S) -> (B, S).
@@ -61,7 +74,7 @@ class InputSet:
             flat.clamp(max=0) * up.flatten(1).unsqueeze(1)).sum(-1)
         if self.norm == "linf":
             return box_bound + bias
-        ball_bound = (flat * self.x0.flatten(1).unsqueeze(1)).sum(-1) - self.eps * flat.norm(dim=-1)
+        ball_bound = (flat * self.x0.flatten(1).unsqueeze(1)).sum(-1) - self._eps(2) * flat.norm(dim=-1)
         return torch.maximum(box_bound, ball_bound) + bias
 
 

@@ -1,6 +1,6 @@
 """Adversarial attacks behind one registry, with per-example robust flags.
 
-Input contract (DESIGN.md §2, §5; STYLE.md "A stated input contract"):
+Input contract (docs/design.md §3, §6):
 
 * ``x`` is a float tensor ``(B, C, H, W)`` with values in ``[0, 1]``; normalization is a layer
   inside the model, so every ε is in pixel units (``8/255`` is 8/255 of the pixel range).
@@ -23,8 +23,9 @@ Two layers:
 function); :func:`get_attack` resolves a name or raises ``ValueError`` listing the known ones.
 
 The foolbox- and AutoAttack-based attacks are imported lazily, so ``import rnas.evaluation``
-stays light. :func:`pgd_attack` is a dependency-free PGD (Madry et al., 2018) for the trainer
-and as a cross-check of foolbox's ``LinfPGD``.
+stays light. :func:`pgd_attack` is a dependency-free PGD (Madry et al., 2018): the trainer's
+(last iterate) and the protocol's ``pgd`` (``track_best``: an example counts as broken if any
+iterate fooled the model); without random start it is the same iteration as foolbox's ``LinfPGD``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +49,11 @@ __all__ = [
     "ATTACKS",
     "AttackSpec",
     "ThreatModel",
+    "AUTOATTACK_CHECKS",
     "autoattack_adv",
     "autoattack_flags",
+    "autoattack_l2_adv",
+    "autoattack_l2_flags",
     "clean_flags",
     "cw_l2_adv",
     "cw_l2_flags",
@@ -331,6 +336,7 @@ def pgd_attack(
     loss: str | Callable[[Tensor, Tensor], Tensor] = "ce",
     generator: torch.Generator | None = None,
     eval_mode: bool = True,
+    track_best: bool = False,
 ) -> Tensor:
     """L∞ projected gradient ascent (Madry et al., 2018); returns ``x_adv`` (B, C, H, W).
 
@@ -345,6 +351,15 @@ def pgd_attack(
         generator: draws the random start (must live on ``x.device``); the global RNG if None.
         eval_mode: run the attack with the model in eval mode (BN running statistics, no
             dropout, no BN statistic updates). Every module's mode is restored on return.
+        track_best: evaluation mode. ``y`` must then be the labels ``(B,)``. Per example, return
+            the *first* iterate x⁰ … x^steps the model misclassifies (every iterate is
+            projected, so it lies in the ball), or the last iterate when none does; an example
+            is dropped from the iteration once misclassified (the loss is a sum over examples
+            and the model is in eval mode, so the others' iterates do not change) and the loop
+            ends when every example is. So "correct on the returned point" means correct on
+            *every* iterate, as in AutoAttack's APGD. The logits of x^t are the ones its
+            gradient step computes anyway; only x^steps costs one extra forward pass. Off
+            (the default), the last iterate is returned, as adversarial training wants.
 
     Gradients are taken with ``torch.autograd.grad`` w.r.t. the input only, so no parameter
     ``.grad`` is created or changed; works when called under ``torch.no_grad()``.
@@ -360,12 +375,16 @@ def pgd_attack(
         y = y.to(device=x.device, dtype=torch.int64)
     else:
         loss_fn = loss
+    if track_best and (y.dim() != 1 or y.shape[0] != x.shape[0] or y.dtype.is_floating_point):
+        raise ValueError("track_best needs integer labels y of shape (B,)")
     x = x.detach()
     if random_start and epsilon > 0:
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x_adv = (x + (2 * noise - 1) * epsilon).clamp(0.0, 1.0)
     else:
         x_adv = x.clone()
+    if track_best:
+        return _pgd_first_fooling(model, x, y.long(), x_adv, epsilon, step_size, steps, loss_fn, eval_mode)
     with _preserve_modes(model, eval_mode=eval_mode), torch.enable_grad():
         for _ in range(steps):
             x_adv.requires_grad_(True)
@@ -375,6 +394,41 @@ def pgd_attack(
                 x_adv = x_adv + step_size * grad.sign()
                 x_adv = torch.min(torch.max(x_adv, x - epsilon), x + epsilon).clamp(0.0, 1.0)
     return x_adv.detach()
+
+
+def _pgd_first_fooling(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    x_adv: Tensor,
+    epsilon: float,
+    step_size: float,
+    steps: int,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    eval_mode: bool,
+) -> Tensor:
+    """The ``track_best`` loop of :func:`pgd_attack` (``x_adv`` = x⁰, already in the ball)."""
+    out = x_adv.clone()  # per example: its first misclassified iterate, else the last one
+    active = torch.arange(len(x), device=x.device)  # examples not yet misclassified
+    current = x_adv
+    with _preserve_modes(model, eval_mode=eval_mode), torch.enable_grad():
+        for _ in range(steps):
+            if active.numel() == 0:
+                break
+            current.requires_grad_(True)
+            logits = model(current)
+            (grad,) = torch.autograd.grad(loss_fn(logits, y[active]), current)
+            with torch.no_grad():
+                fooled = logits.argmax(dim=1) != y[active]
+                out[active[fooled]] = current[fooled].detach()
+                keep = ~fooled
+                active, current, grad = active[keep], current.detach()[keep], grad[keep]
+                x_a = x[active]
+                current = current + step_size * grad.sign()
+                current = torch.min(torch.max(current, x_a - epsilon), x_a + epsilon).clamp(0.0, 1.0)
+        with torch.no_grad():
+            out[active] = current.detach()  # the last iterate (fooling or not)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,21 +457,26 @@ def pgd_adv(
     random_start: bool = True,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Tensor:
-    """L∞ PGD on cross-entropy via foolbox's ``LinfPGD`` with an *absolute* ``step_size``.
+    """L∞ PGD on the summed cross-entropy with an *absolute* ``step_size``, counting every iterate.
 
-    (foolbox's default ``rel_stepsize`` = 0.01/0.3 of ε assumes 40 steps; we never use it.)
-    ``restarts`` > 1 reruns from a new random start on the examples still robust and keeps,
-    per example, the first point that fools the model.
+    :func:`pgd_attack` with ``track_best=True``: an example's returned point is the first
+    iterate (random start included) that fools the model, so the example counts as broken if
+    *any* iterate did -- not only the last one, which can oscillate back across the boundary.
+    ``restarts`` > 1 reruns from a new random start (global RNG; the protocol seeds it with
+    :func:`rng_scope`) on the examples still robust and keeps, per example, the first point
+    that fools the model. Without ``track_best`` and random start the iteration is exactly
+    foolbox's ``LinfPGD`` (tests/test_attacks.py compares them).
     """
     y = _check_inputs(model, x, y, epsilon)
     if not step_size > 0:
         raise ValueError(f"step_size must be > 0 (absolute, pixel units), got {step_size}")
-    attack = _foolbox().attacks.LinfPGD(
-        abs_stepsize=step_size, steps=steps, random_start=random_start
-    )
 
     def run(xs: Tensor, ys: Tensor) -> Tensor:
-        return _run_foolbox(model, xs, ys, epsilon, attack, ThreatModel.LINF, batch_size)
+        out = torch.empty_like(xs)
+        for s in _chunks(xs.shape[0], batch_size):
+            out[s] = pgd_attack(model, xs[s], ys[s], epsilon, step_size, steps, random_start=random_start,
+                                loss="ce", eval_mode=False, track_best=True)
+        return project(out, xs, epsilon, ThreatModel.LINF)
 
     with _preserve_modes(model):
         return _restarted(model, x, y, restarts, run, batch_size)
@@ -429,7 +488,7 @@ def cw_l2_adv(
     y: Tensor,
     epsilon: float,
     *,
-    steps: int = 100,
+    steps: int = 1000,
     binary_search_steps: int = 5,
     stepsize: float = 1e-2,
     confidence: float = 0.0,
@@ -440,7 +499,11 @@ def cw_l2_adv(
 
     C&W minimizes the perturbation; foolbox's ``epsilons=ε`` projects its result onto the L2
     ball of radius ε, so an example is robust iff no adversarial point within ε was found.
-    ``stepsize`` is Adam's learning rate (in tanh space), as in foolbox.
+    ``stepsize`` is Adam's learning rate (in tanh space), as in foolbox. The binary search
+    starts at c = ``initial_const`` and multiplies c by 10 until an adversarial is found, then
+    bisects; foolbox's early abort stops a search step after a tenth of ``steps`` without
+    progress. The defaults are the budget measured to converge on the digits models
+    (docs/evaluation.md); foolbox's own defaults are 9 × 10,000 steps.
     """
     y = _check_inputs(model, x, y, epsilon)
     attack = _foolbox().attacks.L2CarliniWagnerAttack(
@@ -476,26 +539,112 @@ def deepfool_l2_adv(
     return _run_foolbox(model, x, y, epsilon, attack, ThreatModel.L2, batch_size)
 
 
+# AutoAttack's own checks (pyautoattack's ``checks`` module, called by
+# ``AutoAttack.run_standard_evaluation``; Croce & Hein's "flags"): name -> (function, what a
+# warning from it means). They only log; :func:`_recorded_autoattack_checks` records them.
+AUTOATTACK_CHECKS: dict[str, tuple[str, str]] = {
+    "randomized": ("check_randomized", "the outputs are not deterministic (a randomized defense)"),
+    "range_output": ("check_range_output", "the outputs look like probabilities, not logits"),
+    "dynamic": ("check_dynamic", "the forward pass calls autograd (a dynamic defense)"),
+    "n_classes": ("check_n_classes", "more target classes than the model has"),
+    "zero_gradients": ("check_zero_gradients", "APGD-T saw examples with a zero input gradient"),
+    "square_sr": ("check_square_sr", "Square lowered the accuracy the gradient attacks left (unreliable)"),
+}
+
+
+class _CheckLogger:
+    """Stands in for AutoAttack's logger inside one check: keeps its warnings, forwards them."""
+
+    def __init__(self, messages: list[str], logger: logging.Logger | None):
+        self.messages, self.logger = messages, logger
+
+    def warning(self, msg, *args, **kwargs) -> None:
+        self.messages.append(str(msg) % args if args else str(msg))
+        if self.logger is not None:
+            self.logger.warning(msg, *args, **kwargs)
+
+    def __getattr__(self, name):  # info/debug/... go to the real logger
+        return getattr(self.logger or log, name)
+
+
+@contextlib.contextmanager
+def _recorded_autoattack_checks(record: dict[str, dict[str, Any]]) -> Iterator[None]:
+    """Wrap pyautoattack's check functions for the body; fill ``record`` with
+    ``{check: {"passed": bool, "detail": str}}`` for every check that ran and applied.
+
+    ``check_square_sr`` is called every time but only applies when Square and another attack
+    ran (its own condition); its detail is AutoAttack's accuracy after each sub-attack.
+    ``check_dynamic`` counts autograd calls in a module-level dict that pyautoattack never
+    resets, so one dynamic model would flag every later one in the process: it is reset
+    before each call.
+    """
+    from pyautoattack import autopgd_base, checks
+
+    messages: dict[str, list[str]] = {}
+    notes: dict[str, str] = {}
+    patched: list[tuple[Any, str, Any]] = []
+
+    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args, logger=None, **kwargs):
+            if name == "square_sr":
+                acc = args[0] if args else kwargs.get("acc_dict", {})
+                if not ("square" in acc and len(acc) > 2):
+                    return fn(*args, logger=logger, **kwargs)  # does not apply (its own rule)
+                notes[name] = "accuracy after " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items())
+            if name == "dynamic":
+                for key in checks.funcs:
+                    checks.funcs[key] = 0
+            return fn(*args, logger=_CheckLogger(messages.setdefault(name, []), logger), **kwargs)
+        return wrapped
+
+    for name, (function, _meaning) in AUTOATTACK_CHECKS.items():
+        for module in (checks, autopgd_base):
+            original = getattr(module, function, None)
+            if original is not None:
+                patched.append((module, function, original))
+                setattr(module, function, wrap(name, original))
+    try:
+        yield
+    finally:
+        for module, function, original in reversed(patched):
+            setattr(module, function, original)
+        for name in AUTOATTACK_CHECKS:
+            if name not in messages:
+                continue
+            found = list(dict.fromkeys(messages[name]))  # one line per distinct warning
+            detail = "; ".join(found) if found else "no warning"
+            if name in notes:
+                detail = f"{detail} ({notes[name]})"
+            record[name] = {"passed": not found, "detail": detail}
+
+
 def autoattack_adv(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
     epsilon: float,
     *,
+    norm: str = "Linf",
     version: str = "standard",
     attacks: tuple[str, ...] | None = None,
     n_queries: int | None = None,
+    n_iter: int | None = None,
     seed: int = 0,
+    checks: dict[str, Any] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Tensor:
-    """AutoAttack (Croce & Hein, 2020), L∞, from the ``pyautoattack`` package.
+    """AutoAttack (Croce & Hein, 2020) at ``norm`` ``"Linf"`` or ``"L2"``, from ``pyautoattack``.
 
     ``version="standard"``: APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5000
     queries), each run only on the examples the previous ones left robust (AutoAttack's own
     worst case). With K < 10 classes the targeted attacks use K − 1 targets, and APGD-T (its
     targeted DLR loss needs 4 classes) is dropped for K < 4. ``version="custom"`` runs the
-    sub-attacks in ``attacks``. ``n_queries`` overrides Square's query budget -- a departure
-    from the standard version meant for quick tests only.
+    sub-attacks in ``attacks``. ``n_queries`` overrides Square's query budget and ``n_iter``
+    APGD's and FAB's iterations -- departures from the standard version meant for quick tests only.
+
+    ``checks``: when a dict is given, it is filled with AutoAttack's own checks (randomized or
+    dynamic defense, probability outputs, target classes, zero gradients, Square success;
+    :data:`AUTOATTACK_CHECKS`) that ran: ``{name: {"passed": bool, "detail": str}}``.
 
     AutoAttack seeds torch's global RNG itself; that happens inside :func:`rng_scope`, so the
     caller's random stream is left alone. Its ``check_dynamic`` calls ``sys.settrace(None)``,
@@ -504,6 +653,9 @@ def autoattack_adv(
     y = _check_inputs(model, x, y, epsilon)
     from pyautoattack import AutoAttack
 
+    threats = {"Linf": ThreatModel.LINF, "L2": ThreatModel.L2}
+    if norm not in threats:
+        raise ValueError(f"AutoAttack norm must be one of {', '.join(threats)}, got {norm!r}")
     if len(x) == 0:
         return x.clone()
     if version == "custom":
@@ -514,11 +666,12 @@ def autoattack_adv(
         raise ValueError(f"'attacks' is only allowed with version='custom', not {version!r}")
     else:
         attack_list = None
+    record: dict[str, Any] = {}
     with _frozen_parameters(model), rng_scope(seed, x.device):
         with torch.no_grad():
             n_classes = model(x[:1]).shape[1]
         adversary = AutoAttack(
-            model, attacks=attack_list, device=x.device, eps=epsilon, norm="Linf",
+            model, attacks=attack_list, device=x.device, eps=epsilon, norm=norm,
             seed=seed, version=version,
         )
         adversary.verbose = False  # only gates logger.debug calls and a final summary
@@ -530,12 +683,25 @@ def autoattack_adv(
             adversary.attacks_to_run = [a for a in adversary.attacks_to_run if a != "apgd-t"]
         if n_queries is not None:
             adversary.square.n_queries = n_queries
+        if n_iter is not None:
+            for sub in (adversary.apgd, adversary.apgd_targeted, adversary.fab):
+                sub.n_iter = n_iter
         tracer = sys.gettrace()
         try:
-            x_adv, _y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+            with _recorded_autoattack_checks(record):
+                x_adv, _y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
         finally:
             sys.settrace(tracer)
-    return _checked_projection(x_adv, x, epsilon, ThreatModel.LINF, "AutoAttack")
+    if checks is not None:
+        checks.update(record)
+    return _checked_projection(x_adv, x, epsilon, threats[norm], f"AutoAttack ({norm})")
+
+
+def autoattack_l2_adv(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, **options) -> Tensor:
+    """:func:`autoattack_adv` at ``norm="L2"`` (``epsilon`` is the L2 radius); same options."""
+    if "norm" in options:
+        raise ValueError("autoattack_l2 is AutoAttack at norm='L2'; use 'autoattack' to choose the norm")
+    return autoattack_adv(model, x, y, epsilon, norm="L2", **options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -577,6 +743,7 @@ pgd_flags = _flags_from(pgd_adv)
 cw_l2_flags = _flags_from(cw_l2_adv)
 deepfool_l2_flags = _flags_from(deepfool_l2_adv)
 autoattack_flags = _flags_from(autoattack_adv)
+autoattack_l2_flags = _flags_from(autoattack_l2_adv)
 
 
 ATTACKS: dict[str, AttackSpec] = {
@@ -586,6 +753,7 @@ ATTACKS: dict[str, AttackSpec] = {
         AttackSpec("fgsm", ThreatModel.LINF, fgsm_flags, fgsm_adv, randomized=False),
         AttackSpec("pgd", ThreatModel.LINF, pgd_flags, pgd_adv, randomized=True),
         AttackSpec("autoattack", ThreatModel.LINF, autoattack_flags, autoattack_adv, randomized=True),
+        AttackSpec("autoattack_l2", ThreatModel.L2, autoattack_l2_flags, autoattack_l2_adv, randomized=True),
         AttackSpec("cw_l2", ThreatModel.L2, cw_l2_flags, cw_l2_adv, randomized=False),
         AttackSpec("deepfool_l2", ThreatModel.L2, deepfool_l2_flags, deepfool_l2_adv, randomized=False),
     )

@@ -10,11 +10,26 @@ or in an attack, and is flagged, never hidden).
 
 The model is certified as it is evaluated: in eval mode (BN with running statistics), without
 gradients, in batches of ``batch_size`` examples.
+
+**Certified radius** (:func:`certified_radius`): per example, the largest ε at which it is
+certified, found by bisection over ε with the same bound. The certified-accuracy-vs-ε curve
+(``certify_eps_sweep``) brackets every example first; a geometric bisection (the radii of the
+networks span decades) then narrows the bracket in ``steps`` bound passes, each on all examples
+still open at once (one ε per example). Invariant, for every example: certified at ``radius``,
+not certified at ``upper`` (both computed, never inferred), upper / radius ≤ (bracket ratio)^(2^−steps).
+Monotonicity of the bound in ε is assumed by the bisection (IBP is monotone; CROWN's adaptive
+ReLU slopes need not be): the sweep checks it on every bracket, and counts the examples that are
+certified at some sweep ε but not at a smaller one (``certified_sweep_nonmonotone``). A
+certificate at ε covers every smaller ball, so the curve counts an example as certified at ε
+when its radius is ≥ ε (sound, non-increasing by construction). The radius and the sweep run in
+float64: radii of PGD-trained networks under IBP / CROWN-IBP are ~1e-7 in pixel units, below the
+float32 spacing of pixel values near 1 (6e-8), where a float32 box would not even contain the ball.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,7 +40,8 @@ from torch import Tensor, nn
 
 from rnas.bounds import CERTIFY_METHODS, UnsupportedModelError, spec_bounds
 
-__all__ = ["CertifyResult", "attack_radii", "certified_not_broken", "certify", "certify_evaluation"]
+__all__ = ["CertifyResult", "RadiusResult", "attack_radii", "certified_flags", "certified_not_broken",
+           "certified_radius", "certify", "certify_evaluation", "radius_not_broken"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +102,142 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, norm: str = 
                          time.perf_counter() - start)
 
 
+def certified_flags(model: nn.Module, x: Tensor, y: Tensor, epsilon: float | Tensor, norm: str = "linf",
+                    method: str = "both", batch_size: int = 256, intermediate: str = "ibp",
+                    dtype: torch.dtype | None = torch.float64) -> Tensor:
+    """(N,) bool on the CPU: classified correctly with a positive margin lower bound at ``epsilon``
+    (one radius, or a tensor (N,) with one per example); bounds propagated in ``dtype``."""
+    if method not in CERTIFY_METHODS:
+        raise ValueError(f"unknown certification method {method!r}; known: {', '.join(CERTIFY_METHODS)}")
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            eps = epsilon[i:i + batch_size] if isinstance(epsilon, Tensor) else epsilon
+            res = spec_bounds(model, xb, yb, eps, norm, CERTIFY_METHODS[method], intermediate=intermediate,
+                              dtype=dtype)
+            out.append(((res.logits.argmax(1) == yb) & (res.margin() > 0)).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+def radius_cap(x: Tensor, norm: str) -> float:
+    """The largest radius worth trying: the ball then holds the whole input cube [0, 1]^d
+    (1 for L∞, √d for L2)."""
+    return 1.0 if norm == "linf" else math.sqrt(x[0].numel())
+
+
+@dataclass
+class RadiusResult:
+    """Certified radii (N examples) and the certified-accuracy-vs-ε curve of one certification."""
+
+    radius: Tensor  # (N,) float64: certified at this radius; 0 = not certified at radius_min
+    upper: Tensor  # (N,) float64: not certified at this radius (inf: certified at the cap)
+    sweep: dict[float, Tensor]  # ε -> (N,) bool: radius ≥ ε (certified at ε or at a larger sweep ε)
+    raw: dict[float, Tensor]  # ε -> (N,) bool: certified by the bound computed at ε
+    nonmonotone: int  # examples certified at a sweep ε but not at a smaller one
+    method: str
+    intermediate: str
+    norm: str
+    steps: int
+    radius_min: float
+    passes: int = 0  # bound passes (sweep, bracket ends, bisection)
+    seconds: float = 0.0
+
+    @property
+    def median(self) -> float:
+        """Median radius over all examples (misclassified and uncertified ones count 0)."""
+        return float(torch.quantile(self.radius, 0.5)) if self.radius.numel() else 0.0
+
+    def curve(self) -> dict[str, float]:
+        """{str(ε): certified accuracy} over the sweep (non-increasing in ε)."""
+        return {str(eps): int(f.sum()) / f.numel() for eps, f in sorted(self.sweep.items())}
+
+    def rel_gap(self) -> float:
+        """Largest upper / radius − 1 of the examples bisected (0 < radius, upper finite)."""
+        open_ = (self.radius > 0) & torch.isfinite(self.upper)
+        return float((self.upper[open_] / self.radius[open_] - 1).max()) if bool(open_.any()) else 0.0
+
+    def metrics(self) -> dict[str, Any]:
+        """eval.json entries (the per-example radii as the list ``certified_radius``)."""
+        return {"certified_eps_sweep": self.curve(), "certified_radius_median": self.median,
+                "certified_radius": [float(r) for r in self.radius], "certified_radius_steps": self.steps,
+                "certified_radius_min": self.radius_min, "certified_radius_rel_gap": self.rel_gap(),
+                "certified_sweep_nonmonotone": self.nonmonotone, "certified_radius_passes": self.passes,
+                "certified_radius_seconds": self.seconds}
+
+
+def certified_radius(model: nn.Module, x: Tensor, y: Tensor, eps_sweep: tuple[float, ...] = (), steps: int = 8,
+                     radius_min: float = 1e-9, norm: str = "linf", method: str = "both", batch_size: int = 256,
+                     intermediate: str = "ibp", dtype: torch.dtype | None = torch.float64) -> RadiusResult:
+    """Certified accuracy at every ε of ``eps_sweep`` and every example's certified radius.
+
+    1. The sweep: certified flags at each ε (> ``radius_min``). Per example, the bracket is
+       [the largest sweep ε it is certified at, the next sweep ε] — or [``radius_min``, the
+       smallest sweep ε] when certified at none but at ``radius_min`` (radius 0 when not even
+       there), or [the largest sweep ε, the cap] (1 for L∞) when certified at all (radius = cap
+       when certified at the cap).
+    2. ``steps`` geometric bisection steps on the open brackets, one bound pass each with one ε
+       per example: certified at √(lo·hi) → lo, else → hi.
+    Returns lo as the radius and hi as ``upper``; see :class:`RadiusResult`."""
+    if method not in CERTIFY_METHODS:
+        raise ValueError(f"unknown certification method {method!r}; known: {', '.join(CERTIFY_METHODS)}")
+    grid = sorted({float(e) for e in eps_sweep})
+    if not radius_min > 0 or any(not e > radius_min for e in grid) or steps < 0:
+        raise ValueError(f"need steps >= 0 and 0 < radius_min < every sweep ε; got steps {steps}, radius_min "
+                         f"{radius_min}, sweep {grid}")
+    start = time.perf_counter()
+    n, cap = len(x), radius_cap(x, norm)
+    passes = 0
+
+    def flags(eps: float | Tensor, idx: Tensor) -> Tensor:
+        nonlocal passes
+        passes += 1
+        return certified_flags(model, x[idx.to(x.device)], y[idx.to(y.device)], eps, norm, method, batch_size,
+                               intermediate, dtype)
+
+    everyone = torch.arange(n)
+    raw = {eps: flags(eps, everyone) for eps in grid}
+    lo = torch.zeros(n, dtype=torch.float64)
+    hi = torch.full((n,), grid[0] if grid else cap, dtype=torch.float64)
+    nonmonotone = 0
+    if grid:
+        table = torch.stack([raw[e] for e in grid], 1)  # (N, G)
+        idx = torch.arange(len(grid)).expand(n, -1)
+        last = torch.where(table, idx, -1).max(1).values  # largest certified sweep index, -1: none
+        # monotonicity on the bracket: certified at grid[last] must mean certified at every smaller ε
+        nonmonotone = int((~table & (idx < last[:, None])).any(1).sum())
+        if nonmonotone:
+            log.warning("certified radius: the bound is not monotone in ε for %d of %d examples (certified at a "
+                        "sweep ε but not at a smaller one); the certificate at the larger ε is kept", nonmonotone, n)
+        points = torch.tensor([*grid, cap], dtype=torch.float64)
+        has = last >= 0
+        lo[has] = points[last[has]]
+        hi[has] = points[last[has] + 1]
+    # the lower end: certified at radius_min? (radius 0 if not)
+    none = (lo == 0).nonzero().flatten()
+    if len(none):
+        ok = flags(radius_min, none)
+        lo[none[ok]] = radius_min
+        hi[none[~ok]] = radius_min
+    # the upper end: certified at the cap?
+    top = ((lo > 0) & (hi == cap)).nonzero().flatten()
+    if len(top):
+        ok = flags(cap, top)
+        lo[top[ok]] = cap
+        hi[top[ok]] = math.inf
+    for _ in range(steps):
+        active = ((lo > 0) & torch.isfinite(hi)).nonzero().flatten()
+        if not len(active):
+            break
+        mid = torch.sqrt(lo[active] * hi[active])
+        ok = flags(mid.to(x.device), active)
+        lo[active[ok]] = mid[ok]
+        hi[active[~ok]] = mid[~ok]
+    sweep = {eps: lo >= eps for eps in grid}
+    return RadiusResult(lo, hi, sweep, raw, nonmonotone, method, intermediate, norm, steps, float(radius_min),
+                        passes, time.perf_counter() - start)
+
+
 def attack_radii(settings: Any, flags: Mapping[str, Tensor], sanity: Any = None) -> dict[str, float]:
     """flag key -> L∞ radius (pixel units) of every L∞ attack whose flags an evaluation holds:
     ``clean`` (radius 0), the protocol's L∞ attacks, the ε sweep, and the sanity probes."""
@@ -127,26 +279,59 @@ def certified_not_broken(certified: Tensor, flags: Mapping[str, Tensor], radii: 
     return True, f"{n_cert} certified at ε={epsilon:g}, none broken by {', '.join(checked)}"
 
 
+def radius_not_broken(radius: Tensor, flags: Mapping[str, Tensor], radii: Mapping[str, float]) -> tuple[bool, str]:
+    """True when no attack broke an example at a radius ≤ its certified radius; with a one-line detail."""
+    broken: dict[str, list[int]] = {}
+    for key, r in sorted(radii.items()):
+        both = (radius.cpu() >= r) & (radius.cpu() > 0) & ~flags[key].bool().cpu()
+        if bool(both.any()):
+            broken[key] = both.nonzero().flatten().tolist()[:10]
+    if broken:
+        return False, "certified radius above an attack's radius: " + "; ".join(
+            f"{k} broke examples {v}" for k, v in broken.items())
+    median = float(torch.quantile(radius.double().cpu(), 0.5)) if radius.numel() else 0.0
+    return True, f"no attack broke an example within its certified radius (median {median:.3g})"
+
+
 def certify_evaluation(metrics: dict[str, Any], flags: Mapping[str, Tensor], model: nn.Module, x: Tensor,
                        y: Tensor, settings: Any, method: str, batch_size: int, sanity: Any = None,
-                       intermediate: str = "ibp") -> None:
+                       intermediate: str = "ibp", eps_sweep: tuple[float, ...] = (), radius_steps: int = 0,
+                       radius_min: float = 1e-9) -> dict[str, Tensor]:
     """Certify at the evaluation's L∞ ε and add to ``metrics`` (eval.json) ``certified_acc``,
     ``certify_method`` (and per-method accuracies) and the sanity flag ``certified_not_broken``
-    (``sanity`` / ``sanity_details`` dicts, created if absent). ``method == "none"`` or a model
-    the bounds do not support records ``certified_acc: None`` and why."""
+    (``sanity`` / ``sanity_details`` dicts, created if absent). With an ``eps_sweep`` or
+    ``radius_steps`` > 0 also the certified-accuracy-vs-ε curve and every example's certified
+    radius (:func:`certified_radius`; :meth:`RadiusResult.metrics`), and the sanity flag then also
+    requires that no attack broke an example within its radius. Returns the per-example values
+    (``{"certified": flags at ε, "certified_radius": radii}``, whatever was computed) for a
+    per-example results file. ``method == "none"`` or a model the bounds do not support records
+    ``certified_acc: None`` and why."""
     if method == "none":
         metrics.update(certified_acc=None, certify_method=None)
-        return
+        return {}
     try:
         result = certify(model, x, y, settings.epsilon, "linf", method, batch_size, intermediate)
+        radius = None
+        if eps_sweep or radius_steps > 0:
+            radius = certified_radius(model, x, y, tuple(eps_sweep), radius_steps, radius_min, "linf", method,
+                                      batch_size, intermediate)
     except UnsupportedModelError as err:
         log.warning("certification skipped: %s", err)
         metrics.update(certified_acc=None, certify_method=None, certify_skipped=str(err))
-        return
+        return {}
     metrics.update(result.metrics())
-    ok, detail = certified_not_broken(result.certified, flags, attack_radii(settings, flags, sanity),
-                                      settings.epsilon)
+    values: dict[str, Tensor] = {"certified": result.certified}
+    radii = attack_radii(settings, flags, sanity)
+    ok, detail = certified_not_broken(result.certified, flags, radii, settings.epsilon)
+    if radius is not None:
+        metrics.update(radius.metrics())
+        values["certified_radius"] = radius.radius
+        ok_r, detail_r = radius_not_broken(radius.radius, flags, radii)
+        ok, detail = ok and ok_r, f"{detail}; {detail_r}"
+        log.info("certified radius: median %.3g, sweep %s (%d bound passes, %.1f s)", radius.median,
+                 radius.curve(), radius.passes, radius.seconds)
     metrics.setdefault("sanity", {})[SANITY_KEY] = ok
     metrics.setdefault("sanity_details", {})[SANITY_KEY] = detail
     if not ok:
         log.error("sanity check %s FAILED: %s", SANITY_KEY, detail)
+    return values

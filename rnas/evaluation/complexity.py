@@ -1,6 +1,6 @@
 """Model size and compute: trainable parameters and multiply-accumulates (MACs).
 
-These are the ``params`` and ``macs`` entries of ``eval.json`` (DESIGN.md §5).
+These are the ``params`` and ``macs`` entries of ``eval.json`` (docs/design.md §6).
 
 MACs are counted for one forward pass of ONE example, by forward hooks on
 

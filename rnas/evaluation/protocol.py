@@ -1,23 +1,31 @@
 """The evaluation protocol: one model, one fixed set of test examples, the standard attack suite.
 
-DESIGN.md §5. Every attack's own accuracy is measured on *all* examples independently (never
+docs/design.md §6. Every attack's own accuracy is measured on *all* examples independently (never
 only on the survivors of earlier attacks), so the per-attack numbers can be compared by the
-sanity checks (PGD at least as strong as FGSM, more steps never help, ...). The worst case
-``robust_acc`` combines the per-example flags: an example is robust only if it is classified
-correctly on the clean input and every L∞ attack that ran failed on it.
+sanity checks (PGD at least as strong as FGSM, more steps never help, ...). The worst cases
+combine the per-example flags: an example counts in ``robust_acc`` only if it is classified
+correctly on the clean input and every L∞ attack run at ``epsilon`` failed on it (with the
+sanity checks, the stand-alone Square probe too), and in ``robust_acc_l2`` likewise for every
+L2 attack at ``epsilon_l2`` (AutoAttack-L2, C&W, DeepFool).
 
 Suite (names usable in :attr:`EvalSettings.attacks`):
 
-==============  ==========================================================  =============
-name            attack                                                      radius
-==============  ==========================================================  =============
-``fgsm``        FGSM, no random start                                       ``epsilon``
-``pgd20``       PGD-20, CE, random start, absolute step ``pgd_step_size``   ``epsilon``
-``pgd100``      PGD-100, same                                               ``epsilon``
-``autoattack``  AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)        ``epsilon``
-``cw``          Carlini–Wagner L2, ``cw_steps`` steps, 5 binary searches    ``epsilon_l2``
-``deepfool``    DeepFool L2, ``deepfool_steps`` steps                       ``epsilon_l2``
-==============  ==========================================================  =============
+=================  ==========================================================  =============
+name               attack                                                      radius
+=================  ==========================================================  =============
+``fgsm``           FGSM, no random start                                       ``epsilon``
+``pgd20``          PGD-20, CE, random start, absolute step ``pgd_step_size``;  ``epsilon``
+                   broken if *any* iterate (of any restart) fools the model
+``pgd100``         PGD-100, same                                               ``epsilon``
+``autoattack``     AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), L∞    ``epsilon``
+``autoattack_l2``  AutoAttack standard at ``norm="L2"``                        ``epsilon_l2``
+``cw``             Carlini–Wagner L2: ``cw_binary_search_steps`` searches of   ``epsilon_l2``
+                   ``cw_steps`` Adam steps from c = ``cw_initial_const``
+``deepfool``       DeepFool L2, ``deepfool_steps`` steps                       ``epsilon_l2``
+=================  ==========================================================  =============
+
+Every AutoAttack run records AutoAttack's own checks (:data:`~rnas.evaluation.attacks.AUTOATTACK_CHECKS`)
+in ``autoattack_checks`` / ``autoattack_checks_details`` ({run: {check: ...}}).
 
 The ε sweep runs PGD-20 at ε = 0, ``epsilon`` and every ``eps_sweep`` value. Its step size keeps
 the main setting's ratio step/ε (``pgd_step_size · ε' / epsilon``), so every point of the curve
@@ -58,7 +66,6 @@ from rnas.evaluation.sanity import (
     model_probe,
     probe_attacks,
     run_checks,
-    run_probe,
     sanity_summary,
 )
 
@@ -68,6 +75,7 @@ __all__ = [
     "EvalState",
     "evaluate_model",
     "evaluate_with_sanity",
+    "l2_attacks",
     "linf_attacks",
     "state_key",
     "worst_case_flags",
@@ -88,6 +96,7 @@ PROTOCOL_ATTACKS: dict[str, _ProtocolAttack] = {
     "pgd20": _ProtocolAttack("pgd", "pgd20_acc"),
     "pgd100": _ProtocolAttack("pgd", "pgd100_acc"),
     "autoattack": _ProtocolAttack("autoattack", "autoattack_acc"),
+    "autoattack_l2": _ProtocolAttack("autoattack_l2", "autoattack_l2_acc"),
     "cw": _ProtocolAttack("cw_l2", "cw_acc"),
     "deepfool": _ProtocolAttack("deepfool_l2", "deepfool_acc"),
 }
@@ -102,18 +111,28 @@ def linf_attacks(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(n for n in names if _threat(n) is ThreatModel.LINF)
 
 
+def l2_attacks(names: Iterable[str]) -> tuple[str, ...]:
+    """The protocol attacks among ``names`` whose threat model is L2 (they enter robust_acc_l2)."""
+    return tuple(n for n in names if _threat(n) is ThreatModel.L2)
+
+
+AUTOATTACK_REGISTRY = ("autoattack", "autoattack_l2")  # registry attacks that report AutoAttack's checks
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     """Settings of one evaluation; radii and steps in pixel units (inputs in [0, 1])."""
 
     epsilon: float  # L∞ radius
-    epsilon_l2: float  # L2 radius for C&W and DeepFool
+    epsilon_l2: float  # L2 radius for AutoAttack-L2, C&W and DeepFool
     pgd_step_size: float  # absolute PGD step at `epsilon`
     pgd_restarts: int = 1  # PGD random restarts (per-example AND of the flags)
-    cw_steps: int = 100  # Adam steps per C&W binary-search step
+    cw_steps: int = 1000  # Adam steps per C&W binary-search step (docs/evaluation.md: convergence)
+    cw_binary_search_steps: int = 5  # C&W binary-search steps over the constant c
+    cw_initial_const: float = 1e-3  # c of the first binary-search step
     deepfool_steps: int = 50
     eps_sweep: tuple[float, ...] = ()  # extra L∞ radii for the accuracy-vs-ε curve (PGD-20)
-    attacks: tuple[str, ...] = ("fgsm", "pgd20", "pgd100", "autoattack", "cw", "deepfool")
+    attacks: tuple[str, ...] = ("fgsm", "pgd20", "pgd100", "autoattack", "autoattack_l2", "cw", "deepfool")
     batch_size: int = 256  # examples per attack chunk (bounds memory)
     seed: int = 0  # torch seed set before every attack
 
@@ -127,7 +146,10 @@ class EvalSettings:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not (math.isfinite(self.pgd_step_size) and self.pgd_step_size > 0):
             raise ValueError(f"pgd_step_size must be > 0, got {self.pgd_step_size!r}")
-        for name in ("pgd_restarts", "cw_steps", "deepfool_steps", "batch_size"):
+        if not (isinstance(self.cw_initial_const, (int, float)) and math.isfinite(self.cw_initial_const)
+                and self.cw_initial_const > 0):
+            raise ValueError(f"cw_initial_const must be a finite number > 0, got {self.cw_initial_const!r}")
+        for name in ("pgd_restarts", "cw_steps", "cw_binary_search_steps", "deepfool_steps", "batch_size"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -151,7 +173,9 @@ class EvalSettings:
             "pgd20": (self.epsilon, dict(pgd, steps=20)),
             "pgd100": (self.epsilon, dict(pgd, steps=100)),
             "autoattack": (self.epsilon, dict(version="standard", seed=self.seed)),
-            "cw": (self.epsilon_l2, dict(steps=self.cw_steps)),
+            "autoattack_l2": (self.epsilon_l2, dict(version="standard", seed=self.seed)),
+            "cw": (self.epsilon_l2, dict(steps=self.cw_steps, binary_search_steps=self.cw_binary_search_steps,
+                                         initial_const=float(self.cw_initial_const))),
             "deepfool": (self.epsilon_l2, dict(steps=self.deepfool_steps)),
         }
         if name not in calls:
@@ -189,10 +213,11 @@ def worst_case_flags(flags: Mapping[str, Tensor], attacks: Iterable[str]) -> Ten
 class EvalState:
     """Per-attack flags of one evaluation in one file, saved atomically after every attack.
 
-    The file holds ``{"key", "flags": {name: bool tensor (N,)}, "seconds": {name: float}}`` and
-    is read back with ``torch.load(weights_only=True)``. A file written under another ``key``
-    (other settings, another model, other examples) is stale: it is ignored (with a warning)
-    and overwritten by the first save. ``path=None`` keeps the state in memory only.
+    The file holds ``{"key", "flags": {name: bool tensor (N,)}, "seconds": {name: float},
+    "info": {name: dict}}`` (``info``: what an attack reports beside its flags, e.g.
+    AutoAttack's own checks) and is read back with ``torch.load(weights_only=True)``. A file
+    written under another ``key`` (other settings, another model, other examples) is stale: it is
+    ignored (with a warning) and overwritten by the first save. ``path=None`` keeps the state in memory only.
     """
 
     def __init__(self, path: str | Path | None, key: str):
@@ -200,6 +225,7 @@ class EvalState:
         self.key = key
         self.flags: dict[str, Tensor] = {}
         self.seconds: dict[str, float] = {}
+        self.info: dict[str, dict[str, Any]] = {}
         if self.path is not None and self.path.exists():
             from rnas.checkpoint import CheckpointError, load_checked
 
@@ -213,6 +239,7 @@ class EvalState:
                 return
             self.flags = {k: v.bool() for k, v in saved["flags"].items()}
             self.seconds = {k: float(v) for k, v in saved["seconds"].items()}
+            self.info = dict(saved.get("info") or {})
 
     def __contains__(self, name: str) -> bool:
         return name in self.flags
@@ -220,14 +247,17 @@ class EvalState:
     def get(self, name: str) -> Tensor | None:
         return self.flags.get(name)
 
-    def put(self, name: str, flags: Tensor, seconds: float) -> None:
-        """Record one attack's flags and save the whole state atomically."""
+    def put(self, name: str, flags: Tensor, seconds: float, info: dict[str, Any] | None = None) -> None:
+        """Record one attack's flags (and ``info``) and save the whole state atomically."""
         self.flags[name] = flags.detach().bool().cpu()
         self.seconds[name] = float(seconds)
+        if info is not None:
+            self.info[name] = info
         if self.path is not None:
             from rnas.checkpoint import save_atomic
 
-            save_atomic({"key": self.key, "flags": self.flags, "seconds": self.seconds}, self.path)
+            save_atomic({"key": self.key, "flags": self.flags, "seconds": self.seconds, "info": self.info},
+                        self.path)
 
     def clear(self) -> None:
         """Delete the file (the evaluation's outputs are written)."""
@@ -250,16 +280,59 @@ def state_key(settings: EvalSettings, model_digest: str, x: Tensor, y: Tensor,
     return h.hexdigest()
 
 
-def _cached(state: EvalState | None, name: str, run) -> tuple[Tensor, float]:
-    """(flags, seconds) of ``name``: from the state if it ran before, else ``run()`` and save."""
+def _cached(state: EvalState | None, name: str, run) -> tuple[Tensor, float, dict[str, Any] | None]:
+    """(flags, seconds, info) of ``name``: from the state if it ran before, else ``run()`` (which
+    returns flags or (flags, info)) and save."""
     if state is not None and name in state:
-        return state.get(name), state.seconds.get(name, 0.0)
+        return state.get(name), state.seconds.get(name, 0.0), state.info.get(name)
     start = time.perf_counter()
-    flags = run()
+    result = run()
+    flags, info = result if isinstance(result, tuple) else (result, None)
     seconds = time.perf_counter() - start
     if state is not None:
-        state.put(name, flags, seconds)
-    return flags, seconds
+        state.put(name, flags, seconds, info)
+    return flags, seconds, info
+
+
+def _attack_runner(model: nn.Module, x: Tensor, y: Tensor, seed: int, call: tuple[str, float, dict[str, Any]]):
+    """A thunk running one attack in its own seeded RNG scope; AutoAttack runs return
+    ``(flags, {"autoattack_checks": {...}})``, the others their flags."""
+    registry_name, epsilon, options = call
+
+    def run():
+        with rng_scope(seed, x.device):
+            if registry_name in AUTOATTACK_REGISTRY:
+                checks: dict[str, Any] = {}
+                flags = get_attack(registry_name).fn(model, x, y, epsilon, **options, checks=checks)
+                return flags, {"autoattack_checks": checks}
+            return get_attack(registry_name).fn(model, x, y, epsilon, **options)
+    return run
+
+
+def _record_checks(metrics: dict[str, Any], name: str, info: dict[str, Any] | None) -> None:
+    """Add one AutoAttack run's own checks to ``autoattack_checks`` / ``..._details``."""
+    checks = (info or {}).get("autoattack_checks")
+    if checks is None:
+        return
+    metrics.setdefault("autoattack_checks", {})[name] = {c: bool(r["passed"]) for c, r in checks.items()}
+    metrics.setdefault("autoattack_checks_details", {})[name] = {c: str(r["detail"]) for c, r in checks.items()}
+
+
+def _set_worst_cases(metrics: dict[str, Any], flags: dict[str, Tensor], linf: Iterable[str],
+                     l2: Iterable[str]) -> None:
+    """``flags["robust"]`` / ``["robust_l2"]`` and their accuracies over the given flag keys
+    (None and no flag when no attack of that norm ran); ``worst_case_attacks`` names them."""
+    metrics.setdefault("worst_case_attacks", {})
+    for flag_key, metric, keys in (("robust", "robust_acc", tuple(linf)),
+                                   ("robust_l2", "robust_acc_l2", tuple(l2))):
+        if keys:
+            flags[flag_key] = worst_case_flags(flags, keys)
+            metrics[metric] = _accuracy(flags[flag_key])
+            metrics["worst_case_attacks"][metric] = ", ".join(keys)
+        else:
+            flags.pop(flag_key, None)
+            metrics[metric] = None
+            metrics["worst_case_attacks"].pop(metric, None)
 
 
 def _accuracy(flags: Tensor) -> float:
@@ -283,9 +356,12 @@ def evaluate_model(
 
     * ``metrics`` -- the JSON-serialisable ``eval.json`` dict (plain floats/ints; accuracies are
       fractions in [0, 1]; an attack not in ``settings.attacks`` gives None for its key,
-      ``robust_acc`` is None when no L∞ attack ran);
+      ``robust_acc`` / ``robust_acc_l2`` are None when no L∞ / L2 attack ran;
+      ``worst_case_attacks`` names what each worst case is over; ``autoattack_checks`` and
+      ``autoattack_checks_details`` hold AutoAttack's own checks per AutoAttack run);
     * ``flags`` -- per-example boolean flags ``(N,)`` on the CPU: ``"clean"``, one per attack
-      that ran, ``"robust"`` (the worst case) and ``"eps_sweep/<ε>"`` for each sweep radius.
+      that ran, ``"robust"`` and ``"robust_l2"`` (the worst cases) and ``"eps_sweep/<ε>"`` for
+      each sweep radius.
     """
     from tqdm.auto import tqdm
 
@@ -296,14 +372,12 @@ def evaluate_model(
 
     flags: dict[str, Tensor] = {"clean": clean_flags(model, x, y, batch_size=settings.batch_size)}
     seconds: dict[str, float] = {}
+    infos: dict[str, dict[str, Any] | None] = {}
     sweep_eps = settings.sweep_epsilons()
     steps = [*settings.attacks, "eps_sweep"]
 
     def attack(registry_name: str, epsilon: float, options: dict[str, Any]):
-        def run() -> Tensor:
-            with rng_scope(settings.seed, x.device):
-                return get_attack(registry_name).fn(model, x, y, epsilon, **options)
-        return run
+        return _attack_runner(model, x, y, settings.seed, (registry_name, epsilon, options))
 
     bar = tqdm(steps, desc="evaluate", unit="attack", disable=not progress, leave=False)
     for name in bar:
@@ -317,16 +391,13 @@ def evaluate_model(
                     continue
                 _, _, options = settings.attack_call("pgd20")
                 options["step_size"] = settings.sweep_step_size(eps)
-                flags[key], took = _cached(state, key, attack("pgd", eps, options))
+                flags[key], took, _ = _cached(state, key, attack("pgd", eps, options))
                 seconds[name] += took
         else:
-            flags[name], seconds[name] = _cached(state, name, attack(*settings.attack_call(name)))
+            flags[name], seconds[name], infos[name] = _cached(state, name, attack(*settings.attack_call(name)))
     bar.close()
 
     flags = {k: v.detach().bool().cpu() for k, v in flags.items()}
-    ran_linf = linf_attacks(settings.attacks)
-    if ran_linf:
-        flags["robust"] = worst_case_flags(flags, ran_linf)
 
     def acc(key: str) -> float | None:
         return _accuracy(flags[key]) if key in flags else None
@@ -337,11 +408,18 @@ def evaluate_model(
         "pgd20_acc": acc("pgd20"),
         "pgd100_acc": acc("pgd100"),
         "autoattack_acc": acc("autoattack"),
-        "robust_acc": acc("robust"),
+        "robust_acc": None,
+        "autoattack_l2_acc": acc("autoattack_l2"),
         "cw_acc": acc("cw"),
         "deepfool_acc": acc("deepfool"),
+        "robust_acc_l2": None,
     }
+    _set_worst_cases(metrics, flags, linf_attacks(settings.attacks), l2_attacks(settings.attacks))
+    metrics["autoattack_checks"], metrics["autoattack_checks_details"] = {}, {}
+    for name in settings.attacks:
+        _record_checks(metrics, name, infos.get(name))
     metrics["eps_sweep"] = {str(eps): _accuracy(flags[f"eps_sweep/{eps}"]) for eps in sweep_eps}
+    metrics["pgd_best_iterate"] = True  # PGD counts an example broken if any iterate fooled the model
     metrics["epsilon"] = float(settings.epsilon)
     metrics["epsilon_l2"] = float(settings.epsilon_l2)
     metrics["params"] = int(count_parameters(model))
@@ -363,20 +441,27 @@ def evaluate_with_sanity(
     """:func:`evaluate_model`, then the sanity checks (:mod:`rnas.evaluation.sanity`).
 
     The checks reuse the protocol's flags; only the probe attacks they need on top (Square
-    alone, PGD-20 at the large radius when the sweep lacks it) run here, resumable through the
-    same ``state``. Adds to the metrics ``sanity`` ({check: passed} for the checks that apply)
+    alone, PGD-20 at the large L∞ radius when the sweep lacks it, APGD-CE at the large L2
+    radius) run here, resumable through the same ``state``. A probe at the evaluation's own
+    radius (Square alone at ``epsilon``) is an attack like the others: it joins the worst case
+    ``robust_acc``. Adds to the metrics ``sanity`` ({check: passed} for the checks that apply)
     and ``sanity_details`` ({check: one line with the numbers}); the probe flags are returned
     with the others (keys ``sanity/...``), and their seconds under ``attack_seconds["sanity"]``.
     """
     metrics, flags = evaluate_model(model, x, y, settings, progress=progress, state=state)
     probe_seconds = 0.0
+    linf, l2 = list(linf_attacks(settings.attacks)), list(l2_attacks(settings.attacks))
     for key, call in probe_attacks(settings, sanity).items():
-        def run(call=call) -> Tensor:
-            with rng_scope(settings.seed, x.device):
-                return run_probe(model, x, y, call)
-        result, took = _cached(state, key, run)
+        result, took, info = _cached(state, key, _attack_runner(model, x, y, settings.seed, call))
         flags[key] = result.detach().bool().cpu()
         probe_seconds += took
+        _record_checks(metrics, key, info)
+        threat, radius = get_attack(call[0]).threat, float(call[1])
+        if threat is ThreatModel.LINF and radius == float(settings.epsilon):
+            linf.append(key)
+        elif threat is ThreatModel.L2 and radius == float(settings.epsilon_l2):
+            l2.append(key)
+    _set_worst_cases(metrics, flags, linf, l2)
     start = time.perf_counter()
     probe = model_probe(model, x, y, settings.batch_size)
     results = run_checks(SanityInputs(metrics, flags, settings, sanity, probe))

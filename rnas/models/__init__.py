@@ -74,8 +74,8 @@ def build_model(
         num_classes: number of logits.
         input_channels: C of the (B, C, H, W) inputs.
         dataset: key of :data:`NORMALIZATION` whose mean/std the model uses.
-        **kwargs: the family's size arguments (``small_cnn``: width, depth; ``preact_resnet18``:
-            width; ``wide_resnet``: depth, widen_factor, drop_rate). Plain JSON values.
+        **kwargs: the family's size arguments (``small_cnn``: width, depth, convs_per_stage;
+            ``preact_resnet18``: width; ``wide_resnet``: depth, widen_factor, drop_rate). Plain JSON values.
 
     Returns:
         A :class:`NormalizedModel` whose ``model_args`` satisfy

@@ -1,5 +1,6 @@
-"""A small plain CNN: ``depth`` conv-bn-relu blocks with 2x2 max pooling, global average pool,
-linear classifier. A cheap teacher for the embedded (digits) profile and for tests.
+"""A small plain (VGG-style) CNN: ``depth`` stages of ``convs_per_stage`` conv-bn-relu units with
+2x2 max pooling between stages, global average pool, linear classifier. The robust teacher of the
+embedded (digits) profile and a cheap model for tests.
 """
 
 from __future__ import annotations
@@ -10,36 +11,41 @@ __all__ = ["SmallCNN"]
 
 
 class SmallCNN(nn.Module):
-    """``depth`` blocks of 3x3 conv (no bias) -> BatchNorm -> ReLU; block ``i`` has
-    ``width * 2**i`` channels and is followed by 2x2 max pooling (ceil mode, so a 1x1 map stays
-    1x1) except the last one; then global average pooling and a linear layer giving logits.
+    """``depth`` stages; stage ``i`` is ``convs_per_stage`` units of 3x3 conv (no bias) ->
+    BatchNorm -> ReLU with ``width * 2**i`` channels and is followed by 2x2 max pooling (ceil mode,
+    so a 1x1 map stays 1x1) except the last one; then global average pooling and a linear layer
+    giving logits. ``depth * convs_per_stage`` conv layers in all (RNAS-CL's tutor candidates);
+    ``convs_per_stage=1`` is the original one-conv-per-stage network.
 
     Args:
         num_classes: number of logits.
         input_channels: C of the (B, C, H, W) input.
-        width: channels of the first block.
-        depth: number of conv blocks.
+        width: channels of the first stage.
+        depth: number of stages.
+        convs_per_stage: conv-bn-relu units per stage.
     """
 
-    def __init__(self, num_classes: int, input_channels: int, width: int = 32, depth: int = 3) -> None:
+    def __init__(self, num_classes: int, input_channels: int, width: int = 32, depth: int = 3,
+                 convs_per_stage: int = 1) -> None:
         super().__init__()
-        if num_classes < 1 or input_channels < 1 or width < 1 or depth < 1:
+        if num_classes < 1 or input_channels < 1 or width < 1 or depth < 1 or convs_per_stage < 1:
             raise ValueError(
-                "num_classes, input_channels, width and depth must be >= 1, got "
-                f"{num_classes}, {input_channels}, {width}, {depth}"
+                "num_classes, input_channels, width, depth and convs_per_stage must be >= 1, got "
+                f"{num_classes}, {input_channels}, {width}, {depth}, {convs_per_stage}"
             )
         layers: list[nn.Module] = []
         c_in = input_channels
         for i in range(depth):
             c_out = width * 2**i
-            layers += [
-                nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-            ]
+            for _ in range(convs_per_stage):
+                layers += [
+                    nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
+                    nn.BatchNorm2d(c_out),
+                    nn.ReLU(inplace=True),
+                ]
+                c_in = c_out
             if i < depth - 1:
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
-            c_in = c_out
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(c_in, num_classes)
         _init_weights(self)

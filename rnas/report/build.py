@@ -34,9 +34,9 @@ from rnas.report.document import (
     to_html,
     to_markdown,
 )
-from rnas.report.plots import plot_eps_sweep, plot_pareto, plot_search_curves
+from rnas.report.plots import plot_certified_sweep, plot_eps_sweep, plot_pareto, plot_search_curves
 from rnas.report.sections import SECTIONS
-from rnas.report.table import main_table, sanity_failures, sanity_table, seed_table
+from rnas.report.table import autoattack_checks_table, main_table, sanity_failures, sanity_table, seed_table
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +136,40 @@ def _method_figures(rows: list[RunRow]) -> list[Image]:
     return images
 
 
+def _autoattack_checks_blocks(rows: list[RunRow]) -> list[Block]:
+    """AutoAttack's own checks per AutoAttack run, and every warning spelled out."""
+    table = autoattack_checks_table(rows)
+    if table is None:
+        return []
+    warnings = [f"**{row.run}** seed {r.seed}, {run}: `{check}` — "
+                f"{((r.eval.get('autoattack_checks_details') or {}).get(run) or {}).get(check, '')}"
+                for row in rows for r in row.results
+                for run, checks in (r.eval.get("autoattack_checks") or {}).items()
+                for check, ok in checks.items() if not ok]
+    blocks: list[Block] = [
+        Heading("AutoAttack's own checks", 3),
+        Paragraph("pyautoattack checks every run for a randomized or dynamic defense, probability outputs, too many "
+                  "target classes, zero gradients (APGD-T) and a Square attack that succeeds where the gradient "
+                  "attacks failed; it only logs them. Recorded per AutoAttack run (the protocol's and the sanity "
+                  "probes') in eval.json (`autoattack_checks`); any warning also fails the sanity check "
+                  "`autoattack_own_checks`."),
+        table,
+    ]
+    if warnings:
+        blocks.append(BulletList(warnings))
+    return blocks
+
+
 def _settings_list(params: Params) -> list[str]:
     e = params.evaluate
     return [
         f"dataset `{params.data.dataset}`, the first {e.n_examples} test examples for every model",
-        f"L∞ ε = {e.epsilon:g}, PGD step {e.pgd_step_size:g}, {e.pgd_restarts} restart(s); "
-        f"L2 radius {e.epsilon_l2:g} (C&W {e.cw_steps} steps, DeepFool {e.deepfool_steps} steps)",
+        f"L∞ ε = {e.epsilon:g}, PGD step {e.pgd_step_size:g}, {e.pgd_restarts} restart(s), any iterate counts; "
+        f"L2 radius {e.epsilon_l2:g} (AutoAttack-L2; C&W {e.cw_binary_search_steps} binary-search steps × "
+        f"{e.cw_steps} steps from c = {e.cw_initial_const:g}; DeepFool {e.deepfool_steps} steps)",
         "ε sweep (PGD-20, step/ε fixed): " + ", ".join(f"{v:g}" for v in sorted({0.0, e.epsilon, *e.eps_sweep})),
-        f"sanity: large ε {e.sanity_large_epsilon:g}, Square alone {e.sanity_square_queries} queries, "
+        f"sanity: large ε {e.sanity_large_epsilon:g} (L∞) and {e.sanity_large_epsilon_l2:g} (L2), Square alone "
+        f"{e.sanity_square_queries} queries, "
         f"tolerance {100 * e.sanity_tolerance:g} points, zero-gradient share ≤ {e.sanity_max_zero_grad_fraction:g}",
         f"seeds {list(params.pipeline.seeds)}",
     ]
@@ -157,6 +183,7 @@ def build_report(params: Params) -> ReportOutputs:
     plots.mkdir(parents=True, exist_ok=True)
     e = params.evaluate
     eps_png = plot_eps_sweep(rows, plots / "eps_sweep.png", e.epsilon)
+    cert_png = plot_certified_sweep(rows, plots / "certified_sweep.png")
     pareto_png = plot_pareto(rows, plots / "pareto.png")
     search_png = plot_search_curves(rows, plots / "search_curves.png")
     cell_blocks, cell_pngs = _cells_section(params, rows)
@@ -181,12 +208,17 @@ def build_report(params: Params) -> ReportOutputs:
 
     blocks += [
         Heading("Results", 2, "results"),
-        Paragraph("Accuracy in % (higher is better) under each attack, measured on all examples; **worst case** "
-                  "counts an example robust only if every L∞ attack failed on it. One seed: value and 95% Wilson "
+        Paragraph("Accuracy in % (higher is better) under each attack, measured on all examples; PGD counts an "
+                  "example broken if any iterate fooled the model; **worst case** counts an example robust only "
+                  "if every attack at the L∞ ε failed on it (the stand-alone Square of the sanity checks "
+                  "included), **worst case L2** likewise at the L2 radius. One seed: value and 95% Wilson "
                   "interval; several seeds: mean ± std and the 95% t-interval of the mean. Best searched run per "
                   "column highlighted; the teacher is a reference, not a search result."),
         main_table(rows),
         Figure([Image(eps_png, alt="robust accuracy vs ε"), Image(pareto_png, alt="parameters vs accuracy")]),
+        Figure([Image(cert_png, alt="certified accuracy vs ε")],
+               caption="Certified accuracy vs ε (log scale; `evaluate.certify_eps_sweep`, the bound of "
+                       "`evaluate.certify_method`): an example counts at ε when its certified radius is ≥ ε."),
         Heading("Search", 2, "search"),
         Figure([Image(search_png, alt="search curves")]),
         *cell_blocks,
@@ -210,6 +242,7 @@ def build_report(params: Params) -> ReportOutputs:
                   "fooled (gradient masking) or the evaluation is broken, so the numbers above it are suspect."),
         BulletList([f"`{name}`: {doc}" for name, doc in known.items()]),
         sanity_table(rows),
+        *_autoattack_checks_blocks(rows),
         Heading("Appendix: every seed", 2, "appendix"),
         seed_table(rows),
         Heading("Settings", 3),
@@ -220,6 +253,6 @@ def build_report(params: Params) -> ReportOutputs:
     md_path.write_text(to_markdown(blocks, md_path.parent))
     anchors = {b.anchor for b in blocks if isinstance(b, Heading)}
     html_path.write_text(to_html(blocks, f"rnas report — {params.data.dataset}", [a for a in NAV if a[0] in anchors]))
-    log.info("report -> %s, %s (%d plots)", md_path, html_path, 3 + len(cell_pngs))
-    return ReportOutputs(md_path, html_path, [eps_png, pareto_png, search_png, *cell_pngs], curves,
+    log.info("report -> %s, %s (%d plots)", md_path, html_path, 4 + len(cell_pngs))
+    return ReportOutputs(md_path, html_path, [eps_png, cert_png, pareto_png, search_png, *cell_pngs], curves,
                          [im.path for im in figures], failures)

@@ -128,7 +128,8 @@ def rows_from_mlflow(params: Params, tracking_uri: str | None = None) -> list[Ru
     """The report's rows from the MLflow store: the latest FINISHED evaluate-stage run per
     (run, seed) of the dataset's experiment, with search and retrain times from the latest
     search and retrain runs. Metric names are the eval.json keys; ``sanity`` comes back from
-    the ``sanity.<check>`` tags and ``eps_sweep`` from the ``eps_sweep/<ε>`` metrics."""
+    the ``sanity.<check>`` tags, ``eps_sweep`` and ``certified_eps_sweep`` from the ``eps_sweep/<ε>``
+    and ``certified_eps_sweep/<ε>`` metrics."""
     import mlflow
 
     from rnas.tracking import experiment_name
@@ -151,6 +152,8 @@ def rows_from_mlflow(params: Params, tracking_uri: str | None = None) -> list[Ru
         tags, metrics = r.data.tags, dict(r.data.metrics)
         ev: dict[str, Any] = {k: v for k, v in metrics.items() if "/" not in k}
         ev["eps_sweep"] = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("eps_sweep/")}
+        ev["certified_eps_sweep"] = {k.split("/", 1)[1]: v for k, v in metrics.items()
+                                     if k.startswith("certified_eps_sweep/")}
         ev["sanity"] = {k.split(".", 1)[1]: v == "pass" for k, v in tags.items() if k.startswith("sanity.")}
         ev.update({k: tags[k] for k in ("device", "device_name") if k in tags})
         if "n_examples" in ev:

@@ -2,6 +2,8 @@
 
 * :func:`plot_eps_sweep` -- robust accuracy vs L∞ ε per run (PGD-20, step/ε fixed), mean over
   seeds with the min–max band; the evaluation ε marked.
+* :func:`plot_certified_sweep` -- certified accuracy vs L∞ ε per run (log ε), the median
+  certified radius in the legend.
 * :func:`plot_pareto` -- parameters vs AutoAttack accuracy (worst case if AutoAttack did not
   run), one point per run (mean over seeds, ± std bars), the Pareto front (no other run has
   fewer parameters *and* higher accuracy) joined.
@@ -104,6 +106,48 @@ def plot_eps_sweep(rows: list[RunRow], path: str | Path, epsilon: float | None =
     ax.set_ylabel("accuracy under attack (%)")
     ax.set_ylim(-2, 100)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_certified_sweep(rows: list[RunRow], path: str | Path) -> Path:
+    """Certified accuracy vs L∞ ε per run (``certified_eps_sweep`` of eval.json), log-scaled ε,
+    mean over seeds with the min–max band; the median certified radius in the legend."""
+    path = _prepare(path)
+    title = "Certified accuracy vs ε (bound propagation, L∞)"
+    curves = []
+    for row in rows:
+        by_eps: dict[float, list[float]] = {}
+        for res in row.results:
+            for eps, acc in (res.eval.get("certified_eps_sweep") or {}).items():
+                if float(eps) > 0:
+                    by_eps.setdefault(float(eps), []).append(float(acc))
+        if by_eps:
+            curves.append((row, sorted(by_eps.items())))
+    if not curves:
+        return _empty(path, title, "no certified ε sweep in any eval.json")
+    styles = _styles(rows)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for row, points in curves:
+        xs = [e for e, _ in points]
+        medians = row.values("certified_radius_median")
+        label = row.run + (" (reference)" if row.reference else "")
+        if medians:
+            label += f", median radius {statistics.mean(medians):.2g}"
+        style = dict(styles[row.run], lw=1.5 if row.reference else 1.8, ms=4)
+        ax.plot(xs, [100 * statistics.mean(v) for _, v in points], label=label, **style)
+        if any(len(v) > 1 for _, v in points):
+            ax.fill_between(xs, [100 * min(v) for _, v in points], [100 * max(v) for _, v in points],
+                            color=styles[row.run]["color"], alpha=0.15, lw=0)
+    ax.set_xscale("log")
+    ax.set_xlabel("L∞ radius ε (pixel units, inputs in [0, 1]; log scale)")
+    ax.set_ylabel("certified accuracy (%)")
+    ax.set_ylim(-2, 100)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, frameon=False)
     ax.set_title(title, fontsize=11)
     fig.tight_layout()

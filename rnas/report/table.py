@@ -19,7 +19,9 @@ from rnas.report.document import Cell, Table, to_markdown
 
 __all__ = [
     "ACCURACY_COLUMNS",
+    "AUTOATTACK_CHECK_LABELS",
     "Column",
+    "autoattack_checks_table",
     "collect",
     "main_table",
     "markdown_table",
@@ -41,12 +43,15 @@ class Column:
 ACCURACY_COLUMNS: tuple[Column, ...] = (
     Column("clean_acc", "clean", "no attack"),
     Column("fgsm_acc", "FGSM", "FGSM at the L∞ ε, no random start"),
-    Column("pgd20_acc", "PGD-20", "PGD-20 at the L∞ ε, random start"),
-    Column("pgd100_acc", "PGD-100", "PGD-100 at the L∞ ε, random start"),
+    Column("pgd20_acc", "PGD-20", "PGD-20 at the L∞ ε, random start; broken if any iterate fooled the model"),
+    Column("pgd100_acc", "PGD-100", "PGD-100 at the L∞ ε, random start; broken if any iterate fooled the model"),
     Column("autoattack_acc", "AutoAttack", "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square) at the L∞ ε"),
-    Column("robust_acc", "worst case", "per example: robust only if every L∞ attack failed on it"),
+    Column("robust_acc", "worst case", "per example: robust only if every attack at the L∞ ε failed on it "
+                                       "(stand-alone Square included)"),
+    Column("autoattack_l2_acc", "AutoAttack-L2", "AutoAttack standard at the L2 radius"),
     Column("cw_acc", "C&W-L2", "Carlini–Wagner at the L2 radius"),
     Column("deepfool_acc", "DeepFool-L2", "DeepFool at the L2 radius"),
+    Column("robust_acc_l2", "worst case L2", "per example: robust only if every attack at the L2 radius failed on it"),
     Column("certified_acc", "certified", "certified accuracy at the L∞ ε (bound propagation)"),
 )
 
@@ -87,6 +92,21 @@ def acc_cell(values: Sequence[float], n: int) -> Cell:
     lo, hi = seed_interval(values)
     return Cell(f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}",
                 f"[{100 * lo:.1f}–{100 * hi:.1f}]", title=f"mean ± std over {len(values)} seeds; 95% t-interval")
+
+
+RADIUS_KEY = "certified_radius_median"
+RADIUS_TIP = ("median over the examples of the certified radius: the largest L∞ ε at which the bound certifies "
+              "the example (bisection; 0 when not certified at certify_radius_min), pixel units")
+
+
+def radius_cell(values: Sequence[float]) -> Cell:
+    """A median certified radius (one seed), or the mean ± std of the seeds' medians."""
+    if not values:
+        return Cell("–", css="na")
+    if len(values) == 1:
+        return Cell(f"{values[0]:.2g}", title=RADIUS_TIP)
+    return Cell(f"{statistics.mean(values):.2g} ± {statistics.stdev(values):.1g}",
+                title=f"mean ± std over {len(values)} seeds of the {RADIUS_TIP}")
 
 
 def fmt_count(values: Sequence[float]) -> str:
@@ -178,6 +198,8 @@ def main_table(rows: Sequence[RunRow]) -> Table:
     cols = present_columns(rows)
     header: list[str | Cell] = [Cell("run", title="run name; the search method (variant) below"), "seeds"]
     header += [Cell(c.label, title=c.tooltip) for c in cols]
+    radius = any(row.values(RADIUS_KEY) for row in rows)
+    header += [Cell("median cert. radius", title=RADIUS_TIP)] if radius else []
     header += [Cell("params"), Cell("MACs", title="multiply-adds of one forward pass"),
                Cell("search", title="search wall time (search.json)"),
                Cell("wall", title="search + retrain + evaluation wall time"),
@@ -197,6 +219,7 @@ def main_table(rows: Sequence[RunRow]) -> Table:
                     statistics.mean(values), best[c.key]):
                 cell.css = "best"
             cells.append(cell)
+        cells += [radius_cell(row.values(RADIUS_KEY))] if radius else []
         cells += [fmt_count(row.values("params")), fmt_count(row.values("macs")),
                   fmt_seconds(row.values("search_seconds")), fmt_seconds(row.values("wall_seconds")),
                   device_label(row.results), sanity_cell(row.results)]
@@ -207,7 +230,9 @@ def main_table(rows: Sequence[RunRow]) -> Table:
 def seed_table(rows: Sequence[RunRow]) -> Table:
     """One row per run and seed, every accuracy with its Wilson interval."""
     cols = present_columns(rows)
+    radius = any(row.values(RADIUS_KEY) for row in rows)
     header: list[str | Cell] = ["run", "seed", *(Cell(c.label, title=c.tooltip) for c in cols),
+                                *([Cell("median cert. radius", title=RADIUS_TIP)] if radius else []),
                                 "params", "MACs", "search", "retrain", "evaluation", "device", "sanity"]
     body = []
     for row in rows:
@@ -215,6 +240,7 @@ def seed_table(rows: Sequence[RunRow]) -> Table:
             n = int(r.eval.get("n_examples", 0))
             cells: list[str | Cell] = [row.run, str(r.seed)]
             cells += [acc_cell([v] if (v := r.number(c.key)) is not None else [], n) for c in cols]
+            cells += [radius_cell([v] if (v := r.number(RADIUS_KEY)) is not None else [])] if radius else []
             cells += [fmt_count([v] if (v := r.number("params")) is not None else []),
                       fmt_count([v] if (v := r.number("macs")) is not None else [])]
             cells += [fmt_seconds([v] if (v := r.number(k)) is not None else [])
@@ -257,6 +283,43 @@ def sanity_table(rows: Sequence[RunRow]) -> Table:
             body.append(cells)
     return Table(header, body, css="sanity", caption="✓ passed, ✗ failed, n/a: not applicable (in report.html, "
                                                      "hover a cell for the numbers behind it)")
+
+
+AUTOATTACK_CHECK_LABELS = {
+    "randomized": "deterministic", "range_output": "logits out", "dynamic": "not dynamic",
+    "n_classes": "targets ≤ K−1", "zero_gradients": "∇ₓ ≠ 0 (APGD-T)", "square_sr": "Square ≤ rest",
+}
+
+
+def autoattack_checks_table(rows: Sequence[RunRow]) -> Table | None:
+    """run/seed/AutoAttack run × AutoAttack's own check (``autoattack_checks`` of eval.json):
+    ✓, ✗ or n/a (the check did not run, e.g. Square found no example left), AutoAttack's
+    warning or numbers as tooltip. None when no eval.json recorded any."""
+    from rnas.evaluation.attacks import AUTOATTACK_CHECKS
+
+    body = []
+    names = list(AUTOATTACK_CHECKS)
+    for row in rows:
+        for r in row.results:
+            details = r.eval.get("autoattack_checks_details") or {}
+            for run, checks in (r.eval.get("autoattack_checks") or {}).items():
+                cells: list[str | Cell] = [row.run, str(r.seed), Cell(run, css="txt")]
+                for n in names:
+                    detail = (details.get(run) or {}).get(n, "")
+                    if n not in checks:
+                        cells.append(Cell("n/a", css="na", title="did not run"))
+                    else:
+                        cells.append(Cell("✓", css="pass", title=detail) if checks[n] else
+                                     Cell("✗", css="fail", title=detail))
+                body.append(cells)
+    if not body:
+        return None
+    header: list[str | Cell] = ["run", "seed", Cell("AutoAttack run", title="protocol attack or sanity probe"),
+                                *(Cell(AUTOATTACK_CHECK_LABELS.get(n, n), title=f"{n}: {AUTOATTACK_CHECKS[n][1]} "
+                                       "when it fails") for n in names)]
+    return Table(header, body, css="sanity", caption="AutoAttack's own checks (pyautoattack `checks`): ✓ no "
+                                                     "warning, ✗ warned, n/a: did not run (in report.html, hover "
+                                                     "a cell for AutoAttack's message)")
 
 
 def sanity_failures(rows: Sequence[RunRow]) -> list[str]:

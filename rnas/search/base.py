@@ -11,7 +11,8 @@ A method is an object with a small fixed surface (NASLib's optimizer interface):
 - ``state_dict()`` / ``load_state_dict()``: everything that must be checkpointed.
 
 :class:`BilevelMethod` is DARTS (Liu et al. 2019): weights w minimize L_train(w, α) with SGD,
-architecture α minimizes L_val(w*(α), α) with Adam. First-order by default
+architecture α minimizes L_val(w*(α), α) with Adam, from epoch ``search.arch_warmup_epochs`` + 1
+on (before it the weights train alone, so α's first steps see trained weights). First-order by default
 (w*(α) ≈ w); second-order (``unrolled``) uses w' = w − ξ∇_w L_train(w, α) and the
 finite-difference Hessian-vector product of DARTS' ``architect.py``:
 
@@ -79,6 +80,13 @@ class SearchMethod:
     def architecture(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def decision(self) -> Any:
+        """The discrete choice the search would return now (JSON-able): the loop records its
+        digest every epoch to find when the search stopped changing its mind
+        (:mod:`rnas.search.stability`). Methods whose architecture file carries continuous
+        values (probabilities, costs) return only the discrete part."""
+        return self.architecture()
+
     def eval_model(self) -> nn.Module | None:
         """The network whose validation accuracy the loop reports (the supernet), if any."""
         return None
@@ -102,6 +110,24 @@ def alpha_entropy(alpha: torch.Tensor) -> float:
     """Mean entropy (nats) of softmax(α) over edges: high = undecided, low = committed."""
     p = torch.softmax(alpha.detach(), dim=-1)
     return float(-(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean())
+
+
+def arch_warmup(warmup_epochs: int, epochs: int) -> int:
+    """Epochs in which only the weights train: ``search.arch_warmup_epochs``, capped at epochs − 1
+    so that α moves in at least the last epoch (a one-epoch smoke search has no warm-up)."""
+    return max(0, min(warmup_epochs, epochs - 1))
+
+
+def arch_lr_factor(schedule: str, epoch: int, epochs: int, warmup: int = 0) -> float:
+    """Multiplier of α's learning rate in ``epoch`` (0-based): 1 for ``constant``; for ``cosine``
+    ½(1 + cos(π t)), t = (epoch − warmup) / (epochs − warmup): 1 in the first epoch α moves,
+    falling towards 0 over the remaining ones (per epoch, like the weights' schedule)."""
+    if schedule == "constant":
+        return 1.0
+    if schedule != "cosine":
+        raise ValueError(f"unknown arch_lr_schedule {schedule!r}; known: constant, cosine")
+    t = max(0, epoch - warmup) / max(1, epochs - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 class BilevelMethod(SearchMethod):
@@ -134,6 +160,12 @@ class BilevelMethod(SearchMethod):
     # -- one bilevel step ----------------------------------------------------------
     def step(self, batch_w: Batch, batch_a: Batch, progress: Progress) -> dict[str, float]:
         s = self.ctx.params.search
+        warmup = arch_warmup(s.arch_warmup_epochs, s.epochs)
+        if progress.epoch < warmup:  # warm-up: the weights train alone, α stays put
+            return self.weight_step(batch_w, progress)
+        factor = arch_lr_factor(s.arch_lr_schedule, progress.epoch, s.epochs, warmup)
+        for group in self.a_opt.param_groups:  # the peak lr travels in the optimizer's state (resumable)
+            group["lr"] = group.setdefault("peak_lr", group["lr"]) * factor
         net = self.supernet
         net.train()
         xa, ya = batch_a

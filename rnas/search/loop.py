@@ -15,10 +15,11 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from rnas.checkpoint import ResumeState
+from rnas.checkpoint import ResumeState, log_resume, log_steps_run
 from rnas.runtime import capture_rng, restore_rng
 from rnas.data import Splits, TensorPair, iterate_batches, split_half
 from rnas.search.base import Progress, SearchContext, SearchMethod
+from rnas.search.stability import decision_digest
 from rnas.training.trainer import accuracy
 
 MetricsLogger = Callable[[dict[str, float], int], None]
@@ -30,6 +31,9 @@ class SearchResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     extra_outputs: dict[str, Any] = field(default_factory=dict)
+    start_epoch: int = 0  # first epoch this process ran (> 0 after a resume)
+    steps_run: int = 0    # method steps this process ran (a resume runs only the remaining epochs)
+    decisions: list[str] = field(default_factory=list)  # digest of the derived architecture per epoch
 
 
 def search_halves(splits: Splits, seed: int) -> tuple[TensorPair, TensorPair]:
@@ -51,6 +55,7 @@ def run_search(method: SearchMethod, ctx_kwargs: dict[str, Any], splits: Splits,
     method.setup(ctx)
     log_metrics = log_metrics or (lambda m, step: None)
     history: list[dict[str, float]] = []
+    decisions: list[str] = []
     elapsed = 0.0
     if not method.uses_search_loop:
         t0 = time.perf_counter()
@@ -64,9 +69,12 @@ def run_search(method: SearchMethod, ctx_kwargs: dict[str, Any], splits: Splits,
         method.load_state_dict(state["method"])
         restore_rng(state, gen)
         history, elapsed, start = state["history"], state["seconds"], state["epoch"] + 1
+        decisions = list(state.get("decisions", []))
+        log_resume(desc, start, s.epochs, resume)
         for epoch, metrics in enumerate(history):  # the logger skips (metric, step) pairs it has
             log_metrics(metrics, epoch)
 
+    steps_run = 0
     for epoch in range(start, s.epochs):
         t0 = time.perf_counter()
         method.begin_epoch(epoch)
@@ -79,12 +87,14 @@ def run_search(method: SearchMethod, ctx_kwargs: dict[str, Any], splits: Splits,
             batch_w = (xw.to(device), yw.to(device))
             batch_a = (xa.to(device), ya.to(device))
             m = method.step(batch_w, batch_a, Progress(epoch, step, n_steps))
+            steps_run += 1
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
             bar.set_postfix({k: f"{v / count:.3f}" for k, v in list(sums.items())[:3]})
         metrics = {k: v / max(1, count) for k, v in sums.items()}
         metrics.update(method.end_epoch(epoch))
+        decisions.append(decision_digest(method.decision()))
         net = method.eval_model()
         if net is not None:
             metrics["val_acc"] = accuracy(net, splits.val, 256, device)
@@ -94,7 +104,9 @@ def run_search(method: SearchMethod, ctx_kwargs: dict[str, Any], splits: Splits,
         if resume is not None:  # state first, then the log: a resume re-logs what is missing
             resume.save({
                 "epoch": epoch, "method": method.state_dict(), **capture_rng(gen),
-                "history": history, "seconds": elapsed,
+                "history": history, "seconds": elapsed, "decisions": decisions,
             })
         log_metrics(metrics, epoch)
-    return SearchResult(method.architecture(), history, elapsed, method.extra_outputs())
+    log_steps_run(desc, steps_run, "search", start, s.epochs)
+    return SearchResult(method.architecture(), history, elapsed, method.extra_outputs(), start_epoch=start,
+                        steps_run=steps_run, decisions=decisions)

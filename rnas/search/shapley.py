@@ -63,11 +63,15 @@ def monte_carlo_shapley(value_fn: ValueFn, n_players: int, n_permutations: int, 
     return sample_marginals(value_fn, n_players, n_permutations, generator, tolerance).mean(0)
 
 
-def zscore(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """(x − mean) / std along ``dim`` (population std); 0 where the std is 0 (all values equal)."""
+def zscore(x: torch.Tensor, dim: int = -1, correction: int = 0) -> torch.Tensor:
+    """(x − mean) / std along ``dim``; std with ``correction`` (0: population std, as LRNAS'
+    per-permutation z-scores; 1: sample std); 0 where all values are equal (tested on the values:
+    the mean of n equal floats can differ from them by rounding, which would leave a std of
+    ~1e-17 and z-scores of ±1 made of rounding error)."""
     mean = x.mean(dim, keepdim=True)
-    std = x.std(dim, correction=0, keepdim=True)
-    return torch.where(std > 0, (x - mean) / torch.where(std > 0, std, torch.ones_like(std)), torch.zeros_like(x))
+    std = x.std(dim, correction=correction, keepdim=True)
+    varies = x.amax(dim, keepdim=True) > x.amin(dim, keepdim=True)
+    return torch.where(varies, (x - mean) / torch.where(varies, std, torch.ones_like(std)), torch.zeros_like(x))
 
 
 def lrnas_values(marginals: torch.Tensor) -> torch.Tensor:

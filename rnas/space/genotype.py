@@ -1,4 +1,4 @@
-"""Genotypes of the DARTS cell space as JSON files (DESIGN.md §3).
+"""Genotypes of the DARTS cell space as JSON files (docs/design.md §4).
 
 A genotype is data, never source code: ``{"normal": [[op, input], ...], "normal_concat": [...],
 "reduce": [...], "reduce_concat": [...]}``. Pairs 2k and 2k+1 are the two inputs of node k;

@@ -1,6 +1,6 @@
 """RNAS-CL's width space: FBNetV2-style channel search over inverted-residual blocks.
 
-Network (DESIGN.md §3): ``Normalize`` -> stem (3x3 conv-bn-ReLU, fixed width) -> stages of
+Network (docs/methods/rnas_cl.md): ``Normalize`` -> stem (3x3 conv-bn-ReLU, fixed width) -> stages of
 inverted-residual blocks (MobileNetV2, Sandler et al. 2018) -> global average pool -> linear.
 A block with output width C_out, expansion e, kernel k and stride s is
 
@@ -26,7 +26,7 @@ Cost (multiply-adds of one example, the ``count_macs`` convention):
     block: H_in·W_in·C_in·(e·C_out)  +  H_out·W_out·k²·(e·C_out)  +  H_out·W_out·(e·C_out)·C_out
     head:  C_last·classes
 
-with C_in, C_out the effective widths; with s = 1 the block term is DESIGN.md's
+with C_in, C_out the effective widths; with s = 1 the block term is
 H·W·(C_in·C_out·e + k²·(C_out·e) + C_out²·e). With a one-hot g it equals ``count_macs`` of the
 final :class:`WidthNetwork` exactly.
 
@@ -137,7 +137,7 @@ WIDTH_MODES = ("auto", "sample", "soft", "argmax", "full", "none")
 
 
 class WidthSupernet(nn.Module):
-    """The width-space search network (FBNetV2 channel masks, DESIGN.md §3).
+    """The width-space search network (FBNetV2 channel masks).
 
     ``width_logits`` (n_blocks, n_options) are the architecture parameters. ``width_mode``
     chooses the weights g of each forward:
@@ -420,7 +420,8 @@ def build_width_network(arch_or_args: dict[str, Any]) -> WidthNetwork:
 
 
 def log_cost(cost: torch.Tensor) -> torch.Tensor:
-    """log(MACs) for the FBNet cost term; MACs must exceed 1 so that the log is positive."""
+    """log(MACs) for RNAS-CL's cost factor (β·log(MACs) or log(MACs)^β); MACs must exceed 1 so that
+    the log is positive."""
     if float(cost.detach()) <= 1.0:
-        raise ValueError(f"cost {float(cost.detach())} MACs is too small for the log(cost)^β term")
+        raise ValueError(f"cost {float(cost.detach())} MACs is too small for the log(MACs) cost factor")
     return torch.log(cost)

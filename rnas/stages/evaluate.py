@@ -1,13 +1,14 @@
 """``rnas evaluate --run RUN --seed K`` (or ``--run teacher``): attack the final model.
 
 Every model is measured on the same first ``evaluate.n_examples`` test examples, each
-attack on all of them (DESIGN.md §5). Writes ``eval.json``."""
+attack on all of them (docs/design.md §6). Writes ``eval.json``."""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
 import platform
+import re
 import time
 
 import torch
@@ -15,6 +16,7 @@ import torch
 from rnas import paths
 from rnas.checkpoint import load_model
 from rnas.evaluation.certify import certify_evaluation
+from rnas.evaluation.flags import write_flags
 from rnas.evaluation.protocol import EvalSettings, EvalState, evaluate_with_sanity, state_key
 from rnas.evaluation.sanity import SanitySettings
 from rnas.pipeline import stage_keys
@@ -33,13 +35,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def settings_from(params) -> EvalSettings:
     e = params.evaluate
     return EvalSettings(epsilon=e.epsilon, epsilon_l2=e.epsilon_l2, pgd_step_size=e.pgd_step_size,
-                        pgd_restarts=e.pgd_restarts, cw_steps=e.cw_steps, deepfool_steps=e.deepfool_steps,
+                        pgd_restarts=e.pgd_restarts, cw_steps=e.cw_steps,
+                        cw_binary_search_steps=e.cw_binary_search_steps, cw_initial_const=e.cw_initial_const,
+                        deepfool_steps=e.deepfool_steps,
                         eps_sweep=e.eps_sweep, attacks=e.attacks, batch_size=e.batch_size)
 
 
 def sanity_from(params) -> SanitySettings:
     e = params.evaluate
-    return SanitySettings(large_epsilon=e.sanity_large_epsilon, square_queries=e.sanity_square_queries,
+    return SanitySettings(large_epsilon=e.sanity_large_epsilon, large_epsilon_l2=e.sanity_large_epsilon_l2,
+                          square_queries=e.sanity_square_queries,
                           tolerance=e.sanity_tolerance, max_zero_grad_fraction=e.sanity_max_zero_grad_fraction)
 
 
@@ -62,14 +67,20 @@ def device_name(device) -> str:
 def log_evaluation(tracker, metrics: dict) -> None:
     """eval.json into MLflow, with the same names for every method: its numbers as metrics
     (``eps_sweep/<ε>`` for the sweep), the tag ``sanity`` (pass / FAIL: names), a tag
-    ``sanity.<check>`` per check and the metric ``sanity_failures``."""
+    ``sanity.<check>`` per check, the metric ``sanity_failures``, and a tag
+    ``autoattack_check.<AutoAttack run>.<check>`` per AutoAttack check (characters MLflow does
+    not allow in a key, e.g. the ``@`` of a probe's name, become ``_``)."""
     verdicts = metrics.get("sanity", {})
     failed = sorted(n for n, ok in verdicts.items() if not ok)
+    aa_checks = {re.sub(r"[^\w./ -]", "_", f"autoattack_check.{run}.{c}"): "pass" if ok else "FAIL"
+                 for run, checks in (metrics.get("autoattack_checks") or {}).items() for c, ok in checks.items()}
     tracker.set_tags({"sanity": "FAIL: " + ", ".join(failed) if failed else "pass",
-                      **{f"sanity.{n}": "pass" if ok else "FAIL" for n, ok in verdicts.items()},
+                      **{f"sanity.{n}": "pass" if ok else "FAIL" for n, ok in verdicts.items()}, **aa_checks,
                       **{k: metrics[k] for k in ("device", "device_name") if k in metrics}})
     tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     tracker.log_metrics({f"eps_sweep/{eps}": acc for eps, acc in metrics.get("eps_sweep", {}).items()})
+    tracker.log_metrics({f"certified_eps_sweep/{eps}": acc
+                         for eps, acc in (metrics.get("certified_eps_sweep") or {}).items()})
     tracker.log_metrics({"sanity_failures": len(failed)})
 
 
@@ -96,15 +107,21 @@ def run(args: argparse.Namespace) -> int:
                           state_key(settings, file_digest(model_path), x, y, sanity))
         metrics, flags = evaluate_with_sanity(model, x, y, settings, sanity, progress=params.pipeline.progress,
                                               state=state)
-        certify_evaluation(metrics, flags, model, x, y, settings, params.evaluate.certify_method,
-                           params.evaluate.certify_batch_size, sanity, params.evaluate.certify_intermediate)
+        e = params.evaluate  # per_example: {"certified", "certified_radius"} per example, for flags.json
+        per_example = certify_evaluation(metrics, flags, model, x, y, settings, e.certify_method,
+                                         e.certify_batch_size, sanity, e.certify_intermediate,
+                                         e.certify_eps_sweep, e.certify_radius_steps, e.certify_radius_min)
         metrics["eval_seconds"] = time.perf_counter() - t0
         metrics["device"] = str(device)
         metrics["device_name"] = device_name(device)
         out = paths.eval_file(params, args.run, args.seed)
+        flags_out = write_flags(paths.flags_file(params, args.run, args.seed),
+                                {**flags, **{k: v for k, v in per_example.items() if k == "certified"}},
+                                {k: v.tolist() for k, v in per_example.items() if k == "certified_radius"})
         write_json(out, metrics)
         log_evaluation(tracker, metrics)
         tracker.log_artifact(out)
+        tracker.log_artifact(flags_out)
         state.clear()
         log.info("evaluate %s seed %d: clean %.3f, robust %s -> %s", args.run, args.seed, metrics["clean_acc"],
                  metrics.get("robust_acc"), out)

@@ -52,7 +52,7 @@ def make_distillation(params, model, arch_path, device):
     teacher = place_model(teacher, device, params.pipeline.channels_last)
     d = params.retrain.distill
     return FixedTutorDistillation(model, teacher, load_tutors(arch_path), map_size=d.map_size, gamma=d.gamma,
-                                  kl_weight=d.kl_weight, temperature=d.temperature)
+                                  kl_weight=d.kl_weight, temperature=d.temperature, loss_form=d.loss_form)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from rnas.pipeline import stage_keys
 from rnas.runs import resolve_run
 from rnas.search.loop import run_search
 from rnas.search.methods import make_method
+from rnas.search.stability import stability_summary
 from rnas.stages.common import add_run_arguments, load_data, log, prepare, write_json
 from rnas.tracking import stage_run
 
@@ -47,10 +48,13 @@ def run(args: argparse.Namespace) -> int:
         write_json(arch_path, result.architecture)
         for extra_file in method.write_files(run_dir):
             tracker.log_artifact(extra_file)
+        stability = stability_summary(result.decisions, params.search.epochs) if method.uses_search_loop else {}
         write_json(paths.search_log(params, args.run, args.seed),
                    {"run": args.run, "method": spec.method, "variant": spec.variant, "seed": args.seed,
-                    "search_seconds": result.seconds, "history": result.history})
-        tracker.log_metrics({"search_seconds": result.seconds})
+                    "search_seconds": result.seconds, **stability, "decisions": result.decisions,
+                    "history": result.history})
+        tracker.log_metrics({"search_seconds": result.seconds,
+                             **{k: float(v) for k, v in stability.items() if v is not None}})
         tracker.log_artifact(arch_path)
         log.info("search %s seed %d: %.1f s -> %s", args.run, args.seed, result.seconds, arch_path)
     resume.clear()

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def teacher_model_args(params, info) -> dict:
     t = params.teacher
-    kwargs = {"small_cnn": {"width": t.width, "depth": t.depth},
+    kwargs = {"small_cnn": {"width": t.width, "depth": t.depth, "convs_per_stage": t.convs_per_stage},
               "preact_resnet18": {"width": t.width},
               "wide_resnet": {"depth": t.depth, "widen_factor": t.widen_factor}}[t.family]
     return {"kind": "family", "family": t.family, "num_classes": info.num_classes,

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from rnas.checkpoint import ResumeState
+from rnas.checkpoint import ResumeState, log_resume, log_steps_run
 from rnas.config import TrainConfig
 from rnas.runtime import autocast, capture_rng, restore_rng
 from rnas.data import TensorPair, iterate_batches
@@ -74,6 +74,8 @@ class FitResult:
     best_epoch: int
     best_metric: float
     history: list[dict[str, float]] = field(default_factory=list)
+    start_epoch: int = 0  # first epoch this process ran (> 0 after a resume)
+    steps_run: int = 0    # optimizer steps this process ran (a resume runs only the remaining epochs)
 
 
 def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
@@ -127,9 +129,11 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             restore_rng(state, gen)
             best, history, start = state["best"], state["history"], state["epoch"] + 1
+            log_resume(self.desc, start, cfg.epochs, self.resume)
             for epoch, metrics in enumerate(history):  # the logger skips (metric, step) pairs it has
                 self.log_metrics(metrics, epoch)
         pcfg = cfg.perturbation
+        steps_run = 0
         for epoch in range(start, cfg.epochs):
             self.model.train()
             total, correct, loss_sum = 0, 0, 0.0
@@ -149,6 +153,7 @@ class Trainer:
                 if cfg.grad_clip > 0:
                     nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
+                steps_run += 1
                 total += len(y)
                 correct += int((logits.argmax(1) == y).sum())
                 loss_sum += float(loss.detach()) * len(y)
@@ -170,4 +175,6 @@ class Trainer:
         if best["state_dict"] is not None:
             self.model.load_state_dict(best["state_dict"])
         self.model.eval()
-        return FitResult(best_epoch=best["epoch"], best_metric=best["metric"], history=history)
+        log_steps_run(self.desc, steps_run, "training", start, cfg.epochs)
+        return FitResult(best_epoch=best["epoch"], best_metric=best["metric"], history=history, start_epoch=start,
+                         steps_run=steps_run)

@@ -3,6 +3,7 @@ rule evaluate:
         f"{DS_DIR}/{{run}}/seed{{seed}}/model.pt",
     output:
         f"{DS_DIR}/{{run}}/seed{{seed}}/eval.json",
+        f"{DS_DIR}/{{run}}/seed{{seed}}/flags.json",
     params:
         h=key_hash("evaluate"),
     log:
@@ -23,6 +24,7 @@ rule evaluate_teacher:
         TEACHER_MODEL,
     output:
         f"{DS_DIR}/teacher/eval.json",
+        f"{DS_DIR}/teacher/flags.json",
     params:
         h=key_hash("evaluate"),
     log:

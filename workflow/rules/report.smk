@@ -1,4 +1,4 @@
-from rnas.pipeline import eval_targets
+from rnas.pipeline import eval_targets, report_inputs
 from rnas.report.curves import curve_files
 
 
@@ -8,7 +8,7 @@ localrules:
 
 rule report:
     input:
-        eval_targets(P),
+        report_inputs(P),
     output:
         md=REPORT,
         html=str(paths.report_html(P)),

@@ -26,11 +26,15 @@ Gradients reach α through softmax(α) in every mixed op: for R_cb through the b
 (``create_graph=True``).
 
 Batch norm during the search is in training mode: the supernet's forward uses the batch
-statistics, and the bound treats each BN layer as the affine map given by the *clean* batch's
-statistics held fixed over the ε-ball (:class:`rnas.bounds.graph.BatchNorm`) — the same
-function the training-mode forward computes on that batch. The cross-entropy of the ``cb``
-variant uses the logits of the bound's own clean pass (identical to ``model(x)``), so the
-clean forward is not repeated; that pass leaves BN running statistics alone.
+statistics. Both metrics treat each BN layer as the affine map given by the *clean* batch's
+statistics held fixed (:class:`rnas.bounds.graph.BatchNorm`) — the same function the
+training-mode forward computes on that batch, but one in which example i's output depends on
+x_i alone: the bound holds them fixed over the ε-ball, the Jacobian metric differentiates with
+respect to the input with them fixed (:func:`jacobian_metric`), so that neither metric sees
+the other examples of the batch through the BN mean and variance. The statistics are still
+functions of the weights and α, and gradients flow through them. The cross-entropy uses the
+logits of the metric's own clean pass (identical to ``model(x)``), so the clean forward is not
+repeated; these passes leave BN running statistics alone.
 
 Randomness (the random projection) comes from a dedicated generator seeded from the run seed
 and checkpointed with the method, so runs are reproducible and resumable.
@@ -45,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnas.bounds import spec_bounds
+from rnas.bounds import build_graph, spec_bounds
 from rnas.config import DsrnaMethodConfig
 from rnas.search.base import BilevelMethod, SearchContext
 from rnas.training.trainer import NonFiniteLossError
@@ -69,22 +73,33 @@ def dual_norm(g: torch.Tensor, norm: str) -> torch.Tensor:
 
 def jacobian_metric(model: nn.Module, x: torch.Tensor, eps: float, norm: str = "linf", projection: str = "top1",
                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """R_jac = −ε·‖∇_x g(x)‖_* per example (B,) and the logits (B, K) of the same forward pass.
+    """R_jac = −ε·‖∇_x g(x_i)‖_* per example (B,) and the clean logits (B, K) (those of ``model(x)``).
 
     g = f_{argmax f(x)}(x) (``top1``) or vᵀ f(x) with v uniform on the unit sphere per example
     (``random``, drawn on the CPU from ``generator``). Differentiable in the weights and α
-    (double backward)."""
-    x = x.detach().requires_grad_(True)
-    logits = model(x)  # (B, K)
+    (double backward).
+
+    Training-mode batch norm normalizes with the clean batch's statistics *held fixed*, as in
+    the bound metric: the bound graph's point pass on x computes them, and the gradient is
+    taken at a second copy of the batch that goes through the graph with them
+    (:meth:`rnas.bounds.graph.Graph.forward_fixed_stats`). Each example's gradient is then its
+    own. With the batch statistics in the graph, ∇_x Σ_i g(x_i) would carry terms from every
+    other example through the batch mean and variance (for two examples and one BN channel the
+    normalized value is ±1 whatever x is, and the metric would read 0, "perfectly robust").
+    The statistics remain functions of the weights and α, so gradients reach α through them
+    too; neither pass touches the BN running statistics."""
+    x = x.detach()
+    x_in = x.clone().requires_grad_(True)  # the copy the gradient is taken at; x only feeds the statistics
+    logits, out = build_graph(model).forward_fixed_stats(x, x_in)  # (B, K) each, equal values
     if projection == "top1":
-        g = logits.gather(1, logits.detach().argmax(1, keepdim=True)).sum()
+        g = out.gather(1, logits.detach().argmax(1, keepdim=True)).sum()
     elif projection == "random":
-        v = torch.randn(logits.shape, generator=generator, dtype=logits.dtype)
-        v = (v / v.norm(dim=1, keepdim=True)).to(logits.device)
-        g = (logits * v).sum()
+        v = torch.randn(out.shape, generator=generator, dtype=out.dtype)
+        v = (v / v.norm(dim=1, keepdim=True)).to(out.device)
+        g = (out * v).sum()
     else:
         raise ValueError(f"unknown jacobian projection {projection!r}; known: top1, random")
-    (grad,) = torch.autograd.grad(g, x, create_graph=True)
+    (grad,) = torch.autograd.grad(g, x_in, create_graph=True)
     return -eps * dual_norm(grad, norm), logits
 
 

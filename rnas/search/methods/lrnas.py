@@ -1,6 +1,6 @@
-"""LRNAS: lightweight robust NAS by contribution estimation and greedy selection (DESIGN.md §4).
+"""LRNAS: lightweight robust NAS by contribution estimation and greedy selection (docs/design.md §5).
 
-Only the abstract of LRNAS is available; the formulas below are DESIGN.md's reading of it
+Only the abstract of LRNAS is available; the formulas below are this project's reading of it
 (docs/methods/lrnas.md says what follows the paper and what is interpretation).
 
 Supernet: the DARTS cell space, PC-DARTS partial channels when ``search.partial_channels > 1``.
@@ -14,8 +14,9 @@ Supernet: the DARTS cell space, PC-DARTS partial channels when ``search.partial_
    each one's marginal drop in clean accuracy ΔA and in FGSM(ε) accuracy ΔR is recorded
    (:mod:`rnas.search.shapley`). Within a permutation ΔA and ΔR are z-scored over the players;
    the contribution is V̂ = mean over permutations of z(ΔA) + z(ΔR).
-3. Update (‖·‖ the L2 norm over all primitives of both cell types):
-   V ← (1 − μ)·V + μ·V̂/‖V̂‖,   α ← α + η·V/‖V‖.
+3. Update, per cell type as the public LRNAS code (github.com/fyqsama/LRNAS, ``ranking.py``):
+   V̂ is z-scored again over each cell type's own primitives (:func:`standardize_per_cell`), then
+   V ← (1 − μ)·V + μ·z_cell(V̂),   α ← α + η·V.
 4. Greedy selection (:func:`greedy_select`) under the parameter budget λ of the *final*
    network (``retrain.init_channels``, ``retrain.layers``): each edge's best op by α, edges in
    decreasing α, added while its node has fewer than two inputs; once adding a parametric op
@@ -46,7 +47,7 @@ from rnas.config import LrnasMethodConfig
 from rnas.evaluation.complexity import count_parameters
 from rnas.runs import parse_budget
 from rnas.search.base import Batch, BilevelMethod, Progress, SearchContext
-from rnas.search.shapley import lrnas_values, permutation_marginals
+from rnas.search.shapley import lrnas_values, permutation_marginals, zscore
 from rnas.space.genotype import Edge, Genotype
 from rnas.space.network import CellNetwork, reduction_layers
 from rnas.space.ops import PRIMITIVES, is_parameter_free, make_op
@@ -268,17 +269,28 @@ class CoalitionValue:
         return value
 
 
-def _unit(v: torch.Tensor) -> torch.Tensor:
-    """v/‖v‖ (L2 over all entries); 0 when v is 0."""
-    norm = float(v.norm())
-    return v / norm if norm > 0 else torch.zeros_like(v)
+def standardize_per_cell(v_hat: torch.Tensor) -> torch.Tensor:
+    """Each cell type's contributions z-scored over that cell type's own entries (its edges × ops):
+    ``v_hat`` (2, ...) with dim 0 the cell type (normal, reduce) -> the same shape. Sample
+    standard deviation (n − 1), as the public LRNAS code (``ranking.update_alpha``); a cell type
+    whose values are all equal gets 0.
+
+    The z-scores of :func:`rnas.search.shapley.lrnas_values` are taken over the players of both
+    cell types together, and the two types act in different numbers of cells (6 normal and 2
+    reduction cells in the paper's supernet, 1 and 2 in digits'), so one type's drops, and then
+    its values, are smaller by construction. Re-standardized per cell type, each cell's best
+    primitive moves up by the same measure, and the greedy selection's single list compares the
+    cell types on one scale."""
+    return torch.stack([zscore(cell.flatten(), correction=1).view_as(cell) for cell in v_hat])
 
 
 def momentum_update(V: torch.Tensor, v_hat: torch.Tensor, momentum: float,
                     step_size: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """LRNAS' update: V ← (1−μ)·V + μ·V̂/‖V̂‖; returns (new V, the step η·V/‖V‖ added to α)."""
-    V = (1 - momentum) * V + momentum * _unit(v_hat)
-    return V, step_size * _unit(V)
+    """LRNAS' update, ``V`` and ``v_hat`` (2, ...) with dim 0 the cell type:
+    V ← (1−μ)·V + μ·z_cell(V̂) (:func:`standardize_per_cell`); returns (new V, the step η·V
+    added to α)."""
+    V = (1 - momentum) * V + momentum * standardize_per_cell(v_hat)
+    return V, step_size * V
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,18 +1,25 @@
 """RNAS-CL (Nath et al., "RNAS-CL: Robust Neural Architecture Search by Cross-Layer Knowledge
-Distillation", 2023; DESIGN.md §4): a robust teacher supervises the student through attention
-maps, and every student layer learns which teacher layer to follow (its tutor).
+Distillation", 2023; docs/methods/rnas_cl.md): a robust teacher supervises the student through
+attention maps, and every student layer learns which teacher layer to follow (its tutor).
 
 Width space (run ``rnas_cl``, the paper's setting, FBNetV2-style space of
 :mod:`rnas.space.width`). With Gumbel-softmax widths and tutors at temperature τ, the loss is
 
-    L = α · (CE + kl_weight·KL(teacher ‖ student) + γ·L_attn) · log(MACs)^β        (FBNet's cost term)
+    L = α · (CE + kl_weight·KL(teacher ‖ student) + γ·L_attn) · C(MACs)        (FBNet's cost term)
 
-with L_attn and KL from :mod:`rnas.distill` and MACs the expected multiply-adds with effective
-widths. In each epoch the first (1 − arch_fraction) of the batches update the weights (SGD,
-the common search settings) on the weight half; the last arch_fraction update the tutor and
-width logits (Adam, ``arch_lr``, ``arch_weight_decay``) on the architecture half.
-τ(epoch) = tau0 · exp(−tau_decay · epoch). The search runs on clean inputs; robustness comes
-from the robust teacher (adversarial training happens in retraining).
+with L_attn and KL from :mod:`rnas.distill`, MACs the expected multiply-adds with effective
+widths, and ``loss_form`` choosing L_attn's form and the cost factor C:
+
+    public (the authors' code, the default):  C = β·log(MACs)
+    paper (the earlier reading):              C = log(MACs)^β
+
+Data: every epoch walks the *whole* training split of the search, as the public code walks its
+training loader: each step gets one batch of each half of the split (the shared loop's pairing),
+and both batches update the same parameters. The first (1 − arch_fraction) of an epoch's steps
+update the weights (SGD, the common search settings), the last arch_fraction the tutor and width
+logits (Adam, ``arch_lr``, ``arch_weight_decay``): 80% / 20% of the split by default, one
+optimizer update per batch. τ(epoch) = tau0 · exp(−tau_decay · epoch). The search runs on clean
+inputs; robustness comes from the robust teacher (adversarial training happens in retraining).
 
 Cell space (run ``rnas_cl_cell``, an extension the paper does not have): the DARTS bilevel
 search of :class:`BilevelMethod` with CE + kl_weight·KL + γ·L_attn on both levels; the tutor
@@ -35,9 +42,20 @@ from torch import nn
 from rnas.config import RnasClMethodConfig
 from rnas.distill import MapTaps, TeacherProbe, TutorLogits, attention_loss, kd_kl, student_layers
 from rnas.runtime import autocast, place_model
-from rnas.search.base import Batch, BilevelMethod, Progress, SearchContext, SearchMethod, alpha_entropy
+from rnas.search.base import (Batch, BilevelMethod, Progress, SearchContext, SearchMethod, alpha_entropy,
+                              arch_lr_factor)
 from rnas.space.gumbel import one_hot_argmax
 from rnas.space.width import WidthSupernet, log_cost
+
+
+def cost_factor(cost: torch.Tensor, beta: float, form: str) -> torch.Tensor:
+    """C(MACs) of the search loss: β·log(MACs) (``public``, the authors' code) or log(MACs)^β (``paper``)."""
+    log_c = log_cost(cost)
+    if form == "public":
+        return beta * log_c
+    if form == "paper":
+        return log_c ** beta
+    raise ValueError(f"unknown loss form {form!r}; known: public, paper")
 
 
 def temperature(cfg: RnasClMethodConfig, epoch: int) -> float:
@@ -92,7 +110,7 @@ class CrossLayerTerms:
             g = g.detach()
         ce = F.cross_entropy(logits, y)
         kl = kd_kl(logits, t_logits, self.cfg.temperature)
-        attn = attention_loss(s_maps, t_maps, g)
+        attn = attention_loss(s_maps, t_maps, g, self.cfg.loss_form)
         loss = ce + self.cfg.kl_weight * kl + self.cfg.gamma * attn
         acc = float((logits.argmax(1) == y).float().mean())
         return loss, {"ce": float(ce.detach()), "kl": float(kl.detach()), "attn": float(attn.detach()), "train_acc": acc}
@@ -151,47 +169,62 @@ class RnasClWidthSearch(SearchMethod):
         self.set_temperature(temperature(self.cfg, epoch))
 
     def search_loss(self, x: torch.Tensor, y: torch.Tensor, train_arch: bool) -> tuple[torch.Tensor, dict[str, float]]:
-        """α · (CE + kl_weight·KL + γ·L_attn) · log(MACs)^β on one batch (Gumbel widths and tutors)."""
+        """α · (CE + kl_weight·KL + γ·L_attn) · C(MACs) on one batch (Gumbel widths and tutors)."""
         logits = self.supernet(x)
         base, parts = self.cl.loss(x, y, logits, train_tutors=train_arch)
         cost = self.supernet.expected_cost()
-        log_c = log_cost(cost)
+        factor = cost_factor(cost, self.cfg.beta_cost, self.cfg.loss_form)
         if not train_arch:
-            log_c = log_c.detach()  # a constant factor for the weights
-        total = self.cfg.alpha_cost * base * log_c ** self.cfg.beta_cost
+            factor = factor.detach()  # a constant factor for the weights
+        total = self.cfg.alpha_cost * base * factor
         return total, {"loss": float(total.detach()), **parts, "macs": float(cost.detach())}
 
+    def weight_update(self, batch: Batch, progress: Progress) -> dict[str, float]:
+        """One SGD step of the supernet weights on one batch (the logits get no update)."""
+        x, y = batch
+        with autocast(self.ctx.device):  # bf16 on CUDA when pipeline.amp is on
+            loss, metrics = self.search_loss(x, y, train_arch=False)
+        if not torch.isfinite(loss):
+            from rnas.training.trainer import NonFiniteLossError
+
+            raise NonFiniteLossError(f"search loss is {float(loss)} at epoch {progress.epoch + 1}, step "
+                                     f"{progress.step}; stopping (the last good checkpoint is kept)")
+        weights = self.supernet.weights()
+        self.w_opt.zero_grad(set_to_none=True)
+        loss.backward(inputs=weights)
+        nn.utils.clip_grad_norm_(weights, self.ctx.params.search.grad_clip)
+        self.w_opt.step()
+        return metrics
+
+    def arch_update(self, batch: Batch, progress: Progress) -> dict[str, float]:
+        """One Adam step of the tutor and width logits on one batch (the weights get no update)."""
+        x, y = batch
+        with autocast(self.ctx.device):
+            loss, metrics = self.search_loss(x, y, train_arch=True)
+        params = self.arch_parameters()
+        grads = torch.autograd.grad(loss, params)
+        self.a_opt.zero_grad(set_to_none=True)
+        for p, g in zip(params, grads):
+            p.grad = g
+        s = self.ctx.params.search  # search.arch_lr_schedule (no warm-up: arch_fraction plays that part)
+        factor = arch_lr_factor(s.arch_lr_schedule, progress.epoch, s.epochs)
+        for group in self.a_opt.param_groups:
+            group["lr"] = group.setdefault("peak_lr", group["lr"]) * factor
+        self.a_opt.step()
+        return metrics
+
     def step(self, batch_w: Batch, batch_a: Batch, progress: Progress) -> dict[str, float]:
-        s = self.ctx.params.search
+        """Both batches (one from each half of the split) update the parameters of the step's phase,
+        so that an epoch trains on the whole split, 1 − arch_fraction of it for the weights."""
         self.supernet.train()
         phase = step_phase(progress.step, progress.steps_per_epoch, self.cfg.arch_fraction)
-        metrics: dict[str, float] = {}
-        if phase in ("weight", "both"):
-            x, y = batch_w
-            with autocast(self.ctx.device):  # bf16 on CUDA when pipeline.amp is on
-                loss, metrics = self.search_loss(x, y, train_arch=False)
-            if not torch.isfinite(loss):
-                from rnas.training.trainer import NonFiniteLossError
-
-                raise NonFiniteLossError(f"search loss is {float(loss)} at epoch {progress.epoch + 1}, step "
-                                         f"{progress.step}; stopping (the last good checkpoint is kept)")
-            weights = self.supernet.weights()
-            self.w_opt.zero_grad(set_to_none=True)
-            loss.backward(inputs=weights)
-            nn.utils.clip_grad_norm_(weights, s.grad_clip)
-            self.w_opt.step()
-        if phase in ("arch", "both"):
-            x, y = batch_a
-            with autocast(self.ctx.device):
-                loss, arch_metrics = self.search_loss(x, y, train_arch=True)
-            params = self.arch_parameters()
-            grads = torch.autograd.grad(loss, params)
-            self.a_opt.zero_grad(set_to_none=True)
-            for p, g in zip(params, grads):
-                p.grad = g
-            self.a_opt.step()
-            metrics = metrics or arch_metrics
-        return metrics
+        if phase == "both":  # a one-step epoch: the weights on one half, the logits on the other
+            metrics = self.weight_update(batch_w, progress)
+            self.arch_update(batch_a, progress)
+            return metrics
+        update = self.weight_update if phase == "weight" else self.arch_update
+        parts = [update(batch, progress) for batch in (batch_w, batch_a)]
+        return {k: sum(m[k] for m in parts) / len(parts) for k in parts[0]}
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         self.w_sched.step()
@@ -217,6 +250,9 @@ class RnasClWidthSearch(SearchMethod):
             "macs": int(round(macs)), "image_size": self.supernet.image_size,
             "network": self.supernet.final_model_args(widths),
         }
+
+    def decision(self) -> dict[str, Any]:
+        return {"widths": self.supernet.discrete_widths(), "tutors": self.cl.report()["tutors"]}
 
     def extra_outputs(self) -> dict[str, Any]:
         return {"tutors.json": self.cl.report()}
@@ -272,6 +308,9 @@ class RnasClCellSearch(BilevelMethod):
     def end_epoch(self, epoch: int) -> dict[str, float]:
         return {**super().end_epoch(epoch), "tau": self.cl.tau, "tutor_entropy": self.cl.tutor_entropy()}
 
+    def decision(self) -> dict[str, Any]:
+        return {"genotype": self.architecture(), "tutors": self.cl.report()["tutors"]}
+
     def extra_outputs(self) -> dict[str, Any]:
         return {**super().extra_outputs(), "tutors.json": self.cl.report()}
 
@@ -311,6 +350,9 @@ class RnasClMethod(SearchMethod):
 
     def architecture(self) -> dict[str, Any]:
         return self.impl.architecture()
+
+    def decision(self) -> Any:
+        return self.impl.decision()
 
     def eval_model(self) -> nn.Module | None:
         return self.impl.eval_model()

@@ -1,0 +1,249 @@
+"""Certified radii and the certified-accuracy-vs-ε curve (rnas/evaluation/certify.py).
+
+The radius is sound (never above a radius at which PGD broke the example), the bisection brackets
+it (certified at the radius, not certified just above it, within the tolerance the step count
+gives), the curve is non-increasing and equals the share of radii ≥ ε, the bound takes one ε per
+example, and the evaluate stage's numbers, params keys and report column/plot exist."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_params
+from rnas.bounds import spec_bounds
+from rnas.config import ParamsError, params_from_dict
+from rnas.data import load_splits
+from rnas.evaluation import certify as cert
+from rnas.evaluation.attacks import pgd_attack
+from rnas.evaluation.certify import SANITY_KEY, certified_flags, certified_radius, certify_evaluation
+from rnas.evaluation.protocol import EvalSettings, evaluate_model
+from rnas.models import build_model
+
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A small CNN trained for a few seconds on digits (clean), in float64, and 48 test examples."""
+    torch.manual_seed(0)
+    splits = load_splits("digits", seed=0, image_size=8)
+    model = build_model("small_cnn", 10, 1, "digits", width=8, depth=2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for idx in torch.randperm(len(splits.train), generator=g).split(64):
+            opt.zero_grad()
+            F.cross_entropy(model(splits.train.x[idx]), splits.train.y[idx]).backward()
+            opt.step()
+    return model.double().eval(), splits.test.x[:48].double(), splits.test.y[:48]
+
+
+@pytest.fixture(scope="module")
+def radii(tiny_model):
+    model, x, y = tiny_model
+    return certified_radius(model, x, y, (1e-3, 3e-3, 1e-2, 3e-2), STEPS, 1e-6, "linf", "both", 32)
+
+
+def test_per_example_eps_equals_one_call_per_radius(tiny_model):
+    model, x, y = tiny_model
+    x, y = x[:6], y[:6]
+    eps = torch.tensor([0.0, 1e-3, 3e-3, 1e-2, 0.05, 0.3], dtype=torch.float64)
+    joint = spec_bounds(model, x, y, eps, "linf", ("ibp", "crown"))
+    for i, e in enumerate(eps.tolist()):
+        alone = spec_bounds(model, x[i:i + 1], y[i:i + 1], e, "linf", ("ibp", "crown"))
+        for m in ("ibp", "crown"):
+            torch.testing.assert_close(joint.lower[m][i:i + 1], alone.lower[m], rtol=1e-9, atol=1e-9)
+    # full CROWN refines the neurons unstable in any example of the batch, so compare whole batches
+    same = spec_bounds(model, x, y, torch.full((6,), 0.01, dtype=torch.float64), "linf", ("crown",), "crown")
+    torch.testing.assert_close(same.lower["crown"], spec_bounds(model, x, y, 0.01, "linf", ("crown",), "crown").lower["crown"])
+    l2 = spec_bounds(model, x, y, eps, "l2", ("crown",))
+    for i, e in enumerate(eps.tolist()):
+        torch.testing.assert_close(l2.lower["crown"][i:i + 1],
+                                   spec_bounds(model, x[i:i + 1], y[i:i + 1], e, "l2", ("crown",)).lower["crown"])
+    with pytest.raises(ValueError, match="shape"):
+        spec_bounds(model, x, y, eps[:3])
+    with pytest.raises(ValueError, match=">= 0"):
+        spec_bounds(model, x, y, -eps)
+
+
+def test_radius_is_never_above_a_radius_where_pgd_broke_the_example(tiny_model, radii):
+    model, x, y = tiny_model
+    r = radii.radius
+    assert (r > 0).sum() >= len(r) // 2  # most examples certified at some radius
+    median = float(r[r > 0].median())
+    probes = sorted({*(median * k for k in (1.5, 3.0, 10.0, 30.0)), 0.05, 0.1, 0.2})
+    broken_near = 0
+    g = torch.Generator().manual_seed(0)
+    for eps in probes:
+        broken = torch.zeros(len(x), dtype=torch.bool)
+        for loss in ("ce", "margin"):
+            adv = pgd_attack(model, x, y, eps, eps / 8, 40, loss=loss, generator=g)
+            with torch.no_grad():
+                broken |= model(adv).argmax(1) != y
+        assert (r[broken] < eps).all(), (eps, r[broken].max())
+        if eps < 30 * median:
+            broken_near += int(broken.sum())
+    assert broken_near > 0  # PGD breaks examples within 30× the median radius: the check is not vacuous
+    with torch.no_grad():
+        wrong = model(x).argmax(1) != y
+    assert (r[wrong] == 0).all()
+
+
+def test_bisection_is_certified_at_the_radius_and_not_just_above(tiny_model, radii):
+    model, x, y = tiny_model
+    r, up = radii.radius, radii.upper
+    grid = [1e-6, 1e-3, 3e-3, 1e-2, 3e-2, 1.0]
+    inside = (r > 0) & torch.isfinite(up)
+    assert inside.any()
+    idx = inside.nonzero().flatten()
+    assert certified_flags(model, x[idx], y[idx], r[idx], batch_size=32).all()
+    assert not certified_flags(model, x[idx], y[idx], up[idx], batch_size=32).any()
+    # tolerance: the bracket's ratio to the power 2^-steps, per example
+    for i in idx.tolist():
+        lo0 = max(e for e in grid if e <= r[i])
+        hi0 = min(e for e in grid if e >= up[i])
+        assert r[i] < up[i] <= r[i] * (hi0 / lo0) ** (2.0 ** -STEPS) * (1 + 1e-12)
+    assert 0 < radii.rel_gap() <= 1e3 ** (2.0 ** -STEPS) - 1 + 1e-12  # the widest bracket: [1e-6, 1e-3]
+    zero = (r == 0).nonzero().flatten()
+    if len(zero):
+        assert not certified_flags(model, x[zero], y[zero], 1e-6, batch_size=32).any()
+        assert (up[zero] == 1e-6).all()
+
+
+def test_sweep_is_non_increasing_and_counts_radii(radii):
+    curve = radii.curve()
+    values = [curve[k] for k in sorted(curve, key=float)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert values[0] > 0  # certified at the small end
+    for eps, flags in radii.sweep.items():
+        assert torch.equal(flags, radii.radius >= eps)
+        assert (flags | ~radii.raw[eps]).all()  # every computed certificate is counted
+    metrics = radii.metrics()
+    assert metrics["certified_radius_median"] == pytest.approx(float(torch.quantile(radii.radius, 0.5)))
+    assert len(metrics["certified_radius"]) == 48 and metrics["certified_radius_steps"] == STEPS
+    assert metrics["certified_sweep_nonmonotone"] == 0
+
+
+def _fake_bound(monkeypatch, true_radius: torch.Tensor, holes: dict[int, tuple[float, float]] | None = None):
+    """Replace the bound by 'certified iff ε ≤ true_radius' (with optional uncertified intervals)."""
+    calls = []
+
+    def fake(model, x, y, epsilon, *args, **kwargs):
+        ids = x[:, 0, 0, 0].long()
+        eps = epsilon if isinstance(epsilon, torch.Tensor) else torch.full((len(ids),), float(epsilon))
+        ok = eps.double() <= true_radius[ids]
+        for i, (a, b) in (holes or {}).items():
+            ok &= ~((ids == i) & (eps > a) & (eps < b))
+        calls.append(len(ids))
+        return ok
+
+    monkeypatch.setattr(cert, "certified_flags", fake)
+    return calls
+
+
+def test_bisection_logic_on_a_known_radius(monkeypatch):
+    true = torch.tensor([0.0, 5e-10, 2e-9, 4e-7, 1e-6, 7e-5, 0.5, 1.0], dtype=torch.float64)
+    x = torch.arange(len(true), dtype=torch.float64).view(-1, 1, 1, 1)
+    y = torch.zeros(len(true), dtype=torch.long)
+    calls = _fake_bound(monkeypatch, true)
+    res = certified_radius(None, x, y, (1e-7, 1e-6, 1e-5), steps=30, radius_min=1e-9)
+    r = res.radius
+    assert r[0] == 0 and r[1] == 0 and r[7] == 1.0 and math.isinf(res.upper[7])
+    assert r[6] == pytest.approx(0.5, rel=1e-6) and r[2] == pytest.approx(2e-9, rel=1e-6)
+    assert r[4] == 1e-6  # exactly a sweep point: certified there, the bisection only confirms below next
+    assert (r <= true).all() and (r[2:7] >= true[2:7] * (1 - 1e-6)).all()
+    assert res.curve() == {"1e-07": 5 / 8, "1e-06": 4 / 8, "1e-05": 3 / 8}
+    assert res.passes == len(calls) and res.nonmonotone == 0
+    # no sweep: one bracket [radius_min, 1] for everyone
+    res2 = certified_radius(None, x, y, (), steps=40, radius_min=1e-9)
+    assert res2.curve() == {} and (res2.radius <= true).all()
+    assert res2.radius[3] == pytest.approx(4e-7, rel=1e-6)
+    # steps = 0: the radius is the largest certified sweep ε
+    res3 = certified_radius(None, x, y, (1e-7, 1e-6, 1e-5), steps=0, radius_min=1e-9)
+    assert res3.radius.tolist() == [0.0, 0.0, 1e-9, 1e-7, 1e-6, 1e-5, 1e-5, 1.0]
+    with pytest.raises(ValueError, match="radius_min"):
+        certified_radius(None, x, y, (1e-9,), radius_min=1e-9)
+
+
+def test_non_monotone_bound_is_counted_and_the_certificate_kept(monkeypatch):
+    true = torch.tensor([1e-5, 1e-5], dtype=torch.float64)
+    x = torch.arange(2, dtype=torch.float64).view(-1, 1, 1, 1)
+    _fake_bound(monkeypatch, true, holes={0: (5e-7, 2e-6)})  # example 0 fails at 1e-6 only
+    res = certified_radius(None, x, torch.zeros(2, dtype=torch.long), (1e-7, 1e-6, 3e-6), steps=10,
+                           radius_min=1e-9)
+    assert res.nonmonotone == 1
+    assert not res.raw[1e-6][0] and res.sweep[1e-6][0]  # a certificate at 3e-6 covers the smaller ball
+    assert res.radius[0] >= 3e-6 and res.radius[1] >= 3e-6
+
+
+def test_certify_evaluation_records_curve_radius_and_sanity(tiny_model):
+    model, x, y = tiny_model
+    model, x = model.float(), x.float()
+    try:
+        settings = EvalSettings(epsilon=0.02, epsilon_l2=0.5, pgd_step_size=0.005, attacks=("pgd20",),
+                                eps_sweep=(0.01, 0.3))
+        metrics, flags = evaluate_model(model, x, y, settings, progress=False)
+        values = certify_evaluation(metrics, flags, model, x, y, settings, "both", 32, eps_sweep=(1e-3, 1e-2),
+                                    radius_steps=4, radius_min=1e-6)
+        assert metrics["sanity"][SANITY_KEY], metrics["sanity_details"][SANITY_KEY]
+        assert set(metrics["certified_eps_sweep"]) == {"0.001", "0.01"}
+        assert len(metrics["certified_radius"]) == len(x) and metrics["certified_radius_median"] > 0
+        assert torch.equal(values["certified_radius"], torch.tensor(metrics["certified_radius"], dtype=torch.float64))
+        assert values["certified"].shape == (len(x),)
+        # an attack that "broke" an example within its certified radius fails the check
+        r = values["certified_radius"]
+        doctored = dict(flags, clean=flags["clean"] & ~(r > 0))
+        m2: dict = {}
+        certify_evaluation(m2, doctored, model, x, y, settings, "both", 32, eps_sweep=(1e-3,), radius_steps=0,
+                           radius_min=1e-6)
+        assert not m2["sanity"][SANITY_KEY] and "certified radius" in m2["sanity_details"][SANITY_KEY]
+        # no sweep, no bisection: only certified_acc, as before
+        m3: dict = {}
+        certify_evaluation(m3, flags, model, x, y, settings, "both", 32)
+        assert "certified_radius" not in m3 and "certified_acc" in m3
+    finally:
+        model.double()
+
+
+def test_params_keys_are_validated():
+    p = tiny_params()
+    params = params_from_dict(p)
+    assert params.evaluate.certify_eps_sweep and params.evaluate.certify_radius_steps > 0
+    assert min(params.evaluate.certify_eps_sweep) > params.evaluate.certify_radius_min
+    p["evaluate"]["certify_eps_sweep"] = [1.0e-6, 1.0e-12]
+    with pytest.raises(ParamsError, match=r"certify_eps_sweep\[1\].*certify_radius_min"):
+        params_from_dict(p)
+    p["evaluate"]["certify_eps_sweep"] = [1.5]
+    with pytest.raises(ParamsError, match="certify_eps_sweep"):
+        params_from_dict(p)
+    p["evaluate"]["certify_eps_sweep"] = []
+    p["evaluate"]["certify_radius_steps"] = -1
+    with pytest.raises(ParamsError, match="certify_radius_steps"):
+        params_from_dict(p)
+
+
+def test_report_plots_the_curve_and_shows_the_median_radius(tmp_path):
+    from rnas.report.collect import RunRow, SeedResult
+    from rnas.report.plots import plot_certified_sweep
+    from rnas.report.table import main_table, seed_table
+
+    def row(run, curve, median):
+        ev = {"clean_acc": 0.9, "robust_acc": 0.4, "n_examples": 100, "certified_eps_sweep": curve,
+              "certified_radius_median": median, "sanity": {"x": True}}
+        return RunRow(run, run, "default", results=[SeedResult(0, ev)])
+
+    rows = [row("darts", {"1e-07": 0.9, "1e-06": 0.2}, 6.1e-7), row("dsrna_cb", {"1e-07": 0.95, "1e-06": 0.5}, 1e-6)]
+    png = plot_certified_sweep(rows, tmp_path / "certified_sweep.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    table = main_table(rows)
+    labels = [h.text if hasattr(h, "text") else h for h in table.header]
+    col = labels.index("median cert. radius")
+    assert [r[col].text for r in table.rows] == ["6.1e-07", "1e-06"]
+    assert "median cert. radius" in [h.text if hasattr(h, "text") else h for h in seed_table(rows).header]
+    empty = plot_certified_sweep([RunRow("darts", "darts", "default", results=[SeedResult(0, {})])],
+                                 tmp_path / "none.png")
+    assert empty.is_file()
