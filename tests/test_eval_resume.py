@@ -100,7 +100,7 @@ def test_resume_gives_the_uninterrupted_numbers(setup, tmp_path, monkeypatch):
     assert set(calls) <= {"clean"} and _strip(again) == _strip(full)
 
 
-def test_stale_or_corrupt_state_is_ignored(setup, tmp_path, monkeypatch):
+def test_stale_state_is_ignored_and_a_corrupt_one_refused(setup, tmp_path, monkeypatch, caplog):
     model, x, y = setup
     path = tmp_path / "flags.pt"
     key = state_key(SETTINGS, "digest-a", x, y, SANITY)
@@ -115,7 +115,14 @@ def test_stale_or_corrupt_state_is_ignored(setup, tmp_path, monkeypatch):
     assert len({key, *others}) == 5
     stale = EvalState(path, others[0])
     assert stale.get("fgsm") is None and "fgsm" not in stale
+    caplog.set_level("INFO")
+    EvalState(path, key)
+    assert f"evaluation: resuming from {path}; done already: fgsm" in caplog.text
     path.write_bytes(b"not a checkpoint")
-    assert EvalState(path, key).flags == {}
+    from rnas.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="unreadable and was left as it is"):
+        EvalState(path, key)
+    assert path.read_bytes() == b"not a checkpoint"
     state.clear()
     assert not path.exists()

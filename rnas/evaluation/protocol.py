@@ -217,7 +217,10 @@ class EvalState:
     "info": {name: dict}}`` (``info``: what an attack reports beside its flags, e.g.
     AutoAttack's own checks) and is read back with ``torch.load(weights_only=True)``. A file
     written under another ``key`` (other settings, another model, other examples) is stale: it is
-    ignored (with a warning) and overwritten by the first save. ``path=None`` keeps the state in memory only.
+    ignored (with a warning) and overwritten by the first save. A file that cannot be read at all
+    is an error (:class:`~rnas.checkpoint.CheckpointError` naming it; the file is left as it is),
+    never a silent restart. A resume logs one line naming the attacks already done.
+    ``path=None`` keeps the state in memory only.
     """
 
     def __init__(self, path: str | Path | None, key: str):
@@ -232,14 +235,16 @@ class EvalState:
             try:
                 saved = load_checked(self.path, ("key", "flags", "seconds"))
             except CheckpointError as err:
-                log.warning("%s; starting the evaluation over", err)
-                return
+                raise CheckpointError(f"{err}; the evaluation state is unreadable and was left as it is: "
+                                      f"delete {self.path} to evaluate from scratch") from None
             if saved["key"] != key:
                 log.warning("%s: written for other settings, model or examples; starting over", self.path)
                 return
             self.flags = {k: v.bool() for k, v in saved["flags"].items()}
             self.seconds = {k: float(v) for k, v in saved["seconds"].items()}
             self.info = dict(saved.get("info") or {})
+            if self.flags:
+                log.info("evaluation: resuming from %s; done already: %s", self.path, ", ".join(sorted(self.flags)))
 
     def __contains__(self, name: str) -> bool:
         return name in self.flags
