@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -76,29 +77,41 @@ def _prepare(path: str | Path) -> Path:
     return path
 
 
-def plot_eps_sweep(rows: list[RunRow], path: str | Path, epsilon: float | None = None) -> Path:
-    path = _prepare(path)
-    title = "Robust accuracy vs ε (PGD-20, L∞)"
+def _sweep_curves(rows: list[RunRow], key: str, positive_only: bool = False) -> list[tuple[RunRow, list]]:
+    """Per run with any value: ``(row, [(ε, [accuracy per seed]), ...])`` from eval.json's ``key``
+    ({ε: accuracy}), sorted by ε (``positive_only``: ε > 0, for a log axis)."""
     curves = []
     for row in rows:
         by_eps: dict[float, list[float]] = {}
         for res in row.results:
-            for eps, acc in (res.eval.get("eps_sweep") or {}).items():
-                by_eps.setdefault(float(eps), []).append(float(acc))
+            for eps, acc in (res.eval.get(key) or {}).items():
+                if not positive_only or float(eps) > 0:
+                    by_eps.setdefault(float(eps), []).append(float(acc))
         if by_eps:
             curves.append((row, sorted(by_eps.items())))
+    return curves
+
+
+def _plot_mean_and_band(ax, row: RunRow, points: list, style: dict[str, Any], label: str) -> None:
+    """The mean over seeds (in %) as a line, and the min–max band when there are several seeds."""
+    xs = [e for e, _ in points]
+    ax.plot(xs, [100 * statistics.mean(v) for _, v in points], label=label,
+            **dict(style, lw=1.5 if row.reference else 1.8, ms=4))
+    if any(len(v) > 1 for _, v in points):
+        ax.fill_between(xs, [100 * min(v) for _, v in points], [100 * max(v) for _, v in points],
+                        color=style["color"], alpha=0.15, lw=0)
+
+
+def plot_eps_sweep(rows: list[RunRow], path: str | Path, epsilon: float | None = None) -> Path:
+    path = _prepare(path)
+    title = "Robust accuracy vs ε (PGD-20, L∞)"
+    curves = _sweep_curves(rows, "eps_sweep")
     if not curves:
         return _empty(path, title, "no ε sweep in any eval.json")
     styles = _styles(rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for row, points in curves:
-        xs = [e for e, _ in points]
-        mean = [100 * statistics.mean(v) for _, v in points]
-        style = dict(styles[row.run], lw=1.5 if row.reference else 1.8, ms=4)
-        ax.plot(xs, mean, label=row.run + (" (reference)" if row.reference else ""), **style)
-        if any(len(v) > 1 for _, v in points):
-            ax.fill_between(xs, [100 * min(v) for _, v in points], [100 * max(v) for _, v in points],
-                            color=styles[row.run]["color"], alpha=0.15, lw=0)
+        _plot_mean_and_band(ax, row, points, styles[row.run], row.run + (" (reference)" if row.reference else ""))
     if epsilon is not None:
         ax.axvline(epsilon, color="#999999", lw=1, linestyle=":")
         ax.text(epsilon, 2, f" evaluation ε = {epsilon:g}", fontsize=8, color="#666666", va="bottom")
@@ -119,30 +132,17 @@ def plot_certified_sweep(rows: list[RunRow], path: str | Path) -> Path:
     mean over seeds with the min–max band; the median certified radius in the legend."""
     path = _prepare(path)
     title = "Certified accuracy vs ε (bound propagation, L∞)"
-    curves = []
-    for row in rows:
-        by_eps: dict[float, list[float]] = {}
-        for res in row.results:
-            for eps, acc in (res.eval.get("certified_eps_sweep") or {}).items():
-                if float(eps) > 0:
-                    by_eps.setdefault(float(eps), []).append(float(acc))
-        if by_eps:
-            curves.append((row, sorted(by_eps.items())))
+    curves = _sweep_curves(rows, "certified_eps_sweep", positive_only=True)
     if not curves:
         return _empty(path, title, "no certified ε sweep in any eval.json")
     styles = _styles(rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for row, points in curves:
-        xs = [e for e, _ in points]
         medians = row.values("certified_radius_median")
         label = row.run + (" (reference)" if row.reference else "")
         if medians:
             label += f", median radius {statistics.mean(medians):.2g}"
-        style = dict(styles[row.run], lw=1.5 if row.reference else 1.8, ms=4)
-        ax.plot(xs, [100 * statistics.mean(v) for _, v in points], label=label, **style)
-        if any(len(v) > 1 for _, v in points):
-            ax.fill_between(xs, [100 * min(v) for _, v in points], [100 * max(v) for _, v in points],
-                            color=styles[row.run]["color"], alpha=0.15, lw=0)
+        _plot_mean_and_band(ax, row, points, styles[row.run], label)
     ax.set_xscale("log")
     ax.set_xlabel("L∞ radius ε (pixel units, inputs in [0, 1]; log scale)")
     ax.set_ylabel("certified accuracy (%)")
