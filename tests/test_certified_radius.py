@@ -11,17 +11,14 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from conftest import tiny_params
+from conftest import tiny_params, train_digits_cnn
 from rnas.bounds import spec_bounds
 from rnas.config import ParamsError, params_from_dict
-from rnas.data import load_splits
 from rnas.evaluation import certify as cert
 from rnas.evaluation.attacks import pgd_attack
 from rnas.evaluation.certify import SANITY_KEY, certified_flags, certified_radius, certify_evaluation
 from rnas.evaluation.protocol import EvalSettings, evaluate_model
-from rnas.models import build_model
 
 STEPS = 8
 
@@ -29,16 +26,7 @@ STEPS = 8
 @pytest.fixture(scope="module")
 def tiny_model():
     """A small CNN trained for a few seconds on digits (clean), in float64, and 48 test examples."""
-    torch.manual_seed(0)
-    splits = load_splits("digits", seed=0, image_size=8)
-    model = build_model("small_cnn", 10, 1, "digits", width=8, depth=2)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        for idx in torch.randperm(len(splits.train), generator=g).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(splits.train.x[idx]), splits.train.y[idx]).backward()
-            opt.step()
+    model, splits = train_digits_cnn()
     return model.double().eval(), splits.test.x[:48].double(), splits.test.y[:48]
 
 

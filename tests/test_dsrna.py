@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import tiny_splits
+from conftest import tiny_splits, train_digits_cnn
 import torch
 import torch.nn.functional as F
 import yaml
@@ -23,10 +23,9 @@ from torch import nn
 
 from rnas.checkpoint import ResumeState, save_model
 from rnas.config import ParamsError, params_from_dict
-from rnas.data import Splits, TensorPair, get_info, load_splits
+from rnas.data import Splits, TensorPair, get_info
 from rnas.evaluation.certify import SANITY_KEY, attack_radii, certified_not_broken, certify, certify_evaluation
 from rnas.evaluation.protocol import EvalSettings, evaluate_model
-from rnas.models import build_model
 from rnas.models.small_cnn import SmallCNN
 from rnas.pipeline import stage_keys
 from rnas.runs import resolve_run
@@ -318,16 +317,7 @@ def test_params_block_and_runs():
 @pytest.fixture(scope="module")
 def trained_digits_model():
     """A small CNN trained for a few seconds on digits (clean), and 64 test examples."""
-    torch.manual_seed(0)
-    splits = load_splits("digits", seed=0, image_size=8)
-    model = build_model("small_cnn", 10, 1, "digits", width=8, depth=2)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        for idx in torch.randperm(len(splits.train), generator=g).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(splits.train.x[idx]), splits.train.y[idx]).backward()
-            opt.step()
+    model, splits = train_digits_cnn()
     return model.eval(), splits.test.x[:64], splits.test.y[:64]
 
 
