@@ -81,6 +81,18 @@ def train_digits_cnn() -> tuple[torch.nn.Module, Splits]:
     return model, splits
 
 
+def checkpointed_epochs(folder: Path) -> int:
+    """Epochs a stage's resumable state holds (the newest readable generation, as a resume reads it)."""
+    from rnas.checkpoint import CheckpointError, ResumeState, load_checked
+
+    for name in ("last.pt", "prev.pt"):
+        try:
+            return load_checked(folder / name, ResumeState.REQUIRED)["epoch"] + 1
+        except CheckpointError:
+            continue
+    raise AssertionError(f"no readable checkpoint in {folder}")
+
+
 def tiny_params(runs=("darts", "random")) -> dict:
     """params.yaml scaled down to seconds: one epoch everywhere, 4 channels, 16 test examples."""
     p = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -25,7 +25,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import kill_test_params, tiny_params
+from conftest import checkpointed_epochs, kill_test_params, tiny_params
 from rnas.checkpoint import CheckpointError, ResumeState, load_checked, save_atomic
 from rnas.config import TrainConfig
 from rnas.data import TensorPair
@@ -90,16 +90,6 @@ def _steps_called(out: subprocess.CompletedProcess) -> int:
     return int(out.stderr.rsplit("STEPS_CALLED=", 1)[1].split()[0])
 
 
-def _checkpointed_epochs(folder: Path) -> int:
-    """Epochs a stage's resumable state holds (the newest readable generation, as a resume reads it)."""
-    for name in ("last.pt", "prev.pt"):
-        try:
-            return load_checked(folder / name, ResumeState.REQUIRED)["epoch"] + 1
-        except CheckpointError:
-            continue
-    raise AssertionError(f"no readable checkpoint in {folder}")
-
-
 def _runs(project: Path) -> list[tuple[str, str, str]]:
     db = sqlite3.connect(project / "mlflow.db")
     rows = db.execute("select run_uuid, name, status from runs").fetchall()
@@ -124,7 +114,7 @@ def test_teacher_killed_mid_epoch_resumes_bit_exact_and_continues_its_mlflow_run
     assert killed.returncode == -signal.SIGKILL
     state = proj / "results/.state/digits/teacher/teacher"
     assert (state / "last.pt").exists()
-    assert _checkpointed_epochs(state) == 1  # epoch 1 (steps 1-21) saved, killed at step 30 of epoch 2
+    assert checkpointed_epochs(state) == 1  # epoch 1 (steps 1-21) saved, killed at step 30 of epoch 2
     resumed = _rnas(proj, "teacher", count=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     # only epochs 2 and 3 ran again: 3 x 21 steps in all, 21 of them in the checkpoint
@@ -151,7 +141,7 @@ def test_search_killed_mid_epoch_resumes_bit_exact(tmp_path, darts_search_refere
     killed = _rnas(proj, "search", "--run", "darts", "--seed", "0", kill_at=25)  # 20 steps/epoch
     assert killed.returncode == -signal.SIGKILL
     state = proj / "results/.state/digits/darts/seed0/search"
-    assert _checkpointed_epochs(state) == 1
+    assert checkpointed_epochs(state) == 1
     resumed = _rnas(proj, "search", "--run", "darts", "--seed", "0", count=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _steps_called(resumed) == 3 * 20 - 20  # epochs 2 and 3 only, not a fresh start

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, kill_test_params
-from rnas.checkpoint import CheckpointError, ResumeState, load_checked
+from conftest import ROOT, checkpointed_epochs, kill_test_params
 from rnas.config import load_params
 from rnas.pipeline import dvc_yaml
 
@@ -59,13 +58,7 @@ def _kill_group_when_checkpointed(cmd: list[str], project: Path) -> int:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (project / TARGET).exists()
-    folder = (project / STATE).parent
-    for name in ("last.pt", "prev.pt"):
-        try:
-            return load_checked(folder / name, ResumeState.REQUIRED)["epoch"] + 1
-        except CheckpointError:
-            continue
-    raise AssertionError(f"no readable checkpoint in {folder}")
+    return checkpointed_epochs((project / STATE).parent)
 
 
 def _resumed_not_restarted(log: str, done: int) -> None:
