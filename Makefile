@@ -14,7 +14,7 @@ SHELL := bash
 # pip's notes about this machine's unused local package folders are filtered; its errors are not.
 QUIET := 2>&1 | { grep -v "is ignored: it is neither" || true; }
 
-.PHONY: setup browser slurm run run-full test test-slurm test-fast dvc bench mlflow clean-results
+.PHONY: setup browser slurm run run-full test test-slurm test-fast dvc bench paper-smoke mlflow clean-results
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -65,7 +65,15 @@ BENCH_THREADS ?= 1
 bench: setup
 	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python -m benchmarks --threads $(BENCH_THREADS) $(BENCH_ARGS)
 
+# Every run of every paper-scale profile (configs/{cifar10,cifar100,svhn,mnist}.yaml) at its real size:
+# one search, retraining and evaluation step each on a few random images, on the CPU (no data needed;
+# ~15 min on 2 cores, README "Paper scale"). SMOKE_ARGS e.g. --profiles configs/mnist.yaml --runs darts.
+paper-smoke: setup
+	OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python -m benchmarks.paper_smoke --threads $(BENCH_THREADS) $(SMOKE_ARGS)
+
+# The MLflow UI; `rnas init-store` prints the link that opens the experiment on its runs table.
 mlflow: setup
+	rnas init-store
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 clean-results:

@@ -1,10 +1,19 @@
 # rnas pipeline: teacher -> search -> retrain -> evaluate -> report (docs/design.md §2).
-# Every rule calls the same `rnas <stage>` command that dvc.yaml calls.
-#   snakemake --cores all                               # params.yaml (digits, embedded)
-#   RNAS_PARAMS=configs/cifar10.yaml snakemake --cores all
+# Every rule calls the same `rnas <stage>` command as dvc.yaml. The params are Snakemake's config,
+# validated before any job starts:
+#   snakemake --cores all                                        # params.yaml (digits, embedded)
+#   snakemake --cores all --configfile configs/digits_full.yaml  # merged over params.yaml
+#   snakemake --cores all --configfile configs/cifar10.yaml --replace-workflow-config  # instead of it
+#   snakemake --cores all --config 'pipeline={seeds: [0, 1]}'    # one value changed
+#   RNAS_PARAMS=configs/cifar10.yaml snakemake --cores all       # instead of params.yaml
+#   snakemake --cores all --sdm conda                            # each rule in workflow/envs/rnas.yaml
+#   snakemake --report report.zip                                # plots and report with captions
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -21,4 +30,5 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         REPORT,
-        eval_targets(P),
+        dag.eval_targets(P),
+    default_target: True

@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("compare", "print the comparison table from the MLflow store"),
     "pipeline-run": ("pipeline_run", "start/end the MLflow parent run of a pipeline invocation"),
     "arch": ("arch", "parameter count / MACs of an architecture file"),
-    "dvc-yaml": ("dvcyaml", "write dvc.yaml for a params file"),
+    "dvc-yaml": ("dvcyaml", "write dvc.yaml for a params file, or --check that it is up to date"),
     "params-schema": ("schema", "write the JSON schema of params files"),
 }
 

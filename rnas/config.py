@@ -67,7 +67,13 @@ class PipelineConfig:
     results: str = spec("results", doc="root folder of all outputs")
     progress: bool = spec(True, doc="show tqdm progress bars")
     teacher_checkpoint: str = spec("", doc="checkpoint that runs needing a teacher distil from (any supported "
-                                       "family, with model_args); empty = the teacher stage's model.pt")
+                                       "family, with model_args, or a RobustBench / robust-overfitting WRN "
+                                       "state dict, rnas.models.external); empty = the teacher stage's model.pt")
+    teacher_normalization: Literal["dataset", "none"] = spec(
+        "dataset", doc="a teacher_checkpoint without model_args (a foreign WRN state dict): the input "
+                       "normalization its network was trained with: dataset = the dataset's mean/std "
+                       "(robust-overfitting, Rice et al. 2020) | none = raw [0, 1] inputs (most RobustBench "
+                       "models); a mean/std stored in the file wins")
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,16 @@ class PerturbationConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation of a batch (rnas.data.augment_batch), drawn from the stage's seeded
+    generator: random crop after zero padding, then a horizontal flip. Never applied to the
+    validation or test splits (checkpoint selection, evaluation)."""
+    crop_padding: int = spec(0, lo=0, hi=16, doc="random crop after zero-padding every side by this many "
+                                                 "pixels (CIFAR/SVHN papers: 4; 0 = no crop)")
+    flip: bool = spec(False, doc="random horizontal flip with probability 1/2 (CIFAR: yes; SVHN, digits: no)")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One trainer recipe (teacher training and retraining share it)."""
     epochs: int = spec(10, lo=1, hi=10_000, doc="training epochs")
@@ -105,6 +121,7 @@ class TrainConfig:
     perturbation: PerturbationConfig = spec(factory=PerturbationConfig)
     select_on: Literal["val_robust", "val_clean", "last"] = spec(
         "val_robust", doc="checkpoint selection on the validation split")
+    augment: AugmentConfig = spec(factory=AugmentConfig, doc="augmentation of the training batches")
 
 
 @dataclass(frozen=True)
@@ -119,13 +136,69 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
+class SearchCommon:
+    """Common search settings (DARTS defaults, Liu et al. 2019); a method overrides any of them
+    in ``search.methods.<method>.overrides`` (:func:`search_for`)."""
+    epochs: int = spec(50, lo=1, hi=10_000)
+    batch_size: int = spec(64, lo=1, hi=65_536)
+    init_channels: int = spec(16, lo=1, hi=1024, doc="C of the supernet")
+    layers: int = spec(8, lo=1, hi=100, doc="cells in the supernet")
+    nodes: int = spec(4, lo=2, hi=8, doc="intermediate nodes per cell")
+    partial_channels: int = spec(1, lo=1, hi=16, doc="PC-DARTS K (1 = full DARTS)")
+    w_lr: float = spec(0.025, lo=0.0, hi=10.0, lo_open=True)
+    w_lr_min: float = spec(0.001, lo=0.0, hi=10.0)
+    w_momentum: float = spec(0.9, lo=0.0, hi=1.0, hi_open=True)
+    w_weight_decay: float = spec(3e-4, lo=0.0, hi=1.0)
+    grad_clip: float = spec(5.0, lo=0.0)
+    arch_lr: float = spec(3e-4, lo=0.0, hi=10.0, lo_open=True)
+    arch_beta1: float = spec(0.5, lo=0.0, hi=1.0, hi_open=True)
+    arch_beta2: float = spec(0.999, lo=0.0, hi=1.0, hi_open=True)
+    arch_weight_decay: float = spec(1e-3, lo=0.0, hi=1.0)
+    arch_warmup_epochs: int = spec(0, lo=0, hi=10_000,
+                                   doc="bilevel (DARTS-type) searches: the first N epochs train the weights "
+                                       "only; α moves from epoch N+1 on (capped at search.epochs − 1, so "
+                                       "a short smoke search still moves α)")
+    arch_lr_schedule: Literal["constant", "cosine"] = spec(
+        "constant", doc="bilevel searches: α's Adam step size per epoch: constant (DARTS) | cosine from arch_lr "
+                        "at the first α epoch towards 0 at the end (as the weights' lr), so α settles")
+    unrolled: bool = spec(False, doc="second-order (unrolled) architecture gradient")
+    augment: AugmentConfig = spec(factory=AugmentConfig, doc="augmentation of both halves' training batches "
+                                                             "(the validation split never)")
+
+
+def _optional_fields(cls: type) -> list[tuple[str, Any, Any]]:
+    """``cls``'s fields as (name, type | None, field with default None and the same range and doc)."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        meta = dict(f.metadata)
+        meta["doc"] = f"unset: search.{f.name}" + (f"; {meta['doc']}" if meta.get("doc") else "")
+        out.append((f.name, typing.Optional[hints[f.name]], field(default=None, metadata=meta)))
+    return out
+
+
+#: Per-method values of the common search keys: each is None (the common ``search.<key>``) or a
+#: value validated with that key's own type and range.
+SearchOverrides = dataclasses.make_dataclass(
+    "SearchOverrides", _optional_fields(SearchCommon), frozen=True,
+    namespace={"__doc__": "Per-method values of the common search keys (search.<key>); an unset key "
+                          "keeps the common value (rnas.config.search_for)."})
+
+
+def _overrides() -> Any:
+    return spec(factory=SearchOverrides, doc="this method's values of common search keys")
+
+
+@dataclass(frozen=True)
 class DartsMethodConfig:
     """Plain DARTS: nothing beyond the common bilevel settings."""
+    overrides: SearchOverrides = _overrides()
 
 
 @dataclass(frozen=True)
 class RandomMethodConfig:
     """Random genotype from the cell space (sampled from the seed)."""
+    overrides: SearchOverrides = _overrides()
 
 
 RnasDivergence = Literal["kl", "js", "l2", "features"]
@@ -147,6 +220,7 @@ class RnasMethodConfig:
     adv_epsilon: float = spec(8 / 255, lo=0.0, hi=1.0, doc="variant adv: PGD L∞ radius, pixel units")
     adv_step_size: float = spec(2 / 255, lo=0.0, hi=1.0, doc="variant adv: PGD step, pixel units")
     adv_steps: int = spec(7, lo=1, hi=1000, doc="variant adv: PGD iterations (k of PGD-k)")
+    overrides: SearchOverrides = _overrides()
 
 
 @dataclass(frozen=True)
@@ -165,8 +239,16 @@ class WidthSpaceConfig:
     width_options: int = spec(3, lo=1, hi=16, doc="width choices per block")
     width_step: float = spec(0.25, lo=0.0, hi=1.0, lo_open=True, hi_open=True,
                              doc="step between width choices, as a fraction of C_max")
+    width_step_channels: int = spec(0, lo=0, hi=1024, doc="step between width choices in channels, the same "
+                                                          "for every stage (FBNetV2: 4); 0 = width_step·C_max")
+    stem_stride: int = spec(1, lo=1, hi=2, doc="stride of the stem conv (FBNetV2 on 32x32: 2)")
+    stage_width_options: tuple[int, ...] = spec(factory=tuple, item_lo=1, item_hi=16,
+                                                doc="width choices per stage (FBNetV2 s3: [2, 4, 4]); empty = "
+                                                    "width_options for every stage")
 
     def __post_init__(self) -> None:
+        from rnas.space.width import width_choices
+
         where = "search.methods.rnas_cl.width"
         if not len(self.stage_widths) == len(self.stage_blocks) == len(self.stage_strides):
             raise ParamsError(f"{where}: stage_widths, stage_blocks and stage_strides need the same length")
@@ -174,11 +256,15 @@ class WidthSpaceConfig:
             raise ParamsError(f"{where}: give at least one stage")
         if self.kernel % 2 == 0:
             raise ParamsError(f"{where}.kernel: {self.kernel} must be odd")
-        for c_max in self.stage_widths:
-            widths = [round(c_max - i * self.width_step * c_max) for i in range(self.width_options)]
-            if len(set(widths)) != len(widths) or widths[-1] < 1:
-                raise ParamsError(f"{where}: width choices {widths} for C_max={c_max} are not distinct positive "
-                                  "channel counts; lower width_options or raise width_step")
+        if self.stage_width_options and len(self.stage_width_options) != len(self.stage_widths):
+            raise ParamsError(f"{where}.stage_width_options: give one count per stage ({len(self.stage_widths)}) "
+                              "or none")
+        counts = self.stage_width_options or (self.width_options,) * len(self.stage_widths)
+        for c_max, count in zip(self.stage_widths, counts):
+            try:
+                width_choices(c_max, count, self.width_step, self.width_step_channels)
+            except ValueError as err:
+                raise ParamsError(f"{where}: {err}") from None
 
 
 # RNAS-CL's two readings of its losses (docs/methods/rnas_cl.md, "Loss forms"): ``public`` follows
@@ -210,6 +296,7 @@ class RnasClMethodConfig:
     arch_fraction: float = spec(0.2, lo=0.0, hi=1.0, lo_open=True, hi_open=True,
                                 doc="width space: the last fraction of each epoch's batches updates the logits")
     width: WidthSpaceConfig = spec(factory=WidthSpaceConfig)
+    overrides: SearchOverrides = _overrides()
 
     def __post_init__(self) -> None:
         if self.loss_form == "public" and self.beta_cost == 0.0:
@@ -240,6 +327,7 @@ class LrnasMethodConfig:
                                                                 "this of the all-off network's, later marginals are 0 (0 = off)")
     batch_stats: bool = spec(True, doc="score coalitions with BN batch statistics of the scored batch (running "
                                        "statistics are restored after); false: eval-mode running statistics")
+    overrides: SearchOverrides = _overrides()
 
 
 DsrnaNorm = Literal["linf", "l2"]
@@ -265,6 +353,7 @@ class DsrnaMethodConfig:
     bound_dtype: Literal["float32", "float64"] = spec(
         "float32", doc="precision of R_cb's bound propagation; float64 where loose bounds overflow float32 "
                        "(untrained 8-cell CIFAR supernet: lb ≈ −1e62)")
+    overrides: SearchOverrides = _overrides()
 
 
 @dataclass(frozen=True)
@@ -279,31 +368,8 @@ class MethodsConfig:
 
 
 @dataclass(frozen=True)
-class SearchConfig:
-    """Common bilevel search settings (DARTS defaults, Liu et al. 2019)."""
-    epochs: int = spec(50, lo=1, hi=10_000)
-    batch_size: int = spec(64, lo=1, hi=65_536)
-    init_channels: int = spec(16, lo=1, hi=1024, doc="C of the supernet")
-    layers: int = spec(8, lo=1, hi=100, doc="cells in the supernet")
-    nodes: int = spec(4, lo=2, hi=8, doc="intermediate nodes per cell")
-    partial_channels: int = spec(1, lo=1, hi=16, doc="PC-DARTS K (1 = full DARTS)")
-    w_lr: float = spec(0.025, lo=0.0, hi=10.0, lo_open=True)
-    w_lr_min: float = spec(0.001, lo=0.0, hi=10.0)
-    w_momentum: float = spec(0.9, lo=0.0, hi=1.0, hi_open=True)
-    w_weight_decay: float = spec(3e-4, lo=0.0, hi=1.0)
-    grad_clip: float = spec(5.0, lo=0.0)
-    arch_lr: float = spec(3e-4, lo=0.0, hi=10.0, lo_open=True)
-    arch_beta1: float = spec(0.5, lo=0.0, hi=1.0, hi_open=True)
-    arch_beta2: float = spec(0.999, lo=0.0, hi=1.0, hi_open=True)
-    arch_weight_decay: float = spec(1e-3, lo=0.0, hi=1.0)
-    arch_warmup_epochs: int = spec(0, lo=0, hi=10_000,
-                                   doc="bilevel (DARTS-type) searches: the first N epochs train the weights "
-                                       "only; α moves from epoch N+1 on (capped at search.epochs − 1, so "
-                                       "a short smoke search still moves α)")
-    arch_lr_schedule: Literal["constant", "cosine"] = spec(
-        "constant", doc="bilevel searches: α's Adam step size per epoch: constant (DARTS) | cosine from arch_lr "
-                        "at the first α epoch towards 0 at the end (as the weights' lr), so α settles")
-    unrolled: bool = spec(False, doc="second-order (unrolled) architecture gradient")
+class SearchConfig(SearchCommon):
+    """Common search settings and one block per method (its keys and its overrides)."""
     methods: MethodsConfig = spec(factory=MethodsConfig)
 
 
@@ -422,7 +488,19 @@ def _range_text(meta: dict[str, Any]) -> str:
     return f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
 
 
+def _optional_inner(tp: Any) -> Any:
+    """T for ``T | None`` (the per-method overrides), else None."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0]
+    return None
+
+
 def _convert(path: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
+    inner = _optional_inner(tp)
+    if inner is not None:  # an override: null (or absent) keeps the common key
+        return None if value is None else _convert(path, value, inner, meta)
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if value is None:
@@ -509,8 +587,6 @@ def _cross_checks(p: Params) -> None:
         tr: TrainConfig = getattr(p, section).train
         if tr.lr_min > tr.lr:
             raise ParamsError(f"{section}.train.lr_min: {tr.lr_min} exceeds {section}.train.lr ({tr.lr})")
-    if p.search.w_lr_min > p.search.w_lr:
-        raise ParamsError(f"search.w_lr_min: {p.search.w_lr_min} exceeds search.w_lr ({p.search.w_lr})")
     from rnas.evaluation.protocol import PROTOCOL_ATTACKS as KNOWN_EVAL_ATTACKS
 
     for i, name in enumerate(p.evaluate.attacks):
@@ -521,13 +597,45 @@ def _cross_checks(p: Params) -> None:
         if not eps > p.evaluate.certify_radius_min:
             raise ParamsError(f"evaluate.certify_eps_sweep[{i}]: {eps} must exceed evaluate.certify_radius_min "
                               f"({p.evaluate.certify_radius_min})")
-    if p.search.init_channels % p.search.partial_channels:
-        raise ParamsError(f"search.partial_channels: {p.search.partial_channels} must divide "
-                          f"search.init_channels ({p.search.init_channels})")
-    lrnas = p.search.methods.lrnas
-    if lrnas.warmup_epochs >= p.search.epochs and any(resolve_run(r).method == "lrnas" for r in p.pipeline.runs):
+    for method in [f.name for f in dataclasses.fields(MethodsConfig)]:
+        s, where = search_for(p, method), _override_path(p, method)
+        if s.w_lr_min > s.w_lr:
+            raise ParamsError(f"{where('w_lr_min')}: {s.w_lr_min} exceeds {where('w_lr')} ({s.w_lr})")
+        if s.init_channels % s.partial_channels:
+            raise ParamsError(f"{where('partial_channels')}: {s.partial_channels} must divide "
+                              f"{where('init_channels')} ({s.init_channels})")
+    lrnas, lrnas_epochs = p.search.methods.lrnas, search_for(p, "lrnas").epochs
+    if lrnas.warmup_epochs >= lrnas_epochs and any(resolve_run(r).method == "lrnas" for r in p.pipeline.runs):
         raise ParamsError(f"search.methods.lrnas.warmup_epochs: {lrnas.warmup_epochs} leaves no epoch of "
-                          f"contribution estimation (search.epochs is {p.search.epochs})")
+                          f"contribution estimation ({_override_path(p, 'lrnas')('epochs')} is {lrnas_epochs})")
+
+
+def search_for(params: Params, method: str) -> SearchConfig:
+    """The search settings ``method`` runs with: ``search`` with the method's overrides applied."""
+    block = getattr(params.search.methods, method)
+    changes = {f.name: getattr(block.overrides, f.name) for f in dataclasses.fields(block.overrides)
+               if getattr(block.overrides, f.name) is not None}
+    return dataclasses.replace(params.search, **changes) if changes else params.search
+
+
+def params_for_run(params: Params, run: str) -> Params:
+    """``params`` with ``search`` replaced by the settings of the run's method (:func:`search_for`);
+    the search loop and every search method read these."""
+    from rnas.runs import resolve_run
+
+    search = search_for(params, resolve_run(run).method)
+    return params if search is params.search else dataclasses.replace(params, search=search)
+
+
+def _override_path(params: Params, method: str) -> typing.Callable[[str], str]:
+    """key -> the dotted path its effective value for ``method`` comes from (for error messages)."""
+    block = getattr(params.search.methods, method).overrides
+
+    def where(key: str) -> str:
+        if getattr(block, key) is not None:
+            return f"search.methods.{method}.overrides.{key}"
+        return f"search.{key}"
+    return where
 
 
 def params_from_dict(data: Any) -> Params:
@@ -582,11 +690,24 @@ def params_hash(params: Params, keys: typing.Iterable[str] | None = None) -> str
 # JSON schema (for Snakemake's validate())
 # --------------------------------------------------------------------------------------
 
-def _schema(tp: Any, meta: dict[str, Any]) -> dict[str, Any]:
+#: Sections that occur in several places: written once under ``$defs`` and referenced.
+_SHARED_SCHEMAS = ("SearchOverrides",)
+
+
+def _schema(tp: Any, meta: dict[str, Any], defs: dict[str, Any] | None = None) -> dict[str, Any]:
+    inner = _optional_inner(tp)
+    if inner is not None:
+        return {"anyOf": [_schema(inner, meta, defs), {"type": "null"}],
+                **({"description": meta["doc"]} if meta.get("doc") else {})}
     origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and defs is not None and tp.__name__ in _SHARED_SCHEMAS:
+        if tp.__name__ not in defs:
+            defs[tp.__name__] = {}  # placeholder first: a section never contains itself
+            defs[tp.__name__] = _schema(tp, meta, None)
+        return {"$ref": f"#/$defs/{tp.__name__}"}
     if dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp)
-        props = {f.name: _schema(hints[f.name], dict(f.metadata)) for f in dataclasses.fields(tp)}
+        props = {f.name: _schema(hints[f.name], dict(f.metadata), defs) for f in dataclasses.fields(tp)}
         out: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": props}
         if tp.__doc__ and not tp.__doc__.startswith(tp.__name__ + "("):
             out["description"] = " ".join(tp.__doc__.split())
@@ -609,12 +730,14 @@ def _schema(tp: Any, meta: dict[str, Any]) -> dict[str, Any]:
     elif origin is tuple:
         (item_tp, _e) = typing.get_args(tp)
         out["type"] = "array"
-        out["items"] = _schema(item_tp, {"lo": meta.get("item_lo"), "hi": meta.get("item_hi")})
+        out["items"] = _schema(item_tp, {"lo": meta.get("item_lo"), "hi": meta.get("item_hi")}, defs)
     return out
 
 
 def json_schema() -> dict[str, Any]:
-    schema = _schema(Params, {})
+    defs: dict[str, Any] = {}
+    schema = _schema(Params, {}, defs)
+    schema["$defs"] = defs
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "rnas params.yaml"
     return schema

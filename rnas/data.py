@@ -18,6 +18,11 @@ Datasets are looked up in the :data:`DATASETS` registry:
 Splits: the validation split is carved from the training pool with ``torch.Generator`` seeded by
 the run seed; the search further splits its training part 50/50 with :func:`split_half`. Nothing
 is cached on disk.
+
+Augmentation (:func:`augment_batch`) acts on a training batch after it is drawn: random crop
+after zero padding and a horizontal flip, as the CIFAR papers train (``RandomCrop(32, padding=4)``,
+``RandomHorizontalFlip()``), with every random number drawn from the caller's seeded generator, so
+a seed gives the same augmented batches on every device and after a resume.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ __all__ = [
     "Splits",
     "TensorPair",
     "UnknownDatasetError",
+    "augment_batch",
     "get_info",
     "iterate_batches",
     "load_splits",
@@ -391,3 +397,32 @@ def iterate_batches(
         else:
             index = order[start:end]
             yield pair.x[index], pair.y[index]
+
+
+def augment_batch(x: Tensor, crop_padding: int, flip: bool, generator: torch.Generator | None) -> Tensor:
+    """A randomly cropped and flipped copy of the batch ``x`` (B, C, H, W) (``x`` itself when both are off).
+
+    Crop: every example is zero-padded by ``crop_padding`` pixels on each side and an H x W window
+    at a uniform offset in [0, 2·crop_padding]² is cut out (torchvision's ``RandomCrop(H,
+    padding=p)``; padding with 0, i.e. black, in pixel units). Flip: each example is mirrored
+    left-right with probability 1/2. The offsets (2·B integers) and then the flips (B uniforms) are
+    drawn on the CPU from ``generator``; the indexing runs on ``x``'s device.
+    """
+    if crop_padding < 0:
+        raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+    if crop_padding == 0 and not flip:
+        return x
+    b, c, h, w = x.shape
+    device = x.device
+    if crop_padding:
+        p = crop_padding
+        offsets = torch.randint(0, 2 * p + 1, (2, b), generator=generator)  # (2, B): row, column
+        rows = (offsets[0][:, None] + torch.arange(h)).to(device)  # (B, H)
+        cols = (offsets[1][:, None] + torch.arange(w)).to(device)  # (B, W)
+        padded = F.pad(x, (p, p, p, p))  # (B, C, H + 2p, W + 2p)
+        x = padded[torch.arange(b, device=device)[:, None, None, None], torch.arange(c, device=device)[None, :, None, None],
+                   rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
+    if flip:
+        mirrored = torch.rand(b, generator=generator) < 0.5  # (B,)
+        x = torch.where(mirrored.to(device)[:, None, None, None], x.flip(3), x)
+    return x

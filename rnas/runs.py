@@ -41,9 +41,10 @@ RUNS: dict[str, RunSpec] = {
     # RNAS reads only the keys of its variant, so changing the PGD settings does not re-run the
     # noise search (and the noise settings do not re-run the adversarial one).
     "rnas": _spec("rnas", "rnas", variant="noise", method_keys=tuple(
-        f"search.methods.rnas.{k}" for k in ("lam", "divergence", "noise", "noise_scale"))),
+        f"search.methods.rnas.{k}" for k in ("lam", "divergence", "noise", "noise_scale", "overrides"))),
     "rnas_adv": _spec("rnas_adv", "rnas", variant="adv", method_keys=tuple(
-        f"search.methods.rnas.{k}" for k in ("lam", "divergence", "adv_epsilon", "adv_step_size", "adv_steps"))),
+        f"search.methods.rnas.{k}" for k in ("lam", "divergence", "adv_epsilon", "adv_step_size", "adv_steps",
+                                             "overrides"))),
     # RNAS-CL: the width-space search reads the whole block; the cell-space variant only the
     # distillation knobs (no cost term, no width space). Retraining reads retrain.distill; the
     # ablations retrain the same architectures with the same recipe without distillation.
@@ -52,18 +53,19 @@ RUNS: dict[str, RunSpec] = {
     "rnas_cl_cell": _spec("rnas_cl_cell", "rnas_cl", variant="cell", needs_teacher=True, distill=True,
                           method_keys=(*(f"search.methods.rnas_cl.{k}" for k in (
                               "loss_form", "gamma", "kl_weight", "temperature", "map_size", "tau0", "tau_decay",
-                              "arch_lr", "arch_weight_decay")), "retrain.distill")),
+                              "arch_lr", "arch_weight_decay", "overrides")), "retrain.distill")),
     "rnas_cl_nokd": _spec("rnas_cl_nokd", "rnas_cl", variant="width_nokd", space="width", arch_from="rnas_cl",
                           method_keys=()),
     "rnas_cl_cell_nokd": _spec("rnas_cl_cell_nokd", "rnas_cl", variant="cell_nokd", arch_from="rnas_cl_cell",
                                method_keys=()),
 }
 
-# DSRNA: each variant reads the keys of its metric(s) only (docs/methods/dsrna.md).
-_DSRNA_KEYS = {"cb": ("gamma", "epsilon", "norm", "bound_method", "cb_scale", "bound_dtype"),
-               "jacobian": ("gamma", "epsilon", "norm", "jacobian_projection"),
+# DSRNA: each variant reads the keys of its metric(s) only (docs/methods/dsrna.md), and the
+# method's search overrides.
+_DSRNA_KEYS = {"cb": ("gamma", "epsilon", "norm", "bound_method", "cb_scale", "bound_dtype", "overrides"),
+               "jacobian": ("gamma", "epsilon", "norm", "jacobian_projection", "overrides"),
                "combined": ("gamma", "epsilon", "norm", "bound_method", "cb_scale", "bound_dtype",
-                            "jacobian_projection", "jacobian_weight")}
+                            "jacobian_projection", "jacobian_weight", "overrides")}
 for _variant, _keys in _DSRNA_KEYS.items():
     RUNS[f"dsrna_{_variant}"] = _spec(f"dsrna_{_variant}", "dsrna", variant=_variant,
                                       method_keys=tuple(f"search.methods.dsrna.{k}" for k in _keys))

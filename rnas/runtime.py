@@ -1,4 +1,5 @@
-"""Process-wide settings chosen once per stage: threads, determinism, seeds, device."""
+"""Process-wide settings chosen once per stage: threads, determinism, seeds, device; and how a
+stage reports progress (an INFO line per epoch, bars only on a terminal)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import contextlib
 import logging
 import os
 import random
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,3 +126,27 @@ def restore_rng(state: dict, generator: torch.Generator) -> None:
     random.setstate((3, tuple(state["python_rng"]), None))
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def show_progress(requested: bool, stream=None) -> bool:
+    """Whether to draw progress bars: ``pipeline.progress`` is on *and* ``stream`` (stderr) is a
+    terminal. Under Snakemake and dvc stderr is a log file, where a bar's carriage-return
+    redraws leave fragments; there the INFO line per epoch (:func:`log_epoch`) is the progress."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(requested) and stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _metric_text(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def log_epoch(desc: str, epoch: int, epochs: int, metrics: Mapping[str, float], seconds: float) -> None:
+    """One INFO line for a finished epoch, its metrics under the names logged to MLflow:
+    ``teacher epoch 3/30: train_loss 0.8123, train_acc 0.7031, val_clean_acc 0.8, val_robust_acc
+    0.52, lr 0.0976, 12.4 s``."""
+    parts = [f"{k} {_metric_text(v)}" for k, v in metrics.items()
+             if k != "seconds" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    log.info("%s epoch %d/%d: %s, %.1f s", desc, epoch + 1, epochs, ", ".join(parts), seconds)

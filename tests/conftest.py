@@ -30,6 +30,12 @@ def require_or_skip(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def chromium_binary() -> str | None:
+    """The headless browser the UI tests drive (Debian's ``chromium`` or another name), if any."""
+    return next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome")
+                 if shutil.which(b)), None)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """Tiny tensors: one intra-op thread is fastest, and robust to a busy 2-core machine."""

@@ -384,6 +384,31 @@ def test_autoattack_small(setup):
     assert torch.equal(again, flags)
 
 
+def test_autoattack_custom_runs_the_subset_at_standard_settings(setup, monkeypatch):
+    """version='custom' is the standard version minus the sub-attacks left out: one APGD/FAB
+    restart and 9 targets (pyautoattack's own custom default is 5 restarts), and the protocol's
+    ``apgd`` attack is APGD-CE then APGD-T at those settings, at least as strong as APGD-CE alone."""
+    from pyautoattack import AutoAttack
+
+    from rnas.evaluation.protocol import EvalSettings
+
+    model, x, y = setup
+    seen = {}
+    real = AutoAttack.run_standard_evaluation
+
+    def spy(self, *args, **kwargs):
+        seen.update(attacks=list(self.attacks_to_run), apgd=self.apgd.n_restarts, fab=self.fab.n_restarts,
+                    apgd_t=self.apgd_targeted.n_restarts, targets=self.apgd_targeted.n_target_classes)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(AutoAttack, "run_standard_evaluation", spy)
+    name, eps, options = EvalSettings(epsilon=EPS, epsilon_l2=0.5, pgd_step_size=0.03).attack_call("apgd")
+    both = A.run_attack(name, model, x, y, eps, **options)
+    assert seen == {"attacks": ["apgd-ce", "apgd-t"], "apgd": 1, "fab": 1, "apgd_t": 1, "targets": N_CLASSES - 1}
+    ce = A.autoattack_flags(model, x, y, EPS, version="custom", attacks=("apgd-ce",))
+    assert not (both & ~ce).any()  # APGD-T only adds breaks
+
+
 def test_autoattack_rejects_attacks_outside_custom(setup):
     model, x, y = setup
     with pytest.raises(ValueError, match="custom"):

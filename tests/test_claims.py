@@ -126,3 +126,27 @@ def test_budget_and_cost_claims(tmp_path):
 def test_no_results_no_section(tmp_path):
     params = _params(tmp_path, ("darts", "random"), seeds=(0,))
     assert claims_markdown(params) == ""
+
+
+def test_teacher_premise_needs_five_points_over_every_student(tmp_path):
+    params = _params(tmp_path, ("darts", "rnas_cl"), seeds=(0, 1))
+    ok = np.ones(N, bool)
+
+    def robust(share):
+        f = np.zeros(N, bool)
+        f[: int(share * N)] = True
+        return f
+
+    for seed in (0, 1):
+        _write_run(params, "darts", seed, ok, robust(0.40))
+        _write_run(params, "rnas_cl", seed, ok, robust(0.56 + 0.02 * seed))  # mean 57%
+    premise = "premise: the robust teacher is at least 5 points more robust than every student"
+    assert premise not in {r.statement for r in evaluate_claims(params)}  # no teacher evaluated yet
+    _write_run(params, "teacher", 0, ok, robust(0.61))
+    r = {r.statement: r for r in evaluate_claims(params)}[premise]
+    assert r.verdict == "contradicted" and r.effect == pytest.approx(0.04) and "`rnas_cl` 57.0%" in r.detail
+    assert r.p_adjusted is None  # a check on the means, not part of the Holm family
+    _write_run(params, "teacher", 0, ok, robust(0.63))
+    r = {r.statement: r for r in evaluate_claims(params)}[premise]
+    assert r.verdict == "supported" and r.effect == pytest.approx(0.06)
+    assert "+6.0 pts" in claims_markdown(params)

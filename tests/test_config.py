@@ -51,7 +51,7 @@ def test_paper_config_is_valid():
     ({"search": {"arch_lr": "1e-3"}}, "search.arch_lr", "1.0e-3"),
     ({"data": {"dataset": "imagenet"}}, "data.dataset", "cifar10"),
     ({"pipeline": {"runs": ["darts", "nonsense"]}}, "pipeline.runs[1]", "darts"),
-    ({"search": {"methods": {"darts": {"gamma": 1.0}}}}, "search.methods.darts.gamma", "no keys"),
+    ({"search": {"methods": {"darts": {"gamma": 1.0}}}}, "search.methods.darts.gamma", "known keys here: overrides"),
     ({"data": {"datset": "digits"}}, "data.datset", "dataset"),
     ({"pipeline": {"deterministic": "yes"}}, "pipeline.deterministic", "true or false"),
     ({"search": {"layers": 2.5}}, "search.layers", "integer"),

@@ -1,10 +1,12 @@
 """MLflow: a parent run per pipeline invocation with the stage runs as children
 (``rnas pipeline-run start|end``), identical metric names across methods, ``rnas compare``
 reading the table back from the store, and the MLflow UI (a real server on a free localhost
-port) serving the runs through its REST API."""
+port) serving the runs through its REST API and, in headless Chromium, opening the experiment
+on its runs table through the link ``rnas init-store`` prints."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -20,12 +22,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import chromium_binary, require_or_skip
 from rnas import paths
 from rnas.cli import main as rnas_main
 from rnas.config import load_params
 from rnas.pipeline import stage_keys
 from rnas.stages.evaluate import log_evaluation
-from rnas.tracking import parent_run_id, stage_run, tracking_uri
+from rnas.tracking import parent_run_id, runs_url, stage_run, tracking_uri
 
 torch.set_num_threads(1)
 
@@ -139,6 +142,20 @@ def _request(url: str, body: dict | None = None) -> dict:
         return json.loads(resp.read())
 
 
+def _rendered(url: str, tmp_path: Path) -> tuple[str, str]:
+    """(title, visible text) of ``url`` once headless Chromium has run the page's scripts."""
+    binary = chromium_binary()
+    require_or_skip(binary is not None, "no chromium binary on PATH (Debian: apt-get install chromium)")
+    proc = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
+                           f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=20000", "--dump-dom", url],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = re.sub(r"(?s)<(script|style)\b.*?</\1>", " ", proc.stdout)
+    titles = re.findall(r"<title>([^<]*)</title>", page)
+    text = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " | ", page)))
+    return html.unescape(titles[0]) if titles else "", text
+
+
 @pytest.mark.slow
 def test_mlflow_ui_serves_the_runs(store, tmp_path):
     params, _, parent = store
@@ -173,6 +190,13 @@ def test_mlflow_ui_serves_the_runs(store, tmp_path):
             assert metrics["robust_acc"] == pytest.approx(robust)
             assert tags["mlflow.parentRunId"] == parent
         assert urllib.request.urlopen(base + "/", timeout=10).status == 200  # the UI page itself
+        # a model-training experiment (the tag MLflow 3.x UIs before the workflow switch read)
+        assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in exp["tags"]
+        # the link `rnas init-store` prints opens the runs table, not the GenAI overview
+        title, text = _rendered(runs_url(params, base), tmp_path)
+        assert title.startswith("Runs - "), (title, text[:2000])
+        assert "pipeline/digits" in text, text[:2000]  # the invocation's parent run is a table row
+        assert "Overview" not in text and "Token Usage" not in text, text[:2000]  # GenAI's tabs and charts
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it started
         try:

@@ -199,7 +199,7 @@ def test_plots_cells_and_figures(report):
     params, out = report
     expected = paths.report_plots(params)
     assert [p.name for p in expected] == ["eps_sweep.png", "certified_sweep.png", "pareto.png", "search_curves.png",
-                                          "cell_darts_seed0.png", "cell_darts_seed1.png",
+                                          "cost.png", "cell_darts_seed0.png", "cell_darts_seed1.png",
                                           "cell_random_seed0.png", "cell_random_seed1.png"]
     assert sorted(out.plots) == sorted(expected)
     for png in expected:
@@ -216,7 +216,7 @@ def test_html_is_self_contained(report):
     _, out = report
     html = out.html.read_text()
     images = re.findall(r'<img src="([^"]+)"', html)
-    assert len(images) == 4 + 4 + 2  # ε/certified ε/Pareto/search, 4 cell drawings, 2 method figures
+    assert len(images) == 5 + 4 + 2  # ε/certified ε/Pareto/search/cost, 4 cell drawings, 2 method figures
     assert all(src.startswith("data:image/png;base64,") for src in images)
     assert not re.search(r'(src|href)="(?!data:|#)', html)  # nothing loaded from elsewhere
     assert "<style>" in html and 'href="#sanity"' in html

@@ -17,7 +17,7 @@ import yaml
 
 from conftest import ROOT, checkpointed_epochs, kill_test_params
 from rnas.config import load_params
-from rnas.pipeline import dvc_yaml
+from rnas.dag import render_dvc_yaml
 
 BIN = Path(sys.executable).parent
 TARGET = "results/digits/darts/seed0/genotype.json"
@@ -88,11 +88,11 @@ def test_snakemake_killed_mid_search_finishes_from_the_checkpoint(tmp_path, dart
 def test_dvc_killed_mid_search_finishes_from_the_checkpoint(tmp_path, darts_search_reference):
     ref = darts_search_reference
     proj = _project(tmp_path / "dvc")
-    (proj / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml(load_params(proj / "params.yaml")), sort_keys=False))
+    (proj / "dvc.yaml").write_text(render_dvc_yaml(load_params(proj / "params.yaml"), root=proj))
     for cmd in (["init", "--no-scm", "-q"], ["config", "core.analytics", "false"]):
         subprocess.run([str(BIN / "dvc"), *cmd], cwd=proj, env=_env(), check=True)
-    done = _kill_group_when_checkpointed([str(BIN / "dvc"), "repro", "search_darts_seed0"], proj)
-    out = subprocess.run([str(BIN / "dvc"), "repro", "search_darts_seed0"], cwd=proj, env=_env(),
+    done = _kill_group_when_checkpointed([str(BIN / "dvc"), "repro", "search_darts@0"], proj)
+    out = subprocess.run([str(BIN / "dvc"), "repro", "search_darts@0"], cwd=proj, env=_env(),
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     _same_search_outputs(ref, proj)

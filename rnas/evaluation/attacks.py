@@ -639,7 +639,9 @@ def autoattack_adv(
     queries), each run only on the examples the previous ones left robust (AutoAttack's own
     worst case). With K < 10 classes the targeted attacks use K − 1 targets, and APGD-T (its
     targeted DLR loss needs 4 classes) is dropped for K < 4. ``version="custom"`` runs the
-    sub-attacks in ``attacks``. ``n_queries`` overrides Square's query budget and ``n_iter``
+    sub-attacks in ``attacks`` with the standard version's settings (one restart of APGD and FAB,
+    9 targets, 5000 Square queries), so a subset is exactly the standard version without the
+    sub-attacks left out (pyautoattack's own custom default is 5 APGD and FAB restarts). ``n_queries`` overrides Square's query budget and ``n_iter``
     APGD's and FAB's iterations -- departures from the standard version meant for quick tests only.
 
     ``checks``: when a dict is given, it is filled with AutoAttack's own checks (randomized or
@@ -675,6 +677,8 @@ def autoattack_adv(
             seed=seed, version=version,
         )
         adversary.verbose = False  # only gates logger.debug calls and a final summary
+        if version == "custom":  # the standard version's settings (pyautoattack's _set_version)
+            adversary.apgd.n_restarts = adversary.fab.n_restarts = adversary.apgd_targeted.n_restarts = 1
         targets = max(1, min(adversary.apgd_targeted.n_target_classes, n_classes - 1))
         adversary.apgd_targeted.n_target_classes = targets
         adversary.fab.n_target_classes = targets

@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 SQUARE_KEY = "sanity/square"
-WHITEBOX_LINF = ("fgsm", "pgd20", "pgd100")  # the white-box L∞ attacks Square is compared with
+WHITEBOX_LINF = ("fgsm", "pgd20", "pgd100", "apgd")  # the white-box L∞ attacks Square is compared with
 L2_PROTOCOL = ("autoattack_l2", "cw", "deepfool")  # protocol L2 attacks (any of them -> the L2 probe)
 PGD_ATTACKS = ("pgd20", "pgd100")
 

@@ -34,7 +34,7 @@ from rnas.report.document import (
     to_html,
     to_markdown,
 )
-from rnas.report.plots import plot_certified_sweep, plot_eps_sweep, plot_pareto, plot_search_curves
+from rnas.report.plots import plot_certified_sweep, plot_cost, plot_eps_sweep, plot_pareto, plot_search_curves
 from rnas.report.sections import SECTIONS
 from rnas.report.table import autoattack_checks_table, main_table, sanity_failures, sanity_table, seed_table
 
@@ -186,6 +186,7 @@ def build_report(params: Params) -> ReportOutputs:
     cert_png = plot_certified_sweep(rows, plots / "certified_sweep.png")
     pareto_png = plot_pareto(rows, plots / "pareto.png")
     search_png = plot_search_curves(rows, plots / "search_curves.png")
+    cost_png = plot_cost(rows, plots / "cost.png")
     cell_blocks, cell_pngs = _cells_section(params, rows)
     curves = write_curves(params)
     failures = sanity_failures(rows)
@@ -221,6 +222,10 @@ def build_report(params: Params) -> ReportOutputs:
                        "`evaluate.certify_method`): an example counts at ε when its certified radius is ≥ ε."),
         Heading("Search", 2, "search"),
         Figure([Image(search_png, alt="search curves")]),
+        Figure([Image(cost_png, alt="robust accuracy vs search seconds")],
+               caption="What the search cost buys: worst-case robust accuracy against search seconds (one small "
+                       "point per seed, the mean ± std per run). The end-to-end cost of each method is in the "
+                       "section *End-to-end cost* below."),
         *cell_blocks,
     ]
     figures = _method_figures(rows)
@@ -253,6 +258,6 @@ def build_report(params: Params) -> ReportOutputs:
     md_path.write_text(to_markdown(blocks, md_path.parent))
     anchors = {b.anchor for b in blocks if isinstance(b, Heading)}
     html_path.write_text(to_html(blocks, f"rnas report — {params.data.dataset}", [a for a in NAV if a[0] in anchors]))
-    log.info("report -> %s, %s (%d plots)", md_path, html_path, 4 + len(cell_pngs))
-    return ReportOutputs(md_path, html_path, [eps_png, cert_png, pareto_png, search_png, *cell_pngs], curves,
+    log.info("report -> %s, %s (%d plots)", md_path, html_path, 5 + len(cell_pngs))
+    return ReportOutputs(md_path, html_path, [eps_png, cert_png, pareto_png, search_png, cost_png, *cell_pngs], curves,
                          [im.path for im in figures], failures)

@@ -23,7 +23,8 @@ it needs and is left out when one is missing. Scores (per-example flags in ``fla
 * ``tradeoff`` -- the mean of ``clean`` and ``robust`` per example (0, ½ or 1): better on one
   without losing as much on the other.
 
-Two claims are not paired accuracy tests: the LRNAS budget claim (parameter count non-decreasing
+Three claims are not paired accuracy tests: RNAS-CL's premise (the teacher at least 5 points
+more robust than every student, a check on the means), the LRNAS budget claim (parameter count non-decreasing
 in λ in every seed) and the RNAS cost claim (search seconds, a paired t-test on the log ratio
 over seeds).
 """
@@ -65,7 +66,7 @@ class PairedClaim:
 class ClaimResult:
     paper: str
     statement: str
-    kind: str  # "paired", "budget", "cost"
+    kind: str  # "paired", "budget", "cost", "premise"
     direction: int = 1
     comparison: Comparison | None = None
     p_adjusted: float | None = None
@@ -244,11 +245,39 @@ def _cost_claim(params: Params) -> ClaimResult | None:
     return res
 
 
+TEACHER_MARGIN = 0.05  # the RNAS-CL premise: the teacher at least 5 points more robust than every student
+
+
+def _teacher_premise(params: Params) -> ClaimResult | None:
+    """RNAS-CL's premise, a check rather than a test: the robust teacher's worst-case robust
+    accuracy is at least :data:`TEACHER_MARGIN` above every student's (mean over its seeds)."""
+    if not any(resolve_run(r).needs_teacher for r in params.pipeline.runs):
+        return None
+    teacher = _eval_number(params, paths.TEACHER, 0, "robust_acc")
+    students = {}
+    for run in params.pipeline.runs:
+        values = [v for s in params.pipeline.seeds if (v := _eval_number(params, run, s, "robust_acc")) is not None]
+        if values:
+            students[run] = float(np.mean(values))
+    if teacher is None or not students:
+        return None
+    best = max(students, key=students.get)
+    gap = teacher - students[best]
+    return ClaimResult("RNAS-CL", f"premise: the robust teacher is at least {100 * TEACHER_MARGIN:.0f} points more "
+                       "robust than every student", "premise",
+                       verdict="supported" if gap >= TEACHER_MARGIN else "contradicted", effect=gap,
+                       detail=f"teacher {100 * teacher:.1f}% vs the best student `{best}` {100 * students[best]:.1f}% "
+                              f"(worst case, mean over seeds): {_pts(gap)} pts")
+
+
 def evaluate_claims(params: Params) -> list[ClaimResult]:
     """Every claim whose runs have results, with Holm-adjusted p-values and verdicts."""
     cache: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     results: list[ClaimResult] = []
     seen = set()
+    premise = _teacher_premise(params)
+    if premise is not None:
+        results.append(premise)
     for expand in CLAIMS.values():
         for claim in expand(params.pipeline.runs):
             key = (claim.a, claim.b, claim.score, claim.direction)
@@ -323,7 +352,8 @@ def _row(r: ClaimResult) -> str:
         ci = f"[{r.ci[0]:.2f}, {r.ci[1]:.2f}]" if r.ci else "–"
         return (f"| {r.paper} | {r.statement} | ×{r.effect:.2f} | {ci} | {_p(r.p)} | {_p(r.p_adjusted)} | "
                 f"**{r.verdict}** | – | {r.detail} |")
-    return f"| {r.paper} | {r.statement} | – | – | – | – | **{r.verdict}** | – | {r.detail} |"
+    effect = f"{_pts(r.effect)} pts" if r.kind == "premise" and r.effect is not None else "–"
+    return f"| {r.paper} | {r.statement} | {effect} | – | – | – | **{r.verdict}** | – | {r.detail} |"
 
 
 def claims_markdown(params: Params) -> str:

@@ -7,6 +7,8 @@
 * :func:`plot_pareto` -- parameters vs AutoAttack accuracy (worst case if AutoAttack did not
   run), one point per run (mean over seeds, ± std bars), the Pareto front (no other run has
   fewer parameters *and* higher accuracy) joined.
+* :func:`plot_cost` -- worst-case robust accuracy against search seconds, one small point per
+  seed and the mean over seeds per run (± std bars): what each method's search cost buys.
 * :func:`plot_search_curves` -- per-epoch search history (``search.json``): supernet validation
   accuracy and the entropy of softmax(α) per cell type, one line per run and seed.
 
@@ -193,6 +195,48 @@ def plot_pareto(rows: list[RunRow], path: str | Path) -> Path:
     ax.set_ylabel(label)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, frameon=False, loc="lower right")
+    ax.set_title(title + " (upper left is better)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_cost(rows: list[RunRow], path: str | Path) -> Path:
+    """Robust accuracy (worst case over the L∞ attacks) against search seconds, per run.
+
+    Searches shorter than a second (random sampling, a fixed architecture) sit at 1 s on the log
+    axis, labelled so; the teacher (no search) is a horizontal reference line."""
+    path = _prepare(path)
+    title = "Robust accuracy vs search cost"
+    pts = []
+    for row in rows:
+        seeds = [(r.number("search_seconds"), r.number("robust_acc")) for r in row.results]
+        seeds = [(max(1.0, t), 100 * a) for t, a in seeds if t is not None and a is not None]
+        if seeds and not row.reference:
+            pts.append((row, seeds))
+    if not pts:
+        return _empty(path, title, "no run has both search_seconds and robust_acc")
+    styles = _styles(rows)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for row, seeds in pts:
+        st = styles[row.run]
+        ax.scatter([t for t, _ in seeds], [a for _, a in seeds], s=14, color=st["color"], marker=st["marker"],
+                   alpha=0.45, lw=0)
+        x, y = statistics.mean(t for t, _ in seeds), statistics.mean(a for _, a in seeds)
+        yerr = statistics.stdev(a for _, a in seeds) if len(seeds) > 1 else None
+        xerr = statistics.stdev(t for t, _ in seeds) if len(seeds) > 1 else None
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=st["marker"], ms=8, color=st["color"], capsize=3, zorder=3)
+        ax.annotate(row.run, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+    for row in rows:
+        if row.reference and row.values("robust_acc"):
+            ax.axhline(100 * statistics.mean(row.values("robust_acc")), color="#444444", lw=1, linestyle="--")
+            ax.text(1.0, 100 * statistics.mean(row.values("robust_acc")), f" {row.run} (reference)", fontsize=8,
+                    color="#444444", va="bottom")
+    ax.set_xscale("log")
+    ax.set_xlabel("search seconds (log scale; < 1 s shown at 1 s)")
+    ax.set_ylabel("worst-case robust accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
     ax.set_title(title + " (upper left is better)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)

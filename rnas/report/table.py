@@ -46,6 +46,8 @@ ACCURACY_COLUMNS: tuple[Column, ...] = (
     Column("pgd20_acc", "PGD-20", "PGD-20 at the L∞ ε, random start; broken if any iterate fooled the model"),
     Column("pgd100_acc", "PGD-100", "PGD-100 at the L∞ ε, random start; broken if any iterate fooled the model"),
     Column("autoattack_acc", "AutoAttack", "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square) at the L∞ ε"),
+    Column("apgd_acc", "APGD-CE+T", "AutoAttack's gradient attacks (APGD-CE, then APGD-T with 9 targets), standard "
+                                    "settings, at the L∞ ε"),
     Column("robust_acc", "worst case", "per example: robust only if every attack at the L∞ ε failed on it "
                                        "(stand-alone Square included)"),
     Column("autoattack_l2_acc", "AutoAttack-L2", "AutoAttack standard at the L2 radius"),

@@ -16,8 +16,9 @@ import torch
 from tqdm import tqdm
 
 from rnas.checkpoint import ResumeState, log_resume, log_steps_run
-from rnas.runtime import capture_rng, restore_rng
-from rnas.data import Splits, TensorPair, iterate_batches, split_half
+from rnas.runtime import capture_rng, log_epoch, restore_rng
+from rnas.config import params_for_run
+from rnas.data import Splits, TensorPair, augment_batch, iterate_batches, split_half
 from rnas.search.base import Progress, SearchContext, SearchMethod
 from rnas.search.stability import decision_digest
 from rnas.training.trainer import accuracy
@@ -43,8 +44,11 @@ def search_halves(splits: Splits, seed: int) -> tuple[TensorPair, TensorPair]:
 def run_search(method: SearchMethod, ctx_kwargs: dict[str, Any], splits: Splits, *,
                log_metrics: MetricsLogger | None = None, resume: ResumeState | None = None,
                progress: bool = True, desc: str = "search") -> SearchResult:
-    """Set the method up and run the search; returns the discrete architecture and curves."""
-    params = ctx_kwargs["params"]
+    """Set the method up and run the search; returns the discrete architecture and curves.
+
+    The method sees ``search`` with its own overrides applied (:func:`rnas.config.params_for_run`)."""
+    params = params_for_run(ctx_kwargs["params"], ctx_kwargs["run"].name)
+    ctx_kwargs = {**ctx_kwargs, "params": params}
     seed = ctx_kwargs["seed"]
     device = ctx_kwargs["device"]
     s = params.search
@@ -83,9 +87,10 @@ def run_search(method: SearchMethod, ctx_kwargs: dict[str, Any], splits: Splits,
         bar = tqdm(batches, total=n_steps, desc=f"{desc} {epoch + 1}/{s.epochs}", disable=not progress, leave=False)
         sums: dict[str, float] = {}
         count = 0
+        aug = s.augment
         for step, ((xw, yw), (xa, ya)) in enumerate(bar):
-            batch_w = (xw.to(device), yw.to(device))
-            batch_a = (xa.to(device), ya.to(device))
+            batch_w = (augment_batch(xw.to(device), aug.crop_padding, aug.flip, gen), yw.to(device))
+            batch_a = (augment_batch(xa.to(device), aug.crop_padding, aug.flip, gen), ya.to(device))
             m = method.step(batch_w, batch_a, Progress(epoch, step, n_steps))
             steps_run += 1
             for k, v in m.items():
@@ -98,7 +103,8 @@ def run_search(method: SearchMethod, ctx_kwargs: dict[str, Any], splits: Splits,
         net = method.eval_model()
         if net is not None:
             metrics["val_acc"] = accuracy(net, splits.val, 256, device)
-        elapsed += time.perf_counter() - t0
+        epoch_seconds = time.perf_counter() - t0
+        elapsed += epoch_seconds
         metrics["seconds"] = elapsed
         history.append(metrics)
         if resume is not None:  # state first, then the log: a resume re-logs what is missing
@@ -107,6 +113,7 @@ def run_search(method: SearchMethod, ctx_kwargs: dict[str, Any], splits: Splits,
                 "history": history, "seconds": elapsed, "decisions": decisions,
             })
         log_metrics(metrics, epoch)
+        log_epoch(desc, epoch, s.epochs, metrics, epoch_seconds)
     log_steps_run(desc, steps_run, "search", start, s.epochs)
     return SearchResult(method.architecture(), history, elapsed, method.extra_outputs(), start_epoch=start,
                         steps_run=steps_run, decisions=decisions)

@@ -63,9 +63,11 @@ def conv_out_size(size: int, kernel: int, stride: int) -> int:
     return (size + 2 * pad - kernel) // stride + 1
 
 
-def width_choices(c_max: int, n_options: int, step_fraction: float) -> tuple[int, ...]:
-    """The options C_max − i·step (i = 0..n−1, step = step_fraction·C_max), rounded, descending."""
-    widths = tuple(int(round(c_max - i * step_fraction * c_max)) for i in range(n_options))
+def width_choices(c_max: int, n_options: int, step_fraction: float, step_channels: int = 0) -> tuple[int, ...]:
+    """The options C_max − i·step (i = 0..n−1), rounded, descending; step = ``step_channels`` channels
+    when given (FBNetV2's fixed step, e.g. 4), else step_fraction·C_max."""
+    step = step_channels if step_channels > 0 else step_fraction * c_max
+    widths = tuple(int(round(c_max - i * step)) for i in range(n_options))
     if len(set(widths)) != len(widths) or widths[-1] < 1:
         raise ValueError(f"width options {widths} for C_max={c_max} are not distinct positive channel counts; "
                          f"lower width_options or raise width_step / the stage width")
@@ -103,13 +105,15 @@ class ConvBNAct(nn.Module):
 
 
 class WidthSearchBlock(nn.Module):
-    """Inverted-residual block at its maximum width, masked to the sampled width."""
+    """Inverted-residual block at its maximum width, masked to the sampled width. ``n_options`` pads the
+    options to the supernet's largest count (padding rows keep every channel off; their weight is 0)."""
 
     def __init__(self, c_in_max: int, c_max: int, stride: int, expansion: int, kernel: int,
-                 widths: tuple[int, ...]):
+                 widths: tuple[int, ...], n_options: int | None = None):
         super().__init__()
         hidden = expansion * c_max
         self.widths = tuple(widths)
+        widths = tuple(widths) + (0,) * ((n_options or len(widths)) - len(widths))
         self.expand = ConvBNAct(c_in_max, hidden, 1)
         self.depthwise = ConvBNAct(hidden, hidden, kernel, stride=stride, groups=hidden)
         self.project = ConvBNAct(hidden, c_max, 1, act=False)
@@ -156,40 +160,49 @@ class WidthSupernet(nn.Module):
     def __init__(self, num_classes: int, input_channels: int, dataset: str | None, image_size: int,
                  stem_channels: int, stage_widths: tuple[int, ...], stage_blocks: tuple[int, ...],
                  stage_strides: tuple[int, ...], expansion: int, kernel: int, width_options: int,
-                 width_step: float):
+                 width_step: float, width_step_channels: int = 0, stem_stride: int = 1,
+                 stage_width_options: tuple[int, ...] = ()):
         super().__init__()
         if not len(stage_widths) == len(stage_blocks) == len(stage_strides):
             raise ValueError("stage_widths, stage_blocks and stage_strides need the same length")
         self.num_classes, self.input_channels, self.dataset = num_classes, input_channels, dataset
-        self.image_size, self.stem_channels = image_size, stem_channels
+        self.image_size, self.stem_channels, self.stem_stride = image_size, stem_channels, stem_stride
         self.expansion, self.kernel = expansion, kernel
         self.normalize = Normalize(*cell_normalization(dataset, input_channels))
-        self.stem = ConvBNAct(input_channels, stem_channels, STEM_KERNEL)
+        self.stem = ConvBNAct(input_channels, stem_channels, STEM_KERNEL, stride=stem_stride)
         self.blocks = nn.ModuleList()
         self.strides: list[int] = []
         self.max_widths: list[int] = []
         self.options: list[tuple[int, ...]] = []
+        if stage_width_options and len(stage_width_options) != len(stage_widths):
+            raise ValueError("stage_width_options needs one count per stage")
+        counts = tuple(stage_width_options) or (width_options,) * len(stage_widths)
+        n_opt = max(counts)
         c_in = stem_channels
-        for c_max, n_blocks, stride in zip(stage_widths, stage_blocks, stage_strides):
+        for c_max, n_blocks, stride, count in zip(stage_widths, stage_blocks, stage_strides, counts):
             for b in range(n_blocks):
                 s = stride if b == 0 else 1
-                widths = width_choices(c_max, width_options, width_step)
-                self.blocks.append(WidthSearchBlock(c_in, c_max, s, expansion, kernel, widths))
+                widths = width_choices(c_max, count, width_step, width_step_channels)
+                self.blocks.append(WidthSearchBlock(c_in, c_max, s, expansion, kernel, widths, n_opt))
                 self.strides.append(s)
                 self.max_widths.append(c_max)
                 self.options.append(widths)
                 c_in = c_max
         self.classifier = nn.Linear(c_in, num_classes)
-        # FBNet starts from a uniform choice: zero logits.
-        self.width_logits = nn.Parameter(torch.zeros(len(self.blocks), width_options))
-        self.register_buffer("option_widths", torch.tensor(self.options, dtype=torch.float32))  # (n_blocks, n_opt)
+        # FBNet starts from a uniform choice: zero logits. Blocks with fewer options than the largest
+        # count have their extra logits masked to −inf (:meth:`logits`): weight 0, never chosen.
+        self.width_logits = nn.Parameter(torch.zeros(len(self.blocks), n_opt))
+        padded = [list(o) + [0] * (n_opt - len(o)) for o in self.options]
+        self.register_buffer("option_widths", torch.tensor(padded, dtype=torch.float32))  # (n_blocks, n_opt)
+        self.register_buffer("option_valid", torch.tensor([[i < len(o) for i in range(n_opt)] for o in self.options]),
+                             persistent=False)
         self.tau = 1.0
         self.generator: torch.Generator | None = None
         self.width_mode = "auto"
         self.last_width_weights: torch.Tensor | None = None
         # Spatial sides (pixels) at each block's input and output, for the cost.
         self.sizes: list[tuple[int, int]] = []
-        size = conv_out_size(image_size, STEM_KERNEL, 1)
+        size = conv_out_size(image_size, STEM_KERNEL, stem_stride)
         self.stem_size = size
         for s in self.strides:
             out = conv_out_size(size, kernel, s)
@@ -208,6 +221,12 @@ class WidthSupernet(nn.Module):
         return [(name, m) for name, m in self.named_modules() if isinstance(m, ConvBNAct)]
 
     # -- width weights -------------------------------------------------------------
+    def logits(self) -> torch.Tensor:
+        """``width_logits`` with the padding options of blocks with fewer choices at −inf (n_blocks, n_opt)."""
+        if bool(self.option_valid.all()):
+            return self.width_logits
+        return self.width_logits.masked_fill(~self.option_valid, float("-inf"))
+
     def width_weights(self) -> torch.Tensor | None:
         """g for every block, (n_blocks, n_options), or None for ``width_mode = 'none'``."""
         mode = self.width_mode
@@ -215,7 +234,7 @@ class WidthSupernet(nn.Module):
             raise ValueError(f"unknown width_mode {mode!r}; known: {', '.join(WIDTH_MODES)}")
         if mode == "auto":
             mode = "sample" if self.training else "soft"
-        logits = self.width_logits
+        logits = self.logits()
         if mode == "sample":
             return gumbel_softmax(logits, self.tau, self.generator)
         if mode == "soft":
@@ -244,7 +263,7 @@ class WidthSupernet(nn.Module):
         if g is None:
             g = self.last_width_weights
         if g is None:
-            g = F.one_hot(torch.zeros(len(self.blocks), dtype=torch.long), len(self.options[0])).float()
+            g = F.one_hot(torch.zeros(len(self.blocks), dtype=torch.long), self.width_logits.shape[-1]).float()
         g = g.to(self.option_widths.device)
         widths = (g * self.option_widths).sum(-1)  # (n_blocks,) effective widths
         e, k2 = self.expansion, self.kernel ** 2
@@ -260,7 +279,7 @@ class WidthSupernet(nn.Module):
 
     def discrete_widths(self) -> list[int]:
         """Each block's argmax width (channels)."""
-        index = self.width_logits.detach().argmax(-1).tolist()
+        index = self.logits().detach().argmax(-1).tolist()
         return [self.options[b][i] for b, i in enumerate(index)]
 
     # -- the final network ---------------------------------------------------------
@@ -273,6 +292,7 @@ class WidthSupernet(nn.Module):
             "strides": list(self.strides),
             "residual": [bool(b.residual) for b in self.blocks],
             "expansion": self.expansion, "kernel": self.kernel,
+            **({"stem_stride": self.stem_stride} if self.stem_stride != 1 else {}),
         }
 
     @torch.no_grad()
@@ -325,7 +345,8 @@ class WidthNetwork(nn.Module):
     """Final network of the width space; ``model_args`` (kind ``width``) rebuild it."""
 
     def __init__(self, num_classes: int, input_channels: int, dataset: str | None, stem_channels: int,
-                 widths: list[int], strides: list[int], residual: list[bool], expansion: int, kernel: int):
+                 widths: list[int], strides: list[int], residual: list[bool], expansion: int, kernel: int,
+                 stem_stride: int = 1):
         super().__init__()
         if not len(widths) == len(strides) == len(residual):
             raise WidthArchitectureError("widths, strides and residual need one entry per block")
@@ -335,9 +356,10 @@ class WidthNetwork(nn.Module):
             "kind": "width", "num_classes": num_classes, "input_channels": input_channels, "dataset": dataset,
             "stem_channels": stem_channels, "widths": [int(w) for w in widths], "strides": [int(s) for s in strides],
             "residual": [bool(r) for r in residual], "expansion": expansion, "kernel": kernel,
+            **({"stem_stride": int(stem_stride)} if stem_stride != 1 else {}),
         }
         self.normalize = Normalize(*cell_normalization(dataset, input_channels))
-        self.stem = ConvBNAct(input_channels, stem_channels, STEM_KERNEL)
+        self.stem = ConvBNAct(input_channels, stem_channels, STEM_KERNEL, stride=stem_stride)
         self.blocks = nn.ModuleList()
         c_in = stem_channels
         for w, s, r in zip(widths, strides, residual):

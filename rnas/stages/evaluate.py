@@ -6,7 +6,6 @@ attack on all of them (docs/design.md §6). Writes ``eval.json``."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import platform
 import re
 import time
@@ -15,15 +14,16 @@ import torch
 
 from rnas import paths
 from rnas.checkpoint import load_model
+from rnas.data import TensorPair
 from rnas.evaluation.certify import certify_evaluation
 from rnas.evaluation.flags import write_flags
 from rnas.evaluation.protocol import EvalSettings, EvalState, evaluate_with_sanity, state_key
 from rnas.evaluation.sanity import SanitySettings
 from rnas.pipeline import stage_keys
-from rnas.runtime import place_model
+from rnas.runtime import place_model, show_progress
 from rnas.runs import resolve_run
 from rnas.stages.common import add_run_arguments, load_data, log, prepare, write_json
-from rnas.tracking import stage_run
+from rnas.tracking import file_digest, stage_run
 
 EVAL_DATA_SEED = 0  # the test split does not depend on the seed; fixed for clarity
 
@@ -46,15 +46,6 @@ def sanity_from(params) -> SanitySettings:
     return SanitySettings(large_epsilon=e.sanity_large_epsilon, large_epsilon_l2=e.sanity_large_epsilon_l2,
                           square_queries=e.sanity_square_queries,
                           tolerance=e.sanity_tolerance, max_zero_grad_fraction=e.sanity_max_zero_grad_fraction)
-
-
-def file_digest(path) -> str:
-    """sha256 of a file's bytes (keys the resumable evaluation state to the checkpoint)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def device_name(device) -> str:
@@ -84,6 +75,27 @@ def log_evaluation(tracker, metrics: dict) -> None:
     tracker.log_metrics({"sanity_failures": len(failed)})
 
 
+def lineage_keys(run: str) -> tuple[str, ...]:
+    """The params sections that made the evaluated model: the teacher's, or the run's search
+    (of the run whose architecture it retrains) and retrain sections. An evaluation run logs them
+    besides its own, so MLflow's Compare view shows what differs between evaluation runs."""
+    if run == paths.TEACHER:
+        return stage_keys("teacher")
+    spec = resolve_run(run)
+    return (*stage_keys("search", spec.arch_from or run), *stage_keys("retrain", run))
+
+
+def log_lineage(tracker, params, run: str, seed: int, test: TensorPair) -> None:
+    """Tag the evaluation run with the runs behind its ``model.pt`` (retrain or teacher, and
+    search: found by the file's digest), log their params besides its own and the evaluated
+    examples as its input; the metrics logged after are linked to that model and those examples."""
+    match = {"run": run} if run == paths.TEACHER else {"run": run, "seed": str(seed)}
+    tracker.link_producer("model_sha256", paths.model_file(params, run, seed), **match)
+    tracker.log_params(params, lineage_keys(run))
+    tracker.log_dataset(test, f"{params.data.dataset}/test", "test", link=True, loader="rnas.data.load_splits",
+                        dataset=params.data.dataset, split="test", n_examples=len(test))
+
+
 def run(args: argparse.Namespace) -> int:
     params, device = prepare(args, args.seed)
     if args.run == paths.TEACHER:
@@ -100,13 +112,14 @@ def run(args: argparse.Namespace) -> int:
     state_folder = paths.state_dir(params, args.run, args.seed, "evaluate")
     with stage_run(params, "evaluate", run=args.run, method=method, variant=variant, seed=args.seed,
                    keys=keys, claim_dir=state_folder) as tracker:
+        log_lineage(tracker, params, args.run, args.seed, TensorPair(splits.test.x[:n], splits.test.y[:n]))
         t0 = time.perf_counter()
         settings, sanity = settings_from(params), sanity_from(params)
         model_path = paths.model_file(params, args.run, args.seed)
         state = EvalState(state_folder / "flags.pt",
                           state_key(settings, file_digest(model_path), x, y, sanity))
-        metrics, flags = evaluate_with_sanity(model, x, y, settings, sanity, progress=params.pipeline.progress,
-                                              state=state)
+        metrics, flags = evaluate_with_sanity(model, x, y, settings, sanity,
+                                              progress=show_progress(params.pipeline.progress), state=state)
         e = params.evaluate  # per_example: {"certified", "certified_radius"} per example, for flags.json
         per_example = certify_evaluation(metrics, flags, model, x, y, settings, e.certify_method,
                                          e.certify_batch_size, sanity, e.certify_intermediate,

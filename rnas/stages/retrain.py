@@ -12,12 +12,12 @@ from rnas import paths
 from rnas.checkpoint import ResumeState, save_model
 from rnas.config import params_hash
 from rnas.pipeline import stage_keys
-from rnas.runtime import place_model
+from rnas.runtime import place_model, show_progress
 from rnas.runs import resolve_run
 from rnas.space.genotype import load_genotype
 from rnas.space.network import CellNetwork
 from rnas.space.width import WidthArchitectureError, build_width_network, is_width_file, load_width_architecture
-from rnas.stages.common import add_run_arguments, load_data, log, prepare, write_json
+from rnas.stages.common import add_run_arguments, load_data, log, log_training_data, prepare, write_json
 from rnas.tracking import stage_run
 from rnas.training.trainer import Trainer
 
@@ -41,14 +41,14 @@ def build_final_network(params, spec, arch_path, info):
                        drop_path=r.drop_path)
 
 
-def make_distillation(params, model, arch_path, device):
+def make_distillation(params, model, arch_path, device, info):
     """RNAS-CL's retraining terms (runs with ``distill``): KL(teacher ‖ student) + γ·L_attn with the
     searched tutors, the teacher frozen. The fixed tutors have no parameters, so the Trainer
     needs no ``extra_modules``."""
-    from rnas.checkpoint import load_model
     from rnas.distill import FixedTutorDistillation, load_tutors
+    from rnas.models.external import load_teacher
 
-    teacher, _ = load_model(paths.distill_teacher(params), device)
+    teacher = load_teacher(params, info, device)
     teacher = place_model(teacher, device, params.pipeline.channels_last)
     d = params.retrain.distill
     return FixedTutorDistillation(model, teacher, load_tutors(arch_path), map_size=d.map_size, gamma=d.gamma,
@@ -63,13 +63,16 @@ def run(args: argparse.Namespace) -> int:
     arch_path = paths.arch_file(params, spec.arch_from or args.run, args.seed)  # ablations reuse another run's
     model = build_final_network(params, spec, arch_path, splits.info)
     model = place_model(model, device, params.pipeline.channels_last)
-    distill = make_distillation(params, model, arch_path, device) if spec.distill else None
+    distill = make_distillation(params, model, arch_path, device, splits.info) if spec.distill else None
     resume = ResumeState(paths.state_dir(params, args.run, args.seed, "retrain"), params_hash(params, keys))
     with stage_run(params, "retrain", run=args.run, method=spec.method, variant=spec.variant, seed=args.seed,
                    keys=keys, claim_dir=resume.folder) as tracker:
+        # tags search_run_id: the search that wrote the architecture
+        tracker.link_producer("arch_sha256", arch_path, run=spec.arch_from or args.run, seed=str(args.seed))
+        log_training_data(tracker, params, splits, args.seed)
         t0 = time.perf_counter()
         trainer = Trainer(model, params.retrain.train, device, seed=args.seed, log_metrics=tracker.log_metrics,
-                          resume=resume, progress=params.pipeline.progress, desc=f"retrain {args.run}",
+                          resume=resume, progress=show_progress(params.pipeline.progress), desc=f"retrain {args.run}",
                           extra_loss=distill)
         result = trainer.fit(splits.train, splits.val)
         if distill is not None:
@@ -79,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         save_model(out, model, model.model_args, {"best_epoch": result.best_epoch})
         write_json(paths.train_log(params, args.run, args.seed),
                    {"history": result.history, "best_epoch": result.best_epoch, "seconds": seconds})
+        tracker.log_checkpoint(out, splits.val.x[:4])  # an MLflow model; the metrics below are linked to it
         tracker.log_metrics({"train_seconds": seconds, "best_epoch": result.best_epoch})
         tracker.log_artifact(out)
         tracker.log_artifact(arch_path)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 
 from rnas import paths
-from rnas.checkpoint import ResumeState, load_model
-from rnas.config import params_hash
+from rnas.checkpoint import ResumeState
+from rnas.config import params_hash, search_for
+from rnas.models.external import load_teacher
 from rnas.pipeline import stage_keys
 from rnas.runs import resolve_run
+from rnas.runtime import show_progress
 from rnas.search.loop import run_search
 from rnas.search.methods import make_method
 from rnas.search.stability import stability_summary
-from rnas.stages.common import add_run_arguments, load_data, log, prepare, write_json
-from rnas.tracking import stage_run
+from rnas.stages.common import add_run_arguments, load_data, log, log_training_data, prepare, write_json
+from rnas.tracking import file_digest, stage_run
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,17 +32,18 @@ def run(args: argparse.Namespace) -> int:
     keys = stage_keys("search", args.run)
     teacher = None
     if spec.needs_teacher:
-        teacher, _ = load_model(paths.distill_teacher(params), device)
+        teacher = load_teacher(params, splits.info, device)
         for p in teacher.parameters():
             p.requires_grad_(False)
     resume = ResumeState(paths.state_dir(params, args.run, args.seed, "search"), params_hash(params, keys))
     with stage_run(params, "search", run=args.run, method=spec.method, variant=spec.variant, seed=args.seed,
                    keys=keys, claim_dir=resume.folder) as tracker:
+        log_training_data(tracker, params, splits, args.seed)
         method = make_method(spec.method)
         result = run_search(method, {"params": params, "run": spec, "info": splits.info, "device": device,
                                      "seed": args.seed, "teacher": teacher},
                             splits, log_metrics=tracker.log_metrics, resume=resume,
-                            progress=params.pipeline.progress, desc=f"search {args.run}")
+                            progress=show_progress(params.pipeline.progress), desc=f"search {args.run}")
         arch_path = paths.arch_file(params, args.run, args.seed)
         run_dir = arch_path.parent
         for name, data in result.extra_outputs.items():
@@ -48,13 +51,15 @@ def run(args: argparse.Namespace) -> int:
         write_json(arch_path, result.architecture)
         for extra_file in method.write_files(run_dir):
             tracker.log_artifact(extra_file)
-        stability = stability_summary(result.decisions, params.search.epochs) if method.uses_search_loop else {}
+        epochs = search_for(params, spec.method).epochs  # the method's own (search.methods.<m>.overrides)
+        stability = stability_summary(result.decisions, epochs) if method.uses_search_loop else {}
         write_json(paths.search_log(params, args.run, args.seed),
                    {"run": args.run, "method": spec.method, "variant": spec.variant, "seed": args.seed,
                     "search_seconds": result.seconds, **stability, "decisions": result.decisions,
                     "history": result.history})
         tracker.log_metrics({"search_seconds": result.seconds,
                              **{k: float(v) for k, v in stability.items() if v is not None}})
+        tracker.set_tags({"arch_sha256": file_digest(arch_path)})  # the retrain run finds this run by it
         tracker.log_artifact(arch_path)
         log.info("search %s seed %d: %.1f s -> %s", args.run, args.seed, result.seconds, arch_path)
     resume.clear()

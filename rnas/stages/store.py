@@ -17,7 +17,8 @@ def run(args: argparse.Namespace) -> int:
     if not params.tracking.enabled:
         print("tracking disabled (tracking.enabled: false)")
         return 0
-    from rnas.tracking import init_store
+    from rnas.tracking import init_store, runs_url
 
     print(f"MLflow store ready: {init_store(params)}")
+    print(f"runs table in the UI (make mlflow): {runs_url(params)}")
     return 0

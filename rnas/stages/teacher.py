@@ -10,8 +10,8 @@ from rnas.checkpoint import ResumeState, save_model
 from rnas.config import params_hash
 from rnas.models import build_model
 from rnas.pipeline import stage_keys
-from rnas.runtime import place_model
-from rnas.stages.common import add_params_argument, load_data, log, prepare, write_json
+from rnas.runtime import place_model, show_progress
+from rnas.stages.common import add_params_argument, load_data, log, log_training_data, prepare, write_json
 from rnas.tracking import stage_run
 from rnas.training.trainer import Trainer
 
@@ -41,15 +41,17 @@ def run(args: argparse.Namespace) -> int:
     resume = ResumeState(paths.state_dir(params, paths.TEACHER, 0, "teacher"), params_hash(params, keys))
     with stage_run(params, "teacher", run="teacher", method="teacher", variant=params.teacher.family,
                    seed=TEACHER_SEED, keys=keys, claim_dir=resume.folder) as tracker:
+        log_training_data(tracker, params, splits, TEACHER_SEED)
         t0 = time.perf_counter()
         trainer = Trainer(model, params.teacher.train, device, seed=TEACHER_SEED, log_metrics=tracker.log_metrics,
-                          resume=resume, progress=params.pipeline.progress, desc="teacher")
+                          resume=resume, progress=show_progress(params.pipeline.progress), desc="teacher")
         result = trainer.fit(splits.train, splits.val)
         seconds = time.perf_counter() - t0
         out = paths.teacher_model(params)
         save_model(out, model, model_args, {"best_epoch": result.best_epoch})
         write_json(paths.train_log(params, paths.TEACHER, 0),
                    {"history": result.history, "best_epoch": result.best_epoch, "seconds": seconds})
+        tracker.log_checkpoint(out, splits.val.x[:4])  # an MLflow model; the metrics below are linked to it
         tracker.log_metrics({"train_seconds": seconds, "best_epoch": result.best_epoch})
         tracker.log_artifact(out)
         log.info("teacher: best epoch %d (val %s %.4f) -> %s", result.best_epoch + 1,

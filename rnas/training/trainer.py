@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -23,8 +24,8 @@ from tqdm import tqdm
 
 from rnas.checkpoint import ResumeState, log_resume, log_steps_run
 from rnas.config import TrainConfig
-from rnas.runtime import autocast, capture_rng, restore_rng
-from rnas.data import TensorPair, iterate_batches
+from rnas.runtime import autocast, capture_rng, log_epoch, restore_rng
+from rnas.data import TensorPair, augment_batch, iterate_batches
 from rnas.training.perturbations import get_perturbation, pgd_inner
 
 # extra_loss(model, x_used, y, logits) -> scalar tensor added to the perturbation loss
@@ -116,6 +117,24 @@ class Trainer:
             "history": history,
         }
 
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, epoch: int = 0,
+                   step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a training batch (on the device): augmentation, the perturbation's
+        loss plus the extra terms, gradient clipping. Returns (loss, logits), the loss detached."""
+        cfg = self.cfg
+        x = augment_batch(x, cfg.augment.crop_padding, cfg.augment.flip, gen)  # training batches only
+        with autocast(self.device):  # bf16 on CUDA when pipeline.amp is on, else a no-op
+            loss, logits, x_used = self.perturb(self.model, x, y, cfg.perturbation, gen)
+            if self.extra_loss is not None:
+                loss = loss + self.extra_loss(self.model, x_used, y, logits)
+        check_finite(loss, epoch, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        return loss.detach(), logits
+
     def fit(self, train: TensorPair, val: TensorPair) -> FitResult:
         cfg, device = self.cfg, self.device
         gen = torch.Generator().manual_seed(self.seed)
@@ -135,6 +154,7 @@ class Trainer:
         pcfg = cfg.perturbation
         steps_run = 0
         for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
             self.model.train()
             total, correct, loss_sum = 0, 0, 0.0
             batches = iterate_batches(train, cfg.batch_size, shuffle=True, generator=gen, drop_last=False)
@@ -143,16 +163,7 @@ class Trainer:
                        disable=not self.progress, leave=False)
             for step, (x, y) in enumerate(bar):
                 x, y = x.to(device), y.to(device)
-                with autocast(device):  # bf16 on CUDA when pipeline.amp is on, else a no-op
-                    loss, logits, x_used = self.perturb(self.model, x, y, pcfg, gen)
-                    if self.extra_loss is not None:
-                        loss = loss + self.extra_loss(self.model, x_used, y, logits)
-                check_finite(loss, epoch, step)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.optimizer.step()
+                loss, logits = self.train_step(x, y, gen, epoch, step)
                 steps_run += 1
                 total += len(y)
                 correct += int((logits.argmax(1) == y).sum())
@@ -172,6 +183,7 @@ class Trainer:
             if self.resume is not None:  # state first, then the log: a resume re-logs what is missing
                 self.resume.save(self._state(epoch, gen, best, history))
             self.log_metrics(metrics, epoch)
+            log_epoch(self.desc, epoch, cfg.epochs, metrics, time.perf_counter() - t0)
         if best["state_dict"] is not None:
             self.model.load_state_dict(best["state_dict"])
         self.model.eval()

@@ -1,66 +1,68 @@
-# Shared set-up: the params file, its validation (JSON schema, then the typed loader, which
-# refuses bad values before any job starts), the MLflow store, and path patterns from rnas.paths.
+# Shared set-up. The params are Snakemake's config: the params file (params.yaml, or RNAS_PARAMS),
+# any --configfile merged over it and --config. They are validated twice before any job starts
+# (the JSON schema, then the typed loader, which names the key and the allowed range) and
+# written to <results>/.params/<digest>.yaml, which every command reads ($RNAS_WORKFLOW_PARAMS).
+# A stage re-runs when the params keys it reads change (params: h) or a source file it executes
+# changes (input: code, rnas.dag.code_inputs); not when another key or the file name changes.
 import os
 import shlex
 
-from snakemake.utils import validate
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import update_config, validate
 
-from rnas import paths
-from rnas.config import load_params, params_hash
-from rnas.pipeline import retrain_inputs, search_inputs, stage_keys
-from rnas.runs import resolve_run
-
-PARAMS_FILE = os.environ.get("RNAS_PARAMS", "params.yaml")
+from rnas import dag, paths
+from rnas.config import ParamsError, params_from_dict, params_hash
+from rnas.pipeline import stage_keys
 
 
-configfile: PARAMS_FILE
+configfile: os.environ.get("RNAS_PARAMS", "params.yaml")
 
 
+update_config(config, dag.yaml_typed(dict(workflow.config_settings.config)))  # --config as YAML means it
 validate(config, "../schemas/params.schema.json")
-P = load_params(PARAMS_FILE)
-RNAS = "rnas"
-PFLAG = f"--params {shlex.quote(PARAMS_FILE)}"
+try:
+    P = params_from_dict(config)
+except ParamsError as err:
+    raise WorkflowError(f"invalid params: {err}") from None
 DS_DIR = str(paths.dataset_dir(P))
 LOGS = f"logs/{P.data.dataset}"
 REPORT = str(paths.report_md(P))
 TEACHER_MODEL = str(paths.teacher_model(P))
-RUNS = list(P.pipeline.runs)
-SEEDS = list(P.pipeline.seeds)
-SPECS = {run: resolve_run(run) for run in RUNS}
+SEARCHED = dag.searches(P)
 GPUS = 1 if P.pipeline.device == "cuda" else 0  # the SLURM executor turns it into --gpus
-SEARCHED = [r for r, s in SPECS.items() if s.arch_from is None]
-TUTOR_RUNS = [r for r in SEARCHED if SPECS[r].space == "cell" and SPECS[r].distill]  # + tutors.json
-CELL_RUNS = [r for r in SEARCHED if SPECS[r].space == "cell" and r not in TUTOR_RUNS]
-WIDTH_RUNS = [r for r in SEARCHED if SPECS[r].space == "width"]
-
-
-def run_regex(runs):
-    return "|".join(sorted(runs, key=len, reverse=True)) or "(?!x)x"
+RETRIES = 2  # the resumable stages continue from their last checkpoint (preemption, a lost node)
+ENV = "../envs/rnas.yaml"
 
 
 wildcard_constraints:
     seed=r"\d+",
-    run=run_regex(RUNS),
+    run=dag.wildcard_regex(P.pipeline.runs),
 
 
-def key_hash(stage, run=None):
-    return params_hash(P, stage_keys(stage, run))
+# Named by its digest, the file never changes once written; a job's environment names it (not a
+# rule's params, so another params file name re-runs nothing). Remote jobs parse this again.
+PARAMS_TEXT = dag.params_text(config)
+PARAMS = str(dag.params_file(P, PARAMS_TEXT))
+dag.write_if_changed(PARAMS, PARAMS_TEXT)
+os.environ["RNAS_WORKFLOW_PARAMS"] = PARAMS
 
 
+envvars:
+    "RNAS_WORKFLOW_PARAMS",
 
 
 # The MLflow store is created once, before parallel jobs; one parent run per invocation holds
 # the stage runs as children (rnas pipeline-run).
 onstart:
     if P.tracking.enabled:
-        shell(f"{RNAS} init-store {PFLAG} && {RNAS} pipeline-run start {PFLAG}")
+        shell(f"rnas init-store --params {shlex.quote(PARAMS)} && rnas pipeline-run start --params {shlex.quote(PARAMS)}")
 
 
 onsuccess:
     if P.tracking.enabled:
-        shell(f"{RNAS} pipeline-run end {PFLAG} --status FINISHED")
+        shell(f"rnas pipeline-run end --params {shlex.quote(PARAMS)} --status FINISHED")
 
 
 onerror:
     if P.tracking.enabled:
-        shell(f"{RNAS} pipeline-run end {PFLAG} --status FAILED")
+        shell(f"rnas pipeline-run end --params {shlex.quote(PARAMS)} --status FAILED")

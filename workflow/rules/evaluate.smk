@@ -1,40 +1,40 @@
 rule evaluate:
     input:
-        f"{DS_DIR}/{{run}}/seed{{seed}}/model.pt",
+        model=f"{DS_DIR}/{{run}}/seed{{seed}}/model.pt",
+        code=dag.code_inputs("evaluate"),
     output:
-        f"{DS_DIR}/{{run}}/seed{{seed}}/eval.json",
-        f"{DS_DIR}/{{run}}/seed{{seed}}/flags.json",
+        metrics=f"{DS_DIR}/{{run}}/seed{{seed}}/eval.json",
+        flags=f"{DS_DIR}/{{run}}/seed{{seed}}/flags.json",
     params:
-        h=key_hash("evaluate"),
+        h=params_hash(P, stage_keys("evaluate")),
+        run=lambda w: w.run,
+        seed=lambda w: w.seed,
     log:
         f"{LOGS}/{{run}}/seed{{seed}}/evaluate.log",
     benchmark:
         f"{LOGS}/{{run}}/seed{{seed}}/evaluate.benchmark.tsv"
     threads: P.pipeline.threads
     resources:
-        mem_mb=4000,
         gpu=GPUS,
-        runtime=120,
+    retries: RETRIES
+    conda:
+        ENV
     shell:
-        "{RNAS} evaluate {PFLAG} --run {wildcards.run} --seed {wildcards.seed} > {log} 2>&1"
+        "rnas evaluate --params \"$RNAS_WORKFLOW_PARAMS\" --run {params.run} --seed {params.seed} > {log} 2>&1"
 
 
-rule evaluate_teacher:
+use rule evaluate as evaluate_teacher with:
     input:
-        TEACHER_MODEL,
+        model=TEACHER_MODEL,
+        code=dag.code_inputs("evaluate"),
     output:
-        f"{DS_DIR}/teacher/eval.json",
-        f"{DS_DIR}/teacher/flags.json",
+        metrics=f"{DS_DIR}/teacher/eval.json",
+        flags=f"{DS_DIR}/teacher/flags.json",
     params:
-        h=key_hash("evaluate"),
+        h=params_hash(P, stage_keys("evaluate")),
+        run="teacher",
+        seed=0,
     log:
         f"{LOGS}/teacher.evaluate.log",
     benchmark:
         f"{LOGS}/teacher.evaluate.benchmark.tsv"
-    threads: P.pipeline.threads
-    resources:
-        mem_mb=4000,
-        gpu=GPUS,
-        runtime=120,
-    shell:
-        "{RNAS} evaluate {PFLAG} --run teacher > {log} 2>&1"

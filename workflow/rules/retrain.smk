@@ -1,19 +1,21 @@
 rule retrain:
     input:
-        lambda w: retrain_inputs(P, w.run, int(w.seed)),
+        arch=lambda w: dag.retrain_inputs(P, w.run, int(w.seed)),
+        code=dag.code_inputs("retrain"),
     output:
         model=f"{DS_DIR}/{{run}}/seed{{seed}}/model.pt",
         curves=f"{DS_DIR}/{{run}}/seed{{seed}}/train.json",
     params:
-        h=lambda w: key_hash("retrain", w.run),
+        h=lambda w: params_hash(P, stage_keys("retrain", w.run)),
     log:
         f"{LOGS}/{{run}}/seed{{seed}}/retrain.log",
     benchmark:
         f"{LOGS}/{{run}}/seed{{seed}}/retrain.benchmark.tsv"
     threads: P.pipeline.threads
     resources:
-        mem_mb=4000,
         gpu=GPUS,
-        runtime=240,
+    retries: RETRIES
+    conda:
+        ENV
     shell:
-        "{RNAS} retrain {PFLAG} --run {wildcards.run} --seed {wildcards.seed} > {log} 2>&1"
+        "rnas retrain --params \"$RNAS_WORKFLOW_PARAMS\" --run {wildcards.run} --seed {wildcards.seed} > {log} 2>&1"

@@ -1,72 +1,34 @@
-# One rule per kind of output set (genotype.json / + tutors.json / architecture.json).
+# One rule per kind of search (rnas.dag.SEARCH_FILES: the files it writes): search_cell (DARTS-type),
+# search_cell_random, search_cell_lrnas, search_cell_tutors (RNAS-CL) and search_width (RNAS-CL).
 # Ablation runs (RunSpec.arch_from) have no search of their own.
+for kind, files in dag.SEARCH_FILES.items():
 
-
-rule search_cell:
-    input:
-        lambda w: search_inputs(P, w.run),
-    output:
-        arch=f"{DS_DIR}/{{run}}/seed{{seed}}/genotype.json",
-        curves=f"{DS_DIR}/{{run}}/seed{{seed}}/search.json",
-    wildcard_constraints:
-        run=run_regex(CELL_RUNS),
-    params:
-        h=lambda w: key_hash("search", w.run),
-    log:
-        f"{LOGS}/{{run}}/seed{{seed}}/search.log",
-    benchmark:
-        f"{LOGS}/{{run}}/seed{{seed}}/search.benchmark.tsv"
-    threads: P.pipeline.threads
-    resources:
-        mem_mb=4000,
-        gpu=GPUS,
-        runtime=120,
-    shell:
-        "{RNAS} search {PFLAG} --run {wildcards.run} --seed {wildcards.seed} > {log} 2>&1"
-
-
-rule search_cell_tutors:
-    input:
-        lambda w: search_inputs(P, w.run),
-    output:
-        arch=f"{DS_DIR}/{{run}}/seed{{seed}}/genotype.json",
-        curves=f"{DS_DIR}/{{run}}/seed{{seed}}/search.json",
-        tutors=f"{DS_DIR}/{{run}}/seed{{seed}}/tutors.json",
-    wildcard_constraints:
-        run=run_regex(TUTOR_RUNS),
-    params:
-        h=lambda w: key_hash("search", w.run),
-    log:
-        f"{LOGS}/{{run}}/seed{{seed}}/search.log",
-    benchmark:
-        f"{LOGS}/{{run}}/seed{{seed}}/search.benchmark.tsv"
-    threads: P.pipeline.threads
-    resources:
-        mem_mb=4000,
-        gpu=GPUS,
-        runtime=120,
-    shell:
-        "{RNAS} search {PFLAG} --run {wildcards.run} --seed {wildcards.seed} > {log} 2>&1"
-
-
-rule search_width:
-    input:
-        lambda w: search_inputs(P, w.run),
-    output:
-        arch=f"{DS_DIR}/{{run}}/seed{{seed}}/architecture.json",
-        curves=f"{DS_DIR}/{{run}}/seed{{seed}}/search.json",
-    wildcard_constraints:
-        run=run_regex(WIDTH_RUNS),
-    params:
-        h=lambda w: key_hash("search", w.run),
-    log:
-        f"{LOGS}/{{run}}/seed{{seed}}/search.log",
-    benchmark:
-        f"{LOGS}/{{run}}/seed{{seed}}/search.benchmark.tsv"
-    threads: P.pipeline.threads
-    resources:
-        mem_mb=4000,
-        gpu=GPUS,
-        runtime=120,
-    shell:
-        "{RNAS} search {PFLAG} --run {wildcards.run} --seed {wildcards.seed} > {log} 2>&1"
+    rule:
+        name:
+            f"search_{kind}"
+        input:
+            teacher=lambda w: dag.search_inputs(P, w.run),
+            code=lambda w: dag.code_inputs("search", w.run),
+        output:
+            [
+                report(f"{DS_DIR}/{{run}}/seed{{seed}}/{f}", caption=f"../report/{f.removesuffix('.png')}.rst",
+                       category="Search", subcategory="{run} seed {seed}")
+                if f.endswith(".png") else f"{DS_DIR}/{{run}}/seed{{seed}}/{f}"
+                for f in files
+            ],
+        wildcard_constraints:
+            run=dag.wildcard_regex([r for r in SEARCHED if dag.search_kind(r) == kind]),
+        params:
+            h=lambda w: params_hash(P, stage_keys("search", w.run)),
+        log:
+            f"{LOGS}/{{run}}/seed{{seed}}/search.log",
+        benchmark:
+            f"{LOGS}/{{run}}/seed{{seed}}/search.benchmark.tsv"
+        threads: P.pipeline.threads
+        resources:
+            gpu=GPUS,
+        retries: RETRIES
+        conda:
+            ENV
+        shell:
+            "rnas search --params \"$RNAS_WORKFLOW_PARAMS\" --run {wildcards.run} --seed {wildcards.seed} > {log} 2>&1"

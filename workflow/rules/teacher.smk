@@ -1,17 +1,20 @@
 rule teacher:
+    input:
+        code=dag.code_inputs("teacher"),
     output:
         model=TEACHER_MODEL,
         curves=f"{DS_DIR}/teacher/train.json",
     params:
-        h=key_hash("teacher"),
+        h=params_hash(P, stage_keys("teacher")),
     log:
         f"{LOGS}/teacher.log",
     benchmark:
         f"{LOGS}/teacher.benchmark.tsv"
     threads: P.pipeline.threads
     resources:
-        mem_mb=4000,
         gpu=GPUS,
-        runtime=60,
+    retries: RETRIES
+    conda:
+        ENV
     shell:
-        "{RNAS} teacher {PFLAG} > {log} 2>&1"
+        "rnas teacher --params \"$RNAS_WORKFLOW_PARAMS\" > {log} 2>&1"

@@ -151,10 +151,13 @@ class DsrnaMethod(BilevelMethod):
             lb, cb_logits = bound_metric(model, x, y, cfg.epsilon, cfg.norm, cfg.bound_method,
                                          getattr(torch, cfg.bound_dtype))
             if not torch.isfinite(lb).all():
+                fix = ("set search.methods.dsrna.bound_dtype: float64, or lower search.methods.dsrna.epsilon / "
+                       "search.layers" if cfg.bound_dtype != "float64" else
+                       "float64 overflows too (docs/methods/dsrna.md, 'Paper scale'): lower search.layers "
+                       "(search.methods.dsrna.overrides.layers)")
                 raise NonFiniteLossError(
                     f"DSRNA R_cb: the {cfg.bound_method} margin bound is not finite in {cfg.bound_dtype} "
-                    f"(loose bounds of a deep untrained supernet overflow); set search.methods.dsrna."
-                    f"bound_dtype: float64, or lower search.methods.dsrna.epsilon / search.layers")
+                    f"(loose bounds of a deep untrained supernet overflow); {fix}")
             parts["r_cb"] = scale_bound(lb, cfg.cb_scale).mean()
             parts["margin_bound"] = lb.detach().mean()
             parts["certified_frac"] = (lb.detach() > 0).float().mean()

@@ -147,7 +147,8 @@ class RnasClWidthSearch(SearchMethod):
         self.cfg, w = cfg, cfg.width
         net = WidthSupernet(ctx.info.num_classes, ctx.info.input_channels, ctx.info.name, ctx.info.image_size,
                             w.stem_channels, w.stage_widths, w.stage_blocks, w.stage_strides, w.expansion,
-                            w.kernel, w.width_options, w.width_step)
+                            w.kernel, w.width_options, w.width_step, w.width_step_channels, w.stem_stride,
+                            w.stage_width_options)
         self.supernet = place_model(net, ctx.device, ctx.params.pipeline.channels_last)
         self.cl = CrossLayerTerms(self.supernet, _require_teacher(ctx), cfg, ctx.device, ctx.seed)
         self.supernet.generator = self.cl.generator
@@ -229,10 +230,10 @@ class RnasClWidthSearch(SearchMethod):
     def end_epoch(self, epoch: int) -> dict[str, float]:
         self.w_sched.step()
         with torch.no_grad():
-            macs_argmax = float(self.supernet.expected_cost(one_hot_argmax(self.supernet.width_logits)))
-            macs_expected = float(self.supernet.expected_cost(torch.softmax(self.supernet.width_logits, -1)))
+            macs_argmax = float(self.supernet.expected_cost(one_hot_argmax(self.supernet.logits())))
+            macs_expected = float(self.supernet.expected_cost(torch.softmax(self.supernet.logits(), -1)))
         return {"tau": self.cl.tau, "macs_argmax": macs_argmax, "macs_expected": macs_expected,
-                "width_entropy": alpha_entropy(self.supernet.width_logits), "tutor_entropy": self.cl.tutor_entropy()}
+                "width_entropy": alpha_entropy(self.supernet.logits()), "tutor_entropy": self.cl.tutor_entropy()}
 
     def eval_model(self) -> nn.Module:
         return self.supernet  # expected (soft) widths in eval mode
@@ -240,13 +241,14 @@ class RnasClWidthSearch(SearchMethod):
     def architecture(self) -> dict[str, Any]:
         widths = self.supernet.discrete_widths()
         with torch.no_grad():
-            macs = float(self.supernet.expected_cost(one_hot_argmax(self.supernet.width_logits)))
+            macs = float(self.supernet.expected_cost(one_hot_argmax(self.supernet.logits())))
         rep = self.cl.report()
         return {
             "space": "width", "widths": widths, "tutors": rep["tutors"],
             "student_layers": rep["student_layers"], "teacher_layers": rep["teacher_layers"],
             "width_options": [list(o) for o in self.supernet.options],
-            "width_probabilities": torch.softmax(self.supernet.width_logits.detach(), -1).cpu().tolist(),
+            "width_probabilities": [p[:len(o)] for p, o in zip(torch.softmax(self.supernet.logits().detach(), -1).cpu().tolist(),
+                                                                  self.supernet.options)],
             "macs": int(round(macs)), "image_size": self.supernet.image_size,
             "network": self.supernet.final_model_args(widths),
         }
