@@ -14,7 +14,7 @@ SHELL := bash
 # pip's notes about this machine's unused local package folders are filtered; its errors are not.
 QUIET := 2>&1 | { grep -v "is ignored: it is neither" || true; }
 
-.PHONY: setup browser slurm run run-full test test-slurm test-fast dvc bench paper-smoke mlflow clean-results
+.PHONY: setup browser slurm run run-full test test-slurm test-fast lint-fix dvc bench paper-smoke mlflow clean-results
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -46,7 +46,10 @@ browser:
 slurm: setup
 	PYTHON=$(BIN)/python bash tests/slurm/setup.sh >/dev/null || echo "slurm-wlm not installed: the SLURM test will skip (fail under CI=true)"
 
+# ruff (pyproject.toml [tool.ruff]) lints and format-checks the Python first; `make lint-fix` applies both.
 test: setup browser slurm
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q
 
 # Only the real single-node SLURM run of the tiny pipeline.
@@ -54,7 +57,13 @@ test-slurm: setup slurm
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q tests/test_slurm.py
 
 test-fast: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -m "not slow"
+
+lint-fix: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 dvc: setup
 	dvc repro

@@ -74,26 +74,42 @@ def machine(device: torch.device, threads: int) -> str:
         mem = f", {total:.0f} GiB RAM"
     except (OSError, ValueError, IndexError):
         pass
-    text = (f"{cpu_name()} ({os.cpu_count()} logical CPUs{mem}); torch {torch.__version__}, "
-            f"{threads} intra-op thread(s); python {platform.python_version()}")
+    text = (
+        f"{cpu_name()} ({os.cpu_count()} logical CPUs{mem}); torch {torch.__version__}, "
+        f"{threads} intra-op thread(s); python {platform.python_version()}"
+    )
     if device.type == "cuda":
         text += f"; GPU {torch.cuda.get_device_name(device)}"
     return text
 
 
 def run_variant(case: str, variant: str, args: argparse.Namespace, repeats: int, model_file: str | None) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.measure", "--case", case, "--variant", variant,
-           "--repeats", str(repeats), "--threads", str(args.threads), "--device", args.device_name]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.measure",
+        "--case",
+        case,
+        "--variant",
+        variant,
+        "--repeats",
+        str(repeats),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device_name,
+    ]
     if args.quick:
         cmd.append("--quick")
     if model_file:
         cmd += ["--model-file", model_file]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               GIT_PYTHON_REFRESH="quiet")
+    env = dict(
+        os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), GIT_PYTHON_REFRESH="quiet"
+    )
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     tail = (out.stderr or out.stdout).strip().splitlines()[-6:]
     return {"error": f"exit {out.returncode}: " + " | ".join(tail)}
 
@@ -107,18 +123,28 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small batches and example counts (a smoke run)")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="timed runs after a warm-up (default 3; --quick: 1); multi-second steps always run "
-                        "once, without warm-up")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1, as pipeline.threads: one core per Snakemake job)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed runs after a warm-up (default 3; --quick: 1); multi-second steps always run once, without warm-up",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1, as pipeline.threads: one core per Snakemake job)",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--only", default="", help="comma-separated case names (default: all)")
     p.add_argument("--no-ablations", action="store_true", help="skip the per-optimization ablation rows")
     p.add_argument("--markdown", default="", help="also write the table to this file")
     args = p.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     args.device_name = device.type
     torch.set_num_threads(args.threads)
     names = [n for n in (args.only.split(",") if args.only else CASES) if n]
@@ -131,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"machine: {machine(device, args.threads)}"]
     ceil32 = matmul_ceiling(device, torch.float32, 4096 if device.type == "cuda" else 2048, repeats=10)
     ceil16 = matmul_ceiling(device, torch.bfloat16, 8192) if device.type == "cuda" else None
-    lines.append(f"matmul ceiling: {ceil32:.0f} GFLOP/s float32"
-                 + (f", {ceil16:.0f} GFLOP/s bfloat16" if ceil16 else "") + " (best of 5 torch.mm)")
+    lines.append(
+        f"matmul ceiling: {ceil32:.0f} GFLOP/s float32"
+        + (f", {ceil16:.0f} GFLOP/s bfloat16" if ceil16 else "")
+        + " (best of 5 torch.mm)"
+    )
     print("\n".join(lines), flush=True)
 
     model_file = None
@@ -141,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         model_file = str(Path(tmp.name) / "digits_pgd.pt")
         last = train_digits_model(Path(model_file), epochs=1 if args.quick else 2)
-        msg = (f"evaluation model: digits DARTS V2 net PGD-trained in {time.perf_counter() - t0:.0f} s "
-               f"(val clean {last['val_clean_acc']:.3f}, val PGD {last['val_robust_acc']:.3f})")
+        msg = (
+            f"evaluation model: digits DARTS V2 net PGD-trained in {time.perf_counter() - t0:.0f} s "
+            f"(val clean {last['val_clean_acc']:.3f}, val PGD {last['val_robust_acc']:.3f})"
+        )
         lines.append(msg)
         print(msg, flush=True)
 
@@ -161,10 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         case = CASES[name]
         # the ceiling is re-measured before every case and the best kept: on a shared machine a
         # single measurement can land in a busy moment and understate it
-        ceil32 = max(ceil32, matmul_ceiling(device, torch.float32, 4096 if device.type == "cuda" else 2048,
-                                            repeats=3))
-        configs.append(f"- `{name}` ({case.group}): {case.config}"
-                       + (f" [--quick: {case.quick_config}]" if args.quick and case.quick_config else ""))
+        ceil32 = max(ceil32, matmul_ceiling(device, torch.float32, 4096 if device.type == "cuda" else 2048, repeats=3))
+        configs.append(
+            f"- `{name}` ({case.group}): {case.config}"
+            + (f" [--quick: {case.quick_config}]" if args.quick and case.quick_config else "")
+        )
         if case.cuda_only and device.type != "cuda":
             emit([name, "n/a", "", "", "", "", "", "", "CUDA only: not run on CPU"])
             continue
@@ -189,9 +221,17 @@ def main(argv: list[str] | None = None) -> int:
             s = min(r["seconds"])
             ceiling = ceil16 if (r["amp"] and ceil16) else ceil32
             gflops = r["flops"] / s / 1e9 if r["flops"] is not None else None
-            cells = [name, variant, f"{s:.3f}", f"{r['images'] / s:.1f}", f"{r['peak_mib']:.0f}",
-                     "-" if gflops is None else f"{gflops:.1f}",
-                     "-" if gflops is None else f"{100 * gflops / ceiling:.1f}%", "", ""]
+            cells = [
+                name,
+                variant,
+                f"{s:.3f}",
+                f"{r['images'] / s:.1f}",
+                f"{r['peak_mib']:.0f}",
+                "-" if gflops is None else f"{gflops:.1f}",
+                "-" if gflops is None else f"{100 * gflops / ceiling:.1f}%",
+                "",
+                "",
+            ]
             base = results.get(case.variants[0])
             if variant == case.variants[1] and base and "error" not in base:
                 cells[7] = f"{abs(r['result'] - base['result']):.2g}" if case.same_result else "n/a"
@@ -199,15 +239,18 @@ def main(argv: list[str] | None = None) -> int:
                 limit = allowed_delta(case, base, r)
                 if case.same_result and not abs(r["result"] - base["result"]) <= limit:  # NaN fails too
                     cells[7] += f" MISMATCH (> {limit:.2g})"
-                    failures.append(f"{name}: result {r['result']!r} ({variant}) vs {base['result']!r} "
-                                    f"({case.variants[0]}), |Δ| beyond the allowed {limit:.2g}")
+                    failures.append(
+                        f"{name}: result {r['result']!r} ({variant}) vs {base['result']!r} "
+                        f"({case.variants[0]}), |Δ| beyond the allowed {limit:.2g}"
+                    )
             emit(cells)
     final = f"matmul ceiling, best over the run: {ceil32:.0f} GFLOP/s float32"
     lines.append(final)
     print("\n" + final + "\n\nConfigurations:\n" + "\n".join(configs), flush=True)
     if args.markdown:
-        Path(args.markdown).write_text("\n".join(lines) + "\n\n" + "\n".join(table) + "\n\nConfigurations:\n"
-                                       + "\n".join(configs) + "\n")
+        Path(args.markdown).write_text(
+            "\n".join(lines) + "\n\n" + "\n".join(table) + "\n\nConfigurations:\n" + "\n".join(configs) + "\n"
+        )
     tmp.cleanup()
     if failures:
         print("\nbenchmark FAILED:\n" + "\n".join(f"- {f}" for f in failures), file=sys.stderr, flush=True)

@@ -14,12 +14,11 @@ CUDA bf16 autocast). Ablation cases compare one optimization switched off ("befo
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.reference import plain_kernels
@@ -47,6 +46,7 @@ PGD_TRAIN_REL = 0.1
 @dataclass
 class Env:
     """What a case is built for: the device, the size preset and the robust model's file."""
+
     device: torch.device
     quick: bool = False
     model_file: str | None = None  # state_dict of the PGD-trained digits network (evaluation rows)
@@ -55,8 +55,8 @@ class Env:
 @dataclass
 class Workload:
     run: Callable[[], float]  # one unit of work; returns a scalar result for the Δ check
-    images: int               # examples processed by one run (images/s = images / seconds)
-    amp: bool = False         # ran under bf16 autocast (GFLOP/s is then compared to the bf16 ceiling)
+    images: int  # examples processed by one run (images/s = images / seconds)
+    amp: bool = False  # ran under bf16 autocast (GFLOP/s is then compared to the bf16 ceiling)
     count_flops: bool = True  # False where the counter's per-op Python overhead would dominate the warm-up
     count_run: Callable[[], object] | None = None  # a smaller run whose FLOPs x count_scale are the run's
     count_scale: float = 1.0
@@ -66,17 +66,17 @@ class Workload:
 class Case:
     name: str
     group: str
-    config: str                       # one line: the configuration measured
+    config: str  # one line: the configuration measured
     build: Callable[[str, Env], Workload]
     variants: tuple[str, str] = VARIANTS
-    quick_config: str = ""            # the configuration under --quick, when it differs
+    quick_config: str = ""  # the configuration under --quick, when it differs
     cuda_only: bool = False
-    requires: str = ""                # a module that must import, else the row says unavailable
-    heavy: bool = False               # multi-second steps: no warm-up, one timed run (FLOPs from count_run)
-    single_run: bool = False          # no repeat: the one (uncounted) run is the timed one (minutes-long rows)
-    same_result: bool = True          # False: the two variants compute different things (no Δresult)
+    requires: str = ""  # a module that must import, else the row says unavailable
+    heavy: bool = False  # multi-second steps: no warm-up, one timed run (FLOPs from count_run)
+    single_run: bool = False  # no repeat: the one (uncounted) run is the timed one (minutes-long rows)
+    same_result: bool = True  # False: the two variants compute different things (no Δresult)
     tolerance_rel: float = ROUNDOFF_REL  # |Δresult| allowed, relative to max(1, |result(straightforward)|) ...
-    tolerance_examples: int = 0       # ... plus this many examples' worth of an accuracy (k / images)
+    tolerance_examples: int = 0  # ... plus this many examples' worth of an accuracy (k / images)
 
 
 def allowed_delta(case: Case, base: dict, other: dict) -> float:
@@ -88,6 +88,7 @@ def allowed_delta(case: Case, base: dict, other: dict) -> float:
 
 # -- shared pieces ---------------------------------------------------------------------------
 
+
 def _digits_params():
     """params.yaml (the default digits profile): the evaluation rows use its settings."""
     from rnas.config import load_params
@@ -96,6 +97,7 @@ def _digits_params():
 
 
 _P = _digits_params()
+
 
 def _use_amp(variant: str, env: Env) -> bool:
     return variant in ("fast", "after") and env.device.type == "cuda"
@@ -131,6 +133,7 @@ def darts_v2():
 
 # -- (a) one supernet search step ------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class SearchSpec:
     init_channels: int
@@ -142,9 +145,15 @@ class SearchSpec:
     partial_channels: int
 
 
-def _search_workload(spec: SearchSpec, variant: str, env: Env, fused: bool | None = None,
-                     channels_last: bool | None = None, amp: bool | None = None,
-                     compile: bool = False) -> Workload:
+def _search_workload(
+    spec: SearchSpec,
+    variant: str,
+    env: Env,
+    fused: bool | None = None,
+    channels_last: bool | None = None,
+    amp: bool | None = None,
+    compile: bool = False,
+) -> Workload:
     """One first-order DARTS step (α on an architecture batch, then w on a weight batch) through
     rnas's :class:`~rnas.search.base.BilevelMethod`; the straightforward variant swaps in the
     direct supernet forward of :mod:`benchmarks.reference` in NCHW."""
@@ -162,16 +171,23 @@ def _search_workload(spec: SearchSpec, variant: str, env: Env, fused: bool | Non
         from rnas.runtime import configure_acceleration
 
         configure_acceleration(amp=amp, compile=True, device=env.device)
-    params = params_from_dict({
-        "pipeline": {"device": env.device.type, "channels_last": channels_last, "progress": False},
-        "search": {"init_channels": spec.init_channels, "layers": spec.layers, "batch_size": spec.batch,
-                   "partial_channels": spec.partial_channels},
-    })
+    params = params_from_dict(
+        {
+            "pipeline": {"device": env.device.type, "channels_last": channels_last, "progress": False},
+            "search": {
+                "init_channels": spec.init_channels,
+                "layers": spec.layers,
+                "batch_size": spec.batch,
+                "partial_channels": spec.partial_channels,
+            },
+        }
+    )
     info = dataclasses.replace(DATASETS[spec.dataset], image_size=spec.size)
     torch.manual_seed(0)
     method = BilevelMethod()
-    method.setup(SearchContext(params=params, run=resolve_run("darts"), info=info, device=env.device, seed=0,
-                               steps_per_epoch=1))
+    method.setup(
+        SearchContext(params=params, run=resolve_run("darts"), info=info, device=env.device, seed=0, steps_per_epoch=1)
+    )
     if not fused:
         method.supernet = NaiveSupernet(method.supernet)
     xw, yw = _data(spec.batch, spec.channels, spec.size, info.num_classes, 1, env.device)
@@ -189,8 +205,15 @@ def _search_workload(spec: SearchSpec, variant: str, env: Env, fused: bool | Non
 
 PAPER_SEARCH = SearchSpec(16, 8, 64, 32, 3, "cifar10", 1)
 PAPER_SEARCH_QUICK = SearchSpec(16, 8, 8, 32, 3, "cifar10", 1)
-DIGITS_SEARCH = SearchSpec(_P.search.init_channels, _P.search.layers, _P.search.batch_size,  # params.yaml
-                           _P.data.image_size, 1, "digits", _P.search.partial_channels)
+DIGITS_SEARCH = SearchSpec(
+    _P.search.init_channels,
+    _P.search.layers,
+    _P.search.batch_size,  # params.yaml
+    _P.data.image_size,
+    1,
+    "digits",
+    _P.search.partial_channels,
+)
 
 
 def _paper(k: int, quick: bool) -> SearchSpec:
@@ -199,8 +222,10 @@ def _paper(k: int, quick: bool) -> SearchSpec:
 
 # -- (b) PGD-10 adversarial training step ----------------------------------------------------
 
-def _train_workload(build_model: Callable[[], nn.Module], batch: int, size: int, channels: int,
-                    variant: str, env: Env) -> Workload:
+
+def _train_workload(
+    build_model: Callable[[], nn.Module], batch: int, size: int, channels: int, variant: str, env: Env
+) -> Workload:
     """One step of the trainer's inner loop: PGD-10 (ε 8/255, step 2/255, random start) on
     the batch, CE on the adversarial examples, backward, clip 5, SGD."""
     from rnas.config import PerturbationConfig
@@ -229,8 +254,9 @@ def _train_workload(build_model: Callable[[], nn.Module], batch: int, size: int,
         opt.step()
         return float(loss)
 
-    return Workload(lambda: step(x, y), images=batch, amp=amp, count_run=lambda: step(x[:2], y[:2]),
-                    count_scale=batch / 2)
+    return Workload(
+        lambda: step(x, y), images=batch, amp=amp, count_run=lambda: step(x[:2], y[:2]), count_scale=batch / 2
+    )
 
 
 def _resnet18() -> nn.Module:
@@ -247,11 +273,11 @@ def _darts_v2_paper() -> nn.Module:
 
 # -- (c), (d): evaluation of the PGD-trained digits network ----------------------------------
 
-EVAL_EPS = _P.evaluate.epsilon              # L∞ radius, pixel units
-EVAL_STEP = _P.evaluate.pgd_step_size       # absolute PGD step
+EVAL_EPS = _P.evaluate.epsilon  # L∞ radius, pixel units
+EVAL_STEP = _P.evaluate.pgd_step_size  # absolute PGD step
 EVAL_N, EVAL_N_QUICK = _P.evaluate.n_examples, 32
 CERT_N, CERT_N_QUICK = _P.evaluate.certify_batch_size, 32
-SQUARE_QUERIES = 500    # AutoAttack's Square budget here (standard: 5000; see README)
+SQUARE_QUERIES = 500  # AutoAttack's Square budget here (standard: 5000; see README)
 AA_N, AA_N_QUICK = min(64, EVAL_N), 16  # AutoAttack on CPU takes minutes: at most 64 examples
 
 
@@ -260,16 +286,23 @@ def digits_network() -> nn.Module:
     at params.yaml's digits image size."""
     from rnas.space.network import CellNetwork
 
-    return CellNetwork(darts_v2(), init_channels=_P.retrain.init_channels, layers=_P.retrain.layers,
-                       num_classes=10, input_channels=1, dataset="digits")
+    return CellNetwork(
+        darts_v2(),
+        init_channels=_P.retrain.init_channels,
+        layers=_P.retrain.layers,
+        num_classes=10,
+        input_channels=1,
+        dataset="digits",
+    )
 
 
 def _digits_splits():
     from rnas.data import load_splits
 
     d = _P.data
-    return load_splits("digits", seed=0, image_size=d.image_size, val_fraction=d.val_fraction,
-                       test_fraction=d.test_fraction)
+    return load_splits(
+        "digits", seed=0, image_size=d.image_size, val_fraction=d.val_fraction, test_fraction=d.test_fraction
+    )
 
 
 def train_digits_model(path: Path, epochs: int = 2) -> dict[str, float]:
@@ -360,8 +393,10 @@ def _bounds_workload(variant: str, env: Env) -> Workload:
 
 # -- ablations: one optimization off / on ----------------------------------------------------
 
-def _op_workload(op: nn.Module, variant: str, env: Env, batch: int, channels: int, size: int, data_seed: int,
-                 train: bool = True) -> Workload:
+
+def _op_workload(
+    op: nn.Module, variant: str, env: Env, batch: int, channels: int, size: int, data_seed: int, train: bool = True
+) -> Workload:
     """Forward + backward of one op on a channels-last batch; the "before" variant gets the plain
     ``nn.Conv2d`` / ``nn.AvgPool2d`` kernels back (:func:`plain_kernels`)."""
     if variant == "before":
@@ -424,72 +459,190 @@ def _amp_or_compile_workload(option: str, variant: str, env: Env) -> Workload:
     return _search_workload(spec, "fast", env, amp=False, compile=on)
 
 
-def _search_case(name: str, group: str, spec_of: Callable[[bool], SearchSpec], config: str, quick: str,
-                 heavy: bool = False, **kw) -> Case:
-    return Case(name, group, config, lambda v, e: _search_workload(spec_of(e.quick), v, e, **kw),
-                quick_config=quick, heavy=heavy, tolerance_rel=SEARCH_REL)
+def _search_case(
+    name: str, group: str, spec_of: Callable[[bool], SearchSpec], config: str, quick: str, heavy: bool = False, **kw
+) -> Case:
+    return Case(
+        name,
+        group,
+        config,
+        lambda v, e: _search_workload(spec_of(e.quick), v, e, **kw),
+        quick_config=quick,
+        heavy=heavy,
+        tolerance_rel=SEARCH_REL,
+    )
 
 
-CASES: dict[str, Case] = {c.name: c for c in (
-    _search_case("search_darts_paper", "a", lambda q: _paper(1, q),
-                 "DARTS supernet C=16, 8 cells, batch 64+64, 32x32x3, first-order step",
-                 "DARTS supernet C=16, 8 cells, batch 8+8, 32x32x3", heavy=True),
-    _search_case("search_pcdarts_paper", "a", lambda q: _paper(4, q),
-                 "PC-DARTS K=4 supernet C=16, 8 cells, batch 64+64, 32x32x3, first-order step",
-                 "PC-DARTS K=4 supernet C=16, 8 cells, batch 8+8, 32x32x3", heavy=True),
-    _search_case("search_digits_default", "a", lambda q: DIGITS_SEARCH,
-                 f"params.yaml search: C={DIGITS_SEARCH.init_channels}, {DIGITS_SEARCH.layers} cells, batch "
-                 f"{DIGITS_SEARCH.batch}+{DIGITS_SEARCH.batch}, {DIGITS_SEARCH.size}x{DIGITS_SEARCH.size}x1 digits, "
-                 f"K={DIGITS_SEARCH.partial_channels}", ""),
-    Case("pgd10_resnet18", "b", "PreAct ResNet-18 (width 64), batch 32, 32x32x3, PGD-10 AT step",
-         lambda v, e: _train_workload(_resnet18, 8 if e.quick else 32, 32, 3, v, e),
-         quick_config="PreAct ResNet-18, batch 8", heavy=True, tolerance_rel=PGD_TRAIN_REL),
-    Case("pgd10_darts_v2", "b", "DARTS V2 network C=36, 20 cells, batch 8, 32x32x3, PGD-10 AT step",
-         lambda v, e: _train_workload(_darts_v2_paper, 4 if e.quick else 8, 32, 3, v, e),
-         quick_config="DARTS V2 C=36, 20 cells, batch 4", heavy=True, tolerance_rel=PGD_TRAIN_REL),
-    Case("eval_pgd20", "c", f"PGD-20 flags, params.yaml's digits evaluation (DARTS V2 cell, "
-         f"C={_P.retrain.init_channels}, {_P.retrain.layers} cells), n={EVAL_N}, eps {EVAL_EPS}",
-         _pgd20_workload, quick_config=f"n={EVAL_N_QUICK}", tolerance_examples=2),
-    Case("eval_pgd20_autoattack", "c",
-         f"worst case PGD-20 + AutoAttack (Square {SQUARE_QUERIES} queries), n={AA_N}, eps {EVAL_EPS}",
-         _worst_case_workload, quick_config=f"n={AA_N_QUICK}", single_run=True, tolerance_examples=2),
-    Case("certify_ibp_crown", "d", f"IBP + CROWN-IBP margin bounds, digits DARTS V2 net, n={CERT_N}, eps {EVAL_EPS}",
-         _bounds_workload, quick_config=f"n={CERT_N_QUICK}", requires="rnas.bounds", tolerance_examples=1),
-    # ablations
-    Case("ablate_channels_last", "ablation", "channels_last: straightforward supernet step NCHW -> NHWC "
-         "(paper C=16, 8 cells, batch 16+16)",
-         lambda v, e: _search_workload(dataclasses.replace(_paper(1, True), batch=4 if e.quick else 16), v, e,
-                                       fused=False, channels_last=(v == "after")),
-         variants=ABLATION_VARIANTS, heavy=True, tolerance_rel=SEARCH_REL),
-    Case("ablate_fused_mixed_op", "ablation", "fused mixed op (shared ReLU, no `none` op, in-place addcmul, "
-         "subsampled stride-2 dil convs), NHWC (paper C=16, 8 cells, batch 16+16)",
-         lambda v, e: _search_workload(dataclasses.replace(_paper(1, True), batch=4 if e.quick else 16), v, e,
-                                       fused=(v == "after"), channels_last=True),
-         variants=ABLATION_VARIANTS, heavy=True, tolerance_rel=SEARCH_REL),
-    Case("ablate_partial_channels", "ablation", "PC-DARTS partial channels K=1 -> K=4, fast path "
-         "(paper C=16, 8 cells, batch 16+16)",
-         lambda v, e: _search_workload(dataclasses.replace(_paper(1 if v == "before" else 4, True),
-                                                           batch=4 if e.quick else 16), "fast", e),
-         variants=ABLATION_VARIANTS, heavy=True, same_result=False),
-    Case("ablate_dilconv_s2_3x3", "ablation", "dil_conv_3x3 stride 2: dilated kernel -> subsampled conv "
-         "(C=32, 32x32, batch 64, fwd+bwd)",
-         lambda v, e: _dilconv_workload(2, 3, v, e, e.quick), variants=ABLATION_VARIANTS),
-    Case("ablate_dilconv_s2_5x5", "ablation", "dil_conv_5x5 stride 2: dilated kernel -> subsampled conv "
-         "(C=32, 32x32, batch 64, fwd+bwd)",
-         lambda v, e: _dilconv_workload(2, 5, v, e, e.quick), variants=ABLATION_VARIANTS),
-    Case("ablate_pointwise", "ablation", "1x1 conv (+ReLU): oneDNN conv -> one matmul "
-         "(C=8, 8x8 digits map, batch 100, fwd+bwd)",
-         lambda v, e: _small_map_workload("conv_1x1", 8, 8, v, e, e.quick), variants=ABLATION_VARIANTS),
-    Case("ablate_dilconv_crop", "ablation", "dil_conv_5x5 stride 1 on a 2x2 map: full kernel -> the taps "
-         "that reach the map (C=32, batch 100, fwd+bwd)",
-         lambda v, e: _small_map_workload("dil_conv_5x5", 32, 2, v, e, e.quick), variants=ABLATION_VARIANTS),
-    Case("ablate_avgpool", "ablation", "avg_pool_3x3 (+BN): pooling kernel -> ones-kernel depthwise conv / "
-         "window count (C=16, 32x32, batch 64, fwd+bwd)",
-         lambda v, e: _avgpool_workload(v, e, e.quick), variants=ABLATION_VARIANTS),
-    Case("ablate_amp", "ablation", "bf16 autocast off -> on (PC-DARTS paper search step)",
-         lambda v, e: _amp_or_compile_workload("amp", v, e), variants=ABLATION_VARIANTS, cuda_only=True,
-         heavy=True, tolerance_rel=SEARCH_REL),
-    Case("ablate_compile", "ablation", "torch.compile off -> on (PC-DARTS paper search step)",
-         lambda v, e: _amp_or_compile_workload("compile", v, e), variants=ABLATION_VARIANTS, cuda_only=True,
-         tolerance_rel=SEARCH_REL),
-)}
+CASES: dict[str, Case] = {
+    c.name: c
+    for c in (
+        _search_case(
+            "search_darts_paper",
+            "a",
+            lambda q: _paper(1, q),
+            "DARTS supernet C=16, 8 cells, batch 64+64, 32x32x3, first-order step",
+            "DARTS supernet C=16, 8 cells, batch 8+8, 32x32x3",
+            heavy=True,
+        ),
+        _search_case(
+            "search_pcdarts_paper",
+            "a",
+            lambda q: _paper(4, q),
+            "PC-DARTS K=4 supernet C=16, 8 cells, batch 64+64, 32x32x3, first-order step",
+            "PC-DARTS K=4 supernet C=16, 8 cells, batch 8+8, 32x32x3",
+            heavy=True,
+        ),
+        _search_case(
+            "search_digits_default",
+            "a",
+            lambda q: DIGITS_SEARCH,
+            f"params.yaml search: C={DIGITS_SEARCH.init_channels}, {DIGITS_SEARCH.layers} cells, batch "
+            f"{DIGITS_SEARCH.batch}+{DIGITS_SEARCH.batch}, {DIGITS_SEARCH.size}x{DIGITS_SEARCH.size}x1 digits, "
+            f"K={DIGITS_SEARCH.partial_channels}",
+            "",
+        ),
+        Case(
+            "pgd10_resnet18",
+            "b",
+            "PreAct ResNet-18 (width 64), batch 32, 32x32x3, PGD-10 AT step",
+            lambda v, e: _train_workload(_resnet18, 8 if e.quick else 32, 32, 3, v, e),
+            quick_config="PreAct ResNet-18, batch 8",
+            heavy=True,
+            tolerance_rel=PGD_TRAIN_REL,
+        ),
+        Case(
+            "pgd10_darts_v2",
+            "b",
+            "DARTS V2 network C=36, 20 cells, batch 8, 32x32x3, PGD-10 AT step",
+            lambda v, e: _train_workload(_darts_v2_paper, 4 if e.quick else 8, 32, 3, v, e),
+            quick_config="DARTS V2 C=36, 20 cells, batch 4",
+            heavy=True,
+            tolerance_rel=PGD_TRAIN_REL,
+        ),
+        Case(
+            "eval_pgd20",
+            "c",
+            f"PGD-20 flags, params.yaml's digits evaluation (DARTS V2 cell, "
+            f"C={_P.retrain.init_channels}, {_P.retrain.layers} cells), n={EVAL_N}, eps {EVAL_EPS}",
+            _pgd20_workload,
+            quick_config=f"n={EVAL_N_QUICK}",
+            tolerance_examples=2,
+        ),
+        Case(
+            "eval_pgd20_autoattack",
+            "c",
+            f"worst case PGD-20 + AutoAttack (Square {SQUARE_QUERIES} queries), n={AA_N}, eps {EVAL_EPS}",
+            _worst_case_workload,
+            quick_config=f"n={AA_N_QUICK}",
+            single_run=True,
+            tolerance_examples=2,
+        ),
+        Case(
+            "certify_ibp_crown",
+            "d",
+            f"IBP + CROWN-IBP margin bounds, digits DARTS V2 net, n={CERT_N}, eps {EVAL_EPS}",
+            _bounds_workload,
+            quick_config=f"n={CERT_N_QUICK}",
+            requires="rnas.bounds",
+            tolerance_examples=1,
+        ),
+        # ablations
+        Case(
+            "ablate_channels_last",
+            "ablation",
+            "channels_last: straightforward supernet step NCHW -> NHWC (paper C=16, 8 cells, batch 16+16)",
+            lambda v, e: _search_workload(
+                dataclasses.replace(_paper(1, True), batch=4 if e.quick else 16),
+                v,
+                e,
+                fused=False,
+                channels_last=(v == "after"),
+            ),
+            variants=ABLATION_VARIANTS,
+            heavy=True,
+            tolerance_rel=SEARCH_REL,
+        ),
+        Case(
+            "ablate_fused_mixed_op",
+            "ablation",
+            "fused mixed op (shared ReLU, no `none` op, in-place addcmul, "
+            "subsampled stride-2 dil convs), NHWC (paper C=16, 8 cells, batch 16+16)",
+            lambda v, e: _search_workload(
+                dataclasses.replace(_paper(1, True), batch=4 if e.quick else 16),
+                v,
+                e,
+                fused=(v == "after"),
+                channels_last=True,
+            ),
+            variants=ABLATION_VARIANTS,
+            heavy=True,
+            tolerance_rel=SEARCH_REL,
+        ),
+        Case(
+            "ablate_partial_channels",
+            "ablation",
+            "PC-DARTS partial channels K=1 -> K=4, fast path (paper C=16, 8 cells, batch 16+16)",
+            lambda v, e: _search_workload(
+                dataclasses.replace(_paper(1 if v == "before" else 4, True), batch=4 if e.quick else 16), "fast", e
+            ),
+            variants=ABLATION_VARIANTS,
+            heavy=True,
+            same_result=False,
+        ),
+        Case(
+            "ablate_dilconv_s2_3x3",
+            "ablation",
+            "dil_conv_3x3 stride 2: dilated kernel -> subsampled conv (C=32, 32x32, batch 64, fwd+bwd)",
+            lambda v, e: _dilconv_workload(2, 3, v, e, e.quick),
+            variants=ABLATION_VARIANTS,
+        ),
+        Case(
+            "ablate_dilconv_s2_5x5",
+            "ablation",
+            "dil_conv_5x5 stride 2: dilated kernel -> subsampled conv (C=32, 32x32, batch 64, fwd+bwd)",
+            lambda v, e: _dilconv_workload(2, 5, v, e, e.quick),
+            variants=ABLATION_VARIANTS,
+        ),
+        Case(
+            "ablate_pointwise",
+            "ablation",
+            "1x1 conv (+ReLU): oneDNN conv -> one matmul (C=8, 8x8 digits map, batch 100, fwd+bwd)",
+            lambda v, e: _small_map_workload("conv_1x1", 8, 8, v, e, e.quick),
+            variants=ABLATION_VARIANTS,
+        ),
+        Case(
+            "ablate_dilconv_crop",
+            "ablation",
+            "dil_conv_5x5 stride 1 on a 2x2 map: full kernel -> the taps that reach the map (C=32, batch 100, fwd+bwd)",
+            lambda v, e: _small_map_workload("dil_conv_5x5", 32, 2, v, e, e.quick),
+            variants=ABLATION_VARIANTS,
+        ),
+        Case(
+            "ablate_avgpool",
+            "ablation",
+            "avg_pool_3x3 (+BN): pooling kernel -> ones-kernel depthwise conv / "
+            "window count (C=16, 32x32, batch 64, fwd+bwd)",
+            lambda v, e: _avgpool_workload(v, e, e.quick),
+            variants=ABLATION_VARIANTS,
+        ),
+        Case(
+            "ablate_amp",
+            "ablation",
+            "bf16 autocast off -> on (PC-DARTS paper search step)",
+            lambda v, e: _amp_or_compile_workload("amp", v, e),
+            variants=ABLATION_VARIANTS,
+            cuda_only=True,
+            heavy=True,
+            tolerance_rel=SEARCH_REL,
+        ),
+        Case(
+            "ablate_compile",
+            "ablation",
+            "torch.compile off -> on (PC-DARTS paper search step)",
+            lambda v, e: _amp_or_compile_workload("compile", v, e),
+            variants=ABLATION_VARIANTS,
+            cuda_only=True,
+            tolerance_rel=SEARCH_REL,
+        ),
+    )
+}

@@ -72,8 +72,9 @@ class FlopCount(TorchDispatchMode):
         return out
 
 
-def measure(case_name: str, variant: str, repeats: int, device: torch.device, quick: bool,
-            model_file: str | None) -> dict:
+def measure(
+    case_name: str, variant: str, repeats: int, device: torch.device, quick: bool, model_file: str | None
+) -> dict:
     from benchmarks.cases import CASES, Env
 
     case = CASES[case_name]
@@ -119,9 +120,17 @@ def measure(case_name: str, variant: str, repeats: int, device: torch.device, qu
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     else:
         peak = max(0.0, peak_rss_mib() - base)  # (VmHWM and statm differ by page rounding)
-    return {"case": case_name, "variant": variant, "seconds": times, "warmup_seconds": warmup_s,
-            "flops": flops, "peak_mib": peak, "result": result,
-            "images": work.images, "amp": work.amp}
+    return {
+        "case": case_name,
+        "variant": variant,
+        "seconds": times,
+        "warmup_seconds": warmup_s,
+        "flops": flops,
+        "peak_mib": peak,
+        "result": result,
+        "images": work.images,
+        "amp": work.amp,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -161,8 +161,17 @@ class ProfileSmoke:
         self.teacher: torch.nn.Module | None = None
         self.rows: list[Row] = []
 
-    def row(self, run: str, step: str, network: str, params: int, fn: Callable[[], Any], amp: bool,
-            images: int | None = None, known: tuple[type, str, str] | None = None) -> Any:
+    def row(
+        self,
+        run: str,
+        step: str,
+        network: str,
+        params: int,
+        fn: Callable[[], Any],
+        amp: bool,
+        images: int | None = None,
+        known: tuple[type, str, str] | None = None,
+    ) -> Any:
         """Measure ``fn`` as one line. ``known``: (exception type, text in its message, where it is
         documented) of a known failure: reported as XFAIL, not counted as a failure."""
         r = Row(self.path, run, step, network, params, images or self.images)
@@ -195,8 +204,9 @@ class ProfileSmoke:
         model = build_model(**{k: v for k, v in args.items() if k != "kind"})
         self.teacher = place_model(model, self.device, self.params.pipeline.channels_last)
         name = f"teacher {self.params.teacher.family}"
-        self.row("teacher", "train", name, _count(model), lambda: self.train_step(model, self.params.teacher.train),
-                 self.amp)
+        self.row(
+            "teacher", "train", name, _count(model), lambda: self.train_step(model, self.params.teacher.train), self.amp
+        )
         self.evaluate("teacher", name, model)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -233,8 +243,15 @@ class ProfileSmoke:
         spec = resolve_run(run)
         params = params_for_run(self.params, run)
         method = make_method(spec.method)
-        ctx = SearchContext(params=params, run=spec, info=self.info, device=self.device, seed=0, steps_per_epoch=1,
-                            teacher=self.teacher if spec.needs_teacher else None)
+        ctx = SearchContext(
+            params=params,
+            run=spec,
+            info=self.info,
+            device=self.device,
+            seed=0,
+            steps_per_epoch=1,
+            teacher=self.teacher if spec.needs_teacher else None,
+        )
         method.setup(ctx)
         net = getattr(method, "supernet", None) or getattr(getattr(method, "impl", None), "supernet", None)
         network = type(net).__name__ if net is not None else "(no network)"
@@ -280,13 +297,26 @@ class ProfileSmoke:
         whose supernet was estimated before (a budget run, another dataset of the same shape) reuses
         that row instead of running it again."""
         s, lr = params.search, params.search.methods.lrnas
-        key = (s.init_channels, s.layers, s.nodes, s.partial_channels, self.info.input_channels,
-               self.info.image_size, lr.attack_each_coalition, lr.truncation_tolerance, self.amp)
+        key = (
+            s.init_channels,
+            s.layers,
+            s.nodes,
+            s.partial_channels,
+            self.info.input_channels,
+            self.info.image_size,
+            lr.attack_each_coalition,
+            lr.truncation_tolerance,
+            self.amp,
+        )
         images = min(lr.batch_size, self.images)
         done = ESTIMATED.get(key)
         if done is not None:
-            r = dataclasses.replace(done, profile=self.path, run=run, note=f"as {Path(done.profile).stem} "
-                                    f"{done.run} (same cells, channels and batch; not run again)")
+            r = dataclasses.replace(
+                done,
+                profile=self.path,
+                run=run,
+                note=f"as {Path(done.profile).stem} {done.run} (same cells, channels and batch; not run again)",
+            )
             self.rows.append(r)
             self.log(r)
             return
@@ -307,19 +337,32 @@ class ProfileSmoke:
         from rnas.stages.retrain import build_final_network
 
         spec = resolve_run(run)
-        model = place_model(build_final_network(self.params, spec, arch_path, self.info), self.device,
-                            self.params.pipeline.channels_last)
+        model = place_model(
+            build_final_network(self.params, spec, arch_path, self.info),
+            self.device,
+            self.params.pipeline.channels_last,
+        )
         n_params = _count(model)
         macs = count_macs(model, (self.info.input_channels, self.info.image_size, self.info.image_size))
         r = self.params.retrain
-        network = (f"{type(model).__name__} " + (f"C={r.init_channels} L={r.layers} " if spec.space == "cell" else "")
-                   + f"{macs / 1e6:.1f}M MACs")
+        network = (
+            f"{type(model).__name__} "
+            + (f"C={r.init_channels} L={r.layers} " if spec.space == "cell" else "")
+            + f"{macs / 1e6:.1f}M MACs"
+        )
         extra = None
         if spec.distill:
             d = r.distill
-            extra = FixedTutorDistillation(model, self.teacher, load_tutors(arch_path), map_size=d.map_size,
-                                           gamma=d.gamma, kl_weight=d.kl_weight, temperature=d.temperature,
-                                           loss_form=d.loss_form)
+            extra = FixedTutorDistillation(
+                model,
+                self.teacher,
+                load_tutors(arch_path),
+                map_size=d.map_size,
+                gamma=d.gamma,
+                kl_weight=d.kl_weight,
+                temperature=d.temperature,
+                loss_form=d.loss_form,
+            )
         self.row(run, "retrain", network, n_params, lambda: self.train_step(model, r.train, extra), self.amp)
         if extra is not None:
             extra.remove()
@@ -336,8 +379,9 @@ class ProfileSmoke:
                 archs[run] = archs.get(spec.arch_from) if spec.arch_from else self.search(run)
             except Exception as err:
                 traceback.print_exc()
-                r = Row(self.path, run, "search", "", 0, self.images, ok=False,
-                        note=f"FAILED {type(err).__name__}: {err}")
+                r = Row(
+                    self.path, run, "search", "", 0, self.images, ok=False, note=f"FAILED {type(err).__name__}: {err}"
+                )
                 self.rows.append(r)
                 self.log(r)
                 archs[run] = None
@@ -358,8 +402,10 @@ HEADER = "| profile | run | step | network | params | images | s | peak MiB (+gr
 
 
 def markdown_line(r: Row) -> str:
-    return (f"| {Path(r.profile).stem} | {r.run} | {r.step} | {r.network} | {r.params:,} | {r.images} | "
-            f"{r.seconds:.2f} | {r.peak_mib:.0f} (+{r.growth_mib:.0f}) | {r.flops / 1e9:.1f} | {r.note} |")
+    return (
+        f"| {Path(r.profile).stem} | {r.run} | {r.step} | {r.network} | {r.params:,} | {r.images} | "
+        f"{r.seconds:.2f} | {r.peak_mib:.0f} (+{r.growth_mib:.0f}) | {r.flops / 1e9:.1f} | {r.note} |"
+    )
 
 
 # -- the cost sheet ----------------------------------------------------------------------------
@@ -371,14 +417,24 @@ SEARCH_THROUGHPUT = 1e12
 
 #: Training-set sizes (the pool before the validation split) of the paper-scale datasets.
 TRAIN_POOL = {"cifar10": 50_000, "cifar100": 50_000, "svhn": 73_257, "mnist": 60_000}
+
+
 #: Forward+backward passes per example of the attack suite, upper bound (an example still robust
 #: after every attack): FGSM 1, PGD-20 20, PGD-100 100, APGD-CE + APGD-T 1,000, AutoAttack standard
 #: L∞ and L2 (APGD-CE 100, APGD-T 9x100, FAB-T 9x100x2, Square 5000 queries ≈ 1700
 #: backward-equivalents) 4,500 each, C&W-L2 binary-search steps x steps, DeepFool steps x classes,
 #: the ε sweep's PGD-20s.
 def attack_passes(ev: Any, num_classes: int) -> int:
-    per = {"fgsm": 1, "pgd20": 20, "pgd100": 100, "apgd": 1000, "autoattack": 4500, "autoattack_l2": 4500,
-           "cw": ev.cw_steps * ev.cw_binary_search_steps, "deepfool": ev.deepfool_steps * num_classes}
+    per = {
+        "fgsm": 1,
+        "pgd20": 20,
+        "pgd100": 100,
+        "apgd": 1000,
+        "autoattack": 4500,
+        "autoattack_l2": 4500,
+        "cw": ev.cw_steps * ev.cw_binary_search_steps,
+        "deepfool": ev.deepfool_steps * num_classes,
+    }
     return sum(per.get(a, 0) for a in ev.attacks) * ev.pgd_restarts + 20 * len(ev.eps_sweep)
 
 
@@ -404,15 +460,18 @@ def cost_rows(rows: list[Row]) -> list[dict[str, Any]]:
         n_train = pool - int(round(params.data.val_fraction * pool))
         n_val, half = pool - n_train, n_train // 2
 
-        def train_flops(run: str, cfg: Any) -> float:
-            row, val = by_key.get((profile, run, "train" if run == "teacher" else "retrain")), \
-                by_key.get((profile, run, "evaluate"))
+        # The loop's values are bound as defaults (each iteration calls its own helpers).
+        def train_flops(run: str, cfg: Any, *, profile=profile, n_train=n_train, n_val=n_val) -> float:
+            row, val = (
+                by_key.get((profile, run, "train" if run == "teacher" else "retrain")),
+                by_key.get((profile, run, "evaluate")),
+            )
             if row is None:
                 return float("nan")
             val_per_example = val.flops / val.images * (cfg.perturbation.steps + 1) / 21 if val else 0.0
             return cfg.epochs * (n_train * row.flops / row.images + n_val * val_per_example)
 
-        def evaluate_flops(run: str) -> float:
+        def evaluate_flops(run: str, *, profile=profile, params=params) -> float:
             """The attack suite (the batch's PGD-20 is 21 passes; the suite attack_passes) and the
             certification (the bound at ε, each ε of the sweep, each bisection step of the radius)."""
             ev = params.evaluate
@@ -425,8 +484,16 @@ def cost_rows(rows: list[Row]) -> list[dict[str, Any]]:
                 flops += cert.flops / cert.images * (1 + len(ev.certify_eps_sweep) + ev.certify_radius_steps)
             return ev.n_examples * flops
 
-        out.append({"profile": profile, "run": "teacher", "space": "", "search": 0.0,
-                    "train": train_flops("teacher", params.teacher.train), "evaluate": evaluate_flops("teacher")})
+        out.append(
+            {
+                "profile": profile,
+                "run": "teacher",
+                "space": "",
+                "search": 0.0,
+                "train": train_flops("teacher", params.teacher.train),
+                "evaluate": evaluate_flops("teacher"),
+            }
+        )
         for run in params.pipeline.runs:
             spec = resolve_run(run)
             s = params_for_run(params, run).search
@@ -439,30 +506,44 @@ def cost_rows(rows: list[Row]) -> list[dict[str, Any]]:
                     est = by_key.get((profile, run, "estimate"))
                     if est is not None:
                         lr = s.methods.lrnas
-                        search += (est.flops / est.images * lr.batch_size * lr.permutations
-                                   * (s.epochs - lr.warmup_epochs))
-            out.append({"profile": profile, "run": run, "space": spec.space, "search": search,
-                        "train": train_flops(run, params.retrain.train), "evaluate": evaluate_flops(run)})
+                        search += (
+                            est.flops / est.images * lr.batch_size * lr.permutations * (s.epochs - lr.warmup_epochs)
+                        )
+            out.append(
+                {
+                    "profile": profile,
+                    "run": run,
+                    "space": spec.space,
+                    "search": search,
+                    "train": train_flops(run, params.retrain.train),
+                    "evaluate": evaluate_flops(run),
+                }
+            )
     return out
 
 
-def cost_markdown(costs: list[dict[str, Any]], throughput: float, search_throughput: float,
-                  seeds: dict[str, int]) -> str:
+def cost_markdown(
+    costs: list[dict[str, Any]], throughput: float, search_throughput: float, seeds: dict[str, int]
+) -> str:
     """The table of docs/cost.md: PFLOP per stage and the device-hours at the stated achieved throughputs
     (FLOP/s): ``search_throughput`` for the cell-supernet searches (thousands of tiny kernels a step),
     ``throughput`` for everything else (the networks, and the width space's search, whose FLOPs are
     mostly the teacher's forward passes)."""
+
     def hours(flops: float, t: float) -> float:
         return flops / t / 3600
 
     def fmt(v: float, scale: float = 1.0, digits: int = 1) -> str:
         return "–" if math.isnan(v) else f"{v / scale:.{digits}f}"
 
-    lines = [f"Achieved throughput: cell-supernet searches {search_throughput / 1e12:g} TFLOP/s, everything else "
-             f"{throughput / 1e12:g} TFLOP/s (matmul and convolution FLOPs).", "",
-             "| profile | run | search PFLOP | retrain PFLOP | evaluate PFLOP | search h | retrain h | evaluate h | "
-             "seeds | total h |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"Achieved throughput: cell-supernet searches {search_throughput / 1e12:g} TFLOP/s, everything else "
+        f"{throughput / 1e12:g} TFLOP/s (matmul and convolution FLOPs).",
+        "",
+        "| profile | run | search PFLOP | retrain PFLOP | evaluate PFLOP | search h | retrain h | evaluate h | "
+        "seeds | total h |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     totals: dict[str, float] = {}
     for c in costs:
         n = 1 if c["run"] == "teacher" else seeds[c["profile"]]
@@ -471,8 +552,10 @@ def cost_markdown(costs: list[dict[str, Any]], throughput: float, search_through
         total = sum(v for v in h if not math.isnan(v)) * n
         totals[c["profile"]] = totals.get(c["profile"], 0.0) + total
         pf = [fmt(c[k], 1e15) for k in ("search", "train", "evaluate")]
-        lines.append(f"| {Path(c['profile']).stem} | {c['run']} | {' | '.join(pf)} | "
-                     f"{' | '.join(fmt(v, digits=2) for v in h)} | {n} | {total:.1f} |")
+        lines.append(
+            f"| {Path(c['profile']).stem} | {c['run']} | {' | '.join(pf)} | "
+            f"{' | '.join(fmt(v, digits=2) for v in h)} | {n} | {total:.1f} |"
+        )
     lines.append("")
     for profile, total in totals.items():
         lines.append(f"- {Path(profile).stem}: {total:.0f} device-hours ({total / 24:.1f} device-days)")
@@ -488,14 +571,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write every row as JSON here")
     p.add_argument("--cost", default=None, help="write the cost table (docs/cost.md) here")
     p.add_argument("--throughput", type=float, default=THROUGHPUT, help="achieved FLOP/s on the networks (cost table)")
-    p.add_argument("--search-throughput", type=float, default=SEARCH_THROUGHPUT,
-                   help="achieved FLOP/s on the supernet searches (cost table)")
+    p.add_argument(
+        "--search-throughput",
+        type=float,
+        default=SEARCH_THROUGHPUT,
+        help="achieved FLOP/s on the supernet searches (cost table)",
+    )
     p.add_argument("--from-json", default=None, help="no steps: the cost table from a --json file of an earlier run")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"paper-smoke: {args.images} random images per batch, {args.threads} thread(s), torch "
-          f"{torch.__version__}; peak = resident memory of this process during the step", flush=True)
+    print(
+        f"paper-smoke: {args.images} random images per batch, {args.threads} thread(s), torch "
+        f"{torch.__version__}; peak = resident memory of this process during the step",
+        flush=True,
+    )
     print(HEADER)
     print("| --- " * (HEADER.count("|") - 1) + "|")
     runs = args.runs.split(",") if args.runs else None
@@ -507,8 +597,10 @@ def main(argv: list[str] | None = None) -> int:
         smoke = ProfileSmoke(profile, args.images, runs, lambda r: print(markdown_line(r), flush=True))
         rows += smoke.run_all()
     failed = [r for r in rows if not r.ok]
-    print(f"\n{len(rows)} steps in {time.perf_counter() - t0:.0f} s, {len(failed)} failed; "
-          f"peak resident memory {max((r.peak_mib for r in rows if r.ok), default=0):.0f} MiB")
+    print(
+        f"\n{len(rows)} steps in {time.perf_counter() - t0:.0f} s, {len(failed)} failed; "
+        f"peak resident memory {max((r.peak_mib for r in rows if r.ok), default=0):.0f} MiB"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1) + "\n")
     if args.cost:

@@ -56,7 +56,7 @@ def naive_mixed_op(m: MixedOp, x: torch.Tensor, weights: torch.Tensor) -> torch.
     out = sum(w * naive_op(op, xa) for w, op in zip(weights, m.ops))
     if m.k == 1:
         return out
-    xb = x[:, x.shape[1] // m.k:]
+    xb = x[:, x.shape[1] // m.k :]
     if m.bypass_pool is not None:
         xb = m.bypass_pool(xb)
     return naive_shuffle(torch.cat([out, xb], dim=1), m.k)
@@ -74,7 +74,7 @@ def naive_cell(cell: SearchCell, s0, s1, weights, edge_weights) -> torch.Tensor:
             total = total + out
         offset += len(states)
         states.append(total)
-    return torch.cat(states[-cell.nodes:], dim=1)
+    return torch.cat(states[-cell.nodes :], dim=1)
 
 
 def naive_supernet_forward(net: Supernet, x: torch.Tensor) -> torch.Tensor:

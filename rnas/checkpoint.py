@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -125,14 +126,16 @@ class ResumeState:
             if state["params_hash"] != self.params_hash:
                 raise CheckpointError(
                     f"{path}: written with other params (hash {state['params_hash']}, now {self.params_hash}); "
-                    f"delete {self.folder} to start over")
+                    f"delete {self.folder} to start over"
+                )
             self.loaded_from = path
             return state
         if present:
             raise CheckpointError(
                 f"{self.folder}: no readable checkpoint among {', '.join(p.name for p in present)} "
                 f"({'; '.join(errors)}); not starting over silently. The files are left untouched: "
-                f"restore a good checkpoint there, or delete {self.folder} to start over")
+                f"restore a good checkpoint there, or delete {self.folder} to start over"
+            )
         return None
 
     def clear(self) -> None:
@@ -153,6 +156,7 @@ def log_steps_run(desc: str, steps: int, kind: str, start: int, epochs: int) -> 
 
 
 # -- model registry ------------------------------------------------------------------
+
 
 def _build_cell(args: dict) -> nn.Module:
     from rnas.space.network import CellNetwork

@@ -51,13 +51,14 @@ def requested_command(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(requested_command(argv)).parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     from rnas.checkpoint import CheckpointError
     from rnas.config import ParamsError
     from rnas.data import DatasetNotFoundError
-    from rnas.space.genotype import GenotypeError
     from rnas.distill import DistillationError
+    from rnas.space.genotype import GenotypeError
     from rnas.tracking import Terminated, install_sigterm_handler
     from rnas.training.trainer import NonFiniteLossError
 

@@ -36,8 +36,24 @@ from rnas.runs import resolve_run
 
 PACKAGE = Path(__file__).resolve().parent
 METHODS_PACKAGE = "rnas.search.methods"
-DATA_SUFFIXES = frozenset({".html", ".htm", ".css", ".js", ".j2", ".jinja", ".jinja2", ".txt", ".json", ".yaml",
-                           ".yml", ".md", ".rst", ".csv"})
+DATA_SUFFIXES = frozenset(
+    {
+        ".html",
+        ".htm",
+        ".css",
+        ".js",
+        ".j2",
+        ".jinja",
+        ".jinja2",
+        ".txt",
+        ".json",
+        ".yaml",
+        ".yml",
+        ".md",
+        ".rst",
+        ".csv",
+    }
+)
 DEFAULT_PARAMS = "params.yaml"
 STAGES = ("teacher", "search", "retrain", "evaluate", "report")
 
@@ -101,8 +117,11 @@ def report_inputs(params: Params) -> list[str]:
     architecture file, ``search.json`` (own searches only), ``alphas.json`` and the PNGs it drew."""
     out: list[str] = []
     for run, seed in [(paths.TEACHER, 0), *((r, s) for r in params.pipeline.runs for s in params.pipeline.seeds)]:
-        out += [str(paths.eval_file(params, run, seed)), str(paths.flags_file(params, run, seed)),
-                str(paths.train_log(params, run, seed))]
+        out += [
+            str(paths.eval_file(params, run, seed)),
+            str(paths.flags_file(params, run, seed)),
+            str(paths.train_log(params, run, seed)),
+        ]
         if run == paths.TEACHER:
             continue
         source = paths.arch_source(run)
@@ -202,8 +221,12 @@ def method_modules() -> dict[str, str]:
     without importing it (that would import every method, and torch)."""
     path = _modules()[METHODS_PACKAGE]
     tree = ast.parse(path.read_text(), str(path))
-    where = {a.asname or a.name: node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-             for a in node.names}
+    where = {
+        a.asname or a.name: node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for a in node.names
+    }
     for node in ast.walk(tree):
         target = getattr(node, "target", None) or (node.targets[0] if isinstance(node, ast.Assign) else None)
         if isinstance(target, ast.Name) and target.id == "METHODS" and isinstance(node.value, ast.Dict):
@@ -220,9 +243,14 @@ def _data_files(modules: set[str]) -> set[Path]:
         if path.name != "__init__.py":
             continue
         for file in path.parent.rglob("*"):
-            if (file.is_file() and file.suffix in DATA_SUFFIXES and "__pycache__" not in file.parts
-                    and not any((d / "__init__.py").exists() for d in file.parents
-                                if d != path.parent and path.parent in d.parents)):
+            if (
+                file.is_file()
+                and file.suffix in DATA_SUFFIXES
+                and "__pycache__" not in file.parts
+                and not any(
+                    (d / "__init__.py").exists() for d in file.parents if d != path.parent and path.parent in d.parents
+                )
+            ):
                 out.add(file)
     return out
 
@@ -286,9 +314,11 @@ def params_text(config: dict[str, Any]) -> str:
     """Snakemake's config (the params file, any ``--configfile`` merged over it, ``--config``) as
     a params file."""
     config = json.loads(json.dumps(config))  # plain dicts and lists for YAML
-    return ("# The params of a Snakemake invocation (Snakemake's config: params.yaml or RNAS_PARAMS,\n"
-            "# --configfile and --config merged), written by the workflow for the rnas commands.\n"
-            + yaml.safe_dump(config, sort_keys=False, width=120))
+    return (
+        "# The params of a Snakemake invocation (Snakemake's config: params.yaml or RNAS_PARAMS,\n"
+        "# --configfile and --config merged), written by the workflow for the rnas commands.\n"
+        + yaml.safe_dump(config, sort_keys=False, width=120)
+    )
 
 
 def write_if_changed(path: str | Path, text: str) -> bool:
@@ -329,8 +359,10 @@ class _Template:
         path = Path(path)
         text = path.as_posix()
         if self.templated:
-            for base, expr in ((self.ds_dir, "${pipeline.results}/${data.dataset}"),
-                               (self.results, "${pipeline.results}")):
+            for base, expr in (
+                (self.ds_dir, "${pipeline.results}/${data.dataset}"),
+                (self.results, "${pipeline.results}"),
+            ):
                 if base == path or base in path.parents:
                     text = "/".join([expr, *path.relative_to(base).parts])
                     break
@@ -366,8 +398,10 @@ def dvc_yaml(params: Params, params_file: str = DEFAULT_PARAMS, root: str | Path
     stage, whose check stops with what to do. ``root`` is the
     folder dvc.yaml goes in (code paths are relative to it; default: the working directory)."""
     t = _Template(params, params_file, Path(root or os.getcwd()).resolve())
-    teacher_eval = {"outs": [{t.path(paths.flags_file(params, paths.TEACHER, 0)): {"cache": False}}],
-                    "metrics": [{t.path(paths.eval_file(params, paths.TEACHER, 0)): {"cache": False}}]}
+    teacher_eval = {
+        "outs": [{t.path(paths.flags_file(params, paths.TEACHER, 0)): {"cache": False}}],
+        "metrics": [{t.path(paths.eval_file(params, paths.TEACHER, 0)): {"cache": False}}],
+    }
     stages: dict[str, Any] = {
         "teacher": {
             "cmd": t.cmd("teacher"),
@@ -384,18 +418,24 @@ def dvc_yaml(params: Params, params_file: str = DEFAULT_PARAMS, root: str | Path
     }
     for run in params.pipeline.runs:
         if resolve_run(run).arch_from is None:
-            stages[f"search_{run}"] = {"foreach": t.seeds(), "do": {
-                "cmd": t.cmd("search", "--run", run, "--seed", "${item}"),
-                "deps": [t.path(p) for p in search_inputs(params, run)] + t.code("search", run),
-                "params": t.keys("search", run),
-                "outs": [t.path(p) for p in search_outputs(params, run, _SEED)],
-            }}
-        stages[f"retrain_{run}"] = {"foreach": t.seeds(), "do": {
-            "cmd": t.cmd("retrain", "--run", run, "--seed", "${item}"),
-            "deps": [t.path(p) for p in retrain_inputs(params, run, _SEED)] + t.code("retrain"),
-            "params": t.keys("retrain", run),
-            "outs": [t.path(paths.model_file(params, run, _SEED)), t.path(paths.train_log(params, run, _SEED))],
-        }}
+            stages[f"search_{run}"] = {
+                "foreach": t.seeds(),
+                "do": {
+                    "cmd": t.cmd("search", "--run", run, "--seed", "${item}"),
+                    "deps": [t.path(p) for p in search_inputs(params, run)] + t.code("search", run),
+                    "params": t.keys("search", run),
+                    "outs": [t.path(p) for p in search_outputs(params, run, _SEED)],
+                },
+            }
+        stages[f"retrain_{run}"] = {
+            "foreach": t.seeds(),
+            "do": {
+                "cmd": t.cmd("retrain", "--run", run, "--seed", "${item}"),
+                "deps": [t.path(p) for p in retrain_inputs(params, run, _SEED)] + t.code("retrain"),
+                "params": t.keys("retrain", run),
+                "outs": [t.path(paths.model_file(params, run, _SEED)), t.path(paths.train_log(params, run, _SEED))],
+            },
+        }
     item = {"seed": "${item.seed}", "run": "${item.run}"}
     stages["evaluate"] = {
         "matrix": {"run": list(params.pipeline.runs), "seed": t.seeds()},
@@ -411,8 +451,10 @@ def dvc_yaml(params: Params, params_file: str = DEFAULT_PARAMS, root: str | Path
         "cmd": f"rnas dvc-yaml --params {params_file} --check dvc.yaml && {t.cmd('report')}",
         "deps": [t.path(paths.dataset_dir(params)), *t.code("report")],
         "params": t.keys("report"),
-        "outs": [{t.path(p): {"cache": False}} for p in
-                 (paths.report_md(params), paths.report_html(params), paths.plots_dir(params))],
+        "outs": [
+            {t.path(p): {"cache": False}}
+            for p in (paths.report_md(params), paths.report_html(params), paths.plots_dir(params))
+        ],
     }
     return {"stages": stages, "plots": _plots(params, t)}
 
@@ -427,19 +469,20 @@ def _plots(params: Params, t: _Template) -> list[Any]:
         if isinstance(entry, str):
             out.append(t.path(entry))
             continue
-        (name, spec), = entry.items()
+        ((name, spec),) = entry.items()
         out.append({name: {**spec, "y": {t.path(f): series for f, series in spec["y"].items()}}})
     return out
 
 
 def render_dvc_yaml(params: Params, params_file: str = DEFAULT_PARAMS, root: str | Path | None = None) -> str:
-    header = ("# dvc's view of the pipeline (docs/design.md §2), written by `rnas dvc-yaml` from the params file,\n"
-              "# the run registry and the code's imports; the report stage runs `rnas dvc-yaml --check` first.\n"
-              "# Seeds, dataset and results folder are dvc templating over params.yaml (`dvc exp run -S\n"
-              "# pipeline.seeds=[0,1]` needs no new file); after changing pipeline.runs or a module's imports,\n"
-              "# run `rnas dvc-yaml --out dvc.yaml`.\n")
-    return header + yaml.safe_dump(dvc_yaml(params, params_file, root), sort_keys=False, width=120,
-                                   allow_unicode=True)
+    header = (
+        "# dvc's view of the pipeline (docs/design.md §2), written by `rnas dvc-yaml` from the params file,\n"
+        "# the run registry and the code's imports; the report stage runs `rnas dvc-yaml --check` first.\n"
+        "# Seeds, dataset and results folder are dvc templating over params.yaml (`dvc exp run -S\n"
+        "# pipeline.seeds=[0,1]` needs no new file); after changing pipeline.runs or a module's imports,\n"
+        "# run `rnas dvc-yaml --out dvc.yaml`.\n"
+    )
+    return header + yaml.safe_dump(dvc_yaml(params, params_file, root), sort_keys=False, width=120, allow_unicode=True)
 
 
 def dvc_yaml_problems(path: str | Path, params: Params, params_file: str = DEFAULT_PARAMS) -> list[str]:

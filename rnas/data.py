@@ -80,9 +80,7 @@ class TensorPair:
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
-            raise ValueError(
-                f"x and y disagree on the number of examples: {self.x.shape[0]} != {self.y.shape[0]}"
-            )
+            raise ValueError(f"x and y disagree on the number of examples: {self.x.shape[0]} != {self.y.shape[0]}")
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -157,9 +155,7 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return bunch.images, bunch.target
 
 
-def _load_digits(
-    root: Path, download: bool, image_size: int, test_fraction: float
-) -> tuple[TensorPair, TensorPair]:
+def _load_digits(root: Path, download: bool, image_size: int, test_fraction: float) -> tuple[TensorPair, TensorPair]:
     """scikit-learn's digits: values 0..16 -> [0, 1], bilinear upsampling to ``image_size``."""
     del root, download  # bundled with scikit-learn
     images, target = digits_arrays()
@@ -199,9 +195,7 @@ def _torchvision_loader(name: str, subfolder: str) -> Loader:
     ``.labels``), never through PIL images.
     """
 
-    def load(
-        root: Path, download: bool, image_size: int, test_fraction: float
-    ) -> tuple[TensorPair, TensorPair]:
+    def load(root: Path, download: bool, image_size: int, test_fraction: float) -> tuple[TensorPair, TensorPair]:
         del image_size, test_fraction  # native resolution, official test split
         try:
             train = _read_torchvision(name, root, download, train=True)
@@ -249,15 +243,9 @@ DATASETS: dict[str, DatasetInfo] = {
     "fashion_mnist": DatasetInfo(
         "fashion_mnist", 10, 1, 28, 0.3, _torchvision_loader("fashion_mnist", "FashionMNIST/raw")
     ),
-    "cifar10": DatasetInfo(
-        "cifar10", 10, 3, 32, 8 / 255, _torchvision_loader("cifar10", "cifar-10-batches-py")
-    ),
-    "cifar100": DatasetInfo(
-        "cifar100", 100, 3, 32, 8 / 255, _torchvision_loader("cifar100", "cifar-100-python")
-    ),
-    "svhn": DatasetInfo(
-        "svhn", 10, 3, 32, 8 / 255, _torchvision_loader("svhn", "{train,test}_32x32.mat")
-    ),
+    "cifar10": DatasetInfo("cifar10", 10, 3, 32, 8 / 255, _torchvision_loader("cifar10", "cifar-10-batches-py")),
+    "cifar100": DatasetInfo("cifar100", 100, 3, 32, 8 / 255, _torchvision_loader("cifar100", "cifar-100-python")),
+    "svhn": DatasetInfo("svhn", 10, 3, 32, 8 / 255, _torchvision_loader("svhn", "{train,test}_32x32.mat")),
 }
 
 
@@ -420,8 +408,12 @@ def augment_batch(x: Tensor, crop_padding: int, flip: bool, generator: torch.Gen
         rows = (offsets[0][:, None] + torch.arange(h)).to(device)  # (B, H)
         cols = (offsets[1][:, None] + torch.arange(w)).to(device)  # (B, W)
         padded = F.pad(x, (p, p, p, p))  # (B, C, H + 2p, W + 2p)
-        x = padded[torch.arange(b, device=device)[:, None, None, None], torch.arange(c, device=device)[None, :, None, None],
-                   rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
+        x = padded[
+            torch.arange(b, device=device)[:, None, None, None],
+            torch.arange(c, device=device)[None, :, None, None],
+            rows[:, None, :, None],
+            cols[:, None, None, :],
+        ]  # (B, C, H, W)
     if flip:
         mirrored = torch.rand(b, generator=generator) < 0.5  # (B,)
         x = torch.where(mirrored.to(device)[:, None, None, None], x.flip(3), x)

@@ -47,6 +47,7 @@ class DistillationError(ValueError):
 
 # -- attention maps ------------------------------------------------------------------
 
+
 def resize_map(m: torch.Tensor, size: int) -> torch.Tensor:
     """(B, H, W) -> (B, size, size): area averaging when shrinking, bilinear when growing."""
     h, w = m.shape[-2:]
@@ -84,8 +85,7 @@ LOSS_FORMS = ("public", "paper")
 SQRT_FLOOR = 1e-12
 
 
-def attention_loss(student: torch.Tensor, teacher: torch.Tensor, g: torch.Tensor,
-                   form: str = "public") -> torch.Tensor:
+def attention_loss(student: torch.Tensor, teacher: torch.Tensor, g: torch.Tensor, form: str = "public") -> torch.Tensor:
     """L_attn of maps (n_s, B, D), (n_t, B, D) with tutor weights g (n_s, n_t); d_ij = batch mean of
     ‖F̂(A_s^i) − F̂(A_t^j)‖².
 
@@ -105,11 +105,16 @@ def attention_loss(student: torch.Tensor, teacher: torch.Tensor, g: torch.Tensor
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """T²·KL(softmax(t/T) ‖ softmax(s/T)), mean over the batch (Hinton et al. 2015)."""
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits.detach() / t, dim=1),
-                    reduction="batchmean", log_target=True) * (t * t)
+    return F.kl_div(
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits.detach() / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (t * t)
 
 
 # -- layers ------------------------------------------------------------------------------
+
 
 def teacher_layers(model: nn.Module) -> Layers:
     """Every ``nn.Conv2d`` of the teacher, in module order (any architecture)."""
@@ -129,8 +134,11 @@ def cell_layers(model: nn.Module) -> Layers:
     """
     layers: Layers = [("stem", model.stem)]
     for i, cell in enumerate(model.cells):
-        layers += [(f"cells.{i}.preprocess0", cell.preprocess0), (f"cells.{i}.preprocess1", cell.preprocess1),
-                   (f"cells.{i}", cell)]
+        layers += [
+            (f"cells.{i}.preprocess0", cell.preprocess0),
+            (f"cells.{i}.preprocess1", cell.preprocess1),
+            (f"cells.{i}", cell),
+        ]
     return layers
 
 
@@ -279,8 +287,9 @@ def load_tutors(arch_path: str | Path) -> dict[str, Any]:
     if not (isinstance(data, dict) and data.get("space") == "width"):
         tutors_path = arch_path.parent / "tutors.json"
         if not tutors_path.is_file():
-            raise DistillationError(f"{tutors_path}: tutors file not found (written by the RNAS-CL search "
-                                    f"beside {arch_path.name})")
+            raise DistillationError(
+                f"{tutors_path}: tutors file not found (written by the RNAS-CL search beside {arch_path.name})"
+            )
         data = json.loads(tutors_path.read_text())
     missing = [k for k in ("student_layers", "teacher_layers", "tutors") if k not in data]
     if missing:
@@ -289,6 +298,7 @@ def load_tutors(arch_path: str | Path) -> dict[str, Any]:
 
 
 # -- the retraining loss -----------------------------------------------------------------
+
 
 class FixedTutorDistillation:
     """RNAS-CL's retraining terms as the Trainer's ``extra_loss``:
@@ -300,8 +310,18 @@ class FixedTutorDistillation:
     another tensor, the student runs once more on ``x_used``.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, assignment: dict[str, Any], *, map_size: int,
-                 gamma: float, kl_weight: float, temperature: float, loss_form: str = "public"):
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        assignment: dict[str, Any],
+        *,
+        map_size: int,
+        gamma: float,
+        kl_weight: float,
+        temperature: float,
+        loss_form: str = "public",
+    ):
         if loss_form not in LOSS_FORMS:
             raise DistillationError(f"unknown loss form {loss_form!r}; known: {', '.join(LOSS_FORMS)}")
         self.loss_form = loss_form
@@ -310,11 +330,11 @@ class FixedTutorDistillation:
             raise DistillationError(
                 "the teacher's conv layers differ from those the tutors were searched with "
                 f"({len(self.teacher.names)} now, {len(assignment['teacher_layers'])} in the tutor file): "
-                "retrain with the teacher the search used")
+                "retrain with the teacher the search used"
+            )
         layers = student_layers(student)
         self.student_taps = MapTaps(layers, map_size, root=student)
-        tutors = transfer_tutors(list(assignment["student_layers"]), list(assignment["tutors"]),
-                                 [n for n, _ in layers])
+        tutors = transfer_tutors(list(assignment["student_layers"]), list(assignment["tutors"]), [n for n, _ in layers])
         n_t = len(self.teacher.names)
         if any(not 0 <= t < n_t for t in tutors):
             raise DistillationError(f"tutor indices {tutors} out of range for {n_t} teacher layers")

@@ -10,8 +10,14 @@ import dataclasses
 from rnas.config import SearchConfig
 from rnas.runs import resolve_run
 
-RUNTIME_KEYS = ("pipeline.device", "pipeline.threads", "pipeline.deterministic", "pipeline.channels_last",
-                "pipeline.amp", "pipeline.compile")
+RUNTIME_KEYS = (
+    "pipeline.device",
+    "pipeline.threads",
+    "pipeline.deterministic",
+    "pipeline.channels_last",
+    "pipeline.amp",
+    "pipeline.compile",
+)
 TEACHER_KEYS = ("pipeline.teacher_checkpoint", "pipeline.teacher_normalization")  # stages that load the teacher
 SEARCH_COMMON = tuple(f"search.{f.name}" for f in dataclasses.fields(SearchConfig) if f.name != "methods")
 
@@ -29,8 +35,15 @@ def stage_keys(stage: str, run: str | None = None) -> tuple[str, ...]:
         spec = resolve_run(run)
         extra = tuple(k for k in spec.method_keys if k.startswith("retrain."))
         extra += TEACHER_KEYS if spec.distill else ()
-        return ("data", "retrain.init_channels", "retrain.layers", "retrain.drop_path", "retrain.train",
-                *extra, *RUNTIME_KEYS)
+        return (
+            "data",
+            "retrain.init_channels",
+            "retrain.layers",
+            "retrain.drop_path",
+            "retrain.train",
+            *extra,
+            *RUNTIME_KEYS,
+        )
     if stage == "evaluate":
         return ("data", "evaluate", *RUNTIME_KEYS)
     if stage == "report":

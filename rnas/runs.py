@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class RunSpec:
     name: str
-    method: str                 # key of rnas.search.methods.METHODS
+    method: str  # key of rnas.search.methods.METHODS
     variant: str = "default"
-    space: str = "cell"         # "cell" (genotype.json) or "width" (architecture.json)
+    space: str = "cell"  # "cell" (genotype.json) or "width" (architecture.json)
     needs_teacher: bool = False  # the search and retraining read the teacher checkpoint
     method_keys: tuple[str, ...] = field(default=())  # params sections the method reads
     arch_from: str | None = None  # ablation: reuse this run's architecture, no search of its own
-    distill: bool = False          # retraining adds the method's distillation terms (RNAS-CL)
+    distill: bool = False  # retraining adds the method's distillation terms (RNAS-CL)
     search_keys: tuple[str, ...] = field(default=())  # further sections the search reads (LRNAS: final size)
 
     @property
@@ -40,35 +40,89 @@ RUNS: dict[str, RunSpec] = {
     "random": _spec("random", "random"),
     # RNAS reads only the keys of its variant, so changing the PGD settings does not re-run the
     # noise search (and the noise settings do not re-run the adversarial one).
-    "rnas": _spec("rnas", "rnas", variant="noise", method_keys=tuple(
-        f"search.methods.rnas.{k}" for k in ("lam", "divergence", "noise", "noise_scale", "overrides"))),
-    "rnas_adv": _spec("rnas_adv", "rnas", variant="adv", method_keys=tuple(
-        f"search.methods.rnas.{k}" for k in ("lam", "divergence", "adv_epsilon", "adv_step_size", "adv_steps",
-                                             "overrides"))),
+    "rnas": _spec(
+        "rnas",
+        "rnas",
+        variant="noise",
+        method_keys=tuple(
+            f"search.methods.rnas.{k}" for k in ("lam", "divergence", "noise", "noise_scale", "overrides")
+        ),
+    ),
+    "rnas_adv": _spec(
+        "rnas_adv",
+        "rnas",
+        variant="adv",
+        method_keys=tuple(
+            f"search.methods.rnas.{k}"
+            for k in ("lam", "divergence", "adv_epsilon", "adv_step_size", "adv_steps", "overrides")
+        ),
+    ),
     # RNAS-CL: the width-space search reads the whole block; the cell-space variant only the
     # distillation knobs (no cost term, no width space). Retraining reads retrain.distill; the
     # ablations retrain the same architectures with the same recipe without distillation.
-    "rnas_cl": _spec("rnas_cl", "rnas_cl", variant="width", space="width", needs_teacher=True, distill=True,
-                     method_keys=("search.methods.rnas_cl", "retrain.distill")),
-    "rnas_cl_cell": _spec("rnas_cl_cell", "rnas_cl", variant="cell", needs_teacher=True, distill=True,
-                          method_keys=(*(f"search.methods.rnas_cl.{k}" for k in (
-                              "loss_form", "gamma", "kl_weight", "temperature", "map_size", "tau0", "tau_decay",
-                              "arch_lr", "arch_weight_decay", "overrides")), "retrain.distill")),
-    "rnas_cl_nokd": _spec("rnas_cl_nokd", "rnas_cl", variant="width_nokd", space="width", arch_from="rnas_cl",
-                          method_keys=()),
-    "rnas_cl_cell_nokd": _spec("rnas_cl_cell_nokd", "rnas_cl", variant="cell_nokd", arch_from="rnas_cl_cell",
-                               method_keys=()),
+    "rnas_cl": _spec(
+        "rnas_cl",
+        "rnas_cl",
+        variant="width",
+        space="width",
+        needs_teacher=True,
+        distill=True,
+        method_keys=("search.methods.rnas_cl", "retrain.distill"),
+    ),
+    "rnas_cl_cell": _spec(
+        "rnas_cl_cell",
+        "rnas_cl",
+        variant="cell",
+        needs_teacher=True,
+        distill=True,
+        method_keys=(
+            *(
+                f"search.methods.rnas_cl.{k}"
+                for k in (
+                    "loss_form",
+                    "gamma",
+                    "kl_weight",
+                    "temperature",
+                    "map_size",
+                    "tau0",
+                    "tau_decay",
+                    "arch_lr",
+                    "arch_weight_decay",
+                    "overrides",
+                )
+            ),
+            "retrain.distill",
+        ),
+    ),
+    "rnas_cl_nokd": _spec(
+        "rnas_cl_nokd", "rnas_cl", variant="width_nokd", space="width", arch_from="rnas_cl", method_keys=()
+    ),
+    "rnas_cl_cell_nokd": _spec(
+        "rnas_cl_cell_nokd", "rnas_cl", variant="cell_nokd", arch_from="rnas_cl_cell", method_keys=()
+    ),
 }
 
 # DSRNA: each variant reads the keys of its metric(s) only (docs/methods/dsrna.md), and the
 # method's search overrides.
-_DSRNA_KEYS = {"cb": ("gamma", "epsilon", "norm", "bound_method", "cb_scale", "bound_dtype", "overrides"),
-               "jacobian": ("gamma", "epsilon", "norm", "jacobian_projection", "overrides"),
-               "combined": ("gamma", "epsilon", "norm", "bound_method", "cb_scale", "bound_dtype",
-                            "jacobian_projection", "jacobian_weight", "overrides")}
+_DSRNA_KEYS = {
+    "cb": ("gamma", "epsilon", "norm", "bound_method", "cb_scale", "bound_dtype", "overrides"),
+    "jacobian": ("gamma", "epsilon", "norm", "jacobian_projection", "overrides"),
+    "combined": (
+        "gamma",
+        "epsilon",
+        "norm",
+        "bound_method",
+        "cb_scale",
+        "bound_dtype",
+        "jacobian_projection",
+        "jacobian_weight",
+        "overrides",
+    ),
+}
 for _variant, _keys in _DSRNA_KEYS.items():
-    RUNS[f"dsrna_{_variant}"] = _spec(f"dsrna_{_variant}", "dsrna", variant=_variant,
-                                      method_keys=tuple(f"search.methods.dsrna.{k}" for k in _keys))
+    RUNS[f"dsrna_{_variant}"] = _spec(
+        f"dsrna_{_variant}", "dsrna", variant=_variant, method_keys=tuple(f"search.methods.dsrna.{k}" for k in _keys)
+    )
 
 # LRNAS: the search reads the final network's size (its parameter budget is counted there).
 # A budget run ``lrnas_<budget>`` (e.g. lrnas_20k, lrnas_2M; parameters, suffix k = 10^3,

@@ -26,6 +26,7 @@ class Acceleration:
     loss scaling); backward passes, optimizer steps, validation and evaluation stay float32.
     ``compile``: :func:`place_model` calls ``module.compile()`` (``torch.compile`` in place, so
     ``state_dict`` keys and checkpoints are unchanged)."""
+
     amp: bool = False
     compile: bool = False
 
@@ -39,8 +40,9 @@ def configure_acceleration(amp: bool, compile: bool, device: torch.device) -> Ac
     global _ACCELERATION
     asked = [name for name, on in (("pipeline.amp", amp), ("pipeline.compile", compile)) if on]
     if asked and device.type != "cuda":
-        log.warning("%s: CUDA only; the device is %s, so it is ignored (float32, eager mode)",
-                    " and ".join(asked), device.type)
+        log.warning(
+            "%s: CUDA only; the device is %s, so it is ignored (float32, eager mode)", " and ".join(asked), device.type
+        )
         amp = compile = False
     _ACCELERATION = Acceleration(amp=amp, compile=compile)
     return _ACCELERATION
@@ -65,8 +67,9 @@ def choose_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def setup_runtime(threads: int, deterministic: bool, device: str, amp: bool = False,
-                  compile: bool = False) -> torch.device:
+def setup_runtime(
+    threads: int, deterministic: bool, device: str, amp: bool = False, compile: bool = False
+) -> torch.device:
     """Fix threads and deterministic algorithms so both runners and resumed runs give the same
     files; set the CUDA-only options (:func:`configure_acceleration`)."""
     torch.set_num_threads(threads)
@@ -147,6 +150,9 @@ def log_epoch(desc: str, epoch: int, epochs: int, metrics: Mapping[str, float], 
     """One INFO line for a finished epoch, its metrics under the names logged to MLflow:
     ``teacher epoch 3/30: train_loss 0.8123, train_acc 0.7031, val_clean_acc 0.8, val_robust_acc
     0.52, lr 0.0976, 12.4 s``."""
-    parts = [f"{k} {_metric_text(v)}" for k, v in metrics.items()
-             if k != "seconds" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    parts = [
+        f"{k} {_metric_text(v)}"
+        for k, v in metrics.items()
+        if k != "seconds" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
     log.info("%s epoch %d/%d: %s, %.1f s", desc, epoch + 1, epochs, ", ".join(parts), seconds)

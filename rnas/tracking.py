@@ -110,8 +110,10 @@ def code_git_tags() -> dict[str, str]:
         return {}
     try:
         repo = git.Repo(Path(__file__).resolve().parent, search_parent_directories=True)
-        tags = {MLFLOW_GIT_COMMIT: repo.head.commit.hexsha,
-                MLFLOW_GIT_DIRTY: str(repo.is_dirty(untracked_files=False)).lower()}
+        tags = {
+            MLFLOW_GIT_COMMIT: repo.head.commit.hexsha,
+            MLFLOW_GIT_DIRTY: str(repo.is_dirty(untracked_files=False)).lower(),
+        }
         if not repo.head.is_detached:
             tags[MLFLOW_GIT_BRANCH] = repo.active_branch.name
         url = next((r.url for r in repo.remotes if r.name == "origin"), None)
@@ -259,8 +261,9 @@ class StageLogger:
     LoggedModel and dataset.
     """
 
-    def __init__(self, client=None, run_id: str | None = None, continued: bool = False,
-                 experiment_id: str | None = None):
+    def __init__(
+        self, client=None, run_id: str | None = None, continued: bool = False, experiment_id: str | None = None
+    ):
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
@@ -280,12 +283,19 @@ class StageLogger:
 
         ts = int(time.time() * 1000)
         step = step or 0
-        link = {"model_id": self.model_id,
-                "dataset_name": self.dataset.name if self.dataset is not None else None,
-                "dataset_digest": self.dataset.digest if self.dataset is not None else None}
-        batch = [Metric(k, float(v), ts, step, **link) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
-                 and (k, step) not in self._seen]
+        link = {
+            "model_id": self.model_id,
+            "dataset_name": self.dataset.name if self.dataset is not None else None,
+            "dataset_digest": self.dataset.digest if self.dataset is not None else None,
+        }
+        batch = [
+            Metric(k, float(v), ts, step, **link)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and not math.isnan(v)
+            and (k, step) not in self._seen
+        ]
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
             self._seen.update((m.key, step) for m in batch)
@@ -299,7 +309,7 @@ class StageLogger:
         have = self.client.get_run(self.run_id).data.params
         items = [Param(k, v) for k, v in flat_params(params, keys).items() if k not in have]
         for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
         if self.client is not None and Path(path).exists():
@@ -323,9 +333,13 @@ class StageLogger:
         from mlflow.entities import DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-        ds = mlflow.data.from_numpy(pair.x.detach().cpu().numpy(), targets=pair.y.detach().cpu().numpy(), name=name,
-                                    digest=_split_digest(pair),
-                                    source=CodeDatasetSource({k: str(v) for k, v in source.items()}))
+        ds = mlflow.data.from_numpy(
+            pair.x.detach().cpu().numpy(),
+            targets=pair.y.detach().cpu().numpy(),
+            name=name,
+            digest=_split_digest(pair),
+            source=CodeDatasetSource({k: str(v) for k, v in source.items()}),
+        )
         entity = ds._to_mlflow_entity()
         have = self.client.get_run(self.run_id).inputs.dataset_inputs
         if not any(d.dataset.name == entity.name and d.dataset.digest == entity.digest for d in have):
@@ -372,16 +386,29 @@ class StageLogger:
             # created here, in the run's experiment (the fluent API would use its active one),
             # with the run's params and source tags
             source = {k: v for k, v in run.data.tags.items() if k.startswith("mlflow.source.")}
-            logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=self.run_id,
-                                                     params=run.data.params, tags={"model_sha256": digest, **source})
+            logged = self.client.create_logged_model(
+                self.experiment_id,
+                name=name,
+                source_run_id=self.run_id,
+                params=run.data.params,
+                tags={"model_sha256": digest, **source},
+            )
             with _fluent_store(self.client.tracking_uri):
                 # pickle: the module itself, any batch size (MLflow's default, torch.export, fixes
                 # the example's batch size and costs seconds); code_paths: the classes it needs
-                mlflow.pytorch.log_model(model, name=name, signature=infer_signature(x, y), input_example=x,
-                                         serialization_format="pickle", code_paths=[str(Path(rnas.__file__).parent)],
-                                         pip_requirements=_model_requirements(), run_id=self.run_id, step=step,
-                                         model_id=logged.model_id,
-                                         metadata={"model_args": json.dumps(ckpt["model_args"], default=str)})
+                mlflow.pytorch.log_model(
+                    model,
+                    name=name,
+                    signature=infer_signature(x, y),
+                    input_example=x,
+                    serialization_format="pickle",
+                    code_paths=[str(Path(rnas.__file__).parent)],
+                    pip_requirements=_model_requirements(),
+                    run_id=self.run_id,
+                    step=step,
+                    model_id=logged.model_id,
+                    metadata={"model_args": json.dumps(ckpt["model_args"], default=str)},
+                )
             self.model_id = logged.model_id
         self.set_tags({"model_id": self.model_id})
         return self.model_id
@@ -391,8 +418,9 @@ class StageLogger:
         if self.client is None:
             return None
         where = " and ".join(["attributes.status = 'FINISHED'", *(f"tags.{k} = '{v}'" for k, v in tags.items())])
-        found = self.client.search_runs([self.experiment_id], where, order_by=["attributes.start_time DESC"],
-                                        max_results=1)
+        found = self.client.search_runs(
+            [self.experiment_id], where, order_by=["attributes.start_time DESC"], max_results=1
+        )
         return found[0] if found else None
 
     def link_producer(self, digest_tag: str, path: str | Path, **match: str) -> dict[str, str]:
@@ -408,8 +436,9 @@ class StageLogger:
 
         producer = self.find_run(**{digest_tag: file_digest(path)}, **match)
         if producer is None:
-            log.warning("no finished MLflow run in the store wrote %s (tag %s): this run names no producer",
-                        path, digest_tag)
+            log.warning(
+                "no finished MLflow run in the store wrote %s (tag %s): this run names no producer", path, digest_tag
+            )
             return {}
         ptags = producer.data.tags
         tags = {f"{ptags.get('stage', 'producer')}_run_id": producer.info.run_id}
@@ -493,9 +522,13 @@ def start_pipeline_run(params: Params) -> str:
     path = pipeline_run_file(params)
     if path.is_file():
         end_pipeline_run(params, "FAILED", reason="superseded by a new pipeline invocation")
-    tags = {"stage": "pipeline", "dataset": params.data.dataset,
-            "params_hash": params_hash(params, ("pipeline", "data", "teacher", "search", "retrain", "evaluate")),
-            "mlflow.runName": f"pipeline/{params.data.dataset}", **source_tags("rnas pipeline-run start")}
+    tags = {
+        "stage": "pipeline",
+        "dataset": params.data.dataset,
+        "params_hash": params_hash(params, ("pipeline", "data", "teacher", "search", "retrain", "evaluate")),
+        "mlflow.runName": f"pipeline/{params.data.dataset}",
+        **source_tags("rnas pipeline-run start"),
+    }
     run_id = client.create_run(exp_id, tags=tags, run_name=tags["mlflow.runName"]).info.run_id
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(run_id + "\n")
@@ -529,8 +562,17 @@ def end_pipeline_run(params: Params, status: str, reason: str | None = None) -> 
 
 
 @contextlib.contextmanager
-def stage_run(params: Params, stage: str, *, run: str, method: str, variant: str, seed: int,
-              keys: tuple[str, ...], claim_dir: Path | None = None) -> Iterator[StageLogger]:
+def stage_run(
+    params: Params,
+    stage: str,
+    *,
+    run: str,
+    method: str,
+    variant: str,
+    seed: int,
+    keys: tuple[str, ...],
+    claim_dir: Path | None = None,
+) -> Iterator[StageLogger]:
     """An MLflow run around one stage invocation (see module docstring).
 
     ``claim_dir`` (the stage's resumable-state folder) records the run id, so a stage resumed
@@ -552,10 +594,18 @@ def stage_run(params: Params, stage: str, *, run: str, method: str, variant: str
             client.set_tag(run_id, k, v)
         logger = StageLogger(client, run_id, continued=True, experiment_id=exp_id)
     else:
-        tags = {"stage": stage, "run": run, "method": method, "variant": variant, "dataset": params.data.dataset,
-                "seed": str(seed), "params_hash": params_hash(params, keys),
-                "mlflow.runName": f"{stage}/{run}/seed{seed}", **process_tags,
-                **source_tags(stage_command(stage, run, seed))}
+        tags = {
+            "stage": stage,
+            "run": run,
+            "method": method,
+            "variant": variant,
+            "dataset": params.data.dataset,
+            "seed": str(seed),
+            "params_hash": params_hash(params, keys),
+            "mlflow.runName": f"{stage}/{run}/seed{seed}",
+            **process_tags,
+            **source_tags(stage_command(stage, run, seed)),
+        }
         parent = parent_run_id(params)
         if parent:
             tags["mlflow.parentRunId"] = parent

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
-
-import dataclasses
 
 import pytest
 import torch
@@ -32,8 +31,9 @@ def require_or_skip(condition: bool, reason: str) -> None:
 
 def chromium_binary() -> str | None:
     """The headless browser the UI tests drive (Debian's ``chromium`` or another name), if any."""
-    return next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome")
-                 if shutil.which(b)), None)
+    return next(
+        (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome") if shutil.which(b)), None
+    )
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -148,7 +148,13 @@ def darts_search_reference(tmp_path_factory) -> Path:
     (ref / "params.yaml").write_text(yaml.safe_dump(kill_test_params(), sort_keys=False))
     env = dict(os.environ, OMP_NUM_THREADS="1", GIT_PYTHON_REFRESH="quiet")
     env.pop("MLFLOW_TRACKING_URI", None)
-    out = subprocess.run([sys.executable, "-m", "rnas.cli", "search", "--run", "darts", "--seed", "0"], cwd=ref,
-                         env=env, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, "-m", "rnas.cli", "search", "--run", "darts", "--seed", "0"],
+        cwd=ref,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return ref

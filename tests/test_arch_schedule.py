@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from conftest import tiny_splits
 
 from rnas.config import ParamsError, params_from_dict
@@ -18,8 +17,7 @@ from rnas.search.methods import make_method
 
 def params(**search):
     base = {"epochs": 4, "batch_size": 8, "init_channels": 4, "layers": 2, "nodes": 2}
-    return params_from_dict({"pipeline": {"progress": False, "channels_last": False},
-                             "search": {**base, **search}})
+    return params_from_dict({"pipeline": {"progress": False, "channels_last": False}, "search": {**base, **search}})
 
 
 def set_up(p):
@@ -27,8 +25,9 @@ def set_up(p):
     torch.manual_seed(0)
     spec = resolve_run("darts")
     method = make_method(spec.method)
-    method.setup(SearchContext(params=p, run=spec, info=splits.info, device=torch.device("cpu"), seed=0,
-                               steps_per_epoch=1))
+    method.setup(
+        SearchContext(params=p, run=spec, info=splits.info, device=torch.device("cpu"), seed=0, steps_per_epoch=1)
+    )
     x, y = splits.train.x, splits.train.y
     return method, (x[:8], y[:8]), (x[8:16], y[8:16])
 
@@ -83,10 +82,13 @@ def test_warmup_is_capped_so_alpha_moves():
     assert arch_warmup(5, 4) == 3 and arch_warmup(1, 1) == 0 and arch_warmup(2, 8) == 2
 
 
-@pytest.mark.parametrize("search, key", [
-    ({"arch_warmup_epochs": -1}, "search.arch_warmup_epochs"),
-    ({"arch_lr_schedule": "linear"}, "search.arch_lr_schedule"),
-])
+@pytest.mark.parametrize(
+    "search, key",
+    [
+        ({"arch_warmup_epochs": -1}, "search.arch_warmup_epochs"),
+        ({"arch_lr_schedule": "linear"}, "search.arch_lr_schedule"),
+    ],
+)
 def test_invalid(search, key):
     with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
         params(**search)

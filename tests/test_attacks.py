@@ -11,9 +11,9 @@ import sys
 
 import pytest
 import torch
+from conftest import train_tiny
 from torch import nn
 
-from conftest import train_tiny
 from rnas.evaluation import attacks as A
 from rnas.evaluation.protocol import (
     PROTOCOL_ATTACKS,
@@ -97,8 +97,7 @@ def _l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("random_start", [True, False])
 def test_pgd_attack_stays_in_ball_and_box(setup, epsilon, random_start):
     model, x, y = setup
-    x_adv = A.pgd_attack(model, x, y, epsilon, step_size=epsilon / 4, steps=10,
-                         random_start=random_start)
+    x_adv = A.pgd_attack(model, x, y, epsilon, step_size=epsilon / 4, steps=10, random_start=random_start)
     assert x_adv.shape == x.shape and not x_adv.requires_grad
     assert (_linf(x_adv, x) <= epsilon + 1e-6).all()
     assert x_adv.min() >= 0 and x_adv.max() <= 1
@@ -347,8 +346,7 @@ def test_input_contract_is_enforced(setup):
     with pytest.raises(ValueError, match="epsilon"):
         A.run_attack("fgsm", model, x, y, -0.1)
     # int32 labels are fine (cast to int64)
-    assert torch.equal(A.run_attack("fgsm", model, x, y.int(), EPS),
-                       A.run_attack("fgsm", model, x, y, EPS))
+    assert torch.equal(A.run_attack("fgsm", model, x, y.int(), EPS), A.run_attack("fgsm", model, x, y, EPS))
 
 
 def test_autoattack_small(setup):
@@ -397,8 +395,13 @@ def test_autoattack_custom_runs_the_subset_at_standard_settings(setup, monkeypat
     real = AutoAttack.run_standard_evaluation
 
     def spy(self, *args, **kwargs):
-        seen.update(attacks=list(self.attacks_to_run), apgd=self.apgd.n_restarts, fab=self.fab.n_restarts,
-                    apgd_t=self.apgd_targeted.n_restarts, targets=self.apgd_targeted.n_target_classes)
+        seen.update(
+            attacks=list(self.attacks_to_run),
+            apgd=self.apgd.n_restarts,
+            fab=self.fab.n_restarts,
+            apgd_t=self.apgd_targeted.n_restarts,
+            targets=self.apgd_targeted.n_target_classes,
+        )
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(AutoAttack, "run_standard_evaluation", spy)
@@ -446,7 +449,7 @@ class _Wrapped(nn.Module):
         if self.kind == "dynamic":  # calls autograd in its forward pass
             with torch.enable_grad():
                 z = x.detach().requires_grad_(True)
-                torch.autograd.grad((z ** 2).sum(), z)
+                torch.autograd.grad((z**2).sum(), z)
             return self.net(x)
         if self.kind == "quantized":  # zero input gradients
             return self.net(torch.round(x * 4) / 4)
@@ -460,8 +463,7 @@ def test_autoattack_own_checks_are_recorded(setup):
 
     def checks_of(m, attacks=("square",), eps=EPS, n_queries=1, **kw):  # the checks run before any attack
         out: dict = {}
-        A.autoattack_adv(m.eval(), x, y, eps, version="custom", attacks=attacks, checks=out, n_queries=n_queries,
-                         **kw)
+        A.autoattack_adv(m.eval(), x, y, eps, version="custom", attacks=attacks, checks=out, n_queries=n_queries, **kw)
         return out
 
     honest = checks_of(model)
@@ -502,17 +504,39 @@ def test_worst_case_flags_hand_made():
 
 def _settings(**overrides) -> EvalSettings:
     base = dict(
-        epsilon=EPS, epsilon_l2=EPS_L2, pgd_step_size=0.025, cw_steps=10, deepfool_steps=10,
-        eps_sweep=(0.05, 0.3), attacks=("fgsm", "pgd20", "pgd100", "cw", "deepfool"),
+        epsilon=EPS,
+        epsilon_l2=EPS_L2,
+        pgd_step_size=0.025,
+        cw_steps=10,
+        deepfool_steps=10,
+        eps_sweep=(0.05, 0.3),
+        attacks=("fgsm", "pgd20", "pgd100", "cw", "deepfool"),
     )
     return EvalSettings(**{**base, **overrides})
 
 
 EXPECTED_KEYS = {
-    "clean_acc", "fgsm_acc", "pgd20_acc", "pgd100_acc", "autoattack_acc", "robust_acc",
-    "autoattack_l2_acc", "cw_acc", "deepfool_acc", "robust_acc_l2", "worst_case_attacks",
-    "autoattack_checks", "autoattack_checks_details", "eps_sweep", "pgd_best_iterate", "epsilon", "epsilon_l2",
-    "params", "macs", "n_examples", "attack_seconds",
+    "clean_acc",
+    "fgsm_acc",
+    "pgd20_acc",
+    "pgd100_acc",
+    "autoattack_acc",
+    "robust_acc",
+    "autoattack_l2_acc",
+    "cw_acc",
+    "deepfool_acc",
+    "robust_acc_l2",
+    "worst_case_attacks",
+    "autoattack_checks",
+    "autoattack_checks_details",
+    "eps_sweep",
+    "pgd_best_iterate",
+    "epsilon",
+    "epsilon_l2",
+    "params",
+    "macs",
+    "n_examples",
+    "attack_seconds",
 }
 
 
@@ -528,8 +552,10 @@ def _check_metrics(metrics, flags, settings, n):
         assert isinstance(acc, float) and 0.0 <= acc <= clean
         assert acc == flags[name].sum().item() / n
         assert not (flags[name] & ~flags["clean"]).any()
-    for worst, metric, attacks in (("robust", "robust_acc", ("fgsm", "pgd20", "pgd100", "autoattack")),
-                                   ("robust_l2", "robust_acc_l2", ("autoattack_l2", "cw", "deepfool"))):
+    for worst, metric, attacks in (
+        ("robust", "robust_acc", ("fgsm", "pgd20", "pgd100", "autoattack")),
+        ("robust_l2", "robust_acc_l2", ("autoattack_l2", "cw", "deepfool")),
+    ):
         names = [a for a in settings.attacks if a in attacks]
         if not names:
             assert metrics[metric] is None and worst not in flags and metric not in metrics["worst_case_attacks"]
@@ -606,8 +632,11 @@ def test_eval_settings_validation():
     # params.yaml: the same knobs, range-checked before any work starts
     from rnas.config import ParamsError, params_from_dict
 
-    for key, value, allowed in (("cw_binary_search_steps", 0, r"\[1, 50\]"), ("cw_initial_const", 0.0, r"\(0"),
-                                ("sanity_large_epsilon_l2", 0.0, r"\(0")):
+    for key, value, allowed in (
+        ("cw_binary_search_steps", 0, r"\[1, 50\]"),
+        ("cw_initial_const", 0.0, r"\(0"),
+        ("sanity_large_epsilon_l2", 0.0, r"\(0"),
+    ):
         with pytest.raises(ParamsError, match=rf"evaluate\.{key}.*{allowed}"):
             params_from_dict({"evaluate": {key: value}})
     settings = _settings(attacks=["fgsm"], eps_sweep=[0.2])  # lists (YAML) become tuples

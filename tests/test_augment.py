@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_splits
+
 from rnas.config import AugmentConfig, TrainConfig, params_from_dict
 from rnas.data import augment_batch
 
@@ -45,7 +45,7 @@ def test_crop_is_a_window_of_the_zero_padded_image_at_the_drawn_offset():
     padded = F.pad(x, (p, p, p, p))
     for i in range(len(x)):
         r, c = int(offsets[0, i]), int(offsets[1, i])
-        assert torch.equal(out[i], padded[i, :, r:r + 8, c:c + 8])
+        assert torch.equal(out[i], padded[i, :, r : r + 8, c : c + 8])
     assert out.min() >= 0 and out.max() <= 1
 
 
@@ -81,6 +81,7 @@ def test_the_trainer_augments_training_batches_deterministically_and_changes_the
 
 def test_the_search_loop_augments_both_halves_deterministically():
     from conftest import tiny_params
+
     from rnas.runs import resolve_run
     from rnas.search.loop import run_search
     from rnas.search.methods import make_method
@@ -92,8 +93,13 @@ def test_the_search_loop_augments_both_halves_deterministically():
     def search(data: dict) -> list[dict[str, float]]:
         torch.manual_seed(0)
         params = params_from_dict(data)
-        ctx = {"params": params, "run": resolve_run("darts"), "info": splits.info, "device": torch.device("cpu"),
-               "seed": 0}
+        ctx = {
+            "params": params,
+            "run": resolve_run("darts"),
+            "info": splits.info,
+            "device": torch.device("cpu"),
+            "seed": 0,
+        }
         return run_search(make_method("darts"), ctx, splits, progress=False).history
 
     first, again = search(raw), search(raw)
@@ -106,8 +112,14 @@ def test_the_search_loop_augments_both_halves_deterministically():
 def test_a_method_override_switches_the_search_augmentation_for_that_method_only():
     from rnas.config import search_for
 
-    p = params_from_dict({"search": {"augment": {"crop_padding": 4, "flip": True},
-                                     "methods": {"lrnas": {"overrides": {"augment": {"crop_padding": 4}}}}}})
+    p = params_from_dict(
+        {
+            "search": {
+                "augment": {"crop_padding": 4, "flip": True},
+                "methods": {"lrnas": {"overrides": {"augment": {"crop_padding": 4}}}},
+            }
+        }
+    )
     assert search_for(p, "darts").augment == AugmentConfig(4, True)
     assert search_for(p, "lrnas").augment == AugmentConfig(4, False)
 
@@ -122,13 +134,17 @@ def test_evaluation_and_validation_never_augment():
     callers = set()
     for path in root.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "augment_batch":
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", getattr(node.func, "attr", "")) == "augment_batch"
+            ):
                 callers.add(path.relative_to(root).as_posix())
     assert callers == {"training/trainer.py", "search/loop.py"}
 
 
-@pytest.mark.parametrize("profile, crop, flip", [("cifar10", 4, True), ("cifar100", 4, True), ("svhn", 4, False),
-                                                  ("mnist", 2, False)])
+@pytest.mark.parametrize(
+    "profile, crop, flip", [("cifar10", 4, True), ("cifar100", 4, True), ("svhn", 4, False), ("mnist", 2, False)]
+)
 def test_paper_profiles_augment_as_their_papers(profile, crop, flip):
     from pathlib import Path
 

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT
 
 torch.set_num_threads(1)
@@ -19,15 +18,25 @@ from benchmarks.measure import measure  # noqa: E402
 def test_every_issue_row_is_registered():
     groups = {c.group for c in CASES.values()}
     assert {"a", "b", "c", "d", "ablation"} <= groups
-    assert {"search_darts_paper", "search_pcdarts_paper", "search_digits_default", "pgd10_resnet18",
-            "pgd10_darts_v2", "eval_pgd20", "eval_pgd20_autoattack", "certify_ibp_crown"} <= set(CASES)
+    assert {
+        "search_darts_paper",
+        "search_pcdarts_paper",
+        "search_digits_default",
+        "pgd10_resnet18",
+        "pgd10_darts_v2",
+        "eval_pgd20",
+        "eval_pgd20_autoattack",
+        "certify_ibp_crown",
+    } <= set(CASES)
     assert CASES["certify_ibp_crown"].requires == "rnas.bounds"
 
 
 @pytest.mark.parametrize("case", ["ablate_dilconv_s2_5x5", "ablate_avgpool"])
 def test_measure_reports_time_flops_memory_and_the_same_result(case):
-    runs = {v: measure(case, v, repeats=1, device=torch.device("cpu"), quick=True, model_file=None)
-            for v in CASES[case].variants}
+    runs = {
+        v: measure(case, v, repeats=1, device=torch.device("cpu"), quick=True, model_file=None)
+        for v in CASES[case].variants
+    }
     before, after = (runs[v] for v in CASES[case].variants)
     for r in (before, after):
         assert len(r["seconds"]) == 1 and r["seconds"][0] > 0
@@ -38,14 +47,16 @@ def test_measure_reports_time_flops_memory_and_the_same_result(case):
 
 # -- the result check: a fast path that computes something else fails `make bench` ----------
 
+
 def _in_process(monkeypatch) -> None:
     """Run main()'s variants in this process (so that a monkeypatched fast path is the one
     measured) and skip the matmul-ceiling measurement."""
     import benchmarks.__main__ as bench
 
     def run_variant(case, variant, args, repeats, model_file):
-        return measure(case, variant, repeats=repeats, device=torch.device("cpu"), quick=args.quick,
-                       model_file=model_file)
+        return measure(
+            case, variant, repeats=repeats, device=torch.device("cpu"), quick=args.quick, model_file=model_file
+        )
 
     monkeypatch.setattr(bench, "run_variant", run_variant)
     monkeypatch.setattr(bench, "matmul_ceiling", lambda *a, **k: 1.0)

@@ -8,9 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from rnas.bounds import (BOUND_METHODS, InputSet, UnsupportedModelError, build_graph, margin_lower_bound,
-                         margin_spec, spec_bounds)
-from rnas.bounds import graph as g
+from rnas.bounds import (
+    BOUND_METHODS,
+    InputSet,
+    UnsupportedModelError,
+    build_graph,
+    graph as g,
+    margin_lower_bound,
+    margin_spec,
+    spec_bounds,
+)
 from rnas.evaluation.attacks import pgd_attack
 from rnas.models import build_model
 from rnas.space.genotype import validate_genotype
@@ -23,11 +30,27 @@ torch.set_num_threads(1)
 # Every op of the cell space, in both cell types: stride-2 skip (factorized reduce), pools and
 # 'none' on reduction edges, odd and even sizes after reductions.
 ALL_OPS_GENOTYPE = {
-    "normal": [["sep_conv_3x3", 0], ["max_pool_3x3", 1], ["avg_pool_3x3", 0], ["skip_connect", 2],
-               ["dil_conv_3x3", 1], ["none", 3], ["dil_conv_5x5", 2], ["sep_conv_5x5", 4]],
+    "normal": [
+        ["sep_conv_3x3", 0],
+        ["max_pool_3x3", 1],
+        ["avg_pool_3x3", 0],
+        ["skip_connect", 2],
+        ["dil_conv_3x3", 1],
+        ["none", 3],
+        ["dil_conv_5x5", 2],
+        ["sep_conv_5x5", 4],
+    ],
     "normal_concat": [2, 3, 4, 5],
-    "reduce": [["skip_connect", 0], ["max_pool_3x3", 1], ["none", 0], ["sep_conv_3x3", 2],
-               ["avg_pool_3x3", 1], ["dil_conv_3x3", 3], ["sep_conv_5x5", 0], ["dil_conv_5x5", 4]],
+    "reduce": [
+        ["skip_connect", 0],
+        ["max_pool_3x3", 1],
+        ["none", 0],
+        ["sep_conv_3x3", 2],
+        ["avg_pool_3x3", 1],
+        ["dil_conv_3x3", 3],
+        ["sep_conv_5x5", 0],
+        ["dil_conv_5x5", 4],
+    ],
     "reduce_concat": [2, 3, 4, 5],
 }
 
@@ -153,8 +176,9 @@ def test_pgd_points_never_beat_the_bound(kind):
     x, y = _data()
     eps = 0.03
     lb = {name: margin_lower_bound(model, x, y, eps, "linf", name) for name in ("ibp", "crown", "both")}
-    x_adv = pgd_attack(model, x, y, eps, step_size=eps / 4, steps=10, loss="margin",
-                       generator=torch.Generator().manual_seed(0))
+    x_adv = pgd_attack(
+        model, x, y, eps, step_size=eps / 4, steps=10, loss="margin", generator=torch.Generator().manual_seed(0)
+    )
     assert (x_adv - x).abs().max() <= eps + 1e-12 and x_adv.min() >= 0 and x_adv.max() <= 1
     with torch.no_grad():
         margin = _margins(model(x_adv), y).min(1).values
@@ -283,21 +307,35 @@ def _adjoint_check(op: g.Op, x: torch.Tensor) -> None:
     assert torch.allclose(lhs, rhs, atol=1e-10)
 
 
-@pytest.mark.parametrize("stride, padding, dilation, groups, side", [
-    (1, 1, 1, 1, 7), (2, 1, 1, 1, 7), (2, 2, 2, 4, 7), (2, 4, 2, 4, 8), (1, 2, 2, 4, 5), (2, 0, 1, 1, 7)])
+@pytest.mark.parametrize(
+    "stride, padding, dilation, groups, side",
+    [(1, 1, 1, 1, 7), (2, 1, 1, 1, 7), (2, 2, 2, 4, 7), (2, 4, 2, 4, 8), (1, 2, 2, 4, 5), (2, 0, 1, 1, 7)],
+)
 def test_conv_rule_is_the_adjoint(stride, padding, dilation, groups, side):
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 4, 3 if padding < 4 else 5, stride, padding, dilation, groups, bias=True).double()
     _adjoint_check(g.Conv(conv), torch.randn(2, 4, side, side, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("op", [
-    g.AvgPool(nn.AvgPool2d(3, 1, 1, count_include_pad=False)),
-    g.AvgPool(nn.AvgPool2d(3, 2, 1, count_include_pad=False)), g.AvgPool(AvgPool2d(3, 2, 1, count_include_pad=False)),
-    g.AvgPool(nn.AvgPool2d(2, 2)), g.GlobalAvgPool(), g.Shift(), g.ChannelShuffle(2), g.SliceChannels(2, True),
-    g.SliceChannels(2, False), g.Scale(torch.tensor(-0.7, dtype=torch.float64)),
-    g.ChannelAffine(torch.tensor([2.0, -1.0, 0.5, 3.0], dtype=torch.float64),
-                    torch.tensor([0.1, 0.2, -0.3, 0.0], dtype=torch.float64))])
+@pytest.mark.parametrize(
+    "op",
+    [
+        g.AvgPool(nn.AvgPool2d(3, 1, 1, count_include_pad=False)),
+        g.AvgPool(nn.AvgPool2d(3, 2, 1, count_include_pad=False)),
+        g.AvgPool(AvgPool2d(3, 2, 1, count_include_pad=False)),
+        g.AvgPool(nn.AvgPool2d(2, 2)),
+        g.GlobalAvgPool(),
+        g.Shift(),
+        g.ChannelShuffle(2),
+        g.SliceChannels(2, True),
+        g.SliceChannels(2, False),
+        g.Scale(torch.tensor(-0.7, dtype=torch.float64)),
+        g.ChannelAffine(
+            torch.tensor([2.0, -1.0, 0.5, 3.0], dtype=torch.float64),
+            torch.tensor([0.1, 0.2, -0.3, 0.0], dtype=torch.float64),
+        ),
+    ],
+)
 def test_linear_rules_are_adjoints(op):
     _adjoint_check(op, torch.randn(2, 4, 7, 7, dtype=torch.float64))
 

@@ -11,8 +11,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import tiny_params, train_digits_cnn
+
 from rnas.bounds import spec_bounds
 from rnas.config import ParamsError, params_from_dict
 from rnas.evaluation import certify as cert
@@ -42,16 +42,20 @@ def test_per_example_eps_equals_one_call_per_radius(tiny_model):
     eps = torch.tensor([0.0, 1e-3, 3e-3, 1e-2, 0.05, 0.3], dtype=torch.float64)
     joint = spec_bounds(model, x, y, eps, "linf", ("ibp", "crown"))
     for i, e in enumerate(eps.tolist()):
-        alone = spec_bounds(model, x[i:i + 1], y[i:i + 1], e, "linf", ("ibp", "crown"))
+        alone = spec_bounds(model, x[i : i + 1], y[i : i + 1], e, "linf", ("ibp", "crown"))
         for m in ("ibp", "crown"):
-            torch.testing.assert_close(joint.lower[m][i:i + 1], alone.lower[m], rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(joint.lower[m][i : i + 1], alone.lower[m], rtol=1e-9, atol=1e-9)
     # full CROWN refines the neurons unstable in any example of the batch, so compare whole batches
     same = spec_bounds(model, x, y, torch.full((6,), 0.01, dtype=torch.float64), "linf", ("crown",), "crown")
-    torch.testing.assert_close(same.lower["crown"], spec_bounds(model, x, y, 0.01, "linf", ("crown",), "crown").lower["crown"])
+    torch.testing.assert_close(
+        same.lower["crown"], spec_bounds(model, x, y, 0.01, "linf", ("crown",), "crown").lower["crown"]
+    )
     l2 = spec_bounds(model, x, y, eps, "l2", ("crown",))
     for i, e in enumerate(eps.tolist()):
-        torch.testing.assert_close(l2.lower["crown"][i:i + 1],
-                                   spec_bounds(model, x[i:i + 1], y[i:i + 1], e, "l2", ("crown",)).lower["crown"])
+        torch.testing.assert_close(
+            l2.lower["crown"][i : i + 1],
+            spec_bounds(model, x[i : i + 1], y[i : i + 1], e, "l2", ("crown",)).lower["crown"],
+        )
     with pytest.raises(ValueError, match="shape"):
         spec_bounds(model, x, y, eps[:3])
     with pytest.raises(ValueError, match=">= 0"):
@@ -94,8 +98,8 @@ def test_bisection_is_certified_at_the_radius_and_not_just_above(tiny_model, rad
     for i in idx.tolist():
         lo0 = max(e for e in grid if e <= r[i])
         hi0 = min(e for e in grid if e >= up[i])
-        assert r[i] < up[i] <= r[i] * (hi0 / lo0) ** (2.0 ** -STEPS) * (1 + 1e-12)
-    assert 0 < radii.rel_gap() <= 1e3 ** (2.0 ** -STEPS) - 1 + 1e-12  # the widest bracket: [1e-6, 1e-3]
+        assert r[i] < up[i] <= r[i] * (hi0 / lo0) ** (2.0**-STEPS) * (1 + 1e-12)
+    assert 0 < radii.rel_gap() <= 1e3 ** (2.0**-STEPS) - 1 + 1e-12  # the widest bracket: [1e-6, 1e-3]
     zero = (r == 0).nonzero().flatten()
     if len(zero):
         assert not certified_flags(model, x[zero], y[zero], 1e-6, batch_size=32).any()
@@ -161,8 +165,7 @@ def test_non_monotone_bound_is_counted_and_the_certificate_kept(monkeypatch):
     true = torch.tensor([1e-5, 1e-5], dtype=torch.float64)
     x = torch.arange(2, dtype=torch.float64).view(-1, 1, 1, 1)
     _fake_bound(monkeypatch, true, holes={0: (5e-7, 2e-6)})  # example 0 fails at 1e-6 only
-    res = certified_radius(None, x, torch.zeros(2, dtype=torch.long), (1e-7, 1e-6, 3e-6), steps=10,
-                           radius_min=1e-9)
+    res = certified_radius(None, x, torch.zeros(2, dtype=torch.long), (1e-7, 1e-6, 3e-6), steps=10, radius_min=1e-9)
     assert res.nonmonotone == 1
     assert not res.raw[1e-6][0] and res.sweep[1e-6][0]  # a certificate at 3e-6 covers the smaller ball
     assert res.radius[0] >= 3e-6 and res.radius[1] >= 3e-6
@@ -172,11 +175,13 @@ def test_certify_evaluation_records_curve_radius_and_sanity(tiny_model):
     model, x, y = tiny_model
     model, x = model.float(), x.float()
     try:
-        settings = EvalSettings(epsilon=0.02, epsilon_l2=0.5, pgd_step_size=0.005, attacks=("pgd20",),
-                                eps_sweep=(0.01, 0.3))
+        settings = EvalSettings(
+            epsilon=0.02, epsilon_l2=0.5, pgd_step_size=0.005, attacks=("pgd20",), eps_sweep=(0.01, 0.3)
+        )
         metrics, flags = evaluate_model(model, x, y, settings, progress=False)
-        values = certify_evaluation(metrics, flags, model, x, y, settings, "both", 32, eps_sweep=(1e-3, 1e-2),
-                                    radius_steps=4, radius_min=1e-6)
+        values = certify_evaluation(
+            metrics, flags, model, x, y, settings, "both", 32, eps_sweep=(1e-3, 1e-2), radius_steps=4, radius_min=1e-6
+        )
         assert metrics["sanity"][SANITY_KEY], metrics["sanity_details"][SANITY_KEY]
         assert set(metrics["certified_eps_sweep"]) == {"0.001", "0.01"}
         assert len(metrics["certified_radius"]) == len(x) and metrics["certified_radius_median"] > 0
@@ -186,8 +191,9 @@ def test_certify_evaluation_records_curve_radius_and_sanity(tiny_model):
         r = values["certified_radius"]
         doctored = dict(flags, clean=flags["clean"] & ~(r > 0))
         m2: dict = {}
-        certify_evaluation(m2, doctored, model, x, y, settings, "both", 32, eps_sweep=(1e-3,), radius_steps=0,
-                           radius_min=1e-6)
+        certify_evaluation(
+            m2, doctored, model, x, y, settings, "both", 32, eps_sweep=(1e-3,), radius_steps=0, radius_min=1e-6
+        )
         assert not m2["sanity"][SANITY_KEY] and "certified radius" in m2["sanity_details"][SANITY_KEY]
         # no sweep, no bisection: only certified_acc, as before
         m3: dict = {}
@@ -220,8 +226,14 @@ def test_report_plots_the_curve_and_shows_the_median_radius(tmp_path):
     from rnas.report.table import main_table, seed_table
 
     def row(run, curve, median):
-        ev = {"clean_acc": 0.9, "robust_acc": 0.4, "n_examples": 100, "certified_eps_sweep": curve,
-              "certified_radius_median": median, "sanity": {"x": True}}
+        ev = {
+            "clean_acc": 0.9,
+            "robust_acc": 0.4,
+            "n_examples": 100,
+            "certified_eps_sweep": curve,
+            "certified_radius_median": median,
+            "sanity": {"x": True},
+        }
         return RunRow(run, run, "default", results=[SeedResult(0, ev)])
 
     rows = [row("darts", {"1e-07": 0.9, "1e-06": 0.2}, 6.1e-7), row("dsrna_cb", {"1e-07": 0.95, "1e-06": 0.5}, 1e-6)]
@@ -232,6 +244,7 @@ def test_report_plots_the_curve_and_shows_the_median_radius(tmp_path):
     col = labels.index("median cert. radius")
     assert [r[col].text for r in table.rows] == ["6.1e-07", "1e-06"]
     assert "median cert. radius" in [h.text if hasattr(h, "text") else h for h in seed_table(rows).header]
-    empty = plot_certified_sweep([RunRow("darts", "darts", "default", results=[SeedResult(0, {})])],
-                                 tmp_path / "none.png")
+    empty = plot_certified_sweep(
+        [RunRow("darts", "darts", "default", results=[SeedResult(0, {})])], tmp_path / "none.png"
+    )
     assert empty.is_file()

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_params
+
 from rnas import paths
 from rnas.config import params_from_dict
 from rnas.evaluation.flags import encode_flags, read_flags, write_flags
@@ -50,8 +50,9 @@ def _write_run(params, run, seed, clean, robust, certified=None, n_params=1000, 
     if certified is not None:
         flags["certified"] = certified
     write_flags(paths.flags_file(params, run, seed), flags)
-    (d / "eval.json").write_text(json.dumps({"params": n_params, "clean_acc": float(np.mean(clean)),
-                                             "robust_acc": float(np.mean(robust))}))
+    (d / "eval.json").write_text(
+        json.dumps({"params": n_params, "clean_acc": float(np.mean(clean)), "robust_acc": float(np.mean(robust))})
+    )
     if search_seconds is not None:
         (d / "search.json").write_text(json.dumps({"search_seconds": search_seconds}))
 

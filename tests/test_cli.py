@@ -26,8 +26,12 @@ def test_requested_command_is_the_first_word():
 
 
 def _modules_after(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return set(out.split())
 
 
@@ -39,8 +43,10 @@ def test_a_stage_imports_only_its_own_module():
 
 
 def test_deterministic_runtime_without_importing_inductor():
-    code = ("import torch; from rnas.runtime import setup_runtime; setup_runtime(1, True, 'cpu')\n"
-            "assert torch.are_deterministic_algorithms_enabled()\n"
-            "assert torch.is_deterministic_algorithms_warn_only_enabled()")
+    code = (
+        "import torch; from rnas.runtime import setup_runtime; setup_runtime(1, True, 'cpu')\n"
+        "assert torch.are_deterministic_algorithms_enabled()\n"
+        "assert torch.is_deterministic_algorithms_warn_only_enabled()"
+    )
     loaded = _modules_after(code)
     assert "torch._inductor" not in loaded

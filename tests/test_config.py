@@ -43,21 +43,28 @@ def test_paper_config_is_valid():
     assert (p.retrain.init_channels, p.retrain.layers) == (36, 20)
 
 
-@pytest.mark.parametrize("patch, key, allowed", [
-    ({"evaluate": {"epsilon": -0.1}}, "evaluate.epsilon", "[0.0, 1.0]"),
-    ({"evaluate": {"epsilon": 1.5}}, "evaluate.epsilon", "[0.0, 1.0]"),
-    ({"search": {"epochs": 0}}, "search.epochs", "[1"),
-    ({"teacher": {"train": {"epochs": 0}}}, "teacher.train.epochs", "[1"),
-    ({"search": {"arch_lr": "1e-3"}}, "search.arch_lr", "1.0e-3"),
-    ({"data": {"dataset": "imagenet"}}, "data.dataset", "cifar10"),
-    ({"pipeline": {"runs": ["darts", "nonsense"]}}, "pipeline.runs[1]", "darts"),
-    ({"search": {"methods": {"darts": {"gamma": 1.0}}}}, "search.methods.darts.gamma", "known keys here: overrides"),
-    ({"data": {"datset": "digits"}}, "data.datset", "dataset"),
-    ({"pipeline": {"deterministic": "yes"}}, "pipeline.deterministic", "true or false"),
-    ({"search": {"layers": 2.5}}, "search.layers", "integer"),
-    ({"evaluate": {"attacks": ["fgsm", "bim"]}}, "evaluate.attacks[1]", "pgd20"),
-    ({"teacher": {"train": {"lr": 0.01, "lr_min": 0.1}}}, "teacher.train.lr_min", "exceeds"),
-])
+@pytest.mark.parametrize(
+    "patch, key, allowed",
+    [
+        ({"evaluate": {"epsilon": -0.1}}, "evaluate.epsilon", "[0.0, 1.0]"),
+        ({"evaluate": {"epsilon": 1.5}}, "evaluate.epsilon", "[0.0, 1.0]"),
+        ({"search": {"epochs": 0}}, "search.epochs", "[1"),
+        ({"teacher": {"train": {"epochs": 0}}}, "teacher.train.epochs", "[1"),
+        ({"search": {"arch_lr": "1e-3"}}, "search.arch_lr", "1.0e-3"),
+        ({"data": {"dataset": "imagenet"}}, "data.dataset", "cifar10"),
+        ({"pipeline": {"runs": ["darts", "nonsense"]}}, "pipeline.runs[1]", "darts"),
+        (
+            {"search": {"methods": {"darts": {"gamma": 1.0}}}},
+            "search.methods.darts.gamma",
+            "known keys here: overrides",
+        ),
+        ({"data": {"datset": "digits"}}, "data.datset", "dataset"),
+        ({"pipeline": {"deterministic": "yes"}}, "pipeline.deterministic", "true or false"),
+        ({"search": {"layers": 2.5}}, "search.layers", "integer"),
+        ({"evaluate": {"attacks": ["fgsm", "bim"]}}, "evaluate.attacks[1]", "pgd20"),
+        ({"teacher": {"train": {"lr": 0.01, "lr_min": 0.1}}}, "teacher.train.lr_min", "exceeds"),
+    ],
+)
 def test_bad_values_are_refused_with_key_and_allowed(patch, key, allowed):
     with pytest.raises(ParamsError) as err:
         params_from_dict(patch)
@@ -80,7 +87,9 @@ def test_validate_params_command_exit_codes(tmp_path):
     data = yaml.safe_load(good.read_text())
     data["evaluate"]["epsilon"] = 2.0
     bad.write_text(yaml.safe_dump(data))
-    ok = subprocess.run([sys.executable, "-m", "rnas.cli", "validate-params", str(good)], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "rnas.cli", "validate-params", str(good)], capture_output=True, text=True
+    )
     assert ok.returncode == 0, ok.stderr
     no = subprocess.run([sys.executable, "-m", "rnas.cli", "validate-params", str(bad)], capture_output=True, text=True)
     assert no.returncode == 2

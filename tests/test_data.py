@@ -7,7 +7,6 @@ import os
 import pickle
 import struct
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -103,9 +102,9 @@ def test_digits_native_size_is_exact_and_upsampling_is_bilinear() -> None:
     raw = load_splits("digits", image_size=8)
     assert torch.equal(raw.train.x * 16, (raw.train.x * 16).round())  # values k/16
     up = load_splits("digits", image_size=32)
-    expected = torch.nn.functional.interpolate(
-        raw.test.x, size=(32, 32), mode="bilinear", align_corners=False
-    ).clamp(0, 1)
+    expected = torch.nn.functional.interpolate(raw.test.x, size=(32, 32), mode="bilinear", align_corners=False).clamp(
+        0, 1
+    )
     assert torch.allclose(up.test.x, expected)
     assert up.info.image_size == 32
 

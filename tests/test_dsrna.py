@@ -2,28 +2,27 @@
 the robustness metrics move α (non-zero gradient, a step along it raises the metric), the
 Jacobian metric is per example (BN at the clean batch's statistics held fixed; its value and
 α-gradient equal a one-example-at-a-time reference), the architecture loss is L_val − γ·R per
-variant (numerically, from hand-computed terms: tests/test_search_losses.py), the three runs search end to end, and no example
-is both certified and broken by an attack (the evaluate stage's sanity flag and the CLI)."""
+variant (numerically, from hand-computed terms: tests/test_search_losses.py), the three runs
+search end to end, and no example is both certified and broken by an attack (the evaluate
+stage's sanity flag and the CLI)."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import json
 from collections.abc import Iterator
 
 import pytest
-
-from conftest import tiny_splits, train_digits_cnn
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import tiny_splits, train_digits_cnn
 from torch import nn
 
 from rnas.checkpoint import ResumeState, save_model
 from rnas.config import ParamsError, params_from_dict
-from rnas.data import Splits, TensorPair, get_info
+from rnas.data import Splits
 from rnas.evaluation.certify import SANITY_KEY, attack_radii, certified_not_broken, certify, certify_evaluation
 from rnas.evaluation.protocol import EvalSettings, evaluate_model
 from rnas.models.small_cnn import SmallCNN
@@ -41,11 +40,19 @@ RUNS = ("dsrna_cb", "dsrna_jacobian", "dsrna_combined")
 
 
 def tiny_params(epochs: int = 1, **dsrna):
-    return params_from_dict({
-        "pipeline": {"progress": False, "channels_last": False},
-        "search": {"epochs": epochs, "batch_size": 8, "init_channels": 4, "layers": 2, "nodes": 2,
-                   "methods": {"dsrna": dsrna}},
-    })
+    return params_from_dict(
+        {
+            "pipeline": {"progress": False, "channels_last": False},
+            "search": {
+                "epochs": epochs,
+                "batch_size": 8,
+                "init_channels": 4,
+                "layers": 2,
+                "nodes": 2,
+                "methods": {"dsrna": dsrna},
+            },
+        }
+    )
 
 
 def supernet_and_batch():
@@ -59,7 +66,8 @@ def supernet_and_batch():
 METRICS = {
     "jacobian_top1": lambda net, x, y: jacobian_metric(net, x, 0.1, "linf", "top1")[0],
     "jacobian_random_l2": lambda net, x, y: jacobian_metric(
-        net, x, 0.5, "l2", "random", torch.Generator().manual_seed(0))[0],
+        net, x, 0.5, "l2", "random", torch.Generator().manual_seed(0)
+    )[0],
     "cb_ibp": lambda net, x, y: scale_bound(bound_metric(net, x, y, 0.01, "linf", "ibp")[0], "log"),
     "cb_crown": lambda net, x, y: scale_bound(bound_metric(net, x, y, 0.01, "linf", "crown")[0], "log"),
     "cb_ibp_linear": lambda net, x, y: bound_metric(net, x, y, 0.01, "linf", "ibp")[0],
@@ -135,12 +143,13 @@ def batch_statistics_held(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
             del m.forward
 
 
-def per_example_jacobian(ref: nn.Module, x: torch.Tensor, eps: float, norm: str,
-                         v: torch.Tensor | None = None, create_graph: bool = False) -> torch.Tensor:
+def per_example_jacobian(
+    ref: nn.Module, x: torch.Tensor, eps: float, norm: str, v: torch.Tensor | None = None, create_graph: bool = False
+) -> torch.Tensor:
     """−ε·‖∇ₓ g(x_i)‖_* computed one example at a time (g the top-1 logit, or vᵢᵀf)."""
     out = []
     for i in range(len(x)):
-        xi = x[i:i + 1].clone().requires_grad_(True)
+        xi = x[i : i + 1].clone().requires_grad_(True)
         logits = ref(xi)[0]
         g = logits[logits.argmax()] if v is None else (logits * v[i]).sum()
         (grad,) = torch.autograd.grad(g, xi, create_graph=create_graph)
@@ -224,8 +233,9 @@ def test_arch_loss_is_val_ce_minus_gamma_r(run):
     torch.manual_seed(0)
     spec = resolve_run(run)
     method = make_method(spec.method)
-    method.setup(SearchContext(params=params, run=spec, info=splits.info, device=torch.device("cpu"), seed=0,
-                               steps_per_epoch=1))
+    method.setup(
+        SearchContext(params=params, run=spec, info=splits.info, device=torch.device("cpu"), seed=0, steps_per_epoch=1)
+    )
     net = method.supernet.train()
     x, y = splits.train.x[:8], splits.train.y[:8]
     loss, metrics = method.arch_loss(net, x, y)
@@ -246,8 +256,13 @@ def test_arch_loss_is_val_ce_minus_gamma_r(run):
 def _search(run: str, params, splits: Splits, resume: ResumeState | None = None):
     torch.manual_seed(0)
     method = make_method(resolve_run(run).method)
-    result = run_search(method, {"params": params, "run": resolve_run(run), "info": splits.info,
-                                 "device": torch.device("cpu"), "seed": 0}, splits, resume=resume, progress=False)
+    result = run_search(
+        method,
+        {"params": params, "run": resolve_run(run), "info": splits.info, "device": torch.device("cpu"), "seed": 0},
+        splits,
+        resume=resume,
+        progress=False,
+    )
     return method, result
 
 
@@ -290,8 +305,9 @@ def test_overflowing_bound_is_a_clear_error(monkeypatch):
     params, splits = tiny_params(), tiny_splits()
     spec = resolve_run("dsrna_cb")
     method = make_method(spec.method)
-    method.setup(SearchContext(params=params, run=spec, info=splits.info, device=torch.device("cpu"), seed=0,
-                               steps_per_epoch=1))
+    method.setup(
+        SearchContext(params=params, run=spec, info=splits.info, device=torch.device("cpu"), seed=0, steps_per_epoch=1)
+    )
     monkeypatch.setattr(dsrna, "bound_metric", lambda *a, **k: (torch.tensor([-float("inf")]), torch.zeros(1, 10)))
     with pytest.raises(NonFiniteLossError, match="bound_dtype: float64"):
         method.arch_loss(method.supernet, splits.train.x[:1], splits.train.y[:1])
@@ -314,6 +330,7 @@ def test_params_block_and_runs():
 
 # -- verification-based evaluation ----------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def trained_digits_model():
     """A small CNN trained for a few seconds on digits (clean), and 64 test examples."""
@@ -324,8 +341,9 @@ def trained_digits_model():
 def test_no_certified_example_is_broken_by_an_attack(trained_digits_model):
     model, x, y = trained_digits_model
     eps = 0.02
-    settings = EvalSettings(epsilon=eps, epsilon_l2=0.5, pgd_step_size=eps / 4, attacks=("fgsm", "pgd20"),
-                            eps_sweep=(0.01, 0.3))
+    settings = EvalSettings(
+        epsilon=eps, epsilon_l2=0.5, pgd_step_size=eps / 4, attacks=("fgsm", "pgd20"), eps_sweep=(0.01, 0.3)
+    )
     metrics, flags = evaluate_model(model, x, y, settings, progress=False)
     certify_evaluation(metrics, flags, model, x, y, settings, "both", 32)
     assert metrics["clean_acc"] > 0.8
@@ -353,8 +371,11 @@ def test_certify_stage_prints_certified_accuracy(tmp_path, capsys):
     from rnas.space.genotype import random_genotype
     from rnas.space.network import CellNetwork
 
-    raw = {"pipeline": {"results": str(tmp_path / "results"), "progress": False, "channels_last": False},
-           "tracking": {"enabled": False}, "evaluate": {"epsilon": 0.001, "n_examples": 16}}
+    raw = {
+        "pipeline": {"results": str(tmp_path / "results"), "progress": False, "channels_last": False},
+        "tracking": {"enabled": False},
+        "evaluate": {"epsilon": 0.001, "n_examples": 16},
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     params = params_from_dict(raw)
     torch.manual_seed(0)

@@ -20,8 +20,14 @@ torch.set_num_threads(1)
 N_CLASSES = 10
 # At the L2 radius 2.5 AutoAttack-L2's APGD-CE already breaks every example, so its later
 # sub-attacks are skipped and the test stays fast; its own checks still run and are resumed.
-SETTINGS = EvalSettings(epsilon=0.1, epsilon_l2=2.5, pgd_step_size=0.025, eps_sweep=(0.05,),
-                        attacks=("fgsm", "pgd20", "autoattack_l2", "deepfool"), deepfool_steps=10)
+SETTINGS = EvalSettings(
+    epsilon=0.1,
+    epsilon_l2=2.5,
+    pgd_step_size=0.025,
+    eps_sweep=(0.05,),
+    attacks=("fgsm", "pgd20", "autoattack_l2", "deepfool"),
+    deepfool_steps=10,
+)
 SANITY = SanitySettings(large_epsilon=0.5, square_queries=50, tolerance=0.05)
 
 
@@ -52,11 +58,13 @@ class Interrupted(BaseException):
 def _counting(monkeypatch, calls: dict[str, int], fail: str | None = None) -> None:
     """Wrap every registry attack: count its calls; raise Interrupted when ``fail`` runs."""
     for name, spec in ORIGINAL_ATTACKS.items():
+
         def fn(*args, _orig=spec.fn, _name=name, **kw):
             calls[_name] = calls.get(_name, 0) + 1
             if _name == fail:
                 raise Interrupted(_name)
             return _orig(*args, **kw)
+
         monkeypatch.setitem(A.ATTACKS, name, dataclasses.replace(spec, fn=fn))
 
 
@@ -82,8 +90,9 @@ def test_resume_gives_the_uninterrupted_numbers(setup, tmp_path, monkeypatch):
 
     calls.clear()
     _counting(monkeypatch, calls)
-    resumed, resumed_flags = evaluate_with_sanity(model, x, y, SETTINGS, SANITY, progress=False,
-                                                  state=EvalState(path, key))
+    resumed, resumed_flags = evaluate_with_sanity(
+        model, x, y, SETTINGS, SANITY, progress=False, state=EvalState(path, key)
+    )
     assert "fgsm" not in calls and calls["pgd"] == 3  # eps 0, 0.05 and the probe at 0.5; not PGD-20 at ε
     assert calls["deepfool_l2"] == 1 and calls["autoattack"] == 1  # the rest, incl. Square alone
     assert calls["autoattack_l2"] == 1  # APGD-CE at the large L2 radius, not the protocol's AutoAttack-L2
@@ -108,10 +117,12 @@ def test_stale_state_is_ignored_and_a_corrupt_one_refused(setup, tmp_path, monke
     state.put("fgsm", torch.zeros(len(x), dtype=torch.bool), 1.0)  # fake: every example broken
     assert EvalState(path, key).get("fgsm") is not None
     # another model, other settings, other examples or other sanity knobs -> other key
-    others = [state_key(SETTINGS, "digest-b", x, y, SANITY),
-              state_key(dataclasses.replace(SETTINGS, pgd_restarts=2), "digest-a", x, y, SANITY),
-              state_key(SETTINGS, "digest-a", x[:-1], y[:-1], SANITY),
-              state_key(SETTINGS, "digest-a", x, y, dataclasses.replace(SANITY, square_queries=51))]
+    others = [
+        state_key(SETTINGS, "digest-b", x, y, SANITY),
+        state_key(dataclasses.replace(SETTINGS, pgd_restarts=2), "digest-a", x, y, SANITY),
+        state_key(SETTINGS, "digest-a", x[:-1], y[:-1], SANITY),
+        state_key(SETTINGS, "digest-a", x, y, dataclasses.replace(SANITY, square_queries=51)),
+    ]
     assert len({key, *others}) == 5
     stale = EvalState(path, others[0])
     assert stale.get("fgsm") is None and "fgsm" not in stale

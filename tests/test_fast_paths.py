@@ -16,9 +16,9 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT
 from torch import nn
 
-from conftest import ROOT
 from rnas.config import ParamsError, params_from_dict
 from rnas.runtime import acceleration, autocast, configure_acceleration, place_model
 from rnas.space.ops import DepthwiseConv2d, DilConv, PointwiseConv2d
@@ -39,8 +39,9 @@ def _reference():
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 7, 8])  # 1..4: the cropped kernels (digits' 2x2 and 4x4 maps)
 def test_depthwise_conv_equals_nn_conv2d(stride, kernel, dilation, size):
     torch.manual_seed(0)
-    m = DepthwiseConv2d(4, 4, kernel, stride=stride, padding=dilation * (kernel - 1) // 2, dilation=dilation,
-                        groups=4, bias=False)
+    m = DepthwiseConv2d(
+        4, 4, kernel, stride=stride, padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=4, bias=False
+    )
     x = torch.rand(2, 4, size, size, requires_grad=True)
     fast, plain = m(x), nn.Conv2d.forward(m, x)
     assert fast.shape == plain.shape
@@ -101,7 +102,7 @@ def test_supernet_matches_the_straightforward_forward(k, channels_last, size):
     floor = 1e-5 * max(float(g.abs().max()) for g in grads_ref)
     for (name, _), a, b in zip(net.named_parameters(), grads, grads_ref):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=floor, msg=name)
-    assert all(g.abs().sum() > 0 for g in grads[-4 if k > 1 else -2:] if g is not None)  # α (and β) learn
+    assert all(g.abs().sum() > 0 for g in grads[-4 if k > 1 else -2 :] if g is not None)  # α (and β) learn
 
 
 def test_channel_shuffle_keeps_channels_last_and_values():

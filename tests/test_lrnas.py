@@ -16,10 +16,15 @@ from torch import nn
 
 from rnas.config import params_from_dict, to_dict
 from rnas.runs import parse_budget, resolve_run
-from rnas.search.methods.lrnas import (ParameterCost, edge_endpoints, edge_stride, greedy_select,
-                                       momentum_update, standardize_per_cell)
-from rnas.search.shapley import (lrnas_values, monte_carlo_shapley, permutation_marginals, sample_marginals,
-                                 zscore)
+from rnas.search.methods.lrnas import (
+    ParameterCost,
+    edge_endpoints,
+    edge_stride,
+    greedy_select,
+    momentum_update,
+    standardize_per_cell,
+)
+from rnas.search.shapley import lrnas_values, monte_carlo_shapley, permutation_marginals, sample_marginals, zscore
 from rnas.space.genotype import Genotype, num_edges, random_genotype, validate_genotype
 from rnas.space.ops import PRIMITIVES, Zero, is_parameter_free
 from rnas.space.supernet import Supernet
@@ -30,6 +35,7 @@ torch.set_num_threads(1)
 # --------------------------------------------------------------------------------------------
 # The estimator on games with known Shapley values
 # --------------------------------------------------------------------------------------------
+
 
 def additive(weights):
     w = torch.tensor(weights, dtype=torch.float64)
@@ -80,8 +86,10 @@ def test_estimator_converges_to_the_shapley_values(game, truth):
     truth = torch.tensor(truth, dtype=torch.float64)
     errors = {}
     for n in (4, 64, 1024):
-        errs = [float((monte_carlo_shapley(game, 3, n, torch.Generator().manual_seed(seed))[:, 0] - truth).abs().max())
-                for seed in range(8)]
+        errs = [
+            float((monte_carlo_shapley(game, 3, n, torch.Generator().manual_seed(seed))[:, 0] - truth).abs().max())
+            for seed in range(8)
+        ]
         errors[n] = sum(errs) / len(errs)
     assert errors[4] > errors[64] > errors[1024]
     assert errors[1024] < 0.04  # the standard error is ~0.5/sqrt(1024) ≈ 0.016
@@ -96,8 +104,12 @@ def test_permutation_marginals_switch_players_off_in_order():
 
     order = torch.tensor([2, 0, 1])
     m = permutation_marginals(value, order)
-    assert [c.tolist() for c in calls] == [[True, True, True], [True, True, False], [False, True, False],
-                                           [False, False, False]]
+    assert [c.tolist() for c in calls] == [
+        [True, True, True],
+        [True, True, False],
+        [False, True, False],
+        [False, False, False],
+    ]
     # drops: removing 2 from {0,1,2} -> 0; removing 0 from {0,1} -> 1; removing 1 from {1} -> 0
     assert m[:, 0].tolist() == [1.0, 0.0, 0.0]
     # efficiency: every permutation's drops sum to v(N) − v(∅)
@@ -126,8 +138,7 @@ def test_zscore_and_lrnas_values():
     torch.testing.assert_close(z[0], torch.tensor([-1.0, 0.0, 1.0]) * math.sqrt(1.5))
     assert bool((z[1] == 0).all())  # constant drops: z = 0, not NaN
     # (n_perm=2, players=3, k=2): value = mean_p z(ΔA) + z(ΔR)
-    m = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [0.0, 3.0]],
-                      [[0.0, 1.0], [0.0, 1.0], [2.0, 1.0]]])
+    m = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [0.0, 3.0]], [[0.0, 1.0], [0.0, 1.0], [2.0, 1.0]]])
     expected = ((zscore(m[0, :, 0], 0) + zscore(m[0, :, 1], 0)) + (zscore(m[1, :, 0], 0) + 0)) / 2
     torch.testing.assert_close(lrnas_values(m), expected)
 
@@ -151,8 +162,7 @@ def test_update_by_hand_standardizes_each_cell_type_separately():
     # normal: mean 2, sample std 1 -> z = (-1, 0, 1); reduce: mean 0.3, sample std sqrt(0.07)
     z_r = [-0.7559289460, -0.3779644730, 1.1338934190]
     torch.testing.assert_close(V1, torch.tensor([[-0.2, 0.0, 0.2], [0.2 * z for z in z_r]], dtype=torch.float64))
-    torch.testing.assert_close(step1, torch.tensor([[-0.02, 0.0, 0.02], [0.02 * z for z in z_r]],
-                                                   dtype=torch.float64))
+    torch.testing.assert_close(step1, torch.tensor([[-0.02, 0.0, 0.02], [0.02 * z for z in z_r]], dtype=torch.float64))
     assert float(step1[1, 2]) > 0 and float(step1[1].argmax()) == 2  # the reduction cell's best op rises
     # second epoch: the momentum keeps 0.8 of V
     v_hat2 = torch.tensor([[3.0, 2.0, 1.0], [0.5, 0.5, 0.2]], dtype=torch.float64)
@@ -161,11 +171,16 @@ def test_update_by_hand_standardizes_each_cell_type_separately():
     # reduce: mean 0.4, sample std sqrt(0.03), z = (0.5773502692, 0.5773502692, -1.1547005384)
     v2_r = [0.16 * a + 0.2 * b for a, b in zip(z_r, [0.5773502692, 0.5773502692, -1.1547005384])]
     torch.testing.assert_close(V2, torch.tensor([[0.04, 0.0, -0.04], v2_r], dtype=torch.float64))
-    torch.testing.assert_close(step2, torch.tensor([[0.004, 0.0, -0.004], [0.1 * v for v in v2_r]],
-                                                   dtype=torch.float64))
+    torch.testing.assert_close(
+        step2, torch.tensor([[0.004, 0.0, -0.004], [0.1 * v for v in v2_r]], dtype=torch.float64)
+    )
     # a cell whose values are all equal carries no ranking: z = 0 there, the other cell unchanged
-    V3, step3 = momentum_update(torch.zeros(2, 3, dtype=torch.float64),
-                                torch.tensor([[5.0, 5.0, 5.0], [1.0, 2.0, 3.0]], dtype=torch.float64), 0.2, 0.1)
+    V3, step3 = momentum_update(
+        torch.zeros(2, 3, dtype=torch.float64),
+        torch.tensor([[5.0, 5.0, 5.0], [1.0, 2.0, 3.0]], dtype=torch.float64),
+        0.2,
+        0.1,
+    )
     assert bool((V3[0] == 0).all()) and bool((step3[0] == 0).all())
     torch.testing.assert_close(step3[1], torch.tensor([-0.02, 0.0, 0.02], dtype=torch.float64))
 
@@ -177,13 +192,15 @@ def test_standardize_per_cell():
     torch.testing.assert_close(z[0], (v[0] - 4.0) / s)
     assert bool((z[1] == 0).all())
     # an affine change of one cell's values (e.g. a different scale of its drops) changes nothing
-    torch.testing.assert_close(standardize_per_cell(torch.stack([3 * v[0] - 2, v[0] * 0.01])),
-                               torch.stack([z[0], z[0]]))
+    torch.testing.assert_close(
+        standardize_per_cell(torch.stack([3 * v[0] - 2, v[0] * 0.01])), torch.stack([z[0], z[0]])
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Switching primitives off in the supernet
 # --------------------------------------------------------------------------------------------
+
 
 def _tiny_supernet(k=1):
     torch.manual_seed(0)
@@ -237,10 +254,29 @@ def test_everything_switched_off_gives_a_constant_network():
 # --------------------------------------------------------------------------------------------
 
 DARTS_V2 = Genotype(
-    (("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 1),
-     ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)), (2, 3, 4, 5),
-    (("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1), ("max_pool_3x3", 0),
-     ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)), (2, 3, 4, 5))
+    (
+        ("sep_conv_3x3", 0),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0),
+        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 1),
+        ("skip_connect", 0),
+        ("skip_connect", 0),
+        ("dil_conv_3x3", 2),
+    ),
+    (2, 3, 4, 5),
+    (
+        ("max_pool_3x3", 0),
+        ("max_pool_3x3", 1),
+        ("skip_connect", 2),
+        ("max_pool_3x3", 1),
+        ("max_pool_3x3", 0),
+        ("skip_connect", 2),
+        ("skip_connect", 2),
+        ("max_pool_3x3", 1),
+    ),
+    (2, 3, 4, 5),
+)
 
 
 def test_parameter_cost_is_exact():
@@ -260,14 +296,17 @@ def test_parameter_cost_is_exact():
 
 def _check_selection(sel, cost, budget, nodes=4):
     g = validate_genotype(sel.genotype.to_dict())
-    for cell, reduction in ((g.normal, False), (g.reduce, True)):
+    for cell in (g.normal, g.reduce):
         for node in range(nodes):
-            pair = cell[2 * node: 2 * node + 2]
+            pair = cell[2 * node : 2 * node + 2]
             assert len({src for _, src in pair}) == 2  # two distinct inputs per node
     assert sel.params == cost.count_built(g)
     if sel.params > budget:
-        assert all(is_parameter_free(op, edge_stride(red, src))
-                   for cell, red in ((g.normal, False), (g.reduce, True)) for op, src in cell)
+        assert all(
+            is_parameter_free(op, edge_stride(red, src))
+            for cell, red in ((g.normal, False), (g.reduce, True))
+            for op, src in cell
+        )
 
 
 def test_greedy_selection_respects_the_budget_and_two_inputs_per_node():
@@ -303,8 +342,9 @@ def test_greedy_selection_takes_best_ops_in_alpha_order():
         elif src == 0:
             a[e, 2] = 1.0
     sel = greedy_select(a, a.clone(), cost, 10**7)
-    assert sel.genotype.normal == tuple(edge for node in range(4)
-                                        for edge in (("avg_pool_3x3", 0), ("sep_conv_3x3", node + 1)))
+    assert sel.genotype.normal == tuple(
+        edge for node in range(4) for edge in (("avg_pool_3x3", 0), ("sep_conv_3x3", node + 1))
+    )
     # with a budget for only the first conv of the normal cell, later convs are refused and
     # nodes fall back to parameter-free ops
     first = cost.base() + cost.edge_cost(False, 1, "sep_conv_3x3")
@@ -317,6 +357,7 @@ def test_greedy_selection_takes_best_ops_in_alpha_order():
 # --------------------------------------------------------------------------------------------
 # Runs and the method end to end
 # --------------------------------------------------------------------------------------------
+
 
 def test_budget_runs():
     assert parse_budget("20k") == 20_000 and parse_budget("2M") == 2_000_000 and parse_budget("1500") == 1500
@@ -333,16 +374,32 @@ def test_budget_runs():
 
 
 def _tiny_params(search=None, **lrnas):
-    block = {"warmup_epochs": 1, "permutations": 2, "batch_size": 16, "budget": 30_000,
-             "fgsm_epsilon": 0.1, "attack_each_coalition": False, **lrnas}
-    return params_from_dict({
-        "pipeline": {"runs": ["lrnas"], "progress": False, "channels_last": False},
-        "data": {"dataset": "digits", "train_subset": 160},
-        "search": {"epochs": 2, "batch_size": 16, "init_channels": 4, "layers": 2, "nodes": 2,
-                   **(search or {}), "methods": {"lrnas": block}},
-        "retrain": {"init_channels": 8, "layers": 4},
-        "tracking": {"enabled": False},
-    })
+    block = {
+        "warmup_epochs": 1,
+        "permutations": 2,
+        "batch_size": 16,
+        "budget": 30_000,
+        "fgsm_epsilon": 0.1,
+        "attack_each_coalition": False,
+        **lrnas,
+    }
+    return params_from_dict(
+        {
+            "pipeline": {"runs": ["lrnas"], "progress": False, "channels_last": False},
+            "data": {"dataset": "digits", "train_subset": 160},
+            "search": {
+                "epochs": 2,
+                "batch_size": 16,
+                "init_channels": 4,
+                "layers": 2,
+                "nodes": 2,
+                **(search or {}),
+                "methods": {"lrnas": block},
+            },
+            "retrain": {"init_channels": 8, "layers": 4},
+            "tracking": {"enabled": False},
+        }
+    )
 
 
 @pytest.mark.slow
@@ -353,8 +410,16 @@ def test_search_end_to_end(tmp_path, run, attack_each):
     from rnas.search.methods import make_method
 
     params = _tiny_params(attack_each_coalition=attack_each, permutations=1)
-    splits = load_splits("digits", root="data", download=False, seed=0, val_fraction=0.1, image_size=8,
-                         test_fraction=0.2, train_subset=160)
+    splits = load_splits(
+        "digits",
+        root="data",
+        download=False,
+        seed=0,
+        val_fraction=0.1,
+        image_size=8,
+        test_fraction=0.2,
+        train_subset=160,
+    )
     method = make_method("lrnas")
     ctx = {"params": params, "run": resolve_run(run), "info": splits.info, "device": torch.device("cpu"), "seed": 0}
     result = run_search(method, ctx, splits, progress=False)
@@ -415,8 +480,16 @@ def test_alpha_update_on_digits_by_hand_and_masks_are_restored():
 
     params = _tiny_params(permutations=1, batch_size=16)
     torch.manual_seed(0)
-    splits = load_splits("digits", root="data", download=False, seed=0, val_fraction=0.1, image_size=8,
-                         test_fraction=0.2, train_subset=160)
+    splits = load_splits(
+        "digits",
+        root="data",
+        download=False,
+        seed=0,
+        val_fraction=0.1,
+        image_size=8,
+        test_fraction=0.2,
+        train_subset=160,
+    )
     method = _lrnas_method(params)
     net = method.supernet
     before = _alphas(net)
@@ -458,14 +531,15 @@ def test_reduction_candidates_are_standardized_and_ranked_on_their_own_scale(mon
     net = method.supernet
     n_e, n_ops = net.alpha_normal.shape
     gen = torch.Generator().manual_seed(0)
-    normal = 1.0 + torch.rand(n_e, n_ops, generator=gen, dtype=torch.float64)        # in [1, 2]
+    normal = 1.0 + torch.rand(n_e, n_ops, generator=gen, dtype=torch.float64)  # in [1, 2]
     reduce = 0.1 + 0.05 * torch.rand(n_e, n_ops, generator=gen, dtype=torch.float64)  # in [0.1, 0.15]
     best = (3, PRIMITIVES.index("sep_conv_5x5"))  # edge 3: node 1 <- input 1
     reduce[best] = 0.5
     assert float(reduce.max()) < float(normal.min())
     worth = torch.stack([normal, reduce])
-    monkeypatch.setattr(lrnas_module, "CoalitionValue",
-                        type("Additive", (_AdditiveCoalition,), {"worth": worth.flatten()}))
+    monkeypatch.setattr(
+        lrnas_module, "CoalitionValue", type("Additive", (_AdditiveCoalition,), {"worth": worth.flatten()})
+    )
     before = _alphas(net)
     method._batches = [(torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))]
     method.estimate_contributions(1)
@@ -480,8 +554,13 @@ def test_reduction_candidates_are_standardized_and_ranked_on_their_own_scale(mon
     # one list for both cell types: the reduction cell's best primitive is the first candidate
     sel = method.selection()
     first = sel.steps[0]
-    assert (first["cell"], first["node"], first["input"], first["op"], first["result"]) == \
-        ("reduce", 1, 1, "sep_conv_5x5", "added")
+    assert (first["cell"], first["node"], first["input"], first["op"], first["result"]) == (
+        "reduce",
+        1,
+        1,
+        "sep_conv_5x5",
+        "added",
+    )
     assert ("sep_conv_5x5", 1) in sel.genotype.reduce
 
 
@@ -551,8 +630,9 @@ def test_the_one_useful_op_gets_the_highest_contribution_and_its_alpha_rises():
     """The real contribution estimate (masks in the supernet, clean and FGSM accuracy, z-scores,
     update) on :func:`_one_useful_op`'s network: N gets the highest value and its α rises most in
     its cell, the harmful H the lowest and its α falls, and every α moves by η·μ·z_cell(V̂)."""
-    params = _tiny_params(search={"init_channels": 2}, permutations=4, attack_each_coalition=False,
-                          fgsm_epsilon=0.1, batch_size=12)
+    params = _tiny_params(
+        search={"init_channels": 2}, permutations=4, attack_each_coalition=False, fgsm_epsilon=0.1, batch_size=12
+    )
     method = _lrnas_method(params)
     net = method.supernet
     _one_useful_op(net)
@@ -608,9 +688,11 @@ def test_weight_step_is_clean_cross_entropy_and_sgd_by_hand():
     logits = ref(x)
     loss = -(logits - logits.logsumexp(1, keepdim=True)).gather(1, y[:, None]).mean()
     weights = ref.weights()
-    grads = [torch.zeros_like(w) if g is None else g
-             for w, g in zip(weights, torch.autograd.grad(loss, weights, allow_unused=True))]
-    norm = math.sqrt(sum(float((g ** 2).sum()) for g in grads))
+    grads = [
+        torch.zeros_like(w) if g is None else g
+        for w, g in zip(weights, torch.autograd.grad(loss, weights, allow_unused=True))
+    ]
+    norm = math.sqrt(sum(float((g**2).sum()) for g in grads))
     clip = min(1.0, s.grad_clip / (norm + 1e-6))
     assert clip < 0.5
     # first SGD step: the momentum buffer is the first gradient (with weight decay), w <- w - lr·buffer

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import chromium_binary, require_or_skip
+
 from rnas import paths
 from rnas.cli import main as rnas_main
 from rnas.config import load_params
@@ -37,11 +37,25 @@ RUNS = {"darts": 0.81, "random": 0.70}
 
 
 def _eval(robust: float, square_ok: bool = True) -> dict:
-    return {"clean_acc": 0.98, "fgsm_acc": robust + 0.05, "pgd20_acc": robust + 0.02, "pgd100_acc": robust + 0.01,
-            "autoattack_acc": robust, "robust_acc": robust, "cw_acc": 0.9, "deepfool_acc": 0.85,
-            "eps_sweep": {"0.0": 0.98, "0.1": robust + 0.02}, "params": 28354, "macs": 324736,
-            "n_examples": 200, "epsilon": 0.1, "epsilon_l2": 0.5, "device": "cpu", "device_name": "CPU (x86_64)",
-            "sanity": {"eps0_equals_clean": True, "square_not_stronger_than_whitebox": square_ok}}
+    return {
+        "clean_acc": 0.98,
+        "fgsm_acc": robust + 0.05,
+        "pgd20_acc": robust + 0.02,
+        "pgd100_acc": robust + 0.01,
+        "autoattack_acc": robust,
+        "robust_acc": robust,
+        "cw_acc": 0.9,
+        "deepfool_acc": 0.85,
+        "eps_sweep": {"0.0": 0.98, "0.1": robust + 0.02},
+        "params": 28354,
+        "macs": 324736,
+        "n_examples": 200,
+        "epsilon": 0.1,
+        "epsilon_l2": 0.5,
+        "device": "cpu",
+        "device_name": "CPU (x86_64)",
+        "sanity": {"eps0_equals_clean": True, "square_not_stronger_than_whitebox": square_ok},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +76,13 @@ def store(tmp_path_factory):
         parent = paths.pipeline_run_file(params).read_text().strip()
         assert parent_run_id(params) == parent
         for run, robust in RUNS.items():
-            with stage_run(params, "search", run=run, method=run, variant="default", seed=0,
-                           keys=stage_keys("search", run)) as tracker:
+            with stage_run(
+                params, "search", run=run, method=run, variant="default", seed=0, keys=stage_keys("search", run)
+            ) as tracker:
                 tracker.log_metrics({"search_seconds": 40.0 if run == "darts" else 0.0})
-            with stage_run(params, "evaluate", run=run, method=run, variant="default", seed=0,
-                           keys=stage_keys("evaluate")) as tracker:
+            with stage_run(
+                params, "evaluate", run=run, method=run, variant="default", seed=0, keys=stage_keys("evaluate")
+            ) as tracker:
                 log_evaluation(tracker, _eval(robust, square_ok=run == "darts"))
         assert rnas_main(["pipeline-run", "end", "--params", str(params_file), "--status", "FINISHED"]) == 0
     finally:
@@ -86,7 +102,11 @@ def test_parent_and_child_runs(store):
     exp = client.get_experiment_by_name("rnas-digits")
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     assert sorted((r.data.tags["stage"], r.data.tags["run"]) for r in children) == [
-        ("evaluate", "darts"), ("evaluate", "random"), ("search", "darts"), ("search", "random")]
+        ("evaluate", "darts"),
+        ("evaluate", "random"),
+        ("search", "darts"),
+        ("search", "random"),
+    ]
     evals = {r.data.tags["run"]: r for r in children if r.data.tags["stage"] == "evaluate"}
     # identical metric names for every method, so "Compare" in the UI lines them up
     assert set(evals["darts"].data.metrics) == set(evals["random"].data.metrics)
@@ -136,8 +156,9 @@ def _free_port() -> int:
 
 def _request(url: str, body: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
-                                 method="POST" if body is not None else "GET")
+    req = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json"}, method="POST" if body is not None else "GET"
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
 
@@ -146,9 +167,23 @@ def _rendered(url: str, tmp_path: Path) -> tuple[str, str]:
     """(title, visible text) of ``url`` once headless Chromium has run the page's scripts."""
     binary = chromium_binary()
     require_or_skip(binary is not None, "no chromium binary on PATH (Debian: apt-get install chromium)")
-    proc = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
-                           f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=20000", "--dump-dom", url],
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=1400,1000",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     page = re.sub(r"(?s)<(script|style)\b.*?</\1>", " ", proc.stdout)
     titles = re.findall(r"<title>([^<]*)</title>", page)
@@ -162,9 +197,20 @@ def test_mlflow_ui_serves_the_runs(store, tmp_path):
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     mlflow_bin = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow_bin), "server", "--backend-store-uri", tracking_uri(params.tracking),
-           "--default-artifact-root", (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1",
-           "--port", str(port), "--workers", "1"]
+    cmd = [
+        str(mlflow_bin),
+        "server",
+        "--backend-store-uri",
+        tracking_uri(params.tracking),
+        "--default-artifact-root",
+        (tmp_path / "artifacts").as_uri(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -178,8 +224,10 @@ def test_mlflow_ui_serves_the_runs(store, tmp_path):
                 time.sleep(0.5)
         assert experiments is not None, (tmp_path / "server.log").read_text()[-3000:]
         exp = next(e for e in experiments["experiments"] if e["name"] == "rnas-digits")
-        runs = _request(f"{base}/api/2.0/mlflow/runs/search", {
-            "experiment_ids": [exp["experiment_id"]], "filter": "tags.stage = 'evaluate'", "max_results": 100})
+        runs = _request(
+            f"{base}/api/2.0/mlflow/runs/search",
+            {"experiment_ids": [exp["experiment_id"]], "filter": "tags.stage = 'evaluate'", "max_results": 100},
+        )
         by_run = {}
         for r in runs["runs"]:
             tags = {t["key"]: t["value"] for t in r["data"]["tags"]}

@@ -4,7 +4,6 @@ parameter, normalization inside the model, and a rebuild from JSON-able model_ar
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -18,7 +17,6 @@ from rnas.models import (
     UnknownModelError,
     build_model,
 )
-
 
 # Tiny sizes: every family builds, runs forward and backward in well under a second.
 TINY: dict[str, dict] = {
@@ -134,8 +132,11 @@ def test_unknown_family_and_bad_arguments() -> None:
 
 def _conv_output_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
     shapes: list[tuple[int, ...]] = []
-    handles = [m.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
-               for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles = [
+        m.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
     with torch.no_grad():
         model.eval()(x)
     for h in handles:
@@ -158,10 +159,10 @@ def test_small_cnn_stages_of_several_convs(depth: int, convs_per_stage: int) -> 
 def test_small_cnn_default_is_the_one_conv_per_stage_network() -> None:
     """convs_per_stage=1 (the default) keeps the former module names, so older checkpoints load."""
     old = MODEL_FAMILIES["small_cnn"](10, 1, width=8, depth=3)
-    assert list(old.state_dict()) == list(MODEL_FAMILIES["small_cnn"](10, 1, width=8, depth=3,
-                                                                      convs_per_stage=1).state_dict())
-    assert [n for n, m in old.named_modules() if isinstance(m, nn.Conv2d)] == ["features.0", "features.4",
-                                                                               "features.8"]
+    assert list(old.state_dict()) == list(
+        MODEL_FAMILIES["small_cnn"](10, 1, width=8, depth=3, convs_per_stage=1).state_dict()
+    )
+    assert [n for n, m in old.named_modules() if isinstance(m, nn.Conv2d)] == ["features.0", "features.4", "features.8"]
     with pytest.raises(ValueError, match="convs_per_stage"):
         MODEL_FAMILIES["small_cnn"](10, 1, width=8, depth=3, convs_per_stage=0)
 

@@ -26,19 +26,23 @@ def profile(name: str):
 
 # -- per-method overrides --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("override, key, allowed", [
-    ({"partial_channels": 0}, "partial_channels", "[1, 16]"),
-    ({"epochs": 0}, "epochs", "[1, 10000]"),
-    ({"batch_size": -4}, "batch_size", "[1, 65536]"),
-    ({"w_lr": 0.0}, "w_lr", "(0.0, 10.0]"),
-    ({"arch_beta1": 1.0}, "arch_beta1", "[0.0, 1.0)"),
-    ({"arch_warmup_epochs": -1}, "arch_warmup_epochs", "[0, 10000]"),
-    ({"arch_lr": "1e-3"}, "arch_lr", "1.0e-3"),
-    ({"arch_lr_schedule": "linear"}, "arch_lr_schedule", "constant, cosine"),
-    ({"augment": {"crop_padding": 20}}, "augment.crop_padding", "[0, 16]"),
-    ({"momentum": 0.9}, "momentum", "unknown key; known keys here: epochs, batch_size"),
-])
+@pytest.mark.parametrize(
+    "override, key, allowed",
+    [
+        ({"partial_channels": 0}, "partial_channels", "[1, 16]"),
+        ({"epochs": 0}, "epochs", "[1, 10000]"),
+        ({"batch_size": -4}, "batch_size", "[1, 65536]"),
+        ({"w_lr": 0.0}, "w_lr", "(0.0, 10.0]"),
+        ({"arch_beta1": 1.0}, "arch_beta1", "[0.0, 1.0)"),
+        ({"arch_warmup_epochs": -1}, "arch_warmup_epochs", "[0, 10000]"),
+        ({"arch_lr": "1e-3"}, "arch_lr", "1.0e-3"),
+        ({"arch_lr_schedule": "linear"}, "arch_lr_schedule", "constant, cosine"),
+        ({"augment": {"crop_padding": 20}}, "augment.crop_padding", "[0, 16]"),
+        ({"momentum": 0.9}, "momentum", "unknown key; known keys here: epochs, batch_size"),
+    ],
+)
 def test_overrides_out_of_range_or_unknown_are_refused_naming_the_key(method, override, key, allowed):
     with pytest.raises(ParamsError) as err:
         params_from_dict({"search": {"methods": {method: {"overrides": override}}}})
@@ -48,17 +52,25 @@ def test_overrides_out_of_range_or_unknown_are_refused_naming_the_key(method, ov
 
 
 def test_cross_checks_use_each_methods_own_values():
-    with pytest.raises(ParamsError, match=r"^search\.methods\.lrnas\.overrides\.partial_channels: 3 must divide "
-                                          r"search\.init_channels \(16\)"):
+    with pytest.raises(
+        ParamsError,
+        match=r"^search\.methods\.lrnas\.overrides\.partial_channels: 3 must divide "
+        r"search\.init_channels \(16\)",
+    ):
         params_from_dict({"search": {"methods": {"lrnas": {"overrides": {"partial_channels": 3}}}}})
     with pytest.raises(ParamsError, match=r"^search\.methods\.rnas\.overrides\.w_lr_min: 0\.5 exceeds search\.w_lr"):
         params_from_dict({"search": {"methods": {"rnas": {"overrides": {"w_lr_min": 0.5}}}}})
     with pytest.raises(ParamsError, match=r"warmup_epochs: 15 leaves no epoch .*overrides\.epochs is 10"):
-        params_from_dict({"pipeline": {"runs": ["lrnas"]},
-                          "search": {"methods": {"lrnas": {"warmup_epochs": 15, "overrides": {"epochs": 10}}}}})
+        params_from_dict(
+            {
+                "pipeline": {"runs": ["lrnas"]},
+                "search": {"methods": {"lrnas": {"warmup_epochs": 15, "overrides": {"epochs": 10}}}},
+            }
+        )
     # the common value is fine for DARTS while LRNAS overrides it with one that fits its own C
-    p = params_from_dict({"search": {"init_channels": 16, "methods": {"lrnas": {"overrides": {
-        "partial_channels": 4}}}}})
+    p = params_from_dict(
+        {"search": {"init_channels": 16, "methods": {"lrnas": {"overrides": {"partial_channels": 4}}}}}
+    )
     assert search_for(p, "lrnas").partial_channels == 4 and search_for(p, "darts").partial_channels == 1
 
 
@@ -67,16 +79,29 @@ def test_overrides_apply_to_their_method_only_and_reach_the_search():
     from rnas.search.base import SearchContext
     from rnas.search.methods import make_method
 
-    raw = {"search": {"init_channels": 8, "layers": 3, "methods": {"lrnas": {"overrides": {
-        "partial_channels": 4, "epochs": 20, "w_lr": 0.1, "batch_size": 128}}}}}
+    raw = {
+        "search": {
+            "init_channels": 8,
+            "layers": 3,
+            "methods": {"lrnas": {"overrides": {"partial_channels": 4, "epochs": 20, "w_lr": 0.1, "batch_size": 128}}},
+        }
+    }
     p = params_from_dict(raw)
     lr, darts = params_for_run(p, "lrnas_20k").search, params_for_run(p, "darts").search
     assert (lr.partial_channels, lr.epochs, lr.w_lr, lr.batch_size) == (4, 20, 0.1, 128)
     assert (darts.partial_channels, darts.epochs, darts.w_lr, darts.batch_size) == (1, 50, 0.025, 64)
     assert params_for_run(p, "darts") is p  # no override: the same object
     method = make_method("lrnas")
-    method.setup(SearchContext(params=params_for_run(p, "lrnas"), run=resolve_run("lrnas"),
-                               info=DATASETS["digits"], device=torch.device("cpu"), seed=0, steps_per_epoch=1))
+    method.setup(
+        SearchContext(
+            params=params_for_run(p, "lrnas"),
+            run=resolve_run("lrnas"),
+            info=DATASETS["digits"],
+            device=torch.device("cpu"),
+            seed=0,
+            steps_per_epoch=1,
+        )
+    )
     assert method.supernet.partial_channels == 4
     assert method.w_opt.param_groups[0]["lr"] == 0.1
 
@@ -87,18 +112,31 @@ def test_an_override_changes_the_search_hash_of_that_methods_runs_only():
 
     base = params_from_dict({})
     changed = params_from_dict({"search": {"methods": {"dsrna": {"overrides": {"epochs": 7}}}}})
-    for run in ("dsrna_cb", "dsrna_jacobian", "dsrna_combined", "rnas", "rnas_adv", "rnas_cl_cell", "lrnas",
-                "lrnas_20k", "darts", "rnas_cl"):
+    for run in (
+        "dsrna_cb",
+        "dsrna_jacobian",
+        "dsrna_combined",
+        "rnas",
+        "rnas_adv",
+        "rnas_cl_cell",
+        "lrnas",
+        "lrnas_20k",
+        "darts",
+        "rnas_cl",
+    ):
         keys = stage_keys("search", run)
         differs = params_hash(base, keys) != params_hash(changed, keys)
         assert differs == run.startswith("dsrna"), run
     for run in ("rnas", "rnas_adv", "rnas_cl_cell", "lrnas_20k"):  # runs listing their keys one by one
         method = resolve_run(run).method
-        assert any(k == f"search.methods.{method}.overrides" or k == f"search.methods.{method}"
-                   for k in stage_keys("search", run)), run
+        assert any(
+            k == f"search.methods.{method}.overrides" or k == f"search.methods.{method}"
+            for k in stage_keys("search", run)
+        ), run
 
 
 # -- the profiles ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", PROFILES)
 def test_validate_params_accepts_every_profile(name, capsys):
@@ -115,8 +153,13 @@ def test_cifar10_runs_every_run_at_each_papers_setting():
     assert set(RUNS) <= set(p.pipeline.runs)
     assert any(r.startswith("lrnas_") for r in p.pipeline.runs)
     lr = params_for_run(p, "lrnas").search
-    assert (lr.partial_channels, lr.epochs, lr.methods.lrnas.warmup_epochs, lr.methods.lrnas.permutations,
-            lr.methods.lrnas.budget) == (4, 50, 15, 10, 2_000_000)
+    assert (
+        lr.partial_channels,
+        lr.epochs,
+        lr.methods.lrnas.warmup_epochs,
+        lr.methods.lrnas.permutations,
+        lr.methods.lrnas.budget,
+    ) == (4, 50, 15, 10, 2_000_000)
     assert (p.retrain.init_channels, p.retrain.layers) == (36, 20)
     cl = p.search.methods.rnas_cl
     assert cl.map_size == 14 and p.retrain.distill.map_size == 14
@@ -127,11 +170,14 @@ def test_cifar10_runs_every_run_at_each_papers_setting():
     assert params_for_run(p, "darts").search.partial_channels == 1
 
 
-@pytest.mark.parametrize("name, runs, eps", [
-    ("cifar100", {"lrnas", "darts", "random"}, 8 / 255),
-    ("svhn", {"lrnas", "darts", "random"}, 8 / 255),
-    ("mnist", {"dsrna_cb", "dsrna_jacobian", "dsrna_combined", "darts", "random"}, 0.3),
-])
+@pytest.mark.parametrize(
+    "name, runs, eps",
+    [
+        ("cifar100", {"lrnas", "darts", "random"}, 8 / 255),
+        ("svhn", {"lrnas", "darts", "random"}, 8 / 255),
+        ("mnist", {"dsrna_cb", "dsrna_jacobian", "dsrna_combined", "darts", "random"}, 0.3),
+    ],
+)
 def test_other_dataset_profiles_are_complete_with_their_epsilon(name, runs, eps):
     p = profile(name)
     assert p.data.dataset == name
@@ -143,13 +189,23 @@ def test_other_dataset_profiles_are_complete_with_their_epsilon(name, runs, eps)
 
 
 def _planned_jobs(name: str) -> dict[str, int]:
-    env = {**os.environ, "RNAS_PARAMS": f"configs/{name}.yaml", "GIT_PYTHON_REFRESH": "quiet",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "RNAS_PARAMS": f"configs/{name}.yaml",
+        "GIT_PYTHON_REFRESH": "quiet",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     table = out.stdout + out.stderr
-    stats = table[table.index("Job stats"):]
+    stats = table[table.index("Job stats") :]
     jobs: dict[str, int] = {}
     for line in stats.splitlines():
         m = re.fullmatch(r"\s*(\w+)\s+(\d+)\s*", line)
@@ -172,6 +228,7 @@ def test_snakemake_plans_search_retrain_and_evaluate_for_every_run(name):
 
 
 # -- sizes against the papers' public code ---------------------------------------------------------
+
 
 def test_lrnas_final_network_at_36_20_stays_under_the_2M_budget():
     """LRNAS' budget (2.0M parameters, the public code's ``threshold=2.0``) is counted on the final
@@ -223,9 +280,23 @@ def test_rnas_cl_search_network_macs_span_the_public_fbnetv2_s3_space():
 
     p = profile("cifar10")
     w = p.search.methods.rnas_cl.width
-    net = WidthSupernet(10, 3, "cifar10", 32, w.stem_channels, w.stage_widths, w.stage_blocks, w.stage_strides,
-                        w.expansion, w.kernel, w.width_options, w.width_step, w.width_step_channels, w.stem_stride,
-                        w.stage_width_options)
+    net = WidthSupernet(
+        10,
+        3,
+        "cifar10",
+        32,
+        w.stem_channels,
+        w.stage_widths,
+        w.stage_blocks,
+        w.stage_strides,
+        w.expansion,
+        w.kernel,
+        w.width_options,
+        w.width_step,
+        w.width_step_channels,
+        w.stem_stride,
+        w.stage_width_options,
+    )
     assert net.options == [(16, 12)] * 3 + [(32, 28, 24, 20)] * 3 + [(64, 60, 56, 52)] * 3
     n, n_opt = len(net.blocks), net.width_logits.shape[-1]
     full = F.one_hot(torch.zeros(n, dtype=torch.long), n_opt).float()
@@ -257,6 +328,7 @@ def test_blocks_with_fewer_width_options_never_sample_or_choose_the_padding():
 
 
 # -- the public robust teacher ---------------------------------------------------------------------
+
 
 def _robustbench_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The project's WideResNet state dict renamed to the RobustBench / robust-overfitting layout, written
@@ -322,8 +394,9 @@ def test_a_normalization_stored_in_the_file_wins(wrn, tmp_path):
     state["mu"], state["sigma"] = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25])
     torch.save(state, tmp_path / "t.pt")
     x = torch.rand(2, 3, 32, 32)
-    assert torch.allclose(load_teacher_file(tmp_path / "t.pt", "cifar10", 10, 3, "none")(x), wrn((x - 0.5) / 0.25),
-                          atol=1e-5)
+    assert torch.allclose(
+        load_teacher_file(tmp_path / "t.pt", "cifar10", 10, 3, "none")(x), wrn((x - 0.5) / 0.25), atol=1e-5
+    )
 
 
 def test_a_mismatched_state_dict_is_refused_naming_the_first_keys_that_do_not_fit(wrn, tmp_path):
@@ -342,7 +415,9 @@ def test_a_mismatched_state_dict_is_refused_naming_the_first_keys_that_do_not_fi
     assert "module.fc.bias" in msg  # missing
     assert "module.block3.layer.0.conv2.weight (128, 128, 1, 1)" in msg  # wrong shape
     torch.save({"conv.weight": torch.zeros(1), "linear.weight": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match=r"not a WideResNet state dict .*first keys: conv\.weight, linear\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"not a WideResNet state dict .*first keys: conv\.weight, linear\.weight"
+    ):
         load_teacher_file(tmp_path / "other.pt", "cifar10", 10, 3)
     torch.save(_robustbench_keys(wrn.state_dict()), tmp_path / "c100.pt")
     with pytest.raises(CheckpointError, match="10 classes .* cifar100 has 100"):
@@ -362,6 +437,7 @@ def test_pipeline_teacher_checkpoint_reads_the_public_layout(wrn, tmp_path):
 
 
 # -- make paper-smoke ------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_paper_smoke_runs_a_profile_end_to_end(capsys):

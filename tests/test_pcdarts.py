@@ -72,9 +72,9 @@ def test_partial_channels_bypass_and_processed_part(stride):
     out = op(x, w)
     unshuffled = channel_shuffle(out, c // k)  # back to [processed | bypass]
     processed = _darts_mixed(op, x[:, : c // k], w)
-    bypass = x[:, c // k:] if stride == 1 else torch.nn.functional.max_pool2d(x[:, c // k:], 2, 2)
+    bypass = x[:, c // k :] if stride == 1 else torch.nn.functional.max_pool2d(x[:, c // k :], 2, 2)
     torch.testing.assert_close(unshuffled[:, : c // k], processed)
-    torch.testing.assert_close(unshuffled[:, c // k:], bypass)
+    torch.testing.assert_close(unshuffled[:, c // k :], bypass)
 
 
 def test_edge_normalization_sums_to_one_per_node():
@@ -89,7 +89,7 @@ def test_edge_normalization_sums_to_one_per_node():
         assert bool((e > 0).all())
         start = 0
         for node in range(nodes):
-            torch.testing.assert_close(e[start:start + node + 2].sum(), torch.tensor(1.0))
+            torch.testing.assert_close(e[start : start + node + 2].sum(), torch.tensor(1.0))
             start += node + 2
     assert Supernet(8, 3, 10, input_channels=1, partial_channels=1).edge_weights(False) is None
 
@@ -150,6 +150,7 @@ def test_k_must_divide_channels():
 # K > 1 against the PC-DARTS definition, written out
 # --------------------------------------------------------------------------------------------
 
+
 def _shuffle_by_definition(x: torch.Tensor, k: int) -> torch.Tensor:
     """ShuffleNet's channel shuffle with K groups, as an index list: output channel i·K + g is
     input channel g·(C/K) + i."""
@@ -163,7 +164,7 @@ def _pc_edge_by_definition(edge: MixedOp, x: torch.Tensor, w: torch.Tensor, k: i
     decides which they are), Σ_o w_o · o(x_sampled); the other channels bypass the ops
     (max-pooled 2x2 on a stride-2 edge); the two parts are concatenated, then shuffled."""
     c = x.shape[1]
-    sampled, bypassed = x[:, : c // k], x[:, c // k:]
+    sampled, bypassed = x[:, : c // k], x[:, c // k :]
     mixed = sum(w[o] * op(sampled) for o, op in enumerate(edge.ops))
     if edge.stride == 2:
         bypassed = F.max_pool2d(bypassed, 2, 2)
@@ -176,16 +177,23 @@ def _pc_forward_by_definition(net: Supernet, x: torch.Tensor, k: int) -> torch.T
     w = softmax(α_ij) times the switch-off mask; the cell output concatenates the nodes."""
     s0 = s1 = net.stem(net.normalize(x))
     for cell in net.cells:
-        alpha, beta, mask = ((net.alpha_reduce, net.beta_reduce, net.mask_reduce) if cell.reduction
-                             else (net.alpha_normal, net.beta_normal, net.mask_normal))
+        alpha, beta, mask = (
+            (net.alpha_reduce, net.beta_reduce, net.mask_reduce)
+            if cell.reduction
+            else (net.alpha_normal, net.beta_normal, net.mask_normal)
+        )
         w = torch.softmax(alpha, -1) * mask
         states = [cell.preprocess0(s0), cell.preprocess1(s1)]
         offset = 0
         for _ in range(cell.nodes):
             n_in = len(states)
-            b = torch.softmax(beta[offset:offset + n_in], 0)
-            states.append(sum(b[j] * _pc_edge_by_definition(cell.edges[offset + j], h, w[offset + j], k)
-                              for j, h in enumerate(states)))
+            b = torch.softmax(beta[offset : offset + n_in], 0)
+            states.append(
+                sum(
+                    b[j] * _pc_edge_by_definition(cell.edges[offset + j], h, w[offset + j], k)
+                    for j, h in enumerate(states)
+                )
+            )
             offset += n_in
         s0, s1 = s1, torch.cat(states[2:], dim=1)
     return net.classifier(net.global_pooling(s1).flatten(1))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import require_or_skip
+
 from rnas import paths
 from rnas.config import load_params
 from rnas.report.build import build_report
@@ -29,15 +29,40 @@ from rnas.report.table import main_table, sanity_failures, seed_interval, wilson
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKS = ("eps0_equals_clean", "monotone_in_eps", "large_eps_reaches_chance", "large_eps_l2_reaches_chance",
-          "pgd_not_weaker_than_fgsm", "more_pgd_steps_not_weaker", "square_not_stronger_than_whitebox",
-          "nonzero_input_gradients", "outputs_are_logits", "autoattack_own_checks")
+CHECKS = (
+    "eps0_equals_clean",
+    "monotone_in_eps",
+    "large_eps_reaches_chance",
+    "large_eps_l2_reaches_chance",
+    "pgd_not_weaker_than_fgsm",
+    "more_pgd_steps_not_weaker",
+    "square_not_stronger_than_whitebox",
+    "nonzero_input_gradients",
+    "outputs_are_logits",
+    "autoattack_own_checks",
+)
 GENOTYPE = {
-    "normal": [["sep_conv_3x3", 0], ["skip_connect", 1], ["skip_connect", 0], ["dil_conv_3x3", 2],
-               ["avg_pool_3x3", 1], ["sep_conv_5x5", 3], ["max_pool_3x3", 0], ["skip_connect", 4]],
+    "normal": [
+        ["sep_conv_3x3", 0],
+        ["skip_connect", 1],
+        ["skip_connect", 0],
+        ["dil_conv_3x3", 2],
+        ["avg_pool_3x3", 1],
+        ["sep_conv_5x5", 3],
+        ["max_pool_3x3", 0],
+        ["skip_connect", 4],
+    ],
     "normal_concat": [2, 3, 4, 5],
-    "reduce": [["max_pool_3x3", 0], ["skip_connect", 1], ["sep_conv_3x3", 0], ["skip_connect", 2],
-               ["dil_conv_5x5", 1], ["avg_pool_3x3", 3], ["sep_conv_3x3", 4], ["skip_connect", 0]],
+    "reduce": [
+        ["max_pool_3x3", 0],
+        ["skip_connect", 1],
+        ["sep_conv_3x3", 0],
+        ["skip_connect", 2],
+        ["dil_conv_5x5", 1],
+        ["avg_pool_3x3", 3],
+        ["sep_conv_3x3", 4],
+        ["skip_connect", 0],
+    ],
     "reduce_concat": [2, 3, 4, 5],
 }
 
@@ -56,24 +81,48 @@ def _params(tmp_path: Path, seeds=(0, 1)):
 AA_CHECKS = ("randomized", "range_output", "dynamic", "n_classes", "zero_gradients", "square_sr")
 
 
-def _eval(clean: float, robust: float, failed: tuple[str, ...] = (), certified: float | None = None,
-          aa_failed: tuple[str, ...] = ()) -> dict:
-    ev = {"clean_acc": clean, "fgsm_acc": robust + 0.06, "pgd20_acc": robust + 0.03, "pgd100_acc": robust + 0.02,
-          "autoattack_acc": robust, "robust_acc": robust, "autoattack_l2_acc": robust + 0.04,
-          "cw_acc": robust + 0.05, "deepfool_acc": robust + 0.01, "robust_acc_l2": robust + 0.035,
-          "autoattack_checks": {"autoattack": {c: c not in aa_failed for c in AA_CHECKS},
-                                "sanity/square": {c: True for c in AA_CHECKS[:4]}},
-          "autoattack_checks_details": {"autoattack": {c: ("Square Attack has decreased the robust accuracy of "
-                                                           "2.00%" if c in aa_failed else "no warning")
-                                                       for c in AA_CHECKS},
-                                        "sanity/square": {c: "no warning" for c in AA_CHECKS[:4]}},
-          "eps_sweep": {"0.0": clean, "0.05": (clean + robust) / 2, "0.1": robust + 0.03, "0.3": 0.0},
-          "epsilon": 0.1, "epsilon_l2": 0.5, "params": 28354, "macs": 324736, "n_examples": 200,
-          "attack_seconds": {"fgsm": 0.1}, "eval_seconds": 42.0, "device": "cpu",
-          "device_name": "CPU (x86_64, 1 threads)",
-          "sanity": {c: c not in failed for c in CHECKS},
-          "sanity_details": {c: ("Square 30.0% vs best white-box PGD20 60.0%" if c in failed else "ok")
-                             for c in CHECKS}}
+def _eval(
+    clean: float,
+    robust: float,
+    failed: tuple[str, ...] = (),
+    certified: float | None = None,
+    aa_failed: tuple[str, ...] = (),
+) -> dict:
+    ev = {
+        "clean_acc": clean,
+        "fgsm_acc": robust + 0.06,
+        "pgd20_acc": robust + 0.03,
+        "pgd100_acc": robust + 0.02,
+        "autoattack_acc": robust,
+        "robust_acc": robust,
+        "autoattack_l2_acc": robust + 0.04,
+        "cw_acc": robust + 0.05,
+        "deepfool_acc": robust + 0.01,
+        "robust_acc_l2": robust + 0.035,
+        "autoattack_checks": {
+            "autoattack": {c: c not in aa_failed for c in AA_CHECKS},
+            "sanity/square": {c: True for c in AA_CHECKS[:4]},
+        },
+        "autoattack_checks_details": {
+            "autoattack": {
+                c: ("Square Attack has decreased the robust accuracy of 2.00%" if c in aa_failed else "no warning")
+                for c in AA_CHECKS
+            },
+            "sanity/square": {c: "no warning" for c in AA_CHECKS[:4]},
+        },
+        "eps_sweep": {"0.0": clean, "0.05": (clean + robust) / 2, "0.1": robust + 0.03, "0.3": 0.0},
+        "epsilon": 0.1,
+        "epsilon_l2": 0.5,
+        "params": 28354,
+        "macs": 324736,
+        "n_examples": 200,
+        "attack_seconds": {"fgsm": 0.1},
+        "eval_seconds": 42.0,
+        "device": "cpu",
+        "device_name": "CPU (x86_64, 1 threads)",
+        "sanity": {c: c not in failed for c in CHECKS},
+        "sanity_details": {c: ("Square 30.0% vs best white-box PGD20 60.0%" if c in failed else "ok") for c in CHECKS},
+    }
     if certified is not None:
         ev["certified_acc"] = certified
     return ev
@@ -94,16 +143,36 @@ def _results(params, failed_random=("square_not_stronger_than_whitebox",)) -> No
 
     for seed in params.pipeline.seeds:
         for run, clean, robust in (("darts", 0.98, 0.80 + 0.02 * seed), ("random", 0.95, 0.70)):
-            _write(paths.eval_file(params, run, seed),
-                   _eval(clean, robust, failed_random if run == "random" and seed == 0 else ()))
+            _write(
+                paths.eval_file(params, run, seed),
+                _eval(clean, robust, failed_random if run == "random" and seed == 0 else ()),
+            )
             _write(paths.arch_file(params, run, seed), GENOTYPE)
-            history = [] if run == "random" else [
-                {"weight_loss": 1.0 / (e + 1), "val_acc": 0.5 + 0.1 * e, "alpha_entropy_normal": 2.07 - 0.1 * e,
-                 "alpha_entropy_reduce": 2.07 - 0.05 * e, "seconds": 10.0 * (e + 1)} for e in range(4)]
-            _write(paths.search_log(params, run, seed), {"search_seconds": 0.0 if run == "random" else 40.0,
-                                                         "history": history})
-            _write(paths.train_log(params, run, seed), {"seconds": 60.0, "history": [
-                {"val_clean_acc": 0.9, "val_robust_acc": 0.5 + 0.05 * e} for e in range(3)]})
+            history = (
+                []
+                if run == "random"
+                else [
+                    {
+                        "weight_loss": 1.0 / (e + 1),
+                        "val_acc": 0.5 + 0.1 * e,
+                        "alpha_entropy_normal": 2.07 - 0.1 * e,
+                        "alpha_entropy_reduce": 2.07 - 0.05 * e,
+                        "seconds": 10.0 * (e + 1),
+                    }
+                    for e in range(4)
+                ]
+            )
+            _write(
+                paths.search_log(params, run, seed),
+                {"search_seconds": 0.0 if run == "random" else 40.0, "history": history},
+            )
+            _write(
+                paths.train_log(params, run, seed),
+                {
+                    "seconds": 60.0,
+                    "history": [{"val_clean_acc": 0.9, "val_robust_acc": 0.5 + 0.05 * e} for e in range(3)],
+                },
+            )
         alphas = {"primitives": ["a"] * 8, "normal": [[0.125] * 8] * 14, "reduce": [[0.9] + [0.1 / 7] * 7] * 14}
         _write(paths.arch_file(params, "darts", seed).parent / "alphas.json", alphas)
         fig, ax = plt.subplots(figsize=(2, 2))
@@ -126,15 +195,34 @@ def test_report_tables_every_run_every_column(report):
     md = out.markdown.read_text()
     # one row per run, teacher last; every accuracy column, certified (the teacher has it), costs
     header = next(line for line in md.splitlines() if line.startswith("| run | seeds"))
-    for label in ("clean", "FGSM", "PGD-20", "PGD-100", "AutoAttack", "worst case", "AutoAttack-L2", "C&W-L2",
-                  "DeepFool-L2", "worst case L2", "certified", "params", "MACs", "search", "wall", "device",
-                  "sanity"):
+    for label in (
+        "clean",
+        "FGSM",
+        "PGD-20",
+        "PGD-100",
+        "AutoAttack",
+        "worst case",
+        "AutoAttack-L2",
+        "C&W-L2",
+        "DeepFool-L2",
+        "worst case L2",
+        "certified",
+        "params",
+        "MACs",
+        "search",
+        "wall",
+        "device",
+        "sanity",
+    ):
         assert f"| {label} |" in header, label
-    main = [line for line in md.splitlines()
-            if re.match(r"\| (darts \| 2 \| .*±|random \| 2 \| .*±|teacher \(reference\) — teacher \(small_cnn\) \| 1 \|)",
-                        line)]
-    assert [r.split("|")[1].strip() for r in main] == ["darts", "random",
-                                                       "teacher (reference) — teacher (small_cnn)"]
+    main = [
+        line
+        for line in md.splitlines()
+        if re.match(
+            r"\| (darts \| 2 \| .*±|random \| 2 \| .*±|teacher \(reference\) — teacher \(small_cnn\) \| 1 \|)", line
+        )
+    ]
+    assert [r.split("|")[1].strip() for r in main] == ["darts", "random", "teacher (reference) — teacher (small_cnn)"]
     darts = main[0]
     # two seeds: mean ± std and a t-interval; robust 80% and 82%
     assert "**81.0 ± 1.4** [" in darts  # best searched run in its column, in bold
@@ -142,15 +230,16 @@ def test_report_tables_every_run_every_column(report):
     assert "✓ 20/20" in darts
     # per-seed appendix: Wilson intervals over 200 examples
     lo, hi = wilson_interval(0.80, 200)
-    assert f"| darts | 0 | 98.0 [" in md and f"80.0 [{100 * lo:.1f}–{100 * hi:.1f}]" in md
+    assert "| darts | 0 | 98.0 [" in md and f"80.0 [{100 * lo:.1f}–{100 * hi:.1f}]" in md
     assert md.count("| darts | 0 |") == 5  # cell-statistics, sanity, 2 AutoAttack-check and appendix rows
 
 
 def test_failed_sanity_check_is_loud(report):
     params, out = report
     md, html = out.markdown.read_text(), out.html.read_text()
-    assert out.failures == ["**random** seed 0: `square_not_stronger_than_whitebox` failed — "
-                            "Square 30.0% vs best white-box PGD20 60.0%"]
+    assert out.failures == [
+        "**random** seed 0: `square_not_stronger_than_whitebox` failed — Square 30.0% vs best white-box PGD20 60.0%"
+    ]
     top = md.split("## Results")[0]
     assert "✗ 1 sanity check failure(s)" in top and "square_not_stronger_than_whitebox" in top
     assert "✗ 1 failed" in md  # the run's sanity cell
@@ -173,8 +262,9 @@ def test_autoattack_own_checks_are_shown(report, tmp_path):
     out = build_report(params)
     md = out.markdown.read_text()
     assert "| random | 0 | autoattack | ✓ | ✓ | ✓ | ✓ | ✓ | ✗ |" in md
-    assert ("**random** seed 0, autoattack: `square_sr` — Square Attack has decreased the robust accuracy "
-            "of 2.00%") in md
+    assert (
+        "**random** seed 0, autoattack: `square_sr` — Square Attack has decreased the robust accuracy of 2.00%"
+    ) in md
     assert any("autoattack_own_checks" in line for line in out.failures)
     assert re.search(r'<td class="fail" title="Square Attack has decreased[^"]*">✗</td>', out.html.read_text())
 
@@ -198,9 +288,17 @@ def test_all_passing_report_says_so(tmp_path):
 def test_plots_cells_and_figures(report):
     params, out = report
     expected = paths.report_plots(params)
-    assert [p.name for p in expected] == ["eps_sweep.png", "certified_sweep.png", "pareto.png", "search_curves.png",
-                                          "cost.png", "cell_darts_seed0.png", "cell_darts_seed1.png",
-                                          "cell_random_seed0.png", "cell_random_seed1.png"]
+    assert [p.name for p in expected] == [
+        "eps_sweep.png",
+        "certified_sweep.png",
+        "pareto.png",
+        "search_curves.png",
+        "cost.png",
+        "cell_darts_seed0.png",
+        "cell_darts_seed1.png",
+        "cell_random_seed0.png",
+        "cell_random_seed1.png",
+    ]
     assert sorted(out.plots) == sorted(expected)
     for png in expected:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, png
@@ -223,14 +321,28 @@ def test_html_is_self_contained(report):
 
 
 def test_html_opens_in_headless_chromium(report, tmp_path):
-    binary = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome")
-                   if shutil.which(b)), None)
+    binary = next(
+        (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome") if shutil.which(b)), None
+    )
     require_or_skip(binary is not None, "no chromium binary on PATH (Debian: apt-get install chromium)")
     _, out = report
     shot = tmp_path / "report.png"
-    proc = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           f"--screenshot={shot}", "--window-size=1400,2400", out.html.resolve().as_uri()],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--screenshot={shot}",
+            "--window-size=1400,2400",
+            out.html.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     from PIL import Image
 
@@ -285,8 +397,10 @@ def test_pareto_front_and_cell_stats():
 
 
 def test_markdown_subset_round_trip(tmp_path):
-    text = ("## A section\n\nSome `code` and **bold** text\nover two lines.\n\n"
-            "| run | s |\n|---|---|\n| rnas | 12 |\n| rnas_adv | 30 |\n\n- one\n- two\n")
+    text = (
+        "## A section\n\nSome `code` and **bold** text\nover two lines.\n\n"
+        "| run | s |\n|---|---|\n| rnas | 12 |\n| rnas_adv | 30 |\n\n- one\n- two\n"
+    )
     blocks = markdown_blocks(text)
     assert [type(b).__name__ for b in blocks] == ["Heading", "Paragraph", "Table", "BulletList"]
     assert blocks[1].text == "Some `code` and **bold** text over two lines."
@@ -313,7 +427,8 @@ def test_dvc_curves_match_their_declaration(report):
     assert {e for e in entries if isinstance(e, str)} == {str(p) for p in paths.report_plots(params)}
     # the dataclass knobs the report shows exist in the evaluate config
     assert {"sanity_large_epsilon", "sanity_square_queries"} <= {
-        f.name for f in dataclasses.fields(type(params.evaluate))}
+        f.name for f in dataclasses.fields(type(params.evaluate))
+    }
 
 
 def test_best_is_the_highest_passing_mean_and_none_for_a_tie():
@@ -321,8 +436,9 @@ def test_best_is_the_highest_passing_mean_and_none_for_a_tie():
     from rnas.report.table import _best
 
     def row(run, acc, ok=True, reference=False):
-        return RunRow(run, run, "", reference=reference,
-                      results=[SeedResult(0, {"autoattack_acc": acc, "sanity": {"check": ok}})])
+        return RunRow(
+            run, run, "", reference=reference, results=[SeedResult(0, {"autoattack_acc": acc, "sanity": {"check": ok}})]
+        )
 
     assert _best([row("a", 0.4), row("b", 0.5), row("t", 0.9, reference=True)], "autoattack_acc") == 0.5
     assert _best([row("a", 0.4), row("b", 0.9, ok=False)], "autoattack_acc") == 0.4  # masked: never best

@@ -10,16 +10,24 @@ from rnas.report.plots import plot_cost
 
 
 def _seed(seed, search, train, ev, robust):
-    return SeedResult(seed, {"eval_seconds": ev, "robust_acc": robust}, search={"search_seconds": search},
-                      train={"seconds": train})
+    return SeedResult(
+        seed, {"eval_seconds": ev, "robust_acc": robust}, search={"search_seconds": search}, train={"seconds": train}
+    )
 
 
 def _rows():
-    darts = RunRow("darts", "darts", "default", results=[_seed(0, 10.0, 20.0, 30.0, 0.4),
-                                                         _seed(1, 14.0, 22.0, 34.0, 0.5)])
+    darts = RunRow(
+        "darts", "darts", "default", results=[_seed(0, 10.0, 20.0, 30.0, 0.4), _seed(1, 14.0, 22.0, 34.0, 0.5)]
+    )
     rnas_cl = RunRow("rnas_cl", "rnas_cl", "width", "width", results=[_seed(0, 5.0, 6.0, 7.0, 0.6)])
-    teacher = RunRow("teacher", "teacher", "small_cnn", "family", True,
-                     [SeedResult(0, {"eval_seconds": 9.0, "robust_acc": 0.7}, train={"seconds": 50.0})])
+    teacher = RunRow(
+        "teacher",
+        "teacher",
+        "small_cnn",
+        "family",
+        True,
+        [SeedResult(0, {"eval_seconds": 9.0, "robust_acc": 0.7}, train={"seconds": 50.0})],
+    )
     return [darts, rnas_cl, teacher]
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import checkpointed_epochs, kill_test_params, tiny_params
+
 from rnas.checkpoint import CheckpointError, ResumeState, load_checked, save_atomic
 from rnas.config import TrainConfig
 from rnas.data import TensorPair
@@ -119,8 +119,10 @@ def test_teacher_killed_mid_epoch_resumes_bit_exact_and_continues_its_mlflow_run
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     # only epochs 2 and 3 ran again: 3 x 21 steps in all, 21 of them in the checkpoint
     assert _steps_called(resumed) == 3 * 21 - 21
-    assert f"teacher: resuming from epoch 1/3 (checkpoint {Path('results/.state/digits/teacher/teacher/last.pt')}" \
+    assert (
+        f"teacher: resuming from epoch 1/3 (checkpoint {Path('results/.state/digits/teacher/teacher/last.pt')}"
         in resumed.stderr
+    )
     assert "teacher: ran 42 training steps in this process (epochs 2-3 of 3)" in resumed.stderr
     a = torch.load(ref / "results/digits/teacher/model.pt", weights_only=True)["state_dict"]
     b = torch.load(proj / "results/digits/teacher/model.pt", weights_only=True)["state_dict"]
@@ -148,8 +150,9 @@ def test_search_killed_mid_epoch_resumes_bit_exact(tmp_path, darts_search_refere
     assert "search darts: resuming from epoch 1/3" in resumed.stderr
     assert "search darts: ran 40 search steps in this process (epochs 2-3 of 3)" in resumed.stderr
     for name in ("genotype.json", "alphas.json"):
-        assert (ref / "results/digits/darts/seed0" / name).read_text() == \
-            (proj / "results/digits/darts/seed0" / name).read_text()
+        assert (ref / "results/digits/darts/seed0" / name).read_text() == (
+            proj / "results/digits/darts/seed0" / name
+        ).read_text()
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
     ha = json.loads((ref / "results/digits/darts/seed0/search.json").read_text())["history"]
     hb = json.loads((proj / "results/digits/darts/seed0/search.json").read_text())["history"]
@@ -159,8 +162,14 @@ def test_search_killed_mid_epoch_resumes_bit_exact(tmp_path, darts_search_refere
 @pytest.mark.slow
 def test_sigterm_ends_the_mlflow_run_killed(tmp_path):
     proj = _project(tmp_path / "term", teacher={"train": {**tiny_params()["teacher"]["train"], "epochs": 50}})
-    proc = subprocess.Popen([sys.executable, "-m", "rnas.cli", "teacher"], cwd=proj, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rnas.cli", "teacher"],
+        cwd=proj,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (proj / "results/.state/digits/teacher/teacher/last.pt").exists():
         time.sleep(0.5)
@@ -173,6 +182,7 @@ def test_sigterm_ends_the_mlflow_run_killed(tmp_path):
 
 def test_orphaned_running_run_is_marked_failed(tmp_path):
     import mlflow  # a dependency of the project: never a reason to skip
+
     from rnas.config import params_from_dict
     from rnas.tracking import experiment_name, reap_orphans, stage_run, tracking_uri
 
@@ -196,19 +206,25 @@ def test_orphaned_running_run_is_marked_failed(tmp_path):
 
 # -- checkpoints ---------------------------------------------------------------------
 
+
 class _Payload:
     def __reduce__(self):
         return (os.system, ("echo pwned",))
 
 
-@pytest.mark.parametrize("corrupt, match", [
-    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "not a loadable checkpoint"),
-    (lambda p: p.write_bytes(b"\0" * 4096), "not a loadable checkpoint"),
-    (lambda p: p.write_bytes(b""), "empty"),
-    (lambda p: save_atomic({"epoch": 1}, p), "lacks keys"),
-    (lambda p: p.write_bytes(pickle.dumps({"epoch": 1, "params_hash": "h", "x": _Payload()})),
-     "not a loadable checkpoint"),
-])
+@pytest.mark.parametrize(
+    "corrupt, match",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "not a loadable checkpoint"),
+        (lambda p: p.write_bytes(b"\0" * 4096), "not a loadable checkpoint"),
+        (lambda p: p.write_bytes(b""), "empty"),
+        (lambda p: save_atomic({"epoch": 1}, p), "lacks keys"),
+        (
+            lambda p: p.write_bytes(pickle.dumps({"epoch": 1, "params_hash": "h", "x": _Payload()})),
+            "not a loadable checkpoint",
+        ),
+    ],
+)
 def test_corrupt_checkpoints_are_refused_and_the_previous_one_used(tmp_path, corrupt, match):
     state = ResumeState(tmp_path / "s", params_hash="h")
     state.save({"epoch": 0, "w": torch.ones(3)})
@@ -278,12 +294,15 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
 
     resume = ResumeState(tmp_path / "s", params_hash="h")
     with pytest.raises(NonFiniteLossError, match="epoch 2"):
-        Trainer(model, cfg, torch.device("cpu"), seed=0, extra_loss=poisoned, resume=resume, progress=False).fit(pair, pair)
+        Trainer(model, cfg, torch.device("cpu"), seed=0, extra_loss=poisoned, resume=resume, progress=False).fit(
+            pair, pair
+        )
     state = resume.load()
     assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
 # -- resume: only what the checkpoint lacks, and never a silent restart -------------
+
 
 def _corrupt_both(state: ResumeState) -> dict[str, bytes]:
     state.last.write_bytes(state.last.read_bytes()[:100])
@@ -340,18 +359,35 @@ def _counting_loss(calls: dict, kill_at: int | None = None):
         if calls["n"] == kill_at:
             raise _Killed
         return torch.zeros(())
+
     return extra
 
 
 def test_trainer_resume_runs_only_the_remaining_epochs_and_says_so(tmp_path, caplog):
     model, pair, cfg, resume = _tiny_training(tmp_path)
     with pytest.raises(_Killed):  # killed at step 4 = the second step of epoch 2: epoch 1 is saved
-        Trainer(model, cfg, torch.device("cpu"), seed=0, extra_loss=_counting_loss({"n": 0}, 4), resume=resume,
-                progress=False, desc="teacher").fit(pair, pair)
+        Trainer(
+            model,
+            cfg,
+            torch.device("cpu"),
+            seed=0,
+            extra_loss=_counting_loss({"n": 0}, 4),
+            resume=resume,
+            progress=False,
+            desc="teacher",
+        ).fit(pair, pair)
     calls = {"n": 0}
     caplog.set_level("INFO")
-    result = Trainer(model, cfg, torch.device("cpu"), seed=0, extra_loss=_counting_loss(calls), resume=resume,
-                     progress=False, desc="teacher").fit(pair, pair)
+    result = Trainer(
+        model,
+        cfg,
+        torch.device("cpu"),
+        seed=0,
+        extra_loss=_counting_loss(calls),
+        resume=resume,
+        progress=False,
+        desc="teacher",
+    ).fit(pair, pair)
     assert calls["n"] == 3 * 2 - 2  # the steps actually run: epochs 2 and 3, not a fresh start
     assert (result.start_epoch, result.steps_run) == (1, 4)
     assert f"teacher: resuming from epoch 1/3 (checkpoint {resume.last}); epochs 2-3 to run" in caplog.text
@@ -362,13 +398,21 @@ def test_trainer_resume_runs_only_the_remaining_epochs_and_says_so(tmp_path, cap
 def test_trainer_refuses_unreadable_checkpoints_instead_of_restarting(tmp_path):
     model, pair, cfg, resume = _tiny_training(tmp_path)
     with pytest.raises(_Killed):  # killed in epoch 3: two generations saved
-        Trainer(model, cfg, torch.device("cpu"), seed=0, extra_loss=_counting_loss({"n": 0}, 5), resume=resume,
-                progress=False).fit(pair, pair)
+        Trainer(
+            model,
+            cfg,
+            torch.device("cpu"),
+            seed=0,
+            extra_loss=_counting_loss({"n": 0}, 5),
+            resume=resume,
+            progress=False,
+        ).fit(pair, pair)
     before = _corrupt_both(resume)
     calls = {"n": 0}
     with pytest.raises(CheckpointError, match="no readable checkpoint"):
-        Trainer(model, cfg, torch.device("cpu"), seed=0, extra_loss=_counting_loss(calls), resume=resume,
-                progress=False).fit(pair, pair)
+        Trainer(
+            model, cfg, torch.device("cpu"), seed=0, extra_loss=_counting_loss(calls), resume=resume, progress=False
+        ).fit(pair, pair)
     assert calls["n"] == 0
     assert {p.name: p.read_bytes() for p in resume.folder.iterdir()} == before
 
@@ -376,13 +420,28 @@ def test_trainer_refuses_unreadable_checkpoints_instead_of_restarting(tmp_path):
 def test_trainer_resumes_from_prev_when_last_is_corrupt(tmp_path, caplog):
     model, pair, cfg, resume = _tiny_training(tmp_path)
     with pytest.raises(_Killed):  # killed in epoch 3: last.pt = epoch 2, prev.pt = epoch 1
-        Trainer(model, cfg, torch.device("cpu"), seed=0, extra_loss=_counting_loss({"n": 0}, 5), resume=resume,
-                progress=False).fit(pair, pair)
+        Trainer(
+            model,
+            cfg,
+            torch.device("cpu"),
+            seed=0,
+            extra_loss=_counting_loss({"n": 0}, 5),
+            resume=resume,
+            progress=False,
+        ).fit(pair, pair)
     resume.last.write_bytes(b"\0" * 64)
     calls = {"n": 0}
     caplog.set_level("INFO")
-    result = Trainer(model, cfg, torch.device("cpu"), seed=0, extra_loss=_counting_loss(calls), resume=resume,
-                     progress=False, desc="retrain darts").fit(pair, pair)
+    result = Trainer(
+        model,
+        cfg,
+        torch.device("cpu"),
+        seed=0,
+        extra_loss=_counting_loss(calls),
+        resume=resume,
+        progress=False,
+        desc="retrain darts",
+    ).fit(pair, pair)
     assert calls["n"] == 4 and result.start_epoch == 1  # from prev.pt: epoch 1 done, 2 and 3 run
     assert f"retrain darts: resuming from epoch 1/3 (checkpoint {resume.prev})" in caplog.text
 
@@ -416,6 +475,7 @@ class _CountingSearch(SearchMethod):
 
 def test_search_resume_runs_only_the_remaining_epochs_and_says_so(tmp_path, caplog):
     from conftest import tiny_splits
+
     from rnas.config import params_from_dict
     from rnas.runs import resolve_run
     from rnas.search.loop import run_search
@@ -424,8 +484,7 @@ def test_search_resume_runs_only_the_remaining_epochs_and_says_so(tmp_path, capl
     p["search"].update(epochs=3, batch_size=8)
     params = params_from_dict(p)
     splits = tiny_splits(n_train=32)  # two halves of 16: 2 steps per epoch
-    ctx = {"params": params, "run": resolve_run("darts"), "info": splits.info, "device": torch.device("cpu"),
-           "seed": 0}
+    ctx = {"params": params, "run": resolve_run("darts"), "info": splits.info, "device": torch.device("cpu"), "seed": 0}
     resume = ResumeState(tmp_path / "s", params_hash="h")
     with pytest.raises(_Killed):
         run_search(_CountingSearch(kill_at=4), ctx, splits, resume=resume, progress=False, desc="search x")
@@ -447,8 +506,10 @@ def test_stage_with_unreadable_checkpoints_fails_naming_them(tmp_path):
     (state / "prev.pt").write_bytes(b"")
     out = _rnas(proj, "teacher")
     assert out.returncode == 1, out.stderr[-2000:]
-    assert f"rnas teacher: {Path('results/.state/digits/teacher/teacher')}: no readable checkpoint among " \
-           f"last.pt, prev.pt" in out.stderr
+    assert (
+        f"rnas teacher: {Path('results/.state/digits/teacher/teacher')}: no readable checkpoint among "
+        f"last.pt, prev.pt" in out.stderr
+    )
     assert (state / "last.pt").read_bytes() == b"\0" * 128 and (state / "prev.pt").read_bytes() == b""
     assert not (proj / "results/digits/teacher/model.pt").exists()
     assert [r[2] for r in _runs(proj)] == ["FAILED"]

@@ -15,9 +15,21 @@ from rnas import paths
 from rnas.checkpoint import build_model as build_checkpoint_model
 from rnas.config import ParamsError, params_from_dict
 from rnas.data import Splits, TensorPair, get_info, iterate_batches
-from rnas.distill import (DistillationError, FixedTutorDistillation, MapTaps, TeacherProbe, TutorLogits,
-                          attention_loss, attention_map, cell_layers, kd_kl, pairwise_distances, student_layers,
-                          teacher_layers, transfer_tutors)
+from rnas.distill import (
+    DistillationError,
+    FixedTutorDistillation,
+    MapTaps,
+    TeacherProbe,
+    TutorLogits,
+    attention_loss,
+    attention_map,
+    cell_layers,
+    kd_kl,
+    pairwise_distances,
+    student_layers,
+    teacher_layers,
+    transfer_tutors,
+)
 from rnas.evaluation.complexity import count_macs, count_parameters
 from rnas.models import build_model
 from rnas.pipeline import stage_keys
@@ -29,8 +41,13 @@ from rnas.search.methods.rnas_cl import RnasClCellSearch, RnasClWidthSearch, cos
 from rnas.space.genotype import validate_genotype
 from rnas.space.network import CellNetwork
 from rnas.space.supernet import Supernet
-from rnas.space.width import (WidthArchitectureError, WidthNetwork, WidthSupernet, validate_width_architecture,
-                              width_choices)
+from rnas.space.width import (
+    WidthArchitectureError,
+    WidthNetwork,
+    WidthSupernet,
+    validate_width_architecture,
+    width_choices,
+)
 
 torch.set_num_threads(1)
 
@@ -43,25 +60,41 @@ def _seeded():
 
 
 def tiny_supernet(**kw) -> WidthSupernet:
-    args = dict(num_classes=10, input_channels=1, dataset="digits", image_size=8, stem_channels=4,
-                stage_widths=(4, 8), stage_blocks=(1, 2), stage_strides=(1, 2), expansion=2, kernel=3,
-                width_options=3, width_step=0.25)
+    args = dict(
+        num_classes=10,
+        input_channels=1,
+        dataset="digits",
+        image_size=8,
+        stem_channels=4,
+        stage_widths=(4, 8),
+        stage_blocks=(1, 2),
+        stage_strides=(1, 2),
+        expansion=2,
+        kernel=3,
+        width_options=3,
+        width_step=0.25,
+    )
     args.update(kw)
     return WidthSupernet(**args)
 
 
 def tiny_teacher(family: str = "small_cnn") -> nn.Module:
-    kwargs = {"small_cnn": {"width": 4, "depth": 3}, "preact_resnet18": {"width": 2},
-              "wide_resnet": {"depth": 10, "widen_factor": 1}}[family]
+    kwargs = {
+        "small_cnn": {"width": 4, "depth": 3},
+        "preact_resnet18": {"width": 2},
+        "wide_resnet": {"depth": 10, "widen_factor": 1},
+    }[family]
     return build_model(family, 10, 1, "digits", **kwargs).eval()
 
 
 def tiny_params(**rnas_cl):
     block = {"width": WIDTH, **rnas_cl}
-    return params_from_dict({
-        "pipeline": {"progress": False, "channels_last": False},
-        "search": {"epochs": 1, "batch_size": 16, "init_channels": 4, "layers": 2, "methods": {"rnas_cl": block}},
-    })
+    return params_from_dict(
+        {
+            "pipeline": {"progress": False, "channels_last": False},
+            "search": {"epochs": 1, "batch_size": 16, "init_channels": 4, "layers": 2, "methods": {"rnas_cl": block}},
+        }
+    )
 
 
 def digits_info():
@@ -82,6 +115,7 @@ def make_ctx(params, run: str, teacher: nn.Module, seed: int = 0, steps: int = 5
 
 
 # -- attention maps and losses ---------------------------------------------------------
+
 
 def test_attention_map_is_normalized_sum_of_squares():
     a = torch.randn(3, 5, 8, 8)
@@ -154,6 +188,7 @@ def test_teacher_layers_are_every_conv_of_any_family(family):
 
 # -- the width space -------------------------------------------------------------------
 
+
 def test_width_choices_and_bad_options():
     assert width_choices(16, 3, 0.25) == (16, 12, 8)
     with pytest.raises(ValueError):
@@ -204,6 +239,7 @@ def test_expected_cost_uses_effective_widths_and_is_differentiable():
 
 
 # -- gradients reach every tutor and width logit ------------------------------------------
+
 
 def test_attention_loss_gradient_reaches_every_tutor_and_width_logit():
     net = tiny_supernet().train()
@@ -266,6 +302,7 @@ def test_tutors_follow_permuted_teacher_maps(form):
 
 # -- the method -----------------------------------------------------------------------
 
+
 def test_schedule_80_20_and_temperature():
     phases = [step_phase(i, 10, 0.2) for i in range(10)]
     assert phases == ["weight"] * 8 + ["arch"] * 2
@@ -320,8 +357,9 @@ def _by_hand_map(a: torch.Tensor, size: int) -> torch.Tensor:
     return m / m.norm(dim=1, keepdim=True)  # per example
 
 
-def _by_hand_search_loss(form: str, cfg, tau: float, s_acts, t_acts, logits, t_logits, y, tutor_logits, noise,
-                         width_logits, net) -> dict[str, float]:
+def _by_hand_search_loss(
+    form: str, cfg, tau: float, s_acts, t_acts, logits, t_logits, y, tutor_logits, noise, width_logits, net
+) -> dict[str, float]:
     """The width search loss of one batch from its definition (docs/methods/rnas_cl.md), in float64."""
     size = cfg.map_size
     s_maps = [_by_hand_map(a, size) for a in s_acts]
@@ -336,15 +374,15 @@ def _by_hand_search_loss(form: str, cfg, tau: float, s_acts, t_acts, logits, t_l
     z, zt, big_t = logits.double(), t_logits.double(), cfg.temperature
     ce = float(-torch.log_softmax(z, 1)[torch.arange(len(y)), y].mean())
     p_t = torch.softmax(zt / big_t, 1)
-    kl = float((p_t * (p_t.log() - torch.log_softmax(z / big_t, 1))).sum(1).mean()) * big_t ** 2
+    kl = float((p_t * (p_t.log() - torch.log_softmax(z / big_t, 1))).sum(1).mean()) * big_t**2
     # MACs with effective widths Σ_i g_i·w_i (soft width weights softmax(l/τ)), stem + blocks + head
     g_w = torch.softmax(width_logits.double() / tau, -1)
     e, k = net.expansion, net.kernel
-    macs = net.stem_size ** 2 * net.input_channels * net.stem_channels * 9
+    macs = net.stem_size**2 * net.input_channels * net.stem_channels * 9
     c_in = float(net.stem_channels)
     for b, ((size_in, size_out), options) in enumerate(zip(net.sizes, net.options)):
         w = float(sum(float(g_w[b, i]) * options[i] for i in range(len(options))))
-        macs += size_in ** 2 * c_in * e * w + size_out ** 2 * k * k * e * w + size_out ** 2 * e * w * w
+        macs += size_in**2 * c_in * e * w + size_out**2 * k * k * e * w + size_out**2 * e * w * w
         c_in = w
     macs += c_in * net.num_classes
     factor = cfg.beta_cost * math.log(macs) if form == "public" else math.log(macs) ** cfg.beta_cost
@@ -370,8 +408,11 @@ def test_search_loss_equals_its_definition_by_hand(form):
     net.width_mode = "soft"  # widths softmax(l/τ): the only random draw left is the tutors' Gumbel noise
     s_acts, t_acts, out = [], [], {}
     hooks = [m.register_forward_hook(lambda _m, _i, o: s_acts.append(o.detach())) for _, m in net.distill_layers()]
-    hooks += [m.register_forward_hook(lambda _m, _i, o: t_acts.append(o.detach()))
-              for m in teacher.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [
+        m.register_forward_hook(lambda _m, _i, o: t_acts.append(o.detach()))
+        for m in teacher.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
     hooks.append(net.register_forward_hook(lambda _m, _i, o: out.__setitem__("s", o.detach())))
     hooks.append(teacher.register_forward_hook(lambda _m, _i, o: out.__setitem__("t", o.detach())))
     x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 3, 5, 9])
@@ -383,13 +424,37 @@ def test_search_loss_equals_its_definition_by_hand(form):
         method.cl.generator.set_state(state)
         total, parts = method.search_loss(x, y, train_arch=train_arch)
         assert len(s_acts) == len(net.distill_layers()) and len(t_acts) == 3
-        expected = _by_hand_search_loss(form, cfg, tau, s_acts, t_acts, out["s"], out["t"], y,
-                                        method.cl.tutors.logits.detach(), noise, net.width_logits.detach(), net)
+        expected = _by_hand_search_loss(
+            form,
+            cfg,
+            tau,
+            s_acts,
+            t_acts,
+            out["s"],
+            out["t"],
+            y,
+            method.cl.tutors.logits.detach(),
+            noise,
+            net.width_logits.detach(),
+            net,
+        )
         for key in ("ce", "kl", "attn", "macs"):
             assert parts[key] == pytest.approx(expected[key], rel=1e-4), key
         assert float(total.detach()) == pytest.approx(expected["loss"], rel=1e-4)
-    other = _by_hand_search_loss("paper" if form == "public" else "public", cfg, tau, s_acts, t_acts, out["s"],
-                                 out["t"], y, method.cl.tutors.logits.detach(), noise, net.width_logits.detach(), net)
+    other = _by_hand_search_loss(
+        "paper" if form == "public" else "public",
+        cfg,
+        tau,
+        s_acts,
+        t_acts,
+        out["s"],
+        out["t"],
+        y,
+        method.cl.tutors.logits.detach(),
+        noise,
+        net.width_logits.detach(),
+        net,
+    )
     assert abs(other["loss"] - expected["loss"]) > 0.05 * expected["loss"]  # the two forms are told apart
     for h in hooks:
         h.remove()
@@ -403,8 +468,12 @@ def test_width_search_uses_the_whole_split_80_20(monkeypatch):
     x = torch.rand(n, 1, 8, 8, generator=gen)
     x[:, 0, 0, 0] = torch.arange(n) / n  # tag every example
     tag = {float(v): i for i, v in enumerate(x[:, 0, 0, 0])}
-    splits = Splits(TensorPair(x, torch.randint(0, 10, (n,), generator=gen)), random_splits().val,
-                    random_splits().test, digits_info())
+    splits = Splits(
+        TensorPair(x, torch.randint(0, 10, (n,), generator=gen)),
+        random_splits().val,
+        random_splits().test,
+        digits_info(),
+    )
     seen: dict[bool, list[int]] = {False: [], True: []}
     original = RnasClWidthSearch.search_loss
 
@@ -413,9 +482,19 @@ def test_width_search_uses_the_whole_split_80_20(monkeypatch):
         return original(self, xb, yb, train_arch)
 
     monkeypatch.setattr(RnasClWidthSearch, "search_loss", recording)
-    run_search(make_method("rnas_cl"), {"params": tiny_params(), "run": RUNS["rnas_cl"], "info": digits_info(),
-                                        "device": torch.device("cpu"), "seed": 0, "teacher": tiny_teacher()},
-               splits, progress=False)
+    run_search(
+        make_method("rnas_cl"),
+        {
+            "params": tiny_params(),
+            "run": RUNS["rnas_cl"],
+            "info": digits_info(),
+            "device": torch.device("cpu"),
+            "seed": 0,
+            "teacher": tiny_teacher(),
+        },
+        splits,
+        progress=False,
+    )
     weights, arch = seen[False], seen[True]
     assert len(weights) == 0.8 * n and len(arch) == 0.2 * n
     assert sorted(weights + arch) == list(range(n))  # every example once
@@ -436,9 +515,19 @@ def test_params_loss_form_defaults_and_validation():
 def test_width_search_writes_a_rebuildable_architecture(tmp_path):
     params = tiny_params()
     method = make_method("rnas_cl")
-    result = run_search(method, {"params": params, "run": RUNS["rnas_cl"], "info": digits_info(),
-                                 "device": torch.device("cpu"), "seed": 0, "teacher": tiny_teacher()},
-                        random_splits(), progress=False)
+    result = run_search(
+        method,
+        {
+            "params": params,
+            "run": RUNS["rnas_cl"],
+            "info": digits_info(),
+            "device": torch.device("cpu"),
+            "seed": 0,
+            "teacher": tiny_teacher(),
+        },
+        random_splits(),
+        progress=False,
+    )
     arch = validate_width_architecture(json.loads(json.dumps(result.architecture)))
     assert arch["space"] == "width" and len(arch["widths"]) == 2
     assert len(arch["tutors"]) == len(arch["student_layers"]) == 1 + 3 * 2
@@ -459,8 +548,13 @@ def test_width_search_writes_a_rebuildable_architecture(tmp_path):
 def test_width_architecture_schema_errors():
     good = {"space": "width", "widths": [4], "tutors": [0], "network": {"kind": "width", "widths": [4]}}
     validate_width_architecture(good)
-    for bad in ({**good, "widths": [0]}, {**good, "tutors": ["a"]}, {**good, "network": {"kind": "cell"}},
-                {k: v for k, v in good.items() if k != "tutors"}, {**good, "network": {"kind": "width", "widths": [8]}}):
+    for bad in (
+        {**good, "widths": [0]},
+        {**good, "tutors": ["a"]},
+        {**good, "network": {"kind": "cell"}},
+        {k: v for k, v in good.items() if k != "tutors"},
+        {**good, "network": {"kind": "width", "widths": [8]}},
+    ):
         with pytest.raises(WidthArchitectureError):
             validate_width_architecture(bad)
 
@@ -486,6 +580,7 @@ def test_cell_variant_gradient_reaches_tutors_and_alpha():
 
 # -- retraining ------------------------------------------------------------------------
 
+
 def test_transfer_tutors_by_layer_kind_and_depth():
     names = [n for n, _ in cell_layers(Supernet(4, 2, 10, 1, "digits"))]
     tutors = list(range(len(names)))  # stem 0; cell 0: 1, 2, 3; cell 1: 4, 5, 6
@@ -502,10 +597,14 @@ def test_fixed_tutor_distillation_value_and_reforward(form):
     teacher = tiny_teacher()
     names = [n for n, _ in final.distill_layers()]
     n_t = len(teacher_layers(teacher))
-    assignment = {"student_layers": names, "teacher_layers": [n for n, _ in teacher_layers(teacher)],
-                  "tutors": [i % n_t for i in range(len(names))]}
-    loss_fn = FixedTutorDistillation(final, teacher, assignment, map_size=4, gamma=2.0, kl_weight=0.5,
-                                     temperature=1.0, loss_form=form)
+    assignment = {
+        "student_layers": names,
+        "teacher_layers": [n for n, _ in teacher_layers(teacher)],
+        "tutors": [i % n_t for i in range(len(names))],
+    }
+    loss_fn = FixedTutorDistillation(
+        final, teacher, assignment, map_size=4, gamma=2.0, kl_weight=0.5, temperature=1.0, loss_form=form
+    )
     x = torch.rand(8, 1, 8, 8)
     logits = final(x)
     value = loss_fn(final, x, None, logits)
@@ -523,11 +622,19 @@ def test_fixed_tutor_distillation_value_and_reforward(form):
     loss_fn(final, other, None, logits)  # logits of x, input `other`: the student runs again
     assert loss_fn.student_taps.saw(other)
     with pytest.raises(DistillationError):
-        FixedTutorDistillation(final, teacher, {**assignment, "teacher_layers": ["x"]}, map_size=4, gamma=1.0,
-                               kl_weight=1.0, temperature=1.0)
+        FixedTutorDistillation(
+            final,
+            teacher,
+            {**assignment, "teacher_layers": ["x"]},
+            map_size=4,
+            gamma=1.0,
+            kl_weight=1.0,
+            temperature=1.0,
+        )
 
 
 # -- runs, paths, params, CLI ------------------------------------------------------------
+
 
 def test_runs_paths_and_stage_keys():
     params = tiny_params()
@@ -568,11 +675,13 @@ def test_arch_params_cli_counts_a_width_architecture(tmp_path, capsys):
     f = tmp_path / "architecture.json"
     f.write_text(json.dumps(arch))
     assert main(["arch", "params", str(f)]) == 0
-    assert int(capsys.readouterr().out.strip().splitlines()[-1]) == count_parameters(build_checkpoint_model(
-        arch["network"]))
+    assert int(capsys.readouterr().out.strip().splitlines()[-1]) == count_parameters(
+        build_checkpoint_model(arch["network"])
+    )
     assert main(["arch", "macs", str(f), "--image-size", "8"]) == 0
     assert int(capsys.readouterr().out.strip().splitlines()[-1]) == count_macs(
-        build_checkpoint_model(arch["network"]), (1, 8, 8))
+        build_checkpoint_model(arch["network"]), (1, 8, 8)
+    )
 
 
 def test_bounds_support_the_width_network():
@@ -600,15 +709,25 @@ def test_width_search_resumes_bit_exactly(tmp_path):
     Gumbel generator, tutors and both optimizers are checkpointed)."""
     from rnas.checkpoint import ResumeState
 
-    params = params_from_dict({"pipeline": {"progress": False, "channels_last": False},
-                               "search": {"epochs": 2, "batch_size": 16, "methods": {"rnas_cl": {"width": WIDTH}}}})
+    params = params_from_dict(
+        {
+            "pipeline": {"progress": False, "channels_last": False},
+            "search": {"epochs": 2, "batch_size": 16, "methods": {"rnas_cl": {"width": WIDTH}}},
+        }
+    )
     teacher = tiny_teacher()
 
     def search(resume=None, log_metrics=None):
         torch.manual_seed(0)
         method = make_method("rnas_cl")
-        ctx = {"params": params, "run": RUNS["rnas_cl"], "info": digits_info(), "device": torch.device("cpu"),
-               "seed": 0, "teacher": teacher}
+        ctx = {
+            "params": params,
+            "run": RUNS["rnas_cl"],
+            "info": digits_info(),
+            "device": torch.device("cpu"),
+            "seed": 0,
+            "teacher": teacher,
+        }
         result = run_search(method, ctx, random_splits(), resume=resume, log_metrics=log_metrics, progress=False)
         return method, result
 

@@ -7,18 +7,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterator
 
 import pytest
-
-from conftest import tiny_splits
 import torch
+from conftest import tiny_splits
 
 import rnas.evaluation.attacks as attacks
 import rnas.training.perturbations as perturbations
 from rnas.checkpoint import ResumeState
 from rnas.config import ParamsError, RnasMethodConfig, params_from_dict, section
-from rnas.data import Splits, TensorPair, get_info
+from rnas.data import Splits
 from rnas.pipeline import stage_keys
 from rnas.report.rnas_noise import noise_vs_adversarial_markdown
 from rnas.runs import resolve_run
@@ -39,11 +37,20 @@ DIVERGENCES = ("kl", "js", "l2", "features")
 
 
 def tiny_params(epochs: int = 1, unrolled: bool = False, **rnas):
-    return params_from_dict({
-        "pipeline": {"progress": False, "channels_last": False},
-        "search": {"epochs": epochs, "batch_size": 8, "init_channels": 4, "layers": 2, "nodes": 2,
-                   "unrolled": unrolled, "methods": {"rnas": rnas}},
-    })
+    return params_from_dict(
+        {
+            "pipeline": {"progress": False, "channels_last": False},
+            "search": {
+                "epochs": epochs,
+                "batch_size": 8,
+                "init_channels": 4,
+                "layers": 2,
+                "nodes": 2,
+                "unrolled": unrolled,
+                "methods": {"rnas": rnas},
+            },
+        }
+    )
 
 
 def search(run: str, params, splits: Splits, seed: int = 0, resume: ResumeState | None = None):
@@ -51,8 +58,13 @@ def search(run: str, params, splits: Splits, seed: int = 0, resume: ResumeState 
     torch.manual_seed(seed)
     spec = resolve_run(run)
     method = make_method(spec.method)
-    result = run_search(method, {"params": params, "run": spec, "info": splits.info, "device": torch.device("cpu"),
-                                 "seed": seed}, splits, resume=resume, progress=False)
+    result = run_search(
+        method,
+        {"params": params, "run": spec, "info": splits.info, "device": torch.device("cpu"), "seed": seed},
+        splits,
+        resume=resume,
+        progress=False,
+    )
     return method, result
 
 
@@ -60,8 +72,11 @@ def set_up(run: str, params, splits: Splits, seed: int = 0):
     torch.manual_seed(seed)
     spec = resolve_run(run)
     method = make_method(spec.method)
-    method.setup(SearchContext(params=params, run=spec, info=splits.info, device=torch.device("cpu"), seed=seed,
-                               steps_per_epoch=1))
+    method.setup(
+        SearchContext(
+            params=params, run=spec, info=splits.info, device=torch.device("cpu"), seed=seed, steps_per_epoch=1
+        )
+    )
     return method
 
 
@@ -75,13 +90,15 @@ def assert_same_state(a: dict, b: dict) -> None:
 # Equivalence to DARTS
 
 
-@pytest.mark.parametrize("divergence, noise, unrolled", [
-    ("kl", "uniform", False), ("features", "gaussian", False), ("js", "uniform", True)])
+@pytest.mark.parametrize(
+    "divergence, noise, unrolled", [("kl", "uniform", False), ("features", "gaussian", False), ("js", "uniform", True)]
+)
 def test_lambda0_scale0_is_darts_bit_for_bit(divergence, noise, unrolled):
     splits = tiny_splits()
     darts, r_darts = search("darts", tiny_params(2, unrolled), splits)
-    rnas, r_rnas = search("rnas", tiny_params(2, unrolled, lam=0.0, noise_scale=0.0, divergence=divergence,
-                                              noise=noise), splits)
+    rnas, r_rnas = search(
+        "rnas", tiny_params(2, unrolled, lam=0.0, noise_scale=0.0, divergence=divergence, noise=noise), splits
+    )
     assert len(r_rnas.history) == 2
     assert_same_state(darts.supernet.state_dict(), rnas.supernet.state_dict())  # α, weights, BN buffers
     for p, q in zip(darts.supernet.arch_parameters(), rnas.supernet.arch_parameters()):
@@ -189,6 +206,7 @@ def attack_calls(monkeypatch) -> dict[str, int]:
         def wrapper(*args, **kwargs):
             counts[name] = counts.get(name, 0) + 1
             return fn(*args, **kwargs)
+
         return wrapper
 
     monkeypatch.setattr(perturbations, "pgd_inner", counting("pgd_inner", perturbations.pgd_inner))
@@ -260,8 +278,11 @@ def test_unknown_variant_is_refused():
     splits = tiny_splits()
     spec = dataclasses.replace(resolve_run("rnas"), variant="fgsm")
     with pytest.raises(ValueError, match="noise, adv"):
-        make_method("rnas").setup(SearchContext(params=tiny_params(), run=spec, info=splits.info,
-                                                device=torch.device("cpu"), seed=0, steps_per_epoch=1))
+        make_method("rnas").setup(
+            SearchContext(
+                params=tiny_params(), run=spec, info=splits.info, device=torch.device("cpu"), seed=0, steps_per_epoch=1
+            )
+        )
 
 
 def test_report_section(tmp_path):

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import train_tiny
 from torch import nn
 
-from conftest import train_tiny
 from rnas.evaluation.protocol import EvalSettings, evaluate_with_sanity, worst_case_flags
 from rnas.evaluation.sanity import (
     SANITY_CHECKS,
@@ -35,20 +35,34 @@ def _flags(*bits: int) -> torch.Tensor:
 
 
 def _settings(**kw) -> EvalSettings:
-    base = dict(epsilon=0.1, epsilon_l2=0.8, pgd_step_size=0.025, eps_sweep=(0.05, 0.3),
-                attacks=("fgsm", "pgd20", "pgd100"), cw_steps=10, deepfool_steps=10)
+    base = dict(
+        epsilon=0.1,
+        epsilon_l2=0.8,
+        pgd_step_size=0.025,
+        eps_sweep=(0.05, 0.3),
+        attacks=("fgsm", "pgd20", "pgd100"),
+        cw_steps=10,
+        deepfool_steps=10,
+    )
     return EvalSettings(**{**base, **kw})
 
 
-GOOD_PROBE = ModelProbe(num_classes=N_CLASSES, zero_grad_fraction=0.0, output_min=-7.0, output_max=9.0,
-                        max_row_sum_deviation=4.0)
+GOOD_PROBE = ModelProbe(
+    num_classes=N_CLASSES, zero_grad_fraction=0.0, output_min=-7.0, output_max=9.0, max_row_sum_deviation=4.0
+)
 
+
+INPUTS_SANITY = SanitySettings(large_epsilon=0.3, tolerance=0.0)
 
 AA_CHECKS = {SQUARE_KEY: {"randomized": True, "range_output": True, "dynamic": True, "n_classes": True}}
 
 
-def _inputs(flags: dict, metrics: dict | None = None, probe: ModelProbe = GOOD_PROBE,
-            sanity: SanitySettings = SanitySettings(large_epsilon=0.3, tolerance=0.0)) -> SanityInputs:
+def _inputs(
+    flags: dict,
+    metrics: dict | None = None,
+    probe: ModelProbe = GOOD_PROBE,
+    sanity: SanitySettings = INPUTS_SANITY,
+) -> SanityInputs:
     def acc(f):
         return int(f.sum()) / f.numel()
 
@@ -75,9 +89,17 @@ HONEST = {
 
 def test_registry_names_and_honest_inputs_pass():
     assert list(SANITY_CHECKS) == [
-        "eps0_equals_clean", "monotone_in_eps", "large_eps_reaches_chance", "large_eps_l2_reaches_chance",
-        "pgd_not_weaker_than_fgsm", "more_pgd_steps_not_weaker", "square_not_stronger_than_whitebox",
-        "nonzero_input_gradients", "outputs_are_logits", "autoattack_own_checks"]
+        "eps0_equals_clean",
+        "monotone_in_eps",
+        "large_eps_reaches_chance",
+        "large_eps_l2_reaches_chance",
+        "pgd_not_weaker_than_fgsm",
+        "more_pgd_steps_not_weaker",
+        "square_not_stronger_than_whitebox",
+        "nonzero_input_gradients",
+        "outputs_are_logits",
+        "autoattack_own_checks",
+    ]
     results = run_checks(_inputs(dict(HONEST)))
     assert {n: r.passed for n, r in results.items()} == {n: True for n in SANITY_CHECKS}
     verdicts, details = sanity_summary(results)
@@ -131,8 +153,10 @@ def test_large_eps_l2_reaches_chance():
 def test_autoattack_own_checks():
     warned = {**AA_CHECKS, "autoattack": {"range_output": False, "dynamic": True}}
     details = {"autoattack": {"range_output": "it seems that the output is a probability distribution"}}
-    result = _one("autoattack_own_checks", _inputs(dict(HONEST), metrics={
-        "autoattack_checks": warned, "autoattack_checks_details": details}))
+    result = _one(
+        "autoattack_own_checks",
+        _inputs(dict(HONEST), metrics={"autoattack_checks": warned, "autoattack_checks_details": details}),
+    )
     assert result.passed is False and "autoattack: range_output — it seems" in result.detail
     assert _one("autoattack_own_checks", _inputs(dict(HONEST))).passed is True
     assert _one("autoattack_own_checks", _inputs(dict(HONEST), metrics={"autoattack_checks": {}})).passed is None
@@ -172,8 +196,7 @@ def test_square_check_is_per_example_not_totals():
 
 
 def test_nonzero_input_gradients_and_logits_checks():
-    masked = ModelProbe(N_CLASSES, zero_grad_fraction=0.5, output_min=0.0, output_max=1.0,
-                        max_row_sum_deviation=1e-7)
+    masked = ModelProbe(N_CLASSES, zero_grad_fraction=0.5, output_min=0.0, output_max=1.0, max_row_sum_deviation=1e-7)
     assert _one("nonzero_input_gradients", _inputs(dict(HONEST), probe=masked)).passed is False
     assert _one("outputs_are_logits", _inputs(dict(HONEST), probe=masked)).passed is False
     lenient = SanitySettings(large_epsilon=0.3, max_zero_grad_fraction=0.5)
@@ -203,8 +226,14 @@ def test_probe_attacks_reuse_the_sweep():
     assert (name, eps, options["steps"]) == ("pgd", 0.5, 20)
     assert options["step_size"] == pytest.approx(0.025 * 0.5 / 0.1)  # the sweep's step/ε ratio
     l2 = probe_attacks(_settings(attacks=("cw",)), SanitySettings(large_epsilon_l2=3.0))
-    assert l2 == {"sanity/pgd20@0.5": outside["sanity/pgd20@0.5"], "sanity/apgd_ce_l2@3.0": (
-        "autoattack_l2", 3.0, dict(version="custom", attacks=("apgd-ce",), seed=0, batch_size=256))}
+    assert l2 == {
+        "sanity/pgd20@0.5": outside["sanity/pgd20@0.5"],
+        "sanity/apgd_ce_l2@3.0": (
+            "autoattack_l2",
+            3.0,
+            dict(version="custom", attacks=("apgd-ce",), seed=0, batch_size=256),
+        ),
+    }
 
 
 def test_worst_case_is_per_example_not_min_of_accuracies():
@@ -225,8 +254,14 @@ def _data(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _net() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, N_CLASSES))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, N_CLASSES),
+    )
 
 
 class Quantized(nn.Module):
@@ -282,8 +317,10 @@ def test_honest_model_passes_every_check(trained):
     assert torch.equal(flags["robust"], expected)
     assert metrics["robust_acc"] == int(expected.sum()) / len(y)
     assert metrics["robust_acc"] <= min(metrics[k] for k in ("fgsm_acc", "pgd20_acc", "pgd100_acc"))
-    assert metrics["worst_case_attacks"] == {"robust_acc": f"fgsm, pgd20, pgd100, {SQUARE_KEY}",
-                                             "robust_acc_l2": "deepfool"}
+    assert metrics["worst_case_attacks"] == {
+        "robust_acc": f"fgsm, pgd20, pgd100, {SQUARE_KEY}",
+        "robust_acc_l2": "deepfool",
+    }
     assert torch.equal(flags["robust_l2"], flags["clean"] & flags["deepfool"])
     # AutoAttack's own checks of the AutoAttack runs (Square alone, APGD-CE at the large L2 radius)
     assert set(metrics["autoattack_checks"]) == {SQUARE_KEY, "sanity/apgd_ce_l2@4.0"}
@@ -307,8 +344,9 @@ def test_quantized_input_model_is_flagged(trained):
     # what Square broke counts in the worst case: robust_acc is not the white-box attacks' fake number
     square_acc = int(flags[SQUARE_KEY].sum()) / len(y)
     assert metrics["robust_acc"] <= square_acc < metrics["pgd100_acc"]
-    assert torch.equal(flags["robust"], flags["clean"] & flags["fgsm"] & flags["pgd20"] & flags["pgd100"]
-                       & flags[SQUARE_KEY])
+    assert torch.equal(
+        flags["robust"], flags["clean"] & flags["fgsm"] & flags["pgd20"] & flags["pgd100"] & flags[SQUARE_KEY]
+    )
 
 
 def test_saturated_softmax_model_is_flagged(trained):
@@ -340,10 +378,17 @@ def test_evaluation_tags_name_every_sanity_and_autoattack_check():
         def log_metrics(self, metrics):
             self.metrics.update(metrics)
 
-    metrics = {"clean_acc": 0.9, "robust_acc": 0.5, "robust_acc_l2": None, "eps_sweep": {"0.0": 0.9},
-               "sanity": {"autoattack_own_checks": False, "eps0_equals_clean": True},
-               "autoattack_checks": {"autoattack": {"randomized": True, "square_sr": False},
-                                     "sanity/apgd_ce_l2@2.0": {"range_output": True}}}
+    metrics = {
+        "clean_acc": 0.9,
+        "robust_acc": 0.5,
+        "robust_acc_l2": None,
+        "eps_sweep": {"0.0": 0.9},
+        "sanity": {"autoattack_own_checks": False, "eps0_equals_clean": True},
+        "autoattack_checks": {
+            "autoattack": {"randomized": True, "square_sr": False},
+            "sanity/apgd_ce_l2@2.0": {"range_output": True},
+        },
+    }
     tracker = Tracker()
     log_evaluation(tracker, metrics)
     assert tracker.tags["sanity"] == "FAIL: autoattack_own_checks"

@@ -18,10 +18,9 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from conftest import tiny_splits
 from test_dsrna import batch_statistics_held, frozen_at_batch_statistics, per_example_jacobian
+from torch import nn
 
 import rnas.search.methods.rnas as rnas_module
 from rnas.bounds import margin_lower_bound
@@ -40,11 +39,19 @@ def val(t: torch.Tensor) -> float:
 
 
 def params(method: str, **kw):
-    return params_from_dict({
-        "pipeline": {"progress": False, "channels_last": False},
-        "search": {"epochs": 1, "batch_size": 8, "init_channels": 4, "layers": 2, "nodes": 2,
-                   "methods": {method: kw} if kw else {}},
-    })
+    return params_from_dict(
+        {
+            "pipeline": {"progress": False, "channels_last": False},
+            "search": {
+                "epochs": 1,
+                "batch_size": 8,
+                "init_channels": 4,
+                "layers": 2,
+                "nodes": 2,
+                "methods": {method: kw} if kw else {},
+            },
+        }
+    )
 
 
 def set_up(run: str, p):
@@ -53,14 +60,16 @@ def set_up(run: str, p):
     torch.manual_seed(0)
     spec = resolve_run(run)
     method = make_method(spec.method)
-    method.setup(SearchContext(params=p, run=spec, info=splits.info, device=torch.device("cpu"), seed=0,
-                               steps_per_epoch=1))
+    method.setup(
+        SearchContext(params=p, run=spec, info=splits.info, device=torch.device("cpu"), seed=0, steps_per_epoch=1)
+    )
     method.supernet.double().train()  # in place: the optimizers keep the same parameters
     x = splits.train.x.double()
     return method, (x[:8], splits.train.y[:8]), (x[8:16], splits.train.y[8:16])
 
 
 # -- definitions, written out -----------------------------------------------------------------
+
 
 def ce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy, batch mean: log Σ_k exp z_k − z_y."""
@@ -74,8 +83,13 @@ def softmax(z: torch.Tensor) -> torch.Tensor:
     return e / e.sum(1, keepdim=True)
 
 
-def divergence(name: str, clean: torch.Tensor, noisy: torch.Tensor,
-               clean_cells: list[torch.Tensor], noisy_cells: list[torch.Tensor]) -> torch.Tensor:
+def divergence(
+    name: str,
+    clean: torch.Tensor,
+    noisy: torch.Tensor,
+    clean_cells: list[torch.Tensor],
+    noisy_cells: list[torch.Tensor],
+) -> torch.Tensor:
     """D(f(x), f(x̃)) of docs/methods/rnas.md, batch mean."""
     p, q = softmax(clean), softmax(noisy)
     if name == "kl":
@@ -127,6 +141,7 @@ def assert_first_adam_step(method, alpha_before: list[torch.Tensor], grads: list
 
 
 # -- DARTS -------------------------------------------------------------------------------------
+
 
 def test_darts_losses_are_clean_ce():
     method, (xa, ya), (xw, yw) = set_up("darts", params("dsrna"))
@@ -298,6 +313,7 @@ def test_rnas_step_noise_on_both_levels():
 def test_rnas_adv_uses_the_adversarial_examples_on_both_levels(monkeypatch):
     """``rnas_adv``: the same losses with x̃ the attack's output (the attack replaced here by a
     fixed, recognisable perturbation; PGD itself is tested in test_rnas_noise.py)."""
+
     def fake_attack(model, x, y, cfg, generator):
         return (1.0 - x).detach()
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, require_or_skip, tiny_params
 
 pytestmark = [
@@ -43,6 +42,7 @@ def _ensure_installed() -> None:
     cluster = _cluster_module()
     try:
         import snakemake_executor_plugin_slurm  # noqa: F401
+
         plugin = True
     except ImportError:
         plugin = False
@@ -50,9 +50,11 @@ def _ensure_installed() -> None:
         return
     env = dict(os.environ, PYTHON=sys.executable)
     out = subprocess.run(["bash", str(SETUP)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    require_or_skip(out.returncode == 0,
-                    f"SLURM test packages cannot be installed here (tests/slurm/setup.sh exit {out.returncode}): "
-                    f"{(out.stderr or out.stdout).strip()[-400:]}")
+    require_or_skip(
+        out.returncode == 0,
+        f"SLURM test packages cannot be installed here (tests/slurm/setup.sh exit {out.returncode}): "
+        f"{(out.stderr or out.stdout).strip()[-400:]}",
+    )
     importlib.invalidate_caches()
     missing = cluster.missing_binaries()
     require_or_skip(not missing, f"tests/slurm/setup.sh ran but {missing} are still missing")
@@ -92,13 +94,25 @@ def test_tiny_pipeline_runs_through_the_slurm_profile(tmp_path: Path):
         env["OMP_NUM_THREADS"] = "1"
         env["GIT_PYTHON_REFRESH"] = "quiet"
         env.pop("MLFLOW_TRACKING_URI", None)
-        cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(project),
-               "--profile", str(ROOT / "workflow" / "profiles" / "slurm"),
-               # This cluster has no accounting database (no slurmdbd): no account to charge, and
-               # job states come from squeue (finished jobs stay listed for MinJobAge seconds).
-               "--slurm-no-account", "--slurm-status-command", "squeue",
-               "--slurm-init-seconds-before-status-checks", "5",
-               "--slurm-logdir", str(tmp_path / "slurm_logs"), "--slurm-keep-successful-logs"]
+        cmd = [
+            str(BIN / "snakemake"),
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(project),
+            "--profile",
+            str(ROOT / "workflow" / "profiles" / "slurm"),
+            # This cluster has no accounting database (no slurmdbd): no account to charge, and
+            # job states come from squeue (finished jobs stay listed for MinJobAge seconds).
+            "--slurm-no-account",
+            "--slurm-status-command",
+            "squeue",
+            "--slurm-init-seconds-before-status-checks",
+            "5",
+            "--slurm-logdir",
+            str(tmp_path / "slurm_logs"),
+            "--slurm-keep-successful-logs",
+        ]
         out = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=1800)
         text = out.stdout + out.stderr
         assert out.returncode == 0, f"snakemake through SLURM failed:\n{text[-4000:]}\n{slurm.logs()}"
@@ -108,8 +122,13 @@ def test_tiny_pipeline_runs_through_the_slurm_profile(tmp_path: Path):
             assert f"| {run} |" in report
 
         # SLURM ran the jobs: squeue still lists the finished ones, the completion log has them all.
-        queue = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%i|%j|%T"], env=env,
-                               capture_output=True, text=True, timeout=30).stdout.split()
+        queue = subprocess.run(
+            ["squeue", "--states=all", "--noheader", "--format=%i|%j|%T"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.split()
         completed = [line for line in queue if line.endswith("|COMPLETED")]
         jobcomp = (tmp_path / "slurm" / "jobcomp.txt").read_text()
         comp_ok = jobcomp.count("JobState=COMPLETED")

@@ -7,10 +7,16 @@ import pytest
 import torch
 
 from rnas.evaluation.complexity import count_parameters
-from rnas.space.genotype import (Genotype, GenotypeError, derive_genotype, load_genotype, random_genotype,
-                                 save_genotype, validate_genotype)
+from rnas.space.genotype import (
+    GenotypeError,
+    derive_genotype,
+    load_genotype,
+    random_genotype,
+    save_genotype,
+    validate_genotype,
+)
 from rnas.space.network import CellNetwork
-from rnas.space.ops import OPS, PRIMITIVES, is_parameter_free, make_op
+from rnas.space.ops import PRIMITIVES, is_parameter_free, make_op
 from rnas.space.supernet import Supernet
 
 REF = Path(__file__).resolve().parent / "data"  # a copy of shared/reference/darts_v2.json
@@ -69,13 +75,16 @@ def test_genotype_json_round_trip(tmp_path):
     assert validate_genotype(json.loads(json.dumps(g.to_dict()))) == g
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda d: d["normal"].__setitem__(0, ["conv_9x9", 0]), "unknown op"),
-    (lambda d: d["normal"].__setitem__(0, ["sep_conv_3x3", 2]), "invalid for node 0"),
-    (lambda d: d["reduce"].pop(), "two per node"),
-    (lambda d: d.__setitem__("extra", 1), "unknown"),
-    (lambda d: d.__setitem__("normal_concat", [2, 9]), "normal_concat"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda d: d["normal"].__setitem__(0, ["conv_9x9", 0]), "unknown op"),
+        (lambda d: d["normal"].__setitem__(0, ["sep_conv_3x3", 2]), "invalid for node 0"),
+        (lambda d: d["reduce"].pop(), "two per node"),
+        (lambda d: d.__setitem__("extra", 1), "unknown"),
+        (lambda d: d.__setitem__("normal_concat", [2, 9]), "normal_concat"),
+    ],
+)
 def test_bad_genotypes_are_refused(mutate, match):
     d = json.loads((REF / "darts_v2.json").read_text())
     mutate(d)
@@ -117,7 +126,8 @@ def test_final_network_from_genotype_trains():
     out.sum().backward()
     rebuilt = CellNetwork(**{k: v for k, v in net.model_args.items() if k != "kind"})
     rebuilt.load_state_dict(net.state_dict())
-    net.eval(); rebuilt.eval()
+    net.eval()
+    rebuilt.eval()
     assert torch.equal(net(x), rebuilt(x))
 
 

@@ -76,8 +76,8 @@ def _flipping_method(switch_at: int):
 
 def test_loop_records_one_decision_per_epoch_across_a_resume(tmp_path):
     import torch
-
     from conftest import tiny_params, tiny_splits
+
     from rnas.checkpoint import ResumeState
     from rnas.config import params_from_dict
     from rnas.runs import resolve_run
@@ -87,8 +87,7 @@ def test_loop_records_one_decision_per_epoch_across_a_resume(tmp_path):
     p["search"].update(epochs=6, batch_size=8)
     params = params_from_dict(p)
     splits = tiny_splits(n_train=32)
-    ctx = {"params": params, "run": resolve_run("darts"), "info": splits.info, "device": torch.device("cpu"),
-           "seed": 0}
+    ctx = {"params": params, "run": resolve_run("darts"), "info": splits.info, "device": torch.device("cpu"), "seed": 0}
     # Uninterrupted: 'a' after epochs 1-2, 'b' from the third epoch (index 2) on.
     full = run_search(_flipping_method(2), ctx, splits, progress=False)
     assert full.decisions == [decision_digest("a")] * 2 + [decision_digest("b")] * 4
@@ -97,8 +96,9 @@ def test_loop_records_one_decision_per_epoch_across_a_resume(tmp_path):
     p["search"]["epochs"] = 3
     resume = ResumeState(tmp_path / "s", params_hash="h")
     run_search(_flipping_method(2), {**ctx, "params": params_from_dict(p)}, splits, resume=resume, progress=False)
-    resumed = run_search(_flipping_method(2), ctx, splits, resume=ResumeState(tmp_path / "s", params_hash="h"),
-                         progress=False)
+    resumed = run_search(
+        _flipping_method(2), ctx, splits, resume=ResumeState(tmp_path / "s", params_hash="h"), progress=False
+    )
     assert resumed.start_epoch == 3 and resumed.decisions == full.decisions
 
 
@@ -106,6 +106,7 @@ def test_report_section_flags_undecided_searches(tmp_path):
     import json
 
     from conftest import tiny_params
+
     from rnas import paths
     from rnas.config import params_from_dict
     from rnas.report.decisions import decisions_markdown

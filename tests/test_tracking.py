@@ -60,6 +60,7 @@ def _stage_runs(params) -> dict[str, object]:
 
 # -- fast: helpers and in-process runs ------------------------------------------------------
 
+
 class _Stream(io.StringIO):
     def __init__(self, tty: bool):
         super().__init__()
@@ -83,18 +84,23 @@ def test_trainer_logs_one_line_per_epoch(caplog):
     model = build_model("small_cnn", 10, 1, "digits", width=4, depth=2)
     with caplog.at_level(logging.INFO, logger="rnas"):
         Trainer(model, cfg, torch.device("cpu"), seed=0, progress=False, desc="teacher").fit(
-            tiny_splits().train, tiny_splits().val)
+            tiny_splits().train, tiny_splits().val
+        )
     lines = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
     assert [line.split(":")[0] for line in lines] == [f"teacher epoch {e}/{EPOCHS}" for e in range(1, EPOCHS + 1)]
     for line in lines:  # loss, accuracy, robust accuracy and seconds, under their MLflow names
-        assert re.search(r"train_loss [\d.]+, train_acc [\d.]+, val_clean_acc [\d.]+, val_robust_acc [\d.]+, "
-                         r"lr [\d.e-]+, [\d.]+ s$", line), line
+        assert re.search(
+            r"train_loss [\d.]+, train_acc [\d.]+, val_clean_acc [\d.]+, val_robust_acc [\d.]+, "
+            r"lr [\d.e-]+, [\d.]+ s$",
+            line,
+        ), line
 
 
 def test_epoch_line_format(caplog):
     with caplog.at_level(logging.INFO, logger="rnas"):
-        log_epoch("search darts", 2, 8, {"weight_loss": 1.23456, "macs": 324736.4, "seconds": 99.0,
-                                         "decided": True}, 3.04)
+        log_epoch(
+            "search darts", 2, 8, {"weight_loss": 1.23456, "macs": 324736.4, "seconds": 99.0, "decided": True}, 3.04
+        )
     assert caplog.records[-1].getMessage() == "search darts epoch 3/8: weight_loss 1.235, macs 324736, 3.0 s"
 
 
@@ -128,22 +134,39 @@ def test_source_and_git_tags_and_run_id_linkage(tracked, tmp_path):
     arch.write_text('{"arch": 1}')
     model_pt = tmp_path / "model.pt"
     splits = tiny_splits()
-    with stage_run(tracked, "search", run="darts", method="darts", variant="default", seed=0,
-                   keys=("data", "search")) as search:
+    with stage_run(
+        tracked, "search", run="darts", method="darts", variant="default", seed=0, keys=("data", "search")
+    ) as search:
         search.set_tags({"arch_sha256": file_digest(arch)})
-    with stage_run(tracked, "retrain", run="darts", method="darts", variant="default", seed=0,
-                   keys=("data", "retrain")) as retrain:
+    with stage_run(
+        tracked, "retrain", run="darts", method="darts", variant="default", seed=0, keys=("data", "retrain")
+    ) as retrain:
         assert retrain.link_producer("arch_sha256", arch, run="random") == {}  # another run's search
         assert retrain.link_producer("arch_sha256", arch, run="darts") == {"search_run_id": search.run_id}
         model = build_model("small_cnn", 10, 1, "digits", width=4, depth=2)
-        save_model(model_pt, model, {"kind": "family", "family": "small_cnn", "num_classes": 10,
-                                     "input_channels": 1, "dataset": "digits", "width": 4, "depth": 2})
+        save_model(
+            model_pt,
+            model,
+            {
+                "kind": "family",
+                "family": "small_cnn",
+                "num_classes": 10,
+                "input_channels": 1,
+                "dataset": "digits",
+                "width": 4,
+                "depth": 2,
+            },
+        )
         model_id = retrain.log_checkpoint(model_pt, splits.val.x[:2])
         assert retrain.log_checkpoint(model_pt, splits.val.x[:2]) == model_id  # a resumed stage: no second model
-    with stage_run(tracked, "evaluate", run="darts", method="darts", variant="default", seed=0,
-                   keys=("data", "evaluate")) as evaluate:
+    with stage_run(
+        tracked, "evaluate", run="darts", method="darts", variant="default", seed=0, keys=("data", "evaluate")
+    ) as evaluate:
         assert evaluate.link_producer("model_sha256", model_pt) == {
-            "retrain_run_id": retrain.run_id, "search_run_id": search.run_id, "model_id": model_id}
+            "retrain_run_id": retrain.run_id,
+            "search_run_id": search.run_id,
+            "model_id": model_id,
+        }
         evaluate.log_params(tracked, ("search", "retrain"))
         evaluate.log_dataset(splits.test, "digits/test", "test", link=True)
         evaluate.log_metrics({"robust_acc": 0.25})
@@ -167,8 +190,9 @@ def test_source_and_git_tags_and_run_id_linkage(tracked, tmp_path):
 def test_a_file_no_run_wrote_links_nothing(tracked, tmp_path, caplog):
     stray = tmp_path / "model.pt"
     stray.write_bytes(b"not from a tracked run")
-    with stage_run(tracked, "evaluate", run="darts", method="darts", variant="default", seed=0,
-                   keys=("evaluate",)) as evaluate:
+    with stage_run(
+        tracked, "evaluate", run="darts", method="darts", variant="default", seed=0, keys=("evaluate",)
+    ) as evaluate:
         assert evaluate.link_producer("model_sha256", stray) == {}
     assert evaluate.model_id is None
     assert "no finished MLflow run in the store wrote" in caplog.text
@@ -176,6 +200,7 @@ def test_a_file_no_run_wrote_links_nothing(tracked, tmp_path, caplog):
 
 
 # -- slow: the real stages, as Snakemake runs them ------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
@@ -193,13 +218,23 @@ def project(tmp_path_factory):
     env = dict(os.environ, OMP_NUM_THREADS="1", GIT_PYTHON_REFRESH="quiet")
     for key in ("MLFLOW_TRACKING_URI", "RNAS_PARENT_RUN_ID"):
         env.pop(key, None)
-    commands = {"teacher": ["teacher"], "search": ["search", "--run", "darts", "--seed", "0"],
-                "retrain": ["retrain", "--run", "darts", "--seed", "0"],
-                "evaluate": ["evaluate", "--run", "darts", "--seed", "0"]}
+    commands = {
+        "teacher": ["teacher"],
+        "search": ["search", "--run", "darts", "--seed", "0"],
+        "retrain": ["retrain", "--run", "darts", "--seed", "0"],
+        "evaluate": ["evaluate", "--run", "darts", "--seed", "0"],
+    }
     for stage, args in commands.items():
         with open(tmp / f"{stage}.log", "w") as log:
-            proc = subprocess.run([sys.executable, "-m", "rnas.cli", *args], cwd=tmp, env=env, stdout=log,
-                                  stderr=subprocess.STDOUT, timeout=900, check=False)
+            proc = subprocess.run(
+                [sys.executable, "-m", "rnas.cli", *args],
+                cwd=tmp,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=900,
+                check=False,
+            )
         assert proc.returncode == 0, (tmp / f"{stage}.log").read_text()[-3000:]
     return tmp, params_from_dict(p)
 
@@ -215,8 +250,14 @@ def test_stage_logs_one_line_per_epoch_and_no_carriage_returns(project):
     text = (tmp / "evaluate.log").read_bytes().decode()
     assert "\r" not in text
     for attack in ("fgsm", "pgd20"):  # one line per attack
-        assert len(re.findall(rf" INFO evaluate {attack}: accuracy [\d.]+ on 16 examples, [\d.]+ s$", text,
-                              flags=re.MULTILINE)) == 1, text[-3000:]
+        assert (
+            len(
+                re.findall(
+                    rf" INFO evaluate {attack}: accuracy [\d.]+ on 16 examples, [\d.]+ s$", text, flags=re.MULTILINE
+                )
+            )
+            == 1
+        ), text[-3000:]
 
 
 @pytest.mark.slow
@@ -246,15 +287,23 @@ for stage, (model_id, path) in json.loads(sys.argv[1]).items():
 print(json.dumps(out))
 """
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri(params.tracking), GIT_PYTHON_REFRESH="quiet")
-    proc = subprocess.run([sys.executable, "-c", script, json.dumps(checks)], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(checks)],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for stage in checks:
         assert result[stage]["same"] and not result[stage]["training"], result
         assert result[stage]["example"], result
-        assert result[stage]["signature"] == [{"type": "tensor", "tensor-spec": {"dtype": "float32",
-                                                                                  "shape": [-1, 1, 8, 8]}}]
+        assert result[stage]["signature"] == [
+            {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 1, 8, 8]}}
+        ]
 
 
 @pytest.mark.slow
@@ -265,7 +314,10 @@ def test_stage_runs_name_their_producers_and_inputs(project):
     assert retrain.data.tags["search_run_id"] == search.info.run_id
     ev = evaluate.data.tags
     assert (ev["search_run_id"], ev["retrain_run_id"], ev["model_id"]) == (
-        search.info.run_id, retrain.info.run_id, retrain.data.tags["model_id"])
+        search.info.run_id,
+        retrain.info.run_id,
+        retrain.data.tags["model_id"],
+    )
     assert ev["mlflow.source.name"] == "rnas evaluate --run darts --seed 0"
     # the evaluation run carries the search and retrain params besides its own (Compare shows them)
     assert {"search.epochs", "search.arch_lr", "retrain.train.lr", "evaluate.epsilon"} <= set(evaluate.data.params)
@@ -276,6 +328,7 @@ def test_stage_runs_name_their_producers_and_inputs(project):
     linked = {m.key: m for m in model.metrics if m.run_id == evaluate.info.run_id}
     assert {"clean_acc", "fgsm_acc", "pgd20_acc", "robust_acc"} <= set(linked)
     assert linked["robust_acc"].value == evaluate.data.metrics["robust_acc"]
+
     # the splits as run inputs: training and validation for the training stages (the same
     # digests for one seed), the evaluated test examples for the evaluation
     def inputs(run):

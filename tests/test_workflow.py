@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, tiny_params
+
 from rnas import dag, paths
 from rnas.config import load_params
 from rnas.runs import resolve_run
@@ -30,7 +30,7 @@ FULL_RUNS = yaml.safe_load((ROOT / "configs" / "digits_full.yaml").read_text())[
 
 # Stands in for the `rnas` command: writes the outputs the DAG declares for the stage (so a wrong
 # declaration fails the runner), logs the call; dvc-yaml is the real one, the MLflow hooks no-ops.
-FAKE_RNAS = '''#!{python}
+FAKE_RNAS = """#!{python}
 import sys
 from pathlib import Path
 
@@ -54,7 +54,7 @@ for out in map(Path, outs):
     out.write_text('{{"clean_acc": 0.5}}\\n' if out.name == "eval.json" else "[]\\n")
 with open("calls.log", "a") as fh:
     fh.write(f"{{stage}} {{run}} {{seed}}\\n")
-'''
+"""
 
 
 def _env(**extra: str) -> dict:
@@ -76,8 +76,12 @@ def _run(cmd: list[str], cwd: Path, timeout: int = 900, ok: bool = True, **env: 
 
 def _snakemake(project: Path, *args: str, ok: bool = True, **env: str) -> subprocess.CompletedProcess:
     snakefile = project / "Snakefile" if (project / "Snakefile").exists() else ROOT / "Snakefile"
-    return _run([str(BIN / "snakemake"), "--snakefile", str(snakefile), "--directory", str(project), *args],
-                cwd=project, ok=ok, **env)
+    return _run(
+        [str(BIN / "snakemake"), "--snakefile", str(snakefile), "--directory", str(project), *args],
+        cwd=project,
+        ok=ok,
+        **env,
+    )
 
 
 def _dvc(project: Path, *args: str, ok: bool = True, **env: str) -> subprocess.CompletedProcess:
@@ -87,8 +91,13 @@ def _dvc(project: Path, *args: str, ok: bool = True, **env: str) -> subprocess.C
 def _planned(dry_run_output: str) -> Counter:
     """Job stats of ``snakemake -n``: rule -> count (without the total)."""
     stats = dry_run_output.split("Job stats:")[-1]
-    return Counter({line.split()[0]: int(line.split()[1]) for line in stats.splitlines()
-                    if len(line.split()) == 2 and line.split()[1].isdigit() and line.split()[0] != "total"})
+    return Counter(
+        {
+            line.split()[0]: int(line.split()[1])
+            for line in stats.splitlines()
+            if len(line.split()) == 2 and line.split()[1].isdigit() and line.split()[0] != "total"
+        }
+    )
 
 
 def _snakemake_jobs(dry_run_output: str) -> set[tuple[str, str, int]]:
@@ -171,8 +180,7 @@ def _git_commit(project: Path, message: str) -> None:
 
 
 def _changed_stages(status_output: str) -> set[str]:
-    return {line[:-1] for line in status_output.splitlines() if line and not line[0].isspace() and
-            line.endswith(":")}
+    return {line[:-1] for line in status_output.splitlines() if line and not line[0].isspace() and line.endswith(":")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,8 +204,9 @@ def test_code_inputs_follow_imports_and_keep_methods_apart():
     assert "rnas/bounds/interval.py" in dag.code_inputs("search", "dsrna_cb", ROOT)
     assert "rnas/bounds/interval.py" in dag.code_inputs("evaluate", root=ROOT)
     assert "rnas/bounds/interval.py" not in darts
-    assert {f"rnas/search/methods/{m}.py" for m in ("darts", "lrnas", "dsrna", "rnas_cl")} <= \
-        set(dag.code_inputs("report", root=ROOT))  # the report reads every method's registry entry
+    assert {f"rnas/search/methods/{m}.py" for m in ("darts", "lrnas", "dsrna", "rnas_cl")} <= set(
+        dag.code_inputs("report", root=ROOT)
+    )  # the report reads every method's registry entry
     assert not any(f.startswith("rnas/report/") for f in dag.code_inputs("retrain", root=ROOT))
     assert all(Path(ROOT / f).is_file() for f in dag.code_inputs("report", root=ROOT))
     # a folder outside the package gets absolute paths
@@ -229,7 +238,7 @@ def test_every_run_declares_the_files_its_search_writes():
     kinds = {dag.search_kind(run) for run in RUNS if resolve_run(run).arch_from is None}
     assert kinds == set(dag.SEARCH_FILES)  # every kind is used, every search has one
     assert {resolve_run(run).method for run in RUNS} == set(METHODS)
-    for run, spec in RUNS.items():
+    for run in RUNS:
         source = paths.arch_source(run)
         files = dag.SEARCH_FILES[dag.search_kind(source)]
         assert resolve_run(source).arch_file in files and "search.json" in files, run
@@ -265,8 +274,10 @@ def test_dvc_yaml_templates_over_params_yaml_and_lists_each_stages_keys():
     assert darts["foreach"] == "${pipeline.seeds}"
     assert "--seed ${item}" in darts["do"]["cmd"]
     assert "${pipeline.results}/${data.dataset}/darts/seed${item}/genotype.json" in darts["do"]["outs"]
-    assert stages["evaluate"]["matrix"] == {"run": list(load_params(ROOT / "params.yaml").pipeline.runs),
-                                            "seed": "${pipeline.seeds}"}
+    assert stages["evaluate"]["matrix"] == {
+        "run": list(load_params(ROOT / "params.yaml").pipeline.runs),
+        "seed": "${pipeline.seeds}",
+    }
     assert "search.methods.darts" in darts["do"]["params"]
     assert not any(k.startswith("search.methods.random") for k in darts["do"]["params"])
     assert "teacher" not in darts["do"]["params"]
@@ -305,8 +316,9 @@ def test_dvc_yaml_check_names_what_changed(tmp_path):
 
 def test_snakemake_lint_is_clean(project):
     out = _snakemake(project, "--lint", ok=False)
-    assert out.returncode == 0 and "Congratulations, your workflow is in a good condition" in out.stdout + out.stderr, \
+    assert out.returncode == 0 and "Congratulations, your workflow is in a good condition" in out.stdout + out.stderr, (
         out.stdout[-3000:] + out.stderr[-3000:]
+    )
 
 
 def test_snakemake_plans_the_full_profile_from_its_configfile(tmp_path):
@@ -314,9 +326,17 @@ def test_snakemake_plans_the_full_profile_from_its_configfile(tmp_path):
     p = load_params(ROOT / "configs" / "digits_full.yaml")
     n = len(p.pipeline.seeds)
     searches = Counter(f"search_{dag.search_kind(r)}" for r in p.pipeline.runs if resolve_run(r).arch_from is None)
-    want = Counter({**{k: v * n for k, v in searches.items()}, "retrain": len(p.pipeline.runs) * n,
-                    "evaluate": len(p.pipeline.runs) * n, "teacher": 1, "evaluate_teacher": 1, "report": 1,
-                    "all": 1})
+    want = Counter(
+        {
+            **{k: v * n for k, v in searches.items()},
+            "retrain": len(p.pipeline.runs) * n,
+            "evaluate": len(p.pipeline.runs) * n,
+            "teacher": 1,
+            "evaluate_teacher": 1,
+            "report": 1,
+            "all": 1,
+        }
+    )
     assert _planned(text) == want, text[-3000:]
     assert len(FULL_RUNS) == 14 and want["search_cell_lrnas"] == 3 * n  # lrnas, lrnas_10k, lrnas_15k
 
@@ -326,16 +346,27 @@ def test_snakemake_config_overrides_validate_and_reach_the_commands(project):
     one = _planned(_snakemake(project, "-n").stdout)
     two = _planned(_snakemake(project, "-n", "--config", "pipeline={seeds: [0, 1]}").stdout)
     assert two["retrain"] == 2 * one["retrain"] == 4 and two["evaluate"] == 4 and two["teacher"] == 1
-    for bad, key in (("evaluate={n_examples: 0}", "n_examples"), ("pipeline={runs: [darts, nosuch]}", "nosuch"),
-                     ("data={val_fraction: 0.95}", "val_fraction")):
+    for bad, key in (
+        ("evaluate={n_examples: 0}", "n_examples"),
+        ("pipeline={runs: [darts, nosuch]}", "nosuch"),
+        ("data={val_fraction: 0.95}", "val_fraction"),
+    ):
         out = _snakemake(project, "-n", "--config", bad, ok=False)
         assert out.returncode != 0 and key in out.stdout + out.stderr, bad
     # the file the commands read holds exactly the merged, validated config, under its digest
     shutil.rmtree(project / "results", ignore_errors=True)
     other = project / "other.yaml"
     other.write_text(yaml.safe_dump({"evaluate": {"n_examples": 12}}))
-    out = _snakemake(project, "-n", "-p", "--configfile", str(other), "--config", "tracking={enabled: false}",
-                     "pipeline={seeds: [3]}")
+    out = _snakemake(
+        project,
+        "-n",
+        "-p",
+        "--configfile",
+        str(other),
+        "--config",
+        "tracking={enabled: false}",
+        "pipeline={seeds: [3]}",
+    )
     written = list((project / "results" / ".params").glob("*.yaml"))
     assert len(written) == 1 and 'rnas teacher --params "$RNAS_WORKFLOW_PARAMS"' in out.stdout
     q = json.loads(json.dumps(p))
@@ -343,8 +374,9 @@ def test_snakemake_config_overrides_validate_and_reach_the_commands(project):
     expected = project / "expected.yaml"
     expected.write_text(yaml.safe_dump(q, sort_keys=False))
     assert load_params(written[0]) == load_params(expected)
-    _snakemake(project, "-n", "--configfile", str(other), "--config", "tracking={enabled: false}",
-               "pipeline={seeds: [3]}")
+    _snakemake(
+        project, "-n", "--configfile", str(other), "--config", "tracking={enabled: false}", "pipeline={seeds: [3]}"
+    )
     assert list((project / "results" / ".params").glob("*.yaml")) == written  # the same params, the same file
 
 
@@ -384,8 +416,14 @@ def test_both_runners_plan_the_same_jobs(tmp_path):
     assert len(snake) == 2 + 5 * 2 + 6 * 2 * 2 + 1  # teacher (+eval), 5 searches, 6 retrain + evaluate, report
     # a fresh project: dvc status lists every stage, a dry run writes nothing
     status = _changed_stages(_dvc(tmp_path, "status").stdout)
-    assert {"teacher", "evaluate_teacher", "search_darts@1", "retrain_rnas_cl_nokd@0", "evaluate@random-1",
-            "report"} <= status
+    assert {
+        "teacher",
+        "evaluate_teacher",
+        "search_darts@1",
+        "retrain_rnas_cl_nokd@0",
+        "evaluate@random-1",
+        "report",
+    } <= status
     dry = _dvc(tmp_path, "repro", "--dry", "teacher").stdout
     assert "Running stage 'teacher'" in dry and "rnas teacher" in dry
     assert not (tmp_path / "results" / "digits").exists()
@@ -409,7 +447,8 @@ def test_editing_a_module_reruns_exactly_what_executes_it_with_snakemake(tmp_pat
             (proj / module).write_text(text)
 
     assert plan_after_touching("rnas/search/methods/lrnas.py") == Counter(
-        {"search_cell_lrnas": 1, "retrain": 1, "evaluate": 1, "report": 1, "all": 1})
+        {"search_cell_lrnas": 1, "retrain": 1, "evaluate": 1, "report": 1, "all": 1}
+    )
     assert plan_after_touching("rnas/report/table.py") == Counter({"report": 1, "all": 1})
     assert plan_after_touching("rnas/evaluation/attacks.py")["evaluate_teacher"] == 1  # the teacher's too
     everything = plan_after_touching("rnas/config.py")
@@ -477,7 +516,11 @@ def test_tiny_pipeline_end_to_end_with_both_runners(project, tmp_path_factory):
         assert flags["robust"].mean() == pytest.approx(ev["robust_acc"])
         # every file in the run folder is declared by the stage that wrote it
         declared = {Path(f).name for f in dag.search_outputs(params, run, 0)} | {
-            "model.pt", "train.json", "eval.json", "flags.json"}
+            "model.pt",
+            "train.json",
+            "eval.json",
+            "flags.json",
+        }
         assert {f.name for f in (results / run / "seed0").iterdir()} == declared, run
     assert "### Claims" in report and "`darts` is more robust than a random architecture" in report
     assert "### Did the searches decide?" in report
@@ -505,8 +548,12 @@ def test_tiny_pipeline_end_to_end_with_both_runners(project, tmp_path_factory):
     (other / "dvc.yaml").write_text(dag.render_dvc_yaml(load_params(other / "params.yaml"), root=other))
     _dvc_init(other)
     _dvc(other, "repro")
-    for rel in ("darts/seed0/genotype.json", "random/seed0/genotype.json", "darts/seed0/eval.json",
-                "darts/seed0/flags.json"):
+    for rel in (
+        "darts/seed0/genotype.json",
+        "random/seed0/genotype.json",
+        "darts/seed0/eval.json",
+        "darts/seed0/flags.json",
+    ):
         a = json.loads((results / rel).read_text())
         b = json.loads((other / "results" / "digits" / rel).read_text())
         if rel.endswith("eval.json"):  # wall-clock timings differ between any two runs

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, checkpointed_epochs, kill_test_params
+
 from rnas.config import load_params
 from rnas.dag import render_dvc_yaml
 
@@ -48,8 +48,9 @@ def _snakemake(project: Path, *args: str, **kw):
 def _kill_group_when_checkpointed(cmd: list[str], project: Path) -> int:
     """Start ``cmd``, SIGKILL its process group once the search has a checkpoint; returns the
     epochs that checkpoint holds (the newest readable generation, as the resume will read it)."""
-    proc = subprocess.Popen(cmd, cwd=project, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=project, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 600
     while time.time() < deadline and not (project / STATE).exists():
         assert proc.poll() is None, "the runner finished before it could be killed"
@@ -69,15 +70,17 @@ def _resumed_not_restarted(log: str, done: int) -> None:
 
 def _same_search_outputs(a: Path, b: Path) -> None:
     for name in ("genotype.json", "alphas.json"):
-        assert (a / "results/digits/darts/seed0" / name).read_text() == \
-            (b / "results/digits/darts/seed0" / name).read_text(), name
+        assert (a / "results/digits/darts/seed0" / name).read_text() == (
+            b / "results/digits/darts/seed0" / name
+        ).read_text(), name
 
 
 def test_snakemake_killed_mid_search_finishes_from_the_checkpoint(tmp_path, darts_search_reference):
     ref = darts_search_reference
     proj = _project(tmp_path / "killed")
-    done = _kill_group_when_checkpointed([str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"),
-                                          "--cores", "1", TARGET], proj)
+    done = _kill_group_when_checkpointed(
+        [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--cores", "1", TARGET], proj
+    )
     assert _snakemake(proj, "--unlock").returncode == 0
     out = _snakemake(proj, "--cores", "1", "--rerun-incomplete", TARGET)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -92,8 +95,9 @@ def test_dvc_killed_mid_search_finishes_from_the_checkpoint(tmp_path, darts_sear
     for cmd in (["init", "--no-scm", "-q"], ["config", "core.analytics", "false"]):
         subprocess.run([str(BIN / "dvc"), *cmd], cwd=proj, env=_env(), check=True)
     done = _kill_group_when_checkpointed([str(BIN / "dvc"), "repro", "search_darts@0"], proj)
-    out = subprocess.run([str(BIN / "dvc"), "repro", "search_darts@0"], cwd=proj, env=_env(),
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [str(BIN / "dvc"), "repro", "search_darts@0"], cwd=proj, env=_env(), capture_output=True, text=True, timeout=900
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     _same_search_outputs(ref, proj)
     _resumed_not_restarted(out.stdout + out.stderr, done)

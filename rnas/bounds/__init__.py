@@ -29,8 +29,8 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -92,9 +92,17 @@ class BoundResult:
         return spec.min(dim=1).values
 
 
-def spec_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, norm: Norm = "linf",
-                methods: tuple[str, ...] = ("ibp",), intermediate: str = "ibp", chunk: int = 256,
-                dtype: torch.dtype | None = None) -> BoundResult:
+def spec_bounds(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float | Tensor,
+    norm: Norm = "linf",
+    methods: tuple[str, ...] = ("ibp",),
+    intermediate: str = "ibp",
+    chunk: int = 256,
+    dtype: torch.dtype | None = None,
+) -> BoundResult:
     """Margin lower bounds of ``model`` at (x (B, C, H, W) in [0, 1], y (B,)) over the ε-ball
     (``eps``: one radius, or a tensor (B,) with one radius per example).
 
@@ -111,7 +119,7 @@ def spec_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, nor
         raise ValueError(f"unknown bound method(s) {unknown}; known: {', '.join(BOUND_METHODS)}")
     if intermediate not in ("ibp", "crown"):
         raise ValueError(f"intermediate must be 'ibp' or 'crown', got {intermediate!r}")
-    graph = build_graph(model)
+    graph = build_graph(model, x.dtype)  # every op of the passes in x's (the requested) dtype
     inputs = InputSet(x, eps.to(x.device) if isinstance(eps, torch.Tensor) else float(eps), norm)
     if intermediate == "crown":
         points, boxes = crown_forward(graph, inputs, chunk)
@@ -123,8 +131,9 @@ def spec_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float | Tensor, nor
     return BoundResult(lower, logits)
 
 
-def margin_lower_bound(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: Norm = "linf",
-                       method: str = "ibp") -> Tensor:
+def margin_lower_bound(
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: Norm = "linf", method: str = "ibp"
+) -> Tensor:
     """Lower bound (B,) of f_y(x') − max_{k≠y} f_k(x') over every x' in the ε-ball ∩ [0, 1].
 
     ``method``: ``"ibp"``, ``"crown"`` (CROWN-IBP) or ``"both"`` (per specification the tighter)."""

@@ -23,7 +23,7 @@ are for the deterministic network); a model in training mode with drop path on i
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -48,6 +48,7 @@ def register(*types: type) -> Callable[[Builder], Builder]:
         for t in types:
             GRAPH_BUILDERS[t] = fn
         return fn
+
     return deco
 
 
@@ -57,19 +58,21 @@ def add_module(graph: g.Graph, module: nn.Module, x: int) -> int:
         if cls in GRAPH_BUILDERS:
             return GRAPH_BUILDERS[cls](graph, module, x)
     known = ", ".join(sorted(t.__name__ for t in GRAPH_BUILDERS))
-    raise g.UnsupportedModelError(
-        f"no bound-propagation rule for module {type(module).__name__}; supported: {known}")
+    raise g.UnsupportedModelError(f"no bound-propagation rule for module {type(module).__name__}; supported: {known}")
 
 
-def build_graph(model: nn.Module) -> g.Graph:
-    """The graph of ``model`` (input: node 0, (B, C, H, W) in [0, 1]; output: logits)."""
-    graph = g.Graph()
+def build_graph(model: nn.Module, dtype: torch.dtype | None = None) -> g.Graph:
+    """The graph of ``model`` (input: node 0, (B, C, H, W) in [0, 1]; output: logits). ``dtype``:
+    the precision the bounds will be propagated in, for the weights a builder computes itself
+    (the supernet's softmax(α)); None: the model's."""
+    graph = g.Graph(dtype=dtype)
     x = graph.add(g.InputOp())
     add_module(graph, model, x)
     return graph
 
 
 # -- layers ---------------------------------------------------------------------------
+
 
 @register(nn.Sequential)
 def _sequential(graph, m, x):
@@ -85,7 +88,7 @@ def _identity(graph, m, x):
 
 @register(Normalize)
 def _normalize(graph, m, x):
-    return graph.add(g.ChannelAffine(1.0 / m.std, -m.mean / m.std), x)
+    return graph.add(g.Normalize(m.mean, m.std), x)
 
 
 @register(nn.Conv2d)
@@ -140,13 +143,17 @@ def _factorized_reduce(graph, m, x):
 
 # -- cell space -----------------------------------------------------------------------
 
+
 def _mixed_op(graph: g.Graph, m: MixedOp, x: int, weights, active) -> int:
     """Σ_o w_o · op_o(x) over the ops not switched off (as ``MixedOp.forward``). The ``none``
     op's term w·0 is identically zero (value, box and gradient), so it adds no node."""
+
     def mix(inp: int) -> int:
-        terms = [graph.add(g.Scale(w, nonnegative=True), add_module(graph, op, inp))  # w = softmax(α)_o
-                 for i, (w, op) in enumerate(zip(weights, m.ops))
-                 if (active is None or active[i]) and not isinstance(op, space_ops.Zero)]
+        terms = [
+            graph.add(g.Scale(w, nonnegative=True), add_module(graph, op, inp))  # w = softmax(α)_o
+            for i, (w, op) in enumerate(zip(weights, m.ops))
+            if (active is None or active[i]) and not isinstance(op, space_ops.Zero)
+        ]
         if not terms:  # every op switched off: a zero edge
             return graph.add(g.Zero(m.stride), inp)
         return terms[0] if len(terms) == 1 else graph.add(g.Add(), *terms)
@@ -175,13 +182,14 @@ def _search_cell(graph: g.Graph, cell: SearchCell, s0: int, s1: int, weights, ed
             terms.append(out)
         offset += len(states)
         states.append(graph.add(g.Add(), *terms))
-    return graph.add(g.Concat(), *states[-cell.nodes:])
+    return graph.add(g.Concat(), *states[-cell.nodes :])
 
 
 @register(Supernet)
 def _supernet(graph, m, x):
-    w_n, w_r = m.op_weights(False), m.op_weights(True)
-    e_n, e_r = m.edge_weights(False), m.edge_weights(True)
+    dt = graph.dtype  # softmax(α), softmax(β) in the propagated dtype
+    w_n, w_r = m.op_weights(False, dt), m.op_weights(True, dt)
+    e_n, e_r = m.edge_weights(False, dt), m.edge_weights(True, dt)
     a_n, a_r = m.active_ops(False), m.active_ops(True)
     s0 = s1 = add_module(graph, m.stem, add_module(graph, m.normalize, x))
     for cell in m.cells:
@@ -209,6 +217,7 @@ def _cell_network(graph, m, x):
 
 
 # -- fixed families -------------------------------------------------------------------
+
 
 @register(NormalizedModel)
 def _normalized_model(graph, m, x):
@@ -258,6 +267,7 @@ def _wide_resnet(graph, m, x):
 
 
 # -- RNAS-CL's width space (final network) ------------------------------------------------
+
 
 def _channel_selection(c_in: int, c_out: int, like: nn.Module) -> nn.Conv2d:
     """The identity path of a width block as an exact linear op: a fixed 1x1 conv that keeps the

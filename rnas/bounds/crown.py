@@ -61,8 +61,7 @@ def backward(graph: Graph, start: int, A: Tensor, points: list[Tensor], boxes: l
     return a_input, bias
 
 
-def crown_spec_bounds(graph: Graph, points: list[Tensor], boxes: list[Box], C: Tensor,
-                      inputs: InputSet) -> Tensor:
+def crown_spec_bounds(graph: Graph, points: list[Tensor], boxes: list[Box], C: Tensor, inputs: InputSet) -> Tensor:
     """Lower bounds (B, S) of C·logits over the threat set (C: (B, S, K))."""
     a_in, bias = backward(graph, graph.output, C, points, boxes)
     return inputs.lower(a_in, bias)
@@ -79,8 +78,15 @@ def needs_bounds(graph: Graph) -> dict[int, bool]:
     return out
 
 
-def crown_node_box(graph: Graph, node: int, points: list[Tensor], boxes: list[Box], inputs: InputSet,
-                   chunk: int, neurons: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def crown_node_box(
+    graph: Graph,
+    node: int,
+    points: list[Tensor],
+    boxes: list[Box],
+    inputs: InputSet,
+    chunk: int,
+    neurons: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """CROWN lower and upper bounds (B, len(neurons)) of the given flat neurons of ``node`` (all
     if None), by backward passes with identity specifications, ``chunk`` neurons at a time."""
     shape = points[node].shape
@@ -89,7 +95,7 @@ def crown_node_box(graph: Graph, node: int, points: list[Tensor], boxes: list[Bo
         neurons = torch.arange(n, device=points[node].device)
     lows, ups = [], []
     for start in range(0, len(neurons), chunk):
-        idx = neurons[start:start + chunk]
+        idx = neurons[start : start + chunk]
         s = len(idx)
         eye = torch.zeros(s, n, dtype=points[node].dtype, device=points[node].device)
         eye[torch.arange(s), idx] = 1.0

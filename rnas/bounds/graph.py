@@ -62,8 +62,7 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def conv_adjoint(A: Tensor, weight: Tensor, stride, padding, dilation, groups: int,
-                 in_hw: tuple[int, int]) -> Tensor:
+def conv_adjoint(A: Tensor, weight: Tensor, stride, padding, dilation, groups: int, in_hw: tuple[int, int]) -> Tensor:
     """Aᵀ through a (bias-free) 2-D convolution: (B, S, C_out, H', W') -> (B, S, C_in, H, W).
 
     The transpose convolution with ``output_padding`` chosen so that the result has the input's
@@ -72,15 +71,16 @@ def conv_adjoint(A: Tensor, weight: Tensor, stride, padding, dilation, groups: i
     a = A.reshape(b * s, *A.shape[2:])
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     k = weight.shape[-2:]
-    out_pad = tuple(in_hw[d] - ((a.shape[2 + d] - 1) * stride[d] - 2 * padding[d] + dilation[d] * (k[d] - 1) + 1)
-                    for d in range(2))
+    out_pad = tuple(
+        in_hw[d] - ((a.shape[2 + d] - 1) * stride[d] - 2 * padding[d] + dilation[d] * (k[d] - 1) + 1) for d in range(2)
+    )
     r = F.conv_transpose2d(a, weight, None, stride, padding, out_pad, groups, dilation)
     return r.reshape(b, s, *r.shape[1:])
 
 
 def split3(z: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
     """(clean value, lower, upper) of a stacked tensor ``cat([x, l, u])``."""
-    return z[:n], z[n:2 * n], z[2 * n:]
+    return z[:n], z[n : 2 * n], z[2 * n :]
 
 
 class Op:
@@ -144,7 +144,7 @@ class ChannelAffine(LinearOp):
         self.scale, self.shift = scale.reshape(-1), shift.reshape(-1)
 
     def _params(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.scale, self.shift
+        return cast(self.scale, x), cast(self.shift, x)
 
     def apply(self, x):
         scale, shift = self._params(x)
@@ -157,7 +157,7 @@ class ChannelAffine(LinearOp):
     def ibp(self, zs, n):
         scale, shift = self._params(zs[0][:n])
         z = self.apply(zs[0])  # affine per channel: the box ends may swap where scale < 0
-        lo, up = z[n:2 * n], z[2 * n:]
+        lo, up = z[n : 2 * n], z[2 * n :]
         return torch.cat([z[:n], torch.minimum(lo, up), torch.maximum(lo, up)])
 
     def crown(self, A, boxes, xs):
@@ -165,6 +165,18 @@ class ChannelAffine(LinearOp):
         view = (1, 1, -1, *([1] * (A.dim() - 3)))
         bias = (A.flatten(3).sum(-1) * shift).sum(-1) if A.dim() > 3 else (A * shift).sum(-1)
         return [A * scale.view(view)], bias
+
+
+class Normalize(ChannelAffine):
+    """``rnas.models.normalize.Normalize``, (x − mean) / std per channel: scale 1/std and shift
+    −mean/std, computed from the module's buffers in the propagated dtype (not in the model's)."""
+
+    def __init__(self, mean: Tensor, std: Tensor):
+        self.mean, self.std = mean.reshape(-1), std.reshape(-1)
+
+    def _params(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        std = cast(self.std, x)
+        return 1.0 / std, -cast(self.mean, x) / std
 
 
 class BatchNorm(ChannelAffine):
@@ -189,14 +201,14 @@ class BatchNorm(ChannelAffine):
         use_batch = m.training or m.running_mean is None
         if use_batch:
             var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
-        else:
-            mean, var = m.running_mean, m.running_var
+        else:  # float32 buffers of a float32 model: cast before rsqrt, so it runs in x's dtype
+            mean, var = cast(m.running_mean, x), cast(m.running_var, x)
         scale = torch.rsqrt(var + m.eps)
         if m.weight is not None:
-            scale = scale * m.weight
+            scale = scale * cast(m.weight, x)
         shift = -mean * scale
         if m.bias is not None:
-            shift = shift + m.bias
+            shift = shift + cast(m.bias, x)
         self._cache = (scale, shift)  # a graph serves one batch (see the module docstring)
         return self._cache
 
@@ -235,9 +247,8 @@ class Conv(LinearOp):
 
     def crown(self, A, boxes, xs):
         m = self.m
-        a_in = conv_adjoint(A, cast(m.weight, A), m.stride, m.padding, m.dilation, m.groups,
-                            tuple(xs[0].shape[-2:]))
-        bias = None if m.bias is None else (A.flatten(3).sum(-1) * m.bias).sum(-1)
+        a_in = conv_adjoint(A, cast(m.weight, A), m.stride, m.padding, m.dilation, m.groups, tuple(xs[0].shape[-2:]))
+        bias = None if m.bias is None else (A.flatten(3).sum(-1) * cast(m.bias, A)).sum(-1)
         return [a_in], bias
 
 
@@ -320,7 +331,7 @@ class Scale(LinearOp):
         if self.monotone:
             return self.w * zs[0]
         z = self.w * zs[0]
-        lo, up = z[n:2 * n], z[2 * n:]
+        lo, up = z[n : 2 * n], z[2 * n :]
         return torch.cat([z[:n], torch.minimum(lo, up), torch.maximum(lo, up)])
 
     def crown(self, A, boxes, xs):
@@ -497,6 +508,9 @@ class Graph:
     nodes: list[Node] = field(default_factory=list)
     _relu_of: dict[int, int] = field(default_factory=dict, repr=False)
     _last: int = -1
+    #: the dtype the bounds will be propagated in (None: the model's); builders that compute
+    #: weights of their own (the supernet's softmax(α)) compute them in it
+    dtype: torch.dtype | None = None
 
     def add(self, op: Op, *inputs: int) -> int:
         """Append ``op`` on the given nodes; returns its node. A ReLU of a node that already has

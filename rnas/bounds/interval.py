@@ -71,7 +71,8 @@ class InputSet:
         lo, up = self.box()
         flat = A.flatten(2)
         box_bound = (flat.clamp(min=0) * lo.flatten(1).unsqueeze(1)).sum(-1) + (
-            flat.clamp(max=0) * up.flatten(1).unsqueeze(1)).sum(-1)
+            flat.clamp(max=0) * up.flatten(1).unsqueeze(1)
+        ).sum(-1)
         if self.norm == "linf":
             return box_bound + bias
         ball_bound = (flat * self.x0.flatten(1).unsqueeze(1)).sum(-1) - self._eps(2) * flat.norm(dim=-1)

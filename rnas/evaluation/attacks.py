@@ -149,9 +149,7 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = DEFAULT_BATCH_SIZE) -
     return torch.cat(out)
 
 
-def robust_flags(
-    model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, batch_size: int = DEFAULT_BATCH_SIZE
-) -> Tensor:
+def robust_flags(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, batch_size: int = DEFAULT_BATCH_SIZE) -> Tensor:
     """Per-example flags ``(B,)``: correct on the clean ``x`` and on ``x_adv``."""
     y = y.to(device=x.device, dtype=torch.int64)
     return (predict(model, x, batch_size) == y) & (predict(model, x_adv, batch_size) == y)
@@ -182,9 +180,7 @@ def _perturbation_size(x_adv: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:
     return delta.norm(p=2, dim=1)
 
 
-def _checked_projection(
-    x_adv: Tensor, x: Tensor, epsilon: float, threat: ThreatModel, source: str
-) -> Tensor:
+def _checked_projection(x_adv: Tensor, x: Tensor, epsilon: float, threat: ThreatModel, source: str) -> Tensor:
     """Project a library's output; fail loudly if it was more than round-off outside."""
     x_adv = x_adv.detach().to(dtype=x.dtype)
     excess = (_perturbation_size(x_adv, x, threat) - epsilon).max().item() if len(x) else 0.0
@@ -435,9 +431,7 @@ def _pgd_first_fooling(
 # x_adv functions (one per registered attack).
 
 
-def fgsm_adv(
-    model: nn.Module, x: Tensor, y: Tensor, epsilon: float, *, batch_size: int = DEFAULT_BATCH_SIZE
-) -> Tensor:
+def fgsm_adv(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, *, batch_size: int = DEFAULT_BATCH_SIZE) -> Tensor:
     """FGSM (Goodfellow et al., 2015) via foolbox's ``LinfFastGradientAttack``, no random start:
     x_adv = clip₀¹(x + ε · sign ∇ₓ CE(f(x), y))."""
     y = _check_inputs(model, x, y, epsilon)
@@ -474,8 +468,18 @@ def pgd_adv(
     def run(xs: Tensor, ys: Tensor) -> Tensor:
         out = torch.empty_like(xs)
         for s in _chunks(xs.shape[0], batch_size):
-            out[s] = pgd_attack(model, xs[s], ys[s], epsilon, step_size, steps, random_start=random_start,
-                                loss="ce", eval_mode=False, track_best=True)
+            out[s] = pgd_attack(
+                model,
+                xs[s],
+                ys[s],
+                epsilon,
+                step_size,
+                steps,
+                random_start=random_start,
+                loss="ce",
+                eval_mode=False,
+                track_best=True,
+            )
         return project(out, xs, epsilon, ThreatModel.LINF)
 
     with _preserve_modes(model):
@@ -533,9 +537,7 @@ def deepfool_l2_adv(
     of classes). The minimal perturbation found is projected onto the L2 ball of radius ε.
     """
     y = _check_inputs(model, x, y, epsilon)
-    attack = _foolbox().attacks.L2DeepFoolAttack(
-        steps=steps, candidates=candidates, overshoot=overshoot
-    )
+    attack = _foolbox().attacks.L2DeepFoolAttack(steps=steps, candidates=candidates, overshoot=overshoot)
     return _run_foolbox(model, x, y, epsilon, attack, ThreatModel.L2, batch_size)
 
 
@@ -595,6 +597,7 @@ def _recorded_autoattack_checks(record: dict[str, dict[str, Any]]) -> Iterator[N
                 for key in checks.funcs:
                     checks.funcs[key] = 0
             return fn(*args, logger=_CheckLogger(messages.setdefault(name, []), logger), **kwargs)
+
         return wrapped
 
     for name, (function, _meaning) in AUTOATTACK_CHECKS.items():
@@ -641,8 +644,9 @@ def autoattack_adv(
     targeted DLR loss needs 4 classes) is dropped for K < 4. ``version="custom"`` runs the
     sub-attacks in ``attacks`` with the standard version's settings (one restart of APGD and FAB,
     9 targets, 5000 Square queries), so a subset is exactly the standard version without the
-    sub-attacks left out (pyautoattack's own custom default is 5 APGD and FAB restarts). ``n_queries`` overrides Square's query budget and ``n_iter``
-    APGD's and FAB's iterations -- departures from the standard version meant for quick tests only.
+    sub-attacks left out (pyautoattack's own custom default is 5 APGD and FAB restarts).
+    ``n_queries`` overrides Square's query budget and ``n_iter`` APGD's and FAB's iterations --
+    departures from the standard version meant for quick tests only.
 
     ``checks``: when a dict is given, it is filled with AutoAttack's own checks (randomized or
     dynamic defense, probability outputs, target classes, zero gradients, Square success;
@@ -673,8 +677,13 @@ def autoattack_adv(
         with torch.no_grad():
             n_classes = model(x[:1]).shape[1]
         adversary = AutoAttack(
-            model, attacks=attack_list, device=x.device, eps=epsilon, norm=norm,
-            seed=seed, version=version,
+            model,
+            attacks=attack_list,
+            device=x.device,
+            eps=epsilon,
+            norm=norm,
+            seed=seed,
+            version=version,
         )
         adversary.verbose = False  # only gates logger.debug calls and a final summary
         if version == "custom":  # the standard version's settings (pyautoattack's _set_version)
@@ -769,13 +778,9 @@ def get_attack(name: str) -> AttackSpec:
     try:
         return ATTACKS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown attack {name!r}; known attacks: {', '.join(sorted(ATTACKS))}"
-        ) from None
+        raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(sorted(ATTACKS))}") from None
 
 
-def run_attack(
-    name: str, model: nn.Module, x: Tensor, y: Tensor, epsilon: float, **options
-) -> Tensor:
+def run_attack(name: str, model: nn.Module, x: Tensor, y: Tensor, epsilon: float, **options) -> Tensor:
     """Per-example robust flags (B,) of the registered attack ``name``."""
     return get_attack(name).fn(model, x, y, epsilon, **options)

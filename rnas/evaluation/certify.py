@@ -40,8 +40,17 @@ from torch import Tensor, nn
 
 from rnas.bounds import CERTIFY_METHODS, UnsupportedModelError, spec_bounds
 
-__all__ = ["CertifyResult", "RadiusResult", "attack_radii", "certified_flags", "certified_not_broken",
-           "certified_radius", "certify", "certify_evaluation", "radius_not_broken"]
+__all__ = [
+    "CertifyResult",
+    "RadiusResult",
+    "attack_radii",
+    "certified_flags",
+    "certified_not_broken",
+    "certified_radius",
+    "certify",
+    "certify_evaluation",
+    "radius_not_broken",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +76,29 @@ class CertifyResult:
 
     def metrics(self) -> dict[str, Any]:
         """eval.json entries: ``certified_acc``, ``certify_method``, per-method accuracies."""
-        out: dict[str, Any] = {"certified_acc": self.accuracy, "certify_method": self.method,
-                               "certify_intermediate": self.intermediate, "certify_epsilon": self.epsilon,
-                               "certify_norm": self.norm, "certify_seconds": self.seconds}
+        out: dict[str, Any] = {
+            "certified_acc": self.accuracy,
+            "certify_method": self.method,
+            "certify_intermediate": self.intermediate,
+            "certify_epsilon": self.epsilon,
+            "certify_norm": self.norm,
+            "certify_seconds": self.seconds,
+        }
         for name, flags in self.per_method.items():
             out[f"certified_acc_{name}"] = int(flags.sum()) / flags.numel()
         return out
 
 
-def certify(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, norm: str = "linf", method: str = "both",
-            batch_size: int = 256, intermediate: str = "ibp") -> CertifyResult:
+def certify(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epsilon: float,
+    norm: str = "linf",
+    method: str = "both",
+    batch_size: int = 256,
+    intermediate: str = "ibp",
+) -> CertifyResult:
     """Certify ``model`` (in the mode it is in; eval mode for certification) on (x (N, C, H, W) in
     [0, 1], y (N,)) at radius ``epsilon`` (pixel units). ``intermediate``: CROWN's intermediate
     bounds, ``ibp`` (CROWN-IBP) or ``crown`` (full CROWN). Raises UnsupportedModelError when the
@@ -89,7 +111,7 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, norm: str = 
     per_method: dict[str, list[Tensor]] = {n: [] for n in names}
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
             res = spec_bounds(model, xb, yb, epsilon, norm, names, intermediate=intermediate)
             correct = res.logits.argmax(1) == yb
             margin = res.margin()
@@ -98,13 +120,29 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, norm: str = 
             for n in names:
                 per_method[n].append((correct & (res.margin(n) > 0)).cpu())
     per = {n: torch.cat(v) for n, v in per_method.items()} if len(names) > 1 else {}
-    return CertifyResult(method, intermediate, float(epsilon), norm, torch.cat(margins), torch.cat(certified), per,
-                         time.perf_counter() - start)
+    return CertifyResult(
+        method,
+        intermediate,
+        float(epsilon),
+        norm,
+        torch.cat(margins),
+        torch.cat(certified),
+        per,
+        time.perf_counter() - start,
+    )
 
 
-def certified_flags(model: nn.Module, x: Tensor, y: Tensor, epsilon: float | Tensor, norm: str = "linf",
-                    method: str = "both", batch_size: int = 256, intermediate: str = "ibp",
-                    dtype: torch.dtype | None = torch.float64) -> Tensor:
+def certified_flags(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epsilon: float | Tensor,
+    norm: str = "linf",
+    method: str = "both",
+    batch_size: int = 256,
+    intermediate: str = "ibp",
+    dtype: torch.dtype | None = torch.float64,
+) -> Tensor:
     """(N,) bool on the CPU: classified correctly with a positive margin lower bound at ``epsilon``
     (one radius, or a tensor (N,) with one per example); bounds propagated in ``dtype``."""
     if method not in CERTIFY_METHODS:
@@ -112,10 +150,9 @@ def certified_flags(model: nn.Module, x: Tensor, y: Tensor, epsilon: float | Ten
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            eps = epsilon[i:i + batch_size] if isinstance(epsilon, Tensor) else epsilon
-            res = spec_bounds(model, xb, yb, eps, norm, CERTIFY_METHODS[method], intermediate=intermediate,
-                              dtype=dtype)
+            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+            eps = epsilon[i : i + batch_size] if isinstance(epsilon, Tensor) else epsilon
+            res = spec_bounds(model, xb, yb, eps, norm, CERTIFY_METHODS[method], intermediate=intermediate, dtype=dtype)
             out.append(((res.logits.argmax(1) == yb) & (res.margin() > 0)).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
@@ -159,16 +196,32 @@ class RadiusResult:
 
     def metrics(self) -> dict[str, Any]:
         """eval.json entries (the per-example radii as the list ``certified_radius``)."""
-        return {"certified_eps_sweep": self.curve(), "certified_radius_median": self.median,
-                "certified_radius": [float(r) for r in self.radius], "certified_radius_steps": self.steps,
-                "certified_radius_min": self.radius_min, "certified_radius_rel_gap": self.rel_gap(),
-                "certified_sweep_nonmonotone": self.nonmonotone, "certified_radius_passes": self.passes,
-                "certified_radius_seconds": self.seconds}
+        return {
+            "certified_eps_sweep": self.curve(),
+            "certified_radius_median": self.median,
+            "certified_radius": [float(r) for r in self.radius],
+            "certified_radius_steps": self.steps,
+            "certified_radius_min": self.radius_min,
+            "certified_radius_rel_gap": self.rel_gap(),
+            "certified_sweep_nonmonotone": self.nonmonotone,
+            "certified_radius_passes": self.passes,
+            "certified_radius_seconds": self.seconds,
+        }
 
 
-def certified_radius(model: nn.Module, x: Tensor, y: Tensor, eps_sweep: tuple[float, ...] = (), steps: int = 8,
-                     radius_min: float = 1e-9, norm: str = "linf", method: str = "both", batch_size: int = 256,
-                     intermediate: str = "ibp", dtype: torch.dtype | None = torch.float64) -> RadiusResult:
+def certified_radius(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps_sweep: tuple[float, ...] = (),
+    steps: int = 8,
+    radius_min: float = 1e-9,
+    norm: str = "linf",
+    method: str = "both",
+    batch_size: int = 256,
+    intermediate: str = "ibp",
+    dtype: torch.dtype | None = torch.float64,
+) -> RadiusResult:
     """Certified accuracy at every ε of ``eps_sweep`` and every example's certified radius.
 
     1. The sweep: certified flags at each ε (> ``radius_min``). Per example, the bracket is
@@ -183,8 +236,10 @@ def certified_radius(model: nn.Module, x: Tensor, y: Tensor, eps_sweep: tuple[fl
         raise ValueError(f"unknown certification method {method!r}; known: {', '.join(CERTIFY_METHODS)}")
     grid = sorted({float(e) for e in eps_sweep})
     if not radius_min > 0 or any(not e > radius_min for e in grid) or steps < 0:
-        raise ValueError(f"need steps >= 0 and 0 < radius_min < every sweep ε; got steps {steps}, radius_min "
-                         f"{radius_min}, sweep {grid}")
+        raise ValueError(
+            f"need steps >= 0 and 0 < radius_min < every sweep ε; got steps {steps}, radius_min "
+            f"{radius_min}, sweep {grid}"
+        )
     start = time.perf_counter()
     n, cap = len(x), radius_cap(x, norm)
     passes = 0
@@ -192,8 +247,9 @@ def certified_radius(model: nn.Module, x: Tensor, y: Tensor, eps_sweep: tuple[fl
     def flags(eps: float | Tensor, idx: Tensor) -> Tensor:
         nonlocal passes
         passes += 1
-        return certified_flags(model, x[idx.to(x.device)], y[idx.to(y.device)], eps, norm, method, batch_size,
-                               intermediate, dtype)
+        return certified_flags(
+            model, x[idx.to(x.device)], y[idx.to(y.device)], eps, norm, method, batch_size, intermediate, dtype
+        )
 
     everyone = torch.arange(n)
     raw = {eps: flags(eps, everyone) for eps in grid}
@@ -207,8 +263,12 @@ def certified_radius(model: nn.Module, x: Tensor, y: Tensor, eps_sweep: tuple[fl
         # monotonicity on the bracket: certified at grid[last] must mean certified at every smaller ε
         nonmonotone = int((~table & (idx < last[:, None])).any(1).sum())
         if nonmonotone:
-            log.warning("certified radius: the bound is not monotone in ε for %d of %d examples (certified at a "
-                        "sweep ε but not at a smaller one); the certificate at the larger ε is kept", nonmonotone, n)
+            log.warning(
+                "certified radius: the bound is not monotone in ε for %d of %d examples (certified at a "
+                "sweep ε but not at a smaller one); the certificate at the larger ε is kept",
+                nonmonotone,
+                n,
+            )
         points = torch.tensor([*grid, cap], dtype=torch.float64)
         has = last >= 0
         lo[has] = points[last[has]]
@@ -234,8 +294,20 @@ def certified_radius(model: nn.Module, x: Tensor, y: Tensor, eps_sweep: tuple[fl
         lo[active[ok]] = mid[ok]
         hi[active[~ok]] = mid[~ok]
     sweep = {eps: lo >= eps for eps in grid}
-    return RadiusResult(lo, hi, sweep, raw, nonmonotone, method, intermediate, norm, steps, float(radius_min),
-                        passes, time.perf_counter() - start)
+    return RadiusResult(
+        lo,
+        hi,
+        sweep,
+        raw,
+        nonmonotone,
+        method,
+        intermediate,
+        norm,
+        steps,
+        float(radius_min),
+        passes,
+        time.perf_counter() - start,
+    )
 
 
 def attack_radii(settings: Any, flags: Mapping[str, Tensor], sanity: Any = None) -> dict[str, float]:
@@ -259,8 +331,9 @@ def attack_radii(settings: Any, flags: Mapping[str, Tensor], sanity: Any = None)
     return {k: r for k, r in radii.items() if k in flags}
 
 
-def certified_not_broken(certified: Tensor, flags: Mapping[str, Tensor], radii: Mapping[str, float],
-                         epsilon: float) -> tuple[bool, str]:
+def certified_not_broken(
+    certified: Tensor, flags: Mapping[str, Tensor], radii: Mapping[str, float], epsilon: float
+) -> tuple[bool, str]:
     """True when no certified example is broken by an attack of radius ≤ ``epsilon``; with a
     one-line detail naming the attacks checked and any example that is both."""
     broken: dict[str, list[int]] = {}
@@ -288,15 +361,27 @@ def radius_not_broken(radius: Tensor, flags: Mapping[str, Tensor], radii: Mappin
             broken[key] = both.nonzero().flatten().tolist()[:10]
     if broken:
         return False, "certified radius above an attack's radius: " + "; ".join(
-            f"{k} broke examples {v}" for k, v in broken.items())
+            f"{k} broke examples {v}" for k, v in broken.items()
+        )
     median = float(torch.quantile(radius.double().cpu(), 0.5)) if radius.numel() else 0.0
     return True, f"no attack broke an example within its certified radius (median {median:.3g})"
 
 
-def certify_evaluation(metrics: dict[str, Any], flags: Mapping[str, Tensor], model: nn.Module, x: Tensor,
-                       y: Tensor, settings: Any, method: str, batch_size: int, sanity: Any = None,
-                       intermediate: str = "ibp", eps_sweep: tuple[float, ...] = (), radius_steps: int = 0,
-                       radius_min: float = 1e-9) -> dict[str, Tensor]:
+def certify_evaluation(
+    metrics: dict[str, Any],
+    flags: Mapping[str, Tensor],
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    settings: Any,
+    method: str,
+    batch_size: int,
+    sanity: Any = None,
+    intermediate: str = "ibp",
+    eps_sweep: tuple[float, ...] = (),
+    radius_steps: int = 0,
+    radius_min: float = 1e-9,
+) -> dict[str, Tensor]:
     """Certify at the evaluation's L∞ ε and add to ``metrics`` (eval.json) ``certified_acc``,
     ``certify_method`` (and per-method accuracies) and the sanity flag ``certified_not_broken``
     (``sanity`` / ``sanity_details`` dicts, created if absent). With an ``eps_sweep`` or
@@ -313,8 +398,9 @@ def certify_evaluation(metrics: dict[str, Any], flags: Mapping[str, Tensor], mod
         result = certify(model, x, y, settings.epsilon, "linf", method, batch_size, intermediate)
         radius = None
         if eps_sweep or radius_steps > 0:
-            radius = certified_radius(model, x, y, tuple(eps_sweep), radius_steps, radius_min, "linf", method,
-                                      batch_size, intermediate)
+            radius = certified_radius(
+                model, x, y, tuple(eps_sweep), radius_steps, radius_min, "linf", method, batch_size, intermediate
+            )
     except UnsupportedModelError as err:
         log.warning("certification skipped: %s", err)
         metrics.update(certified_acc=None, certify_method=None, certify_skipped=str(err))
@@ -328,8 +414,13 @@ def certify_evaluation(metrics: dict[str, Any], flags: Mapping[str, Tensor], mod
         values["certified_radius"] = radius.radius
         ok_r, detail_r = radius_not_broken(radius.radius, flags, radii)
         ok, detail = ok and ok_r, f"{detail}; {detail_r}"
-        log.info("certified radius: median %.3g, sweep %s (%d bound passes, %.1f s)", radius.median,
-                 radius.curve(), radius.passes, radius.seconds)
+        log.info(
+            "certified radius: median %.3g, sweep %s (%d bound passes, %.1f s)",
+            radius.median,
+            radius.curve(),
+            radius.passes,
+            radius.seconds,
+        )
     metrics.setdefault("sanity", {})[SANITY_KEY] = ok
     metrics.setdefault("sanity_details", {})[SANITY_KEY] = detail
     if not ok:

@@ -151,8 +151,11 @@ class EvalSettings:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not (math.isfinite(self.pgd_step_size) and self.pgd_step_size > 0):
             raise ValueError(f"pgd_step_size must be > 0, got {self.pgd_step_size!r}")
-        if not (isinstance(self.cw_initial_const, (int, float)) and math.isfinite(self.cw_initial_const)
-                and self.cw_initial_const > 0):
+        if not (
+            isinstance(self.cw_initial_const, (int, float))
+            and math.isfinite(self.cw_initial_const)
+            and self.cw_initial_const > 0
+        ):
             raise ValueError(f"cw_initial_const must be a finite number > 0, got {self.cw_initial_const!r}")
         for name in ("pgd_restarts", "cw_steps", "cw_binary_search_steps", "deepfool_steps", "batch_size"):
             value = getattr(self, name)
@@ -164,9 +167,7 @@ class EvalSettings:
             raise ValueError(f"eps_sweep values must be finite and >= 0, got {self.eps_sweep}")
         unknown = [a for a in self.attacks if a not in PROTOCOL_ATTACKS]
         if unknown:
-            raise ValueError(
-                f"unknown attack(s) {unknown}; known: {', '.join(PROTOCOL_ATTACKS)}"
-            )
+            raise ValueError(f"unknown attack(s) {unknown}; known: {', '.join(PROTOCOL_ATTACKS)}")
         if len(set(self.attacks)) != len(self.attacks):
             raise ValueError(f"attacks must not repeat, got {self.attacks}")
 
@@ -180,8 +181,14 @@ class EvalSettings:
             "autoattack": (self.epsilon, dict(version="standard", seed=self.seed)),
             "apgd": (self.epsilon, dict(version="custom", attacks=("apgd-ce", "apgd-t"), seed=self.seed)),
             "autoattack_l2": (self.epsilon_l2, dict(version="standard", seed=self.seed)),
-            "cw": (self.epsilon_l2, dict(steps=self.cw_steps, binary_search_steps=self.cw_binary_search_steps,
-                                         initial_const=float(self.cw_initial_const))),
+            "cw": (
+                self.epsilon_l2,
+                dict(
+                    steps=self.cw_steps,
+                    binary_search_steps=self.cw_binary_search_steps,
+                    initial_const=float(self.cw_initial_const),
+                ),
+            ),
             "deepfool": (self.epsilon_l2, dict(steps=self.deepfool_steps)),
         }
         if name not in calls:
@@ -208,10 +215,7 @@ def worst_case_flags(flags: Mapping[str, Tensor], attacks: Iterable[str]) -> Ten
     result = flags["clean"].clone().bool()
     for name in attacks:
         if flags[name].shape != result.shape:
-            raise ValueError(
-                f"flags[{name!r}] has shape {tuple(flags[name].shape)}, "
-                f"expected {tuple(result.shape)}"
-            )
+            raise ValueError(f"flags[{name!r}] has shape {tuple(flags[name].shape)}, expected {tuple(result.shape)}")
         result &= flags[name].bool().to(result.device)
     return result
 
@@ -241,8 +245,10 @@ class EvalState:
             try:
                 saved = load_checked(self.path, ("key", "flags", "seconds"))
             except CheckpointError as err:
-                raise CheckpointError(f"{err}; the evaluation state is unreadable and was left as it is: "
-                                      f"delete {self.path} to evaluate from scratch") from None
+                raise CheckpointError(
+                    f"{err}; the evaluation state is unreadable and was left as it is: "
+                    f"delete {self.path} to evaluate from scratch"
+                ) from None
             if saved["key"] != key:
                 log.warning("%s: written for other settings, model or examples; starting over", self.path)
                 return
@@ -267,8 +273,7 @@ class EvalState:
         if self.path is not None:
             from rnas.checkpoint import save_atomic
 
-            save_atomic({"key": self.key, "flags": self.flags, "seconds": self.seconds, "info": self.info},
-                        self.path)
+            save_atomic({"key": self.key, "flags": self.flags, "seconds": self.seconds, "info": self.info}, self.path)
 
     def clear(self) -> None:
         """Delete the file (the evaluation's outputs are written)."""
@@ -276,8 +281,9 @@ class EvalState:
             self.path.unlink(missing_ok=True)
 
 
-def state_key(settings: EvalSettings, model_digest: str, x: Tensor, y: Tensor,
-              sanity: SanitySettings | None = None) -> str:
+def state_key(
+    settings: EvalSettings, model_digest: str, x: Tensor, y: Tensor, sanity: SanitySettings | None = None
+) -> str:
     """sha256 of everything an evaluation's flags depend on: the settings, the model (a digest
     of its checkpoint bytes), the examples, and the sanity settings when checks run."""
     h = hashlib.sha256()
@@ -296,8 +302,13 @@ def _cached(state: EvalState | None, name: str, run) -> tuple[Tensor, float, dic
     returns flags or (flags, info)) and save. Logs one INFO line per attack."""
     if state is not None and name in state:
         flags, seconds = state.get(name), state.seconds.get(name, 0.0)
-        log.info("evaluate %s: accuracy %.4f on %d examples, %.1f s (from the saved state)", name,
-                 _accuracy(flags.bool()), flags.numel(), seconds)
+        log.info(
+            "evaluate %s: accuracy %.4f on %d examples, %.1f s (from the saved state)",
+            name,
+            _accuracy(flags.bool()),
+            flags.numel(),
+            seconds,
+        )
         return flags, seconds, state.info.get(name)
     start = time.perf_counter()
     result = run()
@@ -321,6 +332,7 @@ def _attack_runner(model: nn.Module, x: Tensor, y: Tensor, seed: int, call: tupl
                 flags = get_attack(registry_name).fn(model, x, y, epsilon, **options, checks=checks)
                 return flags, {"autoattack_checks": checks}
             return get_attack(registry_name).fn(model, x, y, epsilon, **options)
+
     return run
 
 
@@ -333,13 +345,11 @@ def _record_checks(metrics: dict[str, Any], name: str, info: dict[str, Any] | No
     metrics.setdefault("autoattack_checks_details", {})[name] = {c: str(r["detail"]) for c, r in checks.items()}
 
 
-def _set_worst_cases(metrics: dict[str, Any], flags: dict[str, Tensor], linf: Iterable[str],
-                     l2: Iterable[str]) -> None:
+def _set_worst_cases(metrics: dict[str, Any], flags: dict[str, Tensor], linf: Iterable[str], l2: Iterable[str]) -> None:
     """``flags["robust"]`` / ``["robust_l2"]`` and their accuracies over the given flag keys
     (None and no flag when no attack of that norm ran); ``worst_case_attacks`` names them."""
     metrics.setdefault("worst_case_attacks", {})
-    for flag_key, metric, keys in (("robust", "robust_acc", tuple(linf)),
-                                   ("robust_l2", "robust_acc_l2", tuple(l2))):
+    for flag_key, metric, keys in (("robust", "robust_acc", tuple(linf)), ("robust_l2", "robust_acc_l2", tuple(l2))):
         if keys:
             flags[flag_key] = worst_case_flags(flags, keys)
             metrics[metric] = _accuracy(flags[flag_key])

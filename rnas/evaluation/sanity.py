@@ -46,8 +46,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnas.evaluation.attacks import get_attack
-
 if TYPE_CHECKING:  # protocol imports this module; only the type is needed here
     from rnas.evaluation.protocol import EvalSettings
 
@@ -85,8 +83,11 @@ class SanitySettings:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.large_epsilon) and 0 < self.large_epsilon <= 1):
             raise ValueError(f"large_epsilon must be in (0, 1], got {self.large_epsilon!r}")
-        if not (isinstance(self.large_epsilon_l2, (int, float)) and math.isfinite(self.large_epsilon_l2)
-                and self.large_epsilon_l2 > 0):
+        if not (
+            isinstance(self.large_epsilon_l2, (int, float))
+            and math.isfinite(self.large_epsilon_l2)
+            and self.large_epsilon_l2 > 0
+        ):
             raise ValueError(f"large_epsilon_l2 must be a finite number > 0, got {self.large_epsilon_l2!r}")
         if not (isinstance(self.square_queries, int) and self.square_queries >= 1):
             raise ValueError(f"square_queries must be an integer >= 1, got {self.square_queries!r}")
@@ -145,10 +146,10 @@ def model_probe(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -
     lo, hi, dev = math.inf, -math.inf, 0.0
     num_classes = 0
     for start in range(0, len(x), batch_size):
-        xs = x[start:start + batch_size].detach().clone().requires_grad_(True)
+        xs = x[start : start + batch_size].detach().clone().requires_grad_(True)
         with torch.enable_grad():
             out = model(xs)  # (B, K)
-            loss = F.cross_entropy(out, y[start:start + batch_size], reduction="sum")
+            loss = F.cross_entropy(out, y[start : start + batch_size], reduction="sum")
             # A forward that detaches its input has no graph back to xs: its gradient is 0.
             grad = torch.autograd.grad(loss, xs, allow_unused=True)[0] if loss.requires_grad else None
         if grad is None:
@@ -173,9 +174,7 @@ def large_eps_l2_key(sanity: SanitySettings) -> str:
     return f"sanity/apgd_ce_l2@{float(sanity.large_epsilon_l2)}"
 
 
-def probe_attacks(
-    settings: EvalSettings, sanity: SanitySettings
-) -> dict[str, tuple[str, float, dict[str, Any]]]:
+def probe_attacks(settings: EvalSettings, sanity: SanitySettings) -> dict[str, tuple[str, float, dict[str, Any]]]:
     """Attacks the checks need beyond the protocol: flag key -> (registry name, ε, options).
 
     * Square alone (AutoAttack ``version="custom"``, ``square_queries`` queries) at ``epsilon``
@@ -188,17 +187,28 @@ def probe_attacks(
     """
     probes: dict[str, tuple[str, float, dict[str, Any]]] = {}
     if any(a in settings.attacks for a in WHITEBOX_LINF):
-        probes[SQUARE_KEY] = ("autoattack", float(settings.epsilon), dict(
-            version="custom", attacks=("square",), n_queries=sanity.square_queries,
-            seed=settings.seed, batch_size=settings.batch_size))
+        probes[SQUARE_KEY] = (
+            "autoattack",
+            float(settings.epsilon),
+            dict(
+                version="custom",
+                attacks=("square",),
+                n_queries=sanity.square_queries,
+                seed=settings.seed,
+                batch_size=settings.batch_size,
+            ),
+        )
     key = large_eps_key(settings, sanity)
     if not key.startswith("eps_sweep/"):
         _, _, options = settings.attack_call("pgd20")
         options["step_size"] = settings.sweep_step_size(sanity.large_epsilon)
         probes[key] = ("pgd", float(sanity.large_epsilon), options)
     if any(a in settings.attacks for a in L2_PROTOCOL):
-        probes[large_eps_l2_key(sanity)] = ("autoattack_l2", float(sanity.large_epsilon_l2), dict(
-            version="custom", attacks=("apgd-ce",), seed=settings.seed, batch_size=settings.batch_size))
+        probes[large_eps_l2_key(sanity)] = (
+            "autoattack_l2",
+            float(sanity.large_epsilon_l2),
+            dict(version="custom", attacks=("apgd-ce",), seed=settings.seed, batch_size=settings.batch_size),
+        )
     return probes
 
 
@@ -220,8 +230,9 @@ def check_eps0_equals_clean(s: SanityInputs) -> CheckResult:
     if zero is None:
         return CheckResult(None, "no ε = 0 point in the sweep")
     differ = int((zero.bool() != clean.bool()).sum())
-    return CheckResult(differ == 0, f"acc(ε=0) {_pct(_acc(zero))} vs clean {_pct(_acc(clean))}; "
-                                    f"{differ} examples differ")
+    return CheckResult(
+        differ == 0, f"acc(ε=0) {_pct(_acc(zero))} vs clean {_pct(_acc(clean))}; {differ} examples differ"
+    )
 
 
 def _sweep_points(s: SanityInputs) -> list[tuple[float, float]]:
@@ -251,8 +262,7 @@ def check_large_eps_reaches_chance(s: SanityInputs) -> CheckResult:
     if key not in s.flags:
         return CheckResult(None, f"PGD-20 at ε={s.sanity.large_epsilon:g} did not run")
     acc, chance = _acc(s.flags[key]), 1.0 / s.probe.num_classes
-    return CheckResult(acc <= chance, f"PGD-20 at ε={s.sanity.large_epsilon:g}: {_pct(acc)} "
-                                      f"(chance {_pct(chance)})")
+    return CheckResult(acc <= chance, f"PGD-20 at ε={s.sanity.large_epsilon:g}: {_pct(acc)} (chance {_pct(chance)})")
 
 
 def check_large_eps_l2_reaches_chance(s: SanityInputs) -> CheckResult:
@@ -261,8 +271,9 @@ def check_large_eps_l2_reaches_chance(s: SanityInputs) -> CheckResult:
     if key not in s.flags:
         return CheckResult(None, f"APGD-CE (L2) at ε₂={s.sanity.large_epsilon_l2:g} did not run")
     acc, chance = _acc(s.flags[key]), 1.0 / s.probe.num_classes
-    return CheckResult(acc <= chance, f"APGD-CE (L2) at ε₂={s.sanity.large_epsilon_l2:g}: {_pct(acc)} "
-                                      f"(chance {_pct(chance)})")
+    return CheckResult(
+        acc <= chance, f"APGD-CE (L2) at ε₂={s.sanity.large_epsilon_l2:g}: {_pct(acc)} (chance {_pct(chance)})"
+    )
 
 
 def check_pgd_not_weaker_than_fgsm(s: SanityInputs) -> CheckResult:
@@ -301,20 +312,23 @@ def check_square_not_stronger_than_whitebox(s: SanityInputs) -> CheckResult:
     n_extra = int(extra.sum())
     share = n_extra / extra.numel()
     shown = ", ".join(str(i) for i in extra.nonzero().flatten().tolist()[:10])
-    return CheckResult(share <= s.sanity.tolerance,
-                       f"{n_extra} examples ({_pct(share)}, allowed {_pct(s.sanity.tolerance)}) broken by Square "
-                       f"({s.sanity.square_queries} queries) that {', '.join(a.upper() for a in white)} all missed"
-                       + (f" (examples {shown})" if n_extra else "")
-                       + f"; Square {_pct(_acc(square))} vs best white-box {best_name.upper()} "
-                         f"{_pct(white[best_name])}")
+    return CheckResult(
+        share <= s.sanity.tolerance,
+        f"{n_extra} examples ({_pct(share)}, allowed {_pct(s.sanity.tolerance)}) broken by Square "
+        f"({s.sanity.square_queries} queries) that {', '.join(a.upper() for a in white)} all missed"
+        + (f" (examples {shown})" if n_extra else "")
+        + f"; Square {_pct(_acc(square))} vs best white-box {best_name.upper()} "
+        f"{_pct(white[best_name])}",
+    )
 
 
 def check_nonzero_input_gradients(s: SanityInputs) -> CheckResult:
     """Gradient attacks need gradients: an all-zero ∇ₓ means a non-differentiable forward."""
     frac = s.probe.zero_grad_fraction
-    return CheckResult(frac <= s.sanity.max_zero_grad_fraction,
-                       f"{_pct(frac)} of examples have a zero input gradient "
-                       f"(allowed {_pct(s.sanity.max_zero_grad_fraction)})")
+    return CheckResult(
+        frac <= s.sanity.max_zero_grad_fraction,
+        f"{_pct(frac)} of examples have a zero input gradient (allowed {_pct(s.sanity.max_zero_grad_fraction)})",
+    )
 
 
 # AutoAttack's check_range_output tolerance: outputs in [−α, 1 + α] with rows summing to 1 ± α.
@@ -325,8 +339,10 @@ def check_outputs_are_logits(s: SanityInputs) -> CheckResult:
     """Attacks' losses expect logits; a softmax output saturates and hides the gradient."""
     p, a = s.probe, PROBABILITY_TOLERANCE
     probabilities = p.output_min > -a and p.output_max < 1 + a and p.max_row_sum_deviation < a
-    return CheckResult(not probabilities, f"outputs in [{p.output_min:.3g}, {p.output_max:.3g}], "
-                                          f"max |row sum − 1| {p.max_row_sum_deviation:.3g}")
+    return CheckResult(
+        not probabilities,
+        f"outputs in [{p.output_min:.3g}, {p.output_max:.3g}], max |row sum − 1| {p.max_row_sum_deviation:.3g}",
+    )
 
 
 def check_autoattack_own_checks(s: SanityInputs) -> CheckResult:
@@ -346,27 +362,47 @@ def check_autoattack_own_checks(s: SanityInputs) -> CheckResult:
 SANITY_CHECKS: dict[str, SanityCheck] = {
     c.name: c
     for c in (
-        SanityCheck("eps0_equals_clean", "accuracy at ε = 0 equals clean accuracy", check_eps0_equals_clean,
-                    "ε=0 is clean"),
-        SanityCheck("monotone_in_eps", "robust accuracy never rises with ε", check_monotone_in_eps,
-                    "monotone in ε"),
-        SanityCheck("large_eps_reaches_chance", "at a large ε a white-box attack reaches chance",
-                    check_large_eps_reaches_chance, "large ε → chance"),
-        SanityCheck("large_eps_l2_reaches_chance", "at a large L2 radius a white-box attack reaches chance",
-                    check_large_eps_l2_reaches_chance, "large ε₂ → chance"),
-        SanityCheck("pgd_not_weaker_than_fgsm", "PGD at least as strong as FGSM", check_pgd_not_weaker_than_fgsm,
-                    "PGD ≥ FGSM"),
-        SanityCheck("more_pgd_steps_not_weaker", "more PGD steps do not raise accuracy",
-                    check_more_pgd_steps_not_weaker, "PGD-100 ≥ PGD-20"),
-        SanityCheck("square_not_stronger_than_whitebox",
-                    "black-box Square breaks no more than the tolerance of examples every white-box attack missed",
-                    check_square_not_stronger_than_whitebox, "Square ≤ white-box"),
-        SanityCheck("nonzero_input_gradients", "input gradients are non-zero", check_nonzero_input_gradients,
-                    "∇ₓ ≠ 0"),
-        SanityCheck("outputs_are_logits", "the model outputs logits, not probabilities", check_outputs_are_logits,
-                    "logits out"),
-        SanityCheck("autoattack_own_checks", "AutoAttack's own checks raised no warning",
-                    check_autoattack_own_checks, "AutoAttack checks"),
+        SanityCheck(
+            "eps0_equals_clean", "accuracy at ε = 0 equals clean accuracy", check_eps0_equals_clean, "ε=0 is clean"
+        ),
+        SanityCheck("monotone_in_eps", "robust accuracy never rises with ε", check_monotone_in_eps, "monotone in ε"),
+        SanityCheck(
+            "large_eps_reaches_chance",
+            "at a large ε a white-box attack reaches chance",
+            check_large_eps_reaches_chance,
+            "large ε → chance",
+        ),
+        SanityCheck(
+            "large_eps_l2_reaches_chance",
+            "at a large L2 radius a white-box attack reaches chance",
+            check_large_eps_l2_reaches_chance,
+            "large ε₂ → chance",
+        ),
+        SanityCheck(
+            "pgd_not_weaker_than_fgsm", "PGD at least as strong as FGSM", check_pgd_not_weaker_than_fgsm, "PGD ≥ FGSM"
+        ),
+        SanityCheck(
+            "more_pgd_steps_not_weaker",
+            "more PGD steps do not raise accuracy",
+            check_more_pgd_steps_not_weaker,
+            "PGD-100 ≥ PGD-20",
+        ),
+        SanityCheck(
+            "square_not_stronger_than_whitebox",
+            "black-box Square breaks no more than the tolerance of examples every white-box attack missed",
+            check_square_not_stronger_than_whitebox,
+            "Square ≤ white-box",
+        ),
+        SanityCheck("nonzero_input_gradients", "input gradients are non-zero", check_nonzero_input_gradients, "∇ₓ ≠ 0"),
+        SanityCheck(
+            "outputs_are_logits", "the model outputs logits, not probabilities", check_outputs_are_logits, "logits out"
+        ),
+        SanityCheck(
+            "autoattack_own_checks",
+            "AutoAttack's own checks raised no warning",
+            check_autoattack_own_checks,
+            "AutoAttack checks",
+        ),
     )
 }
 

@@ -64,9 +64,7 @@ class NormalizedModel(nn.Module):
         return self.net(self.normalize(x))
 
 
-def build_model(
-    family: str, num_classes: int, input_channels: int, dataset: str, **kwargs: Any
-) -> NormalizedModel:
+def build_model(family: str, num_classes: int, input_channels: int, dataset: str, **kwargs: Any) -> NormalizedModel:
     """Build ``family`` with ``dataset``'s normalization as its first layer.
 
     Args:
@@ -92,9 +90,7 @@ def build_model(
         known = ", ".join(sorted(MODEL_FAMILIES))
         raise UnknownModelError(f"unknown model family {family!r}; known families: {known}") from None
 
-    accepted = [
-        p for p in inspect.signature(factory).parameters if p not in ("self", "num_classes", "input_channels")
-    ]
+    accepted = [p for p in inspect.signature(factory).parameters if p not in ("self", "num_classes", "input_channels")]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise ValueError(f"model family {family!r} takes no argument(s) {unknown}; it takes {accepted}")

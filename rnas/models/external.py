@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from rnas.checkpoint import CheckpointError, build_model as build_checkpoint_model, load_checked
-from rnas.models import NormalizedModel, Normalize, WideResNet
+from rnas.models import Normalize, NormalizedModel, WideResNet
 from rnas.models.normalize import normalization_for
 
 __all__ = ["file_key", "load_teacher", "load_teacher_file", "map_wrn_keys", "wrn_from_state_dict"]
@@ -67,7 +67,7 @@ def _tensor_dict(obj: Any) -> dict[str, Tensor] | None:
 def _strip_module(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Remove ``nn.DataParallel``'s ``module.`` prefix (from every key, or from none)."""
     if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
+        return {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -89,7 +89,7 @@ def map_wrn_keys(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str,
             new = f"block{m[1]}.{m[2]}.{m[3]}"
         new = new.replace("convShortcut.", "conv_shortcut.")
         if new.startswith("bn1."):  # the top-level BN before pooling (blocks' bn1 carry a block prefix)
-            new = "bn." + new[len("bn1."):]
+            new = "bn." + new[len("bn1.") :]
         out[new] = value
         origin[new] = key
     return out, origin
@@ -104,27 +104,32 @@ def file_key(key: str) -> str:
     if m:
         key = f"block{m[1]}.layer.{m[2]}.{m[3]}"
     key = key.replace("conv_shortcut.", "convShortcut.")
-    return "bn1." + key[len("bn."):] if key.startswith("bn.") else key
+    return "bn1." + key[len("bn.") :] if key.startswith("bn.") else key
 
 
 def _stored_normalization(state: dict[str, Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     for mean_key, std_key in NORM_KEYS:
         if mean_key in state and std_key in state:
-            return (tuple(float(v) for v in state[mean_key].flatten()),
-                    tuple(float(v) for v in state[std_key].flatten()))
+            return (
+                tuple(float(v) for v in state[mean_key].flatten()),
+                tuple(float(v) for v in state[std_key].flatten()),
+            )
     return None
 
 
 def _shape_of(state: dict[str, Tensor], key: str, where: str) -> torch.Size:
     if key not in state:
         first = ", ".join(list(state)[:SHOWN])
-        raise CheckpointError(f"{where}: not a WideResNet state dict in the RobustBench / robust-overfitting layout "
-                              f"(no {key!r}; its first keys: {first})")
+        raise CheckpointError(
+            f"{where}: not a WideResNet state dict in the RobustBench / robust-overfitting layout "
+            f"(no {key!r}; its first keys: {first})"
+        )
     return state[key].shape
 
 
-def wrn_from_state_dict(state: dict[str, Tensor], dataset: str, normalization: str = "dataset",
-                        where: str = "state dict") -> NormalizedModel:
+def wrn_from_state_dict(
+    state: dict[str, Tensor], dataset: str, normalization: str = "dataset", where: str = "state dict"
+) -> NormalizedModel:
     """A :class:`NormalizedModel` around a :class:`WideResNet` holding the weights of a
     RobustBench / robust-overfitting state dict (``module.`` prefix or not); see the module docstring.
 
@@ -147,20 +152,28 @@ def wrn_from_state_dict(state: dict[str, Tensor], dataset: str, normalization: s
     target = net.state_dict()
     unexpected = [prefix + origin[k] for k in mapped if k not in target]
     missing = [prefix + file_key(k) for k in target if k not in mapped]
-    wrong = [f"{prefix}{origin[k]} {tuple(mapped[k].shape)} (WRN-{depth}-{widen} needs {tuple(target[k].shape)})"
-             for k in mapped if k in target and mapped[k].shape != target[k].shape]
+    wrong = [
+        f"{prefix}{origin[k]} {tuple(mapped[k].shape)} (WRN-{depth}-{widen} needs {tuple(target[k].shape)})"
+        for k in mapped
+        if k in target and mapped[k].shape != target[k].shape
+    ]
     if unexpected or missing or wrong:
         parts = []
         if unexpected:
-            parts.append(f"keys with no place in WRN-{depth}-{widen}: {', '.join(unexpected[:SHOWN])}"
-                         + (f" (+{len(unexpected) - SHOWN} more)" if len(unexpected) > SHOWN else ""))
+            parts.append(
+                f"keys with no place in WRN-{depth}-{widen}: {', '.join(unexpected[:SHOWN])}"
+                + (f" (+{len(unexpected) - SHOWN} more)" if len(unexpected) > SHOWN else "")
+            )
         if missing:
-            parts.append(f"missing in the file: {', '.join(missing[:SHOWN])}"
-                         + (f" (+{len(missing) - SHOWN} more)" if len(missing) > SHOWN else ""))
+            parts.append(
+                f"missing in the file: {', '.join(missing[:SHOWN])}"
+                + (f" (+{len(missing) - SHOWN} more)" if len(missing) > SHOWN else "")
+            )
         if wrong:
             parts.append(f"wrong shapes: {', '.join(wrong[:SHOWN])}")
-        raise CheckpointError(f"{where}: does not fit the RobustBench / robust-overfitting WideResNet layout; "
-                              + "; ".join(parts))
+        raise CheckpointError(
+            f"{where}: does not fit the RobustBench / robust-overfitting WideResNet layout; " + "; ".join(parts)
+        )
     net.load_state_dict(mapped)
     stored = _stored_normalization(raw)
     if stored is not None:
@@ -175,14 +188,26 @@ def wrn_from_state_dict(state: dict[str, Tensor], dataset: str, normalization: s
         raise CheckpointError(f"{where}: a {len(mean)}-channel normalization for a {input_channels}-channel network")
     model = NormalizedModel(Normalize(mean, std), net)
     # Informative only: a foreign teacher is loaded from its file every time, never rebuilt from these.
-    model.model_args = {"source": "wrn_state_dict", "depth": depth, "widen_factor": widen,
-                        "num_classes": int(num_classes), "input_channels": int(input_channels),
-                        "mean": list(mean), "std": list(std)}
+    model.model_args = {
+        "source": "wrn_state_dict",
+        "depth": depth,
+        "widen_factor": widen,
+        "num_classes": int(num_classes),
+        "input_channels": int(input_channels),
+        "mean": list(mean),
+        "std": list(std),
+    }
     return model
 
 
-def load_teacher_file(path: str | Path, dataset: str, num_classes: int, input_channels: int,
-                      normalization: str = "dataset", device: torch.device | str = "cpu") -> nn.Module:
+def load_teacher_file(
+    path: str | Path,
+    dataset: str,
+    num_classes: int,
+    input_channels: int,
+    normalization: str = "dataset",
+    device: torch.device | str = "cpu",
+) -> nn.Module:
     """The teacher in ``path``, in eval mode on ``device``: a checkpoint of this project (with
     ``model_args``) or a foreign WRN state dict (:func:`wrn_from_state_dict`), checked against the
     dataset's classes and input channels."""
@@ -192,18 +217,23 @@ def load_teacher_file(path: str | Path, dataset: str, num_classes: int, input_ch
         try:
             model.load_state_dict(obj["state_dict"])
         except RuntimeError as err:
-            raise CheckpointError(f"{path}: weights do not fit the stored model_args "
-                                  f"({str(err).splitlines()[0]})") from err
+            raise CheckpointError(
+                f"{path}: weights do not fit the stored model_args ({str(err).splitlines()[0]})"
+            ) from err
     else:
         state = _tensor_dict(obj)
         if state is None:
-            raise CheckpointError(f"{path}: neither a checkpoint of this project (model_args + state_dict) nor a "
-                                  f"state dict of tensors (top-level keys: {', '.join(map(str, list(obj)[:SHOWN]))})")
+            raise CheckpointError(
+                f"{path}: neither a checkpoint of this project (model_args + state_dict) nor a "
+                f"state dict of tensors (top-level keys: {', '.join(map(str, list(obj)[:SHOWN]))})"
+            )
         model = wrn_from_state_dict(state, dataset, normalization, where=str(path))
         args = model.model_args
         if (args["num_classes"], args["input_channels"]) != (num_classes, input_channels):
-            raise CheckpointError(f"{path}: a teacher for {args['num_classes']} classes and {args['input_channels']} "
-                                  f"input channels; {dataset} has {num_classes} and {input_channels}")
+            raise CheckpointError(
+                f"{path}: a teacher for {args['num_classes']} classes and {args['input_channels']} "
+                f"input channels; {dataset} has {num_classes} and {input_channels}"
+            )
     return model.to(device).eval()
 
 
@@ -212,5 +242,11 @@ def load_teacher(params: Any, info: Any, device: torch.device | str) -> nn.Modul
     or the teacher stage's model), for the dataset of ``info`` (:class:`rnas.data.DatasetInfo`)."""
     from rnas import paths
 
-    return load_teacher_file(paths.distill_teacher(params), info.name, info.num_classes, info.input_channels,
-                             params.pipeline.teacher_normalization, device)
+    return load_teacher_file(
+        paths.distill_teacher(params),
+        info.name,
+        info.num_classes,
+        info.input_channels,
+        params.pipeline.teacher_normalization,
+        device,
+    )

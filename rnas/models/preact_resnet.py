@@ -52,8 +52,7 @@ class PreActResNet18(nn.Module):
         super().__init__()
         if num_classes < 1 or input_channels < 1 or width < 1:
             raise ValueError(
-                "num_classes, input_channels and width must be >= 1, got "
-                f"{num_classes}, {input_channels}, {width}"
+                f"num_classes, input_channels and width must be >= 1, got {num_classes}, {input_channels}, {width}"
             )
         self.conv1 = nn.Conv2d(input_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
         stages: list[nn.Module] = []

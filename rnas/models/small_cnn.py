@@ -25,8 +25,9 @@ class SmallCNN(nn.Module):
         convs_per_stage: conv-bn-relu units per stage.
     """
 
-    def __init__(self, num_classes: int, input_channels: int, width: int = 32, depth: int = 3,
-                 convs_per_stage: int = 1) -> None:
+    def __init__(
+        self, num_classes: int, input_channels: int, width: int = 32, depth: int = 3, convs_per_stage: int = 1
+    ) -> None:
         super().__init__()
         if num_classes < 1 or input_channels < 1 or width < 1 or depth < 1 or convs_per_stage < 1:
             raise ValueError(

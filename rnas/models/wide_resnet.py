@@ -62,9 +62,7 @@ class WideResNet(nn.Module):
     ) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10:
-            raise ValueError(
-                f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, ...), got {depth}"
-            )
+            raise ValueError(f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, ...), got {depth}")
         if num_classes < 1 or input_channels < 1 or widen_factor < 1:
             raise ValueError(
                 "num_classes, input_channels and widen_factor must be >= 1, got "
@@ -79,8 +77,7 @@ class WideResNet(nn.Module):
         for g, stride in enumerate((1, 2, 2)):
             c_in, c_out = channels[g], channels[g + 1]
             blocks = [
-                WideBasicBlock(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1, drop_rate)
-                for i in range(n)
+                WideBasicBlock(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1, drop_rate) for i in range(n)
             ]
             groups.append(nn.Sequential(*blocks))
         self.block1, self.block2, self.block3 = groups

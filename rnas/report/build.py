@@ -40,8 +40,13 @@ from rnas.report.table import autoattack_checks_table, main_table, sanity_failur
 
 log = logging.getLogger(__name__)
 
-NAV = [("results", "Results"), ("search", "Search"), ("method-figures", "Method figures"),
-       ("sanity", "Sanity checks"), ("appendix", "Per seed")]
+NAV = [
+    ("results", "Results"),
+    ("search", "Search"),
+    ("method-figures", "Method figures"),
+    ("sanity", "Sanity checks"),
+    ("appendix", "Per seed"),
+]
 
 
 @dataclass
@@ -90,13 +95,21 @@ def _cells_section(params: Params, rows: list[RunRow]) -> tuple[list[Block], lis
                 cells += [f"{s.parameter_free}/{s.edges} ({100 * s.parameter_free_share:.0f}%)", str(s.skips)]
             for kind in ("normal", "reduce"):
                 s = by[kind]
-                cells.append(Cell("–", css="na") if s.alpha_entropy is None else
-                             Cell(f"{s.alpha_entropy:.2f}", f"({100 * s.alpha_entropy / s.alpha_entropy_max:.0f}% of max)",
-                                  title=f"max ln(#ops) = {s.alpha_entropy_max:.2f} nats (uniform α)"))
+                cells.append(
+                    Cell("–", css="na")
+                    if s.alpha_entropy is None
+                    else Cell(
+                        f"{s.alpha_entropy:.2f}",
+                        f"({100 * s.alpha_entropy / s.alpha_entropy_max:.0f}% of max)",
+                        title=f"max ln(#ops) = {s.alpha_entropy_max:.2f} nats (uniform α)",
+                    )
+                )
             searched = bool((r.search or {}).get("history"))  # a random cell cannot collapse
-            note = (Cell("⚠ collapsed", css="fail", title=f"DARTS+: ≥ {COLLAPSE_SKIPS} skip connections in the "
-                                                              "normal cell") if searched and collapsed(stats)
-                    else Cell("", css="txt"))
+            note = (
+                Cell("⚠ collapsed", css="fail", title=f"DARTS+: ≥ {COLLAPSE_SKIPS} skip connections in the normal cell")
+                if searched and collapsed(stats)
+                else Cell("", css="txt")
+            )
             cells.append(note)
             table_rows.append(cells)
     # every declared cell plot exists, even for a run that has no genotype (yet)
@@ -106,19 +119,31 @@ def _cells_section(params: Params, rows: list[RunRow]) -> tuple[list[Block], lis
             written.append(path)
     if not table_rows:
         return [], written
-    header = ["run", "seed", Cell("normal: param-free", title="chosen edges whose op has no weights"),
-              Cell("normal: skips"), Cell("reduce: param-free", title="at its stride (skip at stride 2 has weights)"),
-              Cell("reduce: skips"), Cell("H(α) normal", title="mean entropy of softmax(α) over edges, nats"),
-              Cell("H(α) reduce", title="mean entropy of softmax(α) over edges, nats"), "note"]
+    header = [
+        "run",
+        "seed",
+        Cell("normal: param-free", title="chosen edges whose op has no weights"),
+        Cell("normal: skips"),
+        Cell("reduce: param-free", title="at its stride (skip at stride 2 has weights)"),
+        Cell("reduce: skips"),
+        Cell("H(α) normal", title="mean entropy of softmax(α) over edges, nats"),
+        Cell("H(α) reduce", title="mean entropy of softmax(α) over edges, nats"),
+        "note",
+    ]
     blocks: list[Block] = [
         Heading("Found cells", 3),
-        Paragraph("Share of parameter-free ops (pooling, identity skip, none) among the chosen edges, and the "
-                  "mean entropy of the final softmax(α) per edge (from `alphas.json`; 100% of max = uniform, "
-                  f"the search did not decide). A normal cell with ≥ {COLLAPSE_SKIPS} skip connections is "
-                  "flagged as collapsed after a search (the DARTS+ criterion)."),
+        Paragraph(
+            "Share of parameter-free ops (pooling, identity skip, none) among the chosen edges, and the "
+            "mean entropy of the final softmax(α) per edge (from `alphas.json`; 100% of max = uniform, "
+            f"the search did not decide). A normal cell with ≥ {COLLAPSE_SKIPS} skip connections is "
+            "flagged as collapsed after a search (the DARTS+ criterion)."
+        ),
         Table(header, table_rows),
-        Figure(images, caption="Dashed edges are parameter-free; c_{k-2}, c_{k-1} are the cell inputs, c_k "
-                               "the concatenation of the intermediate nodes."),
+        Figure(
+            images,
+            caption="Dashed edges are parameter-free; c_{k-2}, c_{k-1} are the cell inputs, c_k "
+            "the concatenation of the intermediate nodes.",
+        ),
     ]
     return blocks, written
 
@@ -141,18 +166,24 @@ def _autoattack_checks_blocks(rows: list[RunRow]) -> list[Block]:
     table = autoattack_checks_table(rows)
     if table is None:
         return []
-    warnings = [f"**{row.run}** seed {r.seed}, {run}: `{check}` — "
-                f"{((r.eval.get('autoattack_checks_details') or {}).get(run) or {}).get(check, '')}"
-                for row in rows for r in row.results
-                for run, checks in (r.eval.get("autoattack_checks") or {}).items()
-                for check, ok in checks.items() if not ok]
+    warnings = [
+        f"**{row.run}** seed {r.seed}, {run}: `{check}` — "
+        f"{((r.eval.get('autoattack_checks_details') or {}).get(run) or {}).get(check, '')}"
+        for row in rows
+        for r in row.results
+        for run, checks in (r.eval.get("autoattack_checks") or {}).items()
+        for check, ok in checks.items()
+        if not ok
+    ]
     blocks: list[Block] = [
         Heading("AutoAttack's own checks", 3),
-        Paragraph("pyautoattack checks every run for a randomized or dynamic defense, probability outputs, too many "
-                  "target classes, zero gradients (APGD-T) and a Square attack that succeeds where the gradient "
-                  "attacks failed; it only logs them. Recorded per AutoAttack run (the protocol's and the sanity "
-                  "probes') in eval.json (`autoattack_checks`); any warning also fails the sanity check "
-                  "`autoattack_own_checks`."),
+        Paragraph(
+            "pyautoattack checks every run for a randomized or dynamic defense, probability outputs, too many "
+            "target classes, zero gradients (APGD-T) and a Square attack that succeeds where the gradient "
+            "attacks failed; it only logs them. Recorded per AutoAttack run (the protocol's and the sanity "
+            "probes') in eval.json (`autoattack_checks`); any warning also fails the sanity check "
+            "`autoattack_own_checks`."
+        ),
         table,
     ]
     if warnings:
@@ -195,13 +226,21 @@ def build_report(params: Params) -> ReportOutputs:
 
     blocks: list[Block] = [
         Heading(f"Robust NAS report — {params.data.dataset}", 1),
-        Paragraph(f"{_plural(len(rows), 'run')}, {_plural(n_eval, 'evaluation')}, each on the same {n} test examples; "
-                  f"L∞ ε = {e.epsilon:g}, L2 radius = {e.epsilon_l2:g} (pixel units, inputs in [0, 1]).", css="muted"),
+        Paragraph(
+            f"{_plural(len(rows), 'run')}, {_plural(n_eval, 'evaluation')}, each on the same {n} test examples; "
+            f"L∞ ε = {e.epsilon:g}, L2 radius = {e.epsilon_l2:g} (pixel units, inputs in [0, 1]).",
+            css="muted",
+        ),
     ]
     if failures:
-        blocks.append(Callout("danger", f"{len(failures)} sanity check failure(s): the affected robustness "
-                                        "numbers may be unreliable (gradient masking or a broken evaluation)",
-                              failures))
+        blocks.append(
+            Callout(
+                "danger",
+                f"{len(failures)} sanity check failure(s): the affected robustness "
+                "numbers may be unreliable (gradient masking or a broken evaluation)",
+                failures,
+            )
+        )
     elif rows:
         blocks.append(Callout("ok", f"Every sanity check passed ({_plural(n_eval, 'evaluation')})."))
     else:
@@ -209,28 +248,34 @@ def build_report(params: Params) -> ReportOutputs:
 
     blocks += [
         Heading("Results", 2, "results"),
-        Paragraph("Accuracy in % (higher is better) under each attack, measured on all examples; PGD counts an "
-                  "example broken if any iterate fooled the model; **worst case** counts an example robust only "
-                  "if every attack at the L∞ ε failed on it (the stand-alone Square of the sanity checks "
-                  "included), **worst case L2** likewise at the L2 radius. One seed: value and 95% Wilson "
-                  "interval; several seeds: mean ± std and the 95% t-interval of the mean. Best searched run per "
-                  "column highlighted; the teacher is a reference, not a search result."),
+        Paragraph(
+            "Accuracy in % (higher is better) under each attack, measured on all examples; PGD counts an "
+            "example broken if any iterate fooled the model; **worst case** counts an example robust only "
+            "if every attack at the L∞ ε failed on it (the stand-alone Square of the sanity checks "
+            "included), **worst case L2** likewise at the L2 radius. One seed: value and 95% Wilson "
+            "interval; several seeds: mean ± std and the 95% t-interval of the mean. Best searched run per "
+            "column highlighted; the teacher is a reference, not a search result."
+        ),
         main_table(rows),
         Figure([Image(eps_png, alt="robust accuracy vs ε"), Image(pareto_png, alt="parameters vs accuracy")]),
-        Figure([Image(cert_png, alt="certified accuracy vs ε")],
-               caption="Certified accuracy vs ε (log scale; `evaluate.certify_eps_sweep`, the bound of "
-                       "`evaluate.certify_method`): an example counts at ε when its certified radius is ≥ ε."),
+        Figure(
+            [Image(cert_png, alt="certified accuracy vs ε")],
+            caption="Certified accuracy vs ε (log scale; `evaluate.certify_eps_sweep`, the bound of "
+            "`evaluate.certify_method`): an example counts at ε when its certified radius is ≥ ε.",
+        ),
         Heading("Search", 2, "search"),
         Figure([Image(search_png, alt="search curves")]),
-        Figure([Image(cost_png, alt="robust accuracy vs search seconds")],
-               caption="What the search cost buys: worst-case robust accuracy against search seconds (one small "
-                       "point per seed, the mean ± std per run). The end-to-end cost of each method is in the "
-                       "section *End-to-end cost* below."),
+        Figure(
+            [Image(cost_png, alt="robust accuracy vs search seconds")],
+            caption="What the search cost buys: worst-case robust accuracy against search seconds (one small "
+            "point per seed, the mean ± std per run). The end-to-end cost of each method is in the "
+            "section *End-to-end cost* below.",
+        ),
         *cell_blocks,
     ]
     figures = _method_figures(rows)
     extra: list[Block] = []
-    for name, section in SECTIONS.items():
+    for section in SECTIONS.values():
         text = section(params)
         if text.strip():
             extra += markdown_blocks(text)
@@ -243,8 +288,10 @@ def build_report(params: Params) -> ReportOutputs:
     known = {name: check.doc for name, check in SANITY_CHECKS.items()}
     blocks += [
         Heading("Sanity checks", 2, "sanity"),
-        Paragraph("Recorded with every evaluation (`rnas.evaluation.sanity`); a failure means the attacks may be "
-                  "fooled (gradient masking) or the evaluation is broken, so the numbers above it are suspect."),
+        Paragraph(
+            "Recorded with every evaluation (`rnas.evaluation.sanity`); a failure means the attacks may be "
+            "fooled (gradient masking) or the evaluation is broken, so the numbers above it are suspect."
+        ),
         BulletList([f"`{name}`: {doc}" for name, doc in known.items()]),
         sanity_table(rows),
         *_autoattack_checks_blocks(rows),
@@ -259,5 +306,11 @@ def build_report(params: Params) -> ReportOutputs:
     anchors = {b.anchor for b in blocks if isinstance(b, Heading)}
     html_path.write_text(to_html(blocks, f"rnas report — {params.data.dataset}", [a for a in NAV if a[0] in anchors]))
     log.info("report -> %s, %s (%d plots)", md_path, html_path, 5 + len(cell_pngs))
-    return ReportOutputs(md_path, html_path, [eps_png, cert_png, pareto_png, search_png, cost_png, *cell_pngs], curves,
-                         [im.path for im in figures], failures)
+    return ReportOutputs(
+        md_path,
+        html_path,
+        [eps_png, cert_png, pareto_png, search_png, cost_png, *cell_pngs],
+        curves,
+        [im.path for im in figures],
+        failures,
+    )

@@ -59,7 +59,7 @@ def cell_stats(genotype: dict[str, Any], alphas: dict[str, Any] | None = None) -
     for kind in CELL_KINDS:
         edges = genotype[kind]
         free = skips = 0
-        for j, (op, src) in enumerate(edges):
+        for op, src in edges:
             stride = 2 if kind == "reduce" and src < 2 else 1
             free += is_parameter_free(op, stride)
             skips += op == "skip_connect"
@@ -81,8 +81,14 @@ def collapsed(stats: list[CellStats]) -> bool:
 # Drawing
 
 _OP_COLORS = {
-    "sep_conv_3x3": "#1f77b4", "sep_conv_5x5": "#17becf", "dil_conv_3x3": "#9467bd", "dil_conv_5x5": "#e377c2",
-    "skip_connect": "#7f7f7f", "max_pool_3x3": "#ff7f0e", "avg_pool_3x3": "#bcbd22", "none": "#d62728",
+    "sep_conv_3x3": "#1f77b4",
+    "sep_conv_5x5": "#17becf",
+    "dil_conv_3x3": "#9467bd",
+    "dil_conv_5x5": "#e377c2",
+    "skip_connect": "#7f7f7f",
+    "max_pool_3x3": "#ff7f0e",
+    "avg_pool_3x3": "#bcbd22",
+    "none": "#d62728",
 }
 
 
@@ -107,17 +113,45 @@ def _draw_cell(ax, edges: list[list[Any]], concat: list[int], kind: str) -> None
         stride = 2 if kind == "reduce" and src < 2 else 1
         free = is_parameter_free(op, stride)
         color = _OP_COLORS.get(op, "#333333")
-        ax.add_patch(FancyArrowPatch((x0, 0), (x1, 0), connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>",
-                                     mutation_scale=11, lw=1.8, color=color, linestyle="--" if free else "-",
-                                     shrinkA=11, shrinkB=11, zorder=1))
+        ax.add_patch(
+            FancyArrowPatch(
+                (x0, 0),
+                (x1, 0),
+                connectionstyle=f"arc3,rad={rad}",
+                arrowstyle="-|>",
+                mutation_scale=11,
+                lw=1.8,
+                color=color,
+                linestyle="--" if free else "-",
+                shrinkA=11,
+                shrinkB=11,
+                zorder=1,
+            )
+        )
         height = _RAD * (x1 - x0) / 2  # apex of the quadratic Bézier
         y = height if above else -height
         top = max(top, height)
-        ax.text((x0 + x1) / 2, y, op, fontsize=7, ha="center", va="center", color=color, zorder=3,
-                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec=color, lw=0.6))
+        ax.text(
+            (x0 + x1) / 2,
+            y,
+            op,
+            fontsize=7,
+            ha="center",
+            va="center",
+            color=color,
+            zorder=3,
+            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec=color, lw=0.6),
+        )
     x_out = _x("out", nodes)
-    ax.text(x_out, -0.42, "concat(" + ", ".join(str(k - 2) for k in concat) + ")", ha="center", va="top",
-            fontsize=7, color="#555555")
+    ax.text(
+        x_out,
+        -0.42,
+        "concat(" + ", ".join(str(k - 2) for k in concat) + ")",
+        ha="center",
+        va="top",
+        fontsize=7,
+        color="#555555",
+    )
     for key in [0, 1, *range(2, nodes + 2), "out"]:
         x = _x(key, nodes)
         if key in (0, 1):
@@ -126,16 +160,25 @@ def _draw_cell(ax, edges: list[list[Any]], concat: list[int], kind: str) -> None
             fc, label, box = "#fee08b", "$c_{k}$", "round,pad=0.35"
         else:
             fc, label, box = "#deebf7", str(key - 2), "circle,pad=0.3"
-        ax.text(x, 0, label, ha="center", va="center", fontsize=10, zorder=4,
-                bbox=dict(boxstyle=box, fc=fc, ec="#555555", lw=1))
+        ax.text(
+            x,
+            0,
+            label,
+            ha="center",
+            va="center",
+            fontsize=10,
+            zorder=4,
+            bbox=dict(boxstyle=box, fc=fc, ec="#555555", lw=1),
+        )
     ax.set_xlim(-0.8, x_out + 0.9)
     ax.set_ylim(-top - 0.45, top + 0.45)
     ax.set_aspect("equal")
     ax.axis("off")
 
 
-def draw_genotype(genotype: dict[str, Any], path: str | Path, title: str = "",
-                  stats: list[CellStats] | None = None) -> Path:
+def draw_genotype(
+    genotype: dict[str, Any], path: str | Path, title: str = "", stats: list[CellStats] | None = None
+) -> Path:
     """Write the normal and reduction cells side by side as one PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

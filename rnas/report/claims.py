@@ -119,8 +119,14 @@ def _search_seconds(params: Params, run: str, seed: int) -> float | None:
 
 def _rnas_cl_claims(runs: tuple[str, ...]) -> Iterator[PairedClaim]:
     for run in ("rnas_cl", "rnas_cl_cell"):
-        yield PairedClaim("RNAS-CL", "distillation helps: {a} (distilled) more robust than {b} (same architecture, "
-                          "no distillation)", run, f"{run}_nokd", "robust", +1)
+        yield PairedClaim(
+            "RNAS-CL",
+            "distillation helps: {a} (distilled) more robust than {b} (same architecture, no distillation)",
+            run,
+            f"{run}_nokd",
+            "robust",
+            +1,
+        )
         yield PairedClaim("RNAS-CL", "the searched student {a} is more robust than DARTS's", run, "darts", "robust", +1)
 
 
@@ -141,16 +147,18 @@ def _dsrna_claims(runs: tuple[str, ...]) -> Iterator[PairedClaim]:
 def _rnas_claims(runs: tuple[str, ...]) -> Iterator[PairedClaim]:
     for run in ("rnas", "rnas_adv"):
         yield PairedClaim("RNAS", "{a} has a better clean–robust trade-off than DARTS", run, "darts", "tradeoff", +1)
-    yield PairedClaim("RNAS", "the noise search {a} is not less robust than the adversarial one {b}", "rnas",
-                      "rnas_adv", "robust", 0)
+    yield PairedClaim(
+        "RNAS", "the noise search {a} is not less robust than the adversarial one {b}", "rnas", "rnas_adv", "robust", 0
+    )
 
 
 def _random_claims(runs: tuple[str, ...]) -> Iterator[PairedClaim]:
     for run in runs:
         spec = resolve_run(run)
         if spec.method != "random" and not spec.arch_from:  # ablations are not methods
-            yield PairedClaim("reality check", "{a} is more robust than a random architecture", run, "random",
-                              "robust", +1)
+            yield PairedClaim(
+                "reality check", "{a} is more robust than a random architecture", run, "random", "robust", +1
+            )
 
 
 # Each entry yields the paired claims of one paper for the runs of the profile.
@@ -163,7 +171,9 @@ CLAIMS: dict[str, Callable[[tuple[str, ...]], Iterator[PairedClaim]]] = {
 }
 
 
-def _paired(params: Params, claim: PairedClaim, cache: dict[str, dict[int, dict[str, np.ndarray]]]) -> ClaimResult | None:
+def _paired(
+    params: Params, claim: PairedClaim, cache: dict[str, dict[int, dict[str, np.ndarray]]]
+) -> ClaimResult | None:
     runs = params.pipeline.runs
     if claim.a not in runs or claim.b not in runs:
         return None
@@ -171,8 +181,14 @@ def _paired(params: Params, claim: PairedClaim, cache: dict[str, dict[int, dict[
         if run not in cache:
             cache[run] = _scores(params, run)
     sa, sb = cache[claim.a], cache[claim.b]
-    seeds = [s for s in sorted(sa) if s in sb and claim.score in sa[s] and claim.score in sb[s]
-             and sa[s][claim.score].shape == sb[s][claim.score].shape]
+    seeds = [
+        s
+        for s in sorted(sa)
+        if s in sb
+        and claim.score in sa[s]
+        and claim.score in sb[s]
+        and sa[s][claim.score].shape == sb[s][claim.score].shape
+    ]
     statement = claim.statement.format(a=f"`{claim.a}`", b=f"`{claim.b}`")
     if not seeds:
         return None
@@ -185,8 +201,9 @@ def _paired(params: Params, claim: PairedClaim, cache: dict[str, dict[int, dict[
         pb = [_eval_number(params, claim.b, s, "params") for s in seeds]
         if all(v is not None for v in pa + pb):
             detail = f"params {np.mean(pa):,.0f} vs {np.mean(pb):,.0f}"
-    return ClaimResult(claim.paper, statement, "paired", claim.direction, comp, detail=detail,
-                       effect=comp.diff, ci=comp.ci, p=comp.p)
+    return ClaimResult(
+        claim.paper, statement, "paired", claim.direction, comp, detail=detail, effect=comp.diff, ci=comp.ci, p=comp.p
+    )
 
 
 def _budget_claim(params: Params) -> ClaimResult | None:
@@ -217,8 +234,9 @@ def _budget_claim(params: Params) -> ClaimResult | None:
     v = "contradicted" if broken else "supported"
     detail += f"; non-decreasing in {len(per_seed) - len(broken)}/{len(per_seed)} seeds"
     detail += "; every mean within its budget" if within else "; some mean above its budget"
-    return ClaimResult("LRNAS", "the parameter count follows λ (non-decreasing in the budget)", "budget",
-                       verdict=v, detail=detail)
+    return ClaimResult(
+        "LRNAS", "the parameter count follows λ (non-decreasing in the budget)", "budget", verdict=v, detail=detail
+    )
 
 
 def _cost_claim(params: Params) -> ClaimResult | None:
@@ -234,8 +252,13 @@ def _cost_claim(params: Params) -> ClaimResult | None:
         return None
     logs = np.log(ratios)
     mean = float(np.mean(logs))
-    res = ClaimResult("RNAS", "the noise search `rnas` costs a fraction of the adversarial one `rnas_adv`",
-                      "cost", direction=-1, effect=math.exp(mean))
+    res = ClaimResult(
+        "RNAS",
+        "the noise search `rnas` costs a fraction of the adversarial one `rnas_adv`",
+        "cost",
+        direction=-1,
+        effect=math.exp(mean),
+    )
     if len(logs) >= 2 and float(np.std(logs, ddof=1)) > 0:
         se = float(np.std(logs, ddof=1)) / math.sqrt(len(logs))
         t_crit = t_quantile(0.975, len(logs) - 1)
@@ -263,11 +286,15 @@ def _teacher_premise(params: Params) -> ClaimResult | None:
         return None
     best = max(students, key=students.get)
     gap = teacher - students[best]
-    return ClaimResult("RNAS-CL", f"premise: the robust teacher is at least {100 * TEACHER_MARGIN:.0f} points more "
-                       "robust than every student", "premise",
-                       verdict="supported" if gap >= TEACHER_MARGIN else "contradicted", effect=gap,
-                       detail=f"teacher {100 * teacher:.1f}% vs the best student `{best}` {100 * students[best]:.1f}% "
-                              f"(worst case, mean over seeds): {_pts(gap)} pts")
+    return ClaimResult(
+        "RNAS-CL",
+        f"premise: the robust teacher is at least {100 * TEACHER_MARGIN:.0f} points more robust than every student",
+        "premise",
+        verdict="supported" if gap >= TEACHER_MARGIN else "contradicted",
+        effect=gap,
+        detail=f"teacher {100 * teacher:.1f}% vs the best student `{best}` {100 * students[best]:.1f}% "
+        f"(worst case, mean over seeds): {_pts(gap)} pts",
+    )
 
 
 def evaluate_claims(params: Params) -> list[ClaimResult]:
@@ -309,8 +336,13 @@ def evaluate_claims(params: Params) -> list[ClaimResult]:
             r.mde = r.comparison.mde_at(strictest if r.direction != 0 else ALPHA)
     for r in results:
         if r.kind == "paired":
-            r.verdict = verdict(r.direction, r.comparison.diff, r.comparison.ci,
-                                r.p_adjusted if r.p_adjusted is not None else 1.0, margin=NONINFERIORITY_MARGIN)
+            r.verdict = verdict(
+                r.direction,
+                r.comparison.diff,
+                r.comparison.ci,
+                r.p_adjusted if r.p_adjusted is not None else 1.0,
+                margin=NONINFERIORITY_MARGIN,
+            )
         elif r.kind == "cost":
             if r.p_adjusted is not None and r.p_adjusted < 0.05:
                 r.verdict = "supported" if r.effect < 1 else "contradicted"
@@ -346,12 +378,16 @@ def _row(r: ClaimResult) -> str:
             extra = (extra + "; " if extra else "") + f"margin {100 * NONINFERIORITY_MARGIN:.0f} pts"
         mcn = "; ".join(f"s{s}: {ab}/{ba}, p {_p(p)}" for s, ab, ba, p in c.per_seed)
         detail = "; ".join(x for x in (r.detail, extra, f"McNemar (A-only/B-only) {mcn}") if x)
-        return (f"| {r.paper} | {r.statement} | {effect} | {ci} | {_p(c.p)} | {_p(r.p_adjusted)} | "
-                f"**{r.verdict}** | {design} | {detail} |")
+        return (
+            f"| {r.paper} | {r.statement} | {effect} | {ci} | {_p(c.p)} | {_p(r.p_adjusted)} | "
+            f"**{r.verdict}** | {design} | {detail} |"
+        )
     if r.kind == "cost":
         ci = f"[{r.ci[0]:.2f}, {r.ci[1]:.2f}]" if r.ci else "–"
-        return (f"| {r.paper} | {r.statement} | ×{r.effect:.2f} | {ci} | {_p(r.p)} | {_p(r.p_adjusted)} | "
-                f"**{r.verdict}** | – | {r.detail} |")
+        return (
+            f"| {r.paper} | {r.statement} | ×{r.effect:.2f} | {ci} | {_p(r.p)} | {_p(r.p_adjusted)} | "
+            f"**{r.verdict}** | – | {r.detail} |"
+        )
     effect = f"{_pts(r.effect)} pts" if r.kind == "premise" and r.effect is not None else "–"
     return f"| {r.paper} | {r.statement} | {effect} | – | – | – | **{r.verdict}** | – | {r.detail} |"
 

@@ -132,8 +132,7 @@ def rows_from_mlflow(params: Params, tracking_uri: str | None = None) -> list[Ru
     and ``certified_eps_sweep/<ε>`` metrics."""
     import mlflow
 
-    from rnas.tracking import experiment_name
-    from rnas.tracking import tracking_uri as default_uri
+    from rnas.tracking import experiment_name, tracking_uri as default_uri
 
     client = mlflow.MlflowClient(tracking_uri or default_uri(params.tracking))
     exp = client.get_experiment_by_name(experiment_name(params))
@@ -141,8 +140,11 @@ def rows_from_mlflow(params: Params, tracking_uri: str | None = None) -> list[Ru
         return []
 
     def search(stage: str) -> dict[tuple[str, str], Any]:
-        found = client.search_runs([exp.experiment_id], max_results=5000,
-                                   filter_string=f"tags.stage = '{stage}' and attributes.status = 'FINISHED'")
+        found = client.search_runs(
+            [exp.experiment_id],
+            max_results=5000,
+            filter_string=f"tags.stage = '{stage}' and attributes.status = 'FINISHED'",
+        )
         return _latest(found)
 
     evals, searches = search("evaluate"), search("search")
@@ -152,8 +154,9 @@ def rows_from_mlflow(params: Params, tracking_uri: str | None = None) -> list[Ru
         tags, metrics = r.data.tags, dict(r.data.metrics)
         ev: dict[str, Any] = {k: v for k, v in metrics.items() if "/" not in k}
         ev["eps_sweep"] = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("eps_sweep/")}
-        ev["certified_eps_sweep"] = {k.split("/", 1)[1]: v for k, v in metrics.items()
-                                     if k.startswith("certified_eps_sweep/")}
+        ev["certified_eps_sweep"] = {
+            k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("certified_eps_sweep/")
+        }
         ev["sanity"] = {k.split(".", 1)[1]: v == "pass" for k, v in tags.items() if k.startswith("sanity.")}
         ev.update({k: tags[k] for k in ("device", "device_name") if k in tags})
         if "n_examples" in ev:
@@ -165,8 +168,9 @@ def rows_from_mlflow(params: Params, tracking_uri: str | None = None) -> list[Ru
             res.train = {"seconds": trains[(run, seed)].data.metrics.get("train_seconds")}
         if run not in by_run:
             reference = tags.get("method") == "teacher"
-            by_run[run] = RunRow(run, tags.get("method", "?"), tags.get("variant", "?"),
-                                 "family" if reference else "cell", reference)
+            by_run[run] = RunRow(
+                run, tags.get("method", "?"), tags.get("variant", "?"), "family" if reference else "cell", reference
+            )
         by_run[run].results.append(res)
     order = {run: i for i, run in enumerate(params.pipeline.runs)}
     return sorted(by_run.values(), key=lambda row: (row.reference, order.get(row.run, len(order)), row.run))

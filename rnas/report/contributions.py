@@ -16,8 +16,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
 
 
-def plot_contributions(values: list[list[float]], epochs: list[int], row_labels: list[str], cells: list[str],
-                       path: str | Path, title: str = "LRNAS contributions") -> Path:
+def plot_contributions(
+    values: list[list[float]],
+    epochs: list[int],
+    row_labels: list[str],
+    cells: list[str],
+    path: str | Path,
+    title: str = "LRNAS contributions",
+) -> Path:
     """Write the heat map as a PNG. ``values`` is (n_epochs, n_players); ``row_labels`` and
     ``cells`` (the cell type of each player) have one entry per player."""
     path = Path(path)
@@ -26,8 +32,14 @@ def plot_contributions(values: list[list[float]], epochs: list[int], row_labels:
     rows = [[i for i, c in enumerate(cells) if c == kind] for kind in kinds]
     n_rows = max(len(r) for r in rows)
     limit = max((abs(v) for row in values for v in row), default=1.0) or 1.0
-    fig, axes = plt.subplots(1, len(kinds), squeeze=False, sharey=True, constrained_layout=True,
-                             figsize=(2.2 + (1.2 + 0.15 * len(epochs)) * len(kinds), 1.0 + 0.075 * n_rows))
+    fig, axes = plt.subplots(
+        1,
+        len(kinds),
+        squeeze=False,
+        sharey=True,
+        constrained_layout=True,
+        figsize=(2.2 + (1.2 + 0.15 * len(epochs)) * len(kinds), 1.0 + 0.075 * n_rows),
+    )
     im = None
     for col, (ax, kind, idx) in enumerate(zip(axes[0], kinds, rows)):
         grid = [[values[t][i] for t in range(len(epochs))] for i in idx]  # (rows, epochs)

@@ -17,8 +17,11 @@ from rnas.config import Params
 from rnas.report.collect import RunRow, collect
 from rnas.runs import resolve_run
 
-STAGES: tuple[tuple[str, str], ...] = (("search_seconds", "search"), ("train_seconds", "retrain"),
-                                       ("eval_seconds", "evaluate"))
+STAGES: tuple[tuple[str, str], ...] = (
+    ("search_seconds", "search"),
+    ("train_seconds", "retrain"),
+    ("eval_seconds", "evaluate"),
+)
 
 
 def _mean(values: list[float]) -> str:
@@ -34,9 +37,15 @@ def cost_rows(rows: list[RunRow]) -> list[dict]:
             continue
         means = {k: (statistics.mean(v) if (v := row.values(k)) else None) for k, _ in STAGES}
         known = [v for v in means.values() if v is not None]
-        out.append({"run": row.run, "seeds": len(row.results), **means,
-                    "total": sum(known) if len(known) == len(STAGES) else None,
-                    "needs_teacher": resolve_run(row.run).needs_teacher})
+        out.append(
+            {
+                "run": row.run,
+                "seeds": len(row.results),
+                **means,
+                "total": sum(known) if len(known) == len(STAGES) else None,
+                "needs_teacher": resolve_run(row.run).needs_teacher,
+            }
+        )
     return out
 
 
@@ -59,8 +68,9 @@ def cost_markdown(params: Params) -> str:
     for r in table:
         cells = [_mean([r[k]] if r[k] is not None else []) for k, _ in STAGES]
         total = f"{r['total']:.0f}" if r["total"] is not None else "–"
-        lines.append(f"| {r['run']}{' †' if r['needs_teacher'] else ''} | {r['seeds']} | {' | '.join(cells)} | "
-                     f"{total} |")
+        lines.append(
+            f"| {r['run']}{' †' if r['needs_teacher'] else ''} | {r['seeds']} | {' | '.join(cells)} | {total} |"
+        )
     teacher = next((row for row in rows if row.reference), None)
     if teacher is not None:
         train, ev = teacher.values("train_seconds"), teacher.values("eval_seconds")

@@ -50,15 +50,34 @@ def curve_specs(params: Params) -> list[CurveSpec]:
     cell = [(r, s) for r, s in searched if resolve_run(r).space == "cell"]
     all_runs = [*runs, (paths.TEACHER, 0)]
     return [
-        CurveSpec("eps_sweep.json", "epsilon", tuple(_series(r, s) for r, s in all_runs),
-                  "accuracy under PGD-20 vs L∞ ε", "accuracy"),
-        CurveSpec("search_val_acc.json", "epoch", tuple(_series(r, s) for r, s in searched),
-                  "supernet validation accuracy during the search", "val_acc"),
-        CurveSpec("search_alpha_entropy.json", "epoch",
-                  tuple(f"{_series(r, s)}/{kind}" for r, s in cell for kind in ("normal", "reduce")),
-                  "mean entropy of softmax(α) per edge (nats)", "H(α)"),
-        CurveSpec("retrain_val_robust_acc.json", "epoch", tuple(_series(r, s) for r, s in all_runs),
-                  "validation robust accuracy while (re)training", "val_robust_acc"),
+        CurveSpec(
+            "eps_sweep.json",
+            "epsilon",
+            tuple(_series(r, s) for r, s in all_runs),
+            "accuracy under PGD-20 vs L∞ ε",
+            "accuracy",
+        ),
+        CurveSpec(
+            "search_val_acc.json",
+            "epoch",
+            tuple(_series(r, s) for r, s in searched),
+            "supernet validation accuracy during the search",
+            "val_acc",
+        ),
+        CurveSpec(
+            "search_alpha_entropy.json",
+            "epoch",
+            tuple(f"{_series(r, s)}/{kind}" for r, s in cell for kind in ("normal", "reduce")),
+            "mean entropy of softmax(α) per edge (nats)",
+            "H(α)",
+        ),
+        CurveSpec(
+            "retrain_val_robust_acc.json",
+            "epoch",
+            tuple(_series(r, s) for r, s in all_runs),
+            "validation robust accuracy while (re)training",
+            "val_robust_acc",
+        ),
     ]
 
 
@@ -91,8 +110,11 @@ def _values(params: Params, spec: CurveSpec, series: str) -> dict[float, float]:
     else:
         history = (_read(paths.train_log(params, run, seed)) or {}).get("history") or []
         key = "val_robust_acc"
-    return {float(e + 1): float(h[key]) for e, h in enumerate(history)
-            if isinstance(h.get(key), (int, float)) and not isinstance(h.get(key), bool)}
+    return {
+        float(e + 1): float(h[key])
+        for e, h in enumerate(history)
+        if isinstance(h.get(key), (int, float)) and not isinstance(h.get(key), bool)
+    }
 
 
 def write_curves(params: Params) -> list[Path]:
@@ -101,8 +123,9 @@ def write_curves(params: Params) -> list[Path]:
     for spec in curve_specs(params):
         values = {s: _values(params, spec, s) for s in spec.series}
         xs = sorted({x for v in values.values() for x in v})
-        records = [{spec.x: (int(x) if spec.x == "epoch" else x), **{s: values[s].get(x) for s in spec.series}}
-                   for x in xs]
+        records = [
+            {spec.x: (int(x) if spec.x == "epoch" else x), **{s: values[s].get(x) for s in spec.series}} for x in xs
+        ]
         path = paths.plots_dir(params) / spec.file
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(records, indent=1) + "\n")
@@ -116,8 +139,17 @@ def dvc_plots(params: Params) -> list[Any]:
     for spec, path in zip(curve_specs(params), curve_files(params)):
         if not spec.series:
             continue
-        entries.append({spec.file.removesuffix(".json"): {
-            "template": "linear", "x": spec.x, "y": {str(path): list(spec.series)},
-            "title": spec.title, "x_label": spec.x, "y_label": spec.y_label}})
+        entries.append(
+            {
+                spec.file.removesuffix(".json"): {
+                    "template": "linear",
+                    "x": spec.x,
+                    "y": {str(path): list(spec.series)},
+                    "title": spec.title,
+                    "x_label": spec.x,
+                    "y_label": spec.y_label,
+                }
+            }
+        )
     entries += [str(png) for png in paths.report_plots(params)]
     return entries

@@ -46,9 +46,11 @@ def decisions_markdown(params: Params) -> str:
             decided = bool(search.get("decided"))
             if not decided:
                 undecided.append(f"{run} (seed {seed})")
-            lines.append(f"| {run} | {seed} | {search['stable_from_epoch']}/{epochs} | "
-                         f"{'yes' if decided else '**no**'} | {search.get('decision_changes', '–')} | "
-                         f"{_entropy_share(alphas, 'normal')} | {_entropy_share(alphas, 'reduce')} |")
+            lines.append(
+                f"| {run} | {seed} | {search['stable_from_epoch']}/{epochs} | "
+                f"{'yes' if decided else '**no**'} | {search.get('decision_changes', '–')} | "
+                f"{_entropy_share(alphas, 'normal')} | {_entropy_share(alphas, 'reduce')} |"
+            )
     if not lines:
         return ""
     head = [

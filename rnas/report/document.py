@@ -236,8 +236,10 @@ def _html_blocks(blocks: list[Block]) -> list[str]:
             rows = ["<tr>" + "".join(_html_cell(h, "th") for h in b.header) + "</tr>"]
             rows += ["<tr>" + "".join(_html_cell(c, "td") for c in row) + "</tr>" for row in b.rows]
             caption = f"<caption>{_inline(b.caption)}</caption>" if b.caption else ""
-            out.append(f'<div class="table-wrap"><table{css}>{caption}<thead>{rows[0]}</thead>'
-                       f"<tbody>{''.join(rows[1:])}</tbody></table></div>")
+            out.append(
+                f'<div class="table-wrap"><table{css}>{caption}<thead>{rows[0]}</thead>'
+                f"<tbody>{''.join(rows[1:])}</tbody></table></div>"
+            )
         elif isinstance(b, Figure):
             items = []
             for im in b.images:
@@ -249,8 +251,10 @@ def _html_blocks(blocks: list[Block]) -> list[str]:
             out.append(f'<figure><div class="row">{"".join(items)}</div>{caption}</figure>')
         elif isinstance(b, Callout):
             items = "<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b.items) + "</ul>" if b.items else ""
-            out.append(f'<div class="callout {html.escape(b.kind)}"><div class="title">'
-                       f"{_ICON.get(b.kind, '')} {_inline(b.title)}</div>{items}</div>")
+            out.append(
+                f'<div class="callout {html.escape(b.kind)}"><div class="title">'
+                f"{_ICON.get(b.kind, '')} {_inline(b.title)}</div>{items}</div>"
+            )
         elif isinstance(b, Details):
             out.append(f"<details><summary>{_inline(b.summary)}</summary>{''.join(_html_blocks(b.blocks))}</details>")
         else:
@@ -267,9 +271,11 @@ def to_html(blocks: list[Block], title: str, nav: list[tuple[str, str]] | None =
     if nav and body.startswith("<h1"):
         first, rest = body.split("\n", 1) if "\n" in body else (body, "")
         body = f"{first}\n{links}\n{rest}"
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
 
 
 # --------------------------------------------------------------------------------------------

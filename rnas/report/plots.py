@@ -58,8 +58,9 @@ def _styles(rows: list[RunRow]) -> dict[str, dict]:
             continue
         colour = methods.setdefault(row.method, len(methods))
         k = per_method[row.method] = per_method.get(row.method, -1) + 1
-        styles[row.run] = dict(color=cmap(colour % 10), marker=MARKERS[k % len(MARKERS)],
-                               linestyle=LINESTYLES[k % len(LINESTYLES)])
+        styles[row.run] = dict(
+            color=cmap(colour % 10), marker=MARKERS[k % len(MARKERS)], linestyle=LINESTYLES[k % len(LINESTYLES)]
+        )
     return styles
 
 
@@ -97,11 +98,21 @@ def _sweep_curves(rows: list[RunRow], key: str, positive_only: bool = False) -> 
 def _plot_mean_and_band(ax, row: RunRow, points: list, style: dict[str, Any], label: str) -> None:
     """The mean over seeds (in %) as a line, and the min–max band when there are several seeds."""
     xs = [e for e, _ in points]
-    ax.plot(xs, [100 * statistics.mean(v) for _, v in points], label=label,
-            **dict(style, lw=1.5 if row.reference else 1.8, ms=4))
+    ax.plot(
+        xs,
+        [100 * statistics.mean(v) for _, v in points],
+        label=label,
+        **dict(style, lw=1.5 if row.reference else 1.8, ms=4),
+    )
     if any(len(v) > 1 for _, v in points):
-        ax.fill_between(xs, [100 * min(v) for _, v in points], [100 * max(v) for _, v in points],
-                        color=style["color"], alpha=0.15, lw=0)
+        ax.fill_between(
+            xs,
+            [100 * min(v) for _, v in points],
+            [100 * max(v) for _, v in points],
+            color=style["color"],
+            alpha=0.15,
+            lw=0,
+        )
 
 
 def plot_eps_sweep(rows: list[RunRow], path: str | Path, epsilon: float | None = None) -> Path:
@@ -182,14 +193,29 @@ def plot_pareto(rows: list[RunRow], path: str | Path) -> Path:
     styles = _styles(rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     xy = [(statistics.mean(p), 100 * statistics.mean(a)) for _, p, a in pts]
-    for (row, p, a), (x, y) in zip(pts, xy):
+    for (row, _, a), (x, y) in zip(pts, xy):
         err = 100 * statistics.stdev(a) if len(a) > 1 else 0.0
-        ax.errorbar(x, y, yerr=err or None, fmt=styles[row.run]["marker"], ms=8, color=styles[row.run]["color"],
-                    capsize=3, zorder=3)
+        ax.errorbar(
+            x,
+            y,
+            yerr=err or None,
+            fmt=styles[row.run]["marker"],
+            ms=8,
+            color=styles[row.run]["color"],
+            capsize=3,
+            zorder=3,
+        )
         ax.annotate(row.run, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
     front = pareto_front(xy)
-    ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], color="#2ca02c", lw=1.5, linestyle="--",
-            zorder=2, label="Pareto front")
+    ax.plot(
+        [xy[i][0] for i in front],
+        [xy[i][1] for i in front],
+        color="#2ca02c",
+        lw=1.5,
+        linestyle="--",
+        zorder=2,
+        label="Pareto front",
+    )
     ax.set_xscale("log")
     ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel(label)
@@ -221,8 +247,9 @@ def plot_cost(rows: list[RunRow], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for row, seeds in pts:
         st = styles[row.run]
-        ax.scatter([t for t, _ in seeds], [a for _, a in seeds], s=14, color=st["color"], marker=st["marker"],
-                   alpha=0.45, lw=0)
+        ax.scatter(
+            [t for t, _ in seeds], [a for _, a in seeds], s=14, color=st["color"], marker=st["marker"], alpha=0.45, lw=0
+        )
         x, y = statistics.mean(t for t, _ in seeds), statistics.mean(a for _, a in seeds)
         yerr = statistics.stdev(a for _, a in seeds) if len(seeds) > 1 else None
         xerr = statistics.stdev(t for t, _ in seeds) if len(seeds) > 1 else None
@@ -231,8 +258,14 @@ def plot_cost(rows: list[RunRow], path: str | Path) -> Path:
     for row in rows:
         if row.reference and row.values("robust_acc"):
             ax.axhline(100 * statistics.mean(row.values("robust_acc")), color="#444444", lw=1, linestyle="--")
-            ax.text(1.0, 100 * statistics.mean(row.values("robust_acc")), f" {row.run} (reference)", fontsize=8,
-                    color="#444444", va="bottom")
+            ax.text(
+                1.0,
+                100 * statistics.mean(row.values("robust_acc")),
+                f" {row.run} (reference)",
+                fontsize=8,
+                color="#444444",
+                va="bottom",
+            )
     ax.set_xscale("log")
     ax.set_xlabel("search seconds (log scale; < 1 s shown at 1 s)")
     ax.set_ylabel("worst-case robust accuracy (%)")
@@ -265,8 +298,14 @@ def plot_search_curves(rows: list[RunRow], path: str | Path) -> Path:
             if not pts:
                 continue
             scale = 100 if key.endswith("_acc") else 1
-            ax.plot([e for e, _ in pts], [scale * v for _, v in pts], ms=3, lw=1.6, **styles[row.run],
-                    label=row.run + (f" s{seed}" if multi_seed else ""))
+            ax.plot(
+                [e for e, _ in pts],
+                [scale * v for _, v in pts],
+                ms=3,
+                lw=1.6,
+                **styles[row.run],
+                label=row.run + (f" s{seed}" if multi_seed else ""),
+            )
         if key.startswith("alpha_entropy"):  # absolute scale: 0 = one op per edge, ln K = uniform α
             h_max = math.log(len(PRIMITIVES))
             ax.axhline(h_max, color="#999999", lw=1, linestyle=":")

@@ -57,13 +57,18 @@ def noise_vs_adversarial_markdown(params: Params) -> str:
         "|---|---|---|---|---|---|",
     ]
     for run, label, v in ((NOISE_RUN, "noise", noise), (ADV_RUN, "adversarial (PGD)", adv)):
-        lines.append(f"| {run} | {label} | {len(v['search_seconds'])} | {_mean(v['search_seconds']):.0f} | "
-                     f"{100 * _mean(v['clean_acc']):.1f} | {100 * _mean(v['robust_acc']):.1f} |")
+        lines.append(
+            f"| {run} | {label} | {len(v['search_seconds'])} | {_mean(v['search_seconds']):.0f} | "
+            f"{100 * _mean(v['clean_acc']):.1f} | {100 * _mean(v['robust_acc']):.1f} |"
+        )
     t_noise, t_adv = _mean(noise["search_seconds"]), _mean(adv["search_seconds"])
     if t_noise > 0 and t_adv > 0:
-        lines += ["", f"The noise search took {t_noise / t_adv:.2f}× the time of the adversarial one "
-                      f"({t_adv / t_noise:.1f}× faster); robust accuracy "
-                      f"{100 * (_mean(noise['robust_acc']) - _mean(adv['robust_acc'])):+.1f} points, clean accuracy "
-                      f"{100 * (_mean(noise['clean_acc']) - _mean(adv['clean_acc'])):+.1f} points (noise − adversarial)."]
+        lines += [
+            "",
+            f"The noise search took {t_noise / t_adv:.2f}× the time of the adversarial one "
+            f"({t_adv / t_noise:.1f}× faster); robust accuracy "
+            f"{100 * (_mean(noise['robust_acc']) - _mean(adv['robust_acc'])):+.1f} points, clean accuracy "
+            f"{100 * (_mean(noise['clean_acc']) - _mean(adv['clean_acc'])):+.1f} points (noise − adversarial).",
+        ]
     lines.append("")
     return "\n".join(lines)

@@ -133,8 +133,9 @@ def t_quantile(q: float, df: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], n_boot: int = 10_000, seed: int = 0,
-                        level: float = 0.95) -> tuple[float, float]:
+def paired_bootstrap_ci(
+    a: Sequence[float], b: Sequence[float], n_boot: int = 10_000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile interval of mean(a) − mean(b), resampling the *pairs* (examples) together."""
     a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a_arr.shape != b_arr.shape or a_arr.ndim != 1 or a_arr.size == 0:
@@ -208,8 +209,9 @@ def _as_matrix(flags: Sequence[Sequence[float]]) -> np.ndarray:
     return arr
 
 
-def compare_paired(metric: str, a: Sequence[Sequence[float]], b: Sequence[Sequence[float]],
-                   seeds: Sequence[int] | None = None) -> Comparison:
+def compare_paired(
+    metric: str, a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], seeds: Sequence[int] | None = None
+) -> Comparison:
     """Compare per-example scores ``a`` and ``b`` of shape (seeds, examples), paired row by row.
 
     Scores are usually 0/1 correctness flags; a score in [0, 1] (e.g. the mean of a clean and a
@@ -244,12 +246,24 @@ def compare_paired(metric: str, a: Sequence[Sequence[float]], b: Sequence[Sequen
         se = se_examples
         test = "McNemar (one seed)"
     mde = detectable_difference(se, df)
-    return Comparison(metric=metric, n_seeds=n_seeds, n_examples=n_examples, diff=diff, ci=ci, p=p,
-                      mde=mde, test=test, per_seed=tuple(per_seed), se=se, df=df)
+    return Comparison(
+        metric=metric,
+        n_seeds=n_seeds,
+        n_examples=n_examples,
+        diff=diff,
+        ci=ci,
+        p=p,
+        mde=mde,
+        test=test,
+        per_seed=tuple(per_seed),
+        se=se,
+        df=df,
+    )
 
 
-def verdict(direction: int, diff: float, ci: tuple[float, float], p_adjusted: float, margin: float = 0.0,
-            alpha: float = ALPHA) -> str:
+def verdict(
+    direction: int, diff: float, ci: tuple[float, float], p_adjusted: float, margin: float = 0.0, alpha: float = ALPHA
+) -> str:
     """``supported`` / ``contradicted`` / ``inconclusive`` for a claim about diff = A − B.
 
     ``direction`` +1 claims A > B, −1 claims A < B; ``direction`` 0 is a non-inferiority claim

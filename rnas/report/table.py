@@ -46,10 +46,16 @@ ACCURACY_COLUMNS: tuple[Column, ...] = (
     Column("pgd20_acc", "PGD-20", "PGD-20 at the L∞ ε, random start; broken if any iterate fooled the model"),
     Column("pgd100_acc", "PGD-100", "PGD-100 at the L∞ ε, random start; broken if any iterate fooled the model"),
     Column("autoattack_acc", "AutoAttack", "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square) at the L∞ ε"),
-    Column("apgd_acc", "APGD-CE+T", "AutoAttack's gradient attacks (APGD-CE, then APGD-T with 9 targets), standard "
-                                    "settings, at the L∞ ε"),
-    Column("robust_acc", "worst case", "per example: robust only if every attack at the L∞ ε failed on it "
-                                       "(stand-alone Square included)"),
+    Column(
+        "apgd_acc",
+        "APGD-CE+T",
+        "AutoAttack's gradient attacks (APGD-CE, then APGD-T with 9 targets), standard settings, at the L∞ ε",
+    ),
+    Column(
+        "robust_acc",
+        "worst case",
+        "per example: robust only if every attack at the L∞ ε failed on it (stand-alone Square included)",
+    ),
     Column("autoattack_l2_acc", "AutoAttack-L2", "AutoAttack standard at the L2 radius"),
     Column("cw_acc", "C&W-L2", "Carlini–Wagner at the L2 radius"),
     Column("deepfool_acc", "DeepFool-L2", "DeepFool at the L2 radius"),
@@ -70,9 +76,38 @@ def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 # Two-sided 95% quantiles t_{0.975, df} of Student's t for df = 1..30 (any statistics table);
 # beyond 30 degrees of freedom the normal quantile 1.96 is within 2%.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def seed_interval(values: Sequence[float]) -> tuple[float, float]:
@@ -89,16 +124,22 @@ def acc_cell(values: Sequence[float], n: int) -> Cell:
         return Cell("–", css="na")
     if len(values) == 1:
         lo, hi = wilson_interval(values[0], n)
-        return Cell(f"{100 * values[0]:.1f}", f"[{100 * lo:.1f}–{100 * hi:.1f}]",
-                    title=f"95% Wilson interval over {n} examples")
+        return Cell(
+            f"{100 * values[0]:.1f}", f"[{100 * lo:.1f}–{100 * hi:.1f}]", title=f"95% Wilson interval over {n} examples"
+        )
     lo, hi = seed_interval(values)
-    return Cell(f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}",
-                f"[{100 * lo:.1f}–{100 * hi:.1f}]", title=f"mean ± std over {len(values)} seeds; 95% t-interval")
+    return Cell(
+        f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}",
+        f"[{100 * lo:.1f}–{100 * hi:.1f}]",
+        title=f"mean ± std over {len(values)} seeds; 95% t-interval",
+    )
 
 
 RADIUS_KEY = "certified_radius_median"
-RADIUS_TIP = ("median over the examples of the certified radius: the largest L∞ ε at which the bound certifies "
-              "the example (bisection; 0 when not certified at certify_radius_min), pixel units")
+RADIUS_TIP = (
+    "median over the examples of the certified radius: the largest L∞ ε at which the bound certifies "
+    "the example (bisection; 0 when not certified at certify_radius_min), pixel units"
+)
 
 
 def radius_cell(values: Sequence[float]) -> Cell:
@@ -107,8 +148,10 @@ def radius_cell(values: Sequence[float]) -> Cell:
         return Cell("–", css="na")
     if len(values) == 1:
         return Cell(f"{values[0]:.2g}", title=RADIUS_TIP)
-    return Cell(f"{statistics.mean(values):.2g} ± {statistics.stdev(values):.1g}",
-                title=f"mean ± std over {len(values)} seeds of the {RADIUS_TIP}")
+    return Cell(
+        f"{statistics.mean(values):.2g} ± {statistics.stdev(values):.1g}",
+        title=f"mean ± std over {len(values)} seeds of the {RADIUS_TIP}",
+    )
 
 
 def fmt_count(values: Sequence[float]) -> str:
@@ -202,29 +245,47 @@ def main_table(rows: Sequence[RunRow]) -> Table:
     header += [Cell(c.label, title=c.tooltip) for c in cols]
     radius = any(row.values(RADIUS_KEY) for row in rows)
     header += [Cell("median cert. radius", title=RADIUS_TIP)] if radius else []
-    header += [Cell("params"), Cell("MACs", title="multiply-adds of one forward pass"),
-               Cell("search", title="search wall time (search.json)"),
-               Cell("wall", title="search + retrain + evaluation wall time"),
-               Cell("device", title="what ran the evaluation"), Cell("sanity")]
+    header += [
+        Cell("params"),
+        Cell("MACs", title="multiply-adds of one forward pass"),
+        Cell("search", title="search wall time (search.json)"),
+        Cell("wall", title="search + retrain + evaluation wall time"),
+        Cell("device", title="what ran the evaluation"),
+        Cell("sanity"),
+    ]
     best = {c.key: _best(rows, c.key) for c in cols}
     body = []
     for row in rows:
         name_css = "ref" if row.reference else None
         failed = sanity_counts(row.results)[2]
         method = method_label(row)
-        cells: list[str | Cell] = [Cell(row.run + (" (reference)" if row.reference else ""),
-                                        None if method == row.run else method, css=name_css), str(len(row.results))]
+        cells: list[str | Cell] = [
+            Cell(
+                row.run + (" (reference)" if row.reference else ""), None if method == row.run else method, css=name_css
+            ),
+            str(len(row.results)),
+        ]
         for c in cols:
             cell = acc_cell(row.values(c.key), row.n_examples)
             values = row.values(c.key)
-            if best[c.key] is not None and values and not row.reference and not failed and math.isclose(
-                    statistics.mean(values), best[c.key]):
+            if (
+                best[c.key] is not None
+                and values
+                and not row.reference
+                and not failed
+                and math.isclose(statistics.mean(values), best[c.key])
+            ):
                 cell.css = "best"
             cells.append(cell)
         cells += [radius_cell(row.values(RADIUS_KEY))] if radius else []
-        cells += [fmt_count(row.values("params")), fmt_count(row.values("macs")),
-                  fmt_seconds(row.values("search_seconds")), fmt_seconds(row.values("wall_seconds")),
-                  device_label(row.results), sanity_cell(row.results)]
+        cells += [
+            fmt_count(row.values("params")),
+            fmt_count(row.values("macs")),
+            fmt_seconds(row.values("search_seconds")),
+            fmt_seconds(row.values("wall_seconds")),
+            device_label(row.results),
+            sanity_cell(row.results),
+        ]
         body.append(cells)
     return Table(header, body, css="main")
 
@@ -233,9 +294,19 @@ def seed_table(rows: Sequence[RunRow]) -> Table:
     """One row per run and seed, every accuracy with its Wilson interval."""
     cols = present_columns(rows)
     radius = any(row.values(RADIUS_KEY) for row in rows)
-    header: list[str | Cell] = ["run", "seed", *(Cell(c.label, title=c.tooltip) for c in cols),
-                                *([Cell("median cert. radius", title=RADIUS_TIP)] if radius else []),
-                                "params", "MACs", "search", "retrain", "evaluation", "device", "sanity"]
+    header: list[str | Cell] = [
+        "run",
+        "seed",
+        *(Cell(c.label, title=c.tooltip) for c in cols),
+        *([Cell("median cert. radius", title=RADIUS_TIP)] if radius else []),
+        "params",
+        "MACs",
+        "search",
+        "retrain",
+        "evaluation",
+        "device",
+        "sanity",
+    ]
     body = []
     for row in rows:
         for r in row.results:
@@ -243,10 +314,14 @@ def seed_table(rows: Sequence[RunRow]) -> Table:
             cells: list[str | Cell] = [row.run, str(r.seed)]
             cells += [acc_cell([v] if (v := r.number(c.key)) is not None else [], n) for c in cols]
             cells += [radius_cell([v] if (v := r.number(RADIUS_KEY)) is not None else [])] if radius else []
-            cells += [fmt_count([v] if (v := r.number("params")) is not None else []),
-                      fmt_count([v] if (v := r.number("macs")) is not None else [])]
-            cells += [fmt_seconds([v] if (v := r.number(k)) is not None else [])
-                      for k in ("search_seconds", "train_seconds", "eval_seconds")]
+            cells += [
+                fmt_count([v] if (v := r.number("params")) is not None else []),
+                fmt_count([v] if (v := r.number("macs")) is not None else []),
+            ]
+            cells += [
+                fmt_seconds([v] if (v := r.number(k)) is not None else [])
+                for k in ("search_seconds", "train_seconds", "eval_seconds")
+            ]
             cells += [device_label([r]), sanity_cell([r])]
             body.append(cells)
     return Table(header, body)
@@ -256,7 +331,7 @@ def check_names(rows: Sequence[RunRow]) -> list[str]:
     names: list[str] = []
     for row in rows:
         for r in row.results:
-            for name in (r.eval.get("sanity") or {}):
+            for name in r.eval.get("sanity") or {}:
                 if name not in names:
                     names.append(name)
     return names
@@ -283,13 +358,21 @@ def sanity_table(rows: Sequence[RunRow]) -> Table:
                 else:
                     cells.append(Cell("✗", css="fail", title=details.get(n, "")))
             body.append(cells)
-    return Table(header, body, css="sanity", caption="✓ passed, ✗ failed, n/a: not applicable (in report.html, "
-                                                     "hover a cell for the numbers behind it)")
+    return Table(
+        header,
+        body,
+        css="sanity",
+        caption="✓ passed, ✗ failed, n/a: not applicable (in report.html, hover a cell for the numbers behind it)",
+    )
 
 
 AUTOATTACK_CHECK_LABELS = {
-    "randomized": "deterministic", "range_output": "logits out", "dynamic": "not dynamic",
-    "n_classes": "targets ≤ K−1", "zero_gradients": "∇ₓ ≠ 0 (APGD-T)", "square_sr": "Square ≤ rest",
+    "randomized": "deterministic",
+    "range_output": "logits out",
+    "dynamic": "not dynamic",
+    "n_classes": "targets ≤ K−1",
+    "zero_gradients": "∇ₓ ≠ 0 (APGD-T)",
+    "square_sr": "Square ≤ rest",
 }
 
 
@@ -311,17 +394,29 @@ def autoattack_checks_table(rows: Sequence[RunRow]) -> Table | None:
                     if n not in checks:
                         cells.append(Cell("n/a", css="na", title="did not run"))
                     else:
-                        cells.append(Cell("✓", css="pass", title=detail) if checks[n] else
-                                     Cell("✗", css="fail", title=detail))
+                        cells.append(
+                            Cell("✓", css="pass", title=detail) if checks[n] else Cell("✗", css="fail", title=detail)
+                        )
                 body.append(cells)
     if not body:
         return None
-    header: list[str | Cell] = ["run", "seed", Cell("AutoAttack run", title="protocol attack or sanity probe"),
-                                *(Cell(AUTOATTACK_CHECK_LABELS.get(n, n), title=f"{n}: {AUTOATTACK_CHECKS[n][1]} "
-                                       "when it fails") for n in names)]
-    return Table(header, body, css="sanity", caption="AutoAttack's own checks (pyautoattack `checks`): ✓ no "
-                                                     "warning, ✗ warned, n/a: did not run (in report.html, hover "
-                                                     "a cell for AutoAttack's message)")
+    header: list[str | Cell] = [
+        "run",
+        "seed",
+        Cell("AutoAttack run", title="protocol attack or sanity probe"),
+        *(
+            Cell(AUTOATTACK_CHECK_LABELS.get(n, n), title=f"{n}: {AUTOATTACK_CHECKS[n][1]} when it fails")
+            for n in names
+        ),
+    ]
+    return Table(
+        header,
+        body,
+        css="sanity",
+        caption="AutoAttack's own checks (pyautoattack `checks`): ✓ no "
+        "warning, ✗ warned, n/a: did not run (in report.html, hover "
+        "a cell for AutoAttack's message)",
+    )
 
 
 def sanity_failures(rows: Sequence[RunRow]) -> list[str]:

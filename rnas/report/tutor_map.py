@@ -16,14 +16,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
 
 
-def plot_tutor_map(weights: list[list[float]], student_layers: list[str], teacher_layers: list[str],
-                   tutors: list[int], path: str | Path, title: str = "RNAS-CL tutor map") -> Path:
+def plot_tutor_map(
+    weights: list[list[float]],
+    student_layers: list[str],
+    teacher_layers: list[str],
+    tutors: list[int],
+    path: str | Path,
+    title: str = "RNAS-CL tutor map",
+) -> Path:
     """Write the tutor map as a PNG; ``weights`` is (n_student, n_teacher)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n_s, n_t = len(student_layers), len(teacher_layers)
-    fig, ax = plt.subplots(figsize=(1.6 + 0.55 * n_t + 0.08 * max(map(len, student_layers)),
-                                    1.4 + 0.28 * n_s))
+    fig, ax = plt.subplots(figsize=(1.6 + 0.55 * n_t + 0.08 * max(map(len, student_layers)), 1.4 + 0.28 * n_s))
     im = ax.imshow(weights, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
     ax.scatter(tutors, range(n_s), s=14, c="red", marker="o", label="chosen tutor")
     ax.set_xticks(range(n_t))

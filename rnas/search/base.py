@@ -46,7 +46,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class SearchContext:
     params: Params
     run: RunSpec
-    info: DatasetInfo          # dataset facts: classes, channels, image size
+    info: DatasetInfo  # dataset facts: classes, channels, image size
     device: torch.device
     seed: int
     steps_per_epoch: int
@@ -137,14 +137,25 @@ class BilevelMethod(SearchMethod):
         super().setup(ctx)
         s = ctx.params.search
         self.supernet = Supernet(
-            s.init_channels, s.layers, ctx.info.num_classes, ctx.info.input_channels, ctx.info.name,
-            nodes=s.nodes, partial_channels=s.partial_channels)
+            s.init_channels,
+            s.layers,
+            ctx.info.num_classes,
+            ctx.info.input_channels,
+            ctx.info.name,
+            nodes=s.nodes,
+            partial_channels=s.partial_channels,
+        )
         self.supernet = place_model(self.supernet, ctx.device, ctx.params.pipeline.channels_last)
-        self.w_opt = torch.optim.SGD(self.supernet.weights(), lr=s.w_lr, momentum=s.w_momentum,
-                                     weight_decay=s.w_weight_decay)
+        self.w_opt = torch.optim.SGD(
+            self.supernet.weights(), lr=s.w_lr, momentum=s.w_momentum, weight_decay=s.w_weight_decay
+        )
         self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=s.epochs, eta_min=s.w_lr_min)
-        self.a_opt = torch.optim.Adam(self.supernet.arch_parameters(), lr=s.arch_lr,
-                                      betas=(s.arch_beta1, s.arch_beta2), weight_decay=s.arch_weight_decay)
+        self.a_opt = torch.optim.Adam(
+            self.supernet.arch_parameters(),
+            lr=s.arch_lr,
+            betas=(s.arch_beta1, s.arch_beta2),
+            weight_decay=s.arch_weight_decay,
+        )
 
     # -- losses robust methods override ---------------------------------------------
     def weight_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,8 +205,10 @@ class BilevelMethod(SearchMethod):
         if not torch.isfinite(w_loss):
             from rnas.training.trainer import NonFiniteLossError
 
-            raise NonFiniteLossError(f"search weight loss is {float(w_loss)} at epoch {progress.epoch + 1}, "
-                                     f"step {progress.step}; stopping (the last good checkpoint is kept)")
+            raise NonFiniteLossError(
+                f"search weight loss is {float(w_loss)} at epoch {progress.epoch + 1}, "
+                f"step {progress.step}; stopping (the last good checkpoint is kept)"
+            )
         w_loss.backward()
         nn.utils.clip_grad_norm_(net.weights(), s.grad_clip)
         self.w_opt.step()
@@ -246,8 +259,10 @@ class BilevelMethod(SearchMethod):
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         self.w_sched.step()
-        return {"alpha_entropy_normal": alpha_entropy(self.supernet.alpha_normal),
-                "alpha_entropy_reduce": alpha_entropy(self.supernet.alpha_reduce)}
+        return {
+            "alpha_entropy_normal": alpha_entropy(self.supernet.alpha_normal),
+            "alpha_entropy_reduce": alpha_entropy(self.supernet.alpha_reduce),
+        }
 
     def eval_model(self) -> nn.Module:
         return self.supernet
@@ -256,15 +271,21 @@ class BilevelMethod(SearchMethod):
         return self.supernet.genotype().to_dict()
 
     def extra_outputs(self) -> dict[str, Any]:
-        return {"alphas.json": {
-            "primitives": list(self.supernet.primitives),
-            "normal": torch.softmax(self.supernet.alpha_normal.detach().cpu(), -1).tolist(),
-            "reduce": torch.softmax(self.supernet.alpha_reduce.detach().cpu(), -1).tolist(),
-        }}
+        return {
+            "alphas.json": {
+                "primitives": list(self.supernet.primitives),
+                "normal": torch.softmax(self.supernet.alpha_normal.detach().cpu(), -1).tolist(),
+                "reduce": torch.softmax(self.supernet.alpha_reduce.detach().cpu(), -1).tolist(),
+            }
+        }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"supernet": self.supernet.state_dict(), "w_opt": self.w_opt.state_dict(),
-                "w_sched": self.w_sched.state_dict(), "a_opt": self.a_opt.state_dict()}
+        return {
+            "supernet": self.supernet.state_dict(),
+            "w_opt": self.w_opt.state_dict(),
+            "w_sched": self.w_sched.state_dict(),
+            "a_opt": self.a_opt.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.supernet.load_state_dict(state["supernet"])

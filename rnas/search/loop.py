@@ -9,16 +9,17 @@ and checkpoints the method's full state (resumable, see :mod:`rnas.checkpoint`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from rnas.checkpoint import ResumeState, log_resume, log_steps_run
-from rnas.runtime import capture_rng, log_epoch, restore_rng
 from rnas.config import params_for_run
 from rnas.data import Splits, TensorPair, augment_batch, iterate_batches, split_half
+from rnas.runtime import capture_rng, log_epoch, restore_rng
 from rnas.search.base import Progress, SearchContext, SearchMethod
 from rnas.search.stability import decision_digest
 from rnas.training.trainer import accuracy
@@ -33,7 +34,7 @@ class SearchResult:
     seconds: float = 0.0
     extra_outputs: dict[str, Any] = field(default_factory=dict)
     start_epoch: int = 0  # first epoch this process ran (> 0 after a resume)
-    steps_run: int = 0    # method steps this process ran (a resume runs only the remaining epochs)
+    steps_run: int = 0  # method steps this process ran (a resume runs only the remaining epochs)
     decisions: list[str] = field(default_factory=list)  # digest of the derived architecture per epoch
 
 
@@ -41,9 +42,16 @@ def search_halves(splits: Splits, seed: int) -> tuple[TensorPair, TensorPair]:
     return split_half(splits.train, seed)
 
 
-def run_search(method: SearchMethod, ctx_kwargs: dict[str, Any], splits: Splits, *,
-               log_metrics: MetricsLogger | None = None, resume: ResumeState | None = None,
-               progress: bool = True, desc: str = "search") -> SearchResult:
+def run_search(
+    method: SearchMethod,
+    ctx_kwargs: dict[str, Any],
+    splits: Splits,
+    *,
+    log_metrics: MetricsLogger | None = None,
+    resume: ResumeState | None = None,
+    progress: bool = True,
+    desc: str = "search",
+) -> SearchResult:
     """Set the method up and run the search; returns the discrete architecture and curves.
 
     The method sees ``search`` with its own overrides applied (:func:`rnas.config.params_for_run`)."""
@@ -82,8 +90,10 @@ def run_search(method: SearchMethod, ctx_kwargs: dict[str, Any], splits: Splits,
     for epoch in range(start, s.epochs):
         t0 = time.perf_counter()
         method.begin_epoch(epoch)
-        batches = zip(iterate_batches(half_w, s.batch_size, shuffle=True, generator=gen, drop_last=True),
-                      iterate_batches(half_a, s.batch_size, shuffle=True, generator=gen, drop_last=True))
+        batches = zip(
+            iterate_batches(half_w, s.batch_size, shuffle=True, generator=gen, drop_last=True),
+            iterate_batches(half_a, s.batch_size, shuffle=True, generator=gen, drop_last=True),
+        )
         bar = tqdm(batches, total=n_steps, desc=f"{desc} {epoch + 1}/{s.epochs}", disable=not progress, leave=False)
         sums: dict[str, float] = {}
         count = 0
@@ -108,12 +118,25 @@ def run_search(method: SearchMethod, ctx_kwargs: dict[str, Any], splits: Splits,
         metrics["seconds"] = elapsed
         history.append(metrics)
         if resume is not None:  # state first, then the log: a resume re-logs what is missing
-            resume.save({
-                "epoch": epoch, "method": method.state_dict(), **capture_rng(gen),
-                "history": history, "seconds": elapsed, "decisions": decisions,
-            })
+            resume.save(
+                {
+                    "epoch": epoch,
+                    "method": method.state_dict(),
+                    **capture_rng(gen),
+                    "history": history,
+                    "seconds": elapsed,
+                    "decisions": decisions,
+                }
+            )
         log_metrics(metrics, epoch)
         log_epoch(desc, epoch, s.epochs, metrics, epoch_seconds)
     log_steps_run(desc, steps_run, "search", start, s.epochs)
-    return SearchResult(method.architecture(), history, elapsed, method.extra_outputs(), start_epoch=start,
-                        steps_run=steps_run, decisions=decisions)
+    return SearchResult(
+        method.architecture(),
+        history,
+        elapsed,
+        method.extra_outputs(),
+        start_epoch=start,
+        steps_run=steps_run,
+        decisions=decisions,
+    )

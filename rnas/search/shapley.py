@@ -20,7 +20,7 @@ tolerance). ``tolerance = 0`` evaluates every coalition.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -50,15 +50,21 @@ def permutation_marginals(value_fn: ValueFn, order: torch.Tensor, tolerance: flo
     return out
 
 
-def sample_marginals(value_fn: ValueFn, n_players: int, n_permutations: int, generator: torch.Generator,
-                     tolerance: float = 0.0) -> torch.Tensor:
+def sample_marginals(
+    value_fn: ValueFn, n_players: int, n_permutations: int, generator: torch.Generator, tolerance: float = 0.0
+) -> torch.Tensor:
     """Marginal drops of ``n_permutations`` uniformly random permutations: (n_permutations, n, k)."""
-    return torch.stack([permutation_marginals(value_fn, torch.randperm(n_players, generator=generator), tolerance)
-                        for _ in range(n_permutations)])
+    return torch.stack(
+        [
+            permutation_marginals(value_fn, torch.randperm(n_players, generator=generator), tolerance)
+            for _ in range(n_permutations)
+        ]
+    )
 
 
-def monte_carlo_shapley(value_fn: ValueFn, n_players: int, n_permutations: int, generator: torch.Generator,
-                        tolerance: float = 0.0) -> torch.Tensor:
+def monte_carlo_shapley(
+    value_fn: ValueFn, n_players: int, n_permutations: int, generator: torch.Generator, tolerance: float = 0.0
+) -> torch.Tensor:
     """The permutation estimate of the Shapley values: mean marginal over permutations, (n, k)."""
     return sample_marginals(value_fn, n_players, n_permutations, generator, tolerance).mean(0)
 

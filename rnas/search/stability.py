@@ -52,6 +52,8 @@ def is_decided(stable_epoch: int | None, epochs: int, fraction: float = 0.25) ->
 def stability_summary(decisions: Sequence[str], epochs: int, fraction: float = 0.25) -> dict[str, Any]:
     """``stable_from_epoch`` (1-based for people, None if no epoch ran) and ``decided``."""
     s = stable_from(decisions)
-    return {"stable_from_epoch": None if s is None else s + 1,
-            "decided": is_decided(s, epochs, fraction),
-            "decision_changes": sum(1 for a, b in zip(decisions, decisions[1:]) if a != b)}
+    return {
+        "stable_from_epoch": None if s is None else s + 1,
+        "decided": is_decided(s, epochs, fraction),
+        "decision_changes": sum(1 for a, b in zip(decisions, decisions[1:]) if a != b),
+    }

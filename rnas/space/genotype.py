@@ -53,8 +53,9 @@ def validate_genotype(data: Any) -> Genotype:
     expected = {"normal", "normal_concat", "reduce", "reduce_concat"}
     extra, missing = set(data) - expected, expected - set(data)
     if missing or extra:
-        raise GenotypeError(f"genotype keys must be {sorted(expected)}; missing {sorted(missing)}, "
-                            f"unknown {sorted(extra)}")
+        raise GenotypeError(
+            f"genotype keys must be {sorted(expected)}; missing {sorted(missing)}, unknown {sorted(extra)}"
+        )
     cells = {}
     for kind in ("normal", "reduce"):
         edges = data[kind]
@@ -62,22 +63,29 @@ def validate_genotype(data: Any) -> Genotype:
             raise GenotypeError(f"{kind}: expected a non-empty list of [op, input] pairs, two per node")
         parsed = []
         for j, pair in enumerate(edges):
-            if (not isinstance(pair, (list, tuple)) or len(pair) != 2 or not isinstance(pair[0], str)
-                    or isinstance(pair[1], bool) or not isinstance(pair[1], int)):
+            if (
+                not isinstance(pair, (list, tuple))
+                or len(pair) != 2
+                or not isinstance(pair[0], str)
+                or isinstance(pair[1], bool)
+                or not isinstance(pair[1], int)
+            ):
                 raise GenotypeError(f"{kind}[{j}]: expected [op_name, input_index], got {pair!r}")
             op, src = pair
             if op not in PRIMITIVES:
                 raise GenotypeError(f"{kind}[{j}]: unknown op {op!r}; known ops: {', '.join(PRIMITIVES)}")
             node = j // 2
             if not 0 <= src < node + 2:
-                raise GenotypeError(f"{kind}[{j}]: input {src} is invalid for node {node} "
-                                    f"(allowed 0..{node + 1})")
+                raise GenotypeError(f"{kind}[{j}]: input {src} is invalid for node {node} (allowed 0..{node + 1})")
             parsed.append((op, src))
         concat = data[f"{kind}_concat"]
         n_nodes = len(edges) // 2
-        if (not isinstance(concat, list) or not concat
-                or any(isinstance(c, bool) or not isinstance(c, int) or not 2 <= c < n_nodes + 2 for c in concat)
-                or len(set(concat)) != len(concat)):
+        if (
+            not isinstance(concat, list)
+            or not concat
+            or any(isinstance(c, bool) or not isinstance(c, int) or not 2 <= c < n_nodes + 2 for c in concat)
+            or len(set(concat)) != len(concat)
+        ):
             raise GenotypeError(f"{kind}_concat: expected distinct node indices in 2..{n_nodes + 1}, got {concat!r}")
         cells[kind] = (tuple(parsed), tuple(concat))
     if len(cells["normal"][0]) != len(cells["reduce"][0]):
@@ -118,8 +126,9 @@ def save_genotype(genotype: Genotype, path: str | Path) -> None:
     write_json_atomic(path, genotype.to_dict())
 
 
-def derive_genotype(alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor, nodes: int,
-                    primitives: tuple[str, ...] = PRIMITIVES) -> Genotype:
+def derive_genotype(
+    alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor, nodes: int, primitives: tuple[str, ...] = PRIMITIVES
+) -> Genotype:
     """DARTS derivation: per node keep the two incoming edges whose strongest non-``none``
     op weighs most, and that op. ``alpha_*``: (n_edges, n_ops) weights (any monotone
     transform of α, e.g. softmax)."""
@@ -131,7 +140,7 @@ def derive_genotype(alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor, node
         start = 0
         for node in range(nodes):
             n_in = node + 2
-            w = weights[start:start + n_in]
+            w = weights[start : start + n_in]
             scored = []
             for src in range(n_in):
                 best_op, best = None, -float("inf")

@@ -19,8 +19,9 @@ import torch
 TINY = 1e-10
 
 
-def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None,
-                 device: torch.device | str = "cpu") -> torch.Tensor:
+def gumbel_noise(
+    shape: torch.Size | tuple[int, ...], generator: torch.Generator | None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Standard Gumbel noise G = −log(−log U) of the given shape."""
     u = torch.rand(tuple(shape), generator=generator, device="cpu").clamp_(TINY, 1.0 - TINY)
     return (-torch.log(-torch.log(u))).to(device)

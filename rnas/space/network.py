@@ -26,7 +26,9 @@ def cell_normalization(dataset: str | None, input_channels: int) -> tuple[tuple[
     return normalization_for(dataset)
 
 
-def cell_plan(init_channels: int, layers: int, stem_multiplier: int, multiplier: int) -> list[tuple[int, int, int, bool, bool]]:
+def cell_plan(
+    init_channels: int, layers: int, stem_multiplier: int, multiplier: int
+) -> list[tuple[int, int, int, bool, bool]]:
     """The DARTS macro-architecture shared by the supernet and the final network: per cell
     ``(C_prev_prev, C_prev, C, reduction, reduction_prev)``; a cell outputs ``multiplier·C``."""
     c_pp = c_p = stem_multiplier * init_channels
@@ -63,12 +65,15 @@ class Cell(nn.Module):
         self.reduction = reduction
         self.preprocess0 = FactorizedReduce(c_pp, c) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0)
         self.preprocess1 = ReLUConvBN(c_p, c, 1, 1, 0)
-        edges, concat = (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
+        edges, concat = (
+            (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
+        )
         self.concat = tuple(concat)
         self.indices = tuple(src for _, src in edges)
         self.op_names = tuple(op for op, _ in edges)
         self.ops = nn.ModuleList(
-            make_op(name, c, 2 if reduction and src < 2 else 1, affine=True) for name, src in edges)
+            make_op(name, c, 2 if reduction and src < 2 else 1, affine=True) for name, src in edges
+        )
         self.multiplier = len(self.concat)
         self.drop_prob = 0.0
 
@@ -88,17 +93,31 @@ class Cell(nn.Module):
 class CellNetwork(nn.Module):
     """Final network of the cell space. ``model_args`` rebuild it (stored in checkpoints)."""
 
-    def __init__(self, genotype: Genotype | dict, init_channels: int, layers: int, num_classes: int,
-                 input_channels: int = 3, dataset: str | None = None, stem_multiplier: int = 3,
-                 drop_path: float = 0.0):
+    def __init__(
+        self,
+        genotype: Genotype | dict,
+        init_channels: int,
+        layers: int,
+        num_classes: int,
+        input_channels: int = 3,
+        dataset: str | None = None,
+        stem_multiplier: int = 3,
+        drop_path: float = 0.0,
+    ):
         super().__init__()
         if isinstance(genotype, dict):
             genotype = validate_genotype(genotype)
         self.genotype = genotype
         self.model_args: dict[str, Any] = {
-            "kind": "cell", "genotype": genotype.to_dict(), "init_channels": init_channels, "layers": layers,
-            "num_classes": num_classes, "input_channels": input_channels, "dataset": dataset,
-            "stem_multiplier": stem_multiplier, "drop_path": drop_path,
+            "kind": "cell",
+            "genotype": genotype.to_dict(),
+            "init_channels": init_channels,
+            "layers": layers,
+            "num_classes": num_classes,
+            "input_channels": input_channels,
+            "dataset": dataset,
+            "stem_multiplier": stem_multiplier,
+            "drop_path": drop_path,
         }
         self.normalize = Normalize(*cell_normalization(dataset, input_channels))
         c_curr = stem_multiplier * init_channels

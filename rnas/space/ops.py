@@ -7,7 +7,7 @@ the final network, genotype validation and the bound propagation all read from.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -36,8 +36,14 @@ class PointwiseConv2d(nn.Conv2d):
     hooks and the bound propagation see an ordinary ``nn.Conv2d``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type != "cpu" or x.dim() != 4 or self.groups != 1 or self.padding != (0, 0)
-                or self.kernel_size != (1, 1) or self.stride[0] != self.stride[1]):
+        if (
+            x.device.type != "cpu"
+            or x.dim() != 4
+            or self.groups != 1
+            or self.padding != (0, 0)
+            or self.kernel_size != (1, 1)
+            or self.stride[0] != self.stride[1]
+        ):
             return super().forward(x)
         s = self.stride[0]
         if s > 1:
@@ -95,8 +101,14 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (k, k1), (d, d1) = self.kernel_size, self.dilation
-        same = (k == k1 and d == d1 and k % 2 == 1 and self.padding_mode == "zeros"
-                and self.padding == (d * (k - 1) // 2,) * 2 and self.stride[0] == self.stride[1])
+        same = (
+            k == k1
+            and d == d1
+            and k % 2 == 1
+            and self.padding_mode == "zeros"
+            and self.padding == (d * (k - 1) // 2,) * 2
+            and self.stride[0] == self.stride[1]
+        )
         if not same:
             return super().forward(x)
         r = (k - 1) // 2  # taps on each side of the centre
@@ -106,7 +118,7 @@ class DepthwiseConv2d(nn.Conv2d):
             h, w = x.shape[-2:]
             rh, rw = min(r, (h - 1) // d), min(r, (w - 1) // d)
             if (rh, rw) != (r, r):
-                weight = self.weight[:, :, r - rh:r + rh + 1, r - rw:r + rw + 1]
+                weight = self.weight[:, :, r - rh : r + rh + 1, r - rw : r + rw + 1]
                 return nn.functional.conv2d(x, weight, self.bias, 1, (d * rh, d * rw), d, self.groups)
         return super().forward(x)
 
@@ -122,8 +134,15 @@ class AvgPool2d(nn.AvgPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s, p = self.kernel_size, self.stride, self.padding
-        if (not isinstance(k, int) or not isinstance(s, int) or not isinstance(p, int) or self.ceil_mode
-                or self.count_include_pad or self.divisor_override is not None or x.dim() != 4):
+        if (
+            not isinstance(k, int)
+            or not isinstance(s, int)
+            or not isinstance(p, int)
+            or self.ceil_mode
+            or self.count_include_pad
+            or self.divisor_override is not None
+            or x.dim() != 4
+        ):
             return super().forward(x)
         c = x.shape[1]
         ones = x.new_ones((c, 1, k, k))
@@ -135,12 +154,14 @@ class AvgPool2d(nn.AvgPool2d):
 class DilConv(nn.Sequential):
     """ReLU -> depthwise dilated conv -> pointwise conv -> BN."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, dilation: int,
-                 affine: bool = True):
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, dilation: int, affine: bool = True
+    ):
         super().__init__(
             nn.ReLU(inplace=False),
-            DepthwiseConv2d(c_in, c_in, kernel, stride=stride, padding=padding, dilation=dilation,
-                            groups=c_in, bias=False),
+            DepthwiseConv2d(
+                c_in, c_in, kernel, stride=stride, padding=padding, dilation=dilation, groups=c_in, bias=False
+            ),
             PointwiseConv2d(c_in, c_out, 1, bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
         )

@@ -52,8 +52,7 @@ class MixedOp(nn.Module):
     the ops see only the first C/K channels, the other channels bypass them (max-pooled on a
     stride-2 edge), and the concatenation is channel-shuffled with K groups (PC-DARTS)."""
 
-    def __init__(self, channels: int, stride: int, partial_channels: int = 1,
-                 primitives: tuple[str, ...] = PRIMITIVES):
+    def __init__(self, channels: int, stride: int, partial_channels: int = 1, primitives: tuple[str, ...] = PRIMITIVES):
         super().__init__()
         if partial_channels < 1 or channels % partial_channels:
             raise ValueError(f"partial_channels K={partial_channels} must divide the edge's {channels} channels")
@@ -70,8 +69,13 @@ class MixedOp(nn.Module):
         # MaxPool2d(2, 2) floors, which breaks a 7x7 input); identical on even sizes.
         self.bypass_pool = nn.MaxPool2d(2, 2, ceil_mode=True) if (self.k > 1 and stride == 2) else None
 
-    def mix(self, xa: torch.Tensor, weights: torch.Tensor, active: list[bool] | None = None,
-            xa_relu: torch.Tensor | None = None) -> torch.Tensor:
+    def mix(
+        self,
+        xa: torch.Tensor,
+        weights: torch.Tensor,
+        active: list[bool] | None = None,
+        xa_relu: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``Σ_o w_o · op_o(xa)`` on the ops' input xa (B, C/K, H, W) -> (B, C/K, H/s, W/s).
 
         ``xa_relu``: ReLU(xa) when the caller has it (the cell computes one per state, and every
@@ -93,11 +97,16 @@ class MixedOp(nn.Module):
 
     def bypass(self, x: torch.Tensor) -> torch.Tensor:
         """PC-DARTS: the channels the ops do not see, (B, C − C/K, H/s, W/s)."""
-        xb = x[:, x.shape[1] // self.k:]
+        xb = x[:, x.shape[1] // self.k :]
         return self.bypass_pool(xb) if self.bypass_pool is not None else xb
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor,
-                active: list[bool] | None = None, x_relu: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        weights: torch.Tensor,
+        active: list[bool] | None = None,
+        x_relu: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         # x: (B, C, H, W); weights: (n_ops,); active: per op, False = switched off (skipped);
         # x_relu: ReLU(x) when the caller has it (see mix)
         if self.k == 1:
@@ -109,12 +118,23 @@ class MixedOp(nn.Module):
 
 
 class SearchCell(nn.Module):
-    def __init__(self, nodes: int, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool,
-                 partial_channels: int = 1, primitives: tuple[str, ...] = PRIMITIVES):
+    def __init__(
+        self,
+        nodes: int,
+        c_pp: int,
+        c_p: int,
+        c: int,
+        reduction: bool,
+        reduction_prev: bool,
+        partial_channels: int = 1,
+        primitives: tuple[str, ...] = PRIMITIVES,
+    ):
         super().__init__()
         self.reduction = reduction
         self.nodes = nodes
-        self.preprocess0 = FactorizedReduce(c_pp, c, affine=False) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0, affine=False)
+        self.preprocess0 = (
+            FactorizedReduce(c_pp, c, affine=False) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0, affine=False)
+        )
         self.preprocess1 = ReLUConvBN(c_p, c, 1, 1, 0, affine=False)
         self.edges = nn.ModuleList()
         for node in range(nodes):
@@ -122,9 +142,14 @@ class SearchCell(nn.Module):
                 stride = 2 if reduction and src < 2 else 1
                 self.edges.append(MixedOp(c, stride, partial_channels, primitives))
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
-                edge_weights: torch.Tensor | None = None,
-                active: list[list[bool]] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        s0: torch.Tensor,
+        s1: torch.Tensor,
+        weights: torch.Tensor,
+        edge_weights: torch.Tensor | None = None,
+        active: list[list[bool]] | None = None,
+    ) -> torch.Tensor:
         # weights: (n_edges, n_ops); edge_weights: (n_edges,) or None; active: (n_edges, n_ops) or None
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         if self.edges[0].k > 1:
@@ -143,10 +168,15 @@ class SearchCell(nn.Module):
             states.append(total)
             if node < self.nodes - 1:  # the last node feeds no edge of this cell
                 relus.append(torch.relu(total))
-        return torch.cat(states[-self.nodes:], dim=1)
+        return torch.cat(states[-self.nodes :], dim=1)
 
-    def _forward_partial(self, states: list[torch.Tensor], weights: torch.Tensor,
-                         edge_weights: torch.Tensor | None, active: list[list[bool]] | None) -> torch.Tensor:
+    def _forward_partial(
+        self,
+        states: list[torch.Tensor],
+        weights: torch.Tensor,
+        edge_weights: torch.Tensor | None,
+        active: list[list[bool]] | None,
+    ) -> torch.Tensor:
         """PC-DARTS cell, computed per node instead of per edge. Shuffle and concatenation are
         linear, so node = Σ_j β_j·shuffle(cat(mix_j, bypass_j)) = shuffle(cat(Σ_j β_j·mix_j,
         Σ_j β_j·bypass_j)): one concatenation and one shuffle per node (not per edge), and each
@@ -181,17 +211,31 @@ class SearchCell(nn.Module):
 class Supernet(nn.Module):
     """DARTS search network: stem, ``layers`` search cells, global pool, classifier."""
 
-    def __init__(self, init_channels: int, layers: int, num_classes: int, input_channels: int = 3,
-                 dataset: str | None = None, nodes: int = 4, stem_multiplier: int = 3,
-                 partial_channels: int = 1, primitives: tuple[str, ...] = PRIMITIVES):
+    def __init__(
+        self,
+        init_channels: int,
+        layers: int,
+        num_classes: int,
+        input_channels: int = 3,
+        dataset: str | None = None,
+        nodes: int = 4,
+        stem_multiplier: int = 3,
+        partial_channels: int = 1,
+        primitives: tuple[str, ...] = PRIMITIVES,
+    ):
         super().__init__()
         self.nodes = nodes
         self.primitives = tuple(primitives)
         self.partial_channels = partial_channels
         self.model_args: dict[str, Any] = {
-            "init_channels": init_channels, "layers": layers, "num_classes": num_classes,
-            "input_channels": input_channels, "dataset": dataset, "nodes": nodes,
-            "stem_multiplier": stem_multiplier, "partial_channels": partial_channels,
+            "init_channels": init_channels,
+            "layers": layers,
+            "num_classes": num_classes,
+            "input_channels": input_channels,
+            "dataset": dataset,
+            "nodes": nodes,
+            "stem_multiplier": stem_multiplier,
+            "partial_channels": partial_channels,
             "primitives": list(self.primitives),
         }
         self.normalize = Normalize(*cell_normalization(dataset, input_channels))
@@ -200,7 +244,8 @@ class Supernet(nn.Module):
         plan = cell_plan(init_channels, layers, stem_multiplier, nodes)
         self.cells = nn.ModuleList(
             SearchCell(nodes, c_pp, c_p, c_curr, reduction, reduction_prev, partial_channels, self.primitives)
-            for c_pp, c_p, c_curr, reduction, reduction_prev in plan)
+            for c_pp, c_p, c_curr, reduction, reduction_prev in plan
+        )
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(nodes * plan[-1][2], num_classes)
 
@@ -225,9 +270,10 @@ class Supernet(nn.Module):
         return [p for p in self.parameters() if id(p) not in arch]
 
     # -- architecture weights ------------------------------------------------------
-    def op_weights(self, reduction: bool) -> torch.Tensor:
+    def op_weights(self, reduction: bool, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """softmax(α) per edge (computed in ``dtype`` if given, e.g. a float64 bound pass)."""
         alpha, mask = (self.alpha_reduce, self.mask_reduce) if reduction else (self.alpha_normal, self.mask_normal)
-        w = torch.softmax(alpha, dim=-1)
+        w = torch.softmax(alpha, dim=-1, dtype=dtype)
         if bool((mask != 1).any()):
             w = w * mask  # no renormalization: switching an op off removes its term w_o·op_o(x)
         return w
@@ -240,14 +286,14 @@ class Supernet(nn.Module):
             return None
         return (mask != 0).tolist()
 
-    def edge_weights(self, reduction: bool) -> torch.Tensor | None:
+    def edge_weights(self, reduction: bool, dtype: torch.dtype | None = None) -> torch.Tensor | None:
         beta = self.beta_reduce if reduction else self.beta_normal
         if beta is None:
             return None
         out, start = [], 0
         for node in range(self.nodes):
             n_in = node + 2
-            out.append(torch.softmax(beta[start:start + n_in], dim=-1))
+            out.append(torch.softmax(beta[start : start + n_in], dim=-1, dtype=dtype))
             start += n_in
         return torch.cat(out)
 

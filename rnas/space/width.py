@@ -69,8 +69,10 @@ def width_choices(c_max: int, n_options: int, step_fraction: float, step_channel
     step = step_channels if step_channels > 0 else step_fraction * c_max
     widths = tuple(int(round(c_max - i * step)) for i in range(n_options))
     if len(set(widths)) != len(widths) or widths[-1] < 1:
-        raise ValueError(f"width options {widths} for C_max={c_max} are not distinct positive channel counts; "
-                         f"lower width_options or raise width_step / the stage width")
+        raise ValueError(
+            f"width options {widths} for C_max={c_max} are not distinct positive channel counts; "
+            f"lower width_options or raise width_step / the stage width"
+        )
     return widths
 
 
@@ -108,8 +110,16 @@ class WidthSearchBlock(nn.Module):
     """Inverted-residual block at its maximum width, masked to the sampled width. ``n_options`` pads the
     options to the supernet's largest count (padding rows keep every channel off; their weight is 0)."""
 
-    def __init__(self, c_in_max: int, c_max: int, stride: int, expansion: int, kernel: int,
-                 widths: tuple[int, ...], n_options: int | None = None):
+    def __init__(
+        self,
+        c_in_max: int,
+        c_max: int,
+        stride: int,
+        expansion: int,
+        kernel: int,
+        widths: tuple[int, ...],
+        n_options: int | None = None,
+    ):
         super().__init__()
         hidden = expansion * c_max
         self.widths = tuple(widths)
@@ -122,8 +132,9 @@ class WidthSearchBlock(nn.Module):
         hidden_channel = torch.arange(hidden)
         # (n_options, C_max) and (n_options, e·C_max): 1 where channel c is inside option i's width.
         self.register_buffer("out_masks", (channel[None, :] < torch.tensor(widths)[:, None]).float())
-        self.register_buffer("hidden_masks",
-                             (hidden_channel[None, :] < expansion * torch.tensor(widths)[:, None]).float())
+        self.register_buffer(
+            "hidden_masks", (hidden_channel[None, :] < expansion * torch.tensor(widths)[:, None]).float()
+        )
 
     def forward(self, x: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:  # g: (n_options,) or None
         m_out = m_hidden = None
@@ -157,11 +168,24 @@ class WidthSupernet(nn.Module):
     The g of the last forward is kept in ``last_width_weights`` for :meth:`expected_cost`.
     """
 
-    def __init__(self, num_classes: int, input_channels: int, dataset: str | None, image_size: int,
-                 stem_channels: int, stage_widths: tuple[int, ...], stage_blocks: tuple[int, ...],
-                 stage_strides: tuple[int, ...], expansion: int, kernel: int, width_options: int,
-                 width_step: float, width_step_channels: int = 0, stem_stride: int = 1,
-                 stage_width_options: tuple[int, ...] = ()):
+    def __init__(
+        self,
+        num_classes: int,
+        input_channels: int,
+        dataset: str | None,
+        image_size: int,
+        stem_channels: int,
+        stage_widths: tuple[int, ...],
+        stage_blocks: tuple[int, ...],
+        stage_strides: tuple[int, ...],
+        expansion: int,
+        kernel: int,
+        width_options: int,
+        width_step: float,
+        width_step_channels: int = 0,
+        stem_stride: int = 1,
+        stage_width_options: tuple[int, ...] = (),
+    ):
         super().__init__()
         if not len(stage_widths) == len(stage_blocks) == len(stage_strides):
             raise ValueError("stage_widths, stage_blocks and stage_strides need the same length")
@@ -194,8 +218,9 @@ class WidthSupernet(nn.Module):
         self.width_logits = nn.Parameter(torch.zeros(len(self.blocks), n_opt))
         padded = [list(o) + [0] * (n_opt - len(o)) for o in self.options]
         self.register_buffer("option_widths", torch.tensor(padded, dtype=torch.float32))  # (n_blocks, n_opt)
-        self.register_buffer("option_valid", torch.tensor([[i < len(o) for i in range(n_opt)] for o in self.options]),
-                             persistent=False)
+        self.register_buffer(
+            "option_valid", torch.tensor([[i < len(o) for i in range(n_opt)] for o in self.options]), persistent=False
+        )
         self.tau = 1.0
         self.generator: torch.Generator | None = None
         self.width_mode = "auto"
@@ -242,8 +267,9 @@ class WidthSupernet(nn.Module):
         if mode == "argmax":
             return one_hot_argmax(logits)
         if mode == "full":
-            return F.one_hot(torch.zeros(len(self.blocks), dtype=torch.long, device=logits.device),
-                             logits.shape[-1]).to(logits.dtype)
+            return F.one_hot(
+                torch.zeros(len(self.blocks), dtype=torch.long, device=logits.device), logits.shape[-1]
+            ).to(logits.dtype)
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C_in, H, W) in [0, 1]
@@ -266,14 +292,14 @@ class WidthSupernet(nn.Module):
             g = F.one_hot(torch.zeros(len(self.blocks), dtype=torch.long), self.width_logits.shape[-1]).float()
         g = g.to(self.option_widths.device)
         widths = (g * self.option_widths).sum(-1)  # (n_blocks,) effective widths
-        e, k2 = self.expansion, self.kernel ** 2
+        e, k2 = self.expansion, self.kernel**2
         total = torch.zeros((), device=widths.device)
-        total = total + self.stem_size ** 2 * self.input_channels * self.stem_channels * STEM_KERNEL ** 2
+        total = total + self.stem_size**2 * self.input_channels * self.stem_channels * STEM_KERNEL**2
         c_in: torch.Tensor | float = float(self.stem_channels)
         for b, (size_in, size_out) in enumerate(self.sizes):
             c_out = widths[b]
             hidden = e * c_out
-            total = total + size_in ** 2 * c_in * hidden + size_out ** 2 * k2 * hidden + size_out ** 2 * hidden * c_out
+            total = total + size_in**2 * c_in * hidden + size_out**2 * k2 * hidden + size_out**2 * hidden * c_out
             c_in = c_out
         return total + c_in * self.num_classes
 
@@ -287,16 +313,21 @@ class WidthSupernet(nn.Module):
         if len(widths) != len(self.blocks):
             raise ValueError(f"expected {len(self.blocks)} widths, got {len(widths)}")
         return {
-            "kind": "width", "num_classes": self.num_classes, "input_channels": self.input_channels,
-            "dataset": self.dataset, "stem_channels": self.stem_channels, "widths": [int(w) for w in widths],
+            "kind": "width",
+            "num_classes": self.num_classes,
+            "input_channels": self.input_channels,
+            "dataset": self.dataset,
+            "stem_channels": self.stem_channels,
+            "widths": [int(w) for w in widths],
             "strides": list(self.strides),
             "residual": [bool(b.residual) for b in self.blocks],
-            "expansion": self.expansion, "kernel": self.kernel,
+            "expansion": self.expansion,
+            "kernel": self.kernel,
             **({"stem_stride": self.stem_stride} if self.stem_stride != 1 else {}),
         }
 
     @torch.no_grad()
-    def export(self, widths: list[int]) -> "WidthNetwork":
+    def export(self, widths: list[int]) -> WidthNetwork:
         """The final network at ``widths`` with the supernet's weights sliced into it.
 
         For a one-hot g on these widths the two compute the same function (tested)."""
@@ -344,18 +375,35 @@ class WidthBlock(nn.Module):
 class WidthNetwork(nn.Module):
     """Final network of the width space; ``model_args`` (kind ``width``) rebuild it."""
 
-    def __init__(self, num_classes: int, input_channels: int, dataset: str | None, stem_channels: int,
-                 widths: list[int], strides: list[int], residual: list[bool], expansion: int, kernel: int,
-                 stem_stride: int = 1):
+    def __init__(
+        self,
+        num_classes: int,
+        input_channels: int,
+        dataset: str | None,
+        stem_channels: int,
+        widths: list[int],
+        strides: list[int],
+        residual: list[bool],
+        expansion: int,
+        kernel: int,
+        stem_stride: int = 1,
+    ):
         super().__init__()
         if not len(widths) == len(strides) == len(residual):
             raise WidthArchitectureError("widths, strides and residual need one entry per block")
         if any(int(w) < 1 for w in widths):
             raise WidthArchitectureError(f"widths must be positive channel counts, got {widths}")
         self.model_args: dict[str, Any] = {
-            "kind": "width", "num_classes": num_classes, "input_channels": input_channels, "dataset": dataset,
-            "stem_channels": stem_channels, "widths": [int(w) for w in widths], "strides": [int(s) for s in strides],
-            "residual": [bool(r) for r in residual], "expansion": expansion, "kernel": kernel,
+            "kind": "width",
+            "num_classes": num_classes,
+            "input_channels": input_channels,
+            "dataset": dataset,
+            "stem_channels": stem_channels,
+            "widths": [int(w) for w in widths],
+            "strides": [int(s) for s in strides],
+            "residual": [bool(r) for r in residual],
+            "expansion": expansion,
+            "kernel": kernel,
             **({"stem_stride": int(stem_stride)} if stem_stride != 1 else {}),
         }
         self.normalize = Normalize(*cell_normalization(dataset, input_channels))
@@ -408,8 +456,11 @@ def validate_width_architecture(data: Any) -> dict[str, Any]:
     if missing:
         raise WidthArchitectureError(f"architecture lacks keys {missing}")
     widths, tutors, network = data["widths"], data["tutors"], data["network"]
-    if (not isinstance(widths, list) or not widths
-            or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths)):
+    if (
+        not isinstance(widths, list)
+        or not widths
+        or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths)
+    ):
         raise WidthArchitectureError(f"widths: expected a non-empty list of positive integers, got {widths!r}")
     if not isinstance(tutors, list) or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in tutors):
         raise WidthArchitectureError(f"tutors: expected a list of teacher-layer indices, got {tutors!r}")

@@ -37,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
         input_channels = model_args["input_channels"]
         image_size = args.image_size or arch.get("image_size", 32)
     else:
-        missing = [f"--{k.replace('_', '-')}" for k in ("init_channels", "layers", "num_classes")
-                   if getattr(args, k) is None]
+        missing = [
+            f"--{k.replace('_', '-')}" for k in ("init_channels", "layers", "num_classes") if getattr(args, k) is None
+        ]
         if missing:
             raise SystemExit(f"rnas arch: a cell-space genotype needs {' '.join(missing)}")
         genotype = load_genotype(args.file)

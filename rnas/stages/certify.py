@@ -27,13 +27,21 @@ EVAL_DATA_SEED = 0  # the evaluation's test examples (rnas.stages.evaluate)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_arguments(p, allow_teacher=True)
     p.add_argument("--model", default=None, help="checkpoint to certify (default: the run's model.pt)")
-    p.add_argument("--method", choices=tuple(CERTIFY_METHODS), default=None,
-                   help="bound: ibp | crown | both (default: evaluate.certify_method)")
+    p.add_argument(
+        "--method",
+        choices=tuple(CERTIFY_METHODS),
+        default=None,
+        help="bound: ibp | crown | both (default: evaluate.certify_method)",
+    )
     p.add_argument("--epsilon", type=float, default=None, help="radius, pixel units (default: evaluate.epsilon)")
     p.add_argument("--norm", choices=NORMS, default="linf", help="threat model (default: linf)")
-    p.add_argument("--intermediate", choices=("ibp", "crown"), default=None,
-                   help="CROWN's intermediate bounds: ibp (CROWN-IBP) | crown (full CROWN; default: "
-                        "evaluate.certify_intermediate)")
+    p.add_argument(
+        "--intermediate",
+        choices=("ibp", "crown"),
+        default=None,
+        help="CROWN's intermediate bounds: ibp (CROWN-IBP) | crown (full CROWN; default: "
+        "evaluate.certify_intermediate)",
+    )
     p.add_argument("--n-examples", type=int, default=None, help="test examples (default: evaluate.n_examples)")
     p.add_argument("--out", default=None, help="also write the JSON result here")
 
@@ -54,16 +62,28 @@ def run(args: argparse.Namespace) -> int:
     n = min(e.n_examples if args.n_examples is None else args.n_examples, len(splits.test))
     x, y = splits.test.x[:n].to(device), splits.test.y[:n].to(device)
     try:
-        result = certify(model, x, y, epsilon, args.norm, method, e.certify_batch_size,
-                         args.intermediate or e.certify_intermediate)
+        result = certify(
+            model, x, y, epsilon, args.norm, method, e.certify_batch_size, args.intermediate or e.certify_intermediate
+        )
     except UnsupportedModelError as err:
         print(f"rnas certify: cannot bound {model_path}: {err}", file=sys.stderr)
         return 1
-    out = {"model": str(model_path), "n_examples": n, **result.metrics(),
-           "mean_margin_bound": float(result.margin.mean())}
+    out = {
+        "model": str(model_path),
+        "n_examples": n,
+        **result.metrics(),
+        "mean_margin_bound": float(result.margin.mean()),
+    }
     print(json.dumps(out, indent=2))
     if args.out:
         write_json(Path(args.out), out)
-    log.info("certify %s: %.3f certified at ε=%g (%s, %s) in %.1f s", model_path, result.accuracy, epsilon,
-             args.norm, method, result.seconds)
+    log.info(
+        "certify %s: %.3f certified at ε=%g (%s, %s) in %.1f s",
+        model_path,
+        result.accuracy,
+        epsilon,
+        args.norm,
+        method,
+        result.seconds,
+    )
     return 0

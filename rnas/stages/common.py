@@ -37,16 +37,31 @@ def prepare(args: argparse.Namespace, seed: int) -> tuple[Params, torch.device]:
 
 def load_data(params: Params, seed: int) -> Splits:
     d = params.data
-    return load_splits(d.dataset, root=d.root, download=d.download, seed=seed, val_fraction=d.val_fraction,
-                       image_size=d.image_size, test_fraction=d.test_fraction, train_subset=d.train_subset)
+    return load_splits(
+        d.dataset,
+        root=d.root,
+        download=d.download,
+        seed=seed,
+        val_fraction=d.val_fraction,
+        image_size=d.image_size,
+        test_fraction=d.test_fraction,
+        train_subset=d.train_subset,
+    )
 
 
 def log_training_data(tracker, params: Params, splits: Splits, seed: int) -> None:
     """The splits a training stage reads, as inputs of its MLflow run: ``<dataset>/train``
     (context ``training``) and ``<dataset>/val`` (``validation``: checkpoint selection)."""
     for split, context in (("train", "training"), ("val", "validation")):
-        tracker.log_dataset(getattr(splits, split), f"{params.data.dataset}/{split}", context,
-                            loader="rnas.data.load_splits", dataset=params.data.dataset, split=split, seed=seed)
+        tracker.log_dataset(
+            getattr(splits, split),
+            f"{params.data.dataset}/{split}",
+            context,
+            loader="rnas.data.load_splits",
+            dataset=params.data.dataset,
+            split=split,
+            seed=seed,
+        )
 
 
 def write_json(path: Path, data: Any) -> None:

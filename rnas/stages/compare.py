@@ -16,8 +16,9 @@ from rnas.stages.common import add_params_argument
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_params_argument(p)
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow store to read (default: tracking.store or MLFLOW_TRACKING_URI)")
+    p.add_argument(
+        "--tracking-uri", default=None, help="MLflow store to read (default: tracking.store or MLFLOW_TRACKING_URI)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,8 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_params_argument(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--out", default="-", help="output file (default: stdout)")
-    out.add_argument("--check", metavar="DVC_YAML", help="exit 1 if this dvc.yaml's stages differ from what the "
-                                                         "params and the code make now")
+    out.add_argument(
+        "--check",
+        metavar="DVC_YAML",
+        help="exit 1 if this dvc.yaml's stages differ from what the params and the code make now",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,8 +34,11 @@ def run(args: argparse.Namespace) -> int:
         for line in problems:
             print(f"rnas dvc-yaml: {args.check}: {line}", file=sys.stderr)
         if problems:
-            print(f"rnas dvc-yaml: {args.check} is out of date (pipeline.runs or a module's imports changed): "
-                  f"rnas dvc-yaml --params {args.params} --out {args.check}", file=sys.stderr)
+            print(
+                f"rnas dvc-yaml: {args.check} is out of date (pipeline.runs or a module's imports changed): "
+                f"rnas dvc-yaml --params {args.params} --out {args.check}",
+                file=sys.stderr,
+            )
         return 1 if problems else 0
     root = Path.cwd() if args.out == "-" else Path(args.out).resolve().parent
     text = render_dvc_yaml(params, args.params, root)

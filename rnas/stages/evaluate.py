@@ -20,8 +20,8 @@ from rnas.evaluation.flags import write_flags
 from rnas.evaluation.protocol import EvalSettings, EvalState, evaluate_with_sanity, state_key
 from rnas.evaluation.sanity import SanitySettings
 from rnas.pipeline import stage_keys
-from rnas.runtime import place_model, show_progress
 from rnas.runs import resolve_run
+from rnas.runtime import place_model, show_progress
 from rnas.stages.common import add_run_arguments, load_data, log, prepare, write_json
 from rnas.tracking import file_digest, stage_run
 
@@ -34,18 +34,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def settings_from(params) -> EvalSettings:
     e = params.evaluate
-    return EvalSettings(epsilon=e.epsilon, epsilon_l2=e.epsilon_l2, pgd_step_size=e.pgd_step_size,
-                        pgd_restarts=e.pgd_restarts, cw_steps=e.cw_steps,
-                        cw_binary_search_steps=e.cw_binary_search_steps, cw_initial_const=e.cw_initial_const,
-                        deepfool_steps=e.deepfool_steps,
-                        eps_sweep=e.eps_sweep, attacks=e.attacks, batch_size=e.batch_size)
+    return EvalSettings(
+        epsilon=e.epsilon,
+        epsilon_l2=e.epsilon_l2,
+        pgd_step_size=e.pgd_step_size,
+        pgd_restarts=e.pgd_restarts,
+        cw_steps=e.cw_steps,
+        cw_binary_search_steps=e.cw_binary_search_steps,
+        cw_initial_const=e.cw_initial_const,
+        deepfool_steps=e.deepfool_steps,
+        eps_sweep=e.eps_sweep,
+        attacks=e.attacks,
+        batch_size=e.batch_size,
+    )
 
 
 def sanity_from(params) -> SanitySettings:
     e = params.evaluate
-    return SanitySettings(large_epsilon=e.sanity_large_epsilon, large_epsilon_l2=e.sanity_large_epsilon_l2,
-                          square_queries=e.sanity_square_queries,
-                          tolerance=e.sanity_tolerance, max_zero_grad_fraction=e.sanity_max_zero_grad_fraction)
+    return SanitySettings(
+        large_epsilon=e.sanity_large_epsilon,
+        large_epsilon_l2=e.sanity_large_epsilon_l2,
+        square_queries=e.sanity_square_queries,
+        tolerance=e.sanity_tolerance,
+        max_zero_grad_fraction=e.sanity_max_zero_grad_fraction,
+    )
 
 
 def device_name(device) -> str:
@@ -63,15 +75,24 @@ def log_evaluation(tracker, metrics: dict) -> None:
     not allow in a key, e.g. the ``@`` of a probe's name, become ``_``)."""
     verdicts = metrics.get("sanity", {})
     failed = sorted(n for n, ok in verdicts.items() if not ok)
-    aa_checks = {re.sub(r"[^\w./ -]", "_", f"autoattack_check.{run}.{c}"): "pass" if ok else "FAIL"
-                 for run, checks in (metrics.get("autoattack_checks") or {}).items() for c, ok in checks.items()}
-    tracker.set_tags({"sanity": "FAIL: " + ", ".join(failed) if failed else "pass",
-                      **{f"sanity.{n}": "pass" if ok else "FAIL" for n, ok in verdicts.items()}, **aa_checks,
-                      **{k: metrics[k] for k in ("device", "device_name") if k in metrics}})
+    aa_checks = {
+        re.sub(r"[^\w./ -]", "_", f"autoattack_check.{run}.{c}"): "pass" if ok else "FAIL"
+        for run, checks in (metrics.get("autoattack_checks") or {}).items()
+        for c, ok in checks.items()
+    }
+    tracker.set_tags(
+        {
+            "sanity": "FAIL: " + ", ".join(failed) if failed else "pass",
+            **{f"sanity.{n}": "pass" if ok else "FAIL" for n, ok in verdicts.items()},
+            **aa_checks,
+            **{k: metrics[k] for k in ("device", "device_name") if k in metrics},
+        }
+    )
     tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     tracker.log_metrics({f"eps_sweep/{eps}": acc for eps, acc in metrics.get("eps_sweep", {}).items()})
-    tracker.log_metrics({f"certified_eps_sweep/{eps}": acc
-                         for eps, acc in (metrics.get("certified_eps_sweep") or {}).items()})
+    tracker.log_metrics(
+        {f"certified_eps_sweep/{eps}": acc for eps, acc in (metrics.get("certified_eps_sweep") or {}).items()}
+    )
     tracker.log_metrics({"sanity_failures": len(failed)})
 
 
@@ -92,8 +113,16 @@ def log_lineage(tracker, params, run: str, seed: int, test: TensorPair) -> None:
     match = {"run": run} if run == paths.TEACHER else {"run": run, "seed": str(seed)}
     tracker.link_producer("model_sha256", paths.model_file(params, run, seed), **match)
     tracker.log_params(params, lineage_keys(run))
-    tracker.log_dataset(test, f"{params.data.dataset}/test", "test", link=True, loader="rnas.data.load_splits",
-                        dataset=params.data.dataset, split="test", n_examples=len(test))
+    tracker.log_dataset(
+        test,
+        f"{params.data.dataset}/test",
+        "test",
+        link=True,
+        loader="rnas.data.load_splits",
+        dataset=params.data.dataset,
+        split="test",
+        n_examples=len(test),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,32 +139,60 @@ def run(args: argparse.Namespace) -> int:
     x, y = splits.test.x[:n].to(device), splits.test.y[:n].to(device)
     keys = stage_keys("evaluate")
     state_folder = paths.state_dir(params, args.run, args.seed, "evaluate")
-    with stage_run(params, "evaluate", run=args.run, method=method, variant=variant, seed=args.seed,
-                   keys=keys, claim_dir=state_folder) as tracker:
+    with stage_run(
+        params,
+        "evaluate",
+        run=args.run,
+        method=method,
+        variant=variant,
+        seed=args.seed,
+        keys=keys,
+        claim_dir=state_folder,
+    ) as tracker:
         log_lineage(tracker, params, args.run, args.seed, TensorPair(splits.test.x[:n], splits.test.y[:n]))
         t0 = time.perf_counter()
         settings, sanity = settings_from(params), sanity_from(params)
         model_path = paths.model_file(params, args.run, args.seed)
-        state = EvalState(state_folder / "flags.pt",
-                          state_key(settings, file_digest(model_path), x, y, sanity))
-        metrics, flags = evaluate_with_sanity(model, x, y, settings, sanity,
-                                              progress=show_progress(params.pipeline.progress), state=state)
+        state = EvalState(state_folder / "flags.pt", state_key(settings, file_digest(model_path), x, y, sanity))
+        metrics, flags = evaluate_with_sanity(
+            model, x, y, settings, sanity, progress=show_progress(params.pipeline.progress), state=state
+        )
         e = params.evaluate  # per_example: {"certified", "certified_radius"} per example, for flags.json
-        per_example = certify_evaluation(metrics, flags, model, x, y, settings, e.certify_method,
-                                         e.certify_batch_size, sanity, e.certify_intermediate,
-                                         e.certify_eps_sweep, e.certify_radius_steps, e.certify_radius_min)
+        per_example = certify_evaluation(
+            metrics,
+            flags,
+            model,
+            x,
+            y,
+            settings,
+            e.certify_method,
+            e.certify_batch_size,
+            sanity,
+            e.certify_intermediate,
+            e.certify_eps_sweep,
+            e.certify_radius_steps,
+            e.certify_radius_min,
+        )
         metrics["eval_seconds"] = time.perf_counter() - t0
         metrics["device"] = str(device)
         metrics["device_name"] = device_name(device)
         out = paths.eval_file(params, args.run, args.seed)
-        flags_out = write_flags(paths.flags_file(params, args.run, args.seed),
-                                {**flags, **{k: v for k, v in per_example.items() if k == "certified"}},
-                                {k: v.tolist() for k, v in per_example.items() if k == "certified_radius"})
+        flags_out = write_flags(
+            paths.flags_file(params, args.run, args.seed),
+            {**flags, **{k: v for k, v in per_example.items() if k == "certified"}},
+            {k: v.tolist() for k, v in per_example.items() if k == "certified_radius"},
+        )
         write_json(out, metrics)
         log_evaluation(tracker, metrics)
         tracker.log_artifact(out)
         tracker.log_artifact(flags_out)
         state.clear()
-        log.info("evaluate %s seed %d: clean %.3f, robust %s -> %s", args.run, args.seed, metrics["clean_acc"],
-                 metrics.get("robust_acc"), out)
+        log.info(
+            "evaluate %s seed %d: clean %.3f, robust %s -> %s",
+            args.run,
+            args.seed,
+            metrics["clean_acc"],
+            metrics.get("robust_acc"),
+            out,
+        )
     return 0

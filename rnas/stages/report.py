@@ -21,8 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
-    with stage_run(params, "report", run="report", method="report", variant="all", seed=0,
-                   keys=stage_keys("report")) as tracker:
+    with stage_run(
+        params, "report", run="report", method="report", variant="all", seed=0, keys=stage_keys("report")
+    ) as tracker:
         out = build_report(params)
         tracker.log_metrics({"sanity_failures": len(out.failures)})
         tracker.set_tags({"sanity": "FAIL" if out.failures else "pass"})

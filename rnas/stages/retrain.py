@@ -12,8 +12,8 @@ from rnas import paths
 from rnas.checkpoint import ResumeState, save_model
 from rnas.config import params_hash
 from rnas.pipeline import stage_keys
-from rnas.runtime import place_model, show_progress
 from rnas.runs import resolve_run
+from rnas.runtime import place_model, show_progress
 from rnas.space.genotype import load_genotype
 from rnas.space.network import CellNetwork
 from rnas.space.width import WidthArchitectureError, build_width_network, is_width_file, load_width_architecture
@@ -32,13 +32,16 @@ def build_final_network(params, spec, arch_path, info):
     if is_width_file(arch_path):
         arch = load_width_architecture(arch_path)
         if arch["network"].get("num_classes") != info.num_classes:
-            raise WidthArchitectureError(f"{arch_path}: built for {arch['network'].get('num_classes')} classes, "
-                                         f"the dataset has {info.num_classes}")
+            raise WidthArchitectureError(
+                f"{arch_path}: built for {arch['network'].get('num_classes')} classes, "
+                f"the dataset has {info.num_classes}"
+            )
         return build_width_network(arch)
     genotype = load_genotype(arch_path)
     r = params.retrain
-    return CellNetwork(genotype, r.init_channels, r.layers, info.num_classes, info.input_channels, info.name,
-                       drop_path=r.drop_path)
+    return CellNetwork(
+        genotype, r.init_channels, r.layers, info.num_classes, info.input_channels, info.name, drop_path=r.drop_path
+    )
 
 
 def make_distillation(params, model, arch_path, device, info):
@@ -51,8 +54,16 @@ def make_distillation(params, model, arch_path, device, info):
     teacher = load_teacher(params, info, device)
     teacher = place_model(teacher, device, params.pipeline.channels_last)
     d = params.retrain.distill
-    return FixedTutorDistillation(model, teacher, load_tutors(arch_path), map_size=d.map_size, gamma=d.gamma,
-                                  kl_weight=d.kl_weight, temperature=d.temperature, loss_form=d.loss_form)
+    return FixedTutorDistillation(
+        model,
+        teacher,
+        load_tutors(arch_path),
+        map_size=d.map_size,
+        gamma=d.gamma,
+        kl_weight=d.kl_weight,
+        temperature=d.temperature,
+        loss_form=d.loss_form,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,23 +76,41 @@ def run(args: argparse.Namespace) -> int:
     model = place_model(model, device, params.pipeline.channels_last)
     distill = make_distillation(params, model, arch_path, device, splits.info) if spec.distill else None
     resume = ResumeState(paths.state_dir(params, args.run, args.seed, "retrain"), params_hash(params, keys))
-    with stage_run(params, "retrain", run=args.run, method=spec.method, variant=spec.variant, seed=args.seed,
-                   keys=keys, claim_dir=resume.folder) as tracker:
+    with stage_run(
+        params,
+        "retrain",
+        run=args.run,
+        method=spec.method,
+        variant=spec.variant,
+        seed=args.seed,
+        keys=keys,
+        claim_dir=resume.folder,
+    ) as tracker:
         # tags search_run_id: the search that wrote the architecture
         tracker.link_producer("arch_sha256", arch_path, run=spec.arch_from or args.run, seed=str(args.seed))
         log_training_data(tracker, params, splits, args.seed)
         t0 = time.perf_counter()
-        trainer = Trainer(model, params.retrain.train, device, seed=args.seed, log_metrics=tracker.log_metrics,
-                          resume=resume, progress=show_progress(params.pipeline.progress), desc=f"retrain {args.run}",
-                          extra_loss=distill)
+        trainer = Trainer(
+            model,
+            params.retrain.train,
+            device,
+            seed=args.seed,
+            log_metrics=tracker.log_metrics,
+            resume=resume,
+            progress=show_progress(params.pipeline.progress),
+            desc=f"retrain {args.run}",
+            extra_loss=distill,
+        )
         result = trainer.fit(splits.train, splits.val)
         if distill is not None:
             distill.remove()
         seconds = time.perf_counter() - t0
         out = paths.model_file(params, args.run, args.seed)
         save_model(out, model, model.model_args, {"best_epoch": result.best_epoch})
-        write_json(paths.train_log(params, args.run, args.seed),
-                   {"history": result.history, "best_epoch": result.best_epoch, "seconds": seconds})
+        write_json(
+            paths.train_log(params, args.run, args.seed),
+            {"history": result.history, "best_epoch": result.best_epoch, "seconds": seconds},
+        )
         tracker.log_checkpoint(out, splits.val.x[:4])  # an MLflow model; the metrics below are linked to it
         tracker.log_metrics({"train_seconds": seconds, "best_epoch": result.best_epoch})
         tracker.log_artifact(out)

@@ -36,14 +36,34 @@ def run(args: argparse.Namespace) -> int:
         for p in teacher.parameters():
             p.requires_grad_(False)
     resume = ResumeState(paths.state_dir(params, args.run, args.seed, "search"), params_hash(params, keys))
-    with stage_run(params, "search", run=args.run, method=spec.method, variant=spec.variant, seed=args.seed,
-                   keys=keys, claim_dir=resume.folder) as tracker:
+    with stage_run(
+        params,
+        "search",
+        run=args.run,
+        method=spec.method,
+        variant=spec.variant,
+        seed=args.seed,
+        keys=keys,
+        claim_dir=resume.folder,
+    ) as tracker:
         log_training_data(tracker, params, splits, args.seed)
         method = make_method(spec.method)
-        result = run_search(method, {"params": params, "run": spec, "info": splits.info, "device": device,
-                                     "seed": args.seed, "teacher": teacher},
-                            splits, log_metrics=tracker.log_metrics, resume=resume,
-                            progress=show_progress(params.pipeline.progress), desc=f"search {args.run}")
+        result = run_search(
+            method,
+            {
+                "params": params,
+                "run": spec,
+                "info": splits.info,
+                "device": device,
+                "seed": args.seed,
+                "teacher": teacher,
+            },
+            splits,
+            log_metrics=tracker.log_metrics,
+            resume=resume,
+            progress=show_progress(params.pipeline.progress),
+            desc=f"search {args.run}",
+        )
         arch_path = paths.arch_file(params, args.run, args.seed)
         run_dir = arch_path.parent
         for name, data in result.extra_outputs.items():
@@ -53,12 +73,22 @@ def run(args: argparse.Namespace) -> int:
             tracker.log_artifact(extra_file)
         epochs = search_for(params, spec.method).epochs  # the method's own (search.methods.<m>.overrides)
         stability = stability_summary(result.decisions, epochs) if method.uses_search_loop else {}
-        write_json(paths.search_log(params, args.run, args.seed),
-                   {"run": args.run, "method": spec.method, "variant": spec.variant, "seed": args.seed,
-                    "search_seconds": result.seconds, **stability, "decisions": result.decisions,
-                    "history": result.history})
-        tracker.log_metrics({"search_seconds": result.seconds,
-                             **{k: float(v) for k, v in stability.items() if v is not None}})
+        write_json(
+            paths.search_log(params, args.run, args.seed),
+            {
+                "run": args.run,
+                "method": spec.method,
+                "variant": spec.variant,
+                "seed": args.seed,
+                "search_seconds": result.seconds,
+                **stability,
+                "decisions": result.decisions,
+                "history": result.history,
+            },
+        )
+        tracker.log_metrics(
+            {"search_seconds": result.seconds, **{k: float(v) for k, v in stability.items() if v is not None}}
+        )
         tracker.set_tags({"arch_sha256": file_digest(arch_path)})  # the retrain run finds this run by it
         tracker.log_artifact(arch_path)
         log.info("search %s seed %d: %.1f s -> %s", args.run, args.seed, result.seconds, arch_path)

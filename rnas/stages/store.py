@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from rnas.stages.common import add_params_argument
 from rnas.config import load_params
+from rnas.stages.common import add_params_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -24,11 +24,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def teacher_model_args(params, info) -> dict:
     t = params.teacher
-    kwargs = {"small_cnn": {"width": t.width, "depth": t.depth, "convs_per_stage": t.convs_per_stage},
-              "preact_resnet18": {"width": t.width},
-              "wide_resnet": {"depth": t.depth, "widen_factor": t.widen_factor}}[t.family]
-    return {"kind": "family", "family": t.family, "num_classes": info.num_classes,
-            "input_channels": info.input_channels, "dataset": info.name, **kwargs}
+    kwargs = {
+        "small_cnn": {"width": t.width, "depth": t.depth, "convs_per_stage": t.convs_per_stage},
+        "preact_resnet18": {"width": t.width},
+        "wide_resnet": {"depth": t.depth, "widen_factor": t.widen_factor},
+    }[t.family]
+    return {
+        "kind": "family",
+        "family": t.family,
+        "num_classes": info.num_classes,
+        "input_channels": info.input_channels,
+        "dataset": info.name,
+        **kwargs,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,22 +47,45 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(**{k: v for k, v in model_args.items() if k != "kind"})
     model = place_model(model, device, params.pipeline.channels_last)
     resume = ResumeState(paths.state_dir(params, paths.TEACHER, 0, "teacher"), params_hash(params, keys))
-    with stage_run(params, "teacher", run="teacher", method="teacher", variant=params.teacher.family,
-                   seed=TEACHER_SEED, keys=keys, claim_dir=resume.folder) as tracker:
+    with stage_run(
+        params,
+        "teacher",
+        run="teacher",
+        method="teacher",
+        variant=params.teacher.family,
+        seed=TEACHER_SEED,
+        keys=keys,
+        claim_dir=resume.folder,
+    ) as tracker:
         log_training_data(tracker, params, splits, TEACHER_SEED)
         t0 = time.perf_counter()
-        trainer = Trainer(model, params.teacher.train, device, seed=TEACHER_SEED, log_metrics=tracker.log_metrics,
-                          resume=resume, progress=show_progress(params.pipeline.progress), desc="teacher")
+        trainer = Trainer(
+            model,
+            params.teacher.train,
+            device,
+            seed=TEACHER_SEED,
+            log_metrics=tracker.log_metrics,
+            resume=resume,
+            progress=show_progress(params.pipeline.progress),
+            desc="teacher",
+        )
         result = trainer.fit(splits.train, splits.val)
         seconds = time.perf_counter() - t0
         out = paths.teacher_model(params)
         save_model(out, model, model_args, {"best_epoch": result.best_epoch})
-        write_json(paths.train_log(params, paths.TEACHER, 0),
-                   {"history": result.history, "best_epoch": result.best_epoch, "seconds": seconds})
+        write_json(
+            paths.train_log(params, paths.TEACHER, 0),
+            {"history": result.history, "best_epoch": result.best_epoch, "seconds": seconds},
+        )
         tracker.log_checkpoint(out, splits.val.x[:4])  # an MLflow model; the metrics below are linked to it
         tracker.log_metrics({"train_seconds": seconds, "best_epoch": result.best_epoch})
         tracker.log_artifact(out)
-        log.info("teacher: best epoch %d (val %s %.4f) -> %s", result.best_epoch + 1,
-                 params.teacher.train.select_on, result.best_metric, out)
+        log.info(
+            "teacher: best epoch %d (val %s %.4f) -> %s",
+            result.best_epoch + 1,
+            params.teacher.train.select_on,
+            result.best_metric,
+            out,
+        )
     resume.clear()
     return 0

@@ -12,7 +12,7 @@ so that extra loss terms (distillation) can use the same input.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +20,10 @@ from torch import nn
 
 from rnas.config import PerturbationConfig
 
-PerturbationFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, PerturbationConfig, torch.Generator | None],
-                          tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+PerturbationFn = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, PerturbationConfig, torch.Generator | None],
+    tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+]
 
 
 def _uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -29,9 +31,17 @@ def _uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | Non
     return (x + eps * noise).clamp(0, 1)
 
 
-def pgd_inner(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: float, steps: int,
-              generator: torch.Generator | None, loss: str = "ce",
-              clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+def pgd_inner(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    step: float,
+    steps: int,
+    generator: torch.Generator | None,
+    loss: str = "ce",
+    clean_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Maximize CE (or TRADES' KL to ``clean_logits``) over the L∞ ε-ball ∩ [0, 1].
 
     Gradients are taken w.r.t. the input only (``torch.autograd.grad``), so no ``.grad``
@@ -40,8 +50,11 @@ def pgd_inner(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, st
     """
     if eps == 0 or steps == 0:
         return x.detach()
-    x_adv = _uniform_start(x, eps, generator) if loss == "ce" else (
-        x + 0.001 * torch.randn(x.shape, generator=generator, device="cpu").to(x.device)).clamp(0, 1)
+    x_adv = (
+        _uniform_start(x, eps, generator)
+        if loss == "ce"
+        else (x + 0.001 * torch.randn(x.shape, generator=generator, device="cpu").to(x.device)).clamp(0, 1)
+    )
     target = F.softmax(clean_logits.detach(), dim=1) if loss == "kl" else None
     for _ in range(steps):
         x_adv = x_adv.detach().requires_grad_(True)
@@ -75,8 +88,9 @@ def pgd_loss(model, x, y, cfg, generator):
 
 def trades_loss(model, x, y, cfg, generator):
     logits_clean = model(x)
-    x_adv = pgd_inner(model, x, y, cfg.epsilon, cfg.step_size, cfg.steps, generator, loss="kl",
-                      clean_logits=logits_clean)
+    x_adv = pgd_inner(
+        model, x, y, cfg.epsilon, cfg.step_size, cfg.steps, generator, loss="kl", clean_logits=logits_clean
+    )
     logits_adv = model(x_adv)
     robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
     return F.cross_entropy(logits_clean, y) + cfg.trades_beta * robust, logits_adv, x_adv

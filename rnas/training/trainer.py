@@ -15,8 +15,8 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from rnas.checkpoint import ResumeState, log_resume, log_steps_run
 from rnas.config import TrainConfig
-from rnas.runtime import autocast, capture_rng, log_epoch, restore_rng
 from rnas.data import TensorPair, augment_batch, iterate_batches
+from rnas.runtime import autocast, capture_rng, log_epoch, restore_rng
 from rnas.training.perturbations import get_perturbation, pgd_inner
 
 # extra_loss(model, x_used, y, logits) -> scalar tensor added to the perturbation loss
@@ -56,8 +56,16 @@ def accuracy(model: nn.Module, pair: TensorPair, batch_size: int, device: torch.
     return correct / max(1, len(pair))
 
 
-def robust_accuracy(model: nn.Module, pair: TensorPair, batch_size: int, device: torch.device, eps: float,
-                    step: float, steps: int, seed: int = 0) -> float:
+def robust_accuracy(
+    model: nn.Module,
+    pair: TensorPair,
+    batch_size: int,
+    device: torch.device,
+    eps: float,
+    step: float,
+    steps: int,
+    seed: int = 0,
+) -> float:
     """PGD-k accuracy (random start from a fixed seed) used for checkpoint selection."""
     model.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -76,21 +84,31 @@ class FitResult:
     best_metric: float
     history: list[dict[str, float]] = field(default_factory=list)
     start_epoch: int = 0  # first epoch this process ran (> 0 after a resume)
-    steps_run: int = 0    # optimizer steps this process ran (a resume runs only the remaining epochs)
+    steps_run: int = 0  # optimizer steps this process ran (a resume runs only the remaining epochs)
 
 
 def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
     if not torch.isfinite(loss).all():
         raise NonFiniteLossError(
             f"loss is {float(loss)} at epoch {epoch + 1}, step {step}; stopping. The last good checkpoint is kept. "
-            "Lower the learning rate or check the inputs.")
+            "Lower the learning rate or check the inputs."
+        )
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, seed: int,
-                 extra_loss: ExtraLoss | None = None, log_metrics: MetricsLogger | None = None,
-                 resume: ResumeState | None = None, progress: bool = True, desc: str = "train",
-                 extra_modules: nn.Module | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        device: torch.device,
+        seed: int,
+        extra_loss: ExtraLoss | None = None,
+        log_metrics: MetricsLogger | None = None,
+        resume: ResumeState | None = None,
+        progress: bool = True,
+        desc: str = "train",
+        extra_modules: nn.Module | None = None,
+    ):
         self.model = model.to(device)
         self.cfg = cfg
         self.device = device
@@ -117,8 +135,9 @@ class Trainer:
             "history": history,
         }
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, epoch: int = 0,
-                   step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, epoch: int = 0, step: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on a training batch (on the device): augmentation, the perturbation's
         loss plus the extra terms, gradient clipping. Returns (loss, logits), the loss detached."""
         cfg = self.cfg
@@ -159,8 +178,13 @@ class Trainer:
             total, correct, loss_sum = 0, 0, 0.0
             batches = iterate_batches(train, cfg.batch_size, shuffle=True, generator=gen, drop_last=False)
             n_batches = math.ceil(len(train) / cfg.batch_size)
-            bar = tqdm(batches, total=n_batches, desc=f"{self.desc} {epoch + 1}/{cfg.epochs}",
-                       disable=not self.progress, leave=False)
+            bar = tqdm(
+                batches,
+                total=n_batches,
+                desc=f"{self.desc} {epoch + 1}/{cfg.epochs}",
+                disable=not self.progress,
+                leave=False,
+            )
             for step, (x, y) in enumerate(bar):
                 x, y = x.to(device), y.to(device)
                 loss, logits = self.train_step(x, y, gen, epoch, step)
@@ -172,10 +196,16 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
             val_clean = accuracy(self.model, val, 256, device)
-            val_robust = robust_accuracy(self.model, val, 256, device, pcfg.epsilon, pcfg.step_size,
-                                         max(1, pcfg.steps), seed=self.seed)
-            metrics = {"train_loss": loss_sum / total, "train_acc": correct / total, "val_clean_acc": val_clean,
-                       "val_robust_acc": val_robust, "lr": lr}
+            val_robust = robust_accuracy(
+                self.model, val, 256, device, pcfg.epsilon, pcfg.step_size, max(1, pcfg.steps), seed=self.seed
+            )
+            metrics = {
+                "train_loss": loss_sum / total,
+                "train_acc": correct / total,
+                "val_clean_acc": val_clean,
+                "val_robust_acc": val_robust,
+                "lr": lr,
+            }
             history.append(metrics)
             metric = {"val_robust": val_robust, "val_clean": val_clean, "last": float(epoch)}[cfg.select_on]
             if metric > best["metric"]:
@@ -188,5 +218,10 @@ class Trainer:
             self.model.load_state_dict(best["state_dict"])
         self.model.eval()
         log_steps_run(self.desc, steps_run, "training", start, cfg.epochs)
-        return FitResult(best_epoch=best["epoch"], best_metric=best["metric"], history=history, start_epoch=start,
-                         steps_run=steps_run)
+        return FitResult(
+            best_epoch=best["epoch"],
+            best_metric=best["metric"],
+            history=history,
+            start_epoch=start,
+            steps_run=steps_run,
+        )

@@ -31,8 +31,9 @@ class SlurmUnavailable(RuntimeError):
 
 
 def find_binary(name: str) -> str | None:
-    return shutil.which(name) or next((str(p) for d in ("/usr/sbin", "/usr/bin", "/sbin")
-                                       if (p := Path(d) / name).is_file()), None)
+    return shutil.which(name) or next(
+        (str(p) for d in ("/usr/sbin", "/usr/bin", "/sbin") if (p := Path(d) / name).is_file()), None
+    )
 
 
 def missing_binaries() -> list[str]:
@@ -54,8 +55,16 @@ def total_memory_mb() -> int:
     raise SlurmUnavailable(f"cannot read total memory from `free -m`:\n{out}")
 
 
-def slurm_conf(root: Path, host: str, cpus: int, memory_mb: int, ctld_port: int, slurmd_port: int,
-               munge_socket: Path, min_job_age_s: int = 900) -> str:
+def slurm_conf(
+    root: Path,
+    host: str,
+    cpus: int,
+    memory_mb: int,
+    ctld_port: int,
+    slurmd_port: int,
+    munge_socket: Path,
+    min_job_age_s: int = 900,
+) -> str:
     """slurm.conf of a one-node cluster whose every path is under ``root``."""
     return f"""\
 # Single-node test cluster written by tests/slurm/cluster.py (not for production).
@@ -123,13 +132,18 @@ class LocalSlurm:
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.root / f"{name}.out", "wb")  # noqa: SIM115 - closed in stop()
-        proc = subprocess.Popen([find_binary(name) or name, *args], stdout=log, stderr=subprocess.STDOUT,
-                                env=self.env(), start_new_session=True)
+        proc = subprocess.Popen(
+            [find_binary(name) or name, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env(),
+            start_new_session=True,
+        )
         proc._rnas_log = log  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc
 
-    def start(self, timeout_s: float = 60.0) -> "LocalSlurm":
+    def start(self, timeout_s: float = 60.0) -> LocalSlurm:
         missing = missing_binaries()
         if missing:
             raise SlurmUnavailable(f"not installed: {', '.join(missing)} (run tests/slurm/setup.sh)")
@@ -142,9 +156,18 @@ class LocalSlurm:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
         sock = munge_dir / "munge.socket"
-        self._spawn("munged", ["--foreground", "--force", f"--key-file={key}", f"--socket={sock}",
-                               f"--pid-file={munge_dir}/munged.pid", f"--log-file={munge_dir}/munged.log",
-                               f"--seed-file={munge_dir}/munged.seed"])
+        self._spawn(
+            "munged",
+            [
+                "--foreground",
+                "--force",
+                f"--key-file={key}",
+                f"--socket={sock}",
+                f"--pid-file={munge_dir}/munged.pid",
+                f"--log-file={munge_dir}/munged.log",
+                f"--seed-file={munge_dir}/munged.seed",
+            ],
+        )
         self._wait(lambda: sock.exists(), timeout_s, "munged did not create its socket")
         memory = total_memory_mb()
         self.conf.write_text(slurm_conf(self.root, self.host, self.cpus, memory, _free_port(), _free_port(), sock))
@@ -155,8 +178,9 @@ class LocalSlurm:
         return self
 
     def _run(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([find_binary(args[0]) or args[0], *args[1:]], capture_output=True, text=True,
-                              env=self.env(), timeout=30)
+        return subprocess.run(
+            [find_binary(args[0]) or args[0], *args[1:]], capture_output=True, text=True, env=self.env(), timeout=30
+        )
 
     def _controller_up(self) -> bool:
         return self._run("scontrol", "ping").stdout.count("UP") > 0
@@ -170,8 +194,9 @@ class LocalSlurm:
         while time.monotonic() < deadline:
             dead = [p for p in self.procs if p.poll() is not None]
             if dead:
-                raise SlurmUnavailable(f"{what}: {Path(dead[0].args[0]).name} exited with {dead[0].returncode}; "
-                                       f"logs:\n{self.logs()}")
+                raise SlurmUnavailable(
+                    f"{what}: {Path(dead[0].args[0]).name} exited with {dead[0].returncode}; logs:\n{self.logs()}"
+                )
             if ready():
                 return
             time.sleep(0.5)
@@ -197,7 +222,7 @@ class LocalSlurm:
             proc._rnas_log.close()  # type: ignore[attr-defined]
         self.procs.clear()
 
-    def __enter__(self) -> "LocalSlurm":
+    def __enter__(self) -> LocalSlurm:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from rnas.search.base import SearchMethod
 from rnas.search.methods.darts import DartsMethod

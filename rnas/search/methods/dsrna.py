@@ -71,8 +71,14 @@ def dual_norm(g: torch.Tensor, norm: str) -> torch.Tensor:
     raise ValueError(f"unknown norm {norm!r}; known: linf, l2")
 
 
-def jacobian_metric(model: nn.Module, x: torch.Tensor, eps: float, norm: str = "linf", projection: str = "top1",
-                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def jacobian_metric(
+    model: nn.Module,
+    x: torch.Tensor,
+    eps: float,
+    norm: str = "linf",
+    projection: str = "top1",
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """R_jac = −ε·‖∇_x g(x_i)‖_* per example (B,) and the clean logits (B, K) (those of ``model(x)``).
 
     g = f_{argmax f(x)}(x) (``top1``) or vᵀ f(x) with v uniform on the unit sphere per example
@@ -103,13 +109,25 @@ def jacobian_metric(model: nn.Module, x: torch.Tensor, eps: float, norm: str = "
     return -eps * dual_norm(grad, norm), logits
 
 
-def bound_metric(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",
-                 method: str = "ibp", dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def bound_metric(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str = "linf",
+    method: str = "ibp",
+    dtype: torch.dtype | None = None,
+    cast: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The lower bound lb (B,) of f_y − max_{k≠y} f_k over the ε-ball ∩ [0, 1] per example, and
     the clean logits (B, K) of the bound's point pass (both in x's dtype; propagated in
-    ``dtype`` if given)."""
+    ``dtype`` if given). ``cast=False`` returns lb in the propagation dtype instead: a float64
+    bound of a deep supernet (≈ −1e62 at 8 cells) does not fit float32 and would read −inf, and
+    its log scale (:func:`scale_bound`, whose derivative 1/(1 + |lb|) underflows float32 too)
+    must be taken before any cast (:meth:`DsrnaMethod.robustness`)."""
     result = spec_bounds(model, x, y, eps, norm, (method,), dtype=dtype)
-    return result.margin(method).to(x.dtype), result.logits.to(x.dtype)
+    lb = result.margin(method)
+    return (lb.to(x.dtype) if cast else lb), result.logits.to(x.dtype)
 
 
 def scale_bound(lb: torch.Tensor, scale: str) -> torch.Tensor:
@@ -138,8 +156,9 @@ class DsrnaMethod(BilevelMethod):
         seed = np.random.SeedSequence([ctx.seed, PROJECTION_STREAM]).generate_state(1)[0]
         self.generator = torch.Generator().manual_seed(int(seed))
 
-    def robustness(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                       dict[str, float]]:
+    def robustness(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """(R (scalar), clean logits (B, K), metrics) of the run's variant on one batch."""
         cfg = self.cfg
         parts: dict[str, torch.Tensor] = {}
@@ -148,17 +167,30 @@ class DsrnaMethod(BilevelMethod):
             r_jac, logits = jacobian_metric(model, x, cfg.epsilon, cfg.norm, cfg.jacobian_projection, self.generator)
             parts["r_jac"] = r_jac.mean()
         if "cb" in self.metrics:
-            lb, cb_logits = bound_metric(model, x, y, cfg.epsilon, cfg.norm, cfg.bound_method,
-                                         getattr(torch, cfg.bound_dtype))
+            # lb stays in bound_dtype (≈ −1e62 at the paper's 8 cells: beyond float32) until it is scaled
+            lb, cb_logits = bound_metric(
+                model, x, y, cfg.epsilon, cfg.norm, cfg.bound_method, getattr(torch, cfg.bound_dtype), cast=False
+            )
             if not torch.isfinite(lb).all():
-                fix = ("set search.methods.dsrna.bound_dtype: float64, or lower search.methods.dsrna.epsilon / "
-                       "search.layers" if cfg.bound_dtype != "float64" else
-                       "float64 overflows too (docs/methods/dsrna.md, 'Paper scale'): lower search.layers "
-                       "(search.methods.dsrna.overrides.layers)")
+                fix = (
+                    "set search.methods.dsrna.bound_dtype: float64, or lower search.methods.dsrna.epsilon / "
+                    "search.layers"
+                    if cfg.bound_dtype != "float64"
+                    else "float64 overflows too (docs/methods/dsrna.md, 'Paper scale'): lower search.layers "
+                    "(search.methods.dsrna.overrides.layers)"
+                )
                 raise NonFiniteLossError(
                     f"DSRNA R_cb: the {cfg.bound_method} margin bound is not finite in {cfg.bound_dtype} "
-                    f"(loose bounds of a deep untrained supernet overflow); {fix}")
-            parts["r_cb"] = scale_bound(lb, cfg.cb_scale).mean()
+                    f"(loose bounds of a deep untrained supernet overflow); {fix}"
+                )
+            r_cb = scale_bound(lb, cfg.cb_scale).mean().to(x.dtype)  # scaled in bound_dtype, then cast
+            if not torch.isfinite(r_cb):
+                raise NonFiniteLossError(
+                    f"DSRNA R_cb: the {cfg.bound_method} margin bound ({float(lb.detach().mean()):.3g}, finite in "
+                    f"{cfg.bound_dtype}) does not fit {x.dtype} with cb_scale: {cfg.cb_scale}; "
+                    "set search.methods.dsrna.cb_scale: log"
+                )
+            parts["r_cb"] = r_cb
             parts["margin_bound"] = lb.detach().mean()
             parts["certified_frac"] = (lb.detach() > 0).float().mean()
             logits = cb_logits if logits is None else logits

@@ -70,6 +70,7 @@ def edge_stride(reduction: bool, src: int) -> int:
 # Parameter count of the final network
 # --------------------------------------------------------------------------------------------
 
+
 class ParameterCost:
     """Exact parameter count of the final :class:`CellNetwork` as a base plus per-edge op costs.
 
@@ -81,10 +82,22 @@ class ParameterCost:
     of the built network (tests check it on the published DARTS V2 cell).
     """
 
-    def __init__(self, init_channels: int, layers: int, num_classes: int, input_channels: int = 3,
-                 dataset: str | None = None, nodes: int = 4):
-        self.net_args = {"init_channels": init_channels, "layers": layers, "num_classes": num_classes,
-                         "input_channels": input_channels, "dataset": dataset}
+    def __init__(
+        self,
+        init_channels: int,
+        layers: int,
+        num_classes: int,
+        input_channels: int = 3,
+        dataset: str | None = None,
+        nodes: int = 4,
+    ):
+        self.net_args = {
+            "init_channels": init_channels,
+            "layers": layers,
+            "num_classes": num_classes,
+            "input_channels": input_channels,
+            "dataset": dataset,
+        }
         self.nodes = nodes
         self.cells: list[tuple[bool, int]] = []  # (reduction, C) per cell, in order
         c = init_channels
@@ -131,17 +144,23 @@ class ParameterCost:
 # Greedy selection under the budget
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Selection:
     genotype: Genotype
-    params: int                      # parameters of the final network (exact)
+    params: int  # parameters of the final network (exact)
     budget: int
-    over_budget: bool                # the budget stopped a parametric op at some point
+    over_budget: bool  # the budget stopped a parametric op at some point
     steps: list[dict[str, Any]] = field(default_factory=list)  # the trace, in order
 
 
-def greedy_select(alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor, cost: ParameterCost, budget: int,
-                  primitives: tuple[str, ...] = PRIMITIVES) -> Selection:
+def greedy_select(
+    alpha_normal: torch.Tensor,
+    alpha_reduce: torch.Tensor,
+    cost: ParameterCost,
+    budget: int,
+    primitives: tuple[str, ...] = PRIMITIVES,
+) -> Selection:
     """LRNAS' greedy selection with two inputs per node (see module docstring, step 4).
 
     ``alpha_*``: (n_edges, n_ops). Ties in α are broken by cell type (normal first), then edge
@@ -189,14 +208,27 @@ def greedy_select(alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor, cost: 
         for node in range(nodes):
             while len(chosen[reduction][node]) < 2:
                 used = {src for _, src in chosen[reduction][node]}
-                options = [(float(a[e, o]), e, o) for e, (n, src) in enumerate(ends) if n == node and src not in used
-                           for o in range(len(primitives))
-                           if is_parameter_free(primitives[o], edge_stride(reduction, src))]
+                options = [
+                    (float(a[e, o]), e, o)
+                    for e, (n, src) in enumerate(ends)
+                    if n == node and src not in used
+                    for o in range(len(primitives))
+                    if is_parameter_free(primitives[o], edge_stride(reduction, src))
+                ]
                 _, e, o = max(options, key=lambda t: (t[0], -t[1], -t[2]))
                 src = ends[e][1]
                 chosen[reduction][node].append((primitives[o], src))
-                steps.append({"cell": CELL_TYPES[reduction], "node": node, "input": src, "op": primitives[o],
-                              "alpha": float(a[e, o]), "result": "filled: best parameter-free op", "params": total})
+                steps.append(
+                    {
+                        "cell": CELL_TYPES[reduction],
+                        "node": node,
+                        "input": src,
+                        "op": primitives[o],
+                        "alpha": float(a[e, o]),
+                        "result": "filled: best parameter-free op",
+                        "params": total,
+                    }
+                )
 
     def cell(reduction: bool) -> tuple[Edge, ...]:
         return tuple(edge for pair in chosen[reduction] for edge in sorted(pair, key=lambda t: t[1]))
@@ -209,6 +241,7 @@ def greedy_select(alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor, cost: 
 # --------------------------------------------------------------------------------------------
 # The coalition value: clean and FGSM accuracy of the supernet with some primitives off
 # --------------------------------------------------------------------------------------------
+
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
     """FGSM (Goodfellow et al. 2015), no random start: x' = clip₀¹(x + ε·sign ∇ₓ CE(f(x), y)).
@@ -238,8 +271,9 @@ class CoalitionValue:
     value, so a coalition that differs from the last one only in them reuses its value.
     """
 
-    def __init__(self, net: Supernet, x: torch.Tensor, y: torch.Tensor, epsilon: float, attack_each: bool,
-                 null: torch.Tensor):
+    def __init__(
+        self, net: Supernet, x: torch.Tensor, y: torch.Tensor, epsilon: float, attack_each: bool, null: torch.Tensor
+    ):
         self.net, self.x, self.y, self.epsilon, self.attack_each = net, x, y, epsilon, attack_each
         self.null = null
         self.evaluations = 0
@@ -262,8 +296,9 @@ class CoalitionValue:
                 clean_logits = self.net(self.x)
         with torch.no_grad():
             adv_logits = self.net(x_adv)
-        value = torch.stack([(clean_logits.argmax(1) == y).double().mean(),
-                             (adv_logits.argmax(1) == y).double().mean()]).cpu()
+        value = torch.stack(
+            [(clean_logits.argmax(1) == y).double().mean(), (adv_logits.argmax(1) == y).double().mean()]
+        ).cpu()
         self.evaluations += 1
         self._last = (key, value)
         return value
@@ -284,8 +319,9 @@ def standardize_per_cell(v_hat: torch.Tensor) -> torch.Tensor:
     return torch.stack([zscore(cell.flatten(), correction=1).view_as(cell) for cell in v_hat])
 
 
-def momentum_update(V: torch.Tensor, v_hat: torch.Tensor, momentum: float,
-                    step_size: float) -> tuple[torch.Tensor, torch.Tensor]:
+def momentum_update(
+    V: torch.Tensor, v_hat: torch.Tensor, momentum: float, step_size: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """LRNAS' update, ``V`` and ``v_hat`` (2, ...) with dim 0 the cell type:
     V ← (1−μ)·V + μ·z_cell(V̂) (:func:`standardize_per_cell`); returns (new V, the step η·V
     added to α)."""
@@ -297,6 +333,7 @@ def momentum_update(V: torch.Tensor, v_hat: torch.Tensor, momentum: float,
 # The method
 # --------------------------------------------------------------------------------------------
 
+
 class LrnasMethod(BilevelMethod):
     """LRNAS (see module docstring): weight training, Shapley contributions, greedy selection."""
 
@@ -305,8 +342,10 @@ class LrnasMethod(BilevelMethod):
         s = ctx.params.search
         self.cfg: LrnasMethodConfig = s.methods.lrnas
         if self.cfg.warmup_epochs >= s.epochs:
-            raise ValueError(f"search.methods.lrnas.warmup_epochs ({self.cfg.warmup_epochs}) leaves no epoch of "
-                             f"contribution estimation (search.epochs is {s.epochs})")
+            raise ValueError(
+                f"search.methods.lrnas.warmup_epochs ({self.cfg.warmup_epochs}) leaves no epoch of "
+                f"contribution estimation (search.epochs is {s.epochs})"
+            )
         self.budget = self.cfg.budget if ctx.run.variant == "default" else parse_budget(ctx.run.variant)
         net = self.supernet
         for p in net.arch_parameters():  # α (and PC-DARTS β) get no gradient in LRNAS
@@ -319,8 +358,9 @@ class LrnasMethod(BilevelMethod):
         self._batches: list[Batch] = []
         self._selection: Selection | None = None
         r = ctx.params.retrain
-        self.cost = ParameterCost(r.init_channels, r.layers, ctx.info.num_classes, ctx.info.input_channels,
-                                  ctx.info.name, s.nodes)
+        self.cost = ParameterCost(
+            r.init_channels, r.layers, ctx.info.num_classes, ctx.info.input_channels, ctx.info.name, s.nodes
+        )
 
     def begin_epoch(self, epoch: int) -> None:
         self._batches = []
@@ -342,8 +382,9 @@ class LrnasMethod(BilevelMethod):
     def estimate_contributions(self, epoch: int) -> dict[str, float]:
         """Steps 2 and 3 of the module docstring on this epoch's validation batches."""
         if not self._batches:
-            raise RuntimeError("LRNAS: no validation batch this epoch (the architecture half is smaller than "
-                               "search.batch_size)")
+            raise RuntimeError(
+                "LRNAS: no validation batch this epoch (the architecture half is smaller than search.batch_size)"
+            )
         cfg, net = self.cfg, self.supernet
         t0 = time.perf_counter()
         # One permutation stream per (seed, epoch): a resumed search draws the same permutations.
@@ -380,19 +421,31 @@ class LrnasMethod(BilevelMethod):
             net.alpha_reduce.add_(step[1].to(net.alpha_reduce))
         self._selection = None
         full_t = torch.stack(full).mean(0)
-        self.history.append({
-            "epoch": epoch, "value": v_hat.flatten().float(), "momentum": self.V.flatten().float(),
-            "shapley_clean": m[..., 0].mean(0).float(), "shapley_robust": m[..., 1].mean(0).float(),
-            "full_clean_acc": float(full_t[0]), "full_fgsm_acc": float(full_t[1]), "evaluations": evaluations,
-        })
-        return {"shapley_seconds": time.perf_counter() - t0, "shapley_evaluations": float(evaluations),
-                "shapley_full_clean_acc": float(full_t[0]), "shapley_full_fgsm_acc": float(full_t[1])}
+        self.history.append(
+            {
+                "epoch": epoch,
+                "value": v_hat.flatten().float(),
+                "momentum": self.V.flatten().float(),
+                "shapley_clean": m[..., 0].mean(0).float(),
+                "shapley_robust": m[..., 1].mean(0).float(),
+                "full_clean_acc": float(full_t[0]),
+                "full_fgsm_acc": float(full_t[1]),
+                "evaluations": evaluations,
+            }
+        )
+        return {
+            "shapley_seconds": time.perf_counter() - t0,
+            "shapley_evaluations": float(evaluations),
+            "shapley_full_clean_acc": float(full_t[0]),
+            "shapley_full_fgsm_acc": float(full_t[1]),
+        }
 
     # -- result --------------------------------------------------------------------
     def selection(self) -> Selection:
         if self._selection is None:
-            self._selection = greedy_select(self.supernet.alpha_normal, self.supernet.alpha_reduce, self.cost,
-                                            self.budget, self.supernet.primitives)
+            self._selection = greedy_select(
+                self.supernet.alpha_normal, self.supernet.alpha_reduce, self.cost, self.budget, self.supernet.primitives
+            )
         return self._selection
 
     def architecture(self) -> dict[str, Any]:
@@ -400,17 +453,26 @@ class LrnasMethod(BilevelMethod):
 
     def players(self) -> list[dict[str, Any]]:
         ends = edge_endpoints(self.supernet.nodes)
-        return [{"cell": kind, "edge": e, "node": node, "input": src, "op": op}
-                for kind in CELL_TYPES for e, (node, src) in enumerate(ends) for op in self.supernet.primitives]
+        return [
+            {"cell": kind, "edge": e, "node": node, "input": src, "op": op}
+            for kind in CELL_TYPES
+            for e, (node, src) in enumerate(ends)
+            for op in self.supernet.primitives
+        ]
 
     def contributions(self) -> dict[str, Any]:
         sel = self.selection()
         r = self.ctx.params.retrain
         return {
-            "method": "lrnas", "run": self.ctx.run.name, "budget": self.budget,
+            "method": "lrnas",
+            "run": self.ctx.run.name,
+            "budget": self.budget,
             "final_network": {"init_channels": r.init_channels, "layers": r.layers},
-            "params": sel.params, "params_built": self.cost.count_built(sel.genotype), "over_budget": sel.over_budget,
-            "primitives": list(self.supernet.primitives), "players": self.players(),
+            "params": sel.params,
+            "params_built": self.cost.count_built(sel.genotype),
+            "over_budget": sel.over_budget,
+            "primitives": list(self.supernet.primitives),
+            "players": self.players(),
             "epochs": [h["epoch"] for h in self.history],
             "value": [h["value"].tolist() for h in self.history],
             "momentum": [h["momentum"].tolist() for h in self.history],
@@ -419,8 +481,10 @@ class LrnasMethod(BilevelMethod):
             "full_clean_acc": [h["full_clean_acc"] for h in self.history],
             "full_fgsm_acc": [h["full_fgsm_acc"] for h in self.history],
             "evaluations": [h["evaluations"] for h in self.history],
-            "alpha": {"normal": self.supernet.alpha_normal.detach().cpu().tolist(),
-                      "reduce": self.supernet.alpha_reduce.detach().cpu().tolist()},
+            "alpha": {
+                "normal": self.supernet.alpha_normal.detach().cpu().tolist(),
+                "reduce": self.supernet.alpha_reduce.detach().cpu().tolist(),
+            },
             "selection": sel.steps,
         }
 
@@ -432,9 +496,14 @@ class LrnasMethod(BilevelMethod):
 
         players = self.players()
         labels = [f"{p['node']}←{p['input']} {p['op']}" for p in players]
-        path = plot_contributions([h["value"].tolist() for h in self.history], [h["epoch"] for h in self.history],
-                                  labels, [p["cell"] for p in players], Path(folder) / "contributions.png",
-                                  title=f"LRNAS contributions ({self.ctx.run.name}, λ = {self.budget:,} params)")
+        path = plot_contributions(
+            [h["value"].tolist() for h in self.history],
+            [h["epoch"] for h in self.history],
+            labels,
+            [p["cell"] for p in players],
+            Path(folder) / "contributions.png",
+            title=f"LRNAS contributions ({self.ctx.run.name}, λ = {self.budget:,} params)",
+        )
         return [path]
 
     # -- checkpoint ------------------------------------------------------------------

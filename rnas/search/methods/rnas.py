@@ -93,8 +93,9 @@ def running_stats_frozen(model: nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
-def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: RnasMethodConfig,
-                         generator: torch.Generator) -> torch.Tensor:
+def adversarial_examples(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: RnasMethodConfig, generator: torch.Generator
+) -> torch.Tensor:
     """PGD-k on CE with a uniform random start (Madry et al. 2018) in the L∞ ball of radius
     ``cfg.adv_epsilon`` ∩ [0, 1]: ``adv_steps`` steps of ``adv_step_size`` (pixel units).
 
@@ -138,8 +139,13 @@ def l2_distance(clean: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
 def feature_distance(clean: list[torch.Tensor], noisy: list[torch.Tensor]) -> torch.Tensor:
     """1/L Σ_l ‖ĥ_l(x) − ĥ_l(x̃)‖², ĥ = cell output (B, C, H, W) flattened and L2-normalized per
     example; mean over the batch. Each term lies in [0, 4]."""
-    terms = [(F.normalize(a.reshape(a.shape[0], -1), dim=1) - F.normalize(b.reshape(b.shape[0], -1), dim=1))
-             .pow(2).sum(1).mean() for a, b in zip(clean, noisy)]
+    terms = [
+        (F.normalize(a.reshape(a.shape[0], -1), dim=1) - F.normalize(b.reshape(b.shape[0], -1), dim=1))
+        .pow(2)
+        .sum(1)
+        .mean()
+        for a, b in zip(clean, noisy)
+    ]
     return torch.stack(terms).mean()
 
 
@@ -165,9 +171,14 @@ def forward_with_cells(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
     return logits, outputs
 
 
-def robustness_term(model: nn.Module, x: torch.Tensor, x_tilde: torch.Tensor, divergence: str,
-                    clean_logits: torch.Tensor | None = None,
-                    clean_cells: list[torch.Tensor] | None = None) -> torch.Tensor:
+def robustness_term(
+    model: nn.Module,
+    x: torch.Tensor,
+    x_tilde: torch.Tensor,
+    divergence: str,
+    clean_logits: torch.Tensor | None = None,
+    clean_cells: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """R = D(f(x), f(x̃)) (see module docstring). The forward on x̃ leaves BN running statistics
     alone; pass the clean forward's outputs to reuse them."""
     if divergence == "features":
@@ -179,7 +190,9 @@ def robustness_term(model: nn.Module, x: torch.Tensor, x_tilde: torch.Tensor, di
     try:
         fn = LOGIT_DIVERGENCES[divergence]
     except KeyError:
-        raise ValueError(f"unknown divergence {divergence!r}; known: {', '.join(LOGIT_DIVERGENCES)}, features") from None
+        raise ValueError(
+            f"unknown divergence {divergence!r}; known: {', '.join(LOGIT_DIVERGENCES)}, features"
+        ) from None
     if clean_logits is None:
         clean_logits = model(x)
     with running_stats_frozen(model):
@@ -232,8 +245,9 @@ class RnasMethod(BilevelMethod):
         ce = F.cross_entropy(logits, y)
         if self.cfg.lam == 0:
             with torch.no_grad():
-                r = robustness_term(model, x, x_tilde, div, logits.detach(),
-                                    None if cells is None else [c.detach() for c in cells])
+                r = robustness_term(
+                    model, x, x_tilde, div, logits.detach(), None if cells is None else [c.detach() for c in cells]
+                )
             loss = ce
         else:
             r = robustness_term(model, x, x_tilde, div, logits, cells)

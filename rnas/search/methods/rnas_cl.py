@@ -42,8 +42,7 @@ from torch import nn
 from rnas.config import RnasClMethodConfig
 from rnas.distill import MapTaps, TeacherProbe, TutorLogits, attention_loss, kd_kl, student_layers
 from rnas.runtime import autocast, place_model
-from rnas.search.base import (Batch, BilevelMethod, Progress, SearchContext, SearchMethod, alpha_entropy,
-                              arch_lr_factor)
+from rnas.search.base import Batch, BilevelMethod, Progress, SearchContext, SearchMethod, alpha_entropy, arch_lr_factor
 from rnas.space.gumbel import one_hot_argmax
 from rnas.space.width import WidthSupernet, log_cost
 
@@ -54,7 +53,7 @@ def cost_factor(cost: torch.Tensor, beta: float, form: str) -> torch.Tensor:
     if form == "public":
         return beta * log_c
     if form == "paper":
-        return log_c ** beta
+        return log_c**beta
     raise ValueError(f"unknown loss form {form!r}; known: public, paper")
 
 
@@ -75,8 +74,10 @@ def step_phase(step: int, steps_per_epoch: int, arch_fraction: float) -> str:
 
 def _require_teacher(ctx: SearchContext) -> nn.Module:
     if ctx.teacher is None:
-        raise ValueError("RNAS-CL needs the robust teacher (SearchContext.teacher): run `rnas teacher` first "
-                         "or set pipeline.teacher_checkpoint")
+        raise ValueError(
+            "RNAS-CL needs the robust teacher (SearchContext.teacher): run `rnas teacher` first "
+            "or set pipeline.teacher_checkpoint"
+        )
     return ctx.teacher
 
 
@@ -84,8 +85,9 @@ class CrossLayerTerms:
     """The distillation half of RNAS-CL shared by both spaces: teacher probe, student taps,
     tutor logits, the Gumbel generator and the temperature."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, cfg: RnasClMethodConfig, device: torch.device,
-                 seed: int):
+    def __init__(
+        self, student: nn.Module, teacher: nn.Module, cfg: RnasClMethodConfig, device: torch.device, seed: int
+    ):
         self.cfg = cfg
         self.teacher = TeacherProbe(teacher, cfg.map_size)
         self.layers = student_layers(student)
@@ -98,8 +100,9 @@ class CrossLayerTerms:
     def student_names(self) -> list[str]:
         return [n for n, _ in self.layers]
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor,
-             train_tutors: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, train_tutors: bool
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """CE + kl_weight·KL + γ·L_attn for the student's last forward on x (returns the loss and parts)."""
         if not self.taps.saw(x):
             raise RuntimeError("the student's last forward was not on this batch")
@@ -113,22 +116,37 @@ class CrossLayerTerms:
         attn = attention_loss(s_maps, t_maps, g, self.cfg.loss_form)
         loss = ce + self.cfg.kl_weight * kl + self.cfg.gamma * attn
         acc = float((logits.argmax(1) == y).float().mean())
-        return loss, {"ce": float(ce.detach()), "kl": float(kl.detach()), "attn": float(attn.detach()), "train_acc": acc}
+        return loss, {
+            "ce": float(ce.detach()),
+            "kl": float(kl.detach()),
+            "attn": float(attn.detach()),
+            "train_acc": acc,
+        }
 
     def tutor_entropy(self) -> float:
         return alpha_entropy(self.tutors.logits)
 
     def report(self) -> dict[str, Any]:
         """tutors.json: layer names, chosen tutors and the softmax tutor weights."""
-        return {"student_layers": self.student_names, "teacher_layers": self.teacher.names,
-                "tutors": self.tutors.choice(), "weights": self.tutors.probabilities().cpu().tolist()}
+        return {
+            "student_layers": self.student_names,
+            "teacher_layers": self.teacher.names,
+            "tutors": self.tutors.choice(),
+            "weights": self.tutors.probabilities().cpu().tolist(),
+        }
 
     def plot(self, folder: Path, title: str) -> Path:
         from rnas.report.tutor_map import plot_tutor_map
 
         rep = self.report()
-        return plot_tutor_map(rep["weights"], rep["student_layers"], rep["teacher_layers"], rep["tutors"],
-                              Path(folder) / "tutor_map.png", title=title)
+        return plot_tutor_map(
+            rep["weights"],
+            rep["student_layers"],
+            rep["teacher_layers"],
+            rep["tutors"],
+            Path(folder) / "tutor_map.png",
+            title=title,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"tutors": self.tutors.state_dict(), "generator": self.generator.get_state()}
@@ -145,15 +163,29 @@ class RnasClWidthSearch(SearchMethod):
         super().setup(ctx)
         s, cfg = ctx.params.search, ctx.params.search.methods.rnas_cl
         self.cfg, w = cfg, cfg.width
-        net = WidthSupernet(ctx.info.num_classes, ctx.info.input_channels, ctx.info.name, ctx.info.image_size,
-                            w.stem_channels, w.stage_widths, w.stage_blocks, w.stage_strides, w.expansion,
-                            w.kernel, w.width_options, w.width_step, w.width_step_channels, w.stem_stride,
-                            w.stage_width_options)
+        net = WidthSupernet(
+            ctx.info.num_classes,
+            ctx.info.input_channels,
+            ctx.info.name,
+            ctx.info.image_size,
+            w.stem_channels,
+            w.stage_widths,
+            w.stage_blocks,
+            w.stage_strides,
+            w.expansion,
+            w.kernel,
+            w.width_options,
+            w.width_step,
+            w.width_step_channels,
+            w.stem_stride,
+            w.stage_width_options,
+        )
         self.supernet = place_model(net, ctx.device, ctx.params.pipeline.channels_last)
         self.cl = CrossLayerTerms(self.supernet, _require_teacher(ctx), cfg, ctx.device, ctx.seed)
         self.supernet.generator = self.cl.generator
-        self.w_opt = torch.optim.SGD(self.supernet.weights(), lr=s.w_lr, momentum=s.w_momentum,
-                                     weight_decay=s.w_weight_decay)
+        self.w_opt = torch.optim.SGD(
+            self.supernet.weights(), lr=s.w_lr, momentum=s.w_momentum, weight_decay=s.w_weight_decay
+        )
         self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=s.epochs, eta_min=s.w_lr_min)
         # Adam with PyTorch's default betas (0.9, 0.999): the paper gives only lr and weight decay.
         self.a_opt = torch.optim.Adam(self.arch_parameters(), lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay)
@@ -188,8 +220,10 @@ class RnasClWidthSearch(SearchMethod):
         if not torch.isfinite(loss):
             from rnas.training.trainer import NonFiniteLossError
 
-            raise NonFiniteLossError(f"search loss is {float(loss)} at epoch {progress.epoch + 1}, step "
-                                     f"{progress.step}; stopping (the last good checkpoint is kept)")
+            raise NonFiniteLossError(
+                f"search loss is {float(loss)} at epoch {progress.epoch + 1}, step "
+                f"{progress.step}; stopping (the last good checkpoint is kept)"
+            )
         weights = self.supernet.weights()
         self.w_opt.zero_grad(set_to_none=True)
         loss.backward(inputs=weights)
@@ -232,8 +266,13 @@ class RnasClWidthSearch(SearchMethod):
         with torch.no_grad():
             macs_argmax = float(self.supernet.expected_cost(one_hot_argmax(self.supernet.logits())))
             macs_expected = float(self.supernet.expected_cost(torch.softmax(self.supernet.logits(), -1)))
-        return {"tau": self.cl.tau, "macs_argmax": macs_argmax, "macs_expected": macs_expected,
-                "width_entropy": alpha_entropy(self.supernet.logits()), "tutor_entropy": self.cl.tutor_entropy()}
+        return {
+            "tau": self.cl.tau,
+            "macs_argmax": macs_argmax,
+            "macs_expected": macs_expected,
+            "width_entropy": alpha_entropy(self.supernet.logits()),
+            "tutor_entropy": self.cl.tutor_entropy(),
+        }
 
     def eval_model(self) -> nn.Module:
         return self.supernet  # expected (soft) widths in eval mode
@@ -244,12 +283,20 @@ class RnasClWidthSearch(SearchMethod):
             macs = float(self.supernet.expected_cost(one_hot_argmax(self.supernet.logits())))
         rep = self.cl.report()
         return {
-            "space": "width", "widths": widths, "tutors": rep["tutors"],
-            "student_layers": rep["student_layers"], "teacher_layers": rep["teacher_layers"],
+            "space": "width",
+            "widths": widths,
+            "tutors": rep["tutors"],
+            "student_layers": rep["student_layers"],
+            "teacher_layers": rep["teacher_layers"],
             "width_options": [list(o) for o in self.supernet.options],
-            "width_probabilities": [p[:len(o)] for p, o in zip(torch.softmax(self.supernet.logits().detach(), -1).cpu().tolist(),
-                                                                  self.supernet.options)],
-            "macs": int(round(macs)), "image_size": self.supernet.image_size,
+            "width_probabilities": [
+                p[: len(o)]
+                for p, o in zip(
+                    torch.softmax(self.supernet.logits().detach(), -1).cpu().tolist(), self.supernet.options
+                )
+            ],
+            "macs": int(round(macs)),
+            "image_size": self.supernet.image_size,
             "network": self.supernet.final_model_args(widths),
         }
 
@@ -263,8 +310,13 @@ class RnasClWidthSearch(SearchMethod):
         return [self.cl.plot(folder, f"RNAS-CL tutor map ({self.ctx.run.name}, width space)")]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"supernet": self.supernet.state_dict(), "w_opt": self.w_opt.state_dict(),
-                "w_sched": self.w_sched.state_dict(), "a_opt": self.a_opt.state_dict(), **self.cl.state_dict()}
+        return {
+            "supernet": self.supernet.state_dict(),
+            "w_opt": self.w_opt.state_dict(),
+            "w_sched": self.w_sched.state_dict(),
+            "a_opt": self.a_opt.state_dict(),
+            **self.cl.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.supernet.load_state_dict(state["supernet"])
@@ -283,11 +335,17 @@ class RnasClCellSearch(BilevelMethod):
         self.cfg = cfg
         self.cl = CrossLayerTerms(self.supernet, _require_teacher(ctx), cfg, ctx.device, ctx.seed)
         # α keeps DARTS' Adam settings; the tutor logits are a second group with RNAS-CL's.
-        self.a_opt = torch.optim.Adam([
-            {"params": self.supernet.arch_parameters(), "lr": s.arch_lr, "betas": (s.arch_beta1, s.arch_beta2),
-             "weight_decay": s.arch_weight_decay},
-            {"params": list(self.cl.tutors.parameters()), "lr": cfg.arch_lr, "weight_decay": cfg.arch_weight_decay},
-        ])
+        self.a_opt = torch.optim.Adam(
+            [
+                {
+                    "params": self.supernet.arch_parameters(),
+                    "lr": s.arch_lr,
+                    "betas": (s.arch_beta1, s.arch_beta2),
+                    "weight_decay": s.arch_weight_decay,
+                },
+                {"params": list(self.cl.tutors.parameters()), "lr": cfg.arch_lr, "weight_decay": cfg.arch_weight_decay},
+            ]
+        )
 
     def begin_epoch(self, epoch: int) -> None:
         self.cl.tau = temperature(self.cfg, epoch)
