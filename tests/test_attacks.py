@@ -521,6 +521,7 @@ EXPECTED_KEYS = {
     "pgd20_acc",
     "pgd100_acc",
     "autoattack_acc",
+    "apgd_acc",
     "robust_acc",
     "autoattack_l2_acc",
     "cw_acc",
@@ -553,7 +554,7 @@ def _check_metrics(metrics, flags, settings, n):
         assert acc == flags[name].sum().item() / n
         assert not (flags[name] & ~flags["clean"]).any()
     for worst, metric, attacks in (
-        ("robust", "robust_acc", ("fgsm", "pgd20", "pgd100", "autoattack")),
+        ("robust", "robust_acc", ("fgsm", "pgd20", "pgd100", "autoattack", "apgd")),
         ("robust_l2", "robust_acc_l2", ("autoattack_l2", "cw", "deepfool")),
     ):
         names = [a for a in settings.attacks if a in attacks]
@@ -567,7 +568,7 @@ def _check_metrics(metrics, flags, settings, n):
             expected &= flags[name]
         assert torch.equal(flags[worst], expected) and metrics[metric] == expected.sum().item() / n
         assert metrics["worst_case_attacks"][metric] == ", ".join(names)
-    autoattacks = [a for a in settings.attacks if a.startswith("autoattack")]
+    autoattacks = [a for a in settings.attacks if PROTOCOL_ATTACKS[a].registry_name in ("autoattack", "autoattack_l2")]
     assert set(metrics["autoattack_checks"]) == set(autoattacks) == set(metrics["autoattack_checks_details"])
     for name in autoattacks:
         assert all(metrics["autoattack_checks"][name].values()), metrics["autoattack_checks_details"]
@@ -579,6 +580,18 @@ def _check_metrics(metrics, flags, settings, n):
         assert sweep[str(settings.epsilon)] == metrics["pgd20_acc"]
     assert metrics["n_examples"] == n and metrics["params"] > 0 and metrics["macs"] > 0
     assert set(metrics["attack_seconds"]) == {*settings.attacks, "eps_sweep"}
+
+
+def test_evaluate_model_reports_the_apgd_attack(setup):
+    """The default digits protocol's AutoAttack part (APGD-CE + APGD-T) has its own eval.json key
+    and enters the L∞ worst case."""
+    model, x, y = setup
+    settings = _settings(attacks=("pgd20", "apgd"))
+    metrics, flags = evaluate_model(model, x[:8], y[:8], settings, progress=False)
+    _check_metrics(metrics, flags, settings, 8)
+    assert metrics["apgd_acc"] == flags["apgd"].float().mean().item()
+    assert metrics["robust_acc"] <= metrics["apgd_acc"]
+    assert "apgd" in metrics["worst_case_attacks"]["robust_acc"]
 
 
 def test_evaluate_model_metrics_and_flags(setup):

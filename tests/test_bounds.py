@@ -4,9 +4,13 @@ looser than IBP, and every linear op's backward rule is its exact adjoint."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from rnas.bounds import (
     BOUND_METHODS,
@@ -167,6 +171,54 @@ def test_sampled_points_never_beat_the_bound(kind, norm, eps):
         assert (worst >= res.lower[name] - 1e-9).all(), name
     assert (worst >= res.best() - 1e-9).all()
     assert res.lower["ibp"].abs().max() > 0  # not a vacuous comparison
+
+
+class _DtypeAudit(TorchDispatchMode):
+    """Records every op (views aside) that produces a floating tensor not in ``dtype``."""
+
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.dtype, self.wrong = dtype, set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.is_floating_point()]
+            self.wrong |= {f"{func} -> {t.dtype}" for t in outs if t.dtype != self.dtype}
+        return out
+
+
+@pytest.mark.parametrize("kind", ["supernet_pc", "small_cnn"])
+@pytest.mark.parametrize("train", [False, True])
+def test_float64_bound_pass_of_a_float32_model_runs_every_op_in_float64(kind, train):
+    """dtype=float64 on a float32 model: no op of the point, IBP or CROWN pass runs in float32 —
+    not softmax(α) / softmax(β), not Normalize's 1/std, not eval-mode BN's rsqrt(running_var + eps)
+    (they used to, on the float32 parameters and buffers, before being promoted)."""
+    model = _model(kind).float().train(train)
+    x, y = _data()
+    x, audit = x.float(), _DtypeAudit(torch.float64)
+    with audit:
+        res = spec_bounds(model, x, y, 0.02, methods=("ibp", "crown"), dtype=torch.float64)
+    assert not audit.wrong, sorted(audit.wrong)
+    assert res.logits.dtype == torch.float64 and all(v.dtype == torch.float64 for v in res.lower.values())
+
+
+@pytest.mark.parametrize("kind", ["supernet_pc", "small_cnn"])
+def test_float64_bounds_of_a_float32_model_are_sound(kind):
+    """The float64 pass bounds the float32 model's function (its parameters and buffers, cast):
+    no sampled point of the ball, evaluated in float64, beats it; equal to the float32 pass up to
+    float32's rounding."""
+    model = _model(kind).float()
+    x, y = _data()
+    res = spec_bounds(model, x.float(), y, 0.02, methods=("ibp", "crown"), dtype=torch.float64)
+    res32 = spec_bounds(model, x.float(), y, 0.02, methods=("ibp", "crown"))
+    exact = copy.deepcopy(model).double()
+    pts = _ball_points(x, 0.02, "linf", 16, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        worst = torch.stack([_margins(exact(p), y) for p in pts]).min(0).values
+    for name in ("ibp", "crown"):
+        assert (worst >= res.lower[name] - 1e-9).all(), name
+        assert torch.allclose(res.lower[name], res32.lower[name].double(), rtol=1e-4, atol=1e-4), name
 
 
 @pytest.mark.parametrize("kind", ["cell", "small_cnn", "preact_resnet18"])

@@ -313,6 +313,58 @@ def test_overflowing_bound_is_a_clear_error(monkeypatch):
         method.arch_loss(method.supernet, splits.train.x[:1], splits.train.y[:1])
 
 
+def _deep_cb_method(cb_scale: str, splits: Splits):
+    params = params_from_dict(
+        {
+            "pipeline": {"progress": False, "channels_last": False},
+            "search": {
+                "epochs": 1,
+                "batch_size": 8,
+                "init_channels": 8,
+                "layers": 8,
+                "nodes": 4,
+                "methods": {"dsrna": {"epsilon": 0.3, "bound_dtype": "float64", "cb_scale": cb_scale}},
+            },
+        }
+    )
+    torch.manual_seed(0)
+    spec = resolve_run("dsrna_cb")
+    method = make_method(spec.method)
+    method.setup(
+        SearchContext(params=params, run=spec, info=splits.info, device=torch.device("cpu"), seed=0, steps_per_epoch=1)
+    )
+    return method
+
+
+def test_float64_bound_beyond_float32_range_gives_a_finite_arch_loss():
+    """The paper-scale failure in small: the IBP bound of an untrained 8-cell, 4-node supernet
+    (C = 8, 8x8 digits, ε = 0.3) is ≈ −1e44, beyond float32 (3.4e38) and far inside float64. With
+    ``bound_dtype: float64`` the architecture loss is finite: lb stays in float64, R_cb = mean
+    sign(lb)·log(1 + |lb|) is taken there and only then cast to the model's float32 (casting lb
+    first read −inf and raised NonFiniteLossError; its log-scale gradient 1/(1 + |lb|) ≈ 1e-44
+    would also underflow float32)."""
+    splits = tiny_splits()
+    method = _deep_cb_method("log", splits)
+    net = method.supernet.train()
+    x, y = splits.train.x[:8], splits.train.y[:8]
+    loss, metrics = method.arch_loss(net, x, y)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    lb, _ = bound_metric(net, x, y, 0.3, "linf", "ibp", torch.float64, cast=False)
+    assert lb.dtype == torch.float64 and torch.isfinite(lb).all()
+    assert float(lb.abs().min()) > torch.finfo(torch.float32).max  # every example beyond float32
+    assert torch.isinf(bound_metric(net, x, y, 0.3, "linf", "ibp", torch.float64)[0]).all()  # cast: −inf
+    assert metrics["margin_bound"] == pytest.approx(float(lb.mean()), rel=1e-9)
+    assert metrics["r_cb"] == pytest.approx(float(scale_bound(lb, "log").mean()), rel=1e-6)
+    assert metrics["r_cb"] < -90  # ≈ −log(1e44)
+    grads = torch.autograd.grad(loss, net.arch_parameters())
+    assert all(gr.dtype == torch.float32 and torch.isfinite(gr).all() and gr.abs().sum() > 0 for gr in grads)
+    # the linear scale, R_cb = lb, cannot fit the float32 loss: a clear error, not −inf in α
+    from rnas.training.trainer import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match="cb_scale: log"):
+        _deep_cb_method("linear", splits).arch_loss(net, x, y)
+
+
 def test_params_block_and_runs():
     with pytest.raises(ParamsError, match="search.methods.dsrna.gama: unknown key"):
         tiny_params(gama=0.1)

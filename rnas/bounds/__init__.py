@@ -110,8 +110,10 @@ def spec_bounds(
     :data:`BOUND_METHODS`). ``intermediate``: ``"ibp"`` (CROWN-IBP) or ``"crown"`` (full CROWN,
     whose refined boxes then also feed the IBP bound); ``chunk``: neurons per backward pass in
     full CROWN. ``dtype``: propagate in this precision (e.g. float64 for a float32 model whose
-    loose bounds overflow float32; parameters are cast on the fly, gradients still reach them);
-    the returned bounds and logits are in it."""
+    loose bounds overflow float32; parameters and buffers are cast on the fly, and what the pass
+    derives from them — softmax(α), ``Normalize``'s 1/std, eval-mode BN's scale — is computed in
+    it; gradients still reach them); the returned bounds and logits are in it: cast them to the
+    model's dtype only after any rescaling (a float64 bound beyond 3.4e38 reads −inf in float32)."""
     if dtype is not None:
         x = x.to(dtype)
     unknown = [m for m in methods if m not in BOUND_METHODS]

@@ -427,16 +427,13 @@ def evaluate_model(
     def acc(key: str) -> float | None:
         return _accuracy(flags[key]) if key in flags else None
 
+    # Every protocol attack's key (None when it did not run), L∞ ones first, then the L2 ones.
+    linf = linf_attacks(PROTOCOL_ATTACKS)
     metrics: dict[str, Any] = {
         "clean_acc": acc("clean"),
-        "fgsm_acc": acc("fgsm"),
-        "pgd20_acc": acc("pgd20"),
-        "pgd100_acc": acc("pgd100"),
-        "autoattack_acc": acc("autoattack"),
+        **{PROTOCOL_ATTACKS[n].metric: acc(n) for n in linf},
         "robust_acc": None,
-        "autoattack_l2_acc": acc("autoattack_l2"),
-        "cw_acc": acc("cw"),
-        "deepfool_acc": acc("deepfool"),
+        **{PROTOCOL_ATTACKS[n].metric: acc(n) for n in PROTOCOL_ATTACKS if n not in linf},
         "robust_acc_l2": None,
     }
     _set_worst_cases(metrics, flags, linf_attacks(settings.attacks), l2_attacks(settings.attacks))
