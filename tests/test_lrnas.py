@@ -280,7 +280,7 @@ DARTS_V2 = Genotype(
 
 
 def test_parameter_cost_is_exact():
-    # shared/reference/README.md: DARTS V2 at C=36, 20 cells, 10 classes = 3,349,342; C=16, 8 cells = 246,106
+    # published counts: DARTS V2 at C=36, 20 cells, 10 classes = 3,349,342; C=16, 8 cells = 246,106
     assert ParameterCost(36, 20, 10, 3).genotype_params(DARTS_V2) == 3_349_342
     assert ParameterCost(16, 8, 10, 3).genotype_params(DARTS_V2) == 246_106
     cost = ParameterCost(8, 4, 10, 1, "digits")

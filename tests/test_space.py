@@ -19,7 +19,7 @@ from rnas.space.network import CellNetwork
 from rnas.space.ops import PRIMITIVES, is_parameter_free, make_op
 from rnas.space.supernet import Supernet
 
-REF = Path(__file__).resolve().parent / "data"  # a copy of shared/reference/darts_v2.json
+REF = Path(__file__).resolve().parent / "data"  # darts_v2.json: the published DARTS V2 genotype (tests/data)
 
 
 @pytest.fixture(autouse=True)
