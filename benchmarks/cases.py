@@ -308,12 +308,13 @@ def _digits_splits():
 def train_digits_model(path: Path, epochs: int = 2) -> dict[str, float]:
     """Adversarial training with params.yaml's retrain recipe (fewer epochs) of
     :func:`digits_network`, so that the evaluation rows attack a model with a real robust accuracy."""
+    from rnas.config import replace
     from rnas.training.trainer import Trainer
 
     torch.manual_seed(0)
     splits = _digits_splits()
     model = digits_network()
-    cfg = dataclasses.replace(_P.retrain.train, epochs=epochs)
+    cfg = replace(_P.retrain.train, epochs=epochs)
     result = Trainer(model, cfg, torch.device("cpu"), seed=0, progress=False).fit(splits.train, splits.val)
     torch.save(model.state_dict(), path)
     return result.history[-1]

@@ -234,7 +234,7 @@ class ProfileSmoke:
     # -- one run -----------------------------------------------------------------------
     def search(self, run: str) -> Path | None:
         """The run's search step(s); writes its architecture (and tutors) under the temporary folder."""
-        from rnas.config import params_for_run
+        from rnas.config import params_for_run, replace
         from rnas.runs import resolve_run
         from rnas.search.base import Progress, SearchContext
         from rnas.search.methods import make_method
@@ -261,7 +261,7 @@ class ProfileSmoke:
             network += f" C={s.init_channels} L={s.layers} K={s.partial_channels}" if spec.space == "cell" else ""
             epoch = first_full_epoch(params, spec.method)
             if spec.method == "lrnas":  # one permutation of the profile's n (the cost sheet scales it)
-                method.cfg = dataclasses.replace(method.cfg, permutations=1)
+                method.cfg = replace(method.cfg, permutations=1)
             xw, yw = _batch(self.images, self.info, 3)
             xa, ya = _batch(self.images, self.info, 4)
 

@@ -5,8 +5,6 @@ which no stage imports."""
 
 from __future__ import annotations
 
-import dataclasses
-
 from rnas.config import SearchConfig
 from rnas.runs import resolve_run
 
@@ -19,7 +17,7 @@ RUNTIME_KEYS = (
     "pipeline.compile",
 )
 TEACHER_KEYS = ("pipeline.teacher_checkpoint", "pipeline.teacher_normalization")  # stages that load the teacher
-SEARCH_COMMON = tuple(f"search.{f.name}" for f in dataclasses.fields(SearchConfig) if f.name != "methods")
+SEARCH_COMMON = tuple(f"search.{name}" for name in SearchConfig.model_fields if name != "methods")
 
 
 def stage_keys(stage: str, run: str | None = None) -> tuple[str, ...]:

@@ -8,7 +8,6 @@ keys and Snakemake re-runs a job when one of them changes.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -144,7 +143,7 @@ def parse_budget(text: str) -> int:
 def _lrnas_budget_run(m: re.Match[str]) -> RunSpec:
     from rnas.config import LrnasMethodConfig
 
-    keys = tuple(f"search.methods.lrnas.{f.name}" for f in dataclasses.fields(LrnasMethodConfig) if f.name != "budget")
+    keys = tuple(f"search.methods.lrnas.{name}" for name in LrnasMethodConfig.model_fields if name != "budget")
     return _spec(m[0], "lrnas", variant=m[1], method_keys=keys, search_keys=_LRNAS_SIZE)
 
 

@@ -100,9 +100,10 @@ def checkpointed_epochs(folder: Path) -> int:
 
 
 def tiny_params(runs=("darts", "random")) -> dict:
-    """params.yaml scaled down to seconds: one epoch everywhere, 4 channels, 16 test examples."""
+    """params.yaml scaled down to seconds: one seed, one epoch everywhere, 4 channels, 16 test examples."""
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     p["pipeline"]["runs"] = list(runs)
+    p["pipeline"]["seeds"] = [0]  # tests that need several seeds set them
     p["pipeline"]["progress"] = False
     p["teacher"].update(width=4, depth=2)
     p["teacher"]["train"].update(epochs=1)
@@ -112,6 +113,7 @@ def tiny_params(runs=("darts", "random")) -> dict:
     for section in ("teacher", "retrain"):
         p[section]["train"]["perturbation"].update(steps=1)
     p["evaluate"].update(n_examples=16, cw_steps=5, deepfool_steps=5, eps_sweep=[0.0, 0.1, 0.3])
+    p["evaluate"].update(certify_eps_sweep=[1.0e-6, 1.0e-3], certify_radius_steps=2)
     # AutoAttack costs ~20 s per call whatever the number of examples: the workflow tests keep the
     # L∞ one and leave the L2 one to the unit tests (tests/test_attacks.py).
     p["evaluate"]["attacks"] = [a for a in p["evaluate"]["attacks"] if a != "autoattack_l2"]

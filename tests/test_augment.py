@@ -3,8 +3,6 @@ deterministic under the seed, in teacher training / search / retraining, never i
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -69,7 +67,7 @@ def test_the_trainer_augments_training_batches_deterministically_and_changes_the
     def train(augment: AugmentConfig) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
         model = build_model("small_cnn", 10, 1, "digits", width=4, depth=2)
-        cfg = dataclasses.replace(TrainConfig(epochs=1, batch_size=8), augment=augment)
+        cfg = TrainConfig(epochs=1, batch_size=8, augment=augment)
         Trainer(model, cfg, torch.device("cpu"), seed=0, progress=False).fit(splits.train, splits.val)
         return model.state_dict()
 
@@ -120,8 +118,8 @@ def test_a_method_override_switches_the_search_augmentation_for_that_method_only
             }
         }
     )
-    assert search_for(p, "darts").augment == AugmentConfig(4, True)
-    assert search_for(p, "lrnas").augment == AugmentConfig(4, False)
+    assert search_for(p, "darts").augment == AugmentConfig(crop_padding=4, flip=True)
+    assert search_for(p, "lrnas").augment == AugmentConfig(crop_padding=4, flip=False)
 
 
 def test_evaluation_and_validation_never_augment():

@@ -248,3 +248,39 @@ def test_report_plots_the_curve_and_shows_the_median_radius(tmp_path):
         [RunRow("darts", "darts", "default", results=[SeedResult(0, {})])], tmp_path / "none.png"
     )
     assert empty.is_file()
+
+
+def test_float32_box_holds_the_ball_below_float32_resolution():
+    """x₀ ± ε rounded to nearest in float32 is x₀ itself for ε below half an ulp: the box must
+    still hold the exact (float64) ball, by rounding its ends outward."""
+    from rnas.bounds.interval import InputSet
+
+    x32 = torch.tensor([0.0, 1e-9, 0.3, 0.5, 0.999, 1.0]).view(1, 1, 2, 3)
+    x64 = x32.double()  # the same points: the ball is around x₀ as stored
+    for eps in (1e-9, 3e-8, 1e-7, 1e-5, 0.2):
+        lo, up = InputSet(x32, eps).box()
+        assert lo.dtype == up.dtype == torch.float32
+        lo64, up64 = (x64 - eps).clamp(0, 1), (x64 + eps).clamp(0, 1)
+        assert (lo.double() <= lo64).all() and (up.double() >= up64).all(), eps
+        assert (lo >= 0).all() and (up <= 1).all()
+        # at most one ulp looser than the exact ends
+        assert (lo64 - lo.double() <= 1.2e-7).all() and (up.double() - up64 <= 1.2e-7).all()
+    per_example = InputSet(x32, torch.tensor([1e-9])).box()
+    assert (per_example[1].double() > x64.clamp(max=1 - 1e-12)).all()
+
+
+def test_mixed_precision_radius_agrees_with_float64_and_stays_sound(tiny_model, radii):
+    """float32 passes from 1e-3 up (the rest in float64): the same radii within the bisection's
+    precision, certified at the radius in float64, and no example certified that float64 does not."""
+    model, x, y = tiny_model
+    mixed = certified_radius(
+        model.float(), x.float(), y, (1e-3, 3e-3, 1e-2, 3e-2), STEPS, 1e-6, "linf", "both", 32, float64_below=1e-3
+    )
+    model.double()
+    assert ((mixed.radius > 0) == (radii.radius > 0)).all()
+    both = radii.radius > 0
+    ratio = mixed.radius[both] / radii.radius[both]
+    tol = 1e3 ** (2.0**-STEPS)  # one bisection bracket
+    assert (ratio <= tol * (1 + 1e-6)).all() and (ratio >= 1 / tol / (1 + 1e-6)).all()
+    idx = (mixed.radius > 0).nonzero().flatten()
+    assert certified_flags(model, x[idx], y[idx], mixed.radius[idx], batch_size=32).all()

@@ -43,13 +43,14 @@ def _params(tmp_path, runs, seeds):
     return params_from_dict(p)
 
 
-def _write_run(params, run, seed, clean, robust, certified=None, n_params=1000, search_seconds=None):
+def _write_run(params, run, seed, clean, robust, certified=None, n_params=1000, search_seconds=None, radius=None):
     d = paths.run_dir(params, run, seed)
     d.mkdir(parents=True, exist_ok=True)
     flags = {"clean": clean, "robust": robust}
     if certified is not None:
         flags["certified"] = certified
-    write_flags(paths.flags_file(params, run, seed), flags)
+    values = {"certified_radius": list(radius)} if radius is not None else None
+    write_flags(paths.flags_file(params, run, seed), flags, values)
     (d / "eval.json").write_text(
         json.dumps({"params": n_params, "clean_acc": float(np.mean(clean)), "robust_acc": float(np.mean(robust))})
     )
@@ -73,8 +74,12 @@ def test_clear_difference_is_supported_and_noise_is_inconclusive(tmp_path):
         noisy = base.copy()
         flip = rng.choice(N, 6, replace=False)
         noisy[flip] = ~noisy[flip]
-        _write_run(params, "darts", seed, clean, base, certified=np.zeros(N, bool))
-        _write_run(params, "dsrna_cb", seed, clean, better, certified=np.zeros(N, bool))
+        # radii: dsrna_cb's 10x darts' on every example (one decade), a quarter of darts' 0 (uncertified)
+        r_darts = 10.0 ** rng.uniform(-7, -3, N)
+        r_darts[: N // 4] = 0.0
+        r_dsrna = np.where(r_darts > 0, 10 * r_darts, 10 * params.evaluate.certify_radius_min)
+        _write_run(params, "darts", seed, clean, base, certified=np.zeros(N, bool), radius=r_darts)
+        _write_run(params, "dsrna_cb", seed, clean, better, certified=np.zeros(N, bool), radius=r_dsrna)
         _write_run(params, "random", seed, clean, noisy)
     results = {r.statement: r for r in evaluate_claims(params)}
     robust = results["`dsrna_cb` is more robust than DARTS under attack"]
@@ -82,13 +87,35 @@ def test_clear_difference_is_supported_and_noise_is_inconclusive(tmp_path):
     assert robust.verdict == "supported"
     # Same clean flags: non-inferior with a zero-width interval at 0.
     assert results["`dsrna_cb`'s clean accuracy is not lower than DARTS's"].verdict == "supported"
-    # All-zero certified flags: no difference, inconclusive, the detectable difference stated.
-    assert results["`dsrna_cb` has higher certified accuracy than DARTS"].verdict == "inconclusive"
+    # Radii 10x darts' on every example (an uncertified one counts as certify_radius_min): +1 decade.
+    radius = results["`dsrna_cb` has larger certified radii than DARTS (per example)"]
+    assert radius.comparison.diff == pytest.approx(1.0)
+    assert radius.verdict == "supported"
+    assert radius.comparison.per_seed[0][1:3] == (N, 0)  # every example larger under dsrna_cb
     darts_vs_random = results["`darts` is more robust than a random architecture"]
     assert darts_vs_random.verdict == "inconclusive"
     assert darts_vs_random.p_adjusted >= darts_vs_random.p
     md = claims_markdown(params)
     assert "### Claims" in md and "**supported**" in md and "could detect" in md
+    assert "+1.00 decades" in md and "sign test (A larger/B larger)" in md
+
+
+def test_equal_radii_are_inconclusive_in_decades(tmp_path):
+    params = _params(tmp_path, ("darts", "dsrna_cb"), seeds=(0, 1, 2))
+    rng = np.random.default_rng(3)
+    for seed in (0, 1, 2):
+        clean, robust = _flags(rng, 0.9), _flags(rng, 0.4)
+        r = 10.0 ** rng.uniform(-7, -3, N)
+        noisy = r * 10.0 ** rng.normal(0, 0.1, N)  # the same radii up to a tenth of a decade
+        _write_run(params, "darts", seed, clean, robust, radius=r)
+        _write_run(params, "dsrna_cb", seed, clean, robust, radius=noisy)
+    res = {r.statement: r for r in evaluate_claims(params)}[
+        "`dsrna_cb` has larger certified radii than DARTS (per example)"
+    ]
+    assert res.verdict == "inconclusive"
+    assert abs(res.comparison.diff) < 0.05
+    row = next(line for line in claims_markdown(params).splitlines() if "larger certified radii" in line)
+    assert "decades" in row and "could detect ±" in row
 
 
 def test_a_worse_method_is_contradicted(tmp_path):

@@ -1,4 +1,4 @@
-"""params.yaml loads into frozen dataclasses; bad values are refused before any work."""
+"""params.yaml loads into frozen pydantic models; bad values are refused before any work."""
 
 import json
 import subprocess
@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rnas.config import ParamsError, json_schema, load_params, params_from_dict, params_hash
+from rnas.config import (
+    Params,
+    ParamsError,
+    TrainConfig,
+    json_schema,
+    load_params,
+    params_from_dict,
+    params_hash,
+    replace,
+    to_dict,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,6 +73,18 @@ def test_paper_config_is_valid():
         ({"search": {"layers": 2.5}}, "search.layers", "integer"),
         ({"evaluate": {"attacks": ["fgsm", "bim"]}}, "evaluate.attacks[1]", "pgd20"),
         ({"teacher": {"train": {"lr": 0.01, "lr_min": 0.1}}}, "teacher.train.lr_min", "exceeds"),
+        ({"evaluate": {"attacks": ["fgsm", "pgd20", "fgsm"]}}, "evaluate.attacks[2]", "must not repeat"),
+        ({"pipeline": {"threads": True}}, "pipeline.threads", "expected an integer, got bool True"),
+        ({"evaluate": {"epsilon": float("inf")}}, "evaluate.epsilon", "must be finite"),
+        ({"data": 5}, "data", "expected a mapping (section)"),
+        ({"pipeline": {"seeds": 0}}, "pipeline.seeds", "expected a list"),
+        ({"pipeline": {"seeds": [0, -1]}}, "pipeline.seeds[1]", "[0, inf]"),
+        (
+            {"search": {"methods": {"lrnas": {"overrides": {"w_lr": 0.0}}}}},
+            "search.methods.lrnas.overrides.w_lr",
+            "(0.0",
+        ),
+        ({"data": {"image_size": 2, "datset": "digits"}}, "data.datset", "known keys here: dataset"),
     ],
 )
 def test_bad_values_are_refused_with_key_and_allowed(patch, key, allowed):
@@ -96,7 +118,7 @@ def test_validate_params_command_exit_codes(tmp_path):
     assert "evaluate.epsilon" in no.stderr and "[0.0, 1.0]" in no.stderr
 
 
-def test_schema_file_is_generated_from_the_dataclasses():
+def test_schema_file_is_generated_from_the_models():
     committed = json.loads((ROOT / "workflow" / "schemas" / "params.schema.json").read_text())
     assert committed == json_schema(), "run: rnas params-schema"
 
@@ -116,3 +138,68 @@ def test_params_hash_tracks_only_listed_sections():
     b = params_from_dict({"evaluate": {"n_examples": 7}})
     assert params_hash(a, ["search"]) == params_hash(b, ["search"])
     assert params_hash(a, ["evaluate"]) != params_hash(b, ["evaluate"])
+
+
+def test_schema_is_pydantics_without_defaults():
+    """The schema is the models' own (model_json_schema) less titles and defaults: Snakemake's
+    validate() writes a schema's defaults into the config, which would change the params file's
+    text (and digest) that every job reads."""
+    schema = json_schema()
+    text = json.dumps(schema)
+    assert '"default"' not in text
+    assert schema["$defs"]["SearchOverrides"]["properties"]["epochs"]["anyOf"][1] == {"type": "null"}
+    epsilon = schema["$defs"]["EvaluateConfig"]["properties"]["epsilon"]
+    assert (epsilon["minimum"], epsilon["maximum"]) == (0.0, 1.0)
+    assert set(Params.model_json_schema()["properties"]) == set(schema["properties"])
+
+
+def test_models_are_frozen_hashable_and_plain_dicts_hash_as_before():
+    a = params_from_dict({"search": {"w_lr": 1}})  # an integer for a number key is stored as a float
+    b = params_from_dict({"search": {"w_lr": 1.0}})
+    assert a == b and hash(a) == hash(b)
+    assert type(a.search.w_lr) is float and params_hash(a) == params_hash(b)
+    assert to_dict(a)["pipeline"]["seeds"] == [0]  # tuples become lists, as the hash has always read them
+    with pytest.raises(AttributeError):
+        a.search = b.search
+
+
+def test_an_empty_block_reads_as_its_defaults():
+    p = params_from_dict(yaml.safe_load("search:\n  methods:\n    darts:\n    lrnas:\n"))
+    assert p == params_from_dict({})
+
+
+def test_replace_validates_like_a_params_file():
+    cfg = replace(TrainConfig(), epochs=3)
+    assert cfg.epochs == 3 and cfg.perturbation == TrainConfig().perturbation
+    with pytest.raises(ParamsError, match=r"^epochs: 0 is out of range; allowed: \[1, 10000\]"):
+        replace(cfg, epochs=0)
+    with pytest.raises(ParamsError, match="unknown key"):
+        replace(cfg, epoch=3)
+
+
+def test_evaluation_limits_are_checked_once_by_the_params_model():
+    """EvalSettings and SanitySettings (what the evaluate stage runs with) check their values with
+    the params model's limits, with the same message a params file gets."""
+    from rnas.evaluation.protocol import EvalSettings
+    from rnas.evaluation.sanity import SanitySettings
+
+    base = dict(epsilon=0.1, epsilon_l2=0.5, pgd_step_size=0.025)
+    for kw, key in (
+        ({"epsilon": 1.5}, "epsilon"),
+        ({"cw_steps": 0}, "cw_steps"),
+        ({"eps_sweep": [0.1, 2.0]}, "eps_sweep[1]"),
+        ({"attacks": ["fgsm", "fgsm"]}, "attacks[1]"),
+        ({"attacks": ["bim"]}, "attacks[0]"),
+    ):
+        with pytest.raises(ParamsError) as from_settings:
+            EvalSettings(**{**base, **kw})
+        with pytest.raises(ParamsError) as from_params:
+            params_from_dict({"evaluate": kw})
+        assert str(from_settings.value) == str(from_params.value)
+        assert str(from_settings.value).startswith(f"evaluate.{key}:")
+    with pytest.raises(
+        ParamsError, match=r"^evaluate\.sanity_tolerance: 1\.5 is out of range; allowed: \[0\.0, 1\.0\]"
+    ):
+        SanitySettings(tolerance=1.5)
+    EvalSettings(**base)
+    SanitySettings()

@@ -4,12 +4,14 @@ screenshot when a chromium binary exists), the dvc plot tables, and the small pi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
 import shutil
 import subprocess
+import tomllib
+from fnmatch import fnmatch
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from rnas.report.build import build_report
 from rnas.report.cells import cell_stats, collapsed, entropy
 from rnas.report.collect import collect
 from rnas.report.curves import curve_specs, dvc_plots
-from rnas.report.document import Paragraph, Table, markdown_blocks, to_html, to_markdown
+from rnas.report.document import Details, Markdown, Paragraph, Table, to_html, to_markdown
 from rnas.report.plots import pareto_front
 from rnas.report.table import main_table, sanity_failures, seed_interval, wilson_interval
 
@@ -318,6 +320,34 @@ def test_html_is_self_contained(report):
     assert all(src.startswith("data:image/png;base64,") for src in images)
     assert not re.search(r'(src|href)="(?!data:|#)', html)  # nothing loaded from elsewhere
     assert "<style>" in html and 'href="#sanity"' in html
+    _assert_well_formed(html)
+
+
+class _Elements(HTMLParser):
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.open: list[str] = []
+        self.errors: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        if self.open and self.open[-1] == tag:
+            self.open.pop()
+        else:
+            self.errors.append(f"</{tag}> while {self.open[-3:]} open")
+
+
+def _assert_well_formed(html: str) -> None:
+    """Every element closed, in order (no void element left open, no stray end tag)."""
+    parser = _Elements()
+    parser.feed(html)
+    parser.close()
+    assert not parser.errors and not parser.open, (parser.errors[:3], parser.open)
 
 
 def test_html_opens_in_headless_chromium(report, tmp_path):
@@ -396,18 +426,37 @@ def test_pareto_front_and_cell_stats():
     assert entropy([0.5, 0.5]) == pytest.approx(math.log(2))
 
 
-def test_markdown_subset_round_trip(tmp_path):
-    text = (
+def test_html_template_escapes_and_renders_markdown(tmp_path):
+    section = (
         "## A section\n\nSome `code` and **bold** text\nover two lines.\n\n"
         "| run | s |\n|---|---|\n| rnas | 12 |\n| rnas_adv | 30 |\n\n- one\n- two\n"
     )
-    blocks = markdown_blocks(text)
-    assert [type(b).__name__ for b in blocks] == ["Heading", "Paragraph", "Table", "BulletList"]
-    assert blocks[1].text == "Some `code` and **bold** text over two lines."
-    assert blocks[2].header == ["run", "s"] and blocks[2].rows == [["rnas", "12"], ["rnas_adv", "30"]]
-    assert markdown_blocks(to_markdown(blocks, tmp_path)) == blocks
-    html = to_html([Paragraph("a <b> `x<y>` **z**"), Table(["h"], [["1|2"]])], "t")
+    blocks = [Paragraph("a <b> `x<y>` **z**"), Table(["h"], [["1|2"]]), Markdown(section)]
+    md = to_markdown(blocks, tmp_path)
+    assert "| 1\\|2 |" in md and section.strip() in md  # a Markdown section goes into report.md as it is
+    html = to_html(blocks, "t <&>")
+    assert "<title>t &lt;&amp;&gt;</title>" in html
     assert "a &lt;b&gt; <code>x&lt;y&gt;</code> <strong>z</strong>" in html
+    assert "<td>1|2</td>" in html
+    assert "<h2>A section</h2>" in html and "Some <code>code</code> and <strong>bold</strong> text" in html
+    assert '<div class="table-wrap"><table>' in html and "<td>rnas_adv</td>" in html and "<li>two</li>" in html
+    # raw HTML is escaped; links, autolinks and images stay text, so nothing is loaded from elsewhere
+    html = to_html([Markdown("<script>x</script>\n\n[a](https://x.org) ![i](y.png) <https://x.org>")], "t")
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert not re.search(r'(src|href)="', html)
+    html = to_html([Details("more **m**", [Paragraph("x"), Details("inner", [Markdown("- a")])])], "t")
+    assert "<details><summary>more <strong>m</strong></summary>\n<p>x</p>\n<details><summary>inner</summary>" in html
+    _assert_well_formed(html)
+    with pytest.raises(TypeError, match="unknown block str"):
+        to_html([Details("d", ["text"])], "t")
+
+
+def test_templates_are_package_data():
+    """A non-editable install ships every template (pyproject's package-data globs match them)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    package = ROOT / "rnas" / "report" / "templates"
+    files = [p.name for p in package.iterdir() if p.is_file() and p.suffix != ".py"]
+    assert files and all(any(fnmatch(f, g) for g in config["rnas.report.templates"]) for f in files)
 
 
 def test_dvc_curves_match_their_declaration(report):
@@ -426,9 +475,7 @@ def test_dvc_curves_match_their_declaration(report):
     assert declared == {f.removesuffix(".json") for f in specs}
     assert {e for e in entries if isinstance(e, str)} == {str(p) for p in paths.report_plots(params)}
     # the dataclass knobs the report shows exist in the evaluate config
-    assert {"sanity_large_epsilon", "sanity_square_queries"} <= {
-        f.name for f in dataclasses.fields(type(params.evaluate))
-    }
+    assert {"sanity_large_epsilon", "sanity_square_queries"} <= set(type(params.evaluate).model_fields)
 
 
 def test_best_is_the_highest_passing_mean_and_none_for_a_tie():

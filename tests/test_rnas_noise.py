@@ -267,7 +267,7 @@ def test_params_block_and_runs():
     assert (noise.method, noise.variant, adv.method, adv.variant) == ("rnas", "noise", "rnas", "adv")
     params = tiny_params()
     covered = {k.rsplit(".", 1)[1] for k in noise.method_keys + adv.method_keys}
-    assert covered == {f.name for f in dataclasses.fields(RnasMethodConfig)}
+    assert covered == set(RnasMethodConfig.model_fields)
     assert not any("adv_" in k for k in noise.method_keys)
     assert not any("noise" in k for k in adv.method_keys)
     for k in stage_keys("search", "rnas_adv"):

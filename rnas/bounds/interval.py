@@ -19,6 +19,7 @@ never looser than subtracting the logit intervals.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -58,9 +59,20 @@ class InputSet:
         return self.eps
 
     def box(self) -> Box:
-        """The box hull [max(x₀ − ε, 0), min(x₀ + ε, 1)] (exact for L∞)."""
+        """The box hull [max(x₀ − ε, 0), min(x₀ + ε, 1)] (exact for L∞). Below float64 the ends
+        are computed in float64 and rounded outward to x₀'s dtype, so the box holds the whole
+        ball even where ε is below the dtype's resolution at x₀ (float32: ~6e-8 at 0.5), where
+        x₀ ± ε rounded to nearest would be x₀ itself."""
         eps = self._eps(self.x0.dim())
-        return (self.x0 - eps).clamp(0.0, 1.0), (self.x0 + eps).clamp(0.0, 1.0)
+        if self.x0.dtype == torch.float64:
+            return (self.x0 - eps).clamp(0.0, 1.0), (self.x0 + eps).clamp(0.0, 1.0)
+        x64 = self.x0.double()
+        e64 = eps.double() if isinstance(eps, Tensor) else eps
+        lo64, up64 = (x64 - e64).clamp(0.0, 1.0), (x64 + e64).clamp(0.0, 1.0)
+        lo, up = lo64.to(self.x0.dtype), up64.to(self.x0.dtype)
+        lo = torch.where(lo.double() > lo64, torch.nextafter(lo, torch.full_like(lo, -math.inf)), lo)
+        up = torch.where(up.double() < up64, torch.nextafter(up, torch.full_like(up, math.inf)), up)
+        return lo.clamp(0.0, 1.0), up.clamp(0.0, 1.0)
 
     def lower(self, A: Tensor, bias: Tensor) -> Tensor:
         """min over the set of A·x + bias; A (B, S, C, H, W), bias (B, S) -> (B, S).

@@ -221,8 +221,13 @@ def certified_radius(
     batch_size: int = 256,
     intermediate: str = "ibp",
     dtype: torch.dtype | None = torch.float64,
+    float64_below: float | None = None,
 ) -> RadiusResult:
     """Certified accuracy at every ε of ``eps_sweep`` and every example's certified radius.
+
+    Bound passes run in ``dtype``; with ``float64_below`` set, a pass at an ε below it runs in
+    float64 and one at or above it in float32 (about 5x faster for CROWN-IBP on the CPU; the
+    float32 input box is rounded outward, :meth:`rnas.bounds.interval.InputSet.box`).
 
     1. The sweep: certified flags at each ε (> ``radius_min``). Per example, the bracket is
        [the largest sweep ε it is certified at, the next sweep ε] — or [``radius_min``, the
@@ -247,9 +252,28 @@ def certified_radius(
     def flags(eps: float | Tensor, idx: Tensor) -> Tensor:
         nonlocal passes
         passes += 1
-        return certified_flags(
-            model, x[idx.to(x.device)], y[idx.to(y.device)], eps, norm, method, batch_size, intermediate, dtype
-        )
+        if float64_below is None:
+            return certified_flags(
+                model, x[idx.to(x.device)], y[idx.to(y.device)], eps, norm, method, batch_size, intermediate, dtype
+            )
+        e = eps.cpu() if isinstance(eps, Tensor) else torch.full((len(idx),), float(eps), dtype=torch.float64)
+        out = torch.zeros(len(idx), dtype=torch.bool)
+        low = e < float64_below
+        for part, dt in ((low, torch.float64), (~low, torch.float32)):
+            if bool(part.any()):
+                sub = idx[part]
+                out[part] = certified_flags(
+                    model,
+                    x[sub.to(x.device)],
+                    y[sub.to(y.device)],
+                    e[part].to(x.device),
+                    norm,
+                    method,
+                    batch_size,
+                    intermediate,
+                    dt,
+                )
+        return out
 
     everyone = torch.arange(n)
     raw = {eps: flags(eps, everyone) for eps in grid}
@@ -381,6 +405,7 @@ def certify_evaluation(
     eps_sweep: tuple[float, ...] = (),
     radius_steps: int = 0,
     radius_min: float = 1e-9,
+    float64_below: float | None = None,
 ) -> dict[str, Tensor]:
     """Certify at the evaluation's L∞ ε and add to ``metrics`` (eval.json) ``certified_acc``,
     ``certify_method`` (and per-method accuracies) and the sanity flag ``certified_not_broken``
@@ -399,7 +424,17 @@ def certify_evaluation(
         radius = None
         if eps_sweep or radius_steps > 0:
             radius = certified_radius(
-                model, x, y, tuple(eps_sweep), radius_steps, radius_min, "linf", method, batch_size, intermediate
+                model,
+                x,
+                y,
+                tuple(eps_sweep),
+                radius_steps,
+                radius_min,
+                "linf",
+                method,
+                batch_size,
+                intermediate,
+                float64_below=float64_below,
             )
     except UnsupportedModelError as err:
         log.warning("certification skipped: %s", err)

@@ -53,7 +53,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from rnas.config import check_evaluate
 from rnas.evaluation.attacks import ThreatModel, clean_flags, get_attack, rng_scope
 from rnas.evaluation.complexity import count_macs, count_parameters
 from rnas.evaluation.sanity import (
@@ -145,31 +145,11 @@ class EvalSettings:
         # Accept lists (e.g. from YAML) but store tuples, so the settings stay hashable.
         object.__setattr__(self, "eps_sweep", tuple(float(e) for e in self.eps_sweep))
         object.__setattr__(self, "attacks", tuple(self.attacks))
-        for name in ("epsilon", "epsilon_l2"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if not (math.isfinite(self.pgd_step_size) and self.pgd_step_size > 0):
-            raise ValueError(f"pgd_step_size must be > 0, got {self.pgd_step_size!r}")
-        if not (
-            isinstance(self.cw_initial_const, (int, float))
-            and math.isfinite(self.cw_initial_const)
-            and self.cw_initial_const > 0
-        ):
-            raise ValueError(f"cw_initial_const must be a finite number > 0, got {self.cw_initial_const!r}")
-        for name in ("pgd_restarts", "cw_steps", "cw_binary_search_steps", "deepfool_steps", "batch_size"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        # Each setting is the params key evaluate.<name>; its limits are checked in one place, the
+        # params model (a ParamsError, a ValueError, naming evaluate.<name> and what is allowed).
+        check_evaluate(**{name: getattr(self, name) for name in _PARAMS_KEYS})
         if not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if any(not (math.isfinite(e) and e >= 0) for e in self.eps_sweep):
-            raise ValueError(f"eps_sweep values must be finite and >= 0, got {self.eps_sweep}")
-        unknown = [a for a in self.attacks if a not in PROTOCOL_ATTACKS]
-        if unknown:
-            raise ValueError(f"unknown attack(s) {unknown}; known: {', '.join(PROTOCOL_ATTACKS)}")
-        if len(set(self.attacks)) != len(self.attacks):
-            raise ValueError(f"attacks must not repeat, got {self.attacks}")
 
     def attack_call(self, name: str) -> tuple[str, float, dict[str, Any]]:
         """(registry name, radius, options) with which protocol attack ``name`` runs."""
@@ -205,6 +185,10 @@ class EvalSettings:
         if self.epsilon == 0:
             return self.pgd_step_size
         return self.pgd_step_size * epsilon / self.epsilon if epsilon > 0 else self.pgd_step_size
+
+
+#: The settings that are params keys (``evaluate.<name>``): all but the seed.
+_PARAMS_KEYS = tuple(f.name for f in dataclasses.fields(EvalSettings) if f.name != "seed")
 
 
 def worst_case_flags(flags: Mapping[str, Tensor], attacks: Iterable[str]) -> Tensor:

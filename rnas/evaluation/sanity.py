@@ -39,12 +39,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from rnas.config import check_evaluate
 
 if TYPE_CHECKING:  # protocol imports this module; only the type is needed here
     from rnas.evaluation.protocol import EvalSettings
@@ -81,20 +83,9 @@ class SanitySettings:
     max_zero_grad_fraction: float = 0.0  # largest share of examples allowed an all-zero ∇ₓ
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.large_epsilon) and 0 < self.large_epsilon <= 1):
-            raise ValueError(f"large_epsilon must be in (0, 1], got {self.large_epsilon!r}")
-        if not (
-            isinstance(self.large_epsilon_l2, (int, float))
-            and math.isfinite(self.large_epsilon_l2)
-            and self.large_epsilon_l2 > 0
-        ):
-            raise ValueError(f"large_epsilon_l2 must be a finite number > 0, got {self.large_epsilon_l2!r}")
-        if not (isinstance(self.square_queries, int) and self.square_queries >= 1):
-            raise ValueError(f"square_queries must be an integer >= 1, got {self.square_queries!r}")
-        for name in ("tolerance", "max_zero_grad_fraction"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and 0 <= value <= 1):
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        # Each knob is the params key evaluate.sanity_<name>; its limits are checked in one place, the
+        # params model (a ParamsError, a ValueError, naming evaluate.sanity_<name> and what is allowed).
+        check_evaluate(**{f"sanity_{f.name}": getattr(self, f.name) for f in fields(self)})
 
 
 @dataclass(frozen=True)

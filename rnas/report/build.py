@@ -28,9 +28,9 @@ from rnas.report.document import (
     Figure,
     Heading,
     Image,
+    Markdown,
     Paragraph,
     Table,
-    markdown_blocks,
     to_html,
     to_markdown,
 )
@@ -278,7 +278,7 @@ def build_report(params: Params) -> ReportOutputs:
     for section in SECTIONS.values():
         text = section(params)
         if text.strip():
-            extra += markdown_blocks(text)
+            extra.append(Markdown(text))
     if figures or extra:
         blocks.append(Heading("Method figures and sections", 2, "method-figures"))
         if figures:

@@ -20,6 +20,11 @@ it needs and is left out when one is missing. Scores (per-example flags in ``fla
 * ``robust`` -- correct under every L∞ attack at ε (the worst case of the protocol);
 * ``clean`` -- correct on the clean input;
 * ``certified`` -- certified at ε by the bound method of the evaluation;
+* ``log_radius`` -- log10 of the example's certified radius (``certified_radius`` in
+  ``flags.json``: the largest L∞ ε its bound certifies, found by bisection), an uncertified or
+  misclassified example counting as ``evaluate.certify_radius_min``; effects in decades. This is
+  the DSRNA certified claim: certified accuracy at the attack ε is 0 for every digits model, the
+  radii differ by orders of magnitude;
 * ``tradeoff`` -- the mean of ``clean`` and ``robust`` per example (0, ½ or 1): better on one
   without losing as much on the other.
 
@@ -46,6 +51,9 @@ from rnas.report.stats import ALPHA, Comparison, compare_paired, holm, t_quantil
 from rnas.runs import parse_budget, resolve_run
 
 NONINFERIORITY_MARGIN = 0.02  # a non-inferiority claim allows at most 2 points of loss
+
+# How a score's effect reads: (unit, scale); accuracy-like scores in points.
+SCORE_UNITS: dict[str, tuple[str, float]] = {"log_radius": ("decades", 1.0)}
 
 __all__ = ["CLAIMS", "ClaimResult", "claims_markdown", "evaluate_claims"]
 
@@ -86,15 +94,22 @@ def _json(path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _unit(score: str) -> tuple[str, float]:
+    return SCORE_UNITS.get(score, ("pts", 100.0))
+
+
 def _scores(params: Params, run: str) -> dict[int, dict[str, np.ndarray]]:
     """Per seed: the per-example scores of ``run`` (only seeds with a flags file)."""
     out = {}
+    floor = params.evaluate.certify_radius_min
     for seed in params.pipeline.seeds:
         f = paths.flags_file(params, run, seed)
         if not f.is_file():
             continue
-        flags, _ = read_flags(f)
+        flags, values = read_flags(f)
         scores = {k: v.astype(float) for k, v in flags.items()}
+        if "certified_radius" in values:
+            scores["log_radius"] = np.log10(np.maximum(values["certified_radius"], floor))
         if "clean" in scores and "robust" in scores:
             scores["tradeoff"] = 0.5 * (scores["clean"] + scores["robust"])
         out[seed] = scores
@@ -140,7 +155,9 @@ def _dsrna_claims(runs: tuple[str, ...]) -> Iterator[PairedClaim]:
     for run in runs:
         if resolve_run(run).method == "dsrna":
             yield PairedClaim("DSRNA", "{a} is more robust than DARTS under attack", run, "darts", "robust", +1)
-            yield PairedClaim("DSRNA", "{a} has higher certified accuracy than DARTS", run, "darts", "certified", +1)
+            yield PairedClaim(
+                "DSRNA", "{a} has larger certified radii than DARTS (per example)", run, "darts", "log_radius", +1
+            )
             yield PairedClaim("DSRNA", "{a}'s clean accuracy is not lower than DARTS's", run, "darts", "clean", 0)
 
 
@@ -196,7 +213,11 @@ def _paired(
     b = np.stack([sb[s][claim.score] for s in seeds])
     comp = compare_paired(claim.score, a, b, seeds)
     detail = ""
-    if claim.b == "darts" or claim.b == "random":
+    if claim.score == "log_radius":
+        floor = params.evaluate.certify_radius_min
+        med = [float(np.median(np.mean(10.0**x, axis=0))) for x in (a, b)]
+        detail = f"median radius (mean over seeds) {med[0]:.2g} vs {med[1]:.2g}; uncertified = {floor:g}"
+    elif claim.b == "darts" or claim.b == "random":
         pa = [_eval_number(params, claim.a, s, "params") for s in seeds]
         pb = [_eval_number(params, claim.b, s, "params") for s in seeds]
         if all(v is not None for v in pa + pb):
@@ -355,8 +376,9 @@ def evaluate_claims(params: Params) -> list[ClaimResult]:
 # Markdown
 
 
-def _pts(x: float) -> str:
-    return f"{100 * x:+.1f}"
+def _pts(x: float, score: str = "") -> str:
+    unit, scale = _unit(score)
+    return f"{scale * x:+.2f}" if unit == "decades" else f"{scale * x:+.1f}"
 
 
 def _p(p: float | None) -> str:
@@ -368,16 +390,18 @@ def _p(p: float | None) -> str:
 def _row(r: ClaimResult) -> str:
     if r.kind == "paired":
         c = r.comparison
-        effect = f"{_pts(c.diff)} pts"
-        ci = f"[{_pts(c.ci[0])}, {_pts(c.ci[1])}]"
+        unit, scale = _unit(c.metric)
+        effect = f"{_pts(c.diff, c.metric)} {unit}"
+        ci = f"[{_pts(c.ci[0], c.metric)}, {_pts(c.ci[1], c.metric)}]"
         design = f"{c.n_seeds} seed{'s' if c.n_seeds != 1 else ''} × {c.n_examples}"
         extra = ""
         if r.verdict == "inconclusive":
-            extra = "no example differs" if r.mde is None else f"could detect ±{100 * r.mde:.1f} pts"
+            extra = "no example differs" if r.mde is None else f"could detect ±{_pts(r.mde, c.metric)[1:]} {unit}"
         if r.direction == 0:
             extra = (extra + "; " if extra else "") + f"margin {100 * NONINFERIORITY_MARGIN:.0f} pts"
         mcn = "; ".join(f"s{s}: {ab}/{ba}, p {_p(p)}" for s, ab, ba, p in c.per_seed)
-        detail = "; ".join(x for x in (r.detail, extra, f"McNemar (A-only/B-only) {mcn}") if x)
+        test = "sign test (A larger/B larger)" if c.metric == "log_radius" else "McNemar (A-only/B-only)"
+        detail = "; ".join(x for x in (r.detail, extra, f"{test} {mcn}") if x)
         return (
             f"| {r.paper} | {r.statement} | {effect} | {ci} | {_p(c.p)} | {_p(r.p_adjusted)} | "
             f"**{r.verdict}** | {design} | {detail} |"
@@ -402,6 +426,7 @@ def claims_markdown(params: Params) -> str:
         "### Claims",
         "",
         "Each paper's claims as testable statements. Effect: mean over seeds of A − B in accuracy points "
+        "(certified radii: in decades of the per-example log10 radius) "
         "(per-example scores, paired by example and seed); 95% interval: t over seeds (one seed: paired "
         "bootstrap over examples); p: paired t over seeds (one seed: exact McNemar); Holm: adjusted over "
         f"every directional claim in this table. Non-inferiority claims are decided by the interval against a "

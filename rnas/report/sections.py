@@ -1,5 +1,6 @@
-"""Extra report sections other modules contribute, as Markdown (the subset
-:func:`rnas.report.document.markdown_blocks` reads: headings, paragraphs, lists, pipe tables).
+"""Extra report sections other modules contribute, as Markdown
+(report.md takes it as written; report.html renders it with markdown-it-py: CommonMark with pipe
+tables, raw HTML escaped).
 
 A section is a function ``(params) -> str`` returning its Markdown, or ``""`` when it has
 nothing to show (e.g. its runs are not in ``pipeline.runs``). To add one, register it here;

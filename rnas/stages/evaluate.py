@@ -172,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
             e.certify_eps_sweep,
             e.certify_radius_steps,
             e.certify_radius_min,
+            e.certify_float64_below,
         )
         metrics["eval_seconds"] = time.perf_counter() - t0
         metrics["device"] = str(device)
