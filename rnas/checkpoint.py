@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from rnas.io import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +33,8 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save(obj)`` to ``path`` atomically, fsynced (:func:`rnas.io.atomic_save`)."""
+    atomic_save(path, lambda fh: torch.save(obj, fh))
 
 
 def load_checked(path: str | Path, required: tuple[str, ...] = (), map_location: str | torch.device = "cpu") -> dict:

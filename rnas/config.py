@@ -616,6 +616,13 @@ class EvaluateConfig(_Section):
     certify_radius_min: Float = Field(
         1e-10, gt=0.0, le=1.0, description="smallest radius tried: an example not certified here has radius 0"
     )
+    autoattack_iterations: Int = Field(
+        0,
+        ge=0,
+        le=10000,
+        description="APGD and FAB iterations of the AutoAttack attacks (autoattack, apgd, autoattack_l2); 0: "
+        "AutoAttack's standard 100. Anything else departs from the standard protocol: for quick tests",
+    )
     certify_float64_below: Float = Field(
         1e-6,
         ge=0.0,

@@ -31,6 +31,7 @@ import yaml
 
 from rnas import paths
 from rnas.config import Params
+from rnas.io import atomic_write_text
 from rnas.pipeline import stage_keys
 from rnas.runs import resolve_run
 
@@ -326,10 +327,7 @@ def write_if_changed(path: str | Path, text: str) -> bool:
     path = Path(path)
     if path.is_file() and path.read_text() == text:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text, fsync=False)
     return True
 
 

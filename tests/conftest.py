@@ -113,7 +113,8 @@ def tiny_params(runs=("darts", "random")) -> dict:
     for section in ("teacher", "retrain"):
         p[section]["train"]["perturbation"].update(steps=1)
     p["evaluate"].update(n_examples=16, cw_steps=5, deepfool_steps=5, eps_sweep=[0.0, 0.1, 0.3])
-    p["evaluate"].update(certify_eps_sweep=[1.0e-6, 1.0e-3], certify_radius_steps=2)
+    p["evaluate"].update(certify_eps_sweep=[1.0e-6, 1.0e-3], certify_radius_steps=2, autoattack_iterations=10)
+    p["data"]["train_subset"] = 256  # of the ~1150 training-pool digits
     # AutoAttack costs ~20 s per call whatever the number of examples: the workflow tests keep the
     # L∞ one and leave the L2 one to the unit tests (tests/test_attacks.py).
     p["evaluate"]["attacks"] = [a for a in p["evaluate"]["attacks"] if a != "autoattack_l2"]
@@ -135,6 +136,7 @@ def copy_workflow(dest: Path) -> None:
 def kill_test_params() -> dict:
     """Tiny params for the kill/resume tests: three epochs, so a kill lands mid-run."""
     p = tiny_params(runs=("darts",))
+    p["data"]["train_subset"] = 0  # the whole pool: 20 search steps an epoch for the kill step to land in
     p["teacher"]["train"]["epochs"] = 3
     p["search"]["epochs"] = 3
     return p

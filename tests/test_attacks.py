@@ -642,6 +642,17 @@ def test_eval_settings_validation():
     registry, eps, options = _settings(cw_binary_search_steps=7, cw_initial_const=0.1).attack_call("cw")
     assert (registry, eps, options["binary_search_steps"], options["initial_const"]) == ("cw_l2", EPS_L2, 7, 0.1)
     assert _settings().attack_call("autoattack_l2")[:2] == ("autoattack_l2", EPS_L2)
+    # AutoAttack's iterations: the standard ones unless set (a quick-test departure), only for its attacks
+    assert "n_iter" not in _settings().attack_call("apgd")[2]
+    quick = _settings(autoattack_iterations=10)
+    assert [quick.attack_call(a)[2].get("n_iter") for a in ("apgd", "autoattack", "autoattack_l2", "pgd20")] == [
+        10,
+        10,
+        10,
+        None,
+    ]
+    with pytest.raises(ValueError, match="autoattack_iterations"):
+        _settings(autoattack_iterations=-1)
     # params.yaml: the same knobs, range-checked before any work starts
     from rnas.config import ParamsError, params_from_dict
 

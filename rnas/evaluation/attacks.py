@@ -23,9 +23,12 @@ Two layers:
 function); :func:`get_attack` resolves a name or raises ``ValueError`` listing the known ones.
 
 The foolbox- and AutoAttack-based attacks are imported lazily, so ``import rnas.evaluation``
-stays light. :func:`pgd_attack` is a dependency-free PGD (Madry et al., 2018): the trainer's
-(last iterate) and the protocol's ``pgd`` (``track_best``: an example counts as broken if any
-iterate fooled the model); without random start it is the same iteration as foolbox's ``LinfPGD``.
+stays light. :func:`pgd_loop` is the project's one L∞ PGD iteration (Madry et al., 2018),
+dependency-free: adversarial training and the ``rnas_adv`` search run it through
+:func:`rnas.training.perturbations.pgd_inner` (last iterate), evaluation through
+:func:`pgd_attack` and the protocol's ``pgd`` (``track_best``: an example counts as broken if
+any iterate fooled the model); without random start it is the same iteration as foolbox's
+``LinfPGD``.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ __all__ = [
     "pgd_adv",
     "pgd_attack",
     "pgd_flags",
+    "pgd_loop",
+    "pgd_start",
     "predict",
     "project",
     "rng_scope",
@@ -305,7 +310,7 @@ def _restarted(
 
 
 # --------------------------------------------------------------------------------------------
-# Pure-torch PGD (trainer and cross-check).
+# Pure-torch PGD: the one loop (pgd_loop) that training, the rnas_adv search and evaluation share.
 
 
 def _margin_loss(logits: Tensor, y: Tensor) -> Tensor:
@@ -357,6 +362,7 @@ def pgd_attack(
             gradient step computes anyway; only x^steps costs one extra forward pass. Off
             (the default), the last iterate is returned, as adversarial training wants.
 
+    Made of :func:`pgd_start` and :func:`pgd_loop` (the iteration training runs too).
     Gradients are taken with ``torch.autograd.grad`` w.r.t. the input only, so no parameter
     ``.grad`` is created or changed; works when called under ``torch.no_grad()``.
     """
@@ -373,57 +379,102 @@ def pgd_attack(
         loss_fn = loss
     if track_best and (y.dim() != 1 or y.shape[0] != x.shape[0] or y.dtype.is_floating_point):
         raise ValueError("track_best needs integer labels y of shape (B,)")
+    x_start = pgd_start(x, epsilon, generator) if random_start and epsilon > 0 else x.detach().clone()
+    return pgd_loop(
+        model,
+        x,
+        y.long() if track_best else y,
+        x_start,
+        epsilon,
+        step_size,
+        steps,
+        loss_fn,
+        eval_mode=eval_mode,
+        track_best=track_best,
+    )
+
+
+def pgd_start(
+    x: Tensor,
+    scale: float,
+    generator: torch.Generator | None = None,
+    *,
+    noise: str = "uniform",
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """A random PGD start x⁰ = clip_[0,1](x + scale · δ), δ drawn per pixel.
+
+    ``noise="uniform"``: δ ~ U(−1, 1), so x⁰ is uniform in the L∞ ball of radius ``scale`` (PGD's
+    start, Madry et al. 2018, with ``scale`` = ε). ``noise="normal"``: δ ~ N(0, 1) (TRADES' start,
+    ``scale`` = 0.001). δ is drawn from ``generator`` (the global RNG if None) on ``device``
+    (default ``x.device``; the trainer draws on the CPU so that its random stream is the same on
+    every device) in ``x.dtype``, then moved to ``x.device``.
+    """
     x = x.detach()
-    if random_start and epsilon > 0:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_adv = (x + (2 * noise - 1) * epsilon).clamp(0.0, 1.0)
+    device = x.device if device is None else torch.device(device)
+    if noise == "uniform":
+        delta = torch.rand(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device) * 2 - 1
+    elif noise == "normal":
+        delta = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
     else:
-        x_adv = x.clone()
-    if track_best:
-        return _pgd_first_fooling(model, x, y.long(), x_adv, epsilon, step_size, steps, loss_fn, eval_mode)
-    with _preserve_modes(model, eval_mode=eval_mode), torch.enable_grad():
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            value = loss_fn(model(x_adv), y)
-            (grad,) = torch.autograd.grad(value, x_adv)
-            with torch.no_grad():
-                x_adv = x_adv + step_size * grad.sign()
-                x_adv = torch.min(torch.max(x_adv, x - epsilon), x + epsilon).clamp(0.0, 1.0)
-    return x_adv.detach()
+        raise ValueError(f"unknown PGD start noise {noise!r}; known: normal, uniform")
+    return (x + scale * delta).clamp(0.0, 1.0)
 
 
-def _pgd_first_fooling(
+def pgd_loop(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
-    x_adv: Tensor,
+    x_start: Tensor,
     epsilon: float,
     step_size: float,
     steps: int,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
-    eval_mode: bool,
+    *,
+    eval_mode: bool = False,
+    track_best: bool = False,
 ) -> Tensor:
-    """The ``track_best`` loop of :func:`pgd_attack` (``x_adv`` = x⁰, already in the ball)."""
-    out = x_adv.clone()  # per example: its first misclassified iterate, else the last one
-    active = torch.arange(len(x), device=x.device)  # examples not yet misclassified
-    current = x_adv
+    """The L∞ PGD iteration, the one every PGD of the project runs (training's
+    :func:`rnas.training.perturbations.pgd_inner`, the ``rnas_adv`` search through it,
+    :func:`pgd_attack` and the protocol's :func:`pgd_adv`): from x⁰ = ``x_start``, ``steps`` times
+
+        x^{t+1} = Π_{B∞(x, ε) ∩ [0,1]}( x^t + step_size · sign ∇ₓ loss_fn(model(x^t), y) ).
+
+    ``loss_fn(logits, y)`` is maximized; ``y`` is passed through untouched (labels, or e.g.
+    TRADES' clean probabilities). Gradients are taken with ``torch.autograd.grad`` w.r.t. the
+    input only, so no parameter ``.grad`` is created or changed; works under ``torch.no_grad()``.
+    ``eval_mode``: run with the model in eval mode; every module's mode is restored on return
+    (off, the modes are left as they are: BN batch statistics, as adversarial training does).
+
+    Returns the last iterate, or with ``track_best`` (``y`` the labels ``(B,)``), per example the
+    first iterate x⁰ … x^steps the model misclassifies, else the last one (see
+    :func:`pgd_attack`); a misclassified example leaves the batch, the loop ends when none is left.
+    """
+    x = x.detach()
+    current = x_start.detach()
+    if track_best:
+        out = current.clone()  # per example: its first misclassified iterate, else the last one
+        active = torch.arange(len(x), device=x.device)  # examples not yet misclassified
+    x_a, y_a = x, y  # the active examples' clean points and targets
     with _preserve_modes(model, eval_mode=eval_mode), torch.enable_grad():
         for _ in range(steps):
-            if active.numel() == 0:
+            if track_best and active.numel() == 0:
                 break
             current.requires_grad_(True)
             logits = model(current)
-            (grad,) = torch.autograd.grad(loss_fn(logits, y[active]), current)
+            (grad,) = torch.autograd.grad(loss_fn(logits, y_a), current)
             with torch.no_grad():
-                fooled = logits.argmax(dim=1) != y[active]
-                out[active[fooled]] = current[fooled].detach()
-                keep = ~fooled
-                active, current, grad = active[keep], current.detach()[keep], grad[keep]
-                x_a = x[active]
+                current = current.detach()
+                if track_best:
+                    fooled = logits.argmax(dim=1) != y_a
+                    out[active[fooled]] = current[fooled]
+                    keep = ~fooled
+                    active, current, grad, x_a, y_a = active[keep], current[keep], grad[keep], x_a[keep], y_a[keep]
                 current = current + step_size * grad.sign()
                 current = torch.min(torch.max(current, x_a - epsilon), x_a + epsilon).clamp(0.0, 1.0)
-        with torch.no_grad():
-            out[active] = current.detach()  # the last iterate (fooling or not)
+    if not track_best:
+        return current
+    out[active] = current  # the last iterate (fooling or not)
     return out
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from rnas.io import atomic_write_text, read_json
+
 VERSION = 1
 
 __all__ = ["encode_flags", "read_flags", "write_flags"]
@@ -52,17 +54,12 @@ def encode_flags(flags: Mapping[str, Any], values: Mapping[str, Sequence[float]]
 
 def write_flags(path: Path, flags: Mapping[str, Any], values: Mapping[str, Sequence[float]] | None = None) -> Path:
     """Write ``flags.json`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(encode_flags(flags, values), separators=(",", ":")))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(encode_flags(flags, values), separators=(",", ":")), fsync=False)
 
 
 def read_flags(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """``(flags, values)``: bool arrays and float arrays by name; a clear error on a bad file."""
-    doc = json.loads(Path(path).read_text())
+    doc = read_json(path)
     if not isinstance(doc, dict) or doc.get("version") != VERSION:
         raise ValueError(f"{path}: not a version-{VERSION} flags file")
     n = doc["n_examples"]

@@ -7,7 +7,6 @@ have. :func:`rows_from_mlflow` builds the same rows from the MLflow store (``rna
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from rnas import paths
 from rnas.config import Params
+from rnas.io import read_json
 from rnas.runs import resolve_run
 
 
@@ -74,7 +74,7 @@ class RunRow:
 
 
 def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def _seed_result(params: Params, run: str, seed: int) -> SeedResult | None:

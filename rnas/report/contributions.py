@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
 
+from rnas.io import atomic_save  # noqa: E402
+
 
 def plot_contributions(
     values: list[list[float]],
@@ -54,8 +56,8 @@ def plot_contributions(
         ax.set_title(f"{kind} cell", fontsize=8)
     fig.suptitle(title, fontsize=8)
     fig.colorbar(im, ax=axes[0].tolist(), label="contribution z(ΔA)+z(ΔR)", shrink=0.5)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=150, format="png", metadata={"Software": None})
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        png = {"dpi": 150, "format": "png", "metadata": {"Software": None}}
+        return atomic_save(path, lambda fh: fig.savefig(fh, **png), fsync=False)
+    finally:
+        plt.close(fig)

@@ -20,13 +20,13 @@ file                                   x          series (y)
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rnas import paths
 from rnas.config import Params
+from rnas.io import read_json, write_json
 from rnas.runs import resolve_run
 
 
@@ -93,7 +93,7 @@ def curve_files(params: Params) -> list[Path]:
 
 
 def _read(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def _values(params: Params, spec: CurveSpec, series: str) -> dict[float, float]:
@@ -127,8 +127,7 @@ def write_curves(params: Params) -> list[Path]:
             {spec.x: (int(x) if spec.x == "epoch" else x), **{s: values[s].get(x) for s in spec.series}} for x in xs
         ]
         path = paths.plots_dir(params) / spec.file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(records, indent=1) + "\n")
+        write_json(path, records, fsync=False)
         out.append(path)
     return out
 

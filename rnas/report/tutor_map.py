@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
 
+from rnas.io import atomic_save  # noqa: E402
+
 
 def plot_tutor_map(
     weights: list[list[float]],
@@ -40,8 +42,7 @@ def plot_tutor_map(
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="tutor weight softmax(logits)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return atomic_save(path, lambda fh: fig.savefig(fh, dpi=120, format="png"), fsync=False)
+    finally:
+        plt.close(fig)

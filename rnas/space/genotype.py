@@ -9,14 +9,13 @@ schema check every reader goes through (known ops, valid indices, two inputs per
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rnas.io import write_json
 from rnas.space.ops import PRIMITIVES
 
 Edge = tuple[str, int]
@@ -105,25 +104,12 @@ def load_genotype(path: str | Path) -> Genotype:
         raise GenotypeError(f"{path}: {err}") from None
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON through a temporary file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+#: The old name of :func:`rnas.io.write_json` (benchmarks/paper_smoke.py still imports it).
+write_json_atomic = write_json
 
 
 def save_genotype(genotype: Genotype, path: str | Path) -> None:
-    write_json_atomic(path, genotype.to_dict())
+    write_json(path, genotype.to_dict())
 
 
 def derive_genotype(

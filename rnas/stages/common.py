@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from pathlib import Path
-from typing import Any
 
 import torch
 
 from rnas.config import Params, load_params
 from rnas.data import Splits, load_splits
+from rnas.io import read_json, write_json  # noqa: F401  (a stage writes its JSON outputs with these)
 from rnas.runtime import seed_everything, setup_runtime
 
 log = logging.getLogger("rnas")
@@ -62,13 +60,3 @@ def log_training_data(tracker, params: Params, splits: Splits, seed: int) -> Non
             split=split,
             seed=seed,
         )
-
-
-def write_json(path: Path, data: Any) -> None:
-    from rnas.space.genotype import write_json_atomic
-
-    write_json_atomic(path, data)
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())

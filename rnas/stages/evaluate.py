@@ -34,6 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def settings_from(params) -> EvalSettings:
     e = params.evaluate
+    if e.autoattack_iterations:
+        log.warning(
+            "evaluate.autoattack_iterations = %d: AutoAttack runs %d APGD/FAB iterations, not the standard 100 "
+            "(a quick-test setting; its numbers are not AutoAttack's)",
+            e.autoattack_iterations,
+            e.autoattack_iterations,
+        )
     return EvalSettings(
         epsilon=e.epsilon,
         epsilon_l2=e.epsilon_l2,
@@ -46,6 +53,7 @@ def settings_from(params) -> EvalSettings:
         eps_sweep=e.eps_sweep,
         attacks=e.attacks,
         batch_size=e.batch_size,
+        autoattack_iterations=e.autoattack_iterations,
     )
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnas.config import PerturbationConfig
+from rnas.evaluation.attacks import pgd_loop, pgd_start
 
 PerturbationFn = Callable[
     [nn.Module, torch.Tensor, torch.Tensor, PerturbationConfig, torch.Generator | None],
@@ -26,9 +27,9 @@ PerturbationFn = Callable[
 ]
 
 
-def _uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
-    noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device) * 2 - 1
-    return (x + eps * noise).clamp(0, 1)
+def trades_kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """TRADES' KL(target ‖ softmax(logits)), ``target`` probabilities, batch mean."""
+    return F.kl_div(F.log_softmax(logits, dim=1), target, reduction="batchmean")
 
 
 def pgd_inner(
@@ -42,31 +43,25 @@ def pgd_inner(
     loss: str = "ce",
     clean_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Maximize CE (or TRADES' KL to ``clean_logits``) over the L∞ ε-ball ∩ [0, 1].
+    """Maximize CE (batch mean; ``loss="ce"``) or TRADES' KL to ``clean_logits`` (``"kl"``) over
+    the L∞ ε-ball ∩ [0, 1]: the last iterate of :func:`rnas.evaluation.attacks.pgd_loop`.
 
+    The start is uniform in the ball (CE) or x + 0.001·N(0, I) (KL), drawn on the CPU from
+    ``generator``; with ``eps`` or ``steps`` 0 nothing is drawn and ``x`` is returned.
     Gradients are taken w.r.t. the input only (``torch.autograd.grad``), so no ``.grad``
     is left on the model's parameters. The model's train/eval mode is left as it is
     (BN batch statistics during training follow the usual adversarial-training practice).
     """
+    if loss not in ("ce", "kl"):
+        raise ValueError(f"unknown PGD loss {loss!r}; known: ce, kl")
     if eps == 0 or steps == 0:
         return x.detach()
-    x_adv = (
-        _uniform_start(x, eps, generator)
-        if loss == "ce"
-        else (x + 0.001 * torch.randn(x.shape, generator=generator, device="cpu").to(x.device)).clamp(0, 1)
-    )
-    target = F.softmax(clean_logits.detach(), dim=1) if loss == "kl" else None
-    for _ in range(steps):
-        x_adv = x_adv.detach().requires_grad_(True)
-        logits = model(x_adv)
-        if loss == "ce":
-            objective = F.cross_entropy(logits, y)
-        else:
-            objective = F.kl_div(F.log_softmax(logits, dim=1), target, reduction="batchmean")
-        (grad,) = torch.autograd.grad(objective, x_adv)
-        x_adv = x_adv.detach() + step * grad.sign()
-        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
-    return x_adv.detach()
+    if loss == "ce":
+        x_start = pgd_start(x, eps, generator, device="cpu")
+        return pgd_loop(model, x, y, x_start, eps, step, steps, F.cross_entropy)
+    x_start = pgd_start(x, 0.001, generator, noise="normal", device="cpu")
+    target = F.softmax(clean_logits.detach(), dim=1)
+    return pgd_loop(model, x, target, x_start, eps, step, steps, trades_kl)
 
 
 def clean_loss(model, x, y, cfg, generator):
@@ -92,7 +87,7 @@ def trades_loss(model, x, y, cfg, generator):
         model, x, y, cfg.epsilon, cfg.step_size, cfg.steps, generator, loss="kl", clean_logits=logits_clean
     )
     logits_adv = model(x_adv)
-    robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
+    robust = trades_kl(logits_adv, F.softmax(logits_clean, dim=1))
     return F.cross_entropy(logits_clean, y) + cfg.trades_beta * robust, logits_adv, x_adv
 
 
