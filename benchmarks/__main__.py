@@ -1,20 +1,28 @@
 """``python -m benchmarks``: print the speed/memory table of rnas's hot paths (``make bench``).
 
-Each case's two variants run one after the other, each in a fresh subprocess
-(:mod:`benchmarks.measure`): one warm-up run (FLOPs counted there), then timed repeats, of which
-the fastest is reported (the least disturbed by other processes). Steps that take many seconds
-(search and training steps, the AutoAttack evaluation) run once, without warm-up; their FLOPs
-are counted on a 2-example batch and scaled (they are linear in the batch). Columns:
+Per case, the two variants (straightforward and fast, or an ablation's before and after) are
+measured in one fresh subprocess (:func:`benchmarks.measure.interleave`): each variant's untimed
+first run gives its result and peak memory, then the two are timed **interleaved**, pair after
+pair, the order flipping every pair, so that a busy moment of the machine lands on one pair
+rather than on one variant. Short rows get at least 5 pairs (default 7; a sample repeats a short
+run until it lasts ~0.2 s); rows whose runs take seconds (search and training steps, the
+AutoAttack evaluation) get 3 pairs of single runs. Columns:
 
-* ``s/run``: seconds of the fastest timed run; ``images/s``: examples per run / ``s/run``
-  (a search step processes a weight batch and an architecture batch);
-* ``peak MiB``: memory growth during the runs (CPU: peak RSS; CUDA: max allocated);
+* ``s/run``: median seconds per run over the variant's samples; ``images/s``: examples per run
+  / ``s/run`` (a search step processes a weight batch and an architecture batch);
+* ``peak MiB``: memory growth during the variant's first run (CPU: peak RSS; CUDA: max allocated);
 * ``GFLOP/s``: counted matmul/conv FLOPs of a run / ``s/run``; ``% ceil``: that against the
-  machine's measured matmul ceiling (float32 ``torch.mm``; bf16 on CUDA for autocast runs);
-* ``Δresult``: |result(fast) − result(straightforward)| of the warm-up run (a loss, an
+  machine's matmul ceiling in the row's precision (:func:`measure_ceilings`: the best
+  ``torch.mm`` over several sizes and over the whole run; float32, and bf16 where the device
+  has it natively; TF32 on CUDA where cuDNN runs float32 convolutions in it);
+* ``Δresult``: |result(fast) − result(straightforward)| of each variant's first run (a loss, an
   accuracy): the two compute the same algorithm, so it is float round-off (or, for attacks with
   random starts on different batches, a few examples);
-* ``speedup``: s/run(straightforward) / s/run(fast), or before/after for ablations.
+* ``speedup``: the median over pairs of s(straightforward) / s(fast) (before / after for
+  ablations); ``spread``: the interquartile range of those per-pair ratios (from 5 pairs; with
+  fewer, their whole range); ``verdict``: ``faster`` when the spread lies above 1.0, ``slower``
+  when below, ``within noise`` when it contains 1.0;
+* ``samples``: timed samples per variant (x runs per sample).
 
 Timings are printed, never asserted (timings on a shared machine are noisy). Results are
 checked: a row whose Δresult exceeds its case's tolerance (:func:`benchmarks.cases.allowed_delta`:
@@ -26,14 +34,17 @@ as it does when a variant failed to run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import math
 import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,19 +53,147 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 5) -> float:
-    """Best GFLOP/s of an n x n x n matmul (2n³ FLOPs) on ``device``."""
+    """Best GFLOP/s of an n x n x n matmul (2n³ FLOPs) on ``device``, after one untimed product;
+    at least ``repeats`` timed products, more for small n (until ~0.3 s of them)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = float("inf")
-    for i in range(repeats + 1):
+    i = timed = 0
+    while i <= repeats or (timed < 0.3 and i <= 50):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        (a @ b).sum().item()
+        torch.mm(a, b, out=None)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
         if i:
             best = min(best, dt)
+            timed += dt
+        i += 1
     return 2 * n**3 / best / 1e9
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``flags`` of /proc/cpuinfo; empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def bf16_native(device: torch.device, flags: set[str] | None = None) -> bool:
+    """Whether ``device`` computes bf16 products in hardware: on a CPU only with the
+    AVX512-BF16 or AMX-BF16 instructions (read from /proc/cpuinfo, never assumed; elsewhere
+    bf16 would be emulated and its "ceiling" meaningless); on CUDA as torch reports it."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return any(f in (cpu_flags() if flags is None else flags) for f in BF16_CPU_FLAGS)
+
+
+@contextlib.contextmanager
+def _cuda_tf32_like_convs(device: torch.device):
+    """On CUDA, float32 convolutions run in TF32 when cuDNN allows it (torch's default), while
+    float32 matmuls do not by default: the float32 ceiling is measured with matmuls in the
+    precision the convolutions get, or it would sit below the rows that run convolutions."""
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = bool(torch.backends.cudnn.allow_tf32)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def ceiling_sizes(device: torch.device) -> tuple[int, ...]:
+    return (1024, 2048, 4096, 8192) if device.type == "cuda" else (512, 1024, 2048, 4096)
+
+
+@dataclass
+class Ceiling:
+    """The best matmul GFLOP/s seen in this run, per precision, and the size that gave it."""
+
+    dtype: torch.dtype
+    gflops: float = 0.0
+    size: int = 0
+
+    def measure(self, device: torch.device, sizes: tuple[int, ...], repeats: int) -> float:
+        for n in sizes:
+            with _cuda_tf32_like_convs(device):
+                g = matmul_ceiling(device, self.dtype, n, repeats)
+            if g > self.gflops:
+                self.gflops, self.size = g, n
+        return self.gflops
+
+
+def measure_ceilings(device: torch.device, quick: bool) -> dict[str, Ceiling]:
+    """float32 always; bfloat16 where the device has it natively (:func:`bf16_native`)."""
+    out = {"float32": Ceiling(torch.float32)}
+    if bf16_native(device):
+        out["bfloat16"] = Ceiling(torch.bfloat16)
+    for c in out.values():
+        c.measure(device, ceiling_sizes(device), repeats=2 if quick else 3)
+    return out
+
+
+def describe_ceilings(ceilings: dict[str, Ceiling], device: torch.device) -> str:
+    parts = [f"{c.gflops:.0f} GFLOP/s {name} (at {c.size}³)" for name, c in ceilings.items()]
+    sizes = ", ".join(str(n) for n in ceiling_sizes(device))
+    text = "matmul ceiling: " + "; ".join(parts) + f" (best torch.mm over sizes {sizes} and the whole run"
+    if device.type == "cuda":
+        text += "; float32 with TF32 as cuDNN's float32 convolutions" if torch.backends.cudnn.allow_tf32 else ""
+    elif "bfloat16" not in ceilings:
+        text += "; no bf16: the CPU has neither avx512_bf16 nor amx_bf16"
+    return text + ")"
+
+
+# -- statistics of the interleaved pairs -----------------------------------------------------
+
+MIN_PAIRS_FOR_VERDICT = 3
+IQR_FROM = 5  # from 5 pairs the spread is the interquartile range, below it the whole range
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default) of ``values``."""
+    xs = sorted(values)
+    pos = q * (len(xs) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def median(values: list[float]) -> float:
+    return quantile(values, 0.5)
+
+
+def spread(ratios: list[float]) -> tuple[float, float, str]:
+    """The spread of the per-pair ratios: their interquartile range from :data:`IQR_FROM`
+    pairs on, else their whole range (min, max), which is the stricter of the two."""
+    if len(ratios) >= IQR_FROM:
+        return quantile(ratios, 0.25), quantile(ratios, 0.75), "IQR"
+    return min(ratios), max(ratios), "range"
+
+
+def verdict(ratios: list[float]) -> str:
+    """``faster`` when the spread of the ratios (straightforward / fast, before / after) lies
+    wholly above 1, ``slower`` when wholly below, else ``within noise``; fewer than
+    :data:`MIN_PAIRS_FOR_VERDICT` pairs give no verdict."""
+    if len(ratios) < MIN_PAIRS_FOR_VERDICT:
+        return f"too few pairs ({len(ratios)})"
+    lo, hi, _ = spread(ratios)
+    if lo > 1.0:
+        return "faster"
+    if hi < 1.0:
+        return "slower"
+    return "within noise"
 
 
 def cpu_name() -> str:
@@ -75,30 +214,18 @@ def machine(device: torch.device, threads: int) -> str:
     except (OSError, ValueError, IndexError):
         pass
     text = (
-        f"{cpu_name()} ({os.cpu_count()} logical CPUs{mem}); torch {torch.__version__}, "
-        f"{threads} intra-op thread(s); python {platform.python_version()}"
+        f"CPU {cpu_name()} ({os.cpu_count()} logical CPUs{mem}); threads: {threads} intra-op "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); torch {torch.__version__}; "
+        f"python {platform.python_version()}"
     )
     if device.type == "cuda":
         text += f"; GPU {torch.cuda.get_device_name(device)}"
     return text
 
 
-def run_variant(case: str, variant: str, args: argparse.Namespace, repeats: int, model_file: str | None) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.measure",
-        "--case",
-        case,
-        "--variant",
-        variant,
-        "--repeats",
-        str(repeats),
-        "--threads",
-        str(args.threads),
-        "--device",
-        args.device_name,
-    ]
+def _subprocess(cmd: list[str], args: argparse.Namespace, model_file: str | None) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.measure", *cmd, "--threads", str(args.threads), "--device"]
+    cmd.append(args.device_name)
     if args.quick:
         cmd.append("--quick")
     if model_file:
@@ -114,8 +241,36 @@ def run_variant(case: str, variant: str, args: argparse.Namespace, repeats: int,
     return {"error": f"exit {out.returncode}: " + " | ".join(tail)}
 
 
+def run_case(case: str, args: argparse.Namespace, pairs: int, long_row: bool, model_file: str | None) -> dict:
+    """Both variants' first runs (result, peak memory) and interleaved timing, in one fresh
+    process (:func:`benchmarks.measure.interleave`)."""
+    cmd = ["--case", case, "--interleave", "--pairs", str(pairs), "--target", str(args.target)]
+    out = _subprocess(cmd + (["--long"] if long_row else []), args, model_file)
+    if "error" in out:
+        from benchmarks.cases import CASES
+
+        return {"variants": {v: {"error": out["error"]} for v in CASES[case].variants}, "ratios": []}
+    return out
+
+
 def fmt_row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+HEADER = [
+    "case",
+    "variant",
+    "s/run",
+    "images/s",
+    "peak MiB",
+    "GFLOP/s",
+    "% ceil",
+    "Δresult",
+    "speedup",
+    "spread",
+    "verdict",
+    "samples",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,10 +279,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small batches and example counts (a smoke run)")
     p.add_argument(
-        "--repeats",
+        "--pairs", type=int, default=None, help="timed pairs of the short rows (default 7; --quick: 5; at least 5)"
+    )
+    p.add_argument(
+        "--long-pairs",
         type=int,
+        default=3,
+        help="timed pairs of the rows whose runs take seconds (default 3, one run per sample)",
+    )
+    p.add_argument(
+        "--target",
+        type=float,
         default=None,
-        help="timed runs after a warm-up (default 3; --quick: 1); multi-second steps always run once, without warm-up",
+        help="seconds per timed sample of a short row: short runs repeat within it (default 0.2; --quick: 0.05)",
     )
     p.add_argument(
         "--threads",
@@ -140,6 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ablations", action="store_true", help="skip the per-optimization ablation rows")
     p.add_argument("--markdown", default="", help="also write the table to this file")
     args = p.parse_args(argv)
+    if args.pairs is None:
+        args.pairs = 5 if args.quick else 7
+    if args.pairs < 5:
+        p.error("--pairs: short rows need at least 5 timed pairs")
+    if args.long_pairs < 1:
+        p.error("--long-pairs must be at least 1")
+    if args.target is None:
+        args.target = 0.05 if args.quick else 0.2
     device = torch.device(
         "cuda"
         if args.device == "auto" and torch.cuda.is_available()
@@ -154,15 +326,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_ablations:
         names = [n for n in names if CASES[n].group != "ablation"]
 
+    started = time.perf_counter()
     lines = [f"machine: {machine(device, args.threads)}"]
-    ceil32 = matmul_ceiling(device, torch.float32, 4096 if device.type == "cuda" else 2048, repeats=10)
-    ceil16 = matmul_ceiling(device, torch.bfloat16, 8192) if device.type == "cuda" else None
+    print(lines[0], flush=True)
+    ceilings = measure_ceilings(device, args.quick)
+    print(describe_ceilings(ceilings, device) + " [start of the run]", flush=True)
     lines.append(
-        f"matmul ceiling: {ceil32:.0f} GFLOP/s float32"
-        + (f", {ceil16:.0f} GFLOP/s bfloat16" if ceil16 else "")
-        + " (best of 5 torch.mm)"
+        f"method: per variant an untimed first run (result, peak memory), then {args.pairs} interleaved "
+        f"pairs per short row (samples of ~{args.target:g} s), {args.long_pairs} per long row (one run per "
+        "sample); s/run = median; speedup = median of the per-pair ratios; spread = their IQR from 5 "
+        "pairs, else their range; verdict from the spread vs 1.0"
     )
-    print("\n".join(lines), flush=True)
+    print(lines[-1], flush=True)
 
     model_file = None
     tmp = tempfile.TemporaryDirectory(prefix="rnas-bench-")
@@ -177,85 +352,151 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(msg)
         print(msg, flush=True)
 
-    header = ["case", "variant", "s/run", "images/s", "peak MiB", "GFLOP/s", "% ceil", "Δresult", "speedup"]
-    table = [fmt_row(header), fmt_row(["---"] * len(header))]
+    rows: list[dict] = []  # per table row: its cells, and for % ceil its GFLOP/s and precision
     configs = []
     failures: list[str] = []
-    print("\n" + table[0] + "\n" + table[1], flush=True)
+    print("\n" + fmt_row(HEADER) + "\n" + fmt_row(["---"] * len(HEADER)), flush=True)
 
-    def emit(cells: list[str]) -> None:
-        row = fmt_row(cells)
-        table.append(row)
-        print(row, flush=True)
+    def emit(cells: list[str], gflops: float | None = None, precision: str = "float32") -> None:
+        row = {"cells": cells, "gflops": gflops, "precision": precision}
+        row["printed"] = fmt_row(render(row, ceilings))
+        rows.append(row)
+        print(row["printed"], flush=True)
 
+    f32 = ceilings["float32"]
     for name in names:
         case = CASES[name]
-        # the ceiling is re-measured before every case and the best kept: on a shared machine a
-        # single measurement can land in a busy moment and understate it
-        ceil32 = max(ceil32, matmul_ceiling(device, torch.float32, 4096 if device.type == "cuda" else 2048, repeats=3))
+        # before every case the float32 ceiling is re-measured at its best size so far and the
+        # best kept: a single measurement can land in a busy moment of a shared machine
+        f32.measure(device, (f32.size,), repeats=2)
         configs.append(
             f"- `{name}` ({case.group}): {case.config}"
             + (f" [--quick: {case.quick_config}]" if args.quick and case.quick_config else "")
         )
+        blank = [""] * (len(HEADER) - 3)
         if case.cuda_only and device.type != "cuda":
-            emit([name, "n/a", "", "", "", "", "", "", "CUDA only: not run on CPU"])
+            emit([name, "n/a", *blank, "CUDA only: not run on CPU"])
             continue
         if case.requires:
             try:
                 importlib.import_module(case.requires)
             except ImportError as err:
-                emit([name, "n/a", "", "", "", "", "", "", f"unavailable: {case.requires} does not import ({err})"])
+                emit([name, "n/a", *blank, f"unavailable: {case.requires} does not import ({err})"])
                 continue
-        if case.heavy or case.single_run:
-            repeats = 0  # no warm-up, one timed run: these runs take many seconds
-        else:
-            repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
-        results = {}
+        long_row = case.heavy or case.single_run
+        pairs = args.long_pairs if long_row else args.pairs
+        timing = run_case(name, args, pairs, long_row, model_file)
+        results = timing["variants"]
+        ratios = timing["ratios"]
+        a, b = case.variants
         for variant in case.variants:
-            r = run_variant(name, variant, args, repeats, model_file)
-            results[variant] = r
+            r = results[variant]
             if "error" in r:
-                emit([name, variant, "", "", "", "", "", "", f"FAILED: {r['error'][:300]}"])
+                emit([name, variant, *blank, f"FAILED: {r['error'][:300]}"])
                 failures.append(f"{name} {variant}: did not run ({r['error'][:300]})")
                 continue
-            s = min(r["seconds"])
-            ceiling = ceil16 if (r["amp"] and ceil16) else ceil32
+            peak = r["peak_mib"]
+            s = median(r["seconds"])
             gflops = r["flops"] / s / 1e9 if r["flops"] is not None else None
+            precision = "bfloat16" if r["amp"] and "bfloat16" in ceilings else "float32"
+            n = len(r["seconds"])
+            samples = f"{n} x {r['inner']} runs" if r["inner"] > 1 else f"{n} runs" + (" (long)" if long_row else "")
             cells = [
                 name,
                 variant,
-                f"{s:.3f}",
+                f"{s:.4g}",
                 f"{r['images'] / s:.1f}",
-                f"{r['peak_mib']:.0f}",
+                "-" if peak is None else f"{peak:.0f}",
                 "-" if gflops is None else f"{gflops:.1f}",
-                "-" if gflops is None else f"{100 * gflops / ceiling:.1f}%",
+                "",  # % ceil, rendered against the ceiling of the row's precision
                 "",
                 "",
+                "",
+                "",
+                samples,
             ]
-            base = results.get(case.variants[0])
-            if variant == case.variants[1] and base and "error" not in base:
+            base = results.get(a)
+            if variant == b and base and "error" not in base:
                 cells[7] = f"{abs(r['result'] - base['result']):.2g}" if case.same_result else "n/a"
-                cells[8] = f"speedup {min(base['seconds']) / s:.2f}x"
                 limit = allowed_delta(case, base, r)
                 if case.same_result and not abs(r["result"] - base["result"]) <= limit:  # NaN fails too
                     cells[7] += f" MISMATCH (> {limit:.2g})"
                     failures.append(
                         f"{name}: result {r['result']!r} ({variant}) vs {base['result']!r} "
-                        f"({case.variants[0]}), |Δ| beyond the allowed {limit:.2g}"
+                        f"({a}), |Δ| beyond the allowed {limit:.2g}"
                     )
-            emit(cells)
-    final = f"matmul ceiling, best over the run: {ceil32:.0f} GFLOP/s float32"
+                if ratios:
+                    lo, hi, kind = spread(ratios)
+                    cells[8] = f"{median(ratios):.2f}x"
+                    cells[9] = f"{kind} {lo:.2f}-{hi:.2f}"
+                    cells[10] = verdict(ratios)
+            emit(cells, gflops, precision)
+        # the bf16 ceiling, where there is one, gets the same second chance
+        if "bfloat16" in ceilings:
+            ceilings["bfloat16"].measure(device, (ceilings["bfloat16"].size,), repeats=2)
+
+    # the end: every size once more, the best of the run kept; the table is rendered against it
+    for c in ceilings.values():
+        c.measure(device, ceiling_sizes(device), repeats=2)
+    final = describe_ceilings(ceilings, device)
     lines.append(final)
-    print("\n" + final + "\n\nConfigurations:\n" + "\n".join(configs), flush=True)
+    table = [fmt_row(HEADER), fmt_row(["---"] * len(HEADER))] + [fmt_row(render(r, ceilings)) for r in rows]
+    over = [
+        f"{r['cells'][0]} {r['cells'][1]} ({r['gflops']:.0f} GFLOP/s)"
+        for r in rows
+        if r["gflops"] is not None and r["gflops"] > ceilings[r["precision"]].gflops
+    ]
+    notes = []
+    if over:
+        notes.append(
+            "WARNING: rows above the measured ceiling of their precision (a FLOP count or the ceiling "
+            "is wrong): " + ", ".join(over)
+        )
+    elapsed = f"run time: {time.perf_counter() - started:.0f} s"
+    lines.append(elapsed)
+    live = [fmt_row(HEADER), fmt_row(["---"] * len(HEADER))] + [r["printed"] for r in rows]
+    again = (
+        "(the final ceiling leaves the table above as it is)"
+        if table == live
+        else "The table with % ceil against the run's best ceiling:\n\n" + "\n".join(table)
+    )
+    print(
+        "\n"
+        + final
+        + "\n"
+        + elapsed
+        + "\n\n"
+        + again
+        + ("\n\n" + "\n".join(notes) if notes else "")
+        + "\n\nConfigurations:\n"
+        + "\n".join(configs),
+        flush=True,
+    )
     if args.markdown:
         Path(args.markdown).write_text(
-            "\n".join(lines) + "\n\n" + "\n".join(table) + "\n\nConfigurations:\n" + "\n".join(configs) + "\n"
+            "\n\n".join(lines)
+            + "\n\n"
+            + "\n".join(table)
+            + ("\n\n" + "\n".join(notes) if notes else "")
+            + "\n\nConfigurations:\n\n"
+            + "\n".join(configs)
+            + "\n"
         )
     tmp.cleanup()
     if failures:
         print("\nbenchmark FAILED:\n" + "\n".join(f"- {f}" for f in failures), file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def render(row: dict, ceilings: dict[str, Ceiling]) -> list[str]:
+    """A table row's cells with % ceil against the current ceiling of the row's precision."""
+    cells = list(row["cells"])
+    if row["gflops"] is not None:
+        cells[6] = f"{100 * row['gflops'] / ceilings[row['precision']].gflops:.1f}%"
+    elif len(cells) > 6 and cells[5] == "-":
+        cells[6] = "-"
+    return cells
 
 
 if __name__ == "__main__":

@@ -153,20 +153,47 @@ def _search_workload(
     channels_last: bool | None = None,
     amp: bool | None = None,
     compile: bool = False,
+    plain: bool | None = None,
 ) -> Workload:
     """One first-order DARTS step (α on an architecture batch, then w on a weight batch) through
     rnas's :class:`~rnas.search.base.BilevelMethod`; the straightforward variant swaps in the
-    direct supernet forward of :mod:`benchmarks.reference` in NCHW."""
+    direct supernet forward of :mod:`benchmarks.reference` in NCHW, with the plain
+    ``nn.Conv2d`` / ``nn.AvgPool2d`` kernels (``plain``; default: the straightforward variant)."""
     from benchmarks.reference import NaiveSupernet
-    from rnas.config import params_from_dict
-    from rnas.data import DATASETS
-    from rnas.runs import resolve_run
-    from rnas.search.base import BilevelMethod, Progress, SearchContext
+    from rnas.search.base import Progress
 
     fast = variant in ("fast", "after")
     fused = fast if fused is None else fused
     channels_last = fast if channels_last is None else channels_last
+    plain = variant == "straightforward" if plain is None else plain
     amp = _configure(variant, env, amp)
+    method, info = _bilevel_method(spec, env, channels_last, amp, compile)
+    if plain:
+        plain_kernels(method.supernet)
+    if not fused:
+        method.supernet = NaiveSupernet(method.supernet)
+    xw, yw = _data(spec.batch, spec.channels, spec.size, info.num_classes, 1, env.device)
+    xa, ya = _data(spec.batch, spec.channels, spec.size, info.num_classes, 2, env.device)
+
+    def run() -> float:
+        m = method.step((xw, yw), (xa, ya), Progress(0, 0, 1))
+        return m["weight_loss"] + m["arch_loss"]
+
+    def count_run() -> None:  # FLOPs are linear in the batch: count 2 examples, scale
+        method.step((xw[:2], yw[:2]), (xa[:2], ya[:2]), Progress(0, 0, 1))
+
+    return Workload(run, images=2 * spec.batch, amp=amp, count_run=count_run, count_scale=spec.batch / 2)
+
+
+def _bilevel_method(spec: SearchSpec, env: Env, channels_last: bool, amp: bool, compile: bool = False):
+    """rnas's :class:`~rnas.search.base.BilevelMethod` (DARTS, first order) set up for ``spec``
+    with params.yaml's search defaults otherwise (weights seeded with 0); returns it and the
+    dataset facts."""
+    from rnas.config import params_from_dict
+    from rnas.data import DATASETS
+    from rnas.runs import resolve_run
+    from rnas.search.base import BilevelMethod, SearchContext
+
     if compile:
         from rnas.runtime import configure_acceleration
 
@@ -188,19 +215,51 @@ def _search_workload(
     method.setup(
         SearchContext(params=params, run=resolve_run("darts"), info=info, device=env.device, seed=0, steps_per_epoch=1)
     )
-    if not fused:
-        method.supernet = NaiveSupernet(method.supernet)
+    return method, info
+
+
+def _twin_workload(spec: SearchSpec, variant: str, env: Env) -> Workload:
+    """One PC-DARTS weight step (forward, CE, backward, clip 5, SGD; no α step) at ``spec``.
+    Straightforward: the from-scratch twin of the public PC-DARTS search network
+    (:mod:`benchmarks.pcdarts_twin`; NCHW float32, plain ``nn.Conv2d``), given the weights, BN
+    statistics, α and β of rnas's supernet built with the same seed, and SGD with rnas's search
+    hyper-parameters; fast: rnas's own :meth:`~rnas.search.base.BilevelMethod.weight_step` as
+    the pipeline runs it. Both start from the same weights, so their first losses agree up to
+    float round-off."""
+    from benchmarks import pcdarts_twin
+    from rnas.search.base import Progress
+
+    fast = variant == "fast"
+    amp = _configure(variant, env)
+    method, info = _bilevel_method(spec, env, channels_last=fast, amp=amp)
     xw, yw = _data(spec.batch, spec.channels, spec.size, info.num_classes, 1, env.device)
-    xa, ya = _data(spec.batch, spec.channels, spec.size, info.num_classes, 2, env.device)
+    if fast:
 
-    def run() -> float:
-        m = method.step((xw, yw), (xa, ya), Progress(0, 0, 1))
-        return m["weight_loss"] + m["arch_loss"]
+        def step(x: torch.Tensor, y: torch.Tensor) -> float:
+            return method.weight_step((x, y), Progress(0, 0, 1))["weight_loss"]
 
-    def count_run() -> None:  # FLOPs are linear in the batch: count 2 examples, scale
-        method.step((xw[:2], yw[:2]), (xa[:2], ya[:2]), Progress(0, 0, 1))
+        inputs = xw
+    else:
+        net = method.supernet
+        twin = pcdarts_twin.PCDartsTwin(
+            spec.init_channels, spec.layers, info.num_classes, spec.channels, k=spec.partial_channels
+        )
+        twin = pcdarts_twin.copy_from_rnas(twin.to(env.device), net)
+        s = method.ctx.params.search
+        opt = torch.optim.SGD(twin.weights(), lr=s.w_lr, momentum=s.w_momentum, weight_decay=s.w_weight_decay)
+        inputs = pcdarts_twin.normalized(net, xw).contiguous()  # the public code normalizes in the data transform
+        del method, net
 
-    return Workload(run, images=2 * spec.batch, amp=amp, count_run=count_run, count_scale=spec.batch / 2)
+        def step(x: torch.Tensor, y: torch.Tensor) -> float:
+            return pcdarts_twin.weight_step(twin, opt, x, y, s.grad_clip)
+
+    return Workload(
+        lambda: step(inputs, yw),
+        images=spec.batch,
+        amp=amp,
+        count_run=lambda: step(inputs[:2], yw[:2]),
+        count_scale=spec.batch / 2,
+    )
 
 
 PAPER_SEARCH = SearchSpec(16, 8, 64, 32, 3, "cifar10", 1)
@@ -493,6 +552,16 @@ CASES: dict[str, Case] = {
             "PC-DARTS K=4 supernet C=16, 8 cells, batch 8+8, 32x32x3",
             heavy=True,
         ),
+        Case(
+            "search_pcdarts_public_twin",
+            "a",
+            "PC-DARTS K=4 supernet C=16, 8 cells, batch 64, 32x32x3, one weight step (forward, CE, backward, "
+            "clip 5, SGD); straightforward: from-scratch twin of the public PC-DARTS model_search.py "
+            "(NCHW float32, plain nn.Conv2d); fast: rnas's BilevelMethod.weight_step",
+            lambda v, e: _twin_workload(_paper(4, e.quick), v, e),
+            quick_config="PC-DARTS K=4 supernet C=16, 8 cells, batch 8, 32x32x3, one weight step",
+            heavy=True,
+        ),
         _search_case(
             "search_digits_default",
             "a",
@@ -558,6 +627,7 @@ CASES: dict[str, Case] = {
                 e,
                 fused=False,
                 channels_last=(v == "after"),
+                plain=True,
             ),
             variants=ABLATION_VARIANTS,
             heavy=True,
@@ -574,6 +644,7 @@ CASES: dict[str, Case] = {
                 e,
                 fused=(v == "after"),
                 channels_last=True,
+                plain=False,
             ),
             variants=ABLATION_VARIANTS,
             heavy=True,

@@ -21,6 +21,7 @@ def test_every_issue_row_is_registered():
     assert {
         "search_darts_paper",
         "search_pcdarts_paper",
+        "search_pcdarts_public_twin",  # issue 17
         "search_digits_default",
         "pgd10_resnet18",
         "pgd10_darts_v2",
@@ -49,16 +50,15 @@ def test_measure_reports_time_flops_memory_and_the_same_result(case):
 
 
 def _in_process(monkeypatch) -> None:
-    """Run main()'s variants in this process (so that a monkeypatched fast path is the one
-    measured) and skip the matmul-ceiling measurement."""
+    """Run main()'s measurements in this process (so that a monkeypatched fast path is the one
+    measured) and make the matmul-ceiling measurement trivial."""
     import benchmarks.__main__ as bench
+    from benchmarks.measure import interleave
 
-    def run_variant(case, variant, args, repeats, model_file):
-        return measure(
-            case, variant, repeats=repeats, device=torch.device("cpu"), quick=args.quick, model_file=model_file
-        )
+    def run_case(case, args, pairs, long_row, model_file):
+        return interleave(case, torch.device("cpu"), args.quick, model_file, pairs, not long_row, target_s=0.001)
 
-    monkeypatch.setattr(bench, "run_variant", run_variant)
+    monkeypatch.setattr(bench, "run_case", run_case)
     monkeypatch.setattr(bench, "matmul_ceiling", lambda *a, **k: 1.0)
 
 
@@ -90,7 +90,7 @@ def test_an_accuracy_row_allows_its_few_examples_only(monkeypatch):
     assert bench.main(["--only", _fake_case(monkeypatch, 2.0 + 0.3, tolerance_examples=2)]) == 1
 
 
-def test_a_variant_that_does_not_run_fails_the_run(monkeypatch):
+def test_a_variant_that_does_not_run_fails_the_run(monkeypatch, capsys):
     import benchmarks.__main__ as bench
     from benchmarks.cases import Case, Workload
 
@@ -99,16 +99,11 @@ def test_a_variant_that_does_not_run_fails_the_run(monkeypatch):
             raise RuntimeError("broken fast path")
         return Workload(lambda: 1.0, images=1, count_flops=False)
 
-    def run_variant(case, variant, args, repeats, model_file):
-        try:
-            return measure(case, variant, repeats=repeats, device=torch.device("cpu"), quick=True, model_file=None)
-        except RuntimeError as err:
-            return {"error": str(err)}
-
+    _in_process(monkeypatch)
     monkeypatch.setitem(CASES, "fake", Case("fake", "a", "a fake row", build))
-    monkeypatch.setattr(bench, "run_variant", run_variant)
-    monkeypatch.setattr(bench, "matmul_ceiling", lambda *a, **k: 1.0)
     assert bench.main(["--only", "fake"]) == 1
+    out = capsys.readouterr()
+    assert "FAILED: RuntimeError: broken fast path" in out.out and "fake fast: did not run" in out.err
 
 
 def test_a_deliberately_wrong_fast_kernel_fails_its_real_row(monkeypatch, capsys):
@@ -128,3 +123,190 @@ def test_a_deliberately_wrong_fast_kernel_fails_its_real_row(monkeypatch, capsys
     monkeypatch.setattr(ops.AvgPool2d, "forward", count_include_pad)
     assert bench.main(["--only", "ablate_avgpool", "--quick"]) == 1
     assert "ablate_avgpool: result" in capsys.readouterr().err
+
+
+# -- the method: interleaved pairs, their spread and the verdict ------------------------------
+
+
+def test_the_spread_is_the_iqr_from_five_pairs_and_the_range_below():
+    from benchmarks.__main__ import quantile, spread
+
+    ratios = [1.4, 0.9, 1.2, 1.1, 1.3]
+    np = pytest.importorskip("numpy")
+    for q in (0.25, 0.5, 0.75):
+        assert quantile(ratios, q) == pytest.approx(float(np.quantile(ratios, q)))
+    assert spread(ratios) == (pytest.approx(1.1), pytest.approx(1.3), "IQR")
+    assert spread([1.2, 0.9, 1.1]) == (0.9, 1.2, "range")  # fewer pairs: the whole range, stricter
+
+
+@pytest.mark.parametrize(
+    "ratios, expected",
+    [
+        ([0.97, 1.04, 0.99, 1.02, 1.01, 0.98, 1.03], "within noise"),  # straddles 1.0
+        ([0.9, 1.3], "too few pairs (2)"),
+        ([0.95, 1.1, 1.2], "within noise"),  # 3 pairs: the range, and one pair below 1.0
+        ([1.05, 1.1, 1.2], "faster"),
+        ([1.02, 1.05, 1.1, 1.2, 1.3], "faster"),  # all above 1
+        ([0.8, 1.2, 1.25, 1.3, 1.4], "faster"),  # one outlier pair below 1 stays outside the IQR
+        ([0.8, 0.85, 0.9, 0.95, 0.99], "slower"),
+    ],
+)
+def test_the_verdict_needs_the_spread_to_exclude_one(ratios, expected):
+    from benchmarks.__main__ import verdict
+
+    assert verdict(ratios) == expected
+
+
+def test_the_variants_are_interleaved_in_alternating_order():
+    from benchmarks.cases import Case, Workload
+    from benchmarks.measure import interleave
+
+    calls = []
+
+    def build(variant, env):
+        def run():
+            calls.append(variant)
+            return 1.0
+
+        return Workload(run, images=1, count_flops=False)
+
+    CASES["fake_order"] = Case("fake_order", "a", "order", build)
+    try:
+        out = interleave("fake_order", torch.device("cpu"), True, None, pairs=4, repeat_short=False)
+    finally:
+        del CASES["fake_order"]
+    s, f = "straightforward", "fast"
+    # per variant an untimed counting run and first run (result, memory), before the other
+    # variant runs; then A B, B A, A B, B A: a drift favours neither
+    assert calls == [s, s, f, f] + [s, f, f, s, s, f, f, s]
+    assert len(out["ratios"]) == 4 and all(r > 0 for r in out["ratios"])
+    assert out["variants"][s]["result"] == 1.0 and out["variants"][s]["inner"] == 1
+
+
+def test_the_table_prints_median_speedup_spread_and_verdict(monkeypatch, capsys, tmp_path):
+    """main() on canned timings: the median of the per-pair ratios, their spread, the verdict,
+    and the machine (CPU model, threads) and ceiling in the header and in the markdown."""
+    import benchmarks.__main__ as bench
+    from benchmarks.cases import Case, Workload
+
+    _in_process(monkeypatch)
+    monkeypatch.setitem(
+        CASES, "fake", Case("fake", "a", "a fake row", lambda v, e: Workload(lambda: 1.0, images=10, count_flops=False))
+    )
+    canned = {
+        "noisy": [0.97, 1.04, 0.99, 1.02, 1.01],
+        "clear": [1.5, 1.6, 1.55, 1.7, 1.45],
+    }
+    for label, ratios in canned.items():
+
+        def run_case(case, args, pairs, long_row, model_file, ratios=ratios):
+            a = {"seconds": [r * 0.1 for r in ratios], "inner": 3, "flops": None, "result": 1.0}
+            b = {"seconds": [0.1] * len(ratios), "inner": 3, "flops": None, "result": 1.0}
+            for d in (a, b):
+                d.update(images=10, amp=False, first_seconds=0.1, peak_mib=1.0)
+            return {"variants": {"straightforward": a, "fast": b}, "ratios": ratios}
+
+        monkeypatch.setattr(bench, "run_case", run_case)
+        md = tmp_path / f"{label}.md"
+        assert bench.main(["--only", "fake", "--markdown", str(md)]) == 0
+        out = capsys.readouterr().out
+        row = next(line for line in out.splitlines() if line.startswith("| fake | fast |"))
+        if label == "noisy":
+            assert "| 1.01x | IQR 0.99-1.02 | within noise | 5 x 3 runs |" in row
+        else:
+            assert "| 1.55x | IQR 1.50-1.60 | faster | 5 x 3 runs |" in row
+        text = md.read_text()
+        for where in (out, text):
+            assert f"CPU {bench.cpu_name()}" in where and "threads: 1 intra-op" in where
+            assert "matmul ceiling:" in where and "float32" in where
+        assert "| speedup | spread | verdict | samples |" in text
+
+
+def test_short_rows_need_five_pairs():
+    import benchmarks.__main__ as bench
+
+    with pytest.raises(SystemExit):
+        bench.main(["--only", "ablate_avgpool", "--pairs", "3"])
+
+
+def test_bf16_ceiling_only_where_the_cpu_has_bf16():
+    from benchmarks.__main__ import bf16_native, matmul_ceiling
+
+    cpu = torch.device("cpu")
+    assert bf16_native(cpu, {"avx512f", "avx512_bf16"}) and bf16_native(cpu, {"amx_bf16", "amx_tile"})
+    assert not bf16_native(cpu, {"avx512f", "avx2", "fma"}) and not bf16_native(cpu, set())
+    assert matmul_ceiling(cpu, torch.float32, 64, repeats=1) > 0
+
+
+# -- the search rows' straightforward versions ----------------------------------------------
+
+
+def test_the_straightforward_search_step_runs_no_rnas_kernel(monkeypatch):
+    """The README says the straightforward supernet step uses the plain nn.Conv2d / nn.AvgPool2d
+    kernels: rnas's 1x1-as-matmul, depthwise and average-pooling fast paths must not run."""
+    from benchmarks.cases import Env, SearchSpec, _search_workload
+    from rnas.space import ops
+
+    def forbidden(self, x):
+        raise AssertionError(f"rnas's own {type(self).__name__} kernel ran")
+
+    for cls in (ops.PointwiseConv2d, ops.DepthwiseConv2d, ops.AvgPool2d):
+        monkeypatch.setattr(cls, "forward", forbidden)
+    spec = SearchSpec(4, 3, 2, 8, 3, "cifar10", 1)
+    work = _search_workload(spec, "straightforward", Env(device=torch.device("cpu"), quick=True))
+    assert work.run() > 0
+
+
+def test_the_public_pcdarts_twin_computes_rnas_step():
+    """At a tiny config the twin of the public PC-DARTS search network, given rnas's weights,
+    has the same loss as rnas's own weight step, and after an SGD step still the same."""
+    from benchmarks.cases import Env, SearchSpec, _twin_workload
+
+    spec = SearchSpec(8, 5, 4, 16, 3, "cifar10", 4)
+    env = Env(device=torch.device("cpu"), quick=True)
+    losses = {}
+    for v in CASES["search_pcdarts_public_twin"].variants:
+        work = _twin_workload(spec, v, env)
+        losses[v] = [work.run(), work.run()]
+    twin, ours = losses["straightforward"], losses["fast"]
+    assert twin[0] == pytest.approx(ours[0], rel=1e-5)  # same function of the same weights
+    assert twin[1] == pytest.approx(ours[1], rel=1e-4)  # same gradients and SGD update
+    assert twin[1] != twin[0]
+
+
+def test_the_twin_refuses_another_network():
+    from benchmarks.pcdarts_twin import PCDartsTwin, copy_from_rnas
+    from rnas.space.supernet import Supernet
+
+    net = Supernet(8, 5, 10, 3, "cifar10", partial_channels=4)
+    copy_from_rnas(PCDartsTwin(8, 5, 10, 3, k=4), net)
+    with pytest.raises(ValueError):
+        copy_from_rnas(PCDartsTwin(8, 4, 10, 3, k=4), net)  # another depth
+    with pytest.raises(ValueError):
+        copy_from_rnas(PCDartsTwin(8, 5, 10, 3, k=4, pool_bn=False), net)  # LRNAS's ops: no BN after pooling
+
+
+def test_each_variant_gets_its_own_peak_memory(monkeypatch):
+    """Both variants run in one process; the second must not reuse the heap the first freed
+    (its peak would then read ~0). Small tensors (100 KiB, below glibc's mmap threshold) come
+    from the heap, so this is the case a shared process gets wrong without the trim."""
+    from benchmarks.cases import Case, Workload
+    from benchmarks.measure import interleave
+
+    pinned = []
+
+    def build(variant, env):
+        n = 800 if variant == "straightforward" else 400  # ~80 MiB vs ~40 MiB of live small tensors
+
+        def run():
+            held = [torch.ones(25_600) for _ in range(n)]  # 100 KiB each
+            pinned.append(held[-1])  # a live chunk above the freed ones: glibc cannot shrink the heap's top
+            return float(len(held))
+
+        return Workload(run, images=1, count_flops=False)
+
+    monkeypatch.setitem(CASES, "fake_memory", Case("fake_memory", "a", "memory", build))
+    out = interleave("fake_memory", torch.device("cpu"), True, None, pairs=1, repeat_short=False)
+    peaks = {v: out["variants"][v]["peak_mib"] for v in ("straightforward", "fast")}
+    assert 60 < peaks["straightforward"] < 120, peaks
+    assert 30 < peaks["fast"] < 60, peaks  # not ~0: the first variant's free heap went back to the OS
