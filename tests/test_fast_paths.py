@@ -21,7 +21,7 @@ from torch import nn
 
 from rnas.config import ParamsError, params_from_dict
 from rnas.runtime import acceleration, autocast, configure_acceleration, place_model
-from rnas.space.ops import DepthwiseConv2d, DilConv, PointwiseConv2d
+from rnas.space.ops import DepthwiseConv2d, DilConv, FactorizedReduce, PointwiseConv2d, subsample
 from rnas.space.supernet import Supernet, channel_shuffle
 
 torch.set_num_threads(1)
@@ -69,6 +69,53 @@ def test_pointwise_conv_equals_nn_conv2d(stride, channels_last, bias):
     torch.testing.assert_close(fast, plain, atol=1e-6, rtol=1e-5)
     wrt = (x, m.weight) + ((m.bias,) if bias else ())
     for a, b in zip(torch.autograd.grad(fast.square().sum(), wrt), torch.autograd.grad(plain.square().sum(), wrt)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("stride,offset", [(2, 0), (2, 1), (3, 1)])
+def test_subsample_equals_slicing_and_its_gradient_keeps_the_layout(channels_last, stride, offset):
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 7, 6)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    fast, plain = subsample(x, stride, offset), x[:, :, offset::stride, offset::stride]
+    torch.testing.assert_close(fast, plain, atol=0, rtol=0)
+    (g_fast,) = torch.autograd.grad(fast.square().sum(), x)
+    (g_plain,) = torch.autograd.grad(plain.square().sum(), x)
+    torch.testing.assert_close(g_fast, g_plain, atol=0, rtol=0)
+    # autograd's slice backward returns NCHW whatever x is; the subsample's gradient does not
+    assert g_fast.is_contiguous(memory_format=torch.channels_last) == channels_last
+    with torch.no_grad():
+        torch.testing.assert_close(subsample(x, stride, offset), plain, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size", [3, 4, 7, 8])
+def test_factorized_reduce_equals_the_shifted_convolution(channels_last, size):
+    """The CPU path (pixels (1 + 2i, 1 + 2j) read directly) against DARTS' own: pad(x[1:, 1:])
+    through the stride-2 conv, odd sizes included."""
+    torch.manual_seed(0)
+    m = FactorizedReduce(4, 6).train()
+    x = torch.randn(3, 4, size, size)
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+
+    def plain(x):
+        r = F.relu(x)
+        a = nn.Conv2d.forward(m.conv_1, r)
+        b = nn.Conv2d.forward(m.conv_2, F.pad(r[:, :, 1:, 1:], (0, 1, 0, 1)))
+        return m.bn(torch.cat([a, b], dim=1))
+
+    fast, ref = m(x), plain(x)
+    assert fast.shape == ref.shape == (3, 6, (size + 1) // 2, (size + 1) // 2)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    wrt = (x, m.conv_1.weight, m.conv_2.weight, m.bn.weight, m.bn.bias)
+    w = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad((fast * w).sum(), wrt), torch.autograd.grad((ref * w).sum(), wrt)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 

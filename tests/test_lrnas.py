@@ -506,6 +506,24 @@ def test_alpha_update_on_digits_by_hand_and_masks_are_restored():
     assert net.training  # modes restored
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_the_step_follows_the_arch_lr_schedule(schedule):
+    """η_t = η × arch_lr_factor over the estimate epochs (warm-up 2 of 6 epochs): the estimate of
+    epoch 4 (0-based) moves α by η·½(1 + cos(π·2/4))·μ·z_cell(V̂) = η·0.5·μ·z under cosine."""
+    params = _tiny_params(search={"epochs": 6, "arch_lr_schedule": schedule}, warmup_epochs=2, permutations=1)
+    torch.manual_seed(0)
+    method = _lrnas_method(params)
+    net = method.supernet
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    method._batches = [(x, y)]
+    before = _alphas(net)
+    metrics = method.estimate_contributions(4)
+    v_hat = method.history[-1]["value"].view(2, *net.alpha_normal.shape)
+    factor = 1.0 if schedule == "constant" else 0.5
+    assert metrics["shapley_step_factor"] == pytest.approx(factor)
+    torch.testing.assert_close(_alphas(net) - before, 0.1 * factor * 0.2 * _z_cell_by_hand(v_hat), atol=1e-6, rtol=1e-5)
+
+
 class _AdditiveCoalition:
     """Stands in for CoalitionValue: an additive game, v(S) = Σ_{i∈S} w_i for the clean and the
     FGSM accuracy alike, so every permutation's drop of player i is exactly w_i."""

@@ -16,7 +16,9 @@ Supernet: the DARTS cell space, PC-DARTS partial channels when ``search.partial_
    the contribution is V̂ = mean over permutations of z(ΔA) + z(ΔR).
 3. Update, per cell type as the public LRNAS code (github.com/fyqsama/LRNAS, ``ranking.py``):
    V̂ is z-scored again over each cell type's own primitives (:func:`standardize_per_cell`), then
-   V ← (1 − μ)·V + μ·z_cell(V̂),   α ← α + η·V.
+   V ← (1 − μ)·V + μ·z_cell(V̂),   α ← α + η_t·V, with η_t = η × ``search.arch_lr_schedule``'s
+   factor over the estimate epochs (constant: η, the paper; cosine: falling towards 0, as α's
+   step in the gradient methods).
 4. Greedy selection (:func:`greedy_select`) under the parameter budget λ of the *final*
    network (``retrain.init_channels``, ``retrain.layers``): each edge's best op by α, edges in
    decreasing α, added while its node has fewer than two inputs; once adding a parametric op
@@ -46,7 +48,7 @@ from torch import nn
 from rnas.config import LrnasMethodConfig
 from rnas.evaluation.complexity import count_parameters
 from rnas.runs import parse_budget
-from rnas.search.base import Batch, BilevelMethod, Progress, SearchContext
+from rnas.search.base import Batch, BilevelMethod, Progress, SearchContext, arch_lr_factor
 from rnas.search.shapley import lrnas_values, permutation_marginals, zscore
 from rnas.space.genotype import Edge, Genotype
 from rnas.space.network import CellNetwork, reduction_layers
@@ -415,7 +417,11 @@ class LrnasMethod(BilevelMethod):
                 m.training = training
         m = torch.stack(marginals)  # (n, players, 2): ΔA, ΔR
         v_hat = lrnas_values(m).view_as(self.V)
-        self.V, step = momentum_update(self.V, v_hat, cfg.momentum, cfg.step_size)
+        # η × search.arch_lr_schedule's factor, as α's step in the gradient methods (cosine: the
+        # estimates late in the search move α less, so the selection can settle; constant: the paper)
+        s = self.ctx.params.search
+        factor = arch_lr_factor(s.arch_lr_schedule, epoch, s.epochs, cfg.warmup_epochs)
+        self.V, step = momentum_update(self.V, v_hat, cfg.momentum, cfg.step_size * factor)
         with torch.no_grad():
             net.alpha_normal.add_(step[0].to(net.alpha_normal))
             net.alpha_reduce.add_(step[1].to(net.alpha_reduce))
@@ -431,6 +437,7 @@ class LrnasMethod(BilevelMethod):
                 "full_clean_acc": float(full_t[0]),
                 "full_fgsm_acc": float(full_t[1]),
                 "evaluations": evaluations,
+                "step_factor": factor,
             }
         )
         return {
@@ -438,6 +445,7 @@ class LrnasMethod(BilevelMethod):
             "shapley_evaluations": float(evaluations),
             "shapley_full_clean_acc": float(full_t[0]),
             "shapley_full_fgsm_acc": float(full_t[1]),
+            "shapley_step_factor": factor,
         }
 
     # -- result --------------------------------------------------------------------
