@@ -224,6 +224,11 @@ class TeacherConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
+#: Optimizers of the search's network weights (``search.w_optimizer``); each is built by the registry
+#: :data:`rnas.search.base.WEIGHT_OPTIMIZERS` (a test keeps the two in step).
+WeightOptimizer = Literal["sgd", "adam"]
+
+
 class SearchCommon(_Section):
     """Common search settings (DARTS defaults, Liu et al. 2019); a method overrides any of them
     in ``search.methods.<method>.overrides`` (:func:`search_for`)."""
@@ -238,6 +243,12 @@ class SearchCommon(_Section):
     w_lr_min: Float = Field(0.001, ge=0.0, le=10.0)
     w_momentum: Float = Field(0.9, ge=0.0, lt=1.0)
     w_weight_decay: Float = Field(3e-4, ge=0.0, le=1.0)
+    w_optimizer: WeightOptimizer = Field(
+        "sgd",
+        description="optimizer of the network weights (rnas.search.base.WEIGHT_OPTIMIZERS), cosine from w_lr to "
+        "w_lr_min either way: sgd (w_momentum, w_weight_decay) | adam (betas 0.9, 0.999; w_weight_decay as "
+        "L2, as torch.optim.Adam; w_momentum unused)",
+    )
     grad_clip: Float = Field(5.0, ge=0.0)
     arch_lr: Float = Field(3e-4, gt=0.0, le=10.0)
     arch_beta1: Float = Field(0.5, ge=0.0, lt=1.0)
@@ -253,8 +264,9 @@ class SearchCommon(_Section):
     )
     arch_lr_schedule: Literal["constant", "cosine"] = Field(
         "constant",
-        description="bilevel searches: α's Adam step size per epoch: constant (DARTS) | cosine from arch_lr "
-        "at the first α epoch towards 0 at the end (as the weights' lr), so α settles",
+        description="bilevel searches: α's Adam step size per epoch (LRNAS: its step η per estimate): "
+        "constant (DARTS) | cosine from arch_lr at the first α epoch towards 0 at the end (as the "
+        "weights' lr), so α settles",
     )
     unrolled: Bool = Field(False, description="second-order (unrolled) architecture gradient")
     augment: AugmentConfig = Field(
@@ -418,6 +430,12 @@ class RnasClMethodConfig(_Section):
     arch_weight_decay: Float = Field(1e-4, ge=0.0, le=1.0, description="Adam weight decay of tutor and width logits")
     arch_fraction: Float = Field(
         0.2, gt=0.0, lt=1.0, description="width space: the last fraction of each epoch's batches updates the logits"
+    )
+    tutor_kernels: Items[Annotated[Int, Field(ge=1, le=15)]] = Field(
+        default_factory=tuple,
+        description="teacher layers (tutor candidates): the outputs of the teacher's k x k convs for k listed here "
+        "(the public code's WRN tutors: [3], its 3x3 convs); empty = every Conv2d (1x1 shortcut convs too). "
+        "Retraining reads the chosen layers by name from the tutor file",
     )
     width: WidthSpaceConfig = Field(default_factory=WidthSpaceConfig)
     overrides: SearchOverrides = Field(default_factory=SearchOverrides, description=_OVERRIDES_DOC)

@@ -8,7 +8,10 @@ Attention map of an activation A (B, C, H, W) (Zagoruyko & Komodakis 2017, p = 2
 Student layers are every conv-bn-act unit of the student (``distill_layers()`` of the width
 networks; for the DARTS cell networks the stem, each cell's two preprocessing ReLU-conv-BN
 units and each cell's output, see :func:`cell_layers`). Teacher layers are the outputs of every
-``nn.Conv2d`` of the teacher, found by forward hooks, so any model family works.
+``nn.Conv2d`` of the teacher, found by forward hooks, so any model family works; the search may keep
+only the k x k convs (``search.methods.rnas_cl.tutor_kernels``: the public code's WRN tutors are its
+3x3 convs), and retraining takes the teacher layers the tutor file names (:func:`named_teacher_layers`),
+so a tutor index means the same teacher conv in both.
 
 Each student layer i has tutor logits over the n_t teacher layers; the Gumbel-softmax weights
 g_ij weigh the distances d_ij = mean over the batch of ‖F̂(A_s^i) − F̂(A_t^j)‖² in the attention
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -116,12 +120,40 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
 # -- layers ------------------------------------------------------------------------------
 
 
-def teacher_layers(model: nn.Module) -> Layers:
-    """Every ``nn.Conv2d`` of the teacher, in module order (any architecture)."""
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+def teacher_layers(model: nn.Module, kernels: Iterable[int] = ()) -> Layers:
+    """Every ``nn.Conv2d`` of the teacher, in module order (any architecture); with ``kernels``
+    (``search.methods.rnas_cl.tutor_kernels``) only the k x k convs for k in it."""
+    kernels = tuple(kernels)
+    layers = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and (not kernels or any(tuple(m.kernel_size) == (k, k) for k in kernels))
+    ]
     if not layers:
-        raise DistillationError(f"the teacher {type(model).__name__} has no Conv2d layer to distil from")
+        which = f" with a kernel of {' or '.join(f'{k}x{k}' for k in kernels)} (tutor_kernels)" if kernels else ""
+        raise DistillationError(f"the teacher {type(model).__name__} has no Conv2d layer{which} to distil from")
     return layers
+
+
+def named_teacher_layers(model: nn.Module, names: Iterable[str]) -> Layers:
+    """The teacher layers a tutor file was searched with (its ``teacher_layers``), in that order, so
+    that its tutor indices keep their meaning whatever ``tutor_kernels`` the search used.
+
+    They must be exactly this teacher's convs of the kernel sizes they have (what
+    :func:`teacher_layers` gives for this teacher under some kernel filter): a teacher of another
+    depth or family, whose convs would only partly match the names, is refused."""
+    modules = dict(model.named_modules())
+    names = list(names)
+    sizes = {tuple(m.kernel_size) for n in names if isinstance(m := modules.get(n), nn.Conv2d)}
+    same_rule = [n for n, m in modules.items() if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) in sizes]
+    if not names or same_rule != names:
+        missing = [n for n in names if not isinstance(modules.get(n), nn.Conv2d)]
+        raise DistillationError(
+            "the teacher's conv layers differ from those the tutors were searched with "
+            f"({len(same_rule)} convs of those kernel sizes now, {len(names)} in the tutor file; not convs of "
+            f"this teacher: {missing[:3] or 'none'}): retrain with the teacher the search used"
+        )
+    return [(n, modules[n]) for n in names]
 
 
 def cell_layers(model: nn.Module) -> Layers:
@@ -195,13 +227,18 @@ class MapTaps:
 
 
 class TeacherProbe:
-    """The frozen robust teacher: logits and conv attention maps of a batch, without gradients."""
+    """The frozen robust teacher: logits and conv attention maps of a batch, without gradients.
 
-    def __init__(self, teacher: nn.Module, map_size: int):
+    Its layers: the convs of the given ``names`` (retraining: the tutor file's), else every conv
+    with a kernel in ``kernels`` (every conv when empty)."""
+
+    def __init__(
+        self, teacher: nn.Module, map_size: int, kernels: Iterable[int] = (), names: Iterable[str] | None = None
+    ):
         self.model = teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-        self.layers = teacher_layers(teacher)
+        self.layers = teacher_layers(teacher, kernels) if names is None else named_teacher_layers(teacher, names)
         self.taps = MapTaps(self.layers, map_size, root=teacher)
 
     @property
@@ -325,13 +362,8 @@ class FixedTutorDistillation:
         if loss_form not in LOSS_FORMS:
             raise DistillationError(f"unknown loss form {loss_form!r}; known: {', '.join(LOSS_FORMS)}")
         self.loss_form = loss_form
-        self.teacher = TeacherProbe(teacher, map_size)
-        if list(assignment["teacher_layers"]) != self.teacher.names:
-            raise DistillationError(
-                "the teacher's conv layers differ from those the tutors were searched with "
-                f"({len(self.teacher.names)} now, {len(assignment['teacher_layers'])} in the tutor file): "
-                "retrain with the teacher the search used"
-            )
+        # the teacher layers the search chose tutors among, by name: tutor j is the same conv here
+        self.teacher = TeacherProbe(teacher, map_size, names=assignment["teacher_layers"])
         layers = student_layers(student)
         self.student_taps = MapTaps(layers, map_size, root=student)
         tutors = transfer_tutors(list(assignment["student_layers"]), list(assignment["tutors"]), [n for n, _ in layers])

@@ -87,6 +87,7 @@ RUNS: dict[str, RunSpec] = {
                     "tau_decay",
                     "arch_lr",
                     "arch_weight_decay",
+                    "tutor_kernels",
                     "overrides",
                 )
             ),

@@ -64,6 +64,7 @@ from torch import Tensor, nn
 from rnas.config import check_evaluate
 from rnas.evaluation.attacks import ThreatModel, clean_flags, get_attack, rng_scope
 from rnas.evaluation.complexity import count_macs, count_parameters
+from rnas.evaluation.fold import fold_batchnorm
 from rnas.evaluation.sanity import (
     SanityInputs,
     SanitySettings,
@@ -120,6 +121,10 @@ def l2_attacks(names: Iterable[str]) -> tuple[str, ...]:
     """The protocol attacks among ``names`` whose threat model is L2 (they enter robust_acc_l2)."""
     return tuple(n for n in names if _threat(n) is ThreatModel.L2)
 
+
+# How the attacked model is computed (part of the resume key: saved flags from another
+# computation of the same checkpoint are not mixed in).
+INFERENCE = "batchnorm-folded"
 
 AUTOATTACK_REGISTRY = ("autoattack", "autoattack_l2")  # registry attacks that report AutoAttack's checks
 
@@ -277,6 +282,7 @@ def state_key(
     h.update(json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str).encode())
     h.update(json.dumps(dataclasses.asdict(sanity) if sanity else None, sort_keys=True).encode())
     h.update(model_digest.encode())
+    h.update(INFERENCE.encode())
     for t in (x, y):
         t = t.detach().cpu().contiguous()
         h.update(str((tuple(t.shape), t.dtype)).encode())
@@ -352,6 +358,13 @@ def _accuracy(flags: Tensor) -> float:
     return int(flags.sum().item()) / flags.numel()
 
 
+def _inference_copy(model: nn.Module) -> nn.Module:
+    """What the attacks run against: the eval-mode model with its batch norms folded into the
+    convolutions (:mod:`rnas.evaluation.fold`, the same function up to float rounding, fewer
+    kernels per pass); a model left in training mode is attacked as it is."""
+    return model if model.training else fold_batchnorm(model)
+
+
 def evaluate_model(
     model: nn.Module,
     x: Tensor,
@@ -359,10 +372,13 @@ def evaluate_model(
     settings: EvalSettings,
     progress: bool = True,
     state: EvalState | None = None,
+    attack_model: nn.Module | None = None,
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Run the protocol on ``(x, y)``: inputs ``(N, C, H, W)`` in [0, 1] on the model's device,
     labels ``(N,)``. The caller puts the model in eval mode. With a ``state``, attacks found
-    there are not run again and each new one is saved as soon as it finishes.
+    there are not run again and each new one is saved as soon as it finishes. The attacks and
+    the clean pass run on ``attack_model`` (default: the model with its batch norms folded,
+    :func:`_inference_copy`); parameters and MACs are counted on ``model``.
 
     Returns ``(metrics, flags)``:
 
@@ -382,14 +398,15 @@ def evaluate_model(
     if len(x) == 0:
         raise ValueError("evaluate_model needs at least one example")
 
-    flags: dict[str, Tensor] = {"clean": clean_flags(model, x, y, batch_size=settings.batch_size)}
+    net = _inference_copy(model) if attack_model is None else attack_model
+    flags: dict[str, Tensor] = {"clean": clean_flags(net, x, y, batch_size=settings.batch_size)}
     seconds: dict[str, float] = {}
     infos: dict[str, dict[str, Any] | None] = {}
     sweep_eps = settings.sweep_epsilons()
     steps = [*settings.attacks, "eps_sweep"]
 
     def attack(registry_name: str, epsilon: float, options: dict[str, Any]):
-        return _attack_runner(model, x, y, settings.seed, (registry_name, epsilon, options))
+        return _attack_runner(net, x, y, settings.seed, (registry_name, epsilon, options))
 
     bar = tqdm(steps, desc="evaluate", unit="attack", disable=not progress, leave=False)
     for name in bar:
@@ -457,11 +474,12 @@ def evaluate_with_sanity(
     and ``sanity_details`` ({check: one line with the numbers}); the probe flags are returned
     with the others (keys ``sanity/...``), and their seconds under ``attack_seconds["sanity"]``.
     """
-    metrics, flags = evaluate_model(model, x, y, settings, progress=progress, state=state)
+    net = _inference_copy(model)
+    metrics, flags = evaluate_model(model, x, y, settings, progress=progress, state=state, attack_model=net)
     probe_seconds = 0.0
     linf, l2 = list(linf_attacks(settings.attacks)), list(l2_attacks(settings.attacks))
     for key, call in probe_attacks(settings, sanity).items():
-        result, took, info = _cached(state, key, _attack_runner(model, x, y, settings.seed, call))
+        result, took, info = _cached(state, key, _attack_runner(net, x, y, settings.seed, call))
         flags[key] = result.detach().bool().cpu()
         probe_seconds += took
         _record_checks(metrics, key, info)
@@ -472,7 +490,7 @@ def evaluate_with_sanity(
             l2.append(key)
     _set_worst_cases(metrics, flags, linf, l2)
     start = time.perf_counter()
-    probe = model_probe(model, x, y, settings.batch_size)
+    probe = model_probe(net, x, y, settings.batch_size)
     results = run_checks(SanityInputs(metrics, flags, settings, sanity, probe))
     metrics["sanity"], metrics["sanity_details"] = sanity_summary(results)
     metrics["attack_seconds"]["sanity"] = probe_seconds + time.perf_counter() - start

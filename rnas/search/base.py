@@ -10,11 +10,13 @@ A method is an object with a small fixed surface (NASLib's optimizer interface):
   architecture), written by the search stage;
 - ``state_dict()`` / ``load_state_dict()``: everything that must be checkpointed.
 
-:class:`BilevelMethod` is DARTS (Liu et al. 2019): weights w minimize L_train(w, α) with SGD,
-architecture α minimizes L_val(w*(α), α) with Adam, from epoch ``search.arch_warmup_epochs`` + 1
-on (before it the weights train alone, so α's first steps see trained weights). First-order by default
-(w*(α) ≈ w); second-order (``unrolled``) uses w' = w − ξ∇_w L_train(w, α) and the
-finite-difference Hessian-vector product of DARTS' ``architect.py``:
+:class:`BilevelMethod` is DARTS (Liu et al. 2019): weights w minimize L_train(w, α) with SGD
+(or Adam: ``search.w_optimizer``, :func:`weight_optimizer`), architecture α minimizes L_val(w*(α), α)
+with Adam, from epoch ``search.arch_warmup_epochs`` + 1 on (before it the weights train alone, so
+α's first steps see trained weights). First-order by default (w*(α) ≈ w); second-order
+(``unrolled``) uses w' = w − ξ∇_w L_train(w, α) (ξ the weights' current learning rate; a plain
+gradient step whatever the optimizer) and the finite-difference Hessian-vector product of DARTS'
+``architect.py``:
 
     ∇_α L_val(w', α) − ξ · [∇_α L_train(w⁺, α) − ∇_α L_train(w⁻, α)] / (2r),
     w± = w ± r·∇_{w'} L_val(w', α),  r = 0.01 / ‖∇_{w'} L_val‖.
@@ -25,6 +27,7 @@ Robust methods override ``weight_loss`` and/or ``arch_loss``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnas.config import Params
+from rnas.config import Params, SearchCommon
 from rnas.data import DatasetInfo
 from rnas.runs import RunSpec
 from rnas.runtime import autocast, place_model
@@ -130,6 +133,44 @@ def arch_lr_factor(schedule: str, epoch: int, epochs: int, warmup: int = 0) -> f
     return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+# -- the weights' optimizer (search.w_optimizer) ------------------------------------------
+
+#: Adam's betas for the weights: PyTorch's defaults, which the RNAS-CL public code's search names.
+ADAM_BETAS = (0.9, 0.999)
+
+
+def _sgd(params: list[nn.Parameter], s: SearchCommon) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=s.w_lr, momentum=s.w_momentum, weight_decay=s.w_weight_decay)
+
+
+def _adam(params: list[nn.Parameter], s: SearchCommon) -> torch.optim.Optimizer:
+    # weight decay as L2 added to the gradient (torch.optim.Adam), as the RNAS-CL public code
+    return torch.optim.Adam(params, lr=s.w_lr, betas=ADAM_BETAS, weight_decay=s.w_weight_decay)
+
+
+#: ``search.w_optimizer`` -> builder of the weights' optimizer from the search settings.
+WEIGHT_OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], SearchCommon], torch.optim.Optimizer]] = {
+    "sgd": _sgd,
+    "adam": _adam,
+}
+
+
+def weight_optimizer(
+    params: Iterable[nn.Parameter], s: SearchCommon
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The optimizer of a search's network weights (``search.w_optimizer``, learning rate ``w_lr``,
+    weight decay ``w_weight_decay``) and its schedule, the same for every optimizer: cosine from
+    ``w_lr`` to ``w_lr_min`` over ``search.epochs``, stepped once per epoch."""
+    try:
+        build = WEIGHT_OPTIMIZERS[s.w_optimizer]
+    except KeyError:
+        raise ValueError(
+            f"search.w_optimizer: unknown optimizer {s.w_optimizer!r}; known: {', '.join(WEIGHT_OPTIMIZERS)}"
+        ) from None
+    opt = build(list(params), s)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.epochs, eta_min=s.w_lr_min)
+
+
 class BilevelMethod(SearchMethod):
     """DARTS bilevel search on the cell-space supernet."""
 
@@ -146,10 +187,7 @@ class BilevelMethod(SearchMethod):
             partial_channels=s.partial_channels,
         )
         self.supernet = place_model(self.supernet, ctx.device, ctx.params.pipeline.channels_last)
-        self.w_opt = torch.optim.SGD(
-            self.supernet.weights(), lr=s.w_lr, momentum=s.w_momentum, weight_decay=s.w_weight_decay
-        )
-        self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=s.epochs, eta_min=s.w_lr_min)
+        self.w_opt, self.w_sched = weight_optimizer(self.supernet.weights(), s)
         self.a_opt = torch.optim.Adam(
             self.supernet.arch_parameters(),
             lr=s.arch_lr,
@@ -194,7 +232,7 @@ class BilevelMethod(SearchMethod):
         return {**self.weight_step(batch_w, progress), **arch_metrics}
 
     def weight_step(self, batch_w: Batch, progress: Progress) -> dict[str, float]:
-        """One SGD step of the weights on a weight-half batch (α gets no update from it)."""
+        """One step of the weights (``search.w_optimizer``) on a weight-half batch (α gets no update from it)."""
         s = self.ctx.params.search
         net = self.supernet
         net.train()

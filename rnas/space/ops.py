@@ -85,18 +85,20 @@ class PointwiseConv2d(nn.Conv2d):
             return super().forward(x)
         return self.product(subsample(x, self.stride[0]))
 
-    def product(self, x: torch.Tensor) -> torch.Tensor:
-        """The 1x1 conv at stride 1 as one matrix product (CPU, 4-D x), ignoring ``self.stride``."""
+    def product(self, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """The 1x1 conv at stride 1 as one matrix product (CPU, 4-D x), ignoring ``self.stride``;
+        ``bias=False`` leaves out ``self.bias``."""
         b, c, h, w = x.shape
         weight = self.weight.view(self.out_channels, c)
+        add_bias = bias and self.bias is not None
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             # NHWC: (B·H·W, C_in) @ (C_in, C_out), the result viewed back as channels_last NCHW
             out = torch.matmul(x.permute(0, 2, 3, 1).reshape(b * h * w, c), weight.t())
-            if self.bias is not None:
+            if add_bias:
                 out = out + self.bias
             return out.view(b, h, w, self.out_channels).permute(0, 3, 1, 2)
         out = torch.matmul(weight, x.reshape(b, c, h * w))  # (B, C_out, H·W)
-        if self.bias is not None:
+        if add_bias:
             out = out + self.bias.view(1, -1, 1)
         return out.view(b, self.out_channels, h, w)
 
@@ -260,8 +262,10 @@ class FactorizedReduce(nn.Module):
         if x.device.type == "cpu" and x.dim() == 4:
             # conv_2 reads pixels (1 + 2i, 1 + 2j), zero past the border on odd sizes: the same
             # product as below without the shifted copy, its gradient in x's memory format
-            b = self.conv_2.product(subsample(x, 2, 1))
+            b = self.conv_2.product(subsample(x, 2, 1), bias=False)
             b = nn.functional.pad(b, (0, a.shape[-1] - b.shape[-1], 0, a.shape[-2] - b.shape[-2]))
+            if self.conv_2.bias is not None:  # the padded pixels get the bias too, as conv_2(0)
+                b = b + self.conv_2.bias.view(1, -1, 1, 1)
         else:
             # The second path is shifted one pixel; pad so odd sizes still line up.
             b = self.conv_2(nn.functional.pad(x[:, :, 1:, 1:], (0, 1, 0, 1)))

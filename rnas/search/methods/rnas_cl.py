@@ -16,8 +16,9 @@ widths, and ``loss_form`` choosing L_attn's form and the cost factor C:
 Data: every epoch walks the *whole* training split of the search, as the public code walks its
 training loader: each step gets one batch of each half of the split (the shared loop's pairing),
 and both batches update the same parameters. The first (1 − arch_fraction) of an epoch's steps
-update the weights (SGD, the common search settings), the last arch_fraction the tutor and width
-logits (Adam, ``arch_lr``, ``arch_weight_decay``): 80% / 20% of the split by default, one
+update the weights (``search.w_optimizer``: SGD by default, Adam as the public code with the
+paper-scale profile's overrides; the common search settings), the last arch_fraction the tutor
+and width logits (Adam, ``arch_lr``, ``arch_weight_decay``): 80% / 20% of the split by default, one
 optimizer update per batch. τ(epoch) = tau0 · exp(−tau_decay · epoch). The search runs on clean
 inputs; robustness comes from the robust teacher (adversarial training happens in retraining).
 
@@ -42,7 +43,16 @@ from torch import nn
 from rnas.config import RnasClMethodConfig
 from rnas.distill import MapTaps, TeacherProbe, TutorLogits, attention_loss, kd_kl, student_layers
 from rnas.runtime import autocast, place_model
-from rnas.search.base import Batch, BilevelMethod, Progress, SearchContext, SearchMethod, alpha_entropy, arch_lr_factor
+from rnas.search.base import (
+    Batch,
+    BilevelMethod,
+    Progress,
+    SearchContext,
+    SearchMethod,
+    alpha_entropy,
+    arch_lr_factor,
+    weight_optimizer,
+)
 from rnas.space.gumbel import one_hot_argmax
 from rnas.space.width import WidthSupernet, log_cost
 
@@ -89,7 +99,7 @@ class CrossLayerTerms:
         self, student: nn.Module, teacher: nn.Module, cfg: RnasClMethodConfig, device: torch.device, seed: int
     ):
         self.cfg = cfg
-        self.teacher = TeacherProbe(teacher, cfg.map_size)
+        self.teacher = TeacherProbe(teacher, cfg.map_size, kernels=cfg.tutor_kernels)
         self.layers = student_layers(student)
         self.taps = MapTaps(self.layers, cfg.map_size, root=student)
         self.tutors = TutorLogits(len(self.layers), len(self.teacher.names)).to(device)
@@ -183,10 +193,7 @@ class RnasClWidthSearch(SearchMethod):
         self.supernet = place_model(net, ctx.device, ctx.params.pipeline.channels_last)
         self.cl = CrossLayerTerms(self.supernet, _require_teacher(ctx), cfg, ctx.device, ctx.seed)
         self.supernet.generator = self.cl.generator
-        self.w_opt = torch.optim.SGD(
-            self.supernet.weights(), lr=s.w_lr, momentum=s.w_momentum, weight_decay=s.w_weight_decay
-        )
-        self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=s.epochs, eta_min=s.w_lr_min)
+        self.w_opt, self.w_sched = weight_optimizer(self.supernet.weights(), s)  # search.w_optimizer
         # Adam with PyTorch's default betas (0.9, 0.999): the paper gives only lr and weight decay.
         self.a_opt = torch.optim.Adam(self.arch_parameters(), lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay)
         self.set_temperature(cfg.tau0)
@@ -213,7 +220,7 @@ class RnasClWidthSearch(SearchMethod):
         return total, {"loss": float(total.detach()), **parts, "macs": float(cost.detach())}
 
     def weight_update(self, batch: Batch, progress: Progress) -> dict[str, float]:
-        """One SGD step of the supernet weights on one batch (the logits get no update)."""
+        """One step of the supernet weights (``search.w_optimizer``) on one batch (the logits get no update)."""
         x, y = batch
         with autocast(self.ctx.device):  # bf16 on CUDA when pipeline.amp is on
             loss, metrics = self.search_loss(x, y, train_arch=False)
