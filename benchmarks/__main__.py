@@ -74,27 +74,24 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int, repeats: in
     return 2 * n**3 / best / 1e9
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (``flags`` of /proc/cpuinfo; empty where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
 def bf16_native(device: torch.device, flags: set[str] | None = None) -> bool:
     """Whether ``device`` computes bf16 products in hardware: on a CPU only with the
-    AVX512-BF16 or AMX-BF16 instructions (read from /proc/cpuinfo, never assumed; elsewhere
-    bf16 would be emulated and its "ceiling" meaningless); on CUDA as torch reports it."""
+    AVX512-BF16 or AMX-BF16 instructions (:func:`rnas.runtime.cpu_has_native_bf16`, read from
+    /proc/cpuinfo, never assumed; ``flags``: a CPU's flags instead, for tests; elsewhere bf16
+    would be emulated and its "ceiling" meaningless); on CUDA as torch reports it."""
+    from rnas.runtime import BF16_CPU_FLAGS, cpu_has_native_bf16
+
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return any(f in (cpu_flags() if flags is None else flags) for f in BF16_CPU_FLAGS)
+    if flags is None:
+        return cpu_has_native_bf16()
+    return any(f in flags for f in BF16_CPU_FLAGS)
+
+
+def no_bf16_reason(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "torch.cuda.is_bf16_supported() is False"
+    return "the CPU has neither avx512_bf16 nor amx_bf16 in /proc/cpuinfo"
 
 
 @contextlib.contextmanager
@@ -151,7 +148,7 @@ def describe_ceilings(ceilings: dict[str, Ceiling], device: torch.device) -> str
     if device.type == "cuda":
         text += "; float32 with TF32 as cuDNN's float32 convolutions" if torch.backends.cudnn.allow_tf32 else ""
     elif "bfloat16" not in ceilings:
-        text += "; no bf16: the CPU has neither avx512_bf16 nor amx_bf16"
+        text += "; no bf16: " + no_bf16_reason(device)
     return text + ")"
 
 
@@ -376,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         blank = [""] * (len(HEADER) - 3)
         if case.cuda_only and device.type != "cuda":
             emit([name, "n/a", *blank, "CUDA only: not run on CPU"])
+            continue
+        if case.needs_bf16 and not bf16_native(device):
+            emit([name, "n/a", *blank, f"skipped: no native bf16 ({no_bf16_reason(device)})"])
             continue
         if case.requires:
             try:

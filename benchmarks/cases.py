@@ -8,7 +8,9 @@ implementation of the same algorithm: NCHW float32, no reuse, every attack on al
 ``"fast"`` (rnas's own code path with the options on: channels-last, the fused supernet
 mixed op, the subsampled stride-2 dilated convs, reuse, attacks on still-robust examples, and on
 CUDA bf16 autocast). Ablation cases compare one optimization switched off ("before") and on
-("after") with everything else equal.
+("after") with everything else equal; the ``ablate_amp*`` rows (float32 -> bf16 autocast, on
+CUDA or a CPU with native bf16) are how ``pipeline.amp`` is measured on a CPU, where the fast
+path stays float32 as ``pipeline.amp``'s default does.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ ROUNDOFF_REL = 1e-4
 # of ∇α flips its update before the weight loss is measured (measured up to 2.5e-5 on a loss of
 # ~4.6, 1.3e-4 with --quick's batch 4).
 SEARCH_REL = 1e-3
-# A variant under bf16 autocast (CUDA; 8 mantissa bits, 3.9e-3 relative per rounding, summed over
-# a network): not measured on this project's CPU-only machine.
+# A variant under bf16 autocast (8 mantissa bits, 3.9e-3 relative per rounding, summed over a
+# network). Measured on a CPU with native bf16 (benchmarks/README.md): the search step's loss
+# within 3e-4 relative of float32 (digits and paper config).
 BF16_REL = 5e-2
 # PGD-10 training rows: sign(∇) turns round-off into other adversarial examples, and the loss on
 # them differs beyond round-off (measured 0.0027 on ResNet-18's loss, 0.1 on DARTS V2's at batch 8).
@@ -71,6 +74,7 @@ class Case:
     variants: tuple[str, str] = VARIANTS
     quick_config: str = ""  # the configuration under --quick, when it differs
     cuda_only: bool = False
+    needs_bf16: bool = False  # bf16 autocast rows: CUDA, or a CPU with native bf16; else skipped with the reason
     requires: str = ""  # a module that must import, else the row says unavailable
     heavy: bool = False  # multi-second steps: no warm-up, one timed run (FLOPs from count_run)
     single_run: bool = False  # no repeat: the one (uncounted) run is the timed one (minutes-long rows)
@@ -509,11 +513,12 @@ def _avgpool_workload(variant: str, env: Env, quick: bool) -> Workload:
     return _op_workload(op, variant, env, 16 if quick else 64, 16, 32, data_seed=5)
 
 
-def _amp_or_compile_workload(option: str, variant: str, env: Env) -> Workload:
-    """CUDA: the paper PC-DARTS search step with bf16 autocast / torch.compile off and on
-    (everything else as in the fast path; compile is measured with amp off)."""
+def _amp_or_compile_workload(option: str, variant: str, env: Env, spec: SearchSpec | None = None) -> Workload:
+    """A search step (default: the paper PC-DARTS one) with bf16 autocast (``pipeline.amp``; CUDA
+    or a CPU with native bf16) / torch.compile (CUDA) off and on, everything else as in the fast
+    path (channels-last; compile is measured with amp off)."""
     on = variant == "after"
-    spec = _paper(4, env.quick)
+    spec = _paper(4, env.quick) if spec is None else spec
     if option == "amp":
         return _search_workload(spec, "fast", env, amp=on)
     return _search_workload(spec, "fast", env, amp=False, compile=on)
@@ -700,11 +705,25 @@ CASES: dict[str, Case] = {
         Case(
             "ablate_amp",
             "ablation",
-            "bf16 autocast off -> on (PC-DARTS paper search step)",
+            "pipeline.amp: float32 -> bf16 autocast, fast path (PC-DARTS K=4 paper search step: C=16, 8 cells, "
+            "batch 64+64, 32x32x3, first-order)",
             lambda v, e: _amp_or_compile_workload("amp", v, e),
+            quick_config="PC-DARTS K=4 paper search step, batch 8+8",
             variants=ABLATION_VARIANTS,
-            cuda_only=True,
+            needs_bf16=True,
             heavy=True,
+            tolerance_rel=SEARCH_REL,
+        ),
+        Case(
+            "ablate_amp_digits",
+            "ablation",
+            "pipeline.amp: float32 -> bf16 autocast, fast path (params.yaml search step: "
+            f"C={DIGITS_SEARCH.init_channels}, {DIGITS_SEARCH.layers} cells, "
+            f"batch {DIGITS_SEARCH.batch}+{DIGITS_SEARCH.batch}, "
+            f"{DIGITS_SEARCH.size}x{DIGITS_SEARCH.size}x1 digits, K={DIGITS_SEARCH.partial_channels})",
+            lambda v, e: _amp_or_compile_workload("amp", v, e, DIGITS_SEARCH),
+            variants=ABLATION_VARIANTS,
+            needs_bf16=True,
             tolerance_rel=SEARCH_REL,
         ),
         Case(

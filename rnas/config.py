@@ -130,8 +130,9 @@ class PipelineConfig(_Section):
     channels_last: Bool = Field(True, description="NHWC memory format for models (faster convs on CPU and GPU)")
     amp: Bool = Field(
         False,
-        description="CUDA only: bfloat16 autocast in the trainer and the search step "
-        "(ignored with a warning on CPU; evaluation stays float32)",
+        description="bfloat16 autocast in the trainer and the search step on CUDA, or on a CPU with "
+        "native bf16 (avx512_bf16 or amx_bf16 in /proc/cpuinfo; other CPUs: float32 with a warning); "
+        "evaluation stays float32",
     )
     compile: Bool = Field(
         False, description="CUDA only: torch.compile the placed models (ignored with a warning on CPU)"

@@ -4,12 +4,15 @@ stage reports progress (an INFO line per epoch, bars only on a terminal)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import platform
 import random
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,15 +20,46 @@ import torch
 log = logging.getLogger(__name__)
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None, system: str | None = None) -> bool:
+    """Whether this CPU computes bf16 products in hardware: on Linux, every ``flags`` line of
+    /proc/cpuinfo (``cpuinfo``: that text, for tests) names ``avx512_bf16`` (AVX512-BF16) or
+    ``amx_bf16`` (AMX); False on other systems, when the file cannot be read or has no flags.
+    Read, never assumed: without these instructions bf16 is emulated and slower than float32."""
+    if (platform.system() if system is None else system) != "Linux":
+        return False
+    if cpuinfo is None:
+        return _proc_cpuinfo_has_bf16()
+    flag_lines = [
+        line.split(":", 1)[1].split()
+        for line in cpuinfo.splitlines()
+        if line.split(":", 1)[0].strip() == "flags" and ":" in line
+    ]
+    return bool(flag_lines) and all(any(f in flags for f in BF16_CPU_FLAGS) for flags in flag_lines)
+
+
+@functools.lru_cache(maxsize=1)
+def _proc_cpuinfo_has_bf16() -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return cpu_has_native_bf16(text, "Linux")
+
+
 @dataclass(frozen=True)
 class Acceleration:
-    """CUDA-only speed options of this process (params ``pipeline.amp`` / ``pipeline.compile``).
+    """Speed options of this process (params ``pipeline.amp`` / ``pipeline.compile``).
 
-    ``amp``: the trainer's and the search step's forward passes run under
-    ``torch.autocast("cuda", dtype=torch.bfloat16)`` (bf16 has float32's exponent range, so no
-    loss scaling); backward passes, optimizer steps, validation and evaluation stay float32.
-    ``compile``: :func:`place_model` calls ``module.compile()`` (``torch.compile`` in place, so
-    ``state_dict`` keys and checkpoints are unchanged)."""
+    ``amp``: the trainer's steps (the training perturbation, PGD included, and the loss) and the
+    search steps' forward passes run under ``torch.autocast(device, dtype=torch.bfloat16)``
+    (:func:`autocast`): on CUDA, and on a CPU with native bf16 (:func:`cpu_has_native_bf16`).
+    bf16 has float32's exponent range, so no loss scaling; parameters, gradients, optimizer
+    steps, the unrolled (second-order) DARTS step, validation and evaluation stay float32.
+    ``compile`` (CUDA only): :func:`place_model` calls ``module.compile()`` (``torch.compile`` in
+    place, so ``state_dict`` keys and checkpoints are unchanged)."""
 
     amp: bool = False
     compile: bool = False
@@ -34,16 +68,31 @@ class Acceleration:
 _ACCELERATION = Acceleration()
 
 
+def amp_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast runs natively on ``device``: CUDA, or a CPU with native bf16."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+
+
 def configure_acceleration(amp: bool, compile: bool, device: torch.device) -> Acceleration:
-    """Switch the CUDA-only options on for this process. On another device they are ignored
-    with a warning saying so (float32, eager), never silently."""
+    """Set the options for this process. ``amp`` needs CUDA or a CPU with native bf16 and
+    ``compile`` needs CUDA; otherwise each is ignored with a warning saying why (float32,
+    eager), never silently."""
     global _ACCELERATION
-    asked = [name for name, on in (("pipeline.amp", amp), ("pipeline.compile", compile)) if on]
-    if asked and device.type != "cuda":
-        log.warning(
-            "%s: CUDA only; the device is %s, so it is ignored (float32, eager mode)", " and ".join(asked), device.type
+    if amp and not amp_supported(device):
+        why = (
+            "the CPU has no native bf16 (neither avx512_bf16 nor amx_bf16 in /proc/cpuinfo)"
+            if device.type == "cpu"
+            else f"the device is {device.type}"
         )
-        amp = compile = False
+        log.warning(
+            "pipeline.amp: bf16 autocast needs CUDA or a CPU with native bf16; %s, so it is ignored (float32)", why
+        )
+        amp = False
+    elif amp and device.type == "cpu":
+        log.info("pipeline.amp: bf16 autocast on the CPU (native bf16); evaluation stays float32")
+    if compile and device.type != "cuda":
+        log.warning("pipeline.compile: CUDA only; the device is %s, so it is ignored (eager mode)", device.type)
+        compile = False
     _ACCELERATION = Acceleration(amp=amp, compile=compile)
     return _ACCELERATION
 
@@ -53,9 +102,11 @@ def acceleration() -> Acceleration:
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``pipeline.amp`` is on, else a no-op context."""
-    if _ACCELERATION.amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on ``device`` when ``pipeline.amp`` is on and the device runs it natively
+    (:func:`amp_supported`), else a no-op context. The one place amp is applied: the trainer's
+    step and the search steps enter it; evaluation never does."""
+    if _ACCELERATION.amp and amp_supported(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -71,7 +122,7 @@ def setup_runtime(
     threads: int, deterministic: bool, device: str, amp: bool = False, compile: bool = False
 ) -> torch.device:
     """Fix threads and deterministic algorithms so both runners and resumed runs give the same
-    files; set the CUDA-only options (:func:`configure_acceleration`)."""
+    files; set the speed options (:func:`configure_acceleration`)."""
     torch.set_num_threads(threads)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -229,6 +229,22 @@ def test_short_rows_need_five_pairs():
         bench.main(["--only", "ablate_avgpool", "--pairs", "3"])
 
 
+def test_bf16_rows_are_skipped_with_the_reason_where_there_is_no_native_bf16(monkeypatch, capsys):
+    """Issue 17: the float32 -> bf16 autocast rows of the search step (digits and paper config)
+    run on CUDA or a CPU with native bf16, and say why they did not run elsewhere."""
+    import benchmarks.__main__ as bench
+
+    for name in ("ablate_amp", "ablate_amp_digits"):
+        assert CASES[name].needs_bf16 and not CASES[name].cuda_only
+    _in_process(monkeypatch)
+    monkeypatch.setattr(bench, "bf16_native", lambda device, flags=None: False)
+    assert bench.main(["--only", "ablate_amp_digits,ablate_amp", "--quick"]) == 0
+    out, _ = capsys.readouterr()
+    for name in ("ablate_amp", "ablate_amp_digits"):
+        assert f"| {name} | n/a |" in out
+    assert out.count("skipped: no native bf16 (the CPU has neither avx512_bf16 nor amx_bf16 in /proc/cpuinfo)") >= 2
+
+
 def test_bf16_ceiling_only_where_the_cpu_has_bf16():
     from benchmarks.__main__ import bf16_native, matmul_ceiling
 

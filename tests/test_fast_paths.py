@@ -2,9 +2,10 @@
 
 The supernet's fused mixed op (one ReLU per state, no `none` op, in-place accumulation,
 channels-last PC-DARTS shuffle), the subsampled stride-2 dilated conv, the kernel cropped to
-the taps that reach a small map, the 1x1 conv as a matrix product, and the CUDA-only
-options of rnas.runtime (refused with a warning on CPU). The reference is the direct
-implementation in benchmarks/reference.py, which the benchmarks time against.
+the taps that reach a small map, the 1x1 conv as a matrix product, and the options of
+rnas.runtime refused with a warning where they cannot run (compile on a CPU, amp on a CPU
+without native bf16). The reference is the direct implementation in benchmarks/reference.py,
+which the benchmarks time against.
 """
 
 from __future__ import annotations
@@ -175,12 +176,17 @@ def test_masked_edges_still_skip_ops_and_zero_edges_are_zero():
         assert all(p.grad is None for p in edge.parameters())  # no op of a normal edge ran
 
 
-def test_cuda_options_are_refused_with_a_warning_on_cpu(caplog):
+def test_cuda_options_are_refused_with_a_warning_on_cpu(caplog, monkeypatch):
+    import rnas.runtime
+
+    # amp on a CPU needs native bf16 (tests/test_amp_cpu.py); compile is CUDA only
+    monkeypatch.setattr(rnas.runtime, "cpu_has_native_bf16", lambda *a, **k: False)
     try:
         with caplog.at_level(logging.WARNING, logger="rnas.runtime"):
             acc = configure_acceleration(amp=True, compile=True, device=torch.device("cpu"))
         assert not acc.amp and not acc.compile
-        assert "pipeline.amp and pipeline.compile: CUDA only" in caplog.text
+        assert "pipeline.amp: bf16 autocast needs CUDA or a CPU with native bf16" in caplog.text
+        assert "pipeline.compile: CUDA only" in caplog.text
         with autocast(torch.device("cpu")):
             assert torch.get_autocast_dtype("cpu") is not None
             assert not torch.is_autocast_enabled("cpu")

@@ -222,7 +222,7 @@ class BilevelMethod(SearchMethod):
         if s.unrolled:
             arch_metrics = self._unrolled_arch_grad(batch_w, batch_a)
         else:
-            with autocast(self.ctx.device):  # bf16 on CUDA when pipeline.amp is on (first-order only)
+            with autocast(self.ctx.device):  # bf16 when pipeline.amp is on (first-order only)
                 a_loss, arch_metrics = self.arch_loss(net, xa, ya)
             grads = torch.autograd.grad(a_loss, net.arch_parameters(), allow_unused=True)
             for p, g in zip(net.arch_parameters(), grads):
@@ -238,7 +238,7 @@ class BilevelMethod(SearchMethod):
         net.train()
         xw, yw = batch_w
         self.w_opt.zero_grad(set_to_none=True)
-        with autocast(self.ctx.device):  # bf16 on CUDA when pipeline.amp is on
+        with autocast(self.ctx.device):  # bf16 when pipeline.amp is on (rnas.runtime.autocast)
             w_loss, logits = self.weight_loss(net, xw, yw)
         if not torch.isfinite(w_loss):
             from rnas.training.trainer import NonFiniteLossError

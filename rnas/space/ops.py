@@ -142,6 +142,12 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (k, k1), (d, d1) = self.kernel_size, self.dilation
+        if max(d, d1) > 1 and self.stride == (1, 1) and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # torch 2.14's CPU bf16 kernel gives wrong weight gradients (off by >100%, inf, NaN) for
+            # channels-last stride-1 dilated depthwise convs on maps >= 29 px wide: float32 here
+            # (rnas.runtime.autocast; tests/test_amp_cpu.py)
+            with torch.autocast("cpu", enabled=False):
+                return self.forward(x.float())
         same = (
             k == k1
             and d == d1

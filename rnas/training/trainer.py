@@ -142,7 +142,7 @@ class Trainer:
         loss plus the extra terms, gradient clipping. Returns (loss, logits), the loss detached."""
         cfg = self.cfg
         x = augment_batch(x, cfg.augment.crop_padding, cfg.augment.flip, gen)  # training batches only
-        with autocast(self.device):  # bf16 on CUDA when pipeline.amp is on, else a no-op
+        with autocast(self.device):  # bf16 when pipeline.amp is on (CUDA, or a CPU with native bf16), else a no-op
             loss, logits, x_used = self.perturb(self.model, x, y, cfg.perturbation, gen)
             if self.extra_loss is not None:
                 loss = loss + self.extra_loss(self.model, x_used, y, logits)

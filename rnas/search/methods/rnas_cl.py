@@ -222,7 +222,7 @@ class RnasClWidthSearch(SearchMethod):
     def weight_update(self, batch: Batch, progress: Progress) -> dict[str, float]:
         """One step of the supernet weights (``search.w_optimizer``) on one batch (the logits get no update)."""
         x, y = batch
-        with autocast(self.ctx.device):  # bf16 on CUDA when pipeline.amp is on
+        with autocast(self.ctx.device):  # bf16 when pipeline.amp is on (rnas.runtime.autocast)
             loss, metrics = self.search_loss(x, y, train_arch=False)
         if not torch.isfinite(loss):
             from rnas.training.trainer import NonFiniteLossError
