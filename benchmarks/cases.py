@@ -158,11 +158,13 @@ def _search_workload(
     amp: bool | None = None,
     compile: bool = False,
     plain: bool | None = None,
+    grouped: bool = True,
 ) -> Workload:
     """One first-order DARTS step (α on an architecture batch, then w on a weight batch) through
     rnas's :class:`~rnas.search.base.BilevelMethod`; the straightforward variant swaps in the
     direct supernet forward of :mod:`benchmarks.reference` in NCHW, with the plain
-    ``nn.Conv2d`` / ``nn.AvgPool2d`` kernels (``plain``; default: the straightforward variant)."""
+    ``nn.Conv2d`` / ``nn.AvgPool2d`` kernels (``plain``; default: the straightforward variant).
+    ``grouped`` False: the fused supernet runs its edges one by one (``SearchCell.group_edges``)."""
     from benchmarks.reference import NaiveSupernet
     from rnas.search.base import Progress
 
@@ -174,6 +176,8 @@ def _search_workload(
     method, info = _bilevel_method(spec, env, channels_last, amp, compile)
     if plain:
         plain_kernels(method.supernet)
+    for cell in method.supernet.cells:
+        cell.group_edges = grouped
     if not fused:
         method.supernet = NaiveSupernet(method.supernet)
     xw, yw = _data(spec.batch, spec.channels, spec.size, info.num_classes, 1, env.device)
@@ -665,6 +669,28 @@ CASES: dict[str, Case] = {
             variants=ABLATION_VARIANTS,
             heavy=True,
             same_result=False,
+        ),
+        Case(
+            "ablate_grouped_edges",
+            "ablation",
+            "out-edges of a state one by one -> together (rnas.space.grouped), fast path "
+            "(PC-DARTS K=4 paper search step: C=16, 8 cells, batch 64+64, 32x32x3, first-order)",
+            lambda v, e: _search_workload(_paper(4, e.quick), "fast", e, grouped=(v == "after")),
+            quick_config="PC-DARTS K=4 paper search step, batch 8+8",
+            variants=ABLATION_VARIANTS,
+            heavy=True,
+            tolerance_rel=SEARCH_REL,
+        ),
+        Case(
+            "ablate_grouped_edges_digits",
+            "ablation",
+            "out-edges of a state one by one -> together, fast path (params.yaml search step: "
+            f"C={DIGITS_SEARCH.init_channels}, {DIGITS_SEARCH.layers} cells, "
+            f"batch {DIGITS_SEARCH.batch}+{DIGITS_SEARCH.batch}, "
+            f"{DIGITS_SEARCH.size}x{DIGITS_SEARCH.size}x1 digits, K={DIGITS_SEARCH.partial_channels})",
+            lambda v, e: _search_workload(DIGITS_SEARCH, "fast", e, grouped=(v == "after")),
+            variants=ABLATION_VARIANTS,
+            tolerance_rel=SEARCH_REL,
         ),
         Case(
             "ablate_dilconv_s2_3x3",

@@ -88,19 +88,25 @@ class PointwiseConv2d(nn.Conv2d):
     def product(self, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
         """The 1x1 conv at stride 1 as one matrix product (CPU, 4-D x), ignoring ``self.stride``;
         ``bias=False`` leaves out ``self.bias``."""
-        b, c, h, w = x.shape
-        weight = self.weight.view(self.out_channels, c)
-        add_bias = bias and self.bias is not None
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            # NHWC: (B·H·W, C_in) @ (C_in, C_out), the result viewed back as channels_last NCHW
-            out = torch.matmul(x.permute(0, 2, 3, 1).reshape(b * h * w, c), weight.t())
-            if add_bias:
-                out = out + self.bias
-            return out.view(b, h, w, self.out_channels).permute(0, 3, 1, 2)
-        out = torch.matmul(weight, x.reshape(b, c, h * w))  # (B, C_out, H·W)
-        if add_bias:
-            out = out + self.bias.view(1, -1, 1)
-        return out.view(b, self.out_channels, h, w)
+        weight = self.weight.view(self.out_channels, self.in_channels)
+        return pointwise(x, weight, self.bias if bias else None)
+
+
+def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A stride-1 1x1 convolution with a (C_out, C_in) ``weight`` as one matrix product; the
+    output keeps x's memory format (NCHW or channels_last)."""
+    b, c, h, w = x.shape
+    c_out = weight.shape[0]
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        # NHWC: (B·H·W, C_in) @ (C_in, C_out), the result viewed back as channels_last NCHW
+        out = torch.matmul(x.permute(0, 2, 3, 1).reshape(b * h * w, c), weight.t())
+        if bias is not None:
+            out = out + bias
+        return out.view(b, h, w, c_out).permute(0, 3, 1, 2)
+    out = torch.matmul(weight, x.reshape(b, c, h * w))  # (B, C_out, H·W)
+    if bias is not None:
+        out = out + bias.view(1, -1, 1)
+    return out.view(b, c_out, h, w)
 
 
 def conv2d(c_in: int, c_out: int, kernel: int, **kwargs) -> nn.Conv2d:
@@ -142,12 +148,6 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (k, k1), (d, d1) = self.kernel_size, self.dilation
-        if max(d, d1) > 1 and self.stride == (1, 1) and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # torch 2.14's CPU bf16 kernel gives wrong weight gradients (off by >100%, inf, NaN) for
-            # channels-last stride-1 dilated depthwise convs on maps >= 29 px wide: float32 here
-            # (rnas.runtime.autocast; tests/test_amp_cpu.py)
-            with torch.autocast("cpu", enabled=False):
-                return self.forward(x.float())
         same = (
             k == k1
             and d == d1
@@ -155,19 +155,42 @@ class DepthwiseConv2d(nn.Conv2d):
             and self.padding_mode == "zeros"
             and self.padding == (d * (k - 1) // 2,) * 2
             and self.stride[0] == self.stride[1]
+            and self.groups == self.in_channels == self.out_channels
         )
         if not same:
+            if max(d, d1) > 1 and self.stride == (1, 1) and _cpu_autocast(x):
+                with torch.autocast("cpu", enabled=False):  # see depthwise()
+                    return super().forward(x.float())
             return super().forward(x)
-        r = (k - 1) // 2  # taps on each side of the centre
-        if d > 1 and self.stride[0] == d:
-            return nn.functional.conv2d(subsample(x, d), self.weight, self.bias, 1, r, 1, self.groups)
-        if self.stride[0] == 1:
-            h, w = x.shape[-2:]
-            rh, rw = min(r, (h - 1) // d), min(r, (w - 1) // d)
-            if (rh, rw) != (r, r):
-                weight = self.weight[:, :, r - rh : r + rh + 1, r - rw : r + rw + 1]
-                return nn.functional.conv2d(x, weight, self.bias, 1, (d * rh, d * rw), d, self.groups)
-        return super().forward(x)
+        return depthwise(x, self.weight, self.stride[0], d, self.bias)
+
+
+def _cpu_autocast(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+
+
+def depthwise(
+    x: torch.Tensor, weight: torch.Tensor, stride: int, dilation: int, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The depthwise conv (one filter per channel, ``weight`` (C, 1, k, k), odd k) with "same"
+    padding d·(k−1)/2, through the fast paths of :class:`DepthwiseConv2d`."""
+    k, d, c = weight.shape[-1], dilation, weight.shape[0]
+    if d > 1 and stride == 1 and _cpu_autocast(x):
+        # torch 2.14's CPU bf16 kernel gives wrong weight gradients (off by >100%, inf, NaN) for
+        # channels-last stride-1 dilated depthwise convs on maps >= 29 px wide: float32 here
+        # (rnas.runtime.autocast; tests/test_amp_cpu.py)
+        with torch.autocast("cpu", enabled=False):
+            return depthwise(x.float(), weight.float(), stride, d, None if bias is None else bias.float())
+    r = (k - 1) // 2  # taps on each side of the centre
+    if d > 1 and stride == d:
+        return nn.functional.conv2d(subsample(x, d), weight, bias, 1, r, 1, c)
+    if stride == 1:
+        h, w = x.shape[-2:]
+        rh, rw = min(r, (h - 1) // d), min(r, (w - 1) // d)
+        if (rh, rw) != (r, r):
+            weight = weight[:, :, r - rh : r + rh + 1, r - rw : r + rw + 1]
+            return nn.functional.conv2d(x, weight, bias, 1, (d * rh, d * rw), d, c)
+    return nn.functional.conv2d(x, weight, bias, stride, d * r, d, c)
 
 
 class AvgPool2d(nn.AvgPool2d):

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from rnas.models.normalize import Normalize
+from rnas.space import grouped
 from rnas.space.genotype import Genotype, derive_genotype, num_edges
 from rnas.space.network import cell_normalization, cell_plan
 from rnas.space.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, Zero, make_op
@@ -58,6 +59,7 @@ class MixedOp(nn.Module):
             raise ValueError(f"partial_channels K={partial_channels} must divide the edge's {channels} channels")
         self.k = partial_channels
         self.stride = stride
+        self.primitives = tuple(primitives)
         c = channels // self.k
         self.ops = nn.ModuleList()
         for name in primitives:
@@ -118,6 +120,21 @@ class MixedOp(nn.Module):
 
 
 class SearchCell(nn.Module):
+    """A DARTS search cell: two preprocessed inputs, ``nodes`` nodes, each the sum of mixed-op
+    edges from every earlier state. In train mode with nothing masked, the out-edges of each state
+    run together (:mod:`rnas.space.grouped`; ``group_edges`` False: one by one, the same function)."""
+
+    group_edges: bool = True  # class default; tests and benchmarks switch it per instance
+    # Grouping pays where kernels are small (per-call overhead, poorly vectorized few-channel
+    # kernels) and costs where they are large (the block-diagonal 1x1 product does n times the
+    # multiply-adds). Grouped when an op's input (C/K channels x H x W per image) holds at most
+    # group_tiny_values values, or at most group_max_values with at most group_max_channels
+    # channels (benchmarks/README.md, "Grouped edges": every PC-DARTS K = 4 cell and every digits
+    # cell grouped; the paper's DARTS K = 1 cells, 16-64 channels on 32x32-8x8 maps, not).
+    group_tiny_values: int = 1024
+    group_max_values: int = 4096
+    group_max_channels: int = 16
+
     def __init__(
         self,
         nodes: int,
@@ -152,6 +169,9 @@ class SearchCell(nn.Module):
     ) -> torch.Tensor:
         # weights: (n_edges, n_ops); edge_weights: (n_edges,) or None; active: (n_edges, n_ops) or None
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        grouping = self.group_edges and active is None and self.training and self._worth_grouping(states[1])
+        if grouping and self._groupable():
+            return self._forward_grouped(states, weights, edge_weights)
         if self.edges[0].k > 1:
             return self._forward_partial(states, weights, edge_weights, active)
         relus = [torch.relu(h) for h in states]  # one ReLU per state, shared by its out-edges' convs
@@ -169,6 +189,67 @@ class SearchCell(nn.Module):
             if node < self.nodes - 1:  # the last node feeds no edge of this cell
                 relus.append(torch.relu(total))
         return torch.cat(states[-self.nodes :], dim=1)
+
+    def _worth_grouping(self, h: torch.Tensor) -> bool:
+        c = h.shape[1] // self.edges[0].k
+        values = c * h.shape[2] * h.shape[3]
+        return values <= self.group_tiny_values or (c <= self.group_max_channels and values <= self.group_max_values)
+
+    def _groupable(self) -> bool:
+        """Checked on every forward (modules can be swapped, hooked or put in eval mode)."""
+        return grouped.edges_groupable(list(self.edges), self.edges[0].primitives)
+
+    def _forward_grouped(
+        self, states: list[torch.Tensor], weights: torch.Tensor, edge_weights: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The cell with each state's out-edges computed together (:func:`rnas.space.grouped.state_ops`).
+        State j feeds nodes max(0, j−1)..nodes−1; its edges' outputs are added into those nodes'
+        sums as soon as the state exists. PC-DARTS: the edge weights β fold into the op weights, and
+        each node's bypass part is Σ_j β_j·bypass_j (shuffle and concatenation are linear)."""
+        k = self.edges[0].k
+        primitives = self.edges[0].primitives
+        ops_sum: list[torch.Tensor | None] = [None] * self.nodes
+        owned = [False] * self.nodes  # ops_sum[node] is a tensor of its own (not a view): add in place
+        bypass_sum: list[torch.Tensor | None] = [None] * self.nodes
+        offsets = [sum(i + 2 for i in range(node)) for node in range(self.nodes)]
+
+        def feed(j: int, h: torch.Tensor) -> None:
+            targets = list(range(max(0, j - 1), self.nodes))
+            ids = [offsets[node] + j for node in targets]
+            edges = [self.edges[e] for e in ids]
+            w = weights[ids]
+            beta = None if edge_weights is None else edge_weights[ids]
+            if beta is not None:
+                w = w * beta[:, None]
+            xa = _first_channels(h, h.shape[1] // k) if k > 1 else h
+            out = grouped.state_ops(edges, primitives, xa, torch.relu(xa), w)
+            # split, not slicing: its backward concatenates the gradients in their memory format
+            # (a slice's backward scatters into a new NCHW tensor, slow on channels_last networks)
+            parts = out.split(out.shape[1] // len(ids), dim=1)
+            xb = edges[0].bypass(h) if k > 1 else None
+            for t, node in enumerate(targets):
+                y = parts[t]
+                if ops_sum[node] is None:
+                    ops_sum[node] = y
+                elif owned[node]:
+                    ops_sum[node].add_(y)
+                else:
+                    ops_sum[node], owned[node] = ops_sum[node] + y, True
+                if xb is not None:
+                    b = beta[t] * xb if beta is not None else xb
+                    bypass_sum[node] = b if bypass_sum[node] is None else bypass_sum[node] + b
+
+        feed(0, states[0])
+        feed(1, states[1])
+        nodes = []
+        for node in range(self.nodes):
+            total = ops_sum[node]
+            if k > 1:
+                total = channel_shuffle(torch.cat([total, bypass_sum[node]], dim=1), k)
+            nodes.append(total)
+            if node < self.nodes - 1:  # the last node feeds no edge of this cell
+                feed(node + 2, total)
+        return torch.cat(nodes, dim=1)
 
     def _forward_partial(
         self,
