@@ -22,6 +22,7 @@ from torch import nn
 
 from rnas.config import ParamsError, params_from_dict
 from rnas.runtime import acceleration, autocast, configure_acceleration, place_model
+from rnas.space import ops
 from rnas.space.ops import DepthwiseConv2d, DilConv, FactorizedReduce, PointwiseConv2d, subsample
 from rnas.space.supernet import Supernet, channel_shuffle
 
@@ -51,6 +52,38 @@ def test_depthwise_conv_equals_nn_conv2d(stride, kernel, dilation, size):
     g_plain = torch.autograd.grad(plain.square().sum(), (x, m.weight))
     for a, b in zip(g_fast, g_plain):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel,dilation", [(3, 2), (5, 2), (3, 3)])
+@pytest.mark.parametrize("size", [2, 4, 6, 8])
+def test_dilated_conv_by_pixel_parity_subgrids_equals_nn_conv2d(kernel, dilation, size):
+    """Stride-1 dilated depthwise convs on channels-last maps of 16+ channels run as d² undilated
+    convs on the sub-grids (rnas.space.ops._dilated_by_phases): same values and gradients, the
+    output and the input gradient channels-last; sizes d does not divide take the other paths."""
+    torch.manual_seed(0)
+    m = DepthwiseConv2d(
+        16, 16, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=16, bias=False
+    ).double()
+    x = torch.rand(3, 16, size, size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    taken = size % dilation == 0
+    calls = []
+    original = ops._dilated_by_phases
+    ops._dilated_by_phases = lambda *a: calls.append(1) or original(*a)
+    try:
+        fast = m(x)
+    finally:
+        ops._dilated_by_phases = original
+    assert bool(calls) == taken
+    plain = nn.Conv2d.forward(m, x)
+    torch.testing.assert_close(fast, plain, atol=1e-12, rtol=1e-10)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    g = torch.rand_like(plain)
+    g_fast = torch.autograd.grad(fast, (x, m.weight), g)
+    g_plain = torch.autograd.grad(plain, (x, m.weight), g)
+    assert g_fast[0].is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(g_fast, g_plain):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
 
 
 @pytest.mark.parametrize("stride", [1, 2])

@@ -184,6 +184,8 @@ def depthwise(
     r = (k - 1) // 2  # taps on each side of the centre
     if d > 1 and stride == d:
         return nn.functional.conv2d(subsample(x, d), weight, bias, 1, r, 1, c)
+    if d > 1 and stride == 1 and _by_phases(x, d):
+        return _dilated_by_phases(x, weight, d, bias)
     if stride == 1:
         h, w = x.shape[-2:]
         rh, rw = min(r, (h - 1) // d), min(r, (w - 1) // d)
@@ -191,6 +193,37 @@ def depthwise(
             weight = weight[:, :, r - rh : r + rh + 1, r - rw : r + rw + 1]
             return nn.functional.conv2d(x, weight, bias, 1, (d * rh, d * rw), d, c)
     return nn.functional.conv2d(x, weight, bias, stride, d * r, d, c)
+
+
+PHASE_MIN_CHANNELS = 16  # below it the two layout copies cost more than the dilated kernel loses
+
+
+def _by_phases(x: torch.Tensor, d: int) -> bool:
+    h, w = x.shape[-2:]
+    return (
+        x.device.type == "cpu"
+        and x.shape[1] >= PHASE_MIN_CHANNELS
+        and h % d == 0
+        and w % d == 0
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+    )
+
+
+def _dilated_by_phases(x: torch.Tensor, weight: torch.Tensor, d: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """A stride-1 depthwise conv with dilation d and "same" padding as d² undilated convs, one
+    per pixel-parity sub-grid, batched: out[d·i + a] = Σ_t w[t]·x[d·(i + t − r) + a], so the
+    sub-grid x_a = x[a::d] (both axes) convolved with dilation 1 and padding r gives out[a::d]
+    (d must divide H and W). On a channels_last x the sub-grids are gathered and scattered back
+    with one copy each way. CPU kernels for dilated depthwise convs are slow (forward + backward
+    measured 1.2-5x the undilated kernel on the sub-grids with 16-64 channels, benchmarks/README.md)."""
+    b, c, h, w = x.shape
+    hd, wd = h // d, w // d
+    nhwc = x.permute(0, 2, 3, 1)  # (B, H, W, C), contiguous
+    grids = nhwc.reshape(b, hd, d, wd, d, c).permute(0, 2, 4, 1, 3, 5).reshape(b * d * d, hd, wd, c)
+    y = depthwise(grids.permute(0, 3, 1, 2), weight, 1, 1, bias)  # (B·d², C, H/d, W/d), channels_last
+    out = y.permute(0, 2, 3, 1).reshape(b, d, d, hd, wd, c).permute(0, 3, 1, 4, 2, 5).reshape(b, h, w, c)
+    return out.permute(0, 3, 1, 2)
 
 
 class AvgPool2d(nn.AvgPool2d):
