@@ -51,16 +51,14 @@ def repeat_channels(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _update_running(bns: list[nn.BatchNorm2d], mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
-    """Each BN's running statistics as ``F.batch_norm`` updates them (unbiased variance),
-    ``mean``/``var`` (n·C,) edge-major or (C,) shared by every BN."""
+    """Each BN's running statistics as ``F.batch_norm`` updates them (unbiased variance), from
+    the batch statistics ``mean``/``var`` (C,) that every BN of ``bns`` saw."""
     m = bns[0].momentum
-    c = bns[0].num_features
     with torch.no_grad():
         unbiased = var * (count / max(count - 1, 1))
-        for t, b in enumerate(bns):
-            sl = slice(t * c, (t + 1) * c) if mean.shape[0] > c else slice(0, c)
-            b.running_mean.data.mul_(1 - m).add_(mean[sl], alpha=m)  # .data: see batch_norm_group
-            b.running_var.data.mul_(1 - m).add_(unbiased[sl], alpha=m)
+        for b in bns:
+            b.running_mean.data.mul_(1 - m).add_(mean, alpha=m)  # .data: see batch_norm_group
+            b.running_var.data.mul_(1 - m).add_(unbiased, alpha=m)
             b.num_batches_tracked.add_(1)
 
 
