@@ -361,12 +361,34 @@ def _adjoint_check(op: g.Op, x: torch.Tensor) -> None:
 
 @pytest.mark.parametrize(
     "stride, padding, dilation, groups, side",
-    [(1, 1, 1, 1, 7), (2, 1, 1, 1, 7), (2, 2, 2, 4, 7), (2, 4, 2, 4, 8), (1, 2, 2, 4, 5), (2, 0, 1, 1, 7)],
+    # stride 1 runs as a flipped-kernel conv (unpadded, grouped, dilated); padding beyond the
+    # kernel's reach (1, 3, ...) and stride 2 as the transpose convolution
+    [(1, 1, 1, 1, 7), (1, 0, 1, 2, 7), (1, 3, 1, 1, 5), (2, 1, 1, 1, 7), (2, 2, 2, 4, 7), (2, 4, 2, 4, 8)]
+    + [(1, 2, 2, 4, 5), (2, 0, 1, 1, 7)],
 )
 def test_conv_rule_is_the_adjoint(stride, padding, dilation, groups, side):
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 4, 3 if padding < 4 else 5, stride, padding, dilation, groups, bias=True).double()
     _adjoint_check(g.Conv(conv), torch.randn(2, 4, side, side, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("stride, padding, dilation, groups, k", [(1, 1, 1, 8, 3), (2, 1, 1, 8, 3), (2, 2, 2, 8, 3)])
+@pytest.mark.parametrize("side", [7, 8])
+def test_conv_adjoint_equals_autograd_in_both_layouts(stride, padding, dilation, groups, k, side, dtype):
+    """``conv_adjoint`` (flipped-kernel conv over zero-inserted A in float32 channels-last on the
+    CPU, the transpose conv otherwise) is the vector-Jacobian product of the convolution."""
+    torch.manual_seed(0)
+    w = torch.randn(8, 8 // groups, k, k, dtype=dtype)
+    x = torch.randn(3, 8, side, side, dtype=dtype, requires_grad=True)
+    out = torch.nn.functional.conv2d(x, w, None, stride, padding, dilation, groups)
+    A = torch.randn(3, 2, *out.shape[1:], dtype=dtype)
+    for a in (A, A.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)):  # NCHW, channels-last
+        got = g.conv_adjoint(a, w, stride, padding, dilation, groups, (side, side))
+        for j in range(A.shape[1]):
+            (want,) = torch.autograd.grad(out, x, A[:, j], retain_graph=True)
+            tol = 1e-5 if dtype == torch.float32 else 1e-12
+            assert torch.allclose(got[:, j], want, atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize(

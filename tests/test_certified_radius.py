@@ -117,7 +117,6 @@ def test_sweep_is_non_increasing_and_counts_radii(radii):
     metrics = radii.metrics()
     assert metrics["certified_radius_median"] == pytest.approx(float(torch.quantile(radii.radius, 0.5)))
     assert len(metrics["certified_radius"]) == 48 and metrics["certified_radius_steps"] == STEPS
-    assert metrics["certified_sweep_nonmonotone"] == 0
 
 
 def _fake_bound(monkeypatch, true_radius: torch.Tensor, holes: dict[int, tuple[float, float]] | None = None):
@@ -149,7 +148,7 @@ def test_bisection_logic_on_a_known_radius(monkeypatch):
     assert r[4] == 1e-6  # exactly a sweep point: certified there, the bisection only confirms below next
     assert (r <= true).all() and (r[2:7] >= true[2:7] * (1 - 1e-6)).all()
     assert res.curve() == {"1e-07": 5 / 8, "1e-06": 4 / 8, "1e-05": 3 / 8}
-    assert res.passes == len(calls) and res.nonmonotone == 0
+    assert res.passes == len(calls)
     # no sweep: one bracket [radius_min, 1] for everyone
     res2 = certified_radius(None, x, y, (), steps=40, radius_min=1e-9)
     assert res2.curve() == {} and (res2.radius <= true).all()
@@ -161,14 +160,47 @@ def test_bisection_logic_on_a_known_radius(monkeypatch):
         certified_radius(None, x, y, (1e-9,), radius_min=1e-9)
 
 
-def test_non_monotone_bound_is_counted_and_the_certificate_kept(monkeypatch):
-    true = torch.tensor([1e-5, 1e-5], dtype=torch.float64)
-    x = torch.arange(2, dtype=torch.float64).view(-1, 1, 1, 1)
-    _fake_bound(monkeypatch, true, holes={0: (5e-7, 2e-6)})  # example 0 fails at 1e-6 only
-    res = certified_radius(None, x, torch.zeros(2, dtype=torch.long), (1e-7, 1e-6, 3e-6), steps=10, radius_min=1e-9)
-    assert res.nonmonotone == 1
-    assert not res.raw[1e-6][0] and res.sweep[1e-6][0]  # a certificate at 3e-6 covers the smaller ball
-    assert res.radius[0] >= 3e-6 and res.radius[1] >= 3e-6
+def test_a_certificate_at_a_larger_sweep_eps_is_not_bound_again(monkeypatch):
+    """The sweep runs from the largest ε down: an example certified at 3e-6 is not bound at 1e-6
+    (a bound that would fail there, non-monotone, is never asked) and counts as certified there."""
+    true = torch.tensor([1e-5, 1e-5, 2e-7], dtype=torch.float64)
+    x = torch.arange(3, dtype=torch.float64).view(-1, 1, 1, 1)
+    calls = _fake_bound(monkeypatch, true, holes={0: (5e-7, 2e-6)})  # example 0 fails at 1e-6 only
+    res = certified_radius(None, x, torch.zeros(3, dtype=torch.long), (1e-7, 1e-6, 3e-6), steps=0, radius_min=1e-9)
+    assert calls == [3, 1, 1, 2]  # 3e-6: everyone; 1e-6 and 1e-7: example 2 only; the cap: 0 and 1
+    assert res.raw[1e-6][0] and res.sweep[1e-6][0]
+    assert res.radius.tolist() == [3e-6, 3e-6, 1e-7] and res.upper.tolist() == [1.0, 1.0, 1e-6]
+
+
+def test_only_open_correctly_classified_examples_are_bound(tiny_model, monkeypatch):
+    """A misclassified example is never bound (radius 0, upper radius_min), and a smaller sweep ε
+    bounds only the examples no larger one certified; the radii equal those of bounding every
+    example at every sweep ε."""
+    model, x, y = tiny_model
+    seen: list[tuple[float, torch.Tensor]] = []
+    real = cert.certified_flags
+
+    def spy(m, xb, yb, eps, *args, **kwargs):
+        ids = (xb.flatten(1)[:, None, :] == x.flatten(1)[None]).all(-1).float().argmax(1)
+        seen.append((float(eps) if not isinstance(eps, torch.Tensor) else -1.0, ids))
+        return real(m, xb, yb, eps, *args, **kwargs)
+
+    monkeypatch.setattr(cert, "certified_flags", spy)
+    grid = (1e-6, 1e-4, 1e-3)
+    res = certified_radius(model, x, y, grid, steps=2, radius_min=1e-9, batch_size=32)
+    wrong = (model(x).argmax(1) != y).nonzero().flatten()
+    assert len(wrong) > 0, "the tiny model should misclassify some of the 48 examples"
+    for _, ids in seen:
+        assert not (ids[:, None] == wrong[None]).any()
+    assert (res.radius[wrong] == 0).all() and (res.upper[wrong] == 1e-9).all()
+    sweep_calls = {eps: ids for eps, ids in seen if eps in grid}
+    for big, small in ((1e-3, 1e-4), (1e-4, 1e-6)):
+        bound = sweep_calls.get(small, torch.zeros(0, dtype=torch.long))  # none: every open one certified
+        assert not (bound[:, None] == (res.raw[big].nonzero().flatten())[None]).any()
+    assert len(sweep_calls[1e-3]) == len(x) - len(wrong)  # the largest ε: every correct example
+    for eps in grid:  # the same certified accuracy as bounding everyone at each ε
+        everyone = real(model, x, y, eps, batch_size=32)
+        assert torch.equal(res.sweep[eps], everyone | torch.stack([res.raw[e] for e in grid if e >= eps]).any(0))
 
 
 def test_certify_evaluation_records_curve_radius_and_sanity(tiny_model):

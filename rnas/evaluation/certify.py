@@ -16,12 +16,13 @@ certified, found by bisection over ε with the same bound. The certified-accurac
 (``certify_eps_sweep``) brackets every example first; a geometric bisection (the radii of the
 networks span decades) then narrows the bracket in ``steps`` bound passes, each on all examples
 still open at once (one ε per example). Invariant, for every example: certified at ``radius``,
-not certified at ``upper`` (both computed, never inferred), upper / radius ≤ (bracket ratio)^(2^−steps).
-Monotonicity of the bound in ε is assumed by the bisection (IBP is monotone; CROWN's adaptive
-ReLU slopes need not be): the sweep checks it on every bracket, and counts the examples that are
-certified at some sweep ε but not at a smaller one (``certified_sweep_nonmonotone``). A
-certificate at ε covers every smaller ball, so the curve counts an example as certified at ε
-when its radius is ≥ ε (sound, non-increasing by construction). The radius and the sweep run in
+not certified at ``upper`` (both computed, never inferred; a misclassified example is not
+certified anywhere and gets radius 0 without a pass). The sweep runs from the largest ε down and
+bounds a smaller ε only for the examples no larger one certified, since a certificate at ε covers
+every smaller ball; so the curve counts an example as certified at ε when its radius is ≥ ε
+(sound, non-increasing by construction). The bisection assumes the bound monotone in ε (IBP is;
+CROWN's adaptive ReLU slopes need not be): where it is not, the radius found is still certified,
+only perhaps not the largest. The radius and the sweep run in
 float64: radii of PGD-trained networks under IBP / CROWN-IBP are ~1e-7 in pixel units, below the
 float32 spacing of pixel values near 1 (6e-8), where a float32 box would not even contain the ball.
 """
@@ -39,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from rnas.bounds import CERTIFY_METHODS, UnsupportedModelError, spec_bounds
+from rnas.evaluation.attacks import predict
 
 __all__ = [
     "CertifyResult",
@@ -170,8 +172,7 @@ class RadiusResult:
     radius: Tensor  # (N,) float64: certified at this radius; 0 = not certified at radius_min
     upper: Tensor  # (N,) float64: not certified at this radius (inf: certified at the cap)
     sweep: dict[float, Tensor]  # ε -> (N,) bool: radius ≥ ε (certified at ε or at a larger sweep ε)
-    raw: dict[float, Tensor]  # ε -> (N,) bool: certified by the bound computed at ε
-    nonmonotone: int  # examples certified at a sweep ε but not at a smaller one
+    raw: dict[float, Tensor]  # ε -> (N,) bool: certified by the bound at ε or at a larger sweep ε
     method: str
     intermediate: str
     norm: str
@@ -203,7 +204,6 @@ class RadiusResult:
             "certified_radius_steps": self.steps,
             "certified_radius_min": self.radius_min,
             "certified_radius_rel_gap": self.rel_gap(),
-            "certified_sweep_nonmonotone": self.nonmonotone,
             "certified_radius_passes": self.passes,
             "certified_radius_seconds": self.seconds,
         }
@@ -229,11 +229,15 @@ def certified_radius(
     float64 and one at or above it in float32 (about 5x faster for CROWN-IBP on the CPU; the
     float32 input box is rounded outward, :meth:`rnas.bounds.interval.InputSet.box`).
 
-    1. The sweep: certified flags at each ε (> ``radius_min``). Per example, the bracket is
-       [the largest sweep ε it is certified at, the next sweep ε] — or [``radius_min``, the
-       smallest sweep ε] when certified at none but at ``radius_min`` (radius 0 when not even
-       there), or [the largest sweep ε, the cap] (1 for L∞) when certified at all (radius = cap
-       when certified at the cap).
+    1. The sweep, from the largest ε down: certified flags at each ε (> ``radius_min``). A
+       smaller ε is bound only for the examples that no larger sweep ε certified and that the
+       model classifies correctly: a certificate on a ball holds on every ball inside it, and a
+       misclassified example has a negative margin at x itself, so neither needs a pass (most
+       of the float64 passes at tiny ε are saved so). Per example, the bracket is [the largest
+       sweep ε it is certified at, the next sweep ε] — or [``radius_min``, the smallest sweep ε]
+       when certified at none but at ``radius_min`` (radius 0 when not even there), or [the
+       largest sweep ε, the cap] (1 for L∞) when certified at all (radius = cap when certified
+       at the cap).
     2. ``steps`` geometric bisection steps on the open brackets, one bound pass each with one ε
        per example: certified at √(lo·hi) → lo, else → hi.
     Returns lo as the radius and hi as ``upper``; see :class:`RadiusResult`."""
@@ -275,30 +279,33 @@ def certified_radius(
                 )
         return out
 
-    everyone = torch.arange(n)
-    raw = {eps: flags(eps, everyone) for eps in grid}
+    correct = torch.ones(n, dtype=torch.bool)  # a train-mode model is bound at batch statistics: no shortcut
+    if isinstance(model, nn.Module) and not model.training:
+        with torch.no_grad():
+            correct = predict(model, x, batch_size).cpu() == y.cpu()
+    open_ = correct.clone()  # not yet certified at a larger sweep ε, and classified correctly
+    raw: dict[float, Tensor] = {}
+    for eps in reversed(grid):
+        raw[eps] = ~open_ & correct
+        todo = open_.nonzero().flatten()
+        if len(todo):
+            ok = torch.zeros(n, dtype=torch.bool)
+            ok[todo] = flags(eps, todo)
+            raw[eps] |= ok
+            open_ &= ~ok
     lo = torch.zeros(n, dtype=torch.float64)
     hi = torch.full((n,), grid[0] if grid else cap, dtype=torch.float64)
-    nonmonotone = 0
     if grid:
-        table = torch.stack([raw[e] for e in grid], 1)  # (N, G)
+        table = torch.stack([raw[e] for e in grid], 1)  # (N, G), non-increasing along ε
         idx = torch.arange(len(grid)).expand(n, -1)
         last = torch.where(table, idx, -1).max(1).values  # largest certified sweep index, -1: none
-        # monotonicity on the bracket: certified at grid[last] must mean certified at every smaller ε
-        nonmonotone = int((~table & (idx < last[:, None])).any(1).sum())
-        if nonmonotone:
-            log.warning(
-                "certified radius: the bound is not monotone in ε for %d of %d examples (certified at a "
-                "sweep ε but not at a smaller one); the certificate at the larger ε is kept",
-                nonmonotone,
-                n,
-            )
         points = torch.tensor([*grid, cap], dtype=torch.float64)
         has = last >= 0
         lo[has] = points[last[has]]
         hi[has] = points[last[has] + 1]
     # the lower end: certified at radius_min? (radius 0 if not)
-    none = (lo == 0).nonzero().flatten()
+    none = ((lo == 0) & correct).nonzero().flatten()
+    hi[~correct] = radius_min
     if len(none):
         ok = flags(radius_min, none)
         lo[none[ok]] = radius_min
@@ -323,7 +330,6 @@ def certified_radius(
         hi,
         sweep,
         raw,
-        nonmonotone,
         method,
         intermediate,
         norm,
