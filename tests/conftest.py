@@ -36,6 +36,31 @@ def chromium_binary() -> str | None:
     )
 
 
+# The tests that run the whole pipeline (2-4 minutes each on 2 cores), longest first, so that
+# pytest-xdist's round-robin start hands them alternately to its two workers.
+PIPELINE_TESTS = (
+    "test_tiny_pipeline_end_to_end_with_both_runners",
+    "test_tiny_pipeline_runs_through_the_slurm_profile",
+    "test_editing_a_module_reruns_exactly_what_executes_it_with_dvc",
+    "test_editing_a_module_reruns_exactly_what_executes_it_with_snakemake",
+    "test_snakemake_killed_mid_search_finishes_from_the_checkpoint",
+    "test_dvc_killed_mid_search_finishes_from_the_checkpoint",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The whole-pipeline tests first, then the other slow ones, then the rest (a stable sort:
+    file order otherwise). The short tests then fill the workers at the end, instead of the
+    longest tests, which sit in the last files, starting last and running alone."""
+
+    def rank(item) -> int:
+        if item.originalname in PIPELINE_TESTS:
+            return PIPELINE_TESTS.index(item.originalname)
+        return len(PIPELINE_TESTS) + (item.get_closest_marker("slow") is None)
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """Tiny tensors: one intra-op thread is fastest, and robust to a busy 2-core machine."""
@@ -143,22 +168,31 @@ def kill_test_params() -> dict:
 
 
 @pytest.fixture(scope="session")
-def darts_search_reference(tmp_path_factory) -> Path:
-    """An uninterrupted darts search on :func:`kill_test_params` (shared by the kill tests)."""
+def darts_search_reference(tmp_path_factory, worker_id) -> Path:
+    """An uninterrupted darts search on :func:`kill_test_params` (read by the kill tests), run once
+    per test session: pytest-xdist workers share it under a lock in the session's temp folder."""
     import subprocess
     import sys
 
-    ref = tmp_path_factory.mktemp("darts_reference")
-    (ref / "params.yaml").write_text(yaml.safe_dump(kill_test_params(), sort_keys=False))
-    env = dict(os.environ, OMP_NUM_THREADS="1", GIT_PYTHON_REFRESH="quiet")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    out = subprocess.run(
-        [sys.executable, "-m", "rnas.cli", "search", "--run", "darts", "--seed", "0"],
-        cwd=ref,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    ref = (base if worker_id == "master" else base.parent) / "darts_reference"
+    with FileLock(f"{ref}.lock"):
+        if not (ref / "finished").is_file():
+            shutil.rmtree(ref, ignore_errors=True)
+            ref.mkdir()
+            (ref / "params.yaml").write_text(yaml.safe_dump(kill_test_params(), sort_keys=False))
+            env = dict(os.environ, OMP_NUM_THREADS="1", GIT_PYTHON_REFRESH="quiet")
+            env.pop("MLFLOW_TRACKING_URI", None)
+            out = subprocess.run(
+                [sys.executable, "-m", "rnas.cli", "search", "--run", "darts", "--seed", "0"],
+                cwd=ref,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            assert out.returncode == 0, out.stderr[-3000:]
+            (ref / "finished").write_text("")
     return ref

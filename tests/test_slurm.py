@@ -107,8 +107,9 @@ def test_tiny_pipeline_runs_through_the_slurm_profile(tmp_path: Path):
             "--slurm-no-account",
             "--slurm-status-command",
             "squeue",
+            # the first status check after 1 s (then +10 s per check that finds nothing finished)
             "--slurm-init-seconds-before-status-checks",
-            "5",
+            "1",
             "--slurm-logdir",
             str(tmp_path / "slurm_logs"),
             "--slurm-keep-successful-logs",

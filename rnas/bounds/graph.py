@@ -72,7 +72,7 @@ def conv_adjoint(A: Tensor, weight: Tensor, stride, padding, dilation, groups: i
     pixels (stride s > 1; none at stride 1): the same sums. On the CPU that is faster than
     ``conv_transpose2d`` on the B·S-example maps of a CROWN pass: 1.3-6x in float64 at stride 1,
     and in float32 in channels-last layout, where oneDNN runs it, 2-9x at stride 1 and 2-20x at
-    stride 2 (benchmarks/README.md "CROWN's backward convolutions"). Float64 stays NCHW
+    stride 2 (benchmarks/README.md, "The optimizations" 13). Float64 stays NCHW
     (channels-last is 2x slower there) and at stride 2 in ``conv_transpose2d``."""
     b, s = A.shape[:2]
     a = A.reshape(b * s, *A.shape[2:])
