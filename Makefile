@@ -47,12 +47,13 @@ slurm: setup
 	PYTHON=$(BIN)/python bash tests/slurm/setup.sh >/dev/null || echo "slurm-wlm not installed: the SLURM test will skip (fail under CI=true)"
 
 # ruff (pyproject.toml [tool.ruff]) lints and format-checks the Python first; `make lint-fix` applies both.
-# pytest-xdist runs the tests on every core (TEST_WORKERS=0: in this process, in file order).
+# pytest-xdist runs the tests on every core, an idle worker taking queued tests from a busy one
+# (worksteal; tests/conftest.py puts the whole-pipeline tests first). TEST_WORKERS=0: in this process.
 TEST_WORKERS ?= auto
 test: setup browser slurm
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS)
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # Only the real single-node SLURM run of the tiny pipeline.
 test-slurm: setup slurm
@@ -61,7 +62,7 @@ test-slurm: setup slurm
 test-fast: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) -m "not slow"
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 lint-fix: setup
 	$(VENV)/bin/ruff check --fix .

@@ -82,7 +82,9 @@ def test_tiny_pipeline_runs_through_the_slurm_profile(tmp_path: Path):
     cluster = _cluster_module()
     project = tmp_path / "project"
     project.mkdir()
-    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(runs=("darts",)), sort_keys=False))
+    p = tiny_params(runs=("darts",))
+    p["tracking"]["enabled"] = False  # ~5 s less per job; MLflow under Snakemake: tests/test_workflow.py
+    (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     slurm = cluster.LocalSlurm(tmp_path / "slurm", cpus=2)
     try:
         slurm.start()

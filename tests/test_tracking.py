@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -185,6 +186,38 @@ def test_source_and_git_tags_and_run_id_linkage(tracked, tmp_path):
     assert [m.model_id for m in ev.inputs.model_inputs] == [model_id]
     linked = {m.key: m for m in client.get_logged_model(model_id).metrics}
     assert linked["robust_acc"].run_id == evaluate.run_id and linked["robust_acc"].dataset_name == "digits/test"
+
+
+def test_a_logged_model_pins_the_installed_versions_without_scanning_every_distribution(tracked, tmp_path, monkeypatch):
+    """The model's requirements are the installed versions of its packages; MLflow's own check
+    of them (which maps every installed distribution first) is skipped while it is logged, and
+    put back after."""
+    import importlib_metadata
+    import mlflow.pyfunc
+    from mlflow.utils import environment
+
+    scans = []
+    real = importlib_metadata.packages_distributions
+    monkeypatch.setattr(importlib_metadata, "packages_distributions", lambda: scans.append(1) or real())
+    check, pyfunc_check = (
+        environment.warn_dependency_requirement_mismatches,
+        mlflow.pyfunc.warn_dependency_requirement_mismatches,
+    )
+    model_pt = tmp_path / "model.pt"
+    args = {"kind": "family", "family": "small_cnn", "num_classes": 10, "input_channels": 1, "dataset": "digits"}
+    save_model(model_pt, build_model("small_cnn", 10, 1, "digits", width=4, depth=2), {**args, "width": 4, "depth": 2})
+    with stage_run(
+        tracked, "retrain", run="darts", method="darts", variant="default", seed=0, keys=("data", "retrain")
+    ) as retrain:
+        model_id = retrain.log_checkpoint(model_pt, tiny_splits().val.x[:2])
+    assert scans == [] and environment.warn_dependency_requirement_mismatches is check
+    assert mlflow.pyfunc.warn_dependency_requirement_mismatches is pyfunc_check
+    location = _client(tracked).get_logged_model(model_id).artifact_location
+    folder = location.removeprefix("file://")
+    pins = dict(line.split("==") for line in Path(folder, "requirements.txt").read_text().split() if "==" in line)
+    from importlib.metadata import version
+
+    assert pins["torch"] == version("torch") and pins["mlflow"] == version("mlflow"), pins
 
 
 def test_a_file_no_run_wrote_links_nothing(tracked, tmp_path, caplog):
