@@ -50,15 +50,18 @@ PIPELINE_TESTS = (
 
 def pytest_collection_modifyitems(config, items):
     """The whole-pipeline tests first, then the other slow ones, then the rest (a stable sort:
-    file order otherwise). The short tests then fill the workers at the end, instead of the
-    longest tests, which sit in the last files, starting last and running alone."""
+    file order otherwise), dealt alternately into two halves: pytest-xdist's worksteal gives
+    each of the two workers one contiguous half, so each starts with half of the long tests and
+    an idle worker steals short ones from the other's end, instead of the longest tests, which
+    sit in the last files, starting last and running alone on one worker."""
 
     def rank(item) -> int:
         if item.originalname in PIPELINE_TESTS:
             return PIPELINE_TESTS.index(item.originalname)
         return len(PIPELINE_TESTS) + (item.get_closest_marker("slow") is None)
 
-    items.sort(key=rank)
+    ordered = sorted(items, key=rank)
+    items[:] = ordered[0::2] + ordered[1::2]
 
 
 @pytest.fixture(autouse=True, scope="session")
