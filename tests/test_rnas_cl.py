@@ -538,6 +538,11 @@ def test_width_search_writes_a_rebuildable_architecture(tmp_path):
     png = method.write_files(tmp_path)[0]
     assert png.name == "tutor_map.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.extra_outputs["tutors.json"]["tutors"] == arch["tutors"]
+    # The decision is the network (its widths); the tutors are tracked beside it, per epoch.
+    assert method.decision() == {"widths": arch["widths"]}
+    assert method.side_decisions() == {"tutors": arch["tutors"]}
+    epochs = params.search.epochs
+    assert len(result.decisions) == len(result.side_decisions["tutors"]) == epochs
     state = method.state_dict()
     again = make_method("rnas_cl")
     again.setup(make_ctx(params, "rnas_cl", tiny_teacher()))

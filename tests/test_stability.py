@@ -65,6 +65,9 @@ def _flipping_method(switch_at: int):
         def decision(self):
             return self.architecture()["op"]
 
+        def side_decisions(self):  # a choice beside the network that flips every epoch
+            return {"tutor": int(self.epochs_done.item()) % 2}
+
         def state_dict(self):
             return {"n": self.epochs_done.clone()}
 
@@ -100,6 +103,11 @@ def test_loop_records_one_decision_per_epoch_across_a_resume(tmp_path):
         _flipping_method(2), ctx, splits, resume=ResumeState(tmp_path / "s", params_hash="h"), progress=False
     )
     assert resumed.start_epoch == 3 and resumed.decisions == full.decisions
+    # The side choice is tracked per epoch on its own (and kept across the resume); it never
+    # settles, while the architecture decided.
+    assert full.side_decisions == {"tutor": [decision_digest(n % 2) for n in range(1, 7)]}
+    assert resumed.side_decisions == full.side_decisions
+    assert stability_summary(full.side_decisions["tutor"], 6)["decided"] is False
 
 
 def test_report_section_flags_undecided_searches(tmp_path):
@@ -123,4 +131,11 @@ def test_report_section_flags_undecided_searches(tmp_path):
     md = decisions_markdown(params)
     assert "**1 of 2 searches decided.** Undecided: darts (seed 1)." in md
     assert "| darts | 0 | 3/8 | yes | 1 |" in md
-    assert "| darts | 1 | 8/8 | **no** | 7 | 100% | 0% |" in md
+    assert "| darts | 1 | 8/8 | **no** | 7 | 100% | 0% | – |" in md
+    # A choice beside the network (RNAS-CL's tutors) gets its own column and does not count.
+    f = paths.search_log(params, "darts", 0)
+    side = {"tutors": stability_summary(list("abababab"), 8)}
+    f.write_text(json.dumps({**json.loads(f.read_text()), "side_stability": side}))
+    md = decisions_markdown(params)
+    assert "**1 of 2 searches decided.**" in md
+    assert "| darts | 0 | 3/8 | yes | 1 | – | – | tutors: 8/8 (unsettled), 7 changes |" in md

@@ -31,6 +31,19 @@ def _entropy_share(alphas: dict | None, kind: str) -> str:
     return f"{100 * h / math.log(len(rows[0])):.0f}%"
 
 
+def _side_choices(search: dict, epochs: int) -> str:
+    """The other choices' stability, e.g. "tutors: 7/8, 6 changes" (RNAS-CL), or "–"."""
+    side = search.get("side_stability") or {}
+    return (
+        "; ".join(
+            f"{name}: {s['stable_from_epoch']}/{epochs}{'' if s.get('decided') else ' (unsettled)'}, "
+            f"{s.get('decision_changes', '–')} changes"
+            for name, s in side.items()
+        )
+        or "–"
+    )
+
+
 def decisions_markdown(params: Params) -> str:
     """The section as Markdown, or "" when no search has written its stability yet."""
     lines, undecided = [], []
@@ -49,22 +62,25 @@ def decisions_markdown(params: Params) -> str:
             lines.append(
                 f"| {run} | {seed} | {search['stable_from_epoch']}/{epochs} | "
                 f"{'yes' if decided else '**no**'} | {search.get('decision_changes', '–')} | "
-                f"{_entropy_share(alphas, 'normal')} | {_entropy_share(alphas, 'reduce')} |"
+                f"{_entropy_share(alphas, 'normal')} | {_entropy_share(alphas, 'reduce')} | "
+                f"{_side_choices(search, epochs)} |"
             )
     if not lines:
         return ""
     head = [
         "### Did the searches decide?",
         "",
-        "Stable from: the first epoch from which the derived architecture (argmax genotype; widths and tutors "
-        "for RNAS-CL's width space; LRNAS's greedy selection) no longer changed. Decided: stable over the "
+        "Stable from: the first epoch from which the derived architecture (argmax genotype; the widths "
+        "of RNAS-CL's width space; LRNAS's greedy selection) no longer changed. Decided: stable over the "
         "whole last quarter of the search. H(α): final mean entropy of softmax(α) per edge as a share of "
-        "the uniform one (100% = α did not move).",
+        "the uniform one (100% = α did not move). Other choices: what a search decides beside the network "
+        "(RNAS-CL's tutor of each student layer, used in retraining), with its own stable-from epoch; it does "
+        "not count towards decided.",
         "",
         f"**{len(lines) - len(undecided)} of {len(lines)} searches decided.**"
         + (f" Undecided: {', '.join(undecided)}." if undecided else ""),
         "",
-        "| run | seed | stable from epoch | decided | changes | H(α) normal | H(α) reduce |",
-        "|---|---|---|---|---|---|---|",
+        "| run | seed | stable from epoch | decided | changes | H(α) normal | H(α) reduce | other choices |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     return "\n".join(head + lines + [""])

@@ -90,6 +90,13 @@ class SearchMethod:
         values (probabilities, costs) return only the discrete part."""
         return self.architecture()
 
+    def side_decisions(self) -> dict[str, Any]:
+        """Discrete choices the search makes beside the architecture (JSON-able, by name), e.g.
+        RNAS-CL's tutor of each student layer, which retraining uses but which is not part of the
+        network. The loop tracks each one's stability as the architecture's; they do not count
+        towards *decided*, which is about the architecture alone."""
+        return {}
+
     def eval_model(self) -> nn.Module | None:
         """The network whose validation accuracy the loop reports (the supernet), if any."""
         return None

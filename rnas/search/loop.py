@@ -36,6 +36,7 @@ class SearchResult:
     start_epoch: int = 0  # first epoch this process ran (> 0 after a resume)
     steps_run: int = 0  # method steps this process ran (a resume runs only the remaining epochs)
     decisions: list[str] = field(default_factory=list)  # digest of the derived architecture per epoch
+    side_decisions: dict[str, list[str]] = field(default_factory=dict)  # per name, a digest per epoch
 
 
 def search_halves(splits: Splits, seed: int) -> tuple[TensorPair, TensorPair]:
@@ -68,6 +69,7 @@ def run_search(
     log_metrics = log_metrics or (lambda m, step: None)
     history: list[dict[str, float]] = []
     decisions: list[str] = []
+    side_decisions: dict[str, list[str]] = {}
     elapsed = 0.0
     if not method.uses_search_loop:
         t0 = time.perf_counter()
@@ -82,6 +84,7 @@ def run_search(
         restore_rng(state, gen)
         history, elapsed, start = state["history"], state["seconds"], state["epoch"] + 1
         decisions = list(state.get("decisions", []))
+        side_decisions = {k: list(v) for k, v in state.get("side_decisions", {}).items()}
         log_resume(desc, start, s.epochs, resume)
         for epoch, metrics in enumerate(history):  # the logger skips (metric, step) pairs it has
             log_metrics(metrics, epoch)
@@ -110,6 +113,8 @@ def run_search(
         metrics = {k: v / max(1, count) for k, v in sums.items()}
         metrics.update(method.end_epoch(epoch))
         decisions.append(decision_digest(method.decision()))
+        for name, choice in method.side_decisions().items():
+            side_decisions.setdefault(name, []).append(decision_digest(choice))
         net = method.eval_model()
         if net is not None:
             metrics["val_acc"] = accuracy(net, splits.val, 256, device)
@@ -126,6 +131,7 @@ def run_search(
                     "history": history,
                     "seconds": elapsed,
                     "decisions": decisions,
+                    "side_decisions": side_decisions,
                 }
             )
         log_metrics(metrics, epoch)
@@ -139,4 +145,5 @@ def run_search(
         start_epoch=start,
         steps_run=steps_run,
         decisions=decisions,
+        side_decisions=side_decisions,
     )

@@ -1,11 +1,12 @@
 """When did a search decide? The epoch from which its derived architecture stopped changing.
 
 A search *decides* when the discrete architecture it would return (the argmax genotype of a
-cell-space search, the widths and tutors of a width search, LRNAS's greedy selection) stays the
-same over the last quarter of its epochs. :func:`stable_from` finds the first epoch of the final
-unchanged stretch; :func:`is_decided` applies the last-quarter rule. The search loop records the
-per-epoch decision digest in the history and both figures in ``search.json``; the report shows
-them beside the α entropy.
+cell-space search, the widths of a width search, LRNAS's greedy selection) stays the same over
+the last quarter of its epochs. Choices beside the network (RNAS-CL's tutors, see
+``SearchMethod.side_decisions``) get the same summary of their own and do not count.
+:func:`stable_from` finds the first epoch of the final unchanged stretch; :func:`is_decided`
+applies the last-quarter rule. The search loop records the per-epoch decision digest in the
+history and both figures in ``search.json``; the report shows them beside the α entropy.
 """
 
 from __future__ import annotations

@@ -73,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
             tracker.log_artifact(extra_file)
         epochs = search_for(params, spec.method).epochs  # the method's own (search.methods.<m>.overrides)
         stability = stability_summary(result.decisions, epochs) if method.uses_search_loop else {}
+        if result.side_decisions:  # e.g. RNAS-CL's tutors: their own stable-from, not part of `decided`
+            stability["side_stability"] = {
+                name: stability_summary(digests, epochs) for name, digests in result.side_decisions.items()
+            }
         write_json(
             paths.search_log(params, args.run, args.seed),
             {
@@ -83,11 +87,21 @@ def run(args: argparse.Namespace) -> int:
                 "search_seconds": result.seconds,
                 **stability,
                 "decisions": result.decisions,
+                **({"side_decisions": result.side_decisions} if result.side_decisions else {}),
                 "history": result.history,
             },
         )
         tracker.log_metrics(
-            {"search_seconds": result.seconds, **{k: float(v) for k, v in stability.items() if v is not None}}
+            {
+                "search_seconds": result.seconds,
+                **{k: float(v) for k, v in stability.items() if isinstance(v, int | float)},
+                **{
+                    f"{name}_{k}": float(v)
+                    for name, summary in stability.get("side_stability", {}).items()
+                    for k, v in summary.items()
+                    if isinstance(v, int | float)
+                },
+            }
         )
         tracker.set_tags({"arch_sha256": file_digest(arch_path)})  # the retrain run finds this run by it
         tracker.log_artifact(arch_path)

@@ -308,7 +308,10 @@ class RnasClWidthSearch(SearchMethod):
         }
 
     def decision(self) -> dict[str, Any]:
-        return {"widths": self.supernet.discrete_widths(), "tutors": self.cl.report()["tutors"]}
+        return {"widths": self.supernet.discrete_widths()}
+
+    def side_decisions(self) -> dict[str, Any]:
+        return {"tutors": self.cl.report()["tutors"]}
 
     def extra_outputs(self) -> dict[str, Any]:
         return {"tutors.json": self.cl.report()}
@@ -375,8 +378,8 @@ class RnasClCellSearch(BilevelMethod):
     def end_epoch(self, epoch: int) -> dict[str, float]:
         return {**super().end_epoch(epoch), "tau": self.cl.tau, "tutor_entropy": self.cl.tutor_entropy()}
 
-    def decision(self) -> dict[str, Any]:
-        return {"genotype": self.architecture(), "tutors": self.cl.report()["tutors"]}
+    def side_decisions(self) -> dict[str, Any]:
+        return {"tutors": self.cl.report()["tutors"]}
 
     def extra_outputs(self) -> dict[str, Any]:
         return {**super().extra_outputs(), "tutors.json": self.cl.report()}
@@ -420,6 +423,9 @@ class RnasClMethod(SearchMethod):
 
     def decision(self) -> Any:
         return self.impl.decision()
+
+    def side_decisions(self) -> dict[str, Any]:
+        return self.impl.side_decisions()
 
     def eval_model(self) -> nn.Module | None:
         return self.impl.eval_model()
