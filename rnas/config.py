@@ -495,6 +495,13 @@ class LrnasMethodConfig(_Section):
         description="truncated Monte Carlo: once both accuracies are within "
         "this of the all-off network's, later marginals are 0 (0 = off)",
     )
+    coalition_batch: Int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="coalitions of a permutation scored per supernet forward (stacked copies of the "
+        "batch, BN statistics per copy; the same values as one by one, faster); 1: one by one",
+    )
     batch_stats: Bool = Field(
         True,
         description="score coalitions with BN batch statistics of the scored batch (running "

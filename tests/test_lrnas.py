@@ -132,6 +132,92 @@ def test_truncation_stops_near_the_empty_value_and_keeps_efficiency_within_toler
     assert abs(float(m.sum()) - float(w.sum())) < 0.01
 
 
+@pytest.mark.parametrize("tolerance", [0.0, 0.01])
+@pytest.mark.parametrize("chunk", [1, 2, 4, 16])
+def test_chunked_marginals_equal_the_one_by_one_ones(chunk, tolerance):
+    """Coalitions scored ``chunk`` at a time (``many``) give the one-by-one drops, truncated at
+    the same point; the stacks hold exactly the coalitions along the permutation."""
+    gen = torch.Generator().manual_seed(3)
+    w = torch.rand(7, generator=gen, dtype=torch.float64) ** 4  # a few large, many tiny players
+
+    def value(active):
+        return torch.stack([(w * active).sum(), (w * active).sum() ** 2])
+
+    stacks = []
+
+    def many(actives):
+        stacks.append(actives.clone())
+        return torch.stack([value(a) for a in actives])
+
+    order = torch.randperm(7, generator=gen)
+    one = permutation_marginals(value, order, tolerance)
+    chunked = permutation_marginals(value, order, tolerance, many=many, chunk=chunk)
+    assert torch.equal(one, chunked)
+    scored = torch.cat(stacks)
+    expected = torch.ones(8, 7, dtype=torch.bool)
+    for t in range(1, 8):
+        expected[t:, order[t - 1]] = False
+    rows = [r for r in scored if r.any() or tolerance == 0.0]  # the all-off coalition of the truncation check
+    assert torch.equal(torch.stack(rows)[: len(rows)], expected[: len(rows)])
+    assert max(len(st) for st in stacks) <= max(chunk, 1)
+
+
+@pytest.mark.parametrize("partial_channels", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("train", [True, False])
+def test_coalition_forward_equals_one_masked_forward_per_coalition(partial_channels, channels_last, train):
+    """G coalitions in one forward of G stacked copies: each copy's logits are those of the
+    supernet with that copy's mask (BN statistics per copy in train mode); the running
+    statistics and the BN modules are left as they were."""
+    torch.manual_seed(0)
+    net = Supernet(8, 3, 10, 1, "digits", 4, partial_channels=partial_channels).train(train)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    x = torch.rand(6, 1, 8, 8)
+    n_e, n_ops = net.mask_normal.shape
+    masks = torch.rand(5, 2 * n_e * n_ops, generator=torch.Generator().manual_seed(1)) < 0.5
+    masks[0], masks[1] = True, False  # the grand coalition and the empty one
+    running = [b.clone() for b in net.buffers()]
+    with torch.no_grad():
+        with net.coalitions(masks.float()):
+            stacked = net(x.repeat(5, 1, 1, 1)).view(5, 6, 10)
+        assert all(torch.equal(a, b) for a, b in zip(running, net.buffers()))  # no running-stat update
+        assert not any("forward" in vars(m) for m in net.modules())  # the BNs are themselves again
+        for g, m in enumerate(masks.float()):
+            net.mask_normal.copy_(m.view(2, n_e, n_ops)[0])
+            net.mask_reduce.copy_(m.view(2, n_e, n_ops)[1])
+            torch.testing.assert_close(stacked[g], net(x), atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="coalition masks"):
+        with net.coalitions(masks[:, :-1].float()):
+            pass
+
+
+@pytest.mark.parametrize("attack_each", [False, True])
+def test_coalition_values_of_a_stack_are_those_of_one_call_each(attack_each):
+    """CoalitionValue.many scores a stack of coalitions in one supernet forward (two with
+    FGSM per coalition); accuracies are those of one call per coalition (an argmax within
+    float round-off of a tie could differ by one example: allowed, and counted), and
+    consecutive coalitions differing only in null players share one copy."""
+    from rnas.search.methods.lrnas import CoalitionValue
+
+    torch.manual_seed(0)
+    net = Supernet(8, 3, 10, 1, "digits", 4).train()
+    n_e, n_ops = net.mask_normal.shape
+    null = torch.tensor([op == "none" for _ in range(2) for _ in range(n_e) for op in net.primitives])
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    gen = torch.Generator().manual_seed(2)
+    actives = torch.rand(12, 2 * n_e * n_ops, generator=gen) < 0.6
+    actives[5] = actives[4] ^ null  # differs from the previous one in null players only
+    one = CoalitionValue(net, x, y, 0.2, attack_each, null)
+    expected = torch.stack([one(a) for a in actives])
+    stacked = CoalitionValue(net, x, y, 0.2, attack_each, null)
+    got = stacked.many(actives)
+    assert stacked.evaluations == one.evaluations == 11
+    diff = (got - expected).abs()
+    assert bool((diff <= 1 / 16 + 1e-12).all()) and float((diff == 0).double().mean()) >= 0.9
+    assert torch.equal(got[5], got[4])
+
+
 def test_zscore_and_lrnas_values():
     x = torch.tensor([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]])
     z = zscore(x, dim=1)
@@ -537,6 +623,9 @@ class _AdditiveCoalition:
         self.evaluations += 1
         v = float((self.worth * active.double()).sum())
         return torch.tensor([v, v], dtype=torch.float64)
+
+    def many(self, actives):
+        return torch.stack([self(a) for a in actives])
 
 
 def test_reduction_candidates_are_standardized_and_ranked_on_their_own_scale(monkeypatch):

@@ -27,25 +27,57 @@ import torch
 ValueFn = Callable[[torch.Tensor], torch.Tensor]  # active (n,) bool -> values (k,)
 
 
-def permutation_marginals(value_fn: ValueFn, order: torch.Tensor, tolerance: float = 0.0) -> torch.Tensor:
+def permutation_marginals(
+    value_fn: ValueFn,
+    order: torch.Tensor,
+    tolerance: float = 0.0,
+    *,
+    many: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    chunk: int = 16,
+) -> torch.Tensor:
     """Marginal drops of one permutation: returns (n, k), row i = v(S ∪ {i}) − v(S).
 
     ``order`` (n,) is the permutation: players are switched off in this order, starting from
     all on, so S is the set of players after i in ``order``.
+
+    ``many``: ``value_fn`` over a stack of coalitions, (G, n) bool -> (G, k), when the game can
+    score several at once (LRNAS: G masked supernets in one forward). The coalitions along the
+    permutation do not depend on the values, so they are scored ``chunk`` at a time; the result
+    is the one-by-one result (same truncation point), at most ``chunk`` − 1 coalitions past it
+    scored and unused.
     """
     n = int(order.numel())
-    active = torch.ones(n, dtype=torch.bool)
-    current = torch.as_tensor(value_fn(active.clone()), dtype=torch.float64)
+    if many is None:
+        chunk = 1
+
+        def many(stack: torch.Tensor) -> torch.Tensor:
+            return torch.stack([torch.as_tensor(value_fn(a.clone()), dtype=torch.float64) for a in stack])
+
+    removed = order.tolist()
+
+    def coalitions(start: int, stop: int) -> torch.Tensor:
+        """S_start .. S_{stop−1}, S_t the coalition with the first t players of ``order`` off."""
+        stack = torch.ones(stop - start, n, dtype=torch.bool)
+        for r, t in enumerate(range(start, stop)):
+            stack[r, removed[:t]] = False
+        return stack
+
+    current = torch.as_tensor(many(coalitions(0, 1))[0], dtype=torch.float64)
     out = torch.zeros(n, current.numel(), dtype=torch.float64)
     empty = None
     if tolerance > 0:
-        empty = torch.as_tensor(value_fn(torch.zeros(n, dtype=torch.bool)), dtype=torch.float64)
-    for i in order.tolist():
+        empty = torch.as_tensor(many(torch.zeros(1, n, dtype=torch.bool))[0], dtype=torch.float64)
+    scored: list[torch.Tensor] = []  # values of S_t for t = next_t, next_t + 1, ...
+    next_t = 1
+    for t in range(1, n + 1):
         if empty is not None and bool(((current - empty).abs() < tolerance).all()):
             break  # truncated: the drops left are 0
-        active[i] = False
-        after = torch.as_tensor(value_fn(active.clone()), dtype=torch.float64)
-        out[i] = current - after
+        if not scored:
+            stop = min(n + 1, next_t + chunk)
+            scored = list(torch.as_tensor(many(coalitions(next_t, stop)), dtype=torch.float64))
+            next_t = stop
+        after = scored.pop(0)
+        out[removed[t - 1]] = current - after
         current = after
     return out
 

@@ -17,6 +17,9 @@ that of the supernet with the op replaced by zero and the op's weights get no gr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -39,6 +42,22 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
         out = nhwc.reshape(b, h, w, groups, c // groups).transpose(3, 4).reshape(b, h, w, c)
         return out.permute(0, 3, 1, 2)
     return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+def per_copy_batch_norm(bn: nn.BatchNorm2d, copies: int, x: torch.Tensor) -> torch.Tensor:
+    """``bn`` on x (G·b, C, H, W), G stacked copies of a b-example batch, each normalized with
+    its own batch statistics in train mode (as ``bn`` would on that copy alone; the running
+    statistics are not updated) and with the running statistics in eval mode."""
+    if not bn.training:
+        return nn.BatchNorm2d.forward(bn, x)  # running statistics: per example already
+    g = copies
+    b, c, h, w = x.shape
+    # (G·b, C, H, W) -> (b, G·C, H, W): one batch norm over G·C channels = per copy and channel
+    y = x.reshape(g, b // g, c, h, w).transpose(0, 1).reshape(b // g, g * c, h, w)
+    weight = bn.weight.repeat(g) if bn.affine else None
+    bias = bn.bias.repeat(g) if bn.affine else None
+    y = nn.functional.batch_norm(y, None, None, weight, bias, True, 0.0, bn.eps)
+    return y.reshape(b // g, g, c, h, w).transpose(0, 1).reshape(b, c, h, w)
 
 
 def _first_channels(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -169,7 +188,13 @@ class SearchCell(nn.Module):
     ) -> torch.Tensor:
         # weights: (n_edges, n_ops); edge_weights: (n_edges,) or None; active: (n_edges, n_ops) or None
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        grouping = self.group_edges and active is None and self.training and self._worth_grouping(states[1])
+        grouping = (
+            self.group_edges
+            and active is None
+            and weights.dim() == 2  # not per-example weights (coalitions: see Supernet.coalitions)
+            and self.training
+            and self._worth_grouping(states[1])
+        )
         if grouping and self._groupable():
             return self._forward_grouped(states, weights, edge_weights)
         if self.edges[0].k > 1:
@@ -338,6 +363,7 @@ class Supernet(nn.Module):
         self.beta_reduce = nn.Parameter(1e-3 * torch.randn(n_e)) if partial_channels > 1 else None
         self.register_buffer("mask_normal", torch.ones(n_e, n_ops))
         self.register_buffer("mask_reduce", torch.ones(n_e, n_ops))
+        self._coalitions: torch.Tensor | None = None  # (G, 2, n_e, n_ops) inside `coalitions`
 
     # -- parameter groups ----------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -367,6 +393,43 @@ class Supernet(nn.Module):
             return None
         return (mask != 0).tolist()
 
+    # -- coalitions: G masked copies of the supernet in one forward (LRNAS) ------------
+    @contextmanager
+    def coalitions(self, masks: torch.Tensor) -> Iterator[None]:
+        """Score G coalitions in one forward: inside the block, a batch of G·b examples is G
+        stacked copies of a b-example batch, copy g run by the supernet with ``masks[g]`` as its
+        mask (``masks`` (G, 2·n_edges·n_ops), 1 = on, normal cell first; ``mask_normal`` and
+        ``mask_reduce`` are ignored). Every op runs on every copy, its output scaled per example
+        by w_o·mask, so a switched-off op adds exactly zero; in train mode every BN normalizes
+        each copy with that copy's own statistics (:func:`per_copy_batch_norm`) and the running
+        statistics are left alone. The same function as G masked forwards, within float
+        round-off (tests/test_lrnas.py)."""
+        n_e, n_ops = self.mask_normal.shape
+        if masks.dim() != 2 or masks.shape[1] != 2 * n_e * n_ops:
+            raise ValueError(f"coalition masks must be (G, {2 * n_e * n_ops}), got {tuple(masks.shape)}")
+        groups = masks.shape[0]
+        bns = [m for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
+        self._coalitions = masks.view(groups, 2, n_e, n_ops).to(self.mask_normal)
+        for bn in bns:
+            bn.forward = partial(per_copy_batch_norm, bn, groups)  # instance attribute: this block only
+        try:
+            yield
+        finally:
+            self._coalitions = None
+            for bn in bns:
+                del bn.forward
+
+    def _coalition_weights(self, reduction: bool, batch: int) -> torch.Tensor:
+        """(n_edges, n_ops, B, 1, 1, 1): softmax(α)·mask of each example's coalition copy."""
+        masks = self._coalitions[:, int(reduction)]  # (G, n_e, n_ops)
+        groups = masks.shape[0]
+        if batch % groups:
+            raise ValueError(f"a coalition batch of {batch} examples is not {groups} equal copies")
+        alpha = self.alpha_reduce if reduction else self.alpha_normal
+        w = torch.softmax(alpha, dim=-1)[None] * masks  # (G, n_e, n_ops)
+        w = w.repeat_interleave(batch // groups, dim=0)  # (B, n_e, n_ops)
+        return w.permute(1, 2, 0).reshape(*w.shape[1:], batch, 1, 1, 1)
+
     def edge_weights(self, reduction: bool, dtype: torch.dtype | None = None) -> torch.Tensor | None:
         beta = self.beta_reduce if reduction else self.beta_normal
         if beta is None:
@@ -379,9 +442,13 @@ class Supernet(nn.Module):
         return torch.cat(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C_in, H, W) in [0, 1]
-        w_n, w_r = self.op_weights(False), self.op_weights(True)
+        if self._coalitions is not None:
+            w_n, w_r = (self._coalition_weights(red, x.shape[0]) for red in (False, True))
+            a_n = a_r = None
+        else:
+            w_n, w_r = self.op_weights(False), self.op_weights(True)
+            a_n, a_r = self.active_ops(False), self.active_ops(True)
         e_n, e_r = self.edge_weights(False), self.edge_weights(True)
-        a_n, a_r = self.active_ops(False), self.active_ops(True)
         s0 = s1 = self.stem(self.normalize(x))
         for cell in self.cells:
             w, e, a = (w_r, e_r, a_r) if cell.reduction else (w_n, e_n, a_n)

@@ -284,6 +284,45 @@ class CoalitionValue:
             set_active(net, torch.ones_like(null))
             self.x_adv, _ = fgsm(net, x, y, epsilon)
 
+    def many(self, actives: torch.Tensor) -> torch.Tensor:
+        """v of a stack of coalitions (G, n) -> (G, 2), in one forward of the supernet over the
+        batch's 2·U copies (clean and adversarial, U the distinct coalitions; BN statistics per
+        copy, :meth:`Supernet.coalitions`): the values of U calls, within float round-off.
+        Consecutive coalitions that differ only in null players share one copy."""
+        keys = actives | self.null
+        distinct: list[int] = []  # row of `actives` whose copy scores each row
+        owner: list[int] = []
+        for r in range(len(keys)):
+            previous = keys[r - 1] if r else (self._last[0] if self._last is not None else None)
+            if previous is not None and torch.equal(keys[r], previous):
+                owner.append(owner[-1] if r else -1)
+            else:
+                owner.append(len(distinct))
+                distinct.append(r)
+        values = torch.empty(len(keys), 2, dtype=torch.float64)
+        if distinct:
+            masks = actives[distinct].to(self.net.mask_normal.dtype)
+            u, b = len(distinct), len(self.y)
+            y = self.y.repeat(u)
+            if self.attack_each:
+                with self.net.coalitions(masks):
+                    x_adv, clean_logits = fgsm(self.net, self.x.repeat(u, 1, 1, 1), y, self.epsilon)
+                with self.net.coalitions(masks), torch.no_grad():
+                    adv_logits = self.net(x_adv)
+            else:  # clean and adversarial copies in one forward
+                both = torch.cat([self.x.repeat(u, 1, 1, 1), self.x_adv.repeat(u, 1, 1, 1)])
+                with self.net.coalitions(torch.cat([masks, masks])), torch.no_grad():
+                    clean_logits, adv_logits = self.net(both).split(u * b)
+            clean = (clean_logits.argmax(1) == y).view(u, b).double().mean(1)
+            adv = (adv_logits.argmax(1) == y).view(u, b).double().mean(1)
+            scored = torch.stack([clean, adv], dim=1).cpu()
+            self.evaluations += u
+        for r, o in enumerate(owner):
+            values[r] = self._last[1] if o == -1 else scored[o]
+        last = len(keys) - 1
+        self._last = (keys[last], values[last].clone())
+        return values
+
     def __call__(self, active: torch.Tensor) -> torch.Tensor:
         key = active | self.null
         if self._last is not None and torch.equal(key, self._last[0]):
@@ -405,7 +444,11 @@ class LrnasMethod(BilevelMethod):
                 value = CoalitionValue(net, x, y, cfg.fgsm_epsilon, cfg.attack_each_coalition, self.null)
                 full.append(value(torch.ones(self.n_players, dtype=torch.bool)))
                 order = torch.randperm(self.n_players, generator=gen)
-                marginals.append(permutation_marginals(value, order, cfg.truncation_tolerance))
+                marginals.append(
+                    permutation_marginals(
+                        value, order, cfg.truncation_tolerance, many=value.many, chunk=cfg.coalition_batch
+                    )
+                )
                 evaluations += value.evaluations
         finally:
             with torch.no_grad():
