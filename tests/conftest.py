@@ -170,34 +170,43 @@ def kill_test_params() -> dict:
     return p
 
 
-@pytest.fixture(scope="session")
-def darts_search_reference(tmp_path_factory, worker_id) -> Path:
-    """An uninterrupted darts search on :func:`kill_test_params` (read by the kill tests), run once
-    per test session: pytest-xdist workers share it under a lock in the session's temp folder."""
-    import subprocess
-    import sys
-
+def built_once(tmp_path_factory, worker_id: str, name: str, build) -> Path:
+    """The folder ``name`` that ``build(folder)`` fills, built once per test session: the
+    pytest-xdist workers share it under a lock in the session's temp folder (read-only after)."""
     from filelock import FileLock
 
     base = tmp_path_factory.getbasetemp()
-    ref = (base if worker_id == "master" else base.parent) / "darts_reference"
-    with FileLock(f"{ref}.lock"):
-        if not (ref / "finished").is_file():
-            shutil.rmtree(ref, ignore_errors=True)
-            ref.mkdir()
-            p = kill_test_params()
-            p["tracking"]["enabled"] = False  # the files only (the kill tests compare them)
-            (ref / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-            env = dict(os.environ, OMP_NUM_THREADS="1", GIT_PYTHON_REFRESH="quiet")
-            env.pop("MLFLOW_TRACKING_URI", None)
-            out = subprocess.run(
-                [sys.executable, "-m", "rnas.cli", "search", "--run", "darts", "--seed", "0"],
-                cwd=ref,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=900,
-            )
-            assert out.returncode == 0, out.stderr[-3000:]
-            (ref / "finished").write_text("")
-    return ref
+    folder = (base if worker_id == "master" else base.parent) / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").write_text("")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def darts_search_reference(tmp_path_factory, worker_id) -> Path:
+    """An uninterrupted darts search on :func:`kill_test_params` (read by the kill tests), run once
+    per test session (:func:`built_once`)."""
+    import subprocess
+    import sys
+
+    def build(ref: Path) -> None:
+        p = kill_test_params()
+        p["tracking"]["enabled"] = False  # the files only (the kill tests compare them)
+        (ref / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+        env = dict(os.environ, OMP_NUM_THREADS="1", GIT_PYTHON_REFRESH="quiet")
+        env.pop("MLFLOW_TRACKING_URI", None)
+        out = subprocess.run(
+            [sys.executable, "-m", "rnas.cli", "search", "--run", "darts", "--seed", "0"],
+            cwd=ref,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+
+    return built_once(tmp_path_factory, worker_id, "darts_reference", build)

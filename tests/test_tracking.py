@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT, tiny_params, tiny_splits
+from conftest import ROOT, built_once, tiny_params, tiny_splits
 
 from rnas.checkpoint import save_model
 from rnas.config import params_from_dict
@@ -235,41 +235,45 @@ def test_a_file_no_run_wrote_links_nothing(tracked, tmp_path, caplog):
 # -- slow: the real stages, as Snakemake runs them ------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
+@pytest.fixture(scope="session")
+def project(tmp_path_factory, worker_id):
     """teacher, search darts, retrain darts and evaluate darts of a tiny project, each command
-    with stdout and stderr to its log file (Snakemake's ``> {log} 2>&1``) and progress bars on."""
-    tmp = tmp_path_factory.mktemp("tracked")
+    with stdout and stderr to its log file (Snakemake's ``> {log} 2>&1``) and progress bars on.
+    Built once per test session and only read by the tests (:func:`conftest.built_once`)."""
     p = tiny_params(runs=("darts",))
-    p["tracking"]["store"] = str(tmp / "mlflow.db")  # absolute: this process reads it too
     p["pipeline"]["progress"] = True  # bars asked for; stderr is a file, so none may be drawn
     p["teacher"]["train"]["epochs"] = EPOCHS
     p["search"].update(epochs=EPOCHS, batch_size=64)  # 10 steps an epoch
     p["retrain"]["train"]["epochs"] = EPOCHS
     p["evaluate"].update(attacks=["fgsm", "pgd20"], certify_method="none")
-    (tmp / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    env = dict(os.environ, OMP_NUM_THREADS="1", GIT_PYTHON_REFRESH="quiet")
-    for key in ("MLFLOW_TRACKING_URI", "RNAS_PARENT_RUN_ID"):
-        env.pop(key, None)
-    commands = {
-        "teacher": ["teacher"],
-        "search": ["search", "--run", "darts", "--seed", "0"],
-        "retrain": ["retrain", "--run", "darts", "--seed", "0"],
-        "evaluate": ["evaluate", "--run", "darts", "--seed", "0"],
-    }
-    for stage, args in commands.items():
-        with open(tmp / f"{stage}.log", "w") as log:
-            proc = subprocess.run(
-                [sys.executable, "-m", "rnas.cli", *args],
-                cwd=tmp,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=900,
-                check=False,
-            )
-        assert proc.returncode == 0, (tmp / f"{stage}.log").read_text()[-3000:]
-    return tmp, params_from_dict(p)
+
+    def build(tmp: Path) -> None:
+        q = {**p, "tracking": {**p["tracking"], "store": str(tmp / "mlflow.db")}}  # absolute: tests read it
+        (tmp / "params.yaml").write_text(yaml.safe_dump(q, sort_keys=False))
+        env = dict(os.environ, OMP_NUM_THREADS="1", GIT_PYTHON_REFRESH="quiet")
+        for key in ("MLFLOW_TRACKING_URI", "RNAS_PARENT_RUN_ID"):
+            env.pop(key, None)
+        commands = {
+            "teacher": ["teacher"],
+            "search": ["search", "--run", "darts", "--seed", "0"],
+            "retrain": ["retrain", "--run", "darts", "--seed", "0"],
+            "evaluate": ["evaluate", "--run", "darts", "--seed", "0"],
+        }
+        for stage, args in commands.items():
+            with open(tmp / f"{stage}.log", "w") as log:
+                proc = subprocess.run(
+                    [sys.executable, "-m", "rnas.cli", *args],
+                    cwd=tmp,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=900,
+                    check=False,
+                )
+            assert proc.returncode == 0, (tmp / f"{stage}.log").read_text()[-3000:]
+
+    tmp = built_once(tmp_path_factory, worker_id, "tracked_project", build)
+    return tmp, params_from_dict(yaml.safe_load((tmp / "params.yaml").read_text()))
 
 
 @pytest.mark.slow
