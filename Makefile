@@ -69,7 +69,7 @@ lint-fix: setup
 	$(VENV)/bin/ruff format .
 
 dvc: setup
-	dvc repro
+	rnas forkserver exec -- dvc repro  # its stage commands share one preloaded process (rnas/forkserver.py)
 
 # Speed/memory table of the hot paths (benchmarks/README.md); BENCH_ARGS=--quick for a smoke run.
 # One thread by default, as pipeline.threads (each Snakemake job uses one core).

@@ -25,7 +25,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "arch": ("arch", "parameter count / MACs of an architecture file"),
     "dvc-yaml": ("dvcyaml", "write dvc.yaml for a params file, or --check that it is up to date"),
     "params-schema": ("schema", "write the JSON schema of params files"),
+    "forkserver": ("rnas.forkserver", "run the stage commands of a pipeline run in workers of one preloaded process"),
 }
+# Commands that run in their own process even when a fork server is up (rnas.forkserver): quick
+# ones that never import torch, and the server's own.
+OWN_PROCESS = frozenset({"validate-params", "dvc-yaml", "params-schema", "forkserver"})
+
+
+def command_module(name: str):
+    module = COMMANDS[name][0]
+    return importlib.import_module(module if module.startswith("rnas.") else f"rnas.stages.{module}")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -35,10 +44,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnas", description="Robust neural architecture search pipeline")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (_module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         if command is None or name == command:
-            importlib.import_module(f"rnas.stages.{module}").add_arguments(p)
+            command_module(name).add_arguments(p)
     return parser
 
 
@@ -49,7 +58,21 @@ def requested_command(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``rnas ARGV``: in a worker of the fork server named by ``RNAS_FORKSERVER`` when one answers
+    (the same command, directory, environment and streams), else in this process."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    command = requested_command(argv)
+    if command is not None and command not in OWN_PROCESS:
+        from rnas.forkserver import run_remote
+
+        code = run_remote(argv)
+        if code is not None:
+            return code
+    return run_command(argv)
+
+
+def run_command(argv: list[str]) -> int:
+    """Parse ``argv`` and run the command in this process."""
     args = build_parser(requested_command(argv)).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -63,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from rnas.training.trainer import NonFiniteLossError
 
     install_sigterm_handler()
-    module = importlib.import_module(f"rnas.stages.{COMMANDS[args.command][0]}")
+    module = command_module(args.command)
     try:
         return module.run(args)
     except ParamsError as err:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rnas.config import Params, TrackingConfig, params_hash, section, to_dict
+from rnas.forkserver import pid_alive
 
 if TYPE_CHECKING:
     import torch
@@ -477,16 +478,6 @@ class StageLogger:
 CLAIM_FILE = "mlflow_run.json"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def reap_orphans(client, exp_id: str, keep: str | None = None) -> list[str]:
     """Mark FAILED the runs left RUNNING on this host whose process is gone (a SIGKILL), except
     ``keep`` (the run a resume is continuing). Returns the ids marked."""
@@ -496,7 +487,7 @@ def reap_orphans(client, exp_id: str, keep: str | None = None) -> list[str]:
         tags = r.data.tags
         if r.info.run_id == keep or tags.get("rnas.host") != host or "rnas.pid" not in tags:
             continue
-        if not _pid_alive(int(tags["rnas.pid"])):
+        if not pid_alive(int(tags["rnas.pid"])):
             client.set_tag(r.info.run_id, "rnas.end_reason", "process gone (killed); not resumed")
             client.set_terminated(r.info.run_id, "FAILED")
             reaped.append(r.info.run_id)

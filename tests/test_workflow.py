@@ -88,6 +88,17 @@ def _dvc(project: Path, *args: str, ok: bool = True, **env: str) -> subprocess.C
     return _run([str(BIN / "dvc"), *args], cwd=project, ok=ok, **env)
 
 
+def _servers_in(project: Path) -> list:
+    """Fork servers (rnas/forkserver.py) still running in ``project``."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        if "rnas.forkserver" in " ".join(proc.info["cmdline"] or ()) and proc.info["cwd"] == str(project):
+            found.append(proc)
+    return found
+
+
 def _planned(dry_run_output: str) -> Counter:
     """Job stats of ``snakemake -n``: rule -> count (without the total)."""
     stats = dry_run_output.split("Job stats:")[-1]
@@ -526,6 +537,10 @@ def test_tiny_pipeline_end_to_end_with_both_runners(project, tmp_path_factory):
         }
         assert {f.name for f in (results / run / "seed0").iterdir()} == declared, run
     assert "### Claims" in report and "`darts` is more robust than a random architecture" in report
+    # every job ran in a worker of the invocation's fork server (rnas/forkserver.py), which is gone
+    job_logs = list((project / "logs").rglob("*.log"))
+    assert job_logs and all("rnas forkserver worker" in f.read_text() for f in job_logs), job_logs
+    assert not _servers_in(project)
     assert "### Did the searches decide?" in report
     # MLflow store: one run per stage invocation, all FINISHED, tagged
     db = sqlite3.connect(project / "mlflow.db")

@@ -10,7 +10,7 @@ import shlex
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import update_config, validate
 
-from rnas import dag, paths
+from rnas import dag, forkserver, paths
 from rnas.config import ParamsError, params_from_dict, params_hash
 from rnas.pipeline import stage_keys
 
@@ -51,9 +51,31 @@ envvars:
     "RNAS_WORKFLOW_PARAMS",
 
 
+# A local invocation on the CPU runs its jobs' `rnas` commands in workers of one fork server, which
+# imports torch, MLflow & co. once instead of once per job (~10 s each; rnas/forkserver.py). It is
+# started here, watches this process and is stopped at the end. RNAS_FORKSERVER=off runs every job
+# in its own process; a value already set (`rnas forkserver exec -- snakemake ...`) is used as it
+# is. Not with pipeline.device cuda or auto: CUDA must not meet a fork, and GPU jobs are long.
+FORKSERVER = None
+if not os.environ.get(forkserver.ENV, "").strip() and P.pipeline.device == "cpu":
+    FORKSERVER = forkserver.default_socket()
+    os.environ[forkserver.ENV] = FORKSERVER
+
+
+def start_forkserver():
+    if FORKSERVER and workflow.local_exec:
+        shell(f"rnas forkserver start --socket {shlex.quote(FORKSERVER)} --watch-pid {os.getpid()}")
+
+
+def stop_forkserver():
+    if FORKSERVER and workflow.local_exec:
+        shell(f"rnas forkserver stop --socket {shlex.quote(FORKSERVER)}")
+
+
 # The MLflow store is created once, before parallel jobs; one parent run per invocation holds
 # the stage runs as children (rnas pipeline-run).
 onstart:
+    start_forkserver()
     if P.tracking.enabled:
         shell(f"rnas init-store --params {shlex.quote(PARAMS)} && rnas pipeline-run start --params {shlex.quote(PARAMS)}")
 
@@ -61,8 +83,10 @@ onstart:
 onsuccess:
     if P.tracking.enabled:
         shell(f"rnas pipeline-run end --params {shlex.quote(PARAMS)} --status FINISHED")
+    stop_forkserver()
 
 
 onerror:
     if P.tracking.enabled:
         shell(f"rnas pipeline-run end --params {shlex.quote(PARAMS)} --status FAILED")
+    stop_forkserver()
