@@ -30,6 +30,7 @@ worker writes its own CPU time and peak memory to the end of the job's log inste
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import importlib
 import json
@@ -45,6 +46,7 @@ import tempfile
 import threading
 import time
 import traceback
+import weakref
 from pathlib import Path
 
 ENV = "RNAS_FORKSERVER"  # the socket's path; "off" (or unset) runs every command in its own process
@@ -204,6 +206,8 @@ def _work(request: dict, fds: list[int], conn: socket.socket) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = ["rnas", *request["argv"]]
+        for finalizer in list(weakref.finalize._registry):  # the server's objects (temp folders, ...)
+            finalizer.atexit = False  # are not this process's to clean up at exit; its own are
         for handler in list(logging.root.handlers):  # the server's; the command configures its own
             logging.root.removeHandler(handler)
         logging.root.setLevel(logging.WARNING)
@@ -225,6 +229,11 @@ def _work(request: dict, fds: list[int], conn: socket.socket) -> None:
             code = 1
         print(_usage_line(), file=sys.stderr)
     finally:
+        # What a fresh process does at exit (logging's, multiprocessing's, MLflow's atexit handlers,
+        # this process's own finalizers), without the interpreter's teardown: that would finalize
+        # the server's objects this copy holds (its sockets' file numbers, among others).
+        with contextlib.suppress(BaseException):
+            atexit._run_exitfuncs()
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
