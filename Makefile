@@ -53,7 +53,7 @@ TEST_WORKERS ?= auto
 test: setup browser slurm
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=25
 
 # Only the real single-node SLURM run of the tiny pipeline.
 test-slurm: setup slurm

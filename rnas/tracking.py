@@ -61,11 +61,54 @@ class Terminated(BaseException):
     """Raised in the main thread when the process receives SIGTERM."""
 
 
+_deferring = 0  # depth of deferred_termination() blocks
+_deferred_signal: int | None = None
+
+
 def install_sigterm_handler() -> None:
     def _handler(signum, frame):  # noqa: ARG001
+        global _deferred_signal
+        if _deferring:
+            _deferred_signal = signum
+            return
         raise Terminated(f"received signal {signum}")
 
     signal.signal(signal.SIGTERM, _handler)
+
+
+@contextlib.contextmanager
+def deferred_termination() -> Iterator[None]:
+    """SIGTERM received inside the block raises :class:`Terminated` when the block ends. An
+    MLflow write interrupted half-way leaves its SQLite transaction open, and the database locked
+    for the rest of the process: the run could not even be marked KILLED."""
+    global _deferring, _deferred_signal
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if not _deferring and _deferred_signal is not None:
+            signum, _deferred_signal = _deferred_signal, None
+            raise Terminated(f"received signal {signum}")
+
+
+class DeferringClient:
+    """An MLflow client whose every call runs inside :func:`deferred_termination`."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            with deferred_termination():
+                return attr(*args, **kwargs)
+
+        return call
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
@@ -416,7 +459,7 @@ class StageLogger:
                 params=run.data.params,
                 tags={"model_sha256": digest, **source},
             )
-            with _fluent_store(self.client.tracking_uri), _installed_requirements_unchecked():
+            with deferred_termination(), _fluent_store(self.client.tracking_uri), _installed_requirements_unchecked():
                 # pickle: the module itself, any batch size (MLflow's default, torch.export, fixes
                 # the example's batch size and costs seconds); code_paths: the classes it needs
                 mlflow.pytorch.log_model(
@@ -596,7 +639,7 @@ def stage_run(
         return
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri(params.tracking))
+    client = DeferringClient(mlflow.MlflowClient(tracking_uri(params.tracking)))
     exp_id = _ensure_experiment(client, experiment_name(params), params.tracking)
     run_id = _claimed_run(client, claim_dir)
     process_tags = {"rnas.pid": str(os.getpid()), "rnas.host": socket.gethostname()}

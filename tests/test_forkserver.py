@@ -180,3 +180,23 @@ def test_the_server_exits_when_the_watched_process_is_gone(tmp_path):
     finally:
         proc.kill()
         forkserver.stop(path)
+
+
+def test_exec_serves_the_rnas_commands_of_the_command_it_runs_and_stops_after(tmp_path):
+    """``rnas forkserver exec -- CMD`` (``make dvc``): CMD's rnas commands run in workers; its exit
+    status is CMD's; no server is left."""
+    proj = _project(tmp_path)
+    script = 'rnas search --params params.yaml --run random --seed 0 && echo "socket=$RNAS_FORKSERVER"; exit 3'
+    env = {k: v for k, v in _env(None).items() if k != forkserver.ENV}
+    out = subprocess.run(
+        [str(BIN / "rnas"), "forkserver", "exec", "--", "bash", "-c", script],
+        cwd=proj,
+        env={**env, "PATH": f"{BIN}{os.pathsep}{env['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert USAGE in out.stderr and (proj / "results/digits/random/seed0/genotype.json").is_file()
+    socket = out.stdout.split("socket=")[1].strip()
+    assert socket and not Path(socket).parent.exists()

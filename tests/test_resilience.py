@@ -513,3 +513,30 @@ def test_stage_with_unreadable_checkpoints_fails_naming_them(tmp_path):
     assert (state / "last.pt").read_bytes() == b"\0" * 128 and (state / "prev.pt").read_bytes() == b""
     assert not (proj / "results/digits/teacher/model.pt").exists()
     assert [r[2] for r in _runs(proj)] == ["FAILED"]
+
+
+def test_sigterm_during_an_mlflow_call_lets_the_call_finish_first():
+    """A SIGTERM landing in an MLflow write used to interrupt it and leave the SQLite database
+    locked, so the run could not be marked KILLED (the stage then exited 1, not 143)."""
+    from rnas.tracking import DeferringClient, Terminated, install_sigterm_handler
+
+    calls = []
+
+    class Store:
+        def write(self, value):
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered at once, inside the call
+            calls.append(value)
+            return value
+
+    previous = signal.getsignal(signal.SIGTERM)
+    install_sigterm_handler()
+    try:
+        client = DeferringClient(Store())
+        with pytest.raises(Terminated):
+            client.write("metrics")
+        assert calls == ["metrics"]  # finished before Terminated was raised
+        with pytest.raises(Terminated):  # outside a call it is raised at once, as before
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1.0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
