@@ -108,10 +108,13 @@ def _connect(path: str, timeout: float | None = None) -> socket.socket | None:
 # client
 
 
+OFF = frozenset({"off", "0", "false"})  # values of RNAS_FORKSERVER that turn it off
+
+
 def socket_path() -> str | None:
-    """The server's socket from ``RNAS_FORKSERVER``, or None when it is unset or ``off``."""
+    """The server's socket from ``RNAS_FORKSERVER``, or None when it is unset or turned off."""
     path = os.environ.get(ENV, "").strip()
-    return None if path in ("", "off", "0", "false") else path
+    return None if not path or path in OFF else path
 
 
 def run_remote(argv: list[str]) -> int | None:
@@ -511,7 +514,7 @@ def run(args: argparse.Namespace) -> int:
         print("rnas forkserver exec: no command given (rnas forkserver exec -- dvc repro)", file=sys.stderr)
         return 2
     path = default_socket()
-    server = start(path, os.getpid()) if os.environ.get(ENV, "").strip() != "off" else None
+    server = start(path, os.getpid()) if os.environ.get(ENV, "").strip() not in OFF else None
     env = dict(os.environ, **({ENV: path} if server else {}))
     try:
         return subprocess.run(cmd, env=env).returncode
