@@ -159,12 +159,15 @@ def _search_workload(
     compile: bool = False,
     plain: bool | None = None,
     grouped: bool = True,
+    fold: bool = True,
 ) -> Workload:
     """One first-order DARTS step (α on an architecture batch, then w on a weight batch) through
     rnas's :class:`~rnas.search.base.BilevelMethod`; the straightforward variant swaps in the
     direct supernet forward of :mod:`benchmarks.reference` in NCHW, with the plain
     ``nn.Conv2d`` / ``nn.AvgPool2d`` kernels (``plain``; default: the straightforward variant).
-    ``grouped`` False: the fused supernet runs its edges one by one (``SearchCell.group_edges``)."""
+    ``grouped`` False: the fused supernet runs its edges one by one (``SearchCell.group_edges``).
+    ``fold`` False: each op's output is multiplied by its weight instead of taking it as the
+    weight of its closing BN (``MixedOp.fold_weights``)."""
     from benchmarks.reference import NaiveSupernet
     from rnas.search.base import Progress
 
@@ -178,6 +181,8 @@ def _search_workload(
         plain_kernels(method.supernet)
     for cell in method.supernet.cells:
         cell.group_edges = grouped
+        for edge in cell.edges:
+            edge.fold_weights = fold
     if not fused:
         method.supernet = NaiveSupernet(method.supernet)
     xw, yw = _data(spec.batch, spec.channels, spec.size, info.num_classes, 1, env.device)
@@ -677,6 +682,19 @@ CASES: dict[str, Case] = {
             "(PC-DARTS K=4 paper search step: C=16, 8 cells, batch 64+64, 32x32x3, first-order)",
             lambda v, e: _search_workload(_paper(4, e.quick), "fast", e, grouped=(v == "after")),
             quick_config="PC-DARTS K=4 paper search step, batch 8+8",
+            variants=ABLATION_VARIANTS,
+            heavy=True,
+            tolerance_rel=SEARCH_REL,
+        ),
+        Case(
+            "ablate_op_weight_in_bn",
+            "ablation",
+            "w·BN(z) as a product -> as BN with weight w (rnas.space.ops.scaled_by_closing_bn), fast "
+            "path (DARTS K=1 paper search step: C=16, 8 cells, batch 16+16, 32x32x3, first-order)",
+            lambda v, e: _search_workload(
+                dataclasses.replace(_paper(1, True), batch=4 if e.quick else 16), "fast", e, fold=(v == "after")
+            ),
+            quick_config="DARTS K=1 paper search step, batch 4+4",
             variants=ABLATION_VARIANTS,
             heavy=True,
             tolerance_rel=SEARCH_REL,

@@ -235,3 +235,115 @@ def test_amp_and_compile_params_are_typed_booleans():
     assert p.pipeline.amp is True and p.pipeline.compile is False
     with pytest.raises(ParamsError, match="pipeline.amp"):
         params_from_dict({"pipeline": {"amp": "yes"}})
+
+
+def _fold_pair(k: int, channels_last: bool) -> tuple[Supernet, Supernet]:
+    """Two copies of one supernet (float64, α far from uniform, BN running statistics that differ
+    per BN): the first folds each op weight into the op's closing BN, the second multiplies."""
+    from rnas.space.supernet import MixedOp
+
+    torch.manual_seed(0)
+    cin = 3 if k > 1 else 1
+    net = Supernet(8, 3, 10, input_channels=cin, partial_channels=k).double()
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.normal_()
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    for cell in net.cells:
+        cell.group_edges = False  # the per-edge forward (the paper's DARTS cells run it)
+    plain = copy.deepcopy(net)
+    for m in plain.modules():
+        if isinstance(m, MixedOp):
+            m.fold_weights = False
+    return net, plain
+
+
+@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("train", [True, False])
+def test_op_weight_folded_into_the_closing_bn_is_the_same_function(k, channels_last, train):
+    """w·BN(z) computed as BN with weight w (ops.scaled_by_closing_bn) in the per-edge supernet
+    forward: the same output, first- and second-order gradients of every parameter (α and β
+    included) and the same BN running statistics, in train and eval mode, in both memory
+    formats, with and without partial channels. In channels-last it also guards the contiguous
+    weight (torch's channels-last BN backward reads an expanded, stride-0 weight wrongly)."""
+    folded, plain = _fold_pair(k, channels_last)
+    x = torch.rand(6, 3 if k > 1 else 1, 8, 8, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (6,))
+    calls = {"n": 0}
+    original = ops.scaled_by_closing_bn
+
+    def counting(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls["n"] += out is not None
+        return out
+
+    results = []
+    for net in (folded, plain):
+        net.train(train)
+        net.zero_grad()
+        xx = x.clone().requires_grad_()
+        from rnas.space import supernet as supernet_module
+
+        supernet_module.scaled_by_closing_bn = counting
+        try:
+            out = net(xx)
+            loss = F.cross_entropy(out, y)
+            (gx,) = torch.autograd.grad(loss, xx, create_graph=True)  # DSRNA's Jacobian term
+            (loss + gx.abs().sum()).backward()
+        finally:
+            supernet_module.scaled_by_closing_bn = original
+        grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+        results.append((out.detach(), grads, {n: b.clone() for n, b in net.named_buffers()}))
+    assert calls["n"] > 0  # the fold ran
+    (out_a, grads_a, buf_a), (out_b, grads_b, buf_b) = results
+    torch.testing.assert_close(out_a, out_b, rtol=1e-10, atol=1e-12)
+    assert grads_a.keys() == grads_b.keys() and any(n.startswith("alpha") for n in grads_a)
+    for name in grads_b:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-8, atol=1e-10, msg=name)
+    for name in buf_b:
+        torch.testing.assert_close(buf_a[name], buf_b[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_op_weight_fold_steps_aside_for_hooks_and_autocast():
+    """A hooked op, per-example weights or autocast: the caller multiplies (None)."""
+    op = DilConv(4, 4, 3, 1, 1, 1, affine=False)
+    x = torch.rand(2, 4, 6, 6)
+    w = torch.tensor(0.5)
+    assert ops.scaled_by_closing_bn(op, x, None, w) is not None
+    assert ops.scaled_by_closing_bn(op, x, None, torch.rand(2)) is None
+    handle = op[2].register_forward_hook(lambda *a: None)
+    assert ops.scaled_by_closing_bn(op, x, None, w) is None
+    handle.remove()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ops.scaled_by_closing_bn(op, x, None, w) is None
+    assert ops.scaled_by_closing_bn(DilConv(4, 4, 3, 1, 1, 1, affine=True), x, None, w) is None
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cat_nodes_hands_each_node_a_contiguous_gradient(channels_last):
+    """The per-edge cell's output concatenation: torch.cat's values and gradients (first and
+    second order), each node's gradient contiguous in that node's memory format."""
+    from rnas.space.supernet import cat_nodes
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    xs = [torch.rand(3, c, 5, 5, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_() for c in (2, 3)]
+    out, ref = cat_nodes([x * x for x in xs]), torch.cat([x * x for x in xs], dim=1)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    g = torch.rand_like(out)
+    grads = torch.autograd.grad(out, xs, g, create_graph=True)
+    grads_ref = torch.autograd.grad(ref, xs, g, create_graph=True)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert a.is_contiguous(memory_format=fmt)
+    second = torch.autograd.grad(sum((a**2).sum() for a in grads), xs)
+    second_ref = torch.autograd.grad(sum((b**2).sum() for b in grads_ref), xs)
+    for a, b in zip(second, second_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

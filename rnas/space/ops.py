@@ -24,7 +24,7 @@ PRIMITIVES: tuple[str, ...] = (
 )
 
 
-def _format_of(x: torch.Tensor) -> torch.memory_format:
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format
@@ -40,7 +40,7 @@ class _Subsample(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, stride: int, offset: int) -> torch.Tensor:
-        ctx.stride, ctx.offset, ctx.shape, ctx.fmt = stride, offset, x.shape, _format_of(x)
+        ctx.stride, ctx.offset, ctx.shape, ctx.fmt = stride, offset, x.shape, memory_format_of(x)
         o = offset
         return x[:, :, o::stride, o::stride].contiguous(memory_format=ctx.fmt)
 
@@ -58,7 +58,7 @@ def subsample(x: torch.Tensor, stride: int, offset: int = 0) -> torch.Tensor:
     if stride == 1 and offset == 0:
         return x
     if not torch.is_grad_enabled() or not x.requires_grad:
-        return x[:, :, offset::stride, offset::stride].contiguous(memory_format=_format_of(x))
+        return x[:, :, offset::stride, offset::stride].contiguous(memory_format=memory_format_of(x))
     return _Subsample.apply(x, stride, offset)
 
 
@@ -319,6 +319,10 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.paths(x))
+
+    def paths(self, x: torch.Tensor) -> torch.Tensor:
+        """The two convolved paths concatenated, before the BN."""
         x = self.relu(x)
         a = self.conv_1(x)
         if x.device.type == "cpu" and x.dim() == 4:
@@ -331,7 +335,70 @@ class FactorizedReduce(nn.Module):
         else:
             # The second path is shifted one pixel; pad so odd sizes still line up.
             b = self.conv_2(nn.functional.pad(x[:, :, 1:, 1:], (0, 1, 0, 1)))
-        return self.bn(torch.cat([a, b], dim=1))
+        return torch.cat([a, b], dim=1)
+
+
+def _foldable_bn(bn: nn.Module) -> bool:
+    return (
+        type(bn) is nn.BatchNorm2d
+        and not bn.affine
+        and bn.track_running_stats
+        and bn.momentum is not None
+        and bn.running_mean is not None
+    )
+
+
+def _unhooked(op: nn.Module) -> bool:
+    """No module of ``op`` has a hook or an instance-level ``forward``: a fast path that skips
+    their ``__call__`` would skip those too."""
+    return not any(m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m) for m in op.modules())
+
+
+def scaled_by_closing_bn(
+    op: nn.Module, x: torch.Tensor, x_relu: torch.Tensor | None, w: torch.Tensor
+) -> torch.Tensor | None:
+    """``w · op(x)`` for a scalar ``w``, computed with ``w`` as the weight of the affine-free
+    BatchNorm that closes ``op`` (sep/dil convs, pools followed by a BN, FactorizedReduce):
+    ``w·(z − μ)/σ = BN_{γ=w}(z)``, so the supernet's weighted sum needs no separate product with
+    ``w`` forward, and backward the BN kernel gives ``w``'s gradient (Σ g·ẑ, which it computes
+    anyway) instead of a product and a sum over the whole map per op. Same function and gradients
+    (second order included) up to float round-off; the BN's running statistics are updated as
+    its own forward would (``tests/test_fast_paths.py``). ``x_relu``: ReLU(x) when the caller has
+    it. None where it does not apply (another op, a hook, autocast, per-example weights): the
+    caller then computes ``w · op(x)``."""
+    if w.dim() != 0 or torch.is_autocast_enabled(x.device.type):
+        return None
+    t = type(op)
+    if t is DilConv or t is SepConv:
+        unit = op if t is DilConv else op[1]
+        bn = unit[3]
+        if not (_foldable_bn(bn) and _unhooked(op)):
+            return None
+        if t is DilConv:
+            r = x_relu if x_relu is not None else unit[0](x)
+        else:
+            first = op[0]
+            z = first.forward_preactivated(x_relu) if x_relu is not None else first(x)
+            r = unit[0](z)
+        z = unit[2](unit[1](r))
+    elif t is nn.Sequential and len(op) == 2 and type(op[0]) in (nn.MaxPool2d, AvgPool2d, nn.AvgPool2d):
+        bn = op[1]
+        if not (_foldable_bn(bn) and _unhooked(op)):
+            return None
+        z = op[0](x)
+    elif t is FactorizedReduce:
+        bn = op.bn
+        if not (_foldable_bn(bn) and _unhooked(op)):
+            return None
+        z = op.paths(x)
+    else:
+        return None
+    if bn.training:
+        bn.num_batches_tracked.add_(1)  # as nn.BatchNorm2d.forward does
+    # contiguous: torch 2.14's channels-last BN backward reads a stride-0 (expanded) weight
+    # wrongly (input gradients of ~1e229; tests/test_fast_paths.py keeps a check)
+    weight = w.to(z.dtype).expand(bn.num_features).contiguous()
+    return nn.functional.batch_norm(z, bn.running_mean, bn.running_var, weight, None, bn.training, bn.momentum, bn.eps)
 
 
 OpFactory = Callable[[int, int, bool], nn.Module]  # (C, stride, affine) -> module

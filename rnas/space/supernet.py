@@ -29,7 +29,15 @@ from rnas.models.normalize import Normalize
 from rnas.space import grouped
 from rnas.space.genotype import Genotype, derive_genotype, num_edges
 from rnas.space.network import cell_normalization, cell_plan
-from rnas.space.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, Zero, make_op
+from rnas.space.ops import (
+    PRIMITIVES,
+    FactorizedReduce,
+    ReLUConvBN,
+    Zero,
+    make_op,
+    memory_format_of,
+    scaled_by_closing_bn,
+)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -67,10 +75,37 @@ def _first_channels(x: torch.Tensor, n: int) -> torch.Tensor:
     return x[:, :n].contiguous(memory_format=fmt)
 
 
+class _CatChannels(torch.autograd.Function):
+    """``torch.cat(xs, dim=1)`` whose backward hands each input a contiguous gradient in that
+    input's memory format, not a strided slice of the concatenated gradient. In the per-edge
+    cell the nodes are concatenated into its output, and the closing BN of every op into a node
+    (which takes the op weight, :func:`~rnas.space.ops.scaled_by_closing_bn`) receives the
+    node's gradient: CPU BatchNorm backward on a strided channels-last slice with a weight to
+    differentiate takes ~6x as long (40 vs 7 ms on (64, 16, 32, 32), benchmarks/README.md).
+    Differentiable twice (DSRNA's Jacobian, the unrolled DARTS step)."""
+
+    @staticmethod
+    def forward(ctx, *xs: torch.Tensor) -> torch.Tensor:
+        ctx.sizes = [x.shape[1] for x in xs]
+        ctx.formats = [memory_format_of(x) for x in xs]
+        return torch.cat(xs, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(g.contiguous(memory_format=f) for g, f in zip(grad.split(ctx.sizes, dim=1), ctx.formats))
+
+
+def cat_nodes(nodes: list[torch.Tensor]) -> torch.Tensor:
+    """A cell's output: its nodes concatenated along the channels (see :class:`_CatChannels`)."""
+    return _CatChannels.apply(*nodes)
+
+
 class MixedOp(nn.Module):
     """One supernet edge: ``Σ_o w_o · op_o(x)`` (DARTS); with ``K = partial_channels > 1``
     the ops see only the first C/K channels, the other channels bypass them (max-pooled on a
     stride-2 edge), and the concatenation is channel-shuffled with K groups (PC-DARTS)."""
+
+    fold_weights: bool = True  # w_o as the weight of op o's closing BN (tests switch it per instance)
 
     def __init__(self, channels: int, stride: int, partial_channels: int = 1, primitives: tuple[str, ...] = PRIMITIVES):
         super().__init__()
@@ -102,10 +137,16 @@ class MixedOp(nn.Module):
         ``xa_relu``: ReLU(xa) when the caller has it (the cell computes one per state, and every
         sep/dil conv of every edge leaving that state starts from it instead of its own ReLU).
         The `none` op's term w·0 is identically zero (value and gradients), so it is not run;
-        the other terms accumulate in place (w·y added by one fused addcmul)."""
+        the other terms accumulate in place. An op closed by an affine-free BN takes w as that BN's
+        weight (:func:`~rnas.space.ops.scaled_by_closing_bn`, ``fold_weights``); the others are
+        added as w·y by one fused addcmul."""
         out = None
         for i, (w, op) in enumerate(zip(weights, self.ops)):
             if isinstance(op, Zero) or (active is not None and not active[i]):
+                continue
+            wy = scaled_by_closing_bn(op, xa, xa_relu, w) if self.fold_weights else None
+            if wy is not None:
+                out = wy if out is None else out.add_(wy)
                 continue
             if xa_relu is not None and hasattr(op, "forward_preactivated"):
                 y = op.forward_preactivated(xa_relu)
@@ -213,7 +254,7 @@ class SearchCell(nn.Module):
             states.append(total)
             if node < self.nodes - 1:  # the last node feeds no edge of this cell
                 relus.append(torch.relu(total))
-        return torch.cat(states[-self.nodes :], dim=1)
+        return cat_nodes(states[-self.nodes :])
 
     def _worth_grouping(self, h: torch.Tensor) -> bool:
         c = h.shape[1] // self.edges[0].k
