@@ -347,3 +347,27 @@ def test_cat_nodes_hands_each_node_a_contiguous_gradient(channels_last):
     second_ref = torch.autograd.grad(sum((b**2).sum() for b in grads_ref), xs)
     for a, b in zip(second, second_ref):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_out_edges_of_a_state_share_its_pools(k, monkeypatch):
+    """Per-edge forward: each state's max pool runs once for all its out-edges (5 states feed
+    edges in a 4-node cell, 14 edges), not once per edge; the function is the same (the fold test
+    above compares outputs, gradients and statistics with the product path, which pools per edge)."""
+    folded, plain = _fold_pair(k, channels_last=False)
+    calls = {"n": 0}
+    original = nn.MaxPool2d.forward
+
+    def counting(self, x):
+        calls["n"] += 1
+        return original(self, x)
+
+    monkeypatch.setattr(nn.MaxPool2d, "forward", counting)  # class level: the modules stay unhooked
+    x = torch.rand(2, 3 if k > 1 else 1, 8, 8, dtype=torch.float64)
+    counts = []
+    for net in (folded, plain):
+        calls["n"] = 0
+        net.train()(x)
+        counts.append(calls["n"])
+    bypass = 2 * 2 if k > 1 else 0  # PC-DARTS: each reduction cell's stride-2 bypass pools of states 0 and 1
+    assert counts == [3 * 5 + bypass, 3 * 14 + bypass]

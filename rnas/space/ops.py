@@ -354,8 +354,18 @@ def _unhooked(op: nn.Module) -> bool:
     return not any(m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m) for m in op.modules())
 
 
+def _pool_key(pool: nn.Module) -> tuple:
+    """Pools of one class and settings give the same output on the same input."""
+    names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "count_include_pad", "divisor_override")
+    return (type(pool),) + tuple(repr(getattr(pool, n, None)) for n in names)
+
+
 def scaled_by_closing_bn(
-    op: nn.Module, x: torch.Tensor, x_relu: torch.Tensor | None, w: torch.Tensor
+    op: nn.Module,
+    x: torch.Tensor,
+    x_relu: torch.Tensor | None,
+    w: torch.Tensor,
+    shared: dict | None = None,
 ) -> torch.Tensor | None:
     """``w · op(x)`` for a scalar ``w``, computed with ``w`` as the weight of the affine-free
     BatchNorm that closes ``op`` (sep/dil convs, pools followed by a BN, FactorizedReduce):
@@ -364,8 +374,11 @@ def scaled_by_closing_bn(
     anyway) instead of a product and a sum over the whole map per op. Same function and gradients
     (second order included) up to float round-off; the BN's running statistics are updated as
     its own forward would (``tests/test_fast_paths.py``). ``x_relu``: ReLU(x) when the caller has
-    it. None where it does not apply (another op, a hook, autocast, per-example weights): the
-    caller then computes ``w · op(x)``."""
+    it. ``shared``: a dict kept per input x by the caller (one per supernet state): a pool's
+    output is stored there and reused by the same pool on the state's other out-edges (pooling
+    has no parameters, so every edge computes the same map; autograd then sums their gradients
+    into one pool backward). None where it does not apply (another op, a hook, autocast,
+    per-example weights): the caller then computes ``w · op(x)``."""
     if w.dim() != 0 or torch.is_autocast_enabled(x.device.type):
         return None
     t = type(op)
@@ -385,7 +398,12 @@ def scaled_by_closing_bn(
         bn = op[1]
         if not (_foldable_bn(bn) and _unhooked(op)):
             return None
-        z = op[0](x)
+        key = _pool_key(op[0])
+        z = shared.get(key) if shared is not None else None
+        if z is None:
+            z = op[0](x)
+            if shared is not None:
+                shared[key] = z
     elif t is FactorizedReduce:
         bn = op.bn
         if not (_foldable_bn(bn) and _unhooked(op)):

@@ -131,6 +131,7 @@ class MixedOp(nn.Module):
         weights: torch.Tensor,
         active: list[bool] | None = None,
         xa_relu: torch.Tensor | None = None,
+        shared: dict | None = None,
     ) -> torch.Tensor:
         """``Σ_o w_o · op_o(xa)`` on the ops' input xa (B, C/K, H, W) -> (B, C/K, H/s, W/s).
 
@@ -139,12 +140,13 @@ class MixedOp(nn.Module):
         The `none` op's term w·0 is identically zero (value and gradients), so it is not run;
         the other terms accumulate in place. An op closed by an affine-free BN takes w as that BN's
         weight (:func:`~rnas.space.ops.scaled_by_closing_bn`, ``fold_weights``); the others are
-        added as w·y by one fused addcmul."""
+        added as w·y by one fused addcmul. ``shared``: the caller's dict for xa, through which the
+        out-edges of one state compute each pool once (see ``scaled_by_closing_bn``)."""
         out = None
         for i, (w, op) in enumerate(zip(weights, self.ops)):
             if isinstance(op, Zero) or (active is not None and not active[i]):
                 continue
-            wy = scaled_by_closing_bn(op, xa, xa_relu, w) if self.fold_weights else None
+            wy = scaled_by_closing_bn(op, xa, xa_relu, w, shared) if self.fold_weights else None
             if wy is not None:
                 out = wy if out is None else out.add_(wy)
                 continue
@@ -168,11 +170,12 @@ class MixedOp(nn.Module):
         weights: torch.Tensor,
         active: list[bool] | None = None,
         x_relu: torch.Tensor | None = None,
+        shared: dict | None = None,
     ) -> torch.Tensor:
         # x: (B, C, H, W); weights: (n_ops,); active: per op, False = switched off (skipped);
-        # x_relu: ReLU(x) when the caller has it (see mix)
+        # x_relu: ReLU(x) when the caller has it; shared: the caller's dict for x (see mix)
         if self.k == 1:
-            return self.mix(x, weights, active, x_relu)
+            return self.mix(x, weights, active, x_relu, shared)
         c_ops = x.shape[1] // self.k
         xa = _first_channels(x, c_ops)
         ra = None if x_relu is None else _first_channels(x_relu, c_ops)
@@ -241,12 +244,13 @@ class SearchCell(nn.Module):
         if self.edges[0].k > 1:
             return self._forward_partial(states, weights, edge_weights, active)
         relus = [torch.relu(h) for h in states]  # one ReLU per state, shared by its out-edges' convs
+        shared: list[dict] = [{} for _ in states]  # per state: its pools, computed once (MixedOp.mix)
         offset = 0
         for node in range(self.nodes):
             total = 0
             for j, h in enumerate(states):
                 e = offset + j
-                out = self.edges[e](h, weights[e], None if active is None else active[e], relus[j])
+                out = self.edges[e](h, weights[e], None if active is None else active[e], relus[j], shared[j])
                 if edge_weights is not None:
                     out = edge_weights[e] * out
                 total = total + out
@@ -254,6 +258,7 @@ class SearchCell(nn.Module):
             states.append(total)
             if node < self.nodes - 1:  # the last node feeds no edge of this cell
                 relus.append(torch.relu(total))
+                shared.append({})
         return cat_nodes(states[-self.nodes :])
 
     def _worth_grouping(self, h: torch.Tensor) -> bool:
@@ -329,11 +334,11 @@ class SearchCell(nn.Module):
         Σ_j β_j·bypass_j)): one concatenation and one shuffle per node (not per edge), and each
         state's partial channels, their ReLU and its bypass are cut once for all its out-edges."""
         k = self.edges[0].k
-        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]] = []
 
         def add_state(h: torch.Tensor, first_edge: MixedOp) -> None:
             xa = _first_channels(h, h.shape[1] // k)  # (B, C/K, H, W)
-            parts.append((xa, torch.relu(xa), first_edge.bypass(h)))
+            parts.append((xa, torch.relu(xa), first_edge.bypass(h), {}))  # {}: its pools (MixedOp.mix)
 
         offset = 0
         for j, h in enumerate(states):
@@ -341,9 +346,9 @@ class SearchCell(nn.Module):
         nodes = []
         for node in range(self.nodes):
             ops_sum = bypass_sum = None
-            for j, (xa, ra, xb) in enumerate(parts):
+            for j, (xa, ra, xb, shared) in enumerate(parts):
                 e = offset + j
-                y = self.edges[e].mix(xa, weights[e], None if active is None else active[e], ra)
+                y = self.edges[e].mix(xa, weights[e], None if active is None else active[e], ra, shared)
                 beta = edge_weights[e] if edge_weights is not None else y.new_ones(())
                 ops_sum = beta * y if ops_sum is None else ops_sum.addcmul_(beta, y)
                 bypass_sum = beta * xb if bypass_sum is None else bypass_sum.addcmul_(beta, xb)
