@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from rnas.space.ops import DilConv, FactorizedReduce, Identity, SepConv, Zero, depthwise, pointwise
+from rnas.space.ops import DilConv, FactorizedReduce, Identity, SepConv, Zero, depthwise, pointwise, unhooked
 
 
 def groupable(bns: list[nn.BatchNorm2d]) -> bool:
@@ -170,9 +170,7 @@ def edges_groupable(edges: list[nn.Module], primitives: tuple[str, ...]) -> bool
             check = _OP_TYPES.get(name)
             if check is None or not check(op, e.stride):
                 return False
-        for m in e.modules():
-            if m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m):  # hooked or patched
-                return False
-            if isinstance(m, nn.BatchNorm2d):
-                bns.append(m)
+        if not unhooked(e):
+            return False
+        bns += [m for m in e.modules() if isinstance(m, nn.BatchNorm2d)]
     return bool(bns) and groupable(bns)

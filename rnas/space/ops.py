@@ -348,9 +348,9 @@ def _foldable_bn(bn: nn.Module) -> bool:
     )
 
 
-def _unhooked(op: nn.Module) -> bool:
+def unhooked(op: nn.Module) -> bool:
     """No module of ``op`` has a hook or an instance-level ``forward``: a fast path that skips
-    their ``__call__`` would skip those too."""
+    their ``__call__`` would skip those too (also :func:`rnas.space.grouped.edges_groupable`)."""
     return not any(m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m) for m in op.modules())
 
 
@@ -385,7 +385,7 @@ def scaled_by_closing_bn(
     if t is DilConv or t is SepConv:
         unit = op if t is DilConv else op[1]
         bn = unit[3]
-        if not (_foldable_bn(bn) and _unhooked(op)):
+        if not (_foldable_bn(bn) and unhooked(op)):
             return None
         if t is DilConv:
             r = x_relu if x_relu is not None else unit[0](x)
@@ -396,7 +396,7 @@ def scaled_by_closing_bn(
         z = unit[2](unit[1](r))
     elif t is nn.Sequential and len(op) == 2 and type(op[0]) in (nn.MaxPool2d, AvgPool2d, nn.AvgPool2d):
         bn = op[1]
-        if not (_foldable_bn(bn) and _unhooked(op)):
+        if not (_foldable_bn(bn) and unhooked(op)):
             return None
         key = _pool_key(op[0])
         z = shared.get(key) if shared is not None else None
@@ -406,7 +406,7 @@ def scaled_by_closing_bn(
                 shared[key] = z
     elif t is FactorizedReduce:
         bn = op.bn
-        if not (_foldable_bn(bn) and _unhooked(op)):
+        if not (_foldable_bn(bn) and unhooked(op)):
             return None
         z = op.paths(x)
     else:
