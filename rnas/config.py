@@ -452,6 +452,9 @@ class RnasClMethodConfig(_Section):
         return self
 
 
+LrnasValue = Literal["accuracy", "probability"]
+
+
 class LrnasMethodConfig(_Section):
     """LRNAS: Monte Carlo Shapley contributions of primitives + greedy selection under a budget.
 
@@ -506,6 +509,12 @@ class LrnasMethodConfig(_Section):
         True,
         description="score coalitions with BN batch statistics of the scored batch (running "
         "statistics are restored after); false: eval-mode running statistics",
+    )
+    value: LrnasValue = Field(
+        "accuracy",
+        description="what a coalition scores on the batch, clean and under FGSM: accuracy (the paper) | "
+        "probability (the mean softmax probability of the true class, i.e. the expected accuracy: the "
+        "same game made smooth, far less noisy on small batches)",
     )
     overrides: SearchOverrides = Field(default_factory=SearchOverrides, description=_OVERRIDES_DOC)
 

@@ -83,6 +83,24 @@ def tiny_splits(n_train: int = 32, n_val: int = 16) -> Splits:
     return Splits(train=pair(n_train), val=pair(n_val), test=pair(n_val), info=info)
 
 
+def scrambled_supernet(k: int, channels_last: bool, cin: int = 1, seed: int = 0):
+    """A float64 supernet (C=8, 3 cells) with α and β drawn far from uniform and BN running
+    statistics that differ per BN, so a mixed-up op, edge or statistic shows in a comparison of
+    two forward paths; channels-last if asked."""
+    from rnas.space.supernet import Supernet
+
+    torch.manual_seed(seed)
+    net = Supernet(8, 3, 10, input_channels=cin, partial_channels=k).double()
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.normal_()
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    return net.to(memory_format=torch.channels_last) if channels_last else net
+
+
 def train_tiny(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 100) -> torch.nn.Module:
     """Full-batch Adam (lr 1e-2) on cross-entropy for ``steps`` steps; gradients cleared, eval mode."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -326,3 +326,42 @@ def test_each_variant_gets_its_own_peak_memory(monkeypatch):
     peaks = {v: out["variants"][v]["peak_mib"] for v in ("straightforward", "fast")}
     assert 60 < peaks["straightforward"] < 120, peaks
     assert 30 < peaks["fast"] < 60, peaks  # not ~0: the first variant's free heap went back to the OS
+
+
+def test_lrnas_consistency_agreement_by_hand_and_estimates_on_a_tiny_supernet():
+    """benchmarks/lrnas_consistency.py: r of identical estimates is 1, of a sign-flipped pair −1
+    (split-half too); its estimates are one V̂ per call (players × 1), finite, and leave the
+    supernet's BN statistics as they were."""
+    import numpy as np
+
+    from benchmarks.lrnas_consistency import estimates_of, pairwise_agreement
+    from rnas.config import params_from_dict
+    from rnas.data import DATASETS
+    from rnas.runs import resolve_run
+    from rnas.search.base import SearchContext
+    from rnas.search.methods import make_method
+
+    a = np.array([1.0, 2.0, 4.0, 0.5])
+    assert pairwise_agreement([a, a, a, a]) == pytest.approx((1.0, 1.0, 1.0, 1.0))
+    assert pairwise_agreement([a, -a]) == pytest.approx((-1.0, -1.0, -1.0, -1.0))
+    params = params_from_dict(
+        {
+            "search": {
+                "epochs": 2,
+                "init_channels": 2,
+                "layers": 2,
+                "nodes": 2,
+                "methods": {"lrnas": {"warmup_epochs": 1}},
+            },
+            "tracking": {"enabled": False},
+        }
+    )
+    method = make_method("lrnas")
+    method.setup(SearchContext(params, resolve_run("lrnas"), DATASETS["digits"], torch.device("cpu"), 0, 1))
+    before = [b.clone() for b in method.supernet.buffers()]
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    gen = torch.Generator().manual_seed(0)
+    for value in ("accuracy", "probability"):
+        est = estimates_of(method, [(x, y)], value, 4, 2, gen)
+        assert len(est) == 2 and all(e.shape == (method.n_players,) and np.isfinite(e).all() for e in est)
+    assert all(torch.equal(b, c) for b, c in zip(before, method.supernet.buffers()))

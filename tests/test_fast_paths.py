@@ -17,7 +17,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT
+from conftest import ROOT, scrambled_supernet
 from torch import nn
 
 from rnas.config import ParamsError, params_from_dict
@@ -242,18 +242,7 @@ def _fold_pair(k: int, channels_last: bool) -> tuple[Supernet, Supernet]:
     per BN): the first folds each op weight into the op's closing BN, the second multiplies."""
     from rnas.space.supernet import MixedOp
 
-    torch.manual_seed(0)
-    cin = 3 if k > 1 else 1
-    net = Supernet(8, 3, 10, input_channels=cin, partial_channels=k).double()
-    with torch.no_grad():
-        for p in net.arch_parameters():
-            p.normal_()
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.5, 2)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    net = scrambled_supernet(k, channels_last, cin=3 if k > 1 else 1)
     for cell in net.cells:
         cell.group_edges = False  # the per-edge forward (the paper's DARTS cells run it)
     plain = copy.deepcopy(net)

@@ -8,23 +8,14 @@ import copy
 
 import pytest
 import torch
+from conftest import scrambled_supernet
 
 from rnas.space import grouped
 from rnas.space.supernet import SearchCell, Supernet
 
 
 def _pair(k: int, channels_last: bool, cin: int = 1, seed: int = 0) -> tuple[Supernet, Supernet]:
-    torch.manual_seed(seed)
-    net = Supernet(8, 3, 10, input_channels=cin, partial_channels=k).double()
-    with torch.no_grad():
-        for p in net.arch_parameters():
-            p.normal_()  # far from uniform, so a mixed-up op or edge weight shows
-        for m in net.modules():  # running statistics that differ per BN
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.5, 2)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    net = scrambled_supernet(k, channels_last, cin, seed)
     per_edge = copy.deepcopy(net)
     for cell in per_edge.cells:
         cell.group_edges = False

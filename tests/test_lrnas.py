@@ -192,12 +192,34 @@ def test_coalition_forward_equals_one_masked_forward_per_coalition(partial_chann
             pass
 
 
-@pytest.mark.parametrize("attack_each", [False, True])
-def test_coalition_values_of_a_stack_are_those_of_one_call_each(attack_each):
+def test_coalition_scores_by_hand():
+    """accuracy: 1 where the argmax is the label; probability: softmax(logits)[y], which moves
+    when the logits move and no prediction flips (the noise of the accuracy game on small
+    batches: such a primitive's marginal is 0 there)."""
+    from rnas.search.methods.lrnas import CoalitionValue, coalition_scores
+
+    y = torch.tensor([0, 1])
+    before = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.0, math.log(2.0)]])
+    after = torch.tensor([[3.0, 0.0, 0.0], [1.0, 0.0, math.log(2.0)]])  # example 0 more confident, same argmax
+    assert coalition_scores(before, y).tolist() == [1.0, 0.0]
+    assert torch.equal(coalition_scores(after, y), coalition_scores(before, y))
+    e = math.e
+    expected = torch.tensor([e**2 / (e**2 + 2), 1 / (e + 1 + 2)], dtype=torch.float64)
+    torch.testing.assert_close(coalition_scores(before, y, "probability"), expected)
+    assert float(coalition_scores(after, y, "probability")[0]) > float(expected[0])
+    with pytest.raises(ValueError, match="known: accuracy, probability"):
+        coalition_scores(before, y, "loss")
+    net = Supernet(4, 2, 10, 1, "digits", 2)
+    with pytest.raises(ValueError, match="unknown LRNAS value 'loss'"):
+        CoalitionValue(net, torch.rand(2, 1, 8, 8), y, 0.1, True, torch.zeros(2, dtype=torch.bool), value="loss")
+
+
+@pytest.mark.parametrize("attack_each,value", [(False, "accuracy"), (True, "accuracy"), (False, "probability")])
+def test_coalition_values_of_a_stack_are_those_of_one_call_each(attack_each, value):
     """CoalitionValue.many scores a stack of coalitions in one supernet forward (two with
     FGSM per coalition); accuracies are those of one call per coalition (an argmax within
-    float round-off of a tie could differ by one example: allowed, and counted), and
-    consecutive coalitions differing only in null players share one copy."""
+    float round-off of a tie could differ by one example: allowed, and counted), probabilities
+    within round-off, and consecutive coalitions differing only in null players share one copy."""
     from rnas.search.methods.lrnas import CoalitionValue
 
     torch.manual_seed(0)
@@ -208,13 +230,16 @@ def test_coalition_values_of_a_stack_are_those_of_one_call_each(attack_each):
     gen = torch.Generator().manual_seed(2)
     actives = torch.rand(12, 2 * n_e * n_ops, generator=gen) < 0.6
     actives[5] = actives[4] ^ null  # differs from the previous one in null players only
-    one = CoalitionValue(net, x, y, 0.2, attack_each, null)
+    one = CoalitionValue(net, x, y, 0.2, attack_each, null, value=value)
     expected = torch.stack([one(a) for a in actives])
-    stacked = CoalitionValue(net, x, y, 0.2, attack_each, null)
+    stacked = CoalitionValue(net, x, y, 0.2, attack_each, null, value=value)
     got = stacked.many(actives)
     assert stacked.evaluations == one.evaluations == 11
     diff = (got - expected).abs()
-    assert bool((diff <= 1 / 16 + 1e-12).all()) and float((diff == 0).double().mean()) >= 0.9
+    if value == "accuracy":
+        assert bool((diff <= 1 / 16 + 1e-12).all()) and float((diff == 0).double().mean()) >= 0.9
+    else:
+        assert float(diff.max()) < 1e-5 and bool((got > 0).all() & (got < 1).all())
     assert torch.equal(got[5], got[4])
 
 
@@ -616,7 +641,7 @@ class _AdditiveCoalition:
 
     worth: torch.Tensor
 
-    def __init__(self, net, x, y, epsilon, attack_each, null):
+    def __init__(self, net, x, y, epsilon, attack_each, null, value="accuracy"):
         self.evaluations = 0
 
     def __call__(self, active):
@@ -733,12 +758,19 @@ def _one_useful_op(net):
         net.classifier.weight[1, 0], net.classifier.weight[0, 0] = 1.0, -1.0
 
 
-def test_the_one_useful_op_gets_the_highest_contribution_and_its_alpha_rises():
-    """The real contribution estimate (masks in the supernet, clean and FGSM accuracy, z-scores,
-    update) on :func:`_one_useful_op`'s network: N gets the highest value and its α rises most in
-    its cell, the harmful H the lowest and its α falls, and every α moves by η·μ·z_cell(V̂)."""
+@pytest.mark.parametrize("value", ["accuracy", "probability"])
+def test_the_one_useful_op_gets_the_highest_contribution_and_its_alpha_rises(value):
+    """The real contribution estimate (masks in the supernet, clean and FGSM accuracy or
+    probability, z-scores, update) on :func:`_one_useful_op`'s network: N gets the highest value
+    and its α rises most in its cell, the harmful H the lowest and its α falls, and every α moves
+    by η·μ·z_cell(V̂)."""
     params = _tiny_params(
-        search={"init_channels": 2}, permutations=4, attack_each_coalition=False, fgsm_epsilon=0.1, batch_size=12
+        search={"init_channels": 2},
+        permutations=4,
+        attack_each_coalition=False,
+        fgsm_epsilon=0.1,
+        batch_size=12,
+        value=value,
     )
     method = _lrnas_method(params)
     net = method.supernet
@@ -755,7 +787,10 @@ def test_the_one_useful_op_gets_the_highest_contribution_and_its_alpha_rises():
     before = _alphas(net)
     method._batches = [(x, y)]
     metrics = method.estimate_contributions(1)
-    assert metrics["shapley_full_clean_acc"] == 1.0 and metrics["shapley_full_fgsm_acc"] == 1.0
+    if value == "accuracy":
+        assert metrics["shapley_full_clean_acc"] == 1.0 and metrics["shapley_full_fgsm_acc"] == 1.0
+    else:  # every example right: each true-class probability above the other classes' (1/10 of 1 here)
+        assert 0.1 < metrics["shapley_full_fgsm_acc"] <= metrics["shapley_full_clean_acc"] < 1.0
     h = method.history[-1]
     v_hat = h["value"].view(2, n_e, n_ops).double()
     clean = h["shapley_clean"].view(2, n_e, n_ops)

@@ -262,9 +262,26 @@ def set_active(net: Supernet, active: torch.Tensor) -> None:
     net.mask_reduce.copy_(masks[1])
 
 
+COALITION_VALUES = ("accuracy", "probability")  # search.methods.lrnas.value
+
+
+def coalition_scores(logits: torch.Tensor, y: torch.Tensor, value: str = "accuracy") -> torch.Tensor:
+    """Per example, what a coalition scores: ``accuracy``, 1 if the prediction is ``y`` else 0
+    (the paper); ``probability``, the softmax probability of ``y``, whose mean over the batch is
+    the expected accuracy of the network's predictive distribution (the same game made smooth: a
+    switched-off primitive that moves the logits but flips no prediction of a 16-example batch
+    scores 0 under accuracy and its real effect under probability). Returns float64 (B,)."""
+    if value == "accuracy":
+        return (logits.argmax(1) == y).double()
+    if value == "probability":
+        return logits.double().softmax(1).gather(1, y[:, None]).squeeze(1)
+    raise ValueError(f"unknown LRNAS value {value!r}; known: {', '.join(COALITION_VALUES)}")
+
+
 class CoalitionValue:
     """v(S) = (clean accuracy, FGSM(ε) accuracy) on one batch of the supernet with exactly the
-    primitives in S switched on: the value function of the contribution game.
+    primitives in S switched on: the value function of the contribution game. ``value``:
+    ``accuracy`` or ``probability`` (:func:`coalition_scores`, the mean over the batch).
 
     ``attack_each``: FGSM is run against each coalition's network (white-box); otherwise the
     adversarial batch is crafted once against the full supernet. Clean and adversarial
@@ -274,10 +291,20 @@ class CoalitionValue:
     """
 
     def __init__(
-        self, net: Supernet, x: torch.Tensor, y: torch.Tensor, epsilon: float, attack_each: bool, null: torch.Tensor
+        self,
+        net: Supernet,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        epsilon: float,
+        attack_each: bool,
+        null: torch.Tensor,
+        value: str = "accuracy",
     ):
         self.net, self.x, self.y, self.epsilon, self.attack_each = net, x, y, epsilon, attack_each
         self.null = null
+        if value not in COALITION_VALUES:
+            raise ValueError(f"unknown LRNAS value {value!r}; known: {', '.join(COALITION_VALUES)}")
+        self.value = value
         self.evaluations = 0
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
         if not attack_each:
@@ -313,8 +340,8 @@ class CoalitionValue:
                 both = torch.cat([self.x.repeat(u, 1, 1, 1), self.x_adv.repeat(u, 1, 1, 1)])
                 with self.net.coalitions(torch.cat([masks, masks])), torch.no_grad():
                     clean_logits, adv_logits = self.net(both).split(u * b)
-            clean = (clean_logits.argmax(1) == y).view(u, b).double().mean(1)
-            adv = (adv_logits.argmax(1) == y).view(u, b).double().mean(1)
+            clean = coalition_scores(clean_logits, y, self.value).view(u, b).mean(1)
+            adv = coalition_scores(adv_logits, y, self.value).view(u, b).mean(1)
             scored = torch.stack([clean, adv], dim=1).cpu()
             self.evaluations += u
         for r, o in enumerate(owner):
@@ -338,7 +365,7 @@ class CoalitionValue:
         with torch.no_grad():
             adv_logits = self.net(x_adv)
         value = torch.stack(
-            [(clean_logits.argmax(1) == y).double().mean(), (adv_logits.argmax(1) == y).double().mean()]
+            [coalition_scores(clean_logits, y, self.value).mean(), coalition_scores(adv_logits, y, self.value).mean()]
         ).cpu()
         self.evaluations += 1
         self._last = (key, value)
@@ -441,7 +468,9 @@ class LrnasMethod(BilevelMethod):
                 p.requires_grad_(False)
             for j in range(cfg.permutations):
                 x, y = self._batches[j % len(self._batches)]  # fewer batches than permutations: reuse
-                value = CoalitionValue(net, x, y, cfg.fgsm_epsilon, cfg.attack_each_coalition, self.null)
+                value = CoalitionValue(
+                    net, x, y, cfg.fgsm_epsilon, cfg.attack_each_coalition, self.null, value=cfg.value
+                )
                 full.append(value(torch.ones(self.n_players, dtype=torch.bool)))
                 order = torch.randperm(self.n_players, generator=gen)
                 marginals.append(
