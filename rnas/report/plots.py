@@ -27,6 +27,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
+import matplotlib.text  # noqa: E402
+import matplotlib.transforms  # noqa: E402
 
 from rnas.report.collect import RunRow  # noqa: E402
 from rnas.space.ops import PRIMITIVES  # noqa: E402
@@ -169,6 +171,71 @@ def plot_certified_sweep(rows: list[RunRow], path: str | Path) -> Path:
     return path
 
 
+def text_box(note, renderer):
+    """The display box of an annotation's text alone (``Annotation.get_window_extent`` includes
+    its leader line)."""
+    note.update_positions(renderer)  # an annotation places its text at draw time
+    return matplotlib.text.Text.get_window_extent(note, renderer)
+
+
+# Label offsets tried in turn, in points from the marker: right, left (text ending there), above
+# and below, then further out.
+_LABEL_OFFSETS = tuple((dx, dy) for dy in (5, -13, 17, -25, 29, -37, 41, -49) for dx in (7, -7))
+
+
+def label_points(ax, labels: list[tuple[str, float, float]], fontsize: int = 8) -> list:
+    """Annotate each (text, x, y) beside its point so that no two labels overlap, no label covers
+    a point's marker and every label stays inside the axes: the labels go in order of decreasing
+    y, each at the first offset of ``_LABEL_OFFSETS`` that satisfies all three against what is
+    placed (the first offset inside the axes, else the first, if none does); a label moved off
+    its first row (beside the point, right or left) gets a thin leader line to it. Call it after
+    the axes' scales, limits and layout are final (boxes are measured in display coordinates).
+    Returns the annotations."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    pad = 6.0  # half a marker, pixels
+    markers = [ax.transData.transform((x, y)) for _, x, y in labels]
+    markers = [matplotlib.transforms.Bbox([[u - pad, v - pad], [u + pad, v + pad]]) for u, v in markers]
+
+    def within(box) -> bool:
+        return frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+
+    def fits(box, placed) -> bool:
+        return within(box) and not any(box.overlaps(other) for other in placed + markers)
+
+    def annotate(text: str, x: float, y: float, i: int):
+        dx, dy = _LABEL_OFFSETS[i]
+        note = ax.annotate(
+            text,
+            (x, y),
+            textcoords="offset points",
+            xytext=(dx, dy),
+            ha="left" if dx > 0 else "right",
+            fontsize=fontsize,
+            arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "#888888"} if i >= 2 else None,
+        )
+        return note, text_box(note, renderer)
+
+    placed, out = [], []
+    for text, x, y in sorted(labels, key=lambda t: -t[2]):
+        fallback = chosen = None
+        for i in range(len(_LABEL_OFFSETS)):
+            note, box = annotate(text, x, y, i)
+            if fits(box, placed):
+                chosen = (note, box)
+                break
+            if fallback is None and within(box):
+                fallback = i
+            note.remove()
+        if chosen is None:
+            chosen = annotate(text, x, y, fallback if fallback is not None else 0)
+        placed.append(chosen[1])
+        out.append(chosen[0])
+    return out
+
+
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points (size, accuracy) no other point beats on both (fewer or equal
     parameters and higher accuracy, or fewer parameters and equal accuracy), by size."""
@@ -205,7 +272,6 @@ def plot_pareto(rows: list[RunRow], path: str | Path) -> Path:
             capsize=3,
             zorder=3,
         )
-        ax.annotate(row.run, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
     front = pareto_front(xy)
     ax.plot(
         [xy[i][0] for i in front],
@@ -223,6 +289,7 @@ def plot_pareto(rows: list[RunRow], path: str | Path) -> Path:
     ax.legend(fontsize=8, frameon=False, loc="lower right")
     ax.set_title(title + " (upper left is better)", fontsize=11)
     fig.tight_layout()
+    label_points(ax, [(row.run, x, y) for (row, _, _), (x, y) in zip(pts, xy)])
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -245,6 +312,7 @@ def plot_cost(rows: list[RunRow], path: str | Path) -> Path:
         return _empty(path, title, "no run has both search_seconds and robust_acc")
     styles = _styles(rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    labels: list[tuple[str, float, float]] = []
     for row, seeds in pts:
         st = styles[row.run]
         ax.scatter(
@@ -254,7 +322,7 @@ def plot_cost(rows: list[RunRow], path: str | Path) -> Path:
         yerr = statistics.stdev(a for _, a in seeds) if len(seeds) > 1 else None
         xerr = statistics.stdev(t for t, _ in seeds) if len(seeds) > 1 else None
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=st["marker"], ms=8, color=st["color"], capsize=3, zorder=3)
-        ax.annotate(row.run, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+        labels.append((row.run, x, y))
     for row in rows:
         if row.reference and row.values("robust_acc"):
             ax.axhline(100 * statistics.mean(row.values("robust_acc")), color="#444444", lw=1, linestyle="--")
@@ -272,6 +340,7 @@ def plot_cost(rows: list[RunRow], path: str | Path) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.set_title(title + " (upper left is better)", fontsize=11)
     fig.tight_layout()
+    label_points(ax, labels)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
