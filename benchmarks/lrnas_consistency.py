@@ -27,8 +27,8 @@ from rnas.config import load_params, replace
 from rnas.runs import resolve_run
 from rnas.runtime import seed_everything, setup_runtime
 from rnas.search.loop import run_search
-from rnas.search.methods.lrnas import CoalitionValue, LrnasMethod
-from rnas.search.shapley import lrnas_values, permutation_marginals
+from rnas.search.methods.lrnas import LrnasMethod, scoring
+from rnas.search.shapley import lrnas_values
 from rnas.stages.common import load_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,24 +47,16 @@ def pairwise_agreement(estimates: list[np.ndarray]) -> tuple[float, float, float
 def estimates_of(
     method: LrnasMethod, batches: list, value: str, examples: int, n: int, generator: torch.Generator
 ) -> list[np.ndarray]:
-    """``n`` independent estimates V̂ of the method's supernet as it is now: one permutation each,
-    on batch j mod len(batches) cut to ``examples``, with the method's FGSM ε, truncation and
-    coalition stacks; BN batch statistics, running statistics restored."""
-    net, cfg = method.supernet, method.cfg
-    saved = [(b, b.detach().clone()) for b in net.buffers()]
-    net.train(True)
+    """``n`` independent estimates V̂ of the method's supernet as it is now: one permutation each
+    (:meth:`LrnasMethod.permutation_drops`: the method's FGSM, truncation and coalition stacks),
+    on batch j mod len(batches) cut to ``examples``, scored as the method scores
+    (:func:`~rnas.search.methods.lrnas.scoring`: modes and BN statistics restored after)."""
     out = []
-    try:
+    with scoring(method.supernet, method.cfg.batch_stats):
         for j in range(n):
             x, y = batches[j % len(batches)]
-            score = CoalitionValue(net, x[:examples], y[:examples], cfg.fgsm_epsilon, False, method.null, value=value)
-            order = torch.randperm(method.n_players, generator=generator)
-            m = permutation_marginals(score, order, cfg.truncation_tolerance, many=score.many, chunk=16)
-            out.append(lrnas_values(m[None]).numpy())
-    finally:
-        with torch.no_grad():
-            for b, s in saved:
-                b.copy_(s)
+            drops, _, _ = method.permutation_drops(x[:examples], y[:examples], generator, value)
+            out.append(lrnas_values(drops[None]).numpy())
     return out
 
 

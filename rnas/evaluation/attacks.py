@@ -58,6 +58,7 @@ __all__ = [
     "autoattack_l2_adv",
     "autoattack_l2_flags",
     "clean_flags",
+    "frozen_parameters",
     "cw_l2_adv",
     "cw_l2_flags",
     "deepfool_l2_adv",
@@ -212,8 +213,9 @@ def _preserve_modes(model: nn.Module, eval_mode: bool = False) -> Iterator[None]
 
 
 @contextlib.contextmanager
-def _frozen_parameters(model: nn.Module) -> Iterator[None]:
-    """Run a third-party attack without touching the model's parameters' state.
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Run an attack (or anything that only needs input gradients) without touching the model's
+    parameters' state.
 
     foolbox and AutoAttack call ``loss.backward()``, which would accumulate ``.grad`` on every
     parameter. Inside this scope parameters do not require grad (which also skips computing
@@ -272,7 +274,7 @@ def _run_foolbox(
     """Run a foolbox attack chunk by chunk; return its ε-clipped points (B, C, H, W)."""
     fb = _foolbox()
     out = torch.empty_like(x)
-    with _frozen_parameters(model), torch.enable_grad():
+    with frozen_parameters(model), torch.enable_grad():
         fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
         for s in _chunks(x.shape[0], batch_size):
             _raw, clipped, _success = attack(fmodel, x[s], y[s], epsilons=epsilon)
@@ -724,7 +726,7 @@ def autoattack_adv(
     else:
         attack_list = None
     record: dict[str, Any] = {}
-    with _frozen_parameters(model), rng_scope(seed, x.device):
+    with frozen_parameters(model), rng_scope(seed, x.device):
         with torch.no_grad():
             n_classes = model(x[:1]).shape[1]
         adversary = AutoAttack(

@@ -35,17 +35,20 @@ takes λ from its name (RunSpec variant, e.g. "20k"); ``lrnas`` uses the block's
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnas.config import LrnasMethodConfig
+from rnas.config import LrnasMethodConfig, LrnasValue
+from rnas.evaluation.attacks import frozen_parameters
 from rnas.evaluation.complexity import count_parameters
 from rnas.runs import parse_budget
 from rnas.search.base import Batch, BilevelMethod, Progress, SearchContext, arch_lr_factor
@@ -262,7 +265,7 @@ def set_active(net: Supernet, active: torch.Tensor) -> None:
     net.mask_reduce.copy_(masks[1])
 
 
-COALITION_VALUES = ("accuracy", "probability")  # search.methods.lrnas.value
+COALITION_VALUES = get_args(LrnasValue)  # search.methods.lrnas.value
 
 
 def coalition_scores(logits: torch.Tensor, y: torch.Tensor, value: str = "accuracy") -> torch.Tensor:
@@ -372,6 +375,23 @@ class CoalitionValue:
         return value
 
 
+@contextlib.contextmanager
+def scoring(net: nn.Module, batch_stats: bool) -> Iterator[None]:
+    """Inside: ``net`` set up to score coalitions, in train mode (BN batch statistics) when
+    ``batch_stats`` else eval mode, no parameter requiring a gradient
+    (:func:`~rnas.evaluation.attacks.frozen_parameters`: modes, ``requires_grad`` and ``.grad``
+    restored on exit), and every buffer (BN running statistics, the masks) restored on exit."""
+    buffers = [(b, b.detach().clone()) for b in net.buffers()]
+    with frozen_parameters(net):
+        try:
+            net.train(batch_stats)
+            yield
+        finally:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+
+
 def standardize_per_cell(v_hat: torch.Tensor) -> torch.Tensor:
     """Each cell type's contributions z-scored over that cell type's own entries (its edges × ops):
     ``v_hat`` (2, ...) with dim 0 the cell type (normal, reduce) -> the same shape. Sample
@@ -458,35 +478,14 @@ class LrnasMethod(BilevelMethod):
         # One permutation stream per (seed, epoch): a resumed search draws the same permutations.
         seed = int(np.random.SeedSequence([self.ctx.seed, epoch]).generate_state(1)[0])
         gen = torch.Generator().manual_seed(seed)
-        modes = [(m, m.training) for m in net.modules()]
-        weights = [(p, p.requires_grad) for p in net.parameters()]
-        buffers = [(b, b.detach().clone()) for b in net.buffers()]  # BN running statistics, masks
         marginals, full, evaluations = [], [], 0
-        try:
-            net.train(cfg.batch_stats)
-            for p, _ in weights:
-                p.requires_grad_(False)
+        with scoring(net, cfg.batch_stats):
             for j in range(cfg.permutations):
                 x, y = self._batches[j % len(self._batches)]  # fewer batches than permutations: reuse
-                value = CoalitionValue(
-                    net, x, y, cfg.fgsm_epsilon, cfg.attack_each_coalition, self.null, value=cfg.value
-                )
-                full.append(value(torch.ones(self.n_players, dtype=torch.bool)))
-                order = torch.randperm(self.n_players, generator=gen)
-                marginals.append(
-                    permutation_marginals(
-                        value, order, cfg.truncation_tolerance, many=value.many, chunk=cfg.coalition_batch
-                    )
-                )
-                evaluations += value.evaluations
-        finally:
-            with torch.no_grad():
-                for b, saved in buffers:
-                    b.copy_(saved)
-            for p, requires_grad in weights:
-                p.requires_grad_(requires_grad)
-            for m, training in modes:
-                m.training = training
+                drops, whole, n_evaluated = self.permutation_drops(x, y, gen)
+                marginals.append(drops)
+                full.append(whole)
+                evaluations += n_evaluated
         m = torch.stack(marginals)  # (n, players, 2): ΔA, ΔR
         v_hat = lrnas_values(m).view_as(self.V)
         # η × search.arch_lr_schedule's factor, as α's step in the gradient methods (cosine: the
@@ -519,6 +518,23 @@ class LrnasMethod(BilevelMethod):
             "shapley_full_fgsm_acc": float(full_t[1]),
             "shapley_step_factor": factor,
         }
+
+    def permutation_drops(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, value: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One random permutation of the players on the batch (x, y), inside :func:`scoring`:
+        (its marginal drops (players, 2), the full supernet's value (2,), coalitions evaluated).
+        ``value``: the coalition value (default ``search.methods.lrnas.value``)."""
+        cfg = self.cfg
+        score = CoalitionValue(
+            self.supernet, x, y, cfg.fgsm_epsilon, cfg.attack_each_coalition, self.null, value=value or cfg.value
+        )
+        whole = score(torch.ones(self.n_players, dtype=torch.bool))  # the first coalition reuses it
+        order = torch.randperm(self.n_players, generator=generator)
+        drops = permutation_marginals(
+            score, order, cfg.truncation_tolerance, many=score.many, chunk=cfg.coalition_batch
+        )
+        return drops, whole, score.evaluations
 
     # -- result --------------------------------------------------------------------
     def selection(self) -> Selection:
