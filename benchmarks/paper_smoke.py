@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -70,24 +71,57 @@ class Row:
     ok: bool = True
 
 
-def measured(fn: Callable[[], Any], amp: bool) -> tuple[Any, dict[str, float]]:
-    """Run ``fn`` once: (its result, {seconds, peak_mib, growth_mib, flops})."""
-    base = rss_mib()
-    reset_peak_rss()
+def measured(
+    fn: Callable[[], Any], amp: bool, device: torch.device | None = None, timed: int = 0
+) -> tuple[Any, dict[str, float]]:
+    """Run ``fn`` once with the FLOP counter: (its result, {seconds, peak_mib, growth_mib, flops}).
+
+    On the CPU the peak is the process's resident memory. On CUDA it is the device memory PyTorch
+    allocated during the step, the clock waits for the device, and the counted run (which also pays
+    cuDNN's first-call set-up) is followed by ``timed`` runs without the counter whose median is
+    the step's seconds (the counter's per-op Python work would dominate a launch-bound step)."""
+    device = device or torch.device("cpu")
+    cuda = device.type == "cuda"
+
+    def cast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    if cuda:
+        sync()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) / 2**20
+    else:
+        base = rss_mib()
+        reset_peak_rss()
     counter = FlopCount()
-    cast = torch.autocast("cpu", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     t0 = time.perf_counter()
-    with counter, cast:
+    with counter, cast():
         out = fn()
+    sync()
     seconds = time.perf_counter() - t0
-    peak = peak_rss_mib()
+    times = []
+    for _ in range(timed):
+        t0 = time.perf_counter()
+        with cast():
+            out = fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    if times:
+        seconds = statistics.median(times)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mib()
     return out, {"seconds": seconds, "peak_mib": peak, "growth_mib": max(0.0, peak - base), "flops": counter.total}
 
 
-def _batch(n: int, info: Any, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(n: int, info: Any, seed: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random images and labels of the dataset's shape, drawn on the CPU (the same on every device)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, info.input_channels, info.image_size, info.image_size, generator=g)
-    return x, torch.randint(0, info.num_classes, (n,), generator=g)
+    y = torch.randint(0, info.num_classes, (n,), generator=g)
+    return (x, y) if device is None else (x.to(device), y.to(device))
 
 
 def _count(model: torch.nn.Module) -> int:
@@ -112,7 +146,8 @@ def eval_batch(model: torch.nn.Module, ev: Any, x: torch.Tensor, y: torch.Tensor
     model.eval()
     with torch.no_grad():
         clean = float((model(x).argmax(1) == y).float().mean())
-    x_adv = pgd_attack(model, x, y, ev.epsilon, ev.pgd_step_size, 20, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator(device=x.device).manual_seed(0)  # the random start is drawn on x's device
+    x_adv = pgd_attack(model, x, y, ev.epsilon, ev.pgd_step_size, 20, generator=gen)
     with torch.no_grad():
         robust = float((model(x_adv).argmax(1) == y).float().mean())
     return {"clean": clean, "pgd20": robust}
@@ -145,7 +180,15 @@ def first_full_epoch(params: Any, method_name: str) -> int:
 class ProfileSmoke:
     """The smoke steps of one params file (see the module docstring)."""
 
-    def __init__(self, path: str, images: int, runs: list[str] | None, log: Callable[[Row], None]):
+    def __init__(
+        self,
+        path: str,
+        images: int,
+        runs: list[str] | None,
+        log: Callable[[Row], None],
+        device: str = "cpu",
+        timed: int = 0,
+    ):
         from rnas.config import load_params
         from rnas.data import DATASETS
 
@@ -156,7 +199,8 @@ class ProfileSmoke:
         self.info = dataclasses.replace(info, image_size=size)
         self.runs = [r for r in self.params.pipeline.runs if runs is None or r in runs]
         self.amp = self.params.pipeline.amp
-        self.device = torch.device("cpu")
+        self.device = torch.device(device)
+        self.timed = timed  # CUDA: timed runs after the counted one (:func:`measured`)
         self.tmp = Path(tempfile.mkdtemp(prefix="paper-smoke-"))
         self.teacher: torch.nn.Module | None = None
         self.rows: list[Row] = []
@@ -176,7 +220,7 @@ class ProfileSmoke:
         documented) of a known failure: reported as XFAIL, not counted as a failure."""
         r = Row(self.path, run, step, network, params, images or self.images)
         try:
-            out, m = measured(fn, amp)
+            out, m = measured(fn, amp, self.device, self.timed)
             for k, v in m.items():
                 setattr(r, k, v)
             if isinstance(out, dict):
@@ -217,7 +261,7 @@ class ProfileSmoke:
 
         trainer = Trainer(model, cfg, self.device, seed=0, extra_loss=extra, progress=False)
         model.train()
-        x, y = _batch(self.images, self.info, 1)
+        x, y = _batch(self.images, self.info, 1, self.device)
         loss, _ = trainer.train_step(x, y, torch.Generator().manual_seed(0))
         _finite(loss, "training loss")
         return {"loss": float(loss)}
@@ -225,7 +269,7 @@ class ProfileSmoke:
     def evaluate(self, run: str, network: str, model: torch.nn.Module) -> None:
         """The evaluation batch (float32): the attacks' unit, then the certified bound when the profile
         certifies (``evaluate.certify_method``)."""
-        x, y = _batch(self.images, self.info, 2)
+        x, y = _batch(self.images, self.info, 2, self.device)
         ev, n_params = self.params.evaluate, _count(model)
         self.row(run, "evaluate", network, n_params, lambda: eval_batch(model, ev, x, y), False)
         if ev.certify_method != "none":
@@ -262,8 +306,8 @@ class ProfileSmoke:
             epoch = first_full_epoch(params, spec.method)
             if spec.method == "lrnas":  # one permutation of the profile's n (the cost sheet scales it)
                 method.cfg = replace(method.cfg, permutations=1)
-            xw, yw = _batch(self.images, self.info, 3)
-            xa, ya = _batch(self.images, self.info, 4)
+            xw, yw = _batch(self.images, self.info, 3, self.device)
+            xa, ya = _batch(self.images, self.info, 4, self.device)
 
             def step() -> dict[str, float]:
                 method.begin_epoch(epoch)
@@ -429,7 +473,7 @@ def attack_passes(ev: Any, num_classes: int) -> int:
     return sum(per.get(a, 0) for a in ev.attacks) * ev.pgd_restarts + 20 * len(ev.eps_sweep)
 
 
-def cost_rows(rows: list[Row]) -> list[dict[str, Any]]:
+def cost_rows(rows: list[Row], value: str = "flops") -> list[dict[str, Any]]:
     """Expected FLOPs per stage and run from the measured steps (docs/cost.md has the formula):
 
         FLOPs(stage) = FLOPs per example of one step (measured) x examples per step x steps
@@ -437,7 +481,10 @@ def cost_rows(rows: list[Row]) -> list[dict[str, Any]]:
     with steps = epochs x full batches of the stage's split (search: of one half; the search step
     processes a weight and an architecture batch), plus per-epoch validation (PGD-k on the
     validation split) for training, LRNAS' estimates (permutations x batch x estimation epochs)
-    for its search, and the attack suite and certification on ``evaluate.n_examples``."""
+    for its search, and the attack suite and certification on ``evaluate.n_examples``.
+
+    ``value="seconds"``: the same formula over each step's measured seconds instead of its FLOPs,
+    which gives device-seconds per stage at the rate each step ran (every term is linear in it)."""
     from rnas.config import load_params, params_for_run
     from rnas.runs import resolve_run
 
@@ -459,8 +506,8 @@ def cost_rows(rows: list[Row]) -> list[dict[str, Any]]:
             )
             if row is None:
                 return float("nan")
-            val_per_example = val.flops / val.images * (cfg.perturbation.steps + 1) / 21 if val else 0.0
-            return cfg.epochs * (n_train * row.flops / row.images + n_val * val_per_example)
+            val_per_example = getattr(val, value) / val.images * (cfg.perturbation.steps + 1) / 21 if val else 0.0
+            return cfg.epochs * (n_train * getattr(row, value) / row.images + n_val * val_per_example)
 
         def evaluate_flops(run: str, *, profile=profile, params=params) -> float:
             """The attack suite (the batch's PGD-20 is 21 passes; the suite attack_passes) and the
@@ -470,9 +517,9 @@ def cost_rows(rows: list[Row]) -> list[dict[str, Any]]:
             if row is None:
                 return float("nan")
             classes = 100 if params.data.dataset == "cifar100" else 10
-            flops = row.flops / row.images / 21 * attack_passes(ev, classes)
+            flops = getattr(row, value) / row.images / 21 * attack_passes(ev, classes)
             if cert is not None:
-                flops += cert.flops / cert.images * (1 + len(ev.certify_eps_sweep) + ev.certify_radius_steps)
+                flops += getattr(cert, value) / cert.images * (1 + len(ev.certify_eps_sweep) + ev.certify_radius_steps)
             return ev.n_examples * flops
 
         out.append(
@@ -493,12 +540,16 @@ def cost_rows(rows: list[Row]) -> list[dict[str, Any]]:
                 row = by_key.get((profile, run, "search"))
                 search = float("nan")
                 if row is not None:
-                    search = row.flops / row.images * s.batch_size * (half // s.batch_size) * s.epochs
+                    search = getattr(row, value) / row.images * s.batch_size * (half // s.batch_size) * s.epochs
                     est = by_key.get((profile, run, "estimate"))
                     if est is not None:
                         lr = s.methods.lrnas
                         search += (
-                            est.flops / est.images * lr.batch_size * lr.permutations * (s.epochs - lr.warmup_epochs)
+                            getattr(est, value)
+                            / est.images
+                            * lr.batch_size
+                            * lr.permutations
+                            * (s.epochs - lr.warmup_epochs)
                         )
             out.append(
                 {
@@ -553,13 +604,63 @@ def cost_markdown(
     return "\n".join(lines) + "\n"
 
 
+def describe_device(device: str, threads: int) -> str:
+    """The GPU's name and torch, or the CPU's model and the thread count."""
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    from benchmarks.__main__ import cpu_name
+
+    return f"{cpu_name()}, {threads} thread(s), torch {torch.__version__}"
+
+
+def measured_cost_markdown(costs: list[dict[str, Any]], seeds: dict[str, int], where: str) -> str:
+    """The device-hours table from measured seconds (:func:`cost_rows` with ``value="seconds"``):
+    each stage at the rate its own smoke step ran on ``where``. The steps ran on the smoke's batch,
+    smaller than most stages' (retraining 128, evaluation 500), so on a launch-bound GPU these hours
+    are upper bounds; a run whose steps were not measured reads "–"."""
+
+    def fmt(v: float) -> str:
+        return "–" if math.isnan(v) else f"{v / 3600:.2f}"
+
+    lines = [
+        f"Device-hours per stage at the measured step times ({where}); one seed, then all seeds.",
+        "",
+        "| profile | run | search h | retrain h | evaluate h | seeds | total h |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    totals: dict[str, tuple[float, int]] = {}
+    for c in costs:
+        n = 1 if c["run"] == "teacher" else seeds[c["profile"]]
+        stages = [c["search"], c["train"], c["evaluate"]]
+        if any(math.isnan(v) for v in stages):
+            total = float("nan")
+        else:
+            total = sum(stages) * n
+            t, k = totals.get(c["profile"], (0.0, 0))
+            totals[c["profile"]] = (t + total, k + 1)
+        lines.append(
+            f"| {Path(c['profile']).stem} | {c['run']} | {' | '.join(fmt(v) for v in stages)} | {n} | {fmt(total)} |"
+        )
+    lines.append("")
+    for profile, (total, k) in totals.items():
+        lines.append(f"- {Path(profile).stem}: {total / 3600:.0f} device-hours over the {k} measured rows")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profiles", default=",".join(PROFILES), help="comma-separated params files")
     p.add_argument("--runs", default=None, help="comma-separated runs (default: every run of each profile)")
     p.add_argument("--images", type=int, default=2, help="random images per batch (>= 2: batch norm)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", default=None, help="write every row as JSON here")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the steps run")
+    p.add_argument(
+        "--timed",
+        type=int,
+        default=None,
+        help="runs timed after the counted one, their median the step's seconds (default: 0 on the CPU, 3 on CUDA)",
+    )
+    p.add_argument("--json", default=None, help="write every row as JSON here (rewritten after each row)")
     p.add_argument("--cost", default=None, help="write the cost table (docs/cost.md) here")
     p.add_argument("--throughput", type=float, default=THROUGHPUT, help="achieved FLOP/s on the networks (cost table)")
     p.add_argument(
@@ -568,13 +669,28 @@ def main(argv: list[str] | None = None) -> int:
         default=SEARCH_THROUGHPUT,
         help="achieved FLOP/s on the supernet searches (cost table)",
     )
+    p.add_argument(
+        "--cost-measured",
+        default=None,
+        help="write the device-hours table at the measured step times here (for a --device cuda run)",
+    )
+    p.add_argument("--where", default="", help="the machine the rows ran on, for --cost-measured with --from-json")
     p.add_argument("--from-json", default=None, help="no steps: the cost table from a --json file of an earlier run")
     args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch.cuda.is_available() is False on this machine")
+    timed = args.timed if args.timed is not None else (3 if args.device == "cuda" else 0)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    where = (
+        f"GPU {torch.cuda.get_device_name()}; peak = device memory allocated during the step; s = median of "
+        f"{timed} timed runs after the counted one"
+        if args.device == "cuda"
+        else "CPU; peak = resident memory of this process during the step"
+    )
     print(
         f"paper-smoke: {args.images} random images per batch, {args.threads} thread(s), torch "
-        f"{torch.__version__}; peak = resident memory of this process during the step",
+        f"{torch.__version__}; {where}",
         flush=True,
     )
     print(HEADER)
@@ -584,13 +700,21 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if args.from_json:
         rows = [Row(**r) for r in json.loads(Path(args.from_json).read_text())]
+    done: list[Row] = []
+
+    def log(r: Row) -> None:
+        print(markdown_line(r), flush=True)
+        done.append(r)
+        if args.json:  # after every row, so an interrupted run leaves what it measured
+            Path(args.json).write_text(json.dumps([dataclasses.asdict(d) for d in done], indent=1) + "\n")
+
     for profile in args.profiles.split(",") if not args.from_json else []:
-        smoke = ProfileSmoke(profile, args.images, runs, lambda r: print(markdown_line(r), flush=True))
-        rows += smoke.run_all()
+        rows += ProfileSmoke(profile, args.images, runs, log, args.device, timed).run_all()
     failed = [r for r in rows if not r.ok]
+    kind = "device" if args.device == "cuda" else "resident"
     print(
         f"\n{len(rows)} steps in {time.perf_counter() - t0:.0f} s, {len(failed)} failed; "
-        f"peak resident memory {max((r.peak_mib for r in rows if r.ok), default=0):.0f} MiB"
+        f"peak {kind} memory {max((r.peak_mib for r in rows if r.ok), default=0):.0f} MiB"
     )
     if args.json:
         Path(args.json).write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1) + "\n")
@@ -599,6 +723,12 @@ def main(argv: list[str] | None = None) -> int:
 
         seeds = {pr: len(load_params(ROOT / pr).pipeline.seeds) for pr in {r.profile for r in rows}}
         Path(args.cost).write_text(cost_markdown(cost_rows(rows), args.throughput, args.search_throughput, seeds))
+    if args.cost_measured:
+        from rnas.config import load_params
+
+        seeds = {pr: len(load_params(ROOT / pr).pipeline.seeds) for pr in {r.profile for r in rows}}
+        where = args.where or describe_device(args.device, args.threads)
+        Path(args.cost_measured).write_text(measured_cost_markdown(cost_rows(rows, "seconds"), seeds, where))
     return 1 if failed else 0
 
 

@@ -450,3 +450,68 @@ def test_paper_smoke_runs_a_profile_end_to_end(capsys):
     assert re.search(r"\| mnist \| random \| retrain \| CellNetwork C=36 L=20 ", out)
     assert re.search(r"\| mnist \| teacher \| train \|", out)
     assert "0 failed" in out
+
+
+def _smoke_rows(seconds_per_flop: float):
+    """Hand-made smoke rows of the MNIST profile's teacher and darts: every step with FLOPs and the
+    seconds a device running at 1 / seconds_per_flop FLOP/s takes for them."""
+    from benchmarks.paper_smoke import Row
+
+    steps = {
+        ("teacher", "train"): 4e9,
+        ("teacher", "evaluate"): 2e9,
+        ("darts", "search"): 6e9,
+        ("darts", "retrain"): 8e9,
+        ("darts", "evaluate"): 3e9,
+        ("darts", "certify"): 1e9,
+    }
+    return [
+        Row("configs/mnist.yaml", run, step, "net", 1, 4, seconds=f * seconds_per_flop, flops=int(f))
+        for (run, step), f in steps.items()
+    ]
+
+
+def test_measured_cost_is_the_flop_formula_over_seconds():
+    """cost_rows(value="seconds") runs the FLOP formula on each step's seconds: at one rate for every
+    step it is the FLOP table divided by that rate, and the measured table prints seconds / 3600 per
+    stage and × seeds in total (a run without measured steps reads –)."""
+    from benchmarks.paper_smoke import cost_rows, measured_cost_markdown
+
+    rate = 2e12
+    rows = _smoke_rows(1 / rate)
+    by_flops = {c["run"]: c for c in cost_rows(rows)}
+    by_seconds = {c["run"]: c for c in cost_rows(rows, "seconds")}
+    for run in ("teacher", "darts"):
+        for stage in ("search", "train", "evaluate"):
+            assert by_seconds[run][stage] == pytest.approx(by_flops[run][stage] / rate, rel=1e-9)
+    assert by_seconds["darts"]["search"] > 0 and by_seconds["darts"]["evaluate"] > 0
+
+    text = measured_cost_markdown(cost_rows(rows, "seconds"), {"configs/mnist.yaml": 3}, "a test device")
+    darts = by_seconds["darts"]
+    line = next(x for x in text.splitlines() if x.startswith("| mnist | darts |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2:5] == [f"{darts[k] / 3600:.2f}" for k in ("search", "train", "evaluate")]
+    assert cells[5:] == ["3", f"{3 * (darts['search'] + darts['train'] + darts['evaluate']) / 3600:.2f}"]
+    assert "| mnist | random | 0.00 | – | – | 3 | – |" in text  # its steps were not measured
+    assert "a test device" in text
+
+
+def test_smoke_step_timing_takes_the_median_of_the_timed_runs():
+    """measured(): the FLOPs are the counted run's; with timed runs the seconds are their median, not
+    the counted run's (which pays the counter and first-call set-up)."""
+    from benchmarks.paper_smoke import measured
+
+    durations = iter([0.3, 0.01, 0.05, 0.02])
+    calls = []
+
+    def fn():
+        import time
+
+        time.sleep(next(durations))
+        calls.append(1)
+        return torch.ones(8, 8) @ torch.ones(8, 8)
+
+    out, m = measured(fn, amp=False, timed=3)
+    assert len(calls) == 4 and float(out[0, 0]) == 8.0
+    assert m["flops"] == 2 * 8 * 8 * 8
+    assert 0.02 <= m["seconds"] < 0.3  # the median of 0.01, 0.05, 0.02 s, not the 0.3 s counted run
