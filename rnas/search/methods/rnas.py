@@ -82,15 +82,26 @@ def noise_examples(x: torch.Tensor, kind: str, scale: float, generator: torch.Ge
 @contextlib.contextmanager
 def running_stats_frozen(model: nn.Module) -> Iterator[None]:
     """Batch-norm layers in training mode normalize with batch statistics but leave their
-    running statistics (and ``num_batches_tracked``) untouched inside this block."""
+    running statistics (and ``num_batches_tracked``) untouched inside this block.
+
+    The buffers are saved on entry and copied back on exit, rather than switching
+    ``track_running_stats`` off: that switch sends the forward through another batch-norm kernel,
+    whose round-off differs on some CPUs (AMD EPYC: 4e-8 on the supernet's logits), so x̃ = x would
+    no longer give f(x̃) = f(x) bit for bit, and the supernet would leave its grouped and folded
+    batch-norm paths (``rnas.space.grouped.groupable``) for the per-edge one. Inside the block a
+    training-mode layer still updates its buffers, which its own outputs never read (batch
+    statistics), and the exit undoes it."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    for m in bns:
-        m.track_running_stats = False
+    saved = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None] for m in bns]
     try:
         yield
     finally:
-        for m in bns:
-            m.track_running_stats = True
+        for m, kept in zip(bns, saved):
+            live = [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+            for b, k in zip(live, kept):
+                # through .data, as batch norm's own update: the version counters stay, so a graph
+                # that saved the buffers (BN's backward keeps the running statistics) stays usable
+                b.data.copy_(k)
 
 
 def adversarial_examples(
@@ -235,7 +246,7 @@ class RnasMethod(BilevelMethod):
         return F.cross_entropy(logits, y), logits
 
     def arch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """CE(f(x), y) + λ·R(x, x̃); with λ = 0, R is computed without gradient, as a metric only."""
+        """CE(f(x), y) + λ·R(x, x̃); with λ = 0, R is not in the loss (a metric only)."""
         x_tilde = self.perturb(model, x, y)
         div = self.cfg.divergence
         if div == "features":
@@ -244,10 +255,11 @@ class RnasMethod(BilevelMethod):
             logits, cells = model(x), None
         ce = F.cross_entropy(logits, y)
         if self.cfg.lam == 0:
-            with torch.no_grad():
-                r = robustness_term(
-                    model, x, x_tilde, div, logits.detach(), None if cells is None else [c.detach() for c in cells]
-                )
+            # a metric only, but with autograd on as in the clean forward: under no_grad the convs take
+            # inference kernels whose round-off differs on some CPUs, so x̃ = x would not give R = 0
+            r = robustness_term(
+                model, x, x_tilde, div, logits.detach(), None if cells is None else [c.detach() for c in cells]
+            ).detach()
             loss = ce
         else:
             r = robustness_term(model, x, x_tilde, div, logits, cells)
