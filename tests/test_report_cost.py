@@ -80,3 +80,25 @@ def test_labels_of_nearby_points_do_not_overlap():
     assert notes[0].arrow_patch is None  # alone: its first place, no leader
     assert any(n.arrow_patch is not None for n in notes[1:])  # a crowded one was moved
     plt.close(fig)
+
+
+def test_reference_label_above_every_run_stays_inside_the_axes():
+    """The teacher's line above every run (as on digits: 62% against 39-51%) keeps its label inside
+    the axes: the y axis is raised to make room; a line inside the data leaves the axis alone."""
+    import matplotlib.pyplot as plt
+
+    from rnas.report.plots import reference_line
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.set_xscale("log")
+    ax.scatter([1.0, 20.0, 60.0], [40.0, 51.0, 39.0])
+    limits = ax.get_ylim()
+    note = reference_line(ax, limits[1], " teacher (reference)")  # the line at the very top
+    renderer = fig.canvas.get_renderer()
+    box, frame = note.get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+    assert ax.get_ylim()[1] > limits[1]
+    before = ax.get_ylim()
+    reference_line(ax, 45.0, " other")
+    assert ax.get_ylim() == before
+    plt.close(fig)
