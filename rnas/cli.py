@@ -81,8 +81,8 @@ def run_command(argv: list[str]) -> int:
     from rnas.config import ParamsError
     from rnas.data import DatasetNotFoundError
     from rnas.distill import DistillationError
+    from rnas.signals import Terminated, install_sigterm_handler
     from rnas.space.genotype import GenotypeError
-    from rnas.tracking import Terminated, install_sigterm_handler
     from rnas.training.trainer import NonFiniteLossError
 
     install_sigterm_handler()

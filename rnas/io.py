@@ -6,7 +6,8 @@ killed write left behind) that is then renamed over the destination (``os.replac
 on POSIX): a reader never sees a half-written file under the real name. The temporary is
 removed when the write fails. It is created with the usual permissions (0666 less the umask,
 as ``open`` would). ``fsync=True`` flushes the data to disk before the rename, for files that
-must survive a power loss (checkpoints, stage outputs).
+must survive a power loss (checkpoints, stage outputs). A SIGTERM arriving during the write is
+raised when the file is in place (:func:`rnas.signals.deferred_termination`).
 
 JSON (:func:`write_json`) is written with a one-space indent, keys in insertion order and a
 final newline; :func:`read_json` reads it back. Text is UTF-8.
@@ -21,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from rnas.signals import deferred_termination
+
 __all__ = ["atomic_save", "atomic_write_bytes", "atomic_write_text", "read_json", "write_json"]
 
 
@@ -31,17 +34,18 @@ def atomic_save(path: str | Path, writer: Callable[[IO[bytes]], Any], *, fsync: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer(fh)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with deferred_termination():  # a SIGTERM inside the write is raised once the file is in place
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                writer(fh)
+                if fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return path
 
 

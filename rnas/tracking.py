@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import signal
 import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from rnas.config import Params, TrackingConfig, params_hash, section, to_dict
 from rnas.forkserver import pid_alive
+from rnas.signals import Terminated, deferred_termination, install_sigterm_handler  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     import torch
@@ -55,41 +55,6 @@ log = logging.getLogger(__name__)
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # The packages the logged models' code (the rnas/ copy in the model's code_paths) imports.
 MODEL_REQUIREMENTS = ("torch", "numpy", "tqdm")
-
-
-class Terminated(BaseException):
-    """Raised in the main thread when the process receives SIGTERM."""
-
-
-_deferring = 0  # depth of deferred_termination() blocks
-_deferred_signal: int | None = None
-
-
-def install_sigterm_handler() -> None:
-    def _handler(signum, frame):  # noqa: ARG001
-        global _deferred_signal
-        if _deferring:
-            _deferred_signal = signum
-            return
-        raise Terminated(f"received signal {signum}")
-
-    signal.signal(signal.SIGTERM, _handler)
-
-
-@contextlib.contextmanager
-def deferred_termination() -> Iterator[None]:
-    """SIGTERM received inside the block raises :class:`Terminated` when the block ends. An
-    MLflow write interrupted half-way leaves its SQLite transaction open, and the database locked
-    for the rest of the process: the run could not even be marked KILLED."""
-    global _deferring, _deferred_signal
-    _deferring += 1
-    try:
-        yield
-    finally:
-        _deferring -= 1
-        if not _deferring and _deferred_signal is not None:
-            signum, _deferred_signal = _deferred_signal, None
-            raise Terminated(f"received signal {signum}")
 
 
 class DeferringClient:

@@ -540,3 +540,44 @@ def test_sigterm_during_an_mlflow_call_lets_the_call_finish_first():
             time.sleep(1.0)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_during_a_file_write_lets_the_write_finish_first(tmp_path):
+    """A SIGTERM landing inside torch.save (a checkpoint) cut the zip writer mid-record; its
+    "unexpected pos" error replaced Terminated and the stage exited 1, not 143 (seen in CI's
+    forkserver SIGTERM test). Every atomic write now completes, then Terminated is raised; the
+    previous file stays until the new one is whole."""
+    import torch
+
+    from rnas.checkpoint import save_atomic
+    from rnas.io import atomic_save
+    from rnas.signals import Terminated, install_sigterm_handler
+
+    path = tmp_path / "last.pt"
+    save_atomic({"epoch": 0}, path)
+
+    def writer(fh):
+        fh.write(b"first half ")
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered at once, inside the write
+        fh.write(b"second half")
+
+    previous = signal.getsignal(signal.SIGTERM)
+    install_sigterm_handler()
+    try:
+        with pytest.raises(Terminated):
+            atomic_save(tmp_path / "out.bin", writer)
+        assert (tmp_path / "out.bin").read_bytes() == b"first half second half"
+
+        state = {"epoch": 1, "w": torch.arange(10_000.0)}
+
+        def save_and_signal(fh):
+            os.kill(os.getpid(), signal.SIGTERM)
+            torch.save(state, fh)
+
+        with pytest.raises(Terminated):
+            atomic_save(path, save_and_signal)
+        loaded = torch.load(path, weights_only=True)
+        assert loaded["epoch"] == 1 and torch.equal(loaded["w"], state["w"])
+        assert not list(tmp_path.glob(".*.tmp"))  # no temporary left behind
+    finally:
+        signal.signal(signal.SIGTERM, previous)
