@@ -1,8 +1,9 @@
-"""``make paper-smoke``: every run of every paper-scale profile, at its real size, one step each, on the CPU.
+"""``make paper-smoke``: every run of every paper-scale profile, at its real size, one step each (CPU or CUDA).
 
     python -m benchmarks.paper_smoke                       # configs/{cifar10,cifar100,svhn,mnist}.yaml
     python -m benchmarks.paper_smoke --profiles configs/mnist.yaml --runs darts,random --images 2
     python -m benchmarks.paper_smoke --json smoke.json --cost docs/cost_table.md
+    python -m benchmarks.paper_smoke --device cuda --images 64 --json gpu.json --cost-measured hours.md
 
 No dataset is read: each profile's networks are built at the sizes its params give (the teacher,
 the cell supernet or the RNAS-CL width supernet with the method's own overrides applied
@@ -21,11 +22,12 @@ dataset's shape. For each run it times, through the code the pipeline runs:
   then (``certify``) the certified bound of ``evaluate.certify_method`` on the same batch;
 
 and, once per profile, one step of the teacher's training and its evaluation batch. Training
-and search steps run under ``torch.autocast("cpu", dtype=torch.bfloat16)`` when the profile sets
-``pipeline.amp`` (what CUDA autocast does on the GPU; float64 bounds are never cast). Each line
-prints the step's wall time, the peak resident memory of the process during the step (and its
-growth over the memory before the step), and the matmul/conv FLOPs the step ran
-(:class:`benchmarks.measure.FlopCount`). Steps are checked for finite losses; any failure is
+and search steps run under ``torch.autocast(device, dtype=torch.bfloat16)`` when the profile sets
+``pipeline.amp`` (float64 bounds are never cast). Each line prints the step's wall time, the peak
+memory during the step (on the CPU the process's resident memory, on CUDA the device memory
+PyTorch allocated) and its growth over the memory before the step, and the matmul/conv FLOPs the
+step ran (:class:`benchmarks.measure.FlopCount`). With ``--device cuda`` the seconds are the
+median of ``--timed`` runs after the counted one (:func:`measured`). Steps are checked for finite losses; any failure is
 printed and the command exits 1.
 
 ``--cost`` writes the GPU-hour table of docs/cost.md from these FLOPs (:func:`cost_rows`).
