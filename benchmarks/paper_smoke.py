@@ -93,7 +93,7 @@ def measured(
             torch.cuda.synchronize(device)
 
     if cuda:
-        sync()
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device) / 2**20
     else:
@@ -606,15 +606,6 @@ def cost_markdown(
     return "\n".join(lines) + "\n"
 
 
-def describe_device(device: str, threads: int) -> str:
-    """The GPU's name and torch, or the CPU's model and the thread count."""
-    if device == "cuda":
-        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    from benchmarks.__main__ import cpu_name
-
-    return f"{cpu_name()}, {threads} thread(s), torch {torch.__version__}"
-
-
 def measured_cost_markdown(costs: list[dict[str, Any]], seeds: dict[str, int], where: str) -> str:
     """The device-hours table from measured seconds (:func:`cost_rows` with ``value="seconds"``):
     each stage at the rate its own smoke step ran on ``where``. The steps ran on the smoke's batch,
@@ -684,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     timed = args.timed if args.timed is not None else (3 if args.device == "cuda" else 0)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    where = (
+    measures = (
         f"GPU {torch.cuda.get_device_name()}; peak = device memory allocated during the step; s = median of "
         f"{timed} timed runs after the counted one"
         if args.device == "cuda"
@@ -692,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"paper-smoke: {args.images} random images per batch, {args.threads} thread(s), torch "
-        f"{torch.__version__}; {where}",
+        f"{torch.__version__}; {measures}",
         flush=True,
     )
     print(HEADER)
@@ -720,16 +711,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         Path(args.json).write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1) + "\n")
-    if args.cost:
+    if args.cost or args.cost_measured:
+        from benchmarks.__main__ import machine
         from rnas.config import load_params
 
         seeds = {pr: len(load_params(ROOT / pr).pipeline.seeds) for pr in {r.profile for r in rows}}
+    if args.cost:
         Path(args.cost).write_text(cost_markdown(cost_rows(rows), args.throughput, args.search_throughput, seeds))
     if args.cost_measured:
-        from rnas.config import load_params
-
-        seeds = {pr: len(load_params(ROOT / pr).pipeline.seeds) for pr in {r.profile for r in rows}}
-        where = args.where or describe_device(args.device, args.threads)
+        where = args.where or machine(torch.device(args.device), args.threads)
         Path(args.cost_measured).write_text(measured_cost_markdown(cost_rows(rows, "seconds"), seeds, where))
     return 1 if failed else 0
 

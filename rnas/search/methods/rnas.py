@@ -91,17 +91,20 @@ def running_stats_frozen(model: nn.Module) -> Iterator[None]:
     batch-norm paths (``rnas.space.grouped.groupable``) for the per-edge one. Inside the block a
     training-mode layer still updates its buffers, which its own outputs never read (batch
     statistics), and the exit undoes it."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None] for m in bns]
+    saved = [
+        (b, b.clone())
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if b is not None
+    ]
     try:
         yield
     finally:
-        for m, kept in zip(bns, saved):
-            live = [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-            for b, k in zip(live, kept):
-                # through .data, as batch norm's own update: the version counters stay, so a graph
-                # that saved the buffers (BN's backward keeps the running statistics) stays usable
-                b.data.copy_(k)
+        for b, kept in saved:
+            # through .data, as batch norm's own update: the version counters stay, so a graph
+            # that saved the buffers (BN's backward keeps the running statistics) stays usable
+            b.data.copy_(kept)
 
 
 def adversarial_examples(
