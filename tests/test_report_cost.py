@@ -82,6 +82,34 @@ def test_labels_of_nearby_points_do_not_overlap():
     plt.close(fig)
 
 
+def test_labels_keep_off_a_line_they_are_told_to_avoid():
+    """A point just below a line (as a run near the report's Pareto front): its first place, to the
+    right, covers the line; with the line in ``avoid_lines`` the label goes where it covers none
+    of it, and a label far from the line keeps its first place."""
+    import matplotlib.pyplot as plt
+
+    from rnas.report.plots import _line_samples, label_points, text_box
+
+    def place(avoid):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        ax.set_xscale("log")
+        ax.set_xlim(1, 500)
+        ax.set_ylim(30, 70)
+        line = ([1.0, 500.0], [50.0, 50.0])
+        ax.plot(*line)
+        notes = label_points(ax, [("on_front", 20.0, 49.0), ("far", 3.0, 35.0)], avoid_lines=[line] if avoid else ())
+        renderer = fig.canvas.get_renderer()
+        boxes = {n.get_text(): text_box(n, renderer) for n in notes}
+        crossed = any(boxes["on_front"].contains(u, v) for u, v in _line_samples(ax, [line]))
+        far_first = next(n for n in notes if n.get_text() == "far").arrow_patch is None
+        plt.close(fig)
+        return crossed, far_first
+
+    assert place(avoid=False)[0]  # the first place covers the line (so the test can fail)
+    crossed, far_first = place(avoid=True)
+    assert not crossed and far_first
+
+
 def test_reference_label_above_every_run_stays_inside_the_axes():
     """The teacher's line above every run (as on digits: 62% against 39-51%) keeps its label inside
     the axes: the y axis is raised to make room; a line inside the data leaves the axis alone."""

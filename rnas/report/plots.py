@@ -183,14 +183,33 @@ def text_box(note, renderer):
 _LABEL_OFFSETS = tuple((dx, dy) for dy in (5, -13, 17, -25, 29, -37, 41, -49) for dx in (7, -7))
 
 
-def label_points(ax, labels: list[tuple[str, float, float]], fontsize: int = 8) -> list:
+def _line_samples(ax, lines: list[tuple[list[float], list[float]]], step: float = 3.0) -> list[tuple[float, float]]:
+    """Points every ``step`` pixels along each polyline (x values, y values in data coordinates),
+    in display coordinates: what a label must not cover to leave the line readable."""
+    out: list[tuple[float, float]] = []
+    for xs, ys in lines:
+        pts = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]
+        for (u0, v0), (u1, v1) in zip(pts, pts[1:]):
+            n = max(1, int(math.hypot(u1 - u0, v1 - v0) / step))
+            out.extend((u0 + (u1 - u0) * k / n, v0 + (v1 - v0) * k / n) for k in range(n + 1))
+        out.extend(pts[-1:])
+    return out
+
+
+def label_points(
+    ax,
+    labels: list[tuple[str, float, float]],
+    fontsize: int = 8,
+    avoid_lines: list[tuple[list[float], list[float]]] = (),
+) -> list:
     """Annotate each (text, x, y) beside its point so that no two labels overlap, no label covers
-    a point's marker and every label stays inside the axes: the labels go in order of decreasing
-    y, each at the first offset of ``_LABEL_OFFSETS`` that satisfies all three against what is
-    placed (the first offset inside the axes, else the first, if none does); a label moved off
-    its first row (beside the point, right or left) gets a thin leader line to it. Call it after
-    the axes' scales, limits and layout are final (boxes are measured in display coordinates).
-    Returns the annotations."""
+    a point's marker or crosses a line of ``avoid_lines`` (polylines in data coordinates, e.g. a
+    Pareto front) and every label stays inside the axes: the labels go in order of decreasing y,
+    each at the first offset of ``_LABEL_OFFSETS`` that satisfies all of these against what is
+    placed (else the first that satisfies all but the lines, else the first inside the axes, else
+    the first); a label moved off its first row (beside the point, right or left) gets a thin
+    leader line to it. Call it after the axes' scales, limits and layout are final (boxes are
+    measured in display coordinates). Returns the annotations."""
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
@@ -198,12 +217,15 @@ def label_points(ax, labels: list[tuple[str, float, float]], fontsize: int = 8) 
     pad = 6.0  # half a marker, pixels
     markers = [ax.transData.transform((x, y)) for _, x, y in labels]
     markers = [matplotlib.transforms.Bbox([[u - pad, v - pad], [u + pad, v + pad]]) for u, v in markers]
+    line_points = _line_samples(ax, list(avoid_lines))
 
     def within(box) -> bool:
         return frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
 
-    def fits(box, placed) -> bool:
-        return within(box) and not any(box.overlaps(other) for other in placed + markers)
+    def fits(box, placed, lines: bool = True) -> bool:
+        if not within(box) or any(box.overlaps(other) for other in placed + markers):
+            return False
+        return not lines or not any(box.contains(u, v) for u, v in line_points)
 
     def annotate(text: str, x: float, y: float, i: int):
         dx, dy = _LABEL_OFFSETS[i]
@@ -220,17 +242,20 @@ def label_points(ax, labels: list[tuple[str, float, float]], fontsize: int = 8) 
 
     placed, out = [], []
     for text, x, y in sorted(labels, key=lambda t: -t[2]):
-        fallback = chosen = None
+        crossing = fallback = chosen = None
         for i in range(len(_LABEL_OFFSETS)):
             note, box = annotate(text, x, y, i)
             if fits(box, placed):
                 chosen = (note, box)
                 break
+            if crossing is None and fits(box, placed, lines=False):
+                crossing = i
             if fallback is None and within(box):
                 fallback = i
             note.remove()
         if chosen is None:
-            chosen = annotate(text, x, y, fallback if fallback is not None else 0)
+            best = next((i for i in (crossing, fallback) if i is not None), 0)
+            chosen = annotate(text, x, y, best)
         placed.append(chosen[1])
         out.append(chosen[0])
     return out
@@ -289,7 +314,8 @@ def plot_pareto(rows: list[RunRow], path: str | Path) -> Path:
     ax.legend(fontsize=8, frameon=False, loc="lower right")
     ax.set_title(title + " (upper left is better)", fontsize=11)
     fig.tight_layout()
-    label_points(ax, [(row.run, x, y) for (row, _, _), (x, y) in zip(pts, xy)])
+    front_line = ([xy[i][0] for i in front], [xy[i][1] for i in front])
+    label_points(ax, [(row.run, x, y) for (row, _, _), (x, y) in zip(pts, xy)], avoid_lines=[front_line])
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
