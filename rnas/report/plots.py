@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,10 @@ def text_box(note, renderer):
 _LABEL_OFFSETS = tuple((dx, dy) for dy in (5, -13, 17, -25, 29, -37, 41, -49) for dx in (7, -7))
 
 
-def _line_samples(ax, lines: list[tuple[list[float], list[float]]], step: float = 3.0) -> list[tuple[float, float]]:
+Polyline = tuple[Sequence[float], Sequence[float]]  # x values, y values (data coordinates)
+
+
+def _line_samples(ax, lines: Sequence[Polyline], step: float = 3.0) -> list[tuple[float, float]]:
     """Points every ``step`` pixels along each polyline (x values, y values in data coordinates),
     in display coordinates: what a label must not cover to leave the line readable."""
     out: list[tuple[float, float]] = []
@@ -200,7 +204,7 @@ def label_points(
     ax,
     labels: list[tuple[str, float, float]],
     fontsize: int = 8,
-    avoid_lines: list[tuple[list[float], list[float]]] = (),
+    avoid_lines: Sequence[Polyline] = (),
 ) -> list:
     """Annotate each (text, x, y) beside its point so that no two labels overlap, no label covers
     a point's marker or crosses a line of ``avoid_lines`` (polylines in data coordinates, e.g. a
@@ -217,7 +221,7 @@ def label_points(
     pad = 6.0  # half a marker, pixels
     markers = [ax.transData.transform((x, y)) for _, x, y in labels]
     markers = [matplotlib.transforms.Bbox([[u - pad, v - pad], [u + pad, v + pad]]) for u, v in markers]
-    line_points = _line_samples(ax, list(avoid_lines))
+    line_points = _line_samples(ax, avoid_lines)
 
     def within(box) -> bool:
         return frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
