@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from rnas.config import Params, TrackingConfig, params_hash, section, to_dict
 from rnas.forkserver import pid_alive
-from rnas.signals import Terminated, deferred_termination, install_sigterm_handler  # noqa: F401 (re-exported)
+from rnas.signals import Terminated, deferred_termination
 
 if TYPE_CHECKING:
     import torch

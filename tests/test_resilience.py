@@ -518,7 +518,8 @@ def test_stage_with_unreadable_checkpoints_fails_naming_them(tmp_path):
 def test_sigterm_during_an_mlflow_call_lets_the_call_finish_first():
     """A SIGTERM landing in an MLflow write used to interrupt it and leave the SQLite database
     locked, so the run could not be marked KILLED (the stage then exited 1, not 143)."""
-    from rnas.tracking import DeferringClient, Terminated, install_sigterm_handler
+    from rnas.signals import Terminated, install_sigterm_handler
+    from rnas.tracking import DeferringClient
 
     calls = []
 

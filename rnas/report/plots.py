@@ -302,9 +302,9 @@ def plot_pareto(rows: list[RunRow], path: str | Path) -> Path:
             zorder=3,
         )
     front = pareto_front(xy)
+    front_line = ([xy[i][0] for i in front], [xy[i][1] for i in front])
     ax.plot(
-        [xy[i][0] for i in front],
-        [xy[i][1] for i in front],
+        *front_line,
         color="#2ca02c",
         lw=1.5,
         linestyle="--",
@@ -318,7 +318,6 @@ def plot_pareto(rows: list[RunRow], path: str | Path) -> Path:
     ax.legend(fontsize=8, frameon=False, loc="lower right")
     ax.set_title(title + " (upper left is better)", fontsize=11)
     fig.tight_layout()
-    front_line = ([xy[i][0] for i in front], [xy[i][1] for i in front])
     label_points(ax, [(row.run, x, y) for (row, _, _), (x, y) in zip(pts, xy)], avoid_lines=[front_line])
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
