@@ -12,9 +12,10 @@ AutoAttack evaluation) get 3 pairs of single runs. Columns:
   / ``s/run`` (a search step processes a weight batch and an architecture batch);
 * ``peak MiB``: memory growth during the variant's first run (CPU: peak RSS; CUDA: max allocated);
 * ``GFLOP/s``: counted matmul/conv FLOPs of a run / ``s/run``; ``% ceil``: that against the
-  machine's matmul ceiling in the row's precision (:func:`measure_ceilings`: the best
-  ``torch.mm`` over several sizes and over the whole run; float32, and bf16 where the device
-  has it natively; TF32 on CUDA where cuDNN runs float32 convolutions in it);
+  machine's ceiling in the row's precision (:func:`measure_ceilings`: the best ``torch.mm``
+  over several sizes and the best dense 3x3 convolution over two shapes, over the whole run;
+  float32, and bf16 where the device has it natively; TF32 on CUDA where cuDNN runs float32
+  convolutions in it);
 * ``Δresult``: |result(fast) − result(straightforward)| of each variant's first run (a loss, an
   accuracy): the two compute the same algorithm, so it is float round-off (or, for attacks with
   random starts on different batches, a few examples);
@@ -52,18 +53,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 5) -> float:
-    """Best GFLOP/s of an n x n x n matmul (2n³ FLOPs) on ``device``, after one untimed product;
-    at least ``repeats`` timed products, more for small n (until ~0.3 s of them)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+def _best_seconds(device: torch.device, fn, repeats: int) -> float:
+    """The fastest of at least ``repeats`` timed calls of ``fn`` after one untimed call, more
+    for short calls (until ~0.3 s of them, at most 50)."""
     best = float("inf")
     i = timed = 0
     while i <= repeats or (timed < 0.3 and i <= 50):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        torch.mm(a, b, out=None)
+        fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
@@ -71,7 +70,30 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int, repeats: in
             best = min(best, dt)
             timed += dt
         i += 1
-    return 2 * n**3 / best / 1e9
+    return best
+
+
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 5) -> float:
+    """Best GFLOP/s of an n x n x n matmul (2n³ FLOPs) on ``device``, after one untimed product;
+    at least ``repeats`` timed products, more for small n (until ~0.3 s of them)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / _best_seconds(device, lambda: torch.mm(a, b), repeats) / 1e9
+
+
+def conv_ceiling(device: torch.device, dtype: torch.dtype, shape: tuple[int, int, int], repeats: int = 5) -> float:
+    """Best GFLOP/s of a dense 3x3 convolution (stride 1, "same" padding, C -> C channels, no
+    bias; 2·N·C²·9·H² FLOPs) on a channels-last (N, C, H, H) input, ``shape`` = (N, C, H).
+    Convolutions run in another library than ``torch.mm`` (oneDNN on the CPU, cuDNN on CUDA),
+    and on some CPUs they reach far more: on an AMD EPYC with AVX-512 torch's MKL matmul ran at
+    ~110 GFLOP/s on one thread, oneDNN's 3x3 conv at ~240, and a ResNet-18 training row at 213
+    (benchmarks/README.md), so a matmul-only ceiling sat below the rows."""
+    n, c, h = shape
+    x = torch.randn(n, c, h, h, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(c, c, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        seconds = _best_seconds(device, lambda: torch.nn.functional.conv2d(x, w, padding=1), repeats)
+    return 2 * n * c * c * 9 * h * h / seconds / 1e9
 
 
 def bf16_native(device: torch.device, flags: set[str] | None = None) -> bool:
@@ -114,20 +136,51 @@ def ceiling_sizes(device: torch.device) -> tuple[int, ...]:
     return (1024, 2048, 4096, 8192) if device.type == "cuda" else (512, 1024, 2048, 4096)
 
 
+def ceiling_conv_shapes(device: torch.device, quick: bool = False) -> tuple[tuple[int, int, int], ...]:
+    """(N, C, H) of the 3x3 convolutions of the ceiling: wide layers on 32x32 and 16x16 maps
+    (~20-40 GFLOP each on the CPU; ``quick``: a quarter of the batch)."""
+    if device.type == "cuda":
+        return ((256, 256, 32), (256, 512, 16))
+    n = 8 if quick else 32
+    return ((n, 256, 32), (n, 512, 16))
+
+
+Kernel = tuple  # ("mm", n) or ("conv3x3", (N, C, H))
+
+
+def ceiling_kernels(device: torch.device, quick: bool = False) -> tuple[Kernel, ...]:
+    return tuple(("mm", n) for n in ceiling_sizes(device)) + tuple(
+        ("conv3x3", s) for s in ceiling_conv_shapes(device, quick)
+    )
+
+
+def kernel_label(kernel: Kernel) -> str:
+    kind, arg = kernel
+    if kind == "mm":
+        return f"mm {arg}³"
+    n, c, h = arg
+    return f"3x3 conv N{n} C{c} {h}x{h}"
+
+
 @dataclass
 class Ceiling:
-    """The best matmul GFLOP/s seen in this run, per precision, and the size that gave it."""
+    """The best GFLOP/s seen in this run, per precision, over matmuls and dense convolutions,
+    and the kernel that gave it (``best``: ("mm", n) or ("conv3x3", (N, C, H)))."""
 
     dtype: torch.dtype
     gflops: float = 0.0
-    size: int = 0
+    best: Kernel = ()
 
-    def measure(self, device: torch.device, sizes: tuple[int, ...], repeats: int) -> float:
-        for n in sizes:
+    def measure(self, device: torch.device, kernels: tuple[Kernel, ...], repeats: int) -> float:
+        for kernel in kernels:
+            kind, arg = kernel
             with _cuda_tf32_like_convs(device):
-                g = matmul_ceiling(device, self.dtype, n, repeats)
+                if kind == "mm":
+                    g = matmul_ceiling(device, self.dtype, arg, repeats)
+                else:
+                    g = conv_ceiling(device, self.dtype, arg, repeats)
             if g > self.gflops:
-                self.gflops, self.size = g, n
+                self.gflops, self.best = g, kernel
         return self.gflops
 
 
@@ -137,14 +190,19 @@ def measure_ceilings(device: torch.device, quick: bool) -> dict[str, Ceiling]:
     if bf16_native(device):
         out["bfloat16"] = Ceiling(torch.bfloat16)
     for c in out.values():
-        c.measure(device, ceiling_sizes(device), repeats=2 if quick else 3)
+        c.measure(device, ceiling_kernels(device, quick), repeats=2 if quick else 3)
     return out
 
 
-def describe_ceilings(ceilings: dict[str, Ceiling], device: torch.device) -> str:
-    parts = [f"{c.gflops:.0f} GFLOP/s {name} (at {c.size}³)" for name, c in ceilings.items()]
+def describe_ceilings(ceilings: dict[str, Ceiling], device: torch.device, quick: bool = False) -> str:
+    parts = [f"{c.gflops:.0f} GFLOP/s {name} ({kernel_label(c.best)})" for name, c in ceilings.items()]
     sizes = ", ".join(str(n) for n in ceiling_sizes(device))
-    text = "matmul ceiling: " + "; ".join(parts) + f" (best torch.mm over sizes {sizes} and the whole run"
+    convs = ", ".join(f"N{n} C{c} {h}x{h}" for n, c, h in ceiling_conv_shapes(device, quick))
+    text = (
+        "ceiling: "
+        + "; ".join(parts)
+        + f" (best torch.mm over sizes {sizes} and 3x3 conv over {convs}, channels-last, and the whole run"
+    )
     if device.type == "cuda":
         text += "; float32 with TF32 as cuDNN's float32 convolutions" if torch.backends.cudnn.allow_tf32 else ""
     elif "bfloat16" not in ceilings:
@@ -327,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"machine: {machine(device, args.threads)}"]
     print(lines[0], flush=True)
     ceilings = measure_ceilings(device, args.quick)
-    print(describe_ceilings(ceilings, device) + " [start of the run]", flush=True)
+    print(describe_ceilings(ceilings, device, args.quick) + " [start of the run]", flush=True)
     lines.append(
         f"method: per variant an untimed first run (result, peak memory), then {args.pairs} interleaved "
         f"pairs per short row (samples of ~{args.target:g} s), {args.long_pairs} per long row (one run per "
@@ -365,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         case = CASES[name]
         # before every case the float32 ceiling is re-measured at its best size so far and the
         # best kept: a single measurement can land in a busy moment of a shared machine
-        f32.measure(device, (f32.size,), repeats=2)
+        f32.measure(device, (f32.best,), repeats=2)
         configs.append(
             f"- `{name}` ({case.group}): {case.config}"
             + (f" [--quick: {case.quick_config}]" if args.quick and case.quick_config else "")
@@ -433,12 +491,12 @@ def main(argv: list[str] | None = None) -> int:
             emit(cells, gflops, precision)
         # the bf16 ceiling, where there is one, gets the same second chance
         if "bfloat16" in ceilings:
-            ceilings["bfloat16"].measure(device, (ceilings["bfloat16"].size,), repeats=2)
+            ceilings["bfloat16"].measure(device, (ceilings["bfloat16"].best,), repeats=2)
 
     # the end: every size once more, the best of the run kept; the table is rendered against it
     for c in ceilings.values():
-        c.measure(device, ceiling_sizes(device), repeats=2)
-    final = describe_ceilings(ceilings, device)
+        c.measure(device, ceiling_kernels(device, args.quick), repeats=2)
+    final = describe_ceilings(ceilings, device, args.quick)
     lines.append(final)
     table = [fmt_row(HEADER), fmt_row(["---"] * len(HEADER))] + [fmt_row(render(r, ceilings)) for r in rows]
     over = [

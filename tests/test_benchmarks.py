@@ -60,6 +60,7 @@ def _in_process(monkeypatch) -> None:
 
     monkeypatch.setattr(bench, "run_case", run_case)
     monkeypatch.setattr(bench, "matmul_ceiling", lambda *a, **k: 1.0)
+    monkeypatch.setattr(bench, "conv_ceiling", lambda *a, **k: 1.0)
 
 
 def _fake_case(monkeypatch, fast_result: float, **kw) -> str:
@@ -218,7 +219,7 @@ def test_the_table_prints_median_speedup_spread_and_verdict(monkeypatch, capsys,
         text = md.read_text()
         for where in (out, text):
             assert f"CPU {bench.cpu_name()}" in where and "threads: 1 intra-op" in where
-            assert "matmul ceiling:" in where and "float32" in where
+            assert "ceiling:" in where and "float32" in where and "3x3 conv" in where
         assert "| speedup | spread | verdict | samples |" in text
 
 
@@ -246,12 +247,33 @@ def test_bf16_rows_are_skipped_with_the_reason_where_there_is_no_native_bf16(mon
 
 
 def test_bf16_ceiling_only_where_the_cpu_has_bf16():
-    from benchmarks.__main__ import bf16_native, matmul_ceiling
+    from benchmarks.__main__ import bf16_native, conv_ceiling, matmul_ceiling
 
     cpu = torch.device("cpu")
     assert bf16_native(cpu, {"avx512f", "avx512_bf16"}) and bf16_native(cpu, {"amx_bf16", "amx_tile"})
     assert not bf16_native(cpu, {"avx512f", "avx2", "fma"}) and not bf16_native(cpu, set())
     assert matmul_ceiling(cpu, torch.float32, 64, repeats=1) > 0
+    assert conv_ceiling(cpu, torch.float32, (2, 16, 8), repeats=1) > 0
+
+
+def test_the_ceiling_is_the_best_of_matmuls_and_convolutions(monkeypatch):
+    """Issue 17: a row must not exceed the ceiling. On CPUs where torch's matmul library is slow
+    (MKL on an AMD EPYC: ~110 GFLOP/s, oneDNN's conv ~240, a ResNet-18 row 213) a matmul-only
+    ceiling sat below the rows; the ceiling is the best kernel of either kind, and says which."""
+    import benchmarks.__main__ as bench
+
+    cpu = torch.device("cpu")
+    kernels = bench.ceiling_kernels(cpu)
+    assert {k[0] for k in kernels} == {"mm", "conv3x3"}
+    monkeypatch.setattr(bench, "matmul_ceiling", lambda device, dtype, n, repeats: 100.0 + n / 1024)
+    monkeypatch.setattr(bench, "conv_ceiling", lambda device, dtype, shape, repeats: 240.0 + shape[1] / 1024)
+    ceiling = bench.Ceiling(torch.float32)
+    assert ceiling.measure(cpu, kernels, repeats=1) == pytest.approx(240.5)
+    assert ceiling.best == ("conv3x3", bench.ceiling_conv_shapes(cpu)[1])
+    text = bench.describe_ceilings({"float32": ceiling}, cpu)
+    assert "240 GFLOP/s float32 (3x3 conv N32 C512 16x16)" in text
+    monkeypatch.setattr(bench, "matmul_ceiling", lambda device, dtype, n, repeats: 500.0)
+    assert ceiling.measure(cpu, kernels, repeats=1) == 500.0 and ceiling.best == ("mm", 512)
 
 
 # -- the search rows' straightforward versions ----------------------------------------------
