@@ -223,6 +223,12 @@ class _Timed:
             n = min(max_inner, max(2 * n, math.ceil(n * target_s / 2 / dt)))
         self.inner = max(1, min(max_inner, round(target_s * n / dt)))
 
+    def warm(self) -> None:
+        """One untimed run (its memory paged in, its kernels' caches filled)."""
+        self._activate()
+        self.work.run()
+        _sync(self.device)
+
     def sample(self) -> float:
         """One timed sample: ``inner`` runs back to back; appends and returns seconds per run."""
         self._activate()
@@ -275,7 +281,11 @@ def interleave(
        run (the first one's live memory is part of the second's base) and the heap held only
        live data, so the peak is this variant's own.
     2. With ``repeat_short`` (runs under a second or so), the runs a sample repeats to last
-       about ``target_s``; long runs are timed one per sample.
+       about ``target_s`` (found by untimed runs); long runs are timed one per sample, after
+       one untimed run of each variant: step 1 handed the first variant's free memory back to
+       the OS, and its first timed run would page it in again (AMD EPYC, session 15, before
+       this run: in 7 of the 13 long rows the largest of the 3 ratios was 1.25-1.7x their
+       median, always above it, as a slow first run of the first variant makes it).
     3. ``pairs`` pairs of timed samples, the order alternating (A B, B A, A B, ...) so that a
        drift in the machine's speed favours neither.
 
@@ -312,6 +322,9 @@ def interleave(
     if repeat_short:
         for v in case.variants:
             guard(v, lambda v=v: timed[v].calibrate(target_s))
+    else:  # one untimed run each, in the first pair's order (see the docstring, step 2)
+        for v in case.variants:
+            guard(v, lambda v=v: timed[v].warm())
     order = list(case.variants)
     for i in range(pairs):
         for v in order if i % 2 == 0 else order[::-1]:
