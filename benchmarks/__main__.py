@@ -86,7 +86,7 @@ def conv_ceiling(device: torch.device, dtype: torch.dtype, shape: tuple[int, int
     bias; 2·N·C²·9·H² FLOPs) on a channels-last (N, C, H, H) input, ``shape`` = (N, C, H).
     Convolutions run in another library than ``torch.mm`` (oneDNN on the CPU, cuDNN on CUDA),
     and on some CPUs they reach far more: on an AMD EPYC with AVX-512 torch's MKL matmul ran at
-    ~110 GFLOP/s on one thread, oneDNN's 3x3 conv at ~240, and a ResNet-18 training row at 213
+    ~110 GFLOP/s on one thread, oneDNN's 3x3 conv at 240-290, and a ResNet-18 training row at 213
     (benchmarks/README.md), so a matmul-only ceiling sat below the rows."""
     n, c, h = shape
     x = torch.randn(n, c, h, h, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -138,7 +138,7 @@ def ceiling_sizes(device: torch.device) -> tuple[int, ...]:
 
 def ceiling_conv_shapes(device: torch.device, quick: bool = False) -> tuple[tuple[int, int, int], ...]:
     """(N, C, H) of the 3x3 convolutions of the ceiling: wide layers on 32x32 and 16x16 maps
-    (~20-40 GFLOP each on the CPU; ``quick``: a quarter of the batch)."""
+    (~40 GFLOP each on the CPU; ``quick``: a quarter of the batch)."""
     if device.type == "cuda":
         return ((256, 256, 32), (256, 512, 16))
     n = 8 if quick else 32
