@@ -49,6 +49,26 @@ def _proc_cpuinfo_has_bf16() -> bool:
     return cpu_has_native_bf16(text, "Linux")
 
 
+def cpu_vendor(cpuinfo: str | None = None) -> str:
+    """The ``vendor_id`` of /proc/cpuinfo (``GenuineIntel``, ``AuthenticAMD``, ...; ``cpuinfo``:
+    that text, for tests); "" where it cannot be read (another system, no such line)."""
+    if cpuinfo is None:
+        return _proc_cpu_vendor()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "vendor_id":
+            return value.strip()
+    return ""
+
+
+@functools.lru_cache(maxsize=1)
+def _proc_cpu_vendor() -> str:
+    try:
+        return cpu_vendor(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return ""
+
+
 @dataclass(frozen=True)
 class Acceleration:
     """Speed options of this process (params ``pipeline.amp`` / ``pipeline.compile``).

@@ -106,6 +106,52 @@ def test_pointwise_conv_equals_nn_conv2d(stride, channels_last, bias):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_cpu_vendor_is_read_from_cpuinfo():
+    from rnas.runtime import cpu_vendor
+
+    assert cpu_vendor("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: avx2\n") == "AuthenticAMD"
+    assert cpu_vendor("vendor_id : GenuineIntel\n") == "GenuineIntel"
+    assert cpu_vendor("processor : 0\n") == ""
+
+
+@pytest.mark.parametrize("vendor", ["AuthenticAMD", "GenuineIntel"])
+def test_wide_pointwise_convs_run_on_onednn_on_amd_only_and_digits_shapes_never(monkeypatch, vendor):
+    """Issue 17, session 15: on AMD CPUs torch's matmul is the slow kernel, so 1x1 convs on
+    inputs with 32+ channels on 8x8+ maps and either 64+ channels or 16x16+ maps run on oneDNN;
+    the digits networks' shapes (the supernet's 32-channel preprocessing on 8x8, the width
+    space's 48-channel projections on 8x8, anything smaller) keep the matmul on every CPU, so
+    the digits pipeline computes exactly what it did. Same function either way."""
+    monkeypatch.setattr(ops, "cpu_vendor", lambda: vendor)
+    amd = vendor == "AuthenticAMD"
+
+    def cl(*shape):
+        return torch.rand(*shape).contiguous(memory_format=torch.channels_last)
+
+    for shape in [(64, 32, 16, 16), (64, 64, 8, 8), (64, 64, 32, 32), (8, 256, 8, 8)]:  # paper-scale cells
+        assert ops.onednn_pointwise(cl(*shape)) == amd
+    for shape in [(359, 32, 8, 8), (64, 48, 8, 8), (64, 16, 32, 32), (64, 96, 4, 4), (359, 32, 2, 2), (64, 8, 8, 8)]:
+        assert not ops.onednn_pointwise(cl(*shape))  # digits shapes, and (64, 16, 32, 32) where the matmul wins
+    assert not ops.onednn_pointwise(torch.rand(64, 64, 8, 8))  # NCHW keeps its product
+    assert not ops.onednn_pointwise(cl(64, 64, 8, 8).double())
+
+    torch.manual_seed(0)
+    m = PointwiseConv2d(64, 32, 1, bias=False)
+    x = cl(4, 64, 8, 8).requires_grad_(True)
+    calls = []
+    original = ops.pointwise
+    monkeypatch.setattr(ops, "pointwise", lambda *a: calls.append(1) or original(*a))
+    fast = m(x)
+    assert bool(calls) != amd  # the matmul ran exactly where oneDNN did not
+    plain = nn.Conv2d.forward(m, x)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(
+        torch.autograd.grad(fast.square().sum(), (x, m.weight)),
+        torch.autograd.grad(plain.square().sum(), (x, m.weight)),
+    ):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("stride,offset", [(2, 0), (2, 1), (3, 1)])
 def test_subsample_equals_slicing_and_its_gradient_keeps_the_layout(channels_last, stride, offset):

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from rnas.runtime import cpu_vendor
+
 PRIMITIVES: tuple[str, ...] = (
     "none",
     "max_pool_3x3",
@@ -71,7 +73,12 @@ class PointwiseConv2d(nn.Conv2d):
     faster forward + backward there (benchmarks/README.md). NCHW and channels_last inputs each
     get their layout's product (the output keeps the input's memory format); a stride s reads
     x[..., ::s, ::s] first. Other devices and padded or grouped convs run ``nn.Conv2d.forward``;
-    hooks and the bound propagation see an ordinary ``nn.Conv2d``."""
+    hooks and the bound propagation see an ordinary ``nn.Conv2d``.
+
+    On AMD CPUs wide inputs run ``nn.Conv2d.forward`` too (:func:`onednn_pointwise`): torch's
+    matmul (MKL) reaches ~110 GFLOP/s there against oneDNN's ~290 for convolutions, and oneDNN's
+    1x1 conv measured 1.9-2.2x the matmul forward + backward on (64, 64, 8, 8) and
+    (64, 32, 16, 16) (benchmarks/README.md, session 15)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
@@ -81,6 +88,7 @@ class PointwiseConv2d(nn.Conv2d):
             or self.padding != (0, 0)
             or self.kernel_size != (1, 1)
             or self.stride[0] != self.stride[1]
+            or (self.stride == (1, 1) and onednn_pointwise(x))
         ):
             return super().forward(x)
         return self.product(subsample(x, self.stride[0]))
@@ -90,6 +98,30 @@ class PointwiseConv2d(nn.Conv2d):
         ``bias=False`` leaves out ``self.bias``."""
         weight = self.weight.view(self.out_channels, self.in_channels)
         return pointwise(x, weight, self.bias if bias else None)
+
+
+ONEDNN_POINTWISE_VENDORS = ("AuthenticAMD",)
+
+
+def onednn_pointwise(x: torch.Tensor) -> bool:
+    """Whether a stride-1 1x1 conv on the CPU input ``x`` runs on oneDNN rather than as one
+    matmul: on CPUs of :data:`ONEDNN_POINTWISE_VENDORS` (read from /proc/cpuinfo, never
+    assumed), for float32 channels-last inputs with 32+ channels on 8x8+ maps and either 64+
+    channels or 16x16+ maps. Measured on an AMD EPYC, forward + backward, oneDNN against the
+    matmul: 1.9x on (64, 64, 8, 8), 2.2x on (64, 32, 16, 16), but 0.39x on (64, 16, 32, 32) and
+    0.46x on (64, 16, 4, 4); the paper-scale DARTS search step 1.08-1.13x. The digits networks'
+    1x1 convs (at most 32 channels on 8x8 maps, 48 in the width space's) stay on the matmul
+    (on the Xeon the matmul was the faster at that size, 1.29x)."""
+    c, pixels = x.shape[1], x.shape[-2] * x.shape[-1]
+    return (
+        c >= 32
+        and pixels >= 64
+        and (c >= 64 or pixels >= 256)
+        and x.dtype == torch.float32
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+        and cpu_vendor() in ONEDNN_POINTWISE_VENDORS
+    )
 
 
 def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
