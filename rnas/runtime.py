@@ -41,12 +41,17 @@ def cpu_has_native_bf16(cpuinfo: str | None = None, system: str | None = None) -
 
 
 @functools.lru_cache(maxsize=1)
-def _proc_cpuinfo_has_bf16() -> bool:
+def _proc_cpuinfo() -> str | None:
+    """The text of /proc/cpuinfo, read once per process; None where it cannot be read."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return cpu_has_native_bf16(text, "Linux")
+        return None
+
+
+def _proc_cpuinfo_has_bf16() -> bool:
+    text = _proc_cpuinfo()
+    return text is not None and cpu_has_native_bf16(text, "Linux")
 
 
 def cpu_vendor(cpuinfo: str | None = None) -> str:
@@ -62,11 +67,8 @@ def cpu_vendor(cpuinfo: str | None = None) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _proc_cpu_vendor() -> str:
-    try:
-        return cpu_vendor(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        return ""
+def _proc_cpu_vendor() -> str:  # cached: PointwiseConv2d asks on every forward
+    return cpu_vendor(_proc_cpuinfo() or "")
 
 
 @dataclass(frozen=True)
