@@ -278,7 +278,9 @@ def machine(device: torch.device, threads: int) -> str:
     return text
 
 
-def _subprocess(cmd: list[str], args: argparse.Namespace, model_file: str | None) -> dict:
+def _subprocess(
+    cmd: list[str], args: argparse.Namespace, model_file: str | None, extra_env: dict[str, str] | None = None
+) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.measure", *cmd, "--threads", str(args.threads), "--device"]
     cmd.append(args.device_name)
     if args.quick:
@@ -288,6 +290,7 @@ def _subprocess(cmd: list[str], args: argparse.Namespace, model_file: str | None
     env = dict(
         os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), GIT_PYTHON_REFRESH="quiet"
     )
+    env.update(extra_env or {})
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -296,16 +299,55 @@ def _subprocess(cmd: list[str], args: argparse.Namespace, model_file: str | None
     return {"error": f"exit {out.returncode}: " + " | ".join(tail)}
 
 
+PROCESS_SAMPLES = 3  # timed samples per process of a per-process row; the process counts their median
+
+
 def run_case(case: str, args: argparse.Namespace, pairs: int, long_row: bool, model_file: str | None) -> dict:
     """Both variants' first runs (result, peak memory) and interleaved timing, in one fresh
-    process (:func:`benchmarks.measure.interleave`)."""
+    process (:func:`benchmarks.measure.interleave`); a case whose variants differ in a
+    process-wide option (``Case.process_env``) in fresh processes instead (:func:`run_per_process`)."""
+    from benchmarks.cases import CASES
+
+    if CASES[case].process_env:
+        return run_per_process(case, args, pairs, long_row, model_file)
     cmd = ["--case", case, "--interleave", "--pairs", str(pairs), "--target", str(args.target)]
     out = _subprocess(cmd + (["--long"] if long_row else []), args, model_file)
     if "error" in out:
-        from benchmarks.cases import CASES
-
         return {"variants": {v: {"error": out["error"]} for v in CASES[case].variants}, "ratios": []}
     return out
+
+
+def run_per_process(case: str, args: argparse.Namespace, pairs: int, long_row: bool, model_file: str | None) -> dict:
+    """``pairs`` pairs of fresh processes, one per variant with that variant's environment
+    (``Case.process_env``), the order alternating (A B, B A, ...). Each process measures its
+    variant as :func:`benchmarks.measure.measure` does (first run: result and peak memory), then
+    :data:`PROCESS_SAMPLES` timed samples (of ~``--target`` seconds for short rows); the median of
+    those is the process's sample, and a pair's ratio is that of its two processes. The first
+    process of each variant gives its result, FLOPs and peak memory."""
+    from benchmarks.cases import CASES
+
+    spec = CASES[case]
+    target = 0.0 if long_row else args.target
+    out: dict[str, dict] = {}
+    seconds: dict[str, list[float]] = {v: [] for v in spec.variants}
+    for i in range(pairs):
+        for v in spec.variants if i % 2 == 0 else spec.variants[::-1]:
+            if "error" in out.get(v, {}):
+                continue
+            cmd = ["--case", case, "--variant", v, "--repeats", str(PROCESS_SAMPLES), "--target", str(target)]
+            r = _subprocess(cmd, args, model_file, spec.process_env[v])
+            if "error" in r:
+                out[v] = r
+                continue
+            seconds[v].append(median(r["seconds"]))
+            out.setdefault(v, r)
+    for v in spec.variants:
+        if "error" not in out.get(v, {"error": "not run"}):
+            out[v] = {**out[v], "seconds": seconds[v], "processes": len(seconds[v])}
+    a, b = spec.variants
+    ok = all("error" not in out.get(v, {"error": ""}) for v in (a, b))
+    ratios = [ta / tb for ta, tb in zip(seconds[a], seconds[b])] if ok else []
+    return {"variants": {v: out.get(v, {"error": "not run"}) for v in spec.variants}, "ratios": ratios}
 
 
 def fmt_row(cells: list[str]) -> str:
@@ -459,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
             precision = "bfloat16" if r["amp"] and "bfloat16" in ceilings else "float32"
             n = len(r["seconds"])
             samples = f"{n} x {r['inner']} runs" if r["inner"] > 1 else f"{n} runs" + (" (long)" if long_row else "")
+            if r.get("processes"):  # per-process rows: each sample the median of a fresh process's
+                runs = f" x {r['inner']} runs" if r["inner"] > 1 else ""
+                samples = f"{n} processes x {PROCESS_SAMPLES} samples{runs}"
             cells = [
                 name,
                 variant,

@@ -81,6 +81,9 @@ class Case:
     same_result: bool = True  # False: the two variants compute different things (no Δresult)
     tolerance_rel: float = ROUNDOFF_REL  # |Δresult| allowed, relative to max(1, |result(straightforward)|) ...
     tolerance_examples: int = 0  # ... plus this many examples' worth of an accuracy (k / images)
+    # per variant, environment variables of a process-wide option that cannot be switched back in
+    # a process (the C heap's policy): each timed sample then runs in a fresh process of its own
+    process_env: dict[str, dict[str, str]] | None = None
 
 
 def allowed_delta(case: Case, base: dict, other: dict) -> float:
@@ -745,6 +748,17 @@ CASES: dict[str, Case] = {
             "window count (C=16, 32x32, batch 64, fwd+bwd)",
             lambda v, e: _avgpool_workload(v, e, e.quick),
             variants=ABLATION_VARIANTS,
+        ),
+        Case(
+            "ablate_malloc",
+            "ablation",
+            "the C heap: glibc's dynamic mmap/trim thresholds -> fixed (rnas.runtime.configure_allocator, "
+            f"RNAS_MALLOC glibc -> reuse), each sample a fresh process (PGD-20 flags, params.yaml's digits "
+            f"evaluation, n={EVAL_N}, eps {EVAL_EPS})",
+            lambda v, e: _pgd20_workload("fast", e),
+            quick_config=f"n={EVAL_N_QUICK}",
+            variants=ABLATION_VARIANTS,
+            process_env={"before": {"RNAS_MALLOC": "glibc"}, "after": {"RNAS_MALLOC": "reuse"}},
         ),
         Case(
             "ablate_amp",

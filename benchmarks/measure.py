@@ -41,6 +41,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from rnas.runtime import configure_allocator
+
 
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
@@ -93,11 +95,19 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(
-    case_name: str, variant: str, repeats: int, device: torch.device, quick: bool, model_file: str | None
+    case_name: str,
+    variant: str,
+    repeats: int,
+    device: torch.device,
+    quick: bool,
+    model_file: str | None,
+    target_s: float = 0.0,
 ) -> dict:
     """One variant alone in this process, measured as :func:`interleave` measures each variant
     (a counting run, the free heap handed back, the first run: result and peak memory), then
-    ``repeats`` timed runs (seconds: theirs, or the first run's when there are none)."""
+    ``repeats`` timed samples (seconds: theirs, or the first run's when there are none); with
+    ``target_s``, each sample repeats the run to last about that long (:meth:`_Timed.calibrate`),
+    else one untimed run precedes single-run samples (:meth:`_Timed.warm`)."""
     from benchmarks.cases import CASES, Env
 
     t = _Timed(CASES[case_name], variant, Env(device=device, quick=quick, model_file=model_file))
@@ -105,6 +115,10 @@ def measure(
     gc.collect()
     release_free_heap()
     t.first_run()
+    if repeats and target_s > 0:
+        t.calibrate(target_s)
+    elif repeats:
+        t.warm()
     for _ in range(repeats):
         t.sample()
     return {
@@ -345,18 +359,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interleave", action="store_true", help="time both variants interleaved in this process")
     p.add_argument("--pairs", type=int, default=5, help="with --interleave: timed pairs")
     p.add_argument("--long", action="store_true", help="with --interleave: one run per sample (runs of seconds)")
-    p.add_argument("--target", type=float, default=0.2, help="with --interleave: seconds per timed sample")
+    p.add_argument(
+        "--target", type=float, default=None, help="seconds per timed sample (default 0.2; --variant: 0, single runs)"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--model-file", default=None)
     args = p.parse_args(argv)
+    configure_allocator()  # the C heap's policy of the pipeline's stages (RNAS_MALLOC)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.interleave:
-        out = interleave(args.case, device, args.quick, args.model_file, args.pairs, not args.long, args.target)
+        target = 0.2 if args.target is None else args.target
+        out = interleave(args.case, device, args.quick, args.model_file, args.pairs, not args.long, target)
     elif args.variant:
-        out = measure(args.case, args.variant, args.repeats, device, args.quick, args.model_file)
+        out = measure(args.case, args.variant, args.repeats, device, args.quick, args.model_file, args.target or 0.0)
     else:
         p.error("give --variant or --interleave")
     print("RESULT " + json.dumps(out), flush=True)

@@ -388,3 +388,30 @@ def test_lrnas_consistency_agreement_by_hand_and_estimates_on_a_tiny_supernet():
         est = estimates_of(method, [(x, y)], value, 4, 2, gen)
         assert len(est) == 2 and all(e.shape == (method.n_players,) and np.isfinite(e).all() for e in est)
     assert all(torch.equal(b, c) for b, c in zip(before, method.supernet.buffers()))
+
+
+def test_a_process_wide_option_is_timed_in_fresh_processes_in_alternating_order(monkeypatch):
+    """A row whose variants differ in a process-wide option (the C heap's policy) times each
+    sample in a fresh process with that variant's environment, the order alternating; a pair's
+    ratio is that of its two processes' median samples; the first process of each variant gives
+    the result and the peak memory."""
+    import benchmarks.__main__ as bench
+
+    calls = []
+    times = {"before": iter([[3.0, 2.0, 9.0], [4.0, 4.0, 4.0], [2.0, 2.0, 2.0]]), "after": iter([[1.0] * 3] * 3)}
+
+    def fake(cmd, args, model_file, extra_env=None):
+        variant = cmd[cmd.index("--variant") + 1]
+        calls.append((variant, extra_env))
+        assert cmd[cmd.index("--repeats") + 1] == str(bench.PROCESS_SAMPLES)
+        return {"seconds": next(times[variant]), "peak_mib": len(calls), "result": 0.5, "inner": 1}
+
+    monkeypatch.setattr(bench, "_subprocess", fake)
+    args = bench.argparse.Namespace(target=0.2)
+    out = bench.run_case("ablate_malloc", args, pairs=3, long_row=False, model_file=None)
+    env = CASES["ablate_malloc"].process_env
+    assert [v for v, _ in calls] == ["before", "after", "after", "before", "before", "after"]
+    assert all(e == env[v] for v, e in calls) and env["before"] == {"RNAS_MALLOC": "glibc"}
+    assert out["ratios"] == [3.0, 4.0, 2.0]  # medians 3, 4, 2 against 1
+    assert out["variants"]["before"]["seconds"] == [3.0, 4.0, 2.0] and out["variants"]["before"]["processes"] == 3
+    assert out["variants"]["before"]["peak_mib"] == 1 and out["variants"]["after"]["peak_mib"] == 2
