@@ -6,7 +6,10 @@ first run gives its result and peak memory, then the two are timed **interleaved
 pair, the order flipping every pair, so that a busy moment of the machine lands on one pair
 rather than on one variant. Short rows get at least 5 pairs (default 7; a sample repeats a short
 run until it lasts ~0.2 s); rows whose runs take seconds (search and training steps, the
-AutoAttack evaluation) get 3 pairs of single runs. Columns:
+AutoAttack evaluation) get 3 pairs of single runs. A case whose variants differ in a
+process-wide option (``Case.process_env``: the C heap's policy) runs each sample in a fresh
+process instead (:func:`run_per_process`). Every measuring process sets the pipeline stages' C
+heap policy (:func:`rnas.runtime.configure_allocator`). Columns:
 
 * ``s/run``: median seconds per run over the variant's samples; ``images/s``: examples per run
   / ``s/run`` (a search step processes a weight batch and an architecture batch);
@@ -23,7 +26,8 @@ AutoAttack evaluation) get 3 pairs of single runs. Columns:
   ablations); ``spread``: the interquartile range of those per-pair ratios (from 5 pairs; with
   fewer, their whole range); ``verdict``: ``faster`` when the spread lies above 1.0, ``slower``
   when below, ``within noise`` when it contains 1.0;
-* ``samples``: timed samples per variant (x runs per sample).
+* ``samples``: timed samples per variant (x runs per sample; per-process rows: processes x
+  samples per process).
 
 Timings are printed, never asserted (timings on a shared machine are noisy). Results are
 checked: a row whose Δresult exceeds its case's tolerance (:func:`benchmarks.cases.allowed_delta`:

@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--model-file", default=None)
     args = p.parse_args(argv)
-    configure_allocator()  # the C heap's policy of the pipeline's stages (RNAS_MALLOC)
+    heap_reuse = configure_allocator()  # the C heap's policy of the pipeline's stages (RNAS_MALLOC)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.interleave:
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         out = measure(args.case, args.variant, args.repeats, device, args.quick, args.model_file, args.target or 0.0)
     else:
         p.error("give --variant or --interleave")
-    print("RESULT " + json.dumps(out), flush=True)
+    print("RESULT " + json.dumps({**out, "heap_reuse": heap_reuse}), flush=True)
     return 0
 
 

@@ -415,3 +415,19 @@ def test_a_process_wide_option_is_timed_in_fresh_processes_in_alternating_order(
     assert out["ratios"] == [3.0, 4.0, 2.0]  # medians 3, 4, 2 against 1
     assert out["variants"]["before"]["seconds"] == [3.0, 4.0, 2.0] and out["variants"]["before"]["processes"] == 3
     assert out["variants"]["before"]["peak_mib"] == 1 and out["variants"]["after"]["peak_mib"] == 2
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mallopt is glibc's")
+def test_ablate_malloc_runs_each_variant_under_its_heap_policy():
+    """The real row's processes: `before` under glibc's policy, `after` with the heap kept, the
+    same bound pass computing the same certified fraction."""
+    import argparse
+
+    import benchmarks.__main__ as bench
+
+    args = argparse.Namespace(threads=1, device_name="cpu", quick=True)
+    cmd = ["--case", "ablate_malloc", "--repeats", "1", "--target", "0"]
+    env = CASES["ablate_malloc"].process_env
+    runs = {v: bench._subprocess([*cmd, "--variant", v], args, None, env[v]) for v in ("before", "after")}
+    assert runs["before"]["heap_reuse"] is False and runs["after"]["heap_reuse"] is True
+    assert runs["before"]["result"] == runs["after"]["result"]  # the allocator changes no value
