@@ -94,9 +94,11 @@ def configure_allocator(policy: str | None = None) -> bool:
     """Set the C heap's policy of this process (``policy``, default: the ``RNAS_MALLOC``
     environment variable, else ``reuse``): ``reuse`` fixes glibc's mmap threshold at 32 MiB and
     its trim threshold at 1 GiB, so the blocks a step frees serve the next step instead of going
-    back to the OS (see the comment above); ``glibc`` leaves glibc's dynamic policy. Returns
-    whether the fixed policy is in effect; False on a C library without ``mallopt`` (macOS,
-    musl), where nothing changes. The allocator never changes a computed value."""
+    back to the OS (see the comment above); ``glibc`` changes nothing (a process that has set
+    ``reuse`` keeps it: glibc's thresholds do not become dynamic again). Returns whether this
+    call set the fixed policy; False on a C library without ``mallopt`` (macOS, musl), where
+    nothing changes. Where a block lives changes no computed value: ``make run`` gives the same
+    files byte for byte under both policies."""
     policy = os.environ.get(MALLOC_ENV, "reuse") if policy is None else policy
     if policy not in MALLOC_POLICIES:
         raise ValueError(f"{MALLOC_ENV}={policy!r}: expected one of {', '.join(MALLOC_POLICIES)}")
