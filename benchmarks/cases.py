@@ -445,10 +445,13 @@ def _worst_case_workload(variant: str, env: Env) -> Workload:
     return Workload(run, images=len(x), count_flops=False)
 
 
-def _bounds_workload(variant: str, env: Env) -> Workload:
+def _bounds_workload(variant: str, env: Env, eps: float = EVAL_EPS, dtype: torch.dtype | None = None) -> Workload:
     """Certified margin bounds (IBP and CROWN-IBP, per specification the tighter) of the
-    evaluation examples. Straightforward: one bound method per pass (the graph and the point +
-    interval pass rebuilt for each). Fast: both from one graph and one shared IBP pass."""
+    evaluation examples at ``eps``, propagated in ``dtype`` (None: the model's). Straightforward:
+    one bound method per pass (the graph and the point + interval pass rebuilt for each). Fast:
+    both from one graph and one shared IBP pass. ``ablate_malloc`` times the fast one as the
+    certified-radius search runs it below ``evaluate.certify_float64_below``: float64 at ε 1e-7,
+    the radii of the digits networks (docs/methods/dsrna.md)."""
     from rnas.bounds import spec_bounds
 
     model, x, y = _eval_setup(variant, env, n_full=CERT_N, n_quick=CERT_N_QUICK)
@@ -457,27 +460,11 @@ def _bounds_workload(variant: str, env: Env) -> Workload:
     def run() -> float:
         with torch.no_grad():
             if shared:
-                lower = spec_bounds(model, x, y, EVAL_EPS, "linf", ("ibp", "crown")).best()
+                lower = spec_bounds(model, x, y, eps, "linf", ("ibp", "crown"), dtype=dtype).best()
             else:
-                ibp = spec_bounds(model, x, y, EVAL_EPS, "linf", ("ibp",)).lower["ibp"]
-                crown = spec_bounds(model, x, y, EVAL_EPS, "linf", ("crown",)).lower["crown"]
+                ibp = spec_bounds(model, x, y, eps, "linf", ("ibp",), dtype=dtype).lower["ibp"]
+                crown = spec_bounds(model, x, y, eps, "linf", ("crown",), dtype=dtype).lower["crown"]
                 lower = torch.maximum(ibp, crown)
-        return float((lower.min(dim=1).values > 0).float().mean())
-
-    return Workload(run, images=len(x))
-
-
-def _radius_pass_workload(env: Env) -> Workload:
-    """One bound pass of the certified-radius search as the evaluation runs it below
-    ``evaluate.certify_float64_below``: IBP + CROWN-IBP margin bounds in float64 at ε 1e-7
-    (the radii of the digits networks, docs/methods/dsrna.md), the fast path."""
-    from rnas.bounds import spec_bounds
-
-    model, x, y = _eval_setup("fast", env, n_full=CERT_N, n_quick=CERT_N_QUICK)
-
-    def run() -> float:
-        with torch.no_grad():
-            lower = spec_bounds(model, x, y, 1e-7, "linf", ("ibp", "crown"), dtype=torch.float64).best()
         return float((lower.min(dim=1).values > 0).float().mean())
 
     return Workload(run, images=len(x))
@@ -771,7 +758,7 @@ CASES: dict[str, Case] = {
             "the C heap: glibc's dynamic mmap/trim thresholds -> fixed (rnas.runtime.configure_allocator, "
             "RNAS_MALLOC glibc -> reuse), each sample a fresh process (a certified-radius bound pass: "
             f"IBP + CROWN-IBP in float64 at eps 1e-7, digits DARTS V2 net, n={CERT_N})",
-            lambda v, e: _radius_pass_workload(e),
+            lambda v, e: _bounds_workload("fast", e, eps=1e-7, dtype=torch.float64),
             quick_config=f"n={CERT_N_QUICK}",
             variants=ABLATION_VARIANTS,
             process_env={"before": {"RNAS_MALLOC": "glibc"}, "after": {"RNAS_MALLOC": "reuse"}},

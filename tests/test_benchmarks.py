@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import sys
 
 import pytest
@@ -417,7 +418,7 @@ def test_a_process_wide_option_is_timed_in_fresh_processes_in_alternating_order(
     assert out["variants"]["before"]["peak_mib"] == 1 and out["variants"]["after"]["peak_mib"] == 2
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="mallopt is glibc's")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_ablate_malloc_runs_each_variant_under_its_heap_policy():
     """The real row's processes: `before` under glibc's policy, `after` with the heap kept, the
     same bound pass computing the same certified fraction."""
