@@ -423,6 +423,58 @@ def _pgd20_workload(variant: str, env: Env) -> Workload:
     return Workload(run, images=len(x))
 
 
+#: A digits cell holding each conv op of the space twice (both cell kinds): the ops whose
+#: depthwise convs :func:`_depthwise_backward_workload` times, as a searched or random cell has them.
+EVERY_CONV = [
+    ["sep_conv_3x3", 0],
+    ["sep_conv_5x5", 1],
+    ["dil_conv_3x3", 0],
+    ["dil_conv_5x5", 1],
+    ["sep_conv_3x3", 2],
+    ["sep_conv_5x5", 1],
+    ["dil_conv_3x3", 3],
+    ["dil_conv_5x5", 0],
+]
+
+
+def _depthwise_backward_workload(variant: str, env: Env) -> Workload:
+    """One step of params.yaml's retraining (PGD-3 at its ε and step, CE on the adversarial
+    batch, backward, clip 5, SGD) of a digits network of params.yaml's size whose cells hold
+    every conv op (:data:`EVERY_CONV`), batch 64, channels-last: PGD's input gradients and the
+    weight step both run through the depthwise convs' backward, autograd's (``before``: the
+    limit of :func:`rnas.space.ops.same_backward` set to 0 channels while a sample runs) or
+    :class:`rnas.space.ops._DepthwiseSame`'s (``after``)."""
+    from rnas.space import ops
+    from rnas.space.genotype import validate_genotype
+    from rnas.space.network import CellNetwork
+    from rnas.training.perturbations import get_perturbation
+
+    _configure(variant, env, amp=False)
+    torch.manual_seed(0)
+    cells = {"normal": EVERY_CONV, "normal_concat": [2, 3, 4, 5], "reduce": EVERY_CONV, "reduce_concat": [2, 3, 4, 5]}
+    r = _P.retrain
+    model = CellNetwork(validate_genotype(cells), r.init_channels, r.layers, 10, input_channels=1, dataset="digits")
+    model = _place(model, env.device, channels_last=True).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    pcfg, perturb = r.train.perturbation, get_perturbation(r.train.perturbation.kind)
+    x, y = _data(8 if env.quick else r.train.batch_size, 1, _P.data.image_size, 10, 7, env.device)
+    limit = ops.SAME_BACKWARD_MAX_CHANNELS if variant == "after" else 0
+
+    def run() -> float:
+        saved, ops.SAME_BACKWARD_MAX_CHANNELS = ops.SAME_BACKWARD_MAX_CHANNELS, limit
+        try:
+            loss, _logits, _x = perturb(model, x, y, pcfg, torch.Generator().manual_seed(0))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            return float(loss)
+        finally:
+            ops.SAME_BACKWARD_MAX_CHANNELS = saved
+
+    return Workload(run, images=len(x))
+
+
 def _worst_case_workload(variant: str, env: Env) -> Workload:
     """Worst case over PGD-20 and AutoAttack (robust_acc of the two). Straightforward: each
     attack on all examples, flags AND-ed. Fast: AutoAttack only on the examples PGD-20 left
@@ -743,6 +795,18 @@ CASES: dict[str, Case] = {
             "dil_conv_5x5 stride 1 on a 2x2 map: full kernel -> the taps that reach the map (C=32, batch 100, fwd+bwd)",
             lambda v, e: _small_map_workload("dil_conv_5x5", 32, 2, v, e, e.quick),
             variants=ABLATION_VARIANTS,
+        ),
+        Case(
+            "ablate_depthwise_backward",
+            "ablation",
+            "depthwise conv backward: autograd's kernels -> the flipped-kernel conv and 3x3 weight gradients "
+            "(rnas.space.ops._DepthwiseSame): params.yaml's PGD-3 retraining step, a digits network with every "
+            f"conv op in its cells (C={_P.retrain.init_channels}, {_P.retrain.layers} cells, batch "
+            f"{_P.retrain.train.batch_size}, {_P.data.image_size}x{_P.data.image_size}x1)",
+            _depthwise_backward_workload,
+            quick_config="batch 8",
+            variants=ABLATION_VARIANTS,
+            tolerance_rel=PGD_TRAIN_REL,
         ),
         Case(
             "ablate_avgpool",

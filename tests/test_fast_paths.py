@@ -86,6 +86,69 @@ def test_dilated_conv_by_pixel_parity_subgrids_equals_nn_conv2d(kernel, dilation
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
 
 
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (5, 1), (3, 2), (5, 2)])
+@pytest.mark.parametrize("channels", [4, 8, 16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("blocks", [False, True])
+def test_depthwise_backward_on_forward_kernels_equals_autograd(
+    monkeypatch, kernel, dilation, channels, channels_last, blocks
+):
+    """The digits-size depthwise convs' backward (rnas.space.ops._DepthwiseSame: the input
+    gradient as the conv with the flipped kernel, the dilated 5x5 weight gradient as four 3x3
+    ones on the pixel-parity sub-grids) gives autograd's gradients, on every map size of the
+    digits networks (the cropped kernels included), with ``blocks`` forcing the 3x3 split on
+    every shape it applies to, whatever the channel count."""
+    taken = []
+    if blocks:
+        original = ops._weight_grad_by_blocks
+        monkeypatch.setattr(ops, "BLOCKS_MIN_CHANNELS", 1)
+        monkeypatch.setattr(ops, "_weight_grad_by_blocks", lambda *a: taken.append(original(*a)) or taken[-1])
+    torch.manual_seed(0)
+    pad = dilation * (kernel - 1) // 2
+    for size in (2, 4, 6, 8):
+        m = DepthwiseConv2d(channels, channels, kernel, padding=pad, dilation=dilation, groups=channels, bias=False)
+        x = torch.rand(5, channels, size, size)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        assert ops.same_backward(x)
+        fast, plain = m(x), nn.Conv2d.forward(m, x)
+        torch.testing.assert_close(fast, plain, atol=1e-6, rtol=1e-5)
+        g = torch.rand_like(plain)
+        for a, b in zip(torch.autograd.grad(fast, (x, m.weight), g), torch.autograd.grad(plain, (x, m.weight), g)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    if blocks:
+        # 16+ channels: the forward's sub-grid path has undilated convs already
+        assert any(taken) == (channels_last and (kernel, dilation) == (5, 2) and channels < ops.PHASE_MIN_CHANNELS)
+
+
+def test_depthwise_backward_on_forward_kernels_has_a_double_backward():
+    """DSRNA's Jacobian metric and gradient penalties differentiate through a backward: the
+    custom backward is built of differentiable ops (float64 gradcheck of both orders)."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(3, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.rand(3, dtype=torch.float64, requires_grad=True)
+
+    def conv(x, w, b):
+        return ops._DepthwiseSame.apply(x, w, b, (4, 4), 2)
+
+    assert torch.autograd.gradcheck(conv, (x, w, b))
+    assert torch.autograd.gradgradcheck(conv, (x, w, b))
+
+
+def test_depthwise_backward_on_forward_kernels_only_where_it_measured_faster():
+    """Digits sizes only (<= 16 channels on <= 64-pixel maps): the grouped supernet edges (32+
+    channels) and the paper-scale maps keep autograd's kernel, as do autocast, CUDA and no-grad."""
+    assert ops.same_backward(torch.rand(2, 16, 8, 8))
+    assert not ops.same_backward(torch.rand(2, 32, 8, 8))
+    assert not ops.same_backward(torch.rand(2, 8, 16, 16))
+    with torch.no_grad():
+        assert not ops.same_backward(torch.rand(2, 8, 8, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not ops.same_backward(torch.rand(2, 8, 8, 8))
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("bias", [False, True])

@@ -215,7 +215,7 @@ def depthwise(
             return depthwise(x.float(), weight.float(), stride, d, None if bias is None else bias.float())
     r = (k - 1) // 2  # taps on each side of the centre
     if d > 1 and stride == d:
-        return nn.functional.conv2d(subsample(x, d), weight, bias, 1, r, 1, c)
+        return depthwise_same(subsample(x, d), weight, bias, (r, r), 1)
     if d > 1 and stride == 1 and _by_phases(x, d):
         return _dilated_by_phases(x, weight, d, bias)
     if stride == 1:
@@ -223,8 +223,161 @@ def depthwise(
         rh, rw = min(r, (h - 1) // d), min(r, (w - 1) // d)
         if (rh, rw) != (r, r):
             weight = weight[:, :, r - rh : r + rh + 1, r - rw : r + rw + 1]
-            return nn.functional.conv2d(x, weight, bias, 1, (d * rh, d * rw), d, c)
+        return depthwise_same(x, weight, bias, (d * rh, d * rw), d)
     return nn.functional.conv2d(x, weight, bias, stride, d * r, d, c)
+
+
+def depthwise_same(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int], dilation: int
+) -> torch.Tensor:
+    """The stride-1 depthwise conv with "same" padding (d·(k−1)/2 per axis, odd k): ``F.conv2d``'s
+    value, with :class:`_DepthwiseSame`'s backward where :func:`same_backward` takes it."""
+    if not same_backward(x):
+        return nn.functional.conv2d(x, weight, bias, 1, padding, dilation, weight.shape[0])
+    return _DepthwiseSame.apply(_unleafed(x), _unleafed(weight), bias, padding, dilation)
+
+
+def _unleafed(t: torch.Tensor) -> torch.Tensor:
+    """A leaf that requires grad behind a view, so that the backward can ask the engine whether
+    its gradient is wanted (:func:`_wanted`; the engine does not answer that for a leaf under
+    ``torch.autograd.grad``)."""
+    return t.view_as(t) if t.requires_grad and t.grad_fn is None else t
+
+
+def _wanted(ctx, i: int) -> bool:
+    """Whether the running backward uses the gradient of the Function's input ``i``: an attack's
+    ``torch.autograd.grad`` w.r.t. the input skips the weights' even when they require grad,
+    as autograd's own conv backward does."""
+    if not ctx.needs_input_grad[i]:
+        return False
+    try:
+        return torch._C._will_engine_execute_node(ctx.next_functions[i][0])
+    except (AttributeError, RuntimeError):  # a torch without it, or a leaf: compute it
+        return True
+
+
+SAME_BACKWARD_MAX_CHANNELS = 16
+SAME_BACKWARD_MAX_PIXELS = 64
+
+
+def same_backward(x: torch.Tensor) -> bool:
+    """Whether a stride-1 depthwise conv of ``x`` takes :class:`_DepthwiseSame`'s backward: on
+    the CPU, outside autocast, with gradients on, for maps of at most 64 pixels with at most 16
+    channels -- the digits networks' convs. Measured there (AMD EPYC, one thread, interleaved):
+    an attack's forward + input gradient 1.10x, a training step 1.08-1.16x on the retrained
+    digits networks; the digits supernet's search step within noise (its edges' convs are
+    grouped into 32+ channels, where autograd's backward is as fast). The paper-scale search
+    steps (16-64 channels on 8-32 px maps) measured 0.90-0.97x with it, so they keep autograd's
+    (benchmarks/README.md "Depthwise backward")."""
+    h, w = x.shape[-2:]
+    return (
+        x.device.type == "cpu"
+        and x.shape[1] <= SAME_BACKWARD_MAX_CHANNELS
+        and h * w <= SAME_BACKWARD_MAX_PIXELS
+        and torch.is_grad_enabled()
+        and not _cpu_autocast(x)
+    )
+
+
+class _DepthwiseSame(torch.autograd.Function):
+    """A stride-1 depthwise conv with "same" padding whose backward runs on faster kernels.
+
+    oneDNN's depthwise backward is slower than its forward on the CPU (channels-last, one
+    thread, AMD EPYC; benchmarks/README.md "Depthwise backward"): on the digits networks'
+    (160, 8, 8, 8) maps the input gradient takes 2-5x the forward, and the weight gradient of
+    the dilated 5x5 kernel 35x (2.7 ms against 0.08 ms).
+
+    * Input gradient: for stride 1 and "same" padding it is the depthwise conv of the output
+      gradient with the kernel flipped in both axes, ∂L/∂x[p] = Σ_t g[p − d·t]·w[t]: the
+      forward kernel, any dilation.
+    * Weight gradient: :func:`depthwise_weight_grad`.
+
+    Both sum the same products as autograd's kernels in another order: the same numbers up to
+    float rounding (tests/test_fast_paths.py). The backward is built of differentiable ops, so
+    double backward works."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.dilation, ctx.bias = padding, dilation, bias is not None
+        return nn.functional.conv2d(x, weight, bias, 1, padding, dilation, weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=memory_format_of(x))  # x's layout, as autograd's kernel
+        gx = gw = gb = None
+        if _wanted(ctx, 0):
+            gx = nn.functional.conv2d(grad, weight.flip(-2, -1), None, 1, ctx.padding, ctx.dilation, weight.shape[0])
+        if _wanted(ctx, 1):
+            gw = depthwise_weight_grad(x, grad, weight, ctx.padding, ctx.dilation)
+        if ctx.bias and ctx.needs_input_grad[2]:
+            gb = grad.sum((0, 2, 3))
+        return gx, gw, gb, None, None
+
+
+def _aten_weight_grad(x, grad, weight, padding, dilation: int) -> torch.Tensor:
+    c, mask = weight.shape[0], [False, True, False]  # the weight's gradient only
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, None, [1, 1], list(padding), [dilation] * 2, False, [0, 0], c, mask
+    )[1]
+
+
+BLOCKS_MIN_CHANNELS = 8
+
+
+def _weight_grad_by_blocks(x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int], d: int) -> bool:
+    """Whether :func:`depthwise_weight_grad` splits the kernel: a dilated 5x5 kernel with full
+    "same" padding on a float32 channels-last input of 8+ channels whose map d divides (below
+    8 channels the copies cost more than the slow kernel loses)."""
+    h, w = x.shape[-2:]
+    return (
+        d > 1
+        and tuple(weight.shape[-2:]) == (5, 5)
+        and padding == (2 * d, 2 * d)
+        and weight.shape[0] >= BLOCKS_MIN_CHANNELS
+        and h % d == 0
+        and w % d == 0
+        and x.dtype == torch.float32
+        and memory_format_of(x) == torch.channels_last
+    )
+
+
+def _pixel_phases(t: torch.Tensor, d: int) -> torch.Tensor:
+    """(B, C, H, W) channels-last -> (B·d², C, H/d, W/d) channels-last: the d² sub-grids t[a::d, b::d]."""
+    b, c, h, w = t.shape
+    nhwc = t.permute(0, 2, 3, 1).reshape(b, h // d, d, w // d, d, c).permute(0, 2, 4, 1, 3, 5)
+    return nhwc.reshape(b * d * d, h // d, w // d, c).permute(0, 3, 1, 2)
+
+
+def depthwise_weight_grad(
+    x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int], dilation: int
+) -> torch.Tensor:
+    """∂L/∂w (C, 1, k, k) of the stride-1 depthwise conv of x with "same" ``padding`` and
+    ``dilation`` d, given ∂L/∂out ``grad``, ∂L/∂w[t] = Σ_{b, p} g[b, p]·x̃[b, p + d·t] per channel
+    (x̃ the padded input): autograd's kernel, or (:func:`_weight_grad_by_blocks`) four undilated
+    3x3 weight gradients, which oneDNN runs fast (a 5x5 or dilated one it does not):
+
+    * the dilation becomes d² undilated problems, one per pixel-parity sub-grid (out[d·i + a]
+      reads x̃[d·(i + t) + a] only), stacked along the batch, over which the gradient sums;
+    * the 5x5 kernel is four 3x3 blocks at tap offsets (0|2, 0|2), each the weight gradient of
+      a valid 3x3 conv of a crop of the padded input; rows and columns 0-2 come from the first
+      block of each axis, 3-4 from the second."""
+    if not _weight_grad_by_blocks(x, weight, padding, dilation):
+        return _aten_weight_grad(x, grad, weight, padding, dilation)
+    d, p, cl = dilation, padding[0], torch.channels_last
+    xp = _pixel_phases(nn.functional.pad(x, (p, p, p, p)).contiguous(memory_format=cl), d)
+    g = _pixel_phases(grad.contiguous(memory_format=cl), d)
+    h, w = g.shape[-2:]
+    three = weight.new_empty(weight.shape[0], 1, 3, 3)  # only its shape is read
+
+    def block(i: int, j: int) -> torch.Tensor:
+        crop = xp[:, :, i : i + h + 2, j : j + w + 2].contiguous(memory_format=cl)
+        return _aten_weight_grad(crop, g, three, (0, 0), 1)
+
+    top = torch.cat([block(0, 0), block(0, 2)[..., 1:]], dim=-1)  # taps in rows 0-2
+    bottom = torch.cat([block(2, 0), block(2, 2)[..., 1:]], dim=-1)  # rows 2-4
+    return torch.cat([top, bottom[:, :, 1:]], dim=-2)
 
 
 PHASE_MIN_CHANNELS = 16  # below it the two layout copies cost more than the dilated kernel loses
