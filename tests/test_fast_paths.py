@@ -149,6 +149,30 @@ def test_depthwise_backward_on_forward_kernels_only_where_it_measured_faster():
         assert not ops.same_backward(torch.rand(2, 8, 8, 8))
 
 
+def test_the_search_supernet_keeps_autograds_depthwise_backward(monkeypatch):
+    """The supernet's depthwise convs (its edges' and the grouped ones) run autograd's backward:
+    no gain was measured in the search, and its cells stay those of earlier runs bit for bit;
+    the final networks' convs take the new one."""
+    from rnas.space.network import CellNetwork
+
+    calls = []
+    monkeypatch.setattr(
+        ops._DepthwiseSame,
+        "apply",
+        lambda *a: calls.append(1) or F.conv2d(a[0], a[1], a[2], 1, a[3], a[4], a[1].shape[0]),
+    )
+    net = Supernet(4, 3, 10, input_channels=1, dataset="digits")
+    assert all(not m.own_backward for m in net.modules() if isinstance(m, DepthwiseConv2d))
+    x = torch.rand(4, 1, 8, 8)
+    net(x).sum().backward()
+    assert not calls
+    edges = [["sep_conv_3x3", 0], ["dil_conv_5x5", 1]] * 4
+    cells = {"normal": edges, "normal_concat": [2, 3, 4, 5], "reduce": edges, "reduce_concat": [2, 3, 4, 5]}
+    final = CellNetwork(cells, 4, 3, 10, input_channels=1, dataset="digits")
+    final(x).sum().backward()
+    assert calls
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("bias", [False, True])

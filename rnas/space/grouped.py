@@ -97,7 +97,7 @@ def dil_conv_group(x: torch.Tensor, convs: list[nn.Sequential], stride: int) -> 
     already ReLU'd and stacked edge-major, x (B, n·C_in, H, W) -> (B, n·C_out, H/s, W/s)."""
     dws = [m[1] for m in convs]
     weight = torch.cat([dw.weight for dw in dws])  # (n·C_in, 1, k, k)
-    y = depthwise(x, weight, stride, dws[0].dilation[0])
+    y = depthwise(x, weight, stride, dws[0].dilation[0], own_backward=dws[0].own_backward)
     pw = torch.block_diag(*[m[2].weight.view(m[2].out_channels, m[2].in_channels) for m in convs])
     y = pointwise(y, pw)
     return batch_norm_group(y, [m[3] for m in convs])

@@ -175,8 +175,15 @@ class DepthwiseConv2d(nn.Conv2d):
     maps of a digits network is then a 1x1 conv; CPU kernels spend most of their time on the
     padding there (440 µs vs 55 µs per call).
 
+    *Backward*, for the stride-1 convs of the digits networks' sizes: :class:`_DepthwiseSame`,
+    whose gradients run on faster kernels (:func:`same_backward`). ``own_backward = False`` keeps
+    autograd's; the search supernet sets it (no gain measured there, and the searched cells of
+    earlier runs stay the same bit for bit).
+
     Every other setting runs ``nn.Conv2d.forward`` unchanged. Module hooks (MAC counting) and
     the bound propagation (which reads stride/padding/dilation) see an ordinary ``nn.Conv2d``."""
+
+    own_backward: bool = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (k, k1), (d, d1) = self.kernel_size, self.dilation
@@ -194,7 +201,7 @@ class DepthwiseConv2d(nn.Conv2d):
                 with torch.autocast("cpu", enabled=False):  # see depthwise()
                     return super().forward(x.float())
             return super().forward(x)
-        return depthwise(x, self.weight, self.stride[0], d, self.bias)
+        return depthwise(x, self.weight, self.stride[0], d, self.bias, self.own_backward)
 
 
 def _cpu_autocast(x: torch.Tensor) -> bool:
@@ -202,37 +209,49 @@ def _cpu_autocast(x: torch.Tensor) -> bool:
 
 
 def depthwise(
-    x: torch.Tensor, weight: torch.Tensor, stride: int, dilation: int, bias: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: int,
+    dilation: int,
+    bias: torch.Tensor | None = None,
+    own_backward: bool = True,
 ) -> torch.Tensor:
     """The depthwise conv (one filter per channel, ``weight`` (C, 1, k, k), odd k) with "same"
-    padding d·(k−1)/2, through the fast paths of :class:`DepthwiseConv2d`."""
+    padding d·(k−1)/2, through the fast paths of :class:`DepthwiseConv2d` (``own_backward``:
+    its backward where it applies)."""
     k, d, c = weight.shape[-1], dilation, weight.shape[0]
     if d > 1 and stride == 1 and _cpu_autocast(x):
         # torch 2.14's CPU bf16 kernel gives wrong weight gradients (off by >100%, inf, NaN) for
         # channels-last stride-1 dilated depthwise convs on maps >= 29 px wide: float32 here
         # (rnas.runtime.autocast; tests/test_amp_cpu.py)
         with torch.autocast("cpu", enabled=False):
-            return depthwise(x.float(), weight.float(), stride, d, None if bias is None else bias.float())
+            return depthwise(x.float(), weight.float(), stride, d, None if bias is None else bias.float(), own_backward)
     r = (k - 1) // 2  # taps on each side of the centre
     if d > 1 and stride == d:
-        return depthwise_same(subsample(x, d), weight, bias, (r, r), 1)
+        return depthwise_same(subsample(x, d), weight, bias, (r, r), 1, own_backward)
     if d > 1 and stride == 1 and _by_phases(x, d):
-        return _dilated_by_phases(x, weight, d, bias)
+        return _dilated_by_phases(x, weight, d, bias, own_backward)
     if stride == 1:
         h, w = x.shape[-2:]
         rh, rw = min(r, (h - 1) // d), min(r, (w - 1) // d)
         if (rh, rw) != (r, r):
             weight = weight[:, :, r - rh : r + rh + 1, r - rw : r + rw + 1]
-        return depthwise_same(x, weight, bias, (d * rh, d * rw), d)
+        return depthwise_same(x, weight, bias, (d * rh, d * rw), d, own_backward)
     return nn.functional.conv2d(x, weight, bias, stride, d * r, d, c)
 
 
 def depthwise_same(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int], dilation: int
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: tuple[int, int],
+    dilation: int,
+    own_backward: bool = True,
 ) -> torch.Tensor:
     """The stride-1 depthwise conv with "same" padding (d·(k−1)/2 per axis, odd k): ``F.conv2d``'s
-    value, with :class:`_DepthwiseSame`'s backward where :func:`same_backward` takes it."""
-    if not same_backward(x):
+    value, with :class:`_DepthwiseSame`'s backward where ``own_backward`` and :func:`same_backward`
+    take it."""
+    if not (own_backward and same_backward(x)):
         return nn.functional.conv2d(x, weight, bias, 1, padding, dilation, weight.shape[0])
     return _DepthwiseSame.apply(_unleafed(x), _unleafed(weight), bias, padding, dilation)
 
@@ -395,7 +414,9 @@ def _by_phases(x: torch.Tensor, d: int) -> bool:
     )
 
 
-def _dilated_by_phases(x: torch.Tensor, weight: torch.Tensor, d: int, bias: torch.Tensor | None) -> torch.Tensor:
+def _dilated_by_phases(
+    x: torch.Tensor, weight: torch.Tensor, d: int, bias: torch.Tensor | None, own_backward: bool = True
+) -> torch.Tensor:
     """A stride-1 depthwise conv with dilation d and "same" padding as d² undilated convs, one
     per pixel-parity sub-grid, batched: out[d·i + a] = Σ_t w[t]·x[d·(i + t − r) + a], so the
     sub-grid x_a = x[a::d] (both axes) convolved with dilation 1 and padding r gives out[a::d]
@@ -406,7 +427,7 @@ def _dilated_by_phases(x: torch.Tensor, weight: torch.Tensor, d: int, bias: torc
     hd, wd = h // d, w // d
     nhwc = x.permute(0, 2, 3, 1)  # (B, H, W, C), contiguous
     grids = nhwc.reshape(b, hd, d, wd, d, c).permute(0, 2, 4, 1, 3, 5).reshape(b * d * d, hd, wd, c)
-    y = depthwise(grids.permute(0, 3, 1, 2), weight, 1, 1, bias)  # (B·d², C, H/d, W/d), channels_last
+    y = depthwise(grids.permute(0, 3, 1, 2), weight, 1, 1, bias, own_backward)  # (B·d², C, H/d, W/d), channels_last
     out = y.permute(0, 2, 3, 1).reshape(b, d, d, hd, wd, c).permute(0, 3, 1, 4, 2, 5).reshape(b, h, w, c)
     return out.permute(0, 3, 1, 2)
 

@@ -31,6 +31,7 @@ from rnas.space.genotype import Genotype, derive_genotype, num_edges
 from rnas.space.network import cell_normalization, cell_plan
 from rnas.space.ops import (
     PRIMITIVES,
+    DepthwiseConv2d,
     FactorizedReduce,
     ReLUConvBN,
     Zero,
@@ -400,6 +401,9 @@ class Supernet(nn.Module):
         )
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(nodes * plan[-1][2], num_classes)
+        for m in self.modules():  # autograd's depthwise backward: no gain measured in the search
+            if isinstance(m, DepthwiseConv2d):  # (benchmarks/README.md "Depthwise backward")
+                m.own_backward = False
 
         n_e, n_ops = num_edges(nodes), len(self.primitives)
         # Architecture parameters (small random init as in DARTS: 1e-3 * N(0, 1)).
