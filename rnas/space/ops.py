@@ -286,8 +286,9 @@ def same_backward(x: torch.Tensor) -> bool:
     an attack's forward + input gradient 1.10x, a training step 1.08-1.16x on the retrained
     digits networks; the digits supernet's search step within noise (its edges' convs are
     grouped into 32+ channels, where autograd's backward is as fast). The paper-scale search
-    steps (16-64 channels on 8-32 px maps) measured 0.90-0.97x with it, so they keep autograd's
-    (benchmarks/README.md "Depthwise backward")."""
+    steps (16-64 channels on 8-32 px maps) measured 0.90-0.97x with it, so they keep autograd's,
+    and the supernet opts out (:attr:`DepthwiseConv2d.own_backward`; benchmarks/README.md
+    "Depthwise backward")."""
     h, w = x.shape[-2:]
     return (
         x.device.type == "cpu"
@@ -425,9 +426,7 @@ def _dilated_by_phases(
     measured 1.2-5x the undilated kernel on the sub-grids with 16-64 channels, benchmarks/README.md)."""
     b, c, h, w = x.shape
     hd, wd = h // d, w // d
-    nhwc = x.permute(0, 2, 3, 1)  # (B, H, W, C), contiguous
-    grids = nhwc.reshape(b, hd, d, wd, d, c).permute(0, 2, 4, 1, 3, 5).reshape(b * d * d, hd, wd, c)
-    y = depthwise(grids.permute(0, 3, 1, 2), weight, 1, 1, bias, own_backward)  # (B·d², C, H/d, W/d), channels_last
+    y = depthwise(_pixel_phases(x, d), weight, 1, 1, bias, own_backward)  # (B·d², C, H/d, W/d), channels_last
     out = y.permute(0, 2, 3, 1).reshape(b, d, d, hd, wd, c).permute(0, 3, 1, 4, 2, 5).reshape(b, h, w, c)
     return out.permute(0, 3, 1, 2)
 
