@@ -304,8 +304,6 @@ def _train_workload(
     """One step of the trainer's inner loop: PGD-10 (ε 8/255, step 2/255, random start) on
     the batch, CE on the adversarial examples, backward, clip 5, SGD."""
     from rnas.config import PerturbationConfig
-    from rnas.runtime import autocast
-    from rnas.training.perturbations import get_perturbation
 
     fast = variant == "fast"
     amp = _configure(variant, env)
@@ -316,22 +314,30 @@ def _train_workload(
     model = _place(model, env.device, channels_last=fast).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     pcfg = PerturbationConfig(kind="pgd", epsilon=8 / 255, step_size=2 / 255, steps=10)
-    perturb = get_perturbation("pgd")
     x, y = _data(batch, channels, size, 10, 3, env.device)
 
     def step(xs: torch.Tensor, ys: torch.Tensor) -> float:
-        gen = torch.Generator().manual_seed(0)
-        with autocast(env.device):
-            loss, _logits, _x = perturb(model, xs, ys, pcfg, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        return float(loss)
+        return _adversarial_step(model, opt, pcfg, xs, ys, env.device)
 
     return Workload(
         lambda: step(x, y), images=batch, amp=amp, count_run=lambda: step(x[:2], y[:2]), count_scale=batch / 2
     )
+
+
+def _adversarial_step(model: nn.Module, opt, pcfg, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+    """The trainer's inner loop once: ``pcfg``'s perturbation of the batch (its random start
+    from a generator seeded 0), CE on the perturbed batch, backward, clip 5, the optimizer's
+    step; returns the loss."""
+    from rnas.runtime import autocast
+    from rnas.training.perturbations import get_perturbation
+
+    with autocast(device):
+        loss, _logits, _x = get_perturbation(pcfg.kind)(model, x, y, pcfg, torch.Generator().manual_seed(0))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    opt.step()
+    return float(loss)
 
 
 def _resnet18() -> nn.Module:
@@ -447,7 +453,6 @@ def _depthwise_backward_workload(variant: str, env: Env) -> Workload:
     from rnas.space import ops
     from rnas.space.genotype import validate_genotype
     from rnas.space.network import CellNetwork
-    from rnas.training.perturbations import get_perturbation
 
     _configure(variant, env, amp=False)
     torch.manual_seed(0)
@@ -456,19 +461,13 @@ def _depthwise_backward_workload(variant: str, env: Env) -> Workload:
     model = CellNetwork(validate_genotype(cells), r.init_channels, r.layers, 10, input_channels=1, dataset="digits")
     model = _place(model, env.device, channels_last=True).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    pcfg, perturb = r.train.perturbation, get_perturbation(r.train.perturbation.kind)
     x, y = _data(8 if env.quick else r.train.batch_size, 1, _P.data.image_size, 10, 7, env.device)
     limit = ops.SAME_BACKWARD_MAX_CHANNELS if variant == "after" else 0
 
     def run() -> float:
         saved, ops.SAME_BACKWARD_MAX_CHANNELS = ops.SAME_BACKWARD_MAX_CHANNELS, limit
         try:
-            loss, _logits, _x = perturb(model, x, y, pcfg, torch.Generator().manual_seed(0))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            return float(loss)
+            return _adversarial_step(model, opt, r.train.perturbation, x, y, env.device)
         finally:
             ops.SAME_BACKWARD_MAX_CHANNELS = saved
 
