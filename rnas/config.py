@@ -638,15 +638,15 @@ class EvaluateConfig(_Section):
     certify_eps_sweep: Items[Annotated[Float, Field(ge=0.0, le=1.0)]] = Field(
         default_factory=lambda: (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3),
         description="L∞ radii (pixel units, each > certify_radius_min) of the certified-accuracy-vs-ε curve; they also "
-        "bracket the certified-radius bisection (empty: no curve)",
+        "bracket the certified-radius search (empty: no curve)",
     )
     certify_radius_steps: Int = Field(
         8,
         ge=0,
         le=64,
-        description="geometric bisection steps per certified radius (one bound "
-        "pass each; 0: no bisection, the radius is the largest "
-        "certified sweep ε)",
+        description="certified-radius precision: that of this many geometric bisection steps (upper / radius ≤ "
+        "bracket ratio^(2^-steps)), reached by a secant search in at most steps + 3 bound passes; 0: no search, the "
+        "radius is the largest certified sweep ε",
     )
     certify_radius_min: Float = Field(
         1e-10, gt=0.0, le=1.0, description="smallest radius tried: an example not certified here has radius 0"

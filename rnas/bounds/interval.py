@@ -35,7 +35,7 @@ NORMS: tuple[str, ...] = ("linf", "l2")
 @dataclass(frozen=True)
 class InputSet:
     """{x : ‖x − x₀‖_p ≤ ε} ∩ [0, 1]^d, with x₀ (B, C, H, W) in [0, 1] and ε in pixel units: one
-    radius for the batch (a float) or one per example (a tensor (B,), e.g. a bisection over ε)."""
+    radius for the batch (a float) or one per example (a tensor (B,), e.g. a root search over ε)."""
 
     x0: Tensor
     eps: float | Tensor

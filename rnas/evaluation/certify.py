@@ -12,15 +12,18 @@ The model is certified as it is evaluated: in eval mode (BN with running statist
 gradients, in batches of ``batch_size`` examples.
 
 **Certified radius** (:func:`certified_radius`): per example, the largest ε at which it is
-certified, found by bisection over ε with the same bound. The certified-accuracy-vs-ε curve
-(``certify_eps_sweep``) brackets every example first; a geometric bisection (the radii of the
-networks span decades) then narrows the bracket in ``steps`` bound passes, each on all examples
-still open at once (one ε per example). Invariant, for every example: certified at ``radius``,
+certified, found by a root search over ε on the same bound. The certified-accuracy-vs-ε curve
+(``certify_eps_sweep``) brackets every example first; the bracket is then narrowed to the
+precision of ``steps`` geometric bisection steps in at most ``steps`` + 1 bound passes, each on
+all examples still open at once (one ε per example): secant steps on the margin bound's values
+(exact where the bound is affine in ε, as it is while no ReLU of the relaxation changes state)
+while bisection could still finish in the passes left, bisection steps otherwise. Invariant, for
+every example: certified at ``radius``,
 not certified at ``upper`` (both computed, never inferred; a misclassified example is not
 certified anywhere and gets radius 0 without a pass). The sweep runs from the largest ε down and
 bounds a smaller ε only for the examples no larger one certified, since a certificate at ε covers
 every smaller ball; so the curve counts an example as certified at ε when its radius is ≥ ε
-(sound, non-increasing by construction). The bisection assumes the bound monotone in ε (IBP is;
+(sound, non-increasing by construction). The search assumes the bound monotone in ε (IBP is;
 CROWN's adaptive ReLU slopes need not be): where it is not, the radius found is still certified,
 only perhaps not the largest. The radius and the sweep run in
 float64: radii of PGD-trained networks under IBP / CROWN-IBP are ~1e-7 in pixel units, below the
@@ -40,7 +43,6 @@ import torch
 from torch import Tensor, nn
 
 from rnas.bounds import CERTIFY_METHODS, UnsupportedModelError, spec_bounds
-from rnas.evaluation.attacks import predict
 
 __all__ = [
     "CertifyResult",
@@ -134,6 +136,33 @@ def certify(
     )
 
 
+def certified_margins(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epsilon: float | Tensor,
+    norm: str = "linf",
+    method: str = "both",
+    batch_size: int = 256,
+    intermediate: str = "ibp",
+    dtype: torch.dtype | None = torch.float64,
+) -> Tensor:
+    """(N,) float64 on the CPU: the margin lower bound at ``epsilon`` (one radius, or a tensor (N,)
+    with one per example), bounds propagated in ``dtype``; −inf where the model misclassifies x
+    itself (not certified at any ε). Certified ⟺ > 0."""
+    if method not in CERTIFY_METHODS:
+        raise ValueError(f"unknown certification method {method!r}; known: {', '.join(CERTIFY_METHODS)}")
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+            eps = epsilon[i : i + batch_size] if isinstance(epsilon, Tensor) else epsilon
+            res = spec_bounds(model, xb, yb, eps, norm, CERTIFY_METHODS[method], intermediate=intermediate, dtype=dtype)
+            margin = res.margin().double()
+            out.append(torch.where(res.logits.argmax(1) == yb, margin, -math.inf).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
 def certified_flags(
     model: nn.Module,
     x: Tensor,
@@ -147,16 +176,7 @@ def certified_flags(
 ) -> Tensor:
     """(N,) bool on the CPU: classified correctly with a positive margin lower bound at ``epsilon``
     (one radius, or a tensor (N,) with one per example); bounds propagated in ``dtype``."""
-    if method not in CERTIFY_METHODS:
-        raise ValueError(f"unknown certification method {method!r}; known: {', '.join(CERTIFY_METHODS)}")
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-            eps = epsilon[i : i + batch_size] if isinstance(epsilon, Tensor) else epsilon
-            res = spec_bounds(model, xb, yb, eps, norm, CERTIFY_METHODS[method], intermediate=intermediate, dtype=dtype)
-            out.append(((res.logits.argmax(1) == yb) & (res.margin() > 0)).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+    return certified_margins(model, x, y, epsilon, norm, method, batch_size, intermediate, dtype) > 0
 
 
 def radius_cap(x: Tensor, norm: str) -> float:
@@ -178,7 +198,7 @@ class RadiusResult:
     norm: str
     steps: int
     radius_min: float
-    passes: int = 0  # bound passes (sweep, bracket ends, bisection)
+    passes: int = 0  # bound passes (sweep, bracket ends, root search)
     seconds: float = 0.0
 
     @property
@@ -191,7 +211,7 @@ class RadiusResult:
         return {str(eps): int(f.sum()) / f.numel() for eps, f in sorted(self.sweep.items())}
 
     def rel_gap(self) -> float:
-        """Largest upper / radius − 1 of the examples bisected (0 < radius, upper finite)."""
+        """Largest upper / radius − 1 of the examples searched (0 < radius, upper finite)."""
         open_ = (self.radius > 0) & torch.isfinite(self.upper)
         return float((self.upper[open_] / self.radius[open_] - 1).max()) if bool(open_.any()) else 0.0
 
@@ -229,7 +249,7 @@ def certified_radius(
     float64 and one at or above it in float32 (about 5x faster for CROWN-IBP on the CPU; the
     float32 input box is rounded outward, :meth:`rnas.bounds.interval.InputSet.box`).
 
-    1. The sweep, from the largest ε down: certified flags at each ε (> ``radius_min``). A
+    1. The sweep, from the largest ε down: the margin bound at each ε (> ``radius_min``). A
        smaller ε is bound only for the examples that no larger sweep ε certified and that the
        model classifies correctly: a certificate on a ball holds on every ball inside it, and a
        misclassified example has a negative margin at x itself, so neither needs a pass (most
@@ -238,8 +258,11 @@ def certified_radius(
        when certified at none but at ``radius_min`` (radius 0 when not even there), or [the
        largest sweep ε, the cap] (1 for L∞) when certified at all (radius = cap when certified
        at the cap).
-    2. ``steps`` geometric bisection steps on the open brackets, one bound pass each with one ε
-       per example: certified at √(lo·hi) → lo, else → hi.
+    2. The bracket narrowed to the precision of ``steps`` geometric bisection steps (upper /
+       radius ≤ (initial upper / radius)^(2^−steps)) in at most ``steps`` + 1 passes, one ε per
+       example each (:func:`next_probe`): a secant step on the margin bound values at the two
+       ends (Illinois-modified regula falsi) while bisection could still finish in the passes
+       left, else a bisection step. Certified at the probe → lo, else → hi.
     Returns lo as the radius and hi as ``upper``; see :class:`RadiusResult`."""
     if method not in CERTIFY_METHODS:
         raise ValueError(f"unknown certification method {method!r}; known: {', '.join(CERTIFY_METHODS)}")
@@ -253,20 +276,20 @@ def certified_radius(
     n, cap = len(x), radius_cap(x, norm)
     passes = 0
 
-    def flags(eps: float | Tensor, idx: Tensor) -> Tensor:
+    def margins(eps: float | Tensor, idx: Tensor) -> Tensor:
         nonlocal passes
         passes += 1
         if float64_below is None:
-            return certified_flags(
+            return certified_margins(
                 model, x[idx.to(x.device)], y[idx.to(y.device)], eps, norm, method, batch_size, intermediate, dtype
             )
         e = eps.cpu() if isinstance(eps, Tensor) else torch.full((len(idx),), float(eps), dtype=torch.float64)
-        out = torch.zeros(len(idx), dtype=torch.bool)
+        out = torch.zeros(len(idx), dtype=torch.float64)
         low = e < float64_below
         for part, dt in ((low, torch.float64), (~low, torch.float32)):
             if bool(part.any()):
                 sub = idx[part]
-                out[part] = certified_flags(
+                out[part] = certified_margins(
                     model,
                     x[sub.to(x.device)],
                     y[sub.to(y.device)],
@@ -280,50 +303,71 @@ def certified_radius(
         return out
 
     correct = torch.ones(n, dtype=torch.bool)  # a train-mode model is bound at batch statistics: no shortcut
+    m0 = torch.full((n,), math.nan, dtype=torch.float64)  # the exact margin at x (ε = 0), where known
     if isinstance(model, nn.Module) and not model.training:
-        with torch.no_grad():
-            correct = predict(model, x, batch_size).cpu() == y.cpu()
+        m0 = clean_margins(model, x, y, batch_size)
+        correct = m0 > 0
     open_ = correct.clone()  # not yet certified at a larger sweep ε, and classified correctly
     raw: dict[float, Tensor] = {}
+    bound: dict[float, Tensor] = {}  # ε -> (N,) margin bound at ε (NaN: not bound there)
     for eps in reversed(grid):
         raw[eps] = ~open_ & correct
+        bound[eps] = torch.full((n,), math.nan, dtype=torch.float64)
         todo = open_.nonzero().flatten()
         if len(todo):
-            ok = torch.zeros(n, dtype=torch.bool)
-            ok[todo] = flags(eps, todo)
+            bound[eps][todo] = margins(eps, todo)
+            ok = bound[eps] > 0
             raw[eps] |= ok
             open_ &= ~ok
     lo = torch.zeros(n, dtype=torch.float64)
     hi = torch.full((n,), grid[0] if grid else cap, dtype=torch.float64)
+    m_lo = torch.full((n,), math.nan, dtype=torch.float64)  # the margin bound at lo and at hi
+    m_hi = torch.full((n,), math.nan, dtype=torch.float64)
     if grid:
         table = torch.stack([raw[e] for e in grid], 1)  # (N, G), non-increasing along ε
+        values = torch.stack([bound[e] for e in grid] + [torch.full((n,), math.nan, dtype=torch.float64)], 1)
         idx = torch.arange(len(grid)).expand(n, -1)
         last = torch.where(table, idx, -1).max(1).values  # largest certified sweep index, -1: none
         points = torch.tensor([*grid, cap], dtype=torch.float64)
         has = last >= 0
         lo[has] = points[last[has]]
         hi[has] = points[last[has] + 1]
+        rows = has.nonzero().flatten()
+        m_lo[rows] = values[rows, last[rows]]
+        m_hi[rows] = values[rows, last[rows] + 1]
+        m_hi[~has] = values[~has, 0]
     # the lower end: certified at radius_min? (radius 0 if not)
     none = ((lo == 0) & correct).nonzero().flatten()
     hi[~correct] = radius_min
     if len(none):
-        ok = flags(radius_min, none)
+        m = margins(radius_min, none)
+        ok = m > 0
         lo[none[ok]] = radius_min
+        m_lo[none[ok]] = m[ok]
         hi[none[~ok]] = radius_min
     # the upper end: certified at the cap?
     top = ((lo > 0) & (hi == cap)).nonzero().flatten()
     if len(top):
-        ok = flags(cap, top)
+        m = margins(cap, top)
+        ok = m > 0
         lo[top[ok]] = cap
         hi[top[ok]] = math.inf
-    for _ in range(steps):
-        active = ((lo > 0) & torch.isfinite(hi)).nonzero().flatten()
+        m_hi[top[~ok]] = m[~ok]
+    # narrow every open bracket to the precision of `steps` bisection steps
+    bracketed = (lo > 0) & torch.isfinite(hi)
+    tol = torch.zeros(n, dtype=torch.float64)
+    tol[bracketed] = torch.log(hi[bracketed] / lo[bracketed]) / 2.0**steps
+    search = RootSearch(m0, m_lo, m_hi, tol)
+    for _ in range(steps + RootSearch.max_idle if steps else 0):
+        active = (bracketed & (torch.log(hi / lo) > tol * (1 + 1e-9))).nonzero().flatten()
         if not len(active):
             break
-        mid = torch.sqrt(lo[active] * hi[active])
-        ok = flags(mid.to(x.device), active)
-        lo[active[ok]] = mid[ok]
-        hi[active[~ok]] = mid[~ok]
+        probe = search.probe(active, lo[active], hi[active])
+        m = margins(probe.to(x.device), active)
+        ok = m > 0
+        search.update(active, ok, m, lo[active], hi[active], probe)
+        lo[active[ok]] = probe[ok]
+        hi[active[~ok]] = probe[~ok]
     sweep = {eps: lo >= eps for eps in grid}
     return RadiusResult(
         lo,
@@ -338,6 +382,84 @@ def certified_radius(
         passes,
         time.perf_counter() - start,
     )
+
+
+def clean_margins(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> Tensor:
+    """(N,) float64 on the CPU: f_y(x) − max_{k≠y} f_k(x), the margin every bound meets at ε = 0
+    (positive ⟺ classified correctly)."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            logits = model(x[i : i + batch_size]).double()
+            yb = y[i : i + batch_size].to(logits.device)
+            true = logits.gather(1, yb[:, None]).squeeze(1)
+            other = logits.scatter(1, yb[:, None], -math.inf).max(1).values
+            out.append((true - other).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+class RootSearch:
+    """Where to bound next in each open bracket [lo, hi] of :func:`certified_radius` (margin
+    bound m_lo > 0 at lo, m_hi ≤ 0 at hi).
+
+    The bound's distance from the exact margin m0, d(ε) = m0 − m(ε), grows with ε about as a power
+    of it (d ∝ ε at tiny ε, where the relaxation is exact and the bound affine; faster once ReLUs
+    turn unstable), so the root m(ε) = 0, d = m0, is sought by the secant in (log ε, log(d / m0))
+    (regula falsi, which keeps the bracket), with the Illinois modification (Dowell & Jarratt
+    1971): where the same end was replaced twice in a row, the other end's value is halved, so a
+    one-sided approach on a curved d turns. Without m0 (a model in training mode) or without a
+    positive d at lo, the secant is on m itself, in ε. A probe is kept at least min(tol, half the
+    bracket) (in log ε) from either end, so that a probe next to the root on its near side closes
+    the bracket. An example whose last ``max_idle`` secant steps did not halve its bracket takes
+    geometric bisection steps (√(lo·hi)) from then on, so every bracket closes to ``tol`` within
+    ``steps`` + ``max_idle`` passes."""
+
+    max_idle = 3
+
+    def __init__(self, m0: Tensor, m_lo: Tensor, m_hi: Tensor, tol: Tensor):
+        self.m0 = m0
+        self.tol = tol
+        d_lo = m0 - m_lo
+        self.loglog = torch.isfinite(m0) & (m0 > 0) & (d_lo > 0) & torch.isfinite(m_lo) & torch.isfinite(m_hi)
+        self.f_lo = torch.where(self.loglog, torch.log(d_lo / m0), -m_lo)  # < 0 at lo
+        self.f_hi = self._f(torch.arange(len(m0)), m_hi)  # >= 0 at hi
+        self.side = torch.zeros(len(m0), dtype=torch.int8)  # end replaced last: 1 lo, -1 hi, 0 none
+        self.idle = torch.zeros(len(m0), dtype=torch.long)  # secant steps that did not halve the bracket
+
+    def _f(self, idx: Tensor, m: Tensor) -> Tensor:
+        """The function whose root is sought (negative where certified), for the examples ``idx``."""
+        m0 = self.m0[idx]
+        ratio = torch.where(self.loglog[idx], (m0 - m) / torch.where(self.loglog[idx], m0, 1.0), 1.0)
+        return torch.where(self.loglog[idx], torch.log(ratio.clamp(min=torch.finfo(m.dtype).tiny)), -m)
+
+    def probe(self, idx: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        """The next ε of each example ``idx`` (brackets [lo, hi], wider than tol)."""
+        g = torch.log(hi / lo)
+        f_lo, f_hi = self.f_lo[idx], self.f_hi[idx]
+        secant = (self.idle[idx] < self.max_idle) & torch.isfinite(f_lo) & torch.isfinite(f_hi) & (f_hi > f_lo)
+        w = torch.where(secant, -f_lo / torch.where(secant, f_hi - f_lo, 1.0), 0.5)  # share of the way to hi
+        loglog = self.loglog[idx]
+        t_log = w * g  # in log ε
+        t_lin = torch.log1p(w * torch.expm1(g))  # in ε: lo + w·(hi − lo), as a log offset
+        t = torch.where(loglog, t_log, t_lin)
+        near = torch.minimum(self.tol[idx], g / 2)
+        t = torch.where(secant, torch.minimum(torch.maximum(t, near), g - near), g / 2)
+        return lo * torch.exp(t)
+
+    def update(self, idx: Tensor, certified: Tensor, m: Tensor, lo: Tensor, hi: Tensor, probe: Tensor) -> None:
+        """After bounding ``probe`` (margins ``m``) for the examples ``idx`` with brackets [lo, hi]:
+        the certified ones' lo moves to it, the others' hi."""
+        f = self._f(idx, m)
+        s = torch.where(certified, 1, -1).to(self.side.dtype)
+        again = self.side[idx] == s
+        self.f_hi[idx[again & certified]] /= 2  # lo replaced twice in a row: lean towards hi
+        self.f_lo[idx[again & ~certified]] /= 2
+        self.f_lo[idx[certified]] = f[certified]
+        self.f_hi[idx[~certified]] = f[~certified]
+        self.side[idx] = s
+        g_old = torch.log(hi / lo)
+        g_new = torch.where(certified, torch.log(hi / probe), torch.log(probe / lo))
+        self.idle[idx] += (g_new > g_old / 2).long()
 
 
 def attack_radii(settings: Any, flags: Mapping[str, Tensor], sanity: Any = None) -> dict[str, float]:

@@ -21,7 +21,7 @@ it needs and is left out when one is missing. Scores (per-example flags in ``fla
 * ``clean`` -- correct on the clean input;
 * ``certified`` -- certified at ε by the bound method of the evaluation;
 * ``log_radius`` -- log10 of the example's certified radius (``certified_radius`` in
-  ``flags.json``: the largest L∞ ε its bound certifies, found by bisection), an uncertified or
+  ``flags.json``: the largest L∞ ε its bound certifies, found by a root search), an uncertified or
   misclassified example counting as ``evaluate.certify_radius_min``; effects in decades. This is
   the DSRNA certified claim: certified accuracy at the attack ε is 0 for every digits model, the
   radii differ by orders of magnitude;

@@ -138,7 +138,7 @@ def acc_cell(values: Sequence[float], n: int) -> Cell:
 RADIUS_KEY = "certified_radius_median"
 RADIUS_TIP = (
     "median over the examples of the certified radius: the largest L∞ ε at which the bound certifies "
-    "the example (bisection; 0 when not certified at certify_radius_min), pixel units"
+    "the example (root search over ε; 0 when not certified at certify_radius_min), pixel units"
 )
 
 
