@@ -164,19 +164,12 @@ def certified_margins(
 
 
 def certified_flags(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    epsilon: float | Tensor,
-    norm: str = "linf",
-    method: str = "both",
-    batch_size: int = 256,
-    intermediate: str = "ibp",
-    dtype: torch.dtype | None = torch.float64,
+    model: nn.Module, x: Tensor, y: Tensor, epsilon: float | Tensor, *args: Any, **kwargs: Any
 ) -> Tensor:
     """(N,) bool on the CPU: classified correctly with a positive margin lower bound at ``epsilon``
-    (one radius, or a tensor (N,) with one per example); bounds propagated in ``dtype``."""
-    return certified_margins(model, x, y, epsilon, norm, method, batch_size, intermediate, dtype) > 0
+    (one radius, or a tensor (N,) with one per example); the other arguments (norm, method,
+    batch_size, intermediate, dtype) as :func:`certified_margins`."""
+    return certified_margins(model, x, y, epsilon, *args, **kwargs) > 0
 
 
 def radius_cap(x: Tensor, norm: str) -> float:
@@ -259,10 +252,10 @@ def certified_radius(
        largest sweep ε, the cap] (1 for L∞) when certified at all (radius = cap when certified
        at the cap).
     2. The bracket narrowed to the precision of ``steps`` geometric bisection steps (upper /
-       radius ≤ (initial upper / radius)^(2^−steps)) in at most ``steps`` + 1 passes, one ε per
-       example each (:func:`next_probe`): a secant step on the margin bound values at the two
-       ends (Illinois-modified regula falsi) while bisection could still finish in the passes
-       left, else a bisection step. Certified at the probe → lo, else → hi.
+       radius ≤ (initial upper / radius)^(2^−steps)) by a root search on the margin bound
+       (:class:`RootSearch`: secant steps on the bound's values at the two ends, bisection where
+       they stop paying), one ε per example per pass, in at most ``steps`` + 3 passes. Certified
+       at the probe → lo, else → hi.
     Returns lo as the radius and hi as ``upper``; see :class:`RadiusResult`."""
     if method not in CERTIFY_METHODS:
         raise ValueError(f"unknown certification method {method!r}; known: {', '.join(CERTIFY_METHODS)}")
@@ -410,8 +403,9 @@ class RootSearch:
     one-sided approach on a curved d turns. Without m0 (a model in training mode) or without a
     positive d at lo, the secant is on m itself, in ε. A probe is kept at least min(tol, half the
     bracket) (in log ε) from either end, so that a probe next to the root on its near side closes
-    the bracket. An example whose last ``max_idle`` secant steps did not halve its bracket takes
-    geometric bisection steps (√(lo·hi)) from then on, so every bracket closes to ``tol`` within
+    the bracket. An example after ``max_idle`` secant steps that did not halve its bracket takes
+    geometric bisection steps (√(lo·hi)) from then on (a step that halves it does at least what
+    bisection does), so every bracket closes to ``tol`` within
     ``steps`` + ``max_idle`` passes."""
 
     max_idle = 3
