@@ -106,8 +106,11 @@ def _adjoint_kernel(weight: Tensor, groups: int) -> Tensor:
 
 
 def split3(z: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(clean value, lower, upper) of a stacked tensor ``cat([x, l, u])``."""
-    return z[:n], z[n : 2 * n], z[2 * n :]
+    """(clean value, lower, upper) of a stacked tensor ``cat([x, l, u])``: views, whose backward
+    stacks the three gradients into one tensor (three slices would each zero-fill a tensor of
+    the whole stack's size and add them up)."""
+    x, lo, up = z.unflatten(0, (3, n)).unbind(0)
+    return x, lo, up
 
 
 class Op:
@@ -160,8 +163,8 @@ class LinearOp(Op):
         x, lo, up = split3(zs[0], n)
         out = self.apply(torch.cat([x, (up + lo) / 2]))  # clean value and centre in one call
         r = self.apply_abs((up - lo) / 2)
-        c = out[n:]
-        return torch.cat([out[:n], c - r, c + r])
+        x, c = out.unflatten(0, (2, n)).unbind(0)
+        return torch.cat([x, c - r, c + r])
 
 
 class ChannelAffine(LinearOp):
@@ -184,8 +187,8 @@ class ChannelAffine(LinearOp):
     def ibp(self, zs, n):
         scale, shift = self._params(zs[0][:n])
         z = self.apply(zs[0])  # affine per channel: the box ends may swap where scale < 0
-        lo, up = z[n : 2 * n], z[2 * n :]
-        return torch.cat([z[:n], torch.minimum(lo, up), torch.maximum(lo, up)])
+        x, lo, up = split3(z, n)
+        return torch.cat([x, torch.minimum(lo, up), torch.maximum(lo, up)])
 
     def crown(self, A, boxes, xs):
         scale, shift = self._params(xs[0])
@@ -358,8 +361,8 @@ class Scale(LinearOp):
         if self.monotone:
             return self.w * zs[0]
         z = self.w * zs[0]
-        lo, up = z[n : 2 * n], z[2 * n :]
-        return torch.cat([z[:n], torch.minimum(lo, up), torch.maximum(lo, up)])
+        x, lo, up = split3(z, n)
+        return torch.cat([x, torch.minimum(lo, up), torch.maximum(lo, up)])
 
     def crown(self, A, boxes, xs):
         return [A * self.w], None
