@@ -66,6 +66,7 @@ __all__ = [
     "fgsm_adv",
     "fgsm_flags",
     "get_attack",
+    "logit_margin",
     "pgd_adv",
     "pgd_attack",
     "pgd_flags",
@@ -315,11 +316,16 @@ def _restarted(
 # Pure-torch PGD: the one loop (pgd_loop) that training, the rnas_adv search and evaluation share.
 
 
-def _margin_loss(logits: Tensor, y: Tensor) -> Tensor:
-    """Carlini–Wagner margin max_{k≠y} z_k − z_y, summed over the batch (maximized by PGD)."""
+def logit_margin(logits: Tensor, y: Tensor) -> Tensor:
+    """Per example (B,): z_y − max_{k≠y} z_k, positive where the prediction is correct."""
     true = logits.gather(1, y[:, None]).squeeze(1)
     other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
-    return (other - true).sum()
+    return true - other
+
+
+def _margin_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Carlini–Wagner margin max_{k≠y} z_k − z_y, summed over the batch (maximized by PGD)."""
+    return (-logit_margin(logits, y)).sum()
 
 
 _PGD_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {

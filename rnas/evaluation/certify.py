@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from rnas.bounds import CERTIFY_METHODS, UnsupportedModelError, spec_bounds
+from rnas.evaluation.attacks import logit_margin
 
 __all__ = [
     "CertifyResult",
@@ -384,10 +385,7 @@ def clean_margins(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256)
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             logits = model(x[i : i + batch_size]).double()
-            yb = y[i : i + batch_size].to(logits.device)
-            true = logits.gather(1, yb[:, None]).squeeze(1)
-            other = logits.scatter(1, yb[:, None], -math.inf).max(1).values
-            out.append((true - other).cpu())
+            out.append(logit_margin(logits, y[i : i + batch_size].to(logits.device)).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
@@ -413,10 +411,10 @@ class RootSearch:
     def __init__(self, m0: Tensor, m_lo: Tensor, m_hi: Tensor, tol: Tensor):
         self.m0 = m0
         self.tol = tol
-        d_lo = m0 - m_lo
-        self.loglog = torch.isfinite(m0) & (m0 > 0) & (d_lo > 0) & torch.isfinite(m_lo) & torch.isfinite(m_hi)
-        self.f_lo = torch.where(self.loglog, torch.log(d_lo / m0), -m_lo)  # < 0 at lo
-        self.f_hi = self._f(torch.arange(len(m0)), m_hi)  # >= 0 at hi
+        every = torch.arange(len(m0))
+        self.loglog = torch.isfinite(m0) & (m0 > 0) & (m0 - m_lo > 0) & torch.isfinite(m_lo) & torch.isfinite(m_hi)
+        self.f_lo = self._f(every, m_lo)  # < 0 at lo
+        self.f_hi = self._f(every, m_hi)  # >= 0 at hi
         self.side = torch.zeros(len(m0), dtype=torch.int8)  # end replaced last: 1 lo, -1 hi, 0 none
         self.idle = torch.zeros(len(m0), dtype=torch.long)  # secant steps that did not halve the bracket
 
