@@ -192,6 +192,43 @@ def test_coalition_forward_equals_one_masked_forward_per_coalition(partial_chann
             pass
 
 
+@pytest.mark.parametrize("partial_channels", [1, 2])
+def test_ops_off_in_every_coalition_copy_are_skipped_with_the_same_logits(partial_channels, monkeypatch):
+    """A stack of coalitions along one permutation shares the players switched off before its
+    first coalition: those ops are off in every copy, and the forward does not run them (each
+    edge's mix is told so). The logits equal those of running them (scaled by 0) bit for bit,
+    and an op on in one copy only still runs."""
+    from rnas.space.supernet import MixedOp
+
+    torch.manual_seed(0)
+    net = Supernet(8, 3, 10, 1, "digits", 4, partial_channels=partial_channels).train()
+    n_e, n_ops = net.mask_normal.shape
+    x = torch.rand(4, 1, 8, 8)
+    masks = torch.rand(3, 2 * n_e * n_ops, generator=torch.Generator().manual_seed(1)) < 0.5
+    masks[:, ::3] = False  # off in every copy
+    masks[1, 1::6] = True  # on in one copy only
+    told: dict[int, list[bool] | None] = {}
+    mix = MixedOp.mix
+
+    def recording_mix(self, xa, weights, active=None, *args):
+        told[id(self)] = active
+        return mix(self, xa, weights, active, *args)
+
+    monkeypatch.setattr(MixedOp, "mix", recording_mix)
+    with torch.no_grad():
+        with net.coalitions(masks.float()):
+            skipped = net(x.repeat(3, 1, 1, 1))
+        on_somewhere = masks.any(0).view(2, n_e, n_ops)
+        for cell in net.cells:
+            for e, edge in enumerate(cell.edges):
+                assert told[id(edge)] == on_somewhere[int(cell.reduction), e].tolist()
+        monkeypatch.setattr(Supernet, "_coalition_active", lambda self, reduction: None)
+        with net.coalitions(masks.float()):
+            everything = net(x.repeat(3, 1, 1, 1))
+    assert told[id(net.cells[0].edges[0])] is None  # every op ran
+    assert torch.equal(skipped, everything)
+
+
 def test_coalition_scores_by_hand():
     """accuracy: 1 where the argmax is the label; probability: softmax(logits)[y], which moves
     when the logits move and no prediction flips (the noise of the accuracy game on small

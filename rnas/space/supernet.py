@@ -449,11 +449,11 @@ class Supernet(nn.Module):
         """Score G coalitions in one forward: inside the block, a batch of G·b examples is G
         stacked copies of a b-example batch, copy g run by the supernet with ``masks[g]`` as its
         mask (``masks`` (G, 2·n_edges·n_ops), 1 = on, normal cell first; ``mask_normal`` and
-        ``mask_reduce`` are ignored). Every op runs on every copy, its output scaled per example
-        by w_o·mask, so a switched-off op adds exactly zero; in train mode every BN normalizes
-        each copy with that copy's own statistics (:func:`per_copy_batch_norm`) and the running
-        statistics are left alone. The same function as G masked forwards, within float
-        round-off (tests/test_lrnas.py)."""
+        ``mask_reduce`` are ignored). An op that is on in some copy runs on every copy, its output
+        scaled per example by w_o·mask, so where it is off it adds exactly zero; an op off in
+        every copy is not run. In train mode every BN normalizes each copy with that copy's own
+        statistics (:func:`per_copy_batch_norm`) and the running statistics are left alone. The
+        same function as G masked forwards, within float round-off (tests/test_lrnas.py)."""
         n_e, n_ops = self.mask_normal.shape
         if masks.dim() != 2 or masks.shape[1] != 2 * n_e * n_ops:
             raise ValueError(f"coalition masks must be (G, {2 * n_e * n_ops}), got {tuple(masks.shape)}")
@@ -480,6 +480,14 @@ class Supernet(nn.Module):
         w = w.repeat_interleave(batch // groups, dim=0)  # (B, n_e, n_ops)
         return w.permute(1, 2, 0).reshape(*w.shape[1:], batch, 1, 1, 1)
 
+    def _coalition_active(self, reduction: bool) -> list[list[bool]] | None:
+        """Per edge and op, False where the op is off in every coalition copy: all its terms are
+        w·0, so the forward skips it (the coalitions along one permutation share every player
+        switched off before the first of them; later stacks skip more and more ops). The same
+        values as running it, bit for bit: adding a zero term changes no sum. None: all run."""
+        on = (self._coalitions[:, int(reduction)] != 0).any(0)
+        return None if bool(on.all()) else on.tolist()
+
     def edge_weights(self, reduction: bool, dtype: torch.dtype | None = None) -> torch.Tensor | None:
         beta = self.beta_reduce if reduction else self.beta_normal
         if beta is None:
@@ -494,7 +502,7 @@ class Supernet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C_in, H, W) in [0, 1]
         if self._coalitions is not None:
             w_n, w_r = (self._coalition_weights(red, x.shape[0]) for red in (False, True))
-            a_n = a_r = None
+            a_n, a_r = (self._coalition_active(red) for red in (False, True))
         else:
             w_n, w_r = self.op_weights(False), self.op_weights(True)
             a_n, a_r = self.active_ops(False), self.active_ops(True)
