@@ -195,6 +195,11 @@ def setup_runtime(
             # The same switch without importing torch._inductor (~1 s of every stage's start-up),
             # whose flag only matters to torch.compile'd code.
             torch._C._set_deterministic_algorithms(True, warn_only=True)
+        # Deterministic mode also NaN-fills every new tensor's memory, a guard against kernels that
+        # read memory they did not write: one more write of every activation and gradient, 2-4% of
+        # a digits search step (session 19). Every kernel here writes what it returns: the same
+        # gradients bit for bit without it, and a whole `make run` wrote the same files.
+        torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.benchmark = False
     chosen = choose_device(device)
     configure_acceleration(amp, compile, chosen)

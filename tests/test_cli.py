@@ -46,7 +46,8 @@ def test_deterministic_runtime_without_importing_inductor():
     code = (
         "import torch; from rnas.runtime import setup_runtime; setup_runtime(1, True, 'cpu')\n"
         "assert torch.are_deterministic_algorithms_enabled()\n"
-        "assert torch.is_deterministic_algorithms_warn_only_enabled()"
+        "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
+        "assert not torch.utils.deterministic.fill_uninitialized_memory"  # no NaN-fill of new tensors
     )
     loaded = _modules_after(code)
     assert "torch._inductor" not in loaded
