@@ -315,6 +315,69 @@ def test_stacked_ibp_gradients_equal_those_of_sliced_stacks(monkeypatch):
         assert torch.equal(a, b)
 
 
+def _per_edge_graphs(monkeypatch) -> None:
+    """Build every supernet graph with one mixed op per edge (no state groups)."""
+    from rnas.bounds import builders
+
+    monkeypatch.setattr(builders, "_state_edges_groupable", lambda *args: False)
+
+
+def test_grouped_supernet_graph_equals_the_per_edge_one(monkeypatch):
+    """In training mode the out-edges of each state are one group of channel blocks in the graph,
+    as in the supernet's own forward: the same point pass, IBP bound and α gradients as one mixed
+    op per edge, in fewer than half the nodes. CROWN-IBP is at least as tight (a state's n pools
+    are one node, relaxed once instead of once per edge) and sound: no point of the ball, through
+    the network with BN frozen at the clean batch's statistics, has a margin below either bound."""
+    model = _model("supernet").train()
+    with torch.no_grad():
+        model.alpha_normal.normal_(generator=torch.Generator().manual_seed(3))
+        model.alpha_reduce.normal_(generator=torch.Generator().manual_seed(4))
+    x, y = _data()
+
+    def passes():
+        graph = build_graph(model)
+        res = spec_bounds(model, x, y, 0.02, methods=("ibp", "crown"))
+        grads = torch.autograd.grad(res.lower["ibp"].sum(), model.arch_parameters())
+        return graph, res, grads
+
+    graph, grouped, grads = passes()
+    _per_edge_graphs(monkeypatch)
+    per_edge_graph, per_edge, per_edge_grads = passes()
+    assert len(graph.nodes) < len(per_edge_graph.nodes) / 2
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x), per_edge_graph(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grouped.lower["ibp"], per_edge.lower["ibp"], rtol=1e-10, atol=1e-10)
+    for a, b in zip(grads, per_edge_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert (grouped.lower["crown"] >= per_edge.lower["crown"] - 1e-9).all()
+    exact = spec_bounds(model, x, y, 0.0, methods=("ibp", "crown"))  # still per edge: a point
+    monkeypatch.undo()
+    at_zero = spec_bounds(model, x, y, 0.0, methods=("ibp", "crown"))
+    with torch.no_grad():
+        true = _margins(model(x), y)
+    for name in ("ibp", "crown"):  # exact at ε = 0 (every coefficient of the backward pass counts)
+        torch.testing.assert_close(at_zero.lower[name], true, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(exact.lower[name], true, rtol=1e-9, atol=1e-9)
+    pts = _ball_points(x, 0.02, "linf", 16, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        worst = torch.stack([_margins(graph.forward_fixed_stats(x, p)[1], y) for p in pts]).min(0).values
+    for name in ("ibp", "crown"):
+        assert (worst >= grouped.lower[name] - 1e-9).all(), name
+
+
+@pytest.mark.parametrize("case", ["eval", "partial_channels", "masked"])
+def test_supernet_graph_stays_per_edge_where_groups_would_differ(case, monkeypatch):
+    """No state groups in eval mode (each edge's BN after a pool has its own running statistics),
+    with PC-DARTS' partial channels, or with ops switched off: the graph is the per-edge one."""
+    model = _model("supernet_pc" if case == "partial_channels" else "supernet").train(case != "eval")
+    if case == "masked":  # one op off in each cell type (a cell without masks is grouped)
+        model.mask_normal[0, 3] = 0.0
+        model.mask_reduce[2, 4] = 0.0
+    grouped_nodes = len(build_graph(model).nodes)
+    _per_edge_graphs(monkeypatch)
+    assert grouped_nodes == len(build_graph(model).nodes)
+
+
 def test_train_mode_bound_is_the_bound_of_the_network_frozen_at_batch_statistics():
     """Training-mode BN in the bound = affine map with the clean batch's (biased) statistics."""
     model = _model("supernet").train()

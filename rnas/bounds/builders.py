@@ -6,7 +6,8 @@ for single-input modules. Supported:
 
 * the cell space: :class:`~rnas.space.network.CellNetwork` (final networks) and
   :class:`~rnas.space.supernet.Supernet` (mixed ops: Σ_o softmax(α)_o · op_o(x), with the same
-  op-mask skipping and PC-DARTS partial channels / edge normalization as its forward);
+  op-mask skipping and PC-DARTS partial channels / edge normalization as its forward; in
+  training mode each state's out-edges as one group of channel blocks, :func:`_state_edges`);
   their ops ``ReLUConvBN``, ``DilConv``, ``SepConv``, ``FactorizedReduce``, ``Zero``,
   ``Identity``, max and average pooling;
 * RNAS-CL's width space: :class:`~rnas.space.width.WidthNetwork` (final networks; the identity
@@ -24,6 +25,7 @@ are for the deterministic network); a model in training mode with drop path on i
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -34,7 +36,7 @@ from rnas.models.normalize import Normalize
 from rnas.models.preact_resnet import PreActBlock, PreActResNet18
 from rnas.models.small_cnn import SmallCNN
 from rnas.models.wide_resnet import WideBasicBlock, WideResNet
-from rnas.space import ops as space_ops
+from rnas.space import grouped, ops as space_ops
 from rnas.space.network import Cell, CellNetwork
 from rnas.space.supernet import MixedOp, SearchCell, Supernet
 from rnas.space.width import ConvBNAct, WidthBlock, WidthNetwork
@@ -169,8 +171,110 @@ def _mixed_op(graph: g.Graph, m: MixedOp, x: int, weights, active) -> int:
     return graph.add(g.ChannelShuffle(m.k), graph.add(g.Concat(), out, xb))
 
 
+def _conv_like(convs: list[nn.Conv2d], weight: torch.Tensor, groups: int) -> SimpleNamespace:
+    """The fields :class:`~rnas.bounds.graph.Conv` reads, for n same-shaped convs run as one."""
+    m = convs[0]
+    return SimpleNamespace(
+        weight=weight,
+        bias=None,
+        stride=m.stride,
+        padding=m.padding,
+        dilation=m.dilation,
+        groups=groups,
+        padding_mode=m.padding_mode,
+    )
+
+
+def _grouped_dil_conv(graph: g.Graph, units: list[nn.Sequential], x: int) -> int:
+    """n ``DilConv`` units (ReLU, depthwise, 1x1, BN) on x, their input stacked block-major
+    (B, n·C_in, H, W) and already ReLU'd: one depthwise conv, one grouped 1x1 conv and one BN over
+    the n blocks (an affine-free training-mode BN normalizes each channel on its own)."""
+    n = len(units)
+    dws, pws, bns = [u[1] for u in units], [u[2] for u in units], [u[3] for u in units]
+    dw = torch.cat([c.weight for c in dws])  # (n·C_in, 1, k, k)
+    y = graph.add(g.Conv(_conv_like(dws, dw, dws[0].groups * n)), x)
+    pw = torch.cat([c.weight for c in pws])  # (n·C_out, C_in, 1, 1): n groups
+    y = graph.add(g.Conv(_conv_like(pws, pw, n)), y)
+    bn = SimpleNamespace(training=True, running_mean=None, running_var=None, weight=None, bias=None, eps=bns[0].eps)
+    return graph.add(g.BatchNorm(bn), y)
+
+
+def _state_edges_groupable(cell: SearchCell, edges: list[MixedOp], active) -> bool:
+    """Whether a state's out-edges can run as one group in the graph: full channels (no PC-DARTS
+    split), nothing switched off, training mode (batch statistics, so the edges' affine-free BNs
+    after one pool agree), and the registry's modules on every edge (:func:`grouped.edges_groupable`)."""
+    return (
+        cell.edges[0].k == 1
+        and active is None
+        and cell.training
+        and grouped.edges_groupable(list(edges), edges[0].primitives)
+        and not any(m.affine for e in edges for m in e.modules() if isinstance(m, nn.BatchNorm2d))
+    )
+
+
+def _state_edges(graph: g.Graph, edges: list[MixedOp], x: int, w: torch.Tensor) -> list[int]:
+    """The mixed outputs of the n out-edges of one state x, computed as one group as the supernet's
+    own training forward does (:func:`rnas.space.grouped.state_ops`): each op's n copies as blocks
+    of channels, scaled by the edges' weights w[:, o] ≥ 0, summed over ops, and each edge's output
+    its block. The same function, box and CROWN bound as one mixed op per edge, up to float
+    round-off (tests/test_bounds.py), in about a third of the graph's nodes."""
+    n, stride, primitives = len(edges), edges[0].stride, edges[0].primitives
+    c = next(m.num_features for m in edges[0].modules() if isinstance(m, nn.BatchNorm2d))  # channels per edge
+    terms: list[int] = []
+    repeated_relu = None
+    for o, name in enumerate(primitives):
+        ops = [e.ops[o] for e in edges]
+        if name == "none":
+            continue  # w·0: no node
+        if name in ("max_pool_3x3", "avg_pool_3x3"):  # one pool + affine-free BN, the same on every edge
+            y = graph.add(g.RepeatChannels(n), add_module(graph, ops[0], x))
+        elif name == "skip_connect":
+            if stride == 1:
+                y = graph.add(g.RepeatChannels(n), x)
+            else:  # one FactorizedReduce per edge, each with its own convs
+                y = graph.add(g.Concat(), *[add_module(graph, op, x) for op in ops])
+        else:  # sep_conv_* (two DilConv units) and dil_conv_* (one), from one ReLU of the state
+            if repeated_relu is None:
+                repeated_relu = graph.add(g.RepeatChannels(n), graph.add(g.ReLU(), x))
+            if name.startswith("sep_conv"):
+                y = _grouped_dil_conv(graph, [op[0] for op in ops], repeated_relu)
+                y = _grouped_dil_conv(graph, [op[1] for op in ops], graph.add(g.ReLU(), y))
+            else:
+                y = _grouped_dil_conv(graph, list(ops), repeated_relu)
+        terms.append(graph.add(g.ChannelScale(w[:, o].repeat_interleave(c)), y))
+    if not terms:  # only `none`: zero edges
+        return [graph.add(g.Zero(stride), x) for _ in edges]
+    total = terms[0] if len(terms) == 1 else graph.add(g.Add(), *terms)
+    return [graph.add(g.ChannelRange(t * c, (t + 1) * c), total) for t in range(n)]
+
+
+def _search_cell_grouped(graph: g.Graph, cell: SearchCell, states: list[int], weights: torch.Tensor) -> int:
+    """:func:`_search_cell` with each state's out-edges as one group (:func:`_state_edges`), fed
+    as soon as the state exists: state j feeds nodes max(0, j − 1) .. nodes − 1."""
+    offsets = [sum(i + 2 for i in range(node)) for node in range(cell.nodes)]
+    terms: list[list[int]] = [[] for _ in range(cell.nodes)]
+
+    def feed(j: int, h: int) -> None:
+        targets = list(range(max(0, j - 1), cell.nodes))
+        ids = [offsets[node] + j for node in targets]
+        outs = _state_edges(graph, [cell.edges[e] for e in ids], h, weights[ids])
+        for node, out in zip(targets, outs):
+            terms[node].append(out)
+
+    feed(0, states[0])
+    feed(1, states[1])
+    nodes = []
+    for node in range(cell.nodes):
+        nodes.append(graph.add(g.Add(), *terms[node]))
+        if node < cell.nodes - 1:
+            feed(node + 2, nodes[-1])
+    return graph.add(g.Concat(), *nodes)
+
+
 def _search_cell(graph: g.Graph, cell: SearchCell, s0: int, s1: int, weights, edge_weights, active) -> int:
     states = [add_module(graph, cell.preprocess0, s0), add_module(graph, cell.preprocess1, s1)]
+    if edge_weights is None and _state_edges_groupable(cell, list(cell.edges), active):
+        return _search_cell_grouped(graph, cell, states, weights)
     offset = 0
     for _node in range(cell.nodes):
         terms = []

@@ -413,6 +413,55 @@ class Concat(Op):
         return list(torch.split(A, [x.shape[1] for x in xs], dim=2)), None
 
 
+class RepeatChannels(Op):
+    """(B, C, H, W) -> (B, n·C, H, W): n copies along the channels, block-major (the input of the
+    n out-edges of one supernet state, computed together: :func:`rnas.bounds.builders._state_edges`)."""
+
+    monotone = True
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def forward(self, xs):
+        return torch.cat([xs[0]] * self.n, dim=1)
+
+    def crown(self, A, boxes, xs):  # the sum of the n blocks' coefficients
+        return [A.unflatten(2, (self.n, -1)).sum(2)], None
+
+
+class ChannelRange(Op):
+    """Channels ``start:stop`` (one edge's block of a grouped state's output)."""
+
+    monotone = True
+
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop = start, stop
+
+    def forward(self, xs):
+        return xs[0][:, self.start : self.stop]
+
+    def crown(self, A, boxes, xs):
+        return [F.pad(A, (0, 0, 0, 0, self.start, xs[0].shape[1] - self.stop))], None
+
+
+class ChannelScale(LinearOp):
+    """y = x · s[c] with s ≥ 0 per channel (n edges' softmax weights of one op, each repeated over
+    its edge's block of channels): monotone, so the box is s · [l, u]."""
+
+    monotone = True
+
+    def __init__(self, s: Tensor):
+        self.s = s.reshape(-1)
+
+    def apply(self, x):
+        return x * cast(self.s, x).view(1, -1, *([1] * (x.dim() - 2)))
+
+    apply_abs = apply
+
+    def crown(self, A, boxes, xs):
+        return [A * cast(self.s, A).view(1, 1, -1, *([1] * (A.dim() - 3)))], None
+
+
 class SliceChannels(Op):
     """PC-DARTS' partial channels: the first C/K channels (``first``) or the remaining ones."""
 
