@@ -319,7 +319,7 @@ def _per_edge_graphs(monkeypatch) -> None:
     """Build every supernet graph with one mixed op per edge (no state groups)."""
     from rnas.bounds import builders
 
-    monkeypatch.setattr(builders, "_state_edges_groupable", lambda *args: False)
+    monkeypatch.setattr(builders, "_cell_groupable", lambda *args: False)
 
 
 def test_grouped_supernet_graph_equals_the_per_edge_one(monkeypatch):

@@ -199,15 +199,17 @@ def _grouped_dil_conv(graph: g.Graph, units: list[nn.Sequential], x: int) -> int
     return graph.add(g.BatchNorm(bn), y)
 
 
-def _state_edges_groupable(cell: SearchCell, edges: list[MixedOp], active) -> bool:
-    """Whether a state's out-edges can run as one group in the graph: full channels (no PC-DARTS
-    split), nothing switched off, training mode (batch statistics, so the edges' affine-free BNs
-    after one pool agree), and the registry's modules on every edge (:func:`grouped.edges_groupable`)."""
+def _cell_groupable(cell: SearchCell, active) -> bool:
+    """Whether the graph can run each state's out-edges of ``cell`` as one group: full channels
+    (no PC-DARTS split), nothing switched off, training mode (batch statistics, so the edges'
+    affine-free BNs after one pool agree), and the registry's modules on every edge
+    (:func:`grouped.edges_groupable`)."""
+    edges = list(cell.edges)
     return (
-        cell.edges[0].k == 1
+        edges[0].k == 1
         and active is None
         and cell.training
-        and grouped.edges_groupable(list(edges), edges[0].primitives)
+        and grouped.edges_groupable(edges, edges[0].primitives)
         and not any(m.affine for e in edges for m in e.modules() if isinstance(m, nn.BatchNorm2d))
     )
 
@@ -216,8 +218,9 @@ def _state_edges(graph: g.Graph, edges: list[MixedOp], x: int, w: torch.Tensor) 
     """The mixed outputs of the n out-edges of one state x, computed as one group as the supernet's
     own training forward does (:func:`rnas.space.grouped.state_ops`): each op's n copies as blocks
     of channels, scaled by the edges' weights w[:, o] ≥ 0, summed over ops, and each edge's output
-    its block. The same function, box and CROWN bound as one mixed op per edge, up to float
-    round-off (tests/test_bounds.py), in about a third of the graph's nodes."""
+    its block. The same function and IBP box as one mixed op per edge up to float round-off, and
+    a CROWN bound at least as tight (a state's pools are one node, relaxed once on the summed
+    coefficients instead of once per edge; tests/test_bounds.py), in about a third of the nodes."""
     n, stride, primitives = len(edges), edges[0].stride, edges[0].primitives
     c = next(m.num_features for m in edges[0].modules() if isinstance(m, nn.BatchNorm2d))  # channels per edge
     terms: list[int] = []
@@ -273,7 +276,7 @@ def _search_cell_grouped(graph: g.Graph, cell: SearchCell, states: list[int], we
 
 def _search_cell(graph: g.Graph, cell: SearchCell, s0: int, s1: int, weights, edge_weights, active) -> int:
     states = [add_module(graph, cell.preprocess0, s0), add_module(graph, cell.preprocess1, s1)]
-    if edge_weights is None and _state_edges_groupable(cell, list(cell.edges), active):
+    if edge_weights is None and _cell_groupable(cell, active):
         return _search_cell_grouped(graph, cell, states, weights)
     offset = 0
     for _node in range(cell.nodes):
