@@ -254,12 +254,10 @@ def _state_edges(graph: g.Graph, edges: list[MixedOp], x: int, w: torch.Tensor) 
 def _search_cell_grouped(graph: g.Graph, cell: SearchCell, states: list[int], weights: torch.Tensor) -> int:
     """:func:`_search_cell` with each state's out-edges as one group (:func:`_state_edges`), fed
     as soon as the state exists: state j feeds nodes max(0, j − 1) .. nodes − 1."""
-    offsets = [sum(i + 2 for i in range(node)) for node in range(cell.nodes)]
     terms: list[list[int]] = [[] for _ in range(cell.nodes)]
 
     def feed(j: int, h: int) -> None:
-        targets = list(range(max(0, j - 1), cell.nodes))
-        ids = [offsets[node] + j for node in targets]
+        targets, ids = cell.out_edges(j)
         outs = _state_edges(graph, [cell.edges[e] for e in ids], h, weights[ids])
         for node, out in zip(targets, outs):
             terms[node].append(out)

@@ -14,11 +14,11 @@ gradients, in batches of ``batch_size`` examples.
 **Certified radius** (:func:`certified_radius`): per example, the largest ε at which it is
 certified, found by a root search over ε on the same bound. The certified-accuracy-vs-ε curve
 (``certify_eps_sweep``) brackets every example first; the bracket is then narrowed to the
-precision of ``steps`` geometric bisection steps in at most ``steps`` + 1 bound passes, each on
+precision of ``steps`` geometric bisection steps in at most ``steps`` + 3 bound passes, each on
 all examples still open at once (one ε per example): secant steps on the margin bound's values
-(exact where the bound is affine in ε, as it is while no ReLU of the relaxation changes state)
-while bisection could still finish in the passes left, bisection steps otherwise. Invariant, for
-every example: certified at ``radius``,
+(exact where the bound is affine in ε, as it is while no ReLU of the relaxation changes state),
+and bisection steps for an example whose secant steps stopped halving its bracket
+(:class:`RootSearch`). Invariant, for every example: certified at ``radius``,
 not certified at ``upper`` (both computed, never inferred; a misclassified example is not
 certified anywhere and gets radius 0 without a pass). The sweep runs from the largest ε down and
 bounds a smaller ε only for the examples no larger one certified, since a certificate at ε covers

@@ -262,6 +262,12 @@ class SearchCell(nn.Module):
                 shared.append({})
         return cat_nodes(states[-self.nodes :])
 
+    def out_edges(self, j: int) -> tuple[list[int], list[int]]:
+        """(nodes, edge indices) of the out-edges of state j (0, 1: the cell inputs; 2 + i: node
+        i): j feeds nodes max(0, j − 1) .. nodes − 1, node i's edges numbered from Σ_{k<i} (k + 2)."""
+        nodes = list(range(max(0, j - 1), self.nodes))
+        return nodes, [sum(k + 2 for k in range(node)) + j for node in nodes]
+
     def _worth_grouping(self, h: torch.Tensor) -> bool:
         c = h.shape[1] // self.edges[0].k
         values = c * h.shape[2] * h.shape[3]
@@ -283,11 +289,9 @@ class SearchCell(nn.Module):
         ops_sum: list[torch.Tensor | None] = [None] * self.nodes
         owned = [False] * self.nodes  # ops_sum[node] is a tensor of its own (not a view): add in place
         bypass_sum: list[torch.Tensor | None] = [None] * self.nodes
-        offsets = [sum(i + 2 for i in range(node)) for node in range(self.nodes)]
 
         def feed(j: int, h: torch.Tensor) -> None:
-            targets = list(range(max(0, j - 1), self.nodes))
-            ids = [offsets[node] + j for node in targets]
+            targets, ids = self.out_edges(j)
             edges = [self.edges[e] for e in ids]
             w = weights[ids]
             beta = None if edge_weights is None else edge_weights[ids]
