@@ -1,6 +1,6 @@
 """The search-stability measure (rnas.search.stability)."""
 
-from rnas.search.stability import decision_digest, is_decided, stability_summary, stable_from
+from rnas.search.stability import decision_digest, is_decided, last_quarter_start, stability_summary, stable_from
 
 
 def test_stable_from_finds_the_final_unchanged_stretch():
@@ -15,6 +15,7 @@ def test_stable_from_finds_the_final_unchanged_stretch():
 
 def test_last_quarter_rule():
     # 20 epochs: the last quarter is epochs 15..19; the decision of epoch 14 must survive them.
+    assert last_quarter_start(20) == 15 and last_quarter_start(12) == 9 and last_quarter_start(2) == 1
     assert is_decided(14, 20)
     assert is_decided(0, 20)
     assert not is_decided(15, 20)
@@ -139,3 +140,58 @@ def test_report_section_flags_undecided_searches(tmp_path):
     md = decisions_markdown(params)
     assert "**1 of 2 searches decided.**" in md
     assert "| darts | 0 | 3/8 | yes | 1 | – | – | tutors: 8/8 (unsettled), 7 changes |" in md
+
+
+def _lrnas_contributions(momentum_late):
+    # Three estimates at epochs 4, 6 and 7 of an 8-epoch search (the last quarter: epochs 6 and 7).
+    return {
+        "epochs": [4, 6, 7],
+        "value": [[1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0], [5.0, 5.0, 5.0, 5.0]],
+        "momentum": [[9.0, 9.0, 9.0], momentum_late, [7.0, 7.0, 7.0]],
+        "alpha": {"normal": [[0.1, 0.5], [0.3, 0.2]], "reduce": [[0.0, 0.9]]},
+    }
+
+
+def test_lrnas_diagnostics_by_hand():
+    import math
+
+    from rnas.report.decisions import lrnas_diagnostics
+
+    history = [{}] * 6 + [{"shapley_step_factor": 0.5}, {"shapley_step_factor": 0.25}]
+    d = lrnas_diagnostics(_lrnas_contributions([1.0, -2.0, 3.0]), history, step_size=0.1, epochs=8)
+    # r of the first two estimates is 1; the constant third one has no correlation and is left out.
+    assert d["agreement"] == 1.0
+    # Per-edge maxima 0.5, 0.3, 0.9 -> sorted 0.3, 0.5, 0.9: neighbour gaps 0.2 and 0.4.
+    assert math.isclose(d["order_gap"], 0.3)
+    # The first estimate in the last quarter is epoch 6: 0.1 x 0.5 x median(|1|, |-2|, |3|) = 0.1.
+    assert math.isclose(d["late_step"], 0.1)
+    # A search whose estimates all came before the last quarter has no late step.
+    early = {**_lrnas_contributions([1.0, 1.0, 1.0]), "epochs": [1, 2, 3]}
+    assert math.isnan(lrnas_diagnostics(early, history, 0.1, 8)["late_step"])
+
+
+def test_report_section_explains_lrnas_selections(tmp_path):
+    import json
+
+    from conftest import tiny_params
+
+    from rnas import paths
+    from rnas.config import params_from_dict
+    from rnas.report.decisions import decisions_markdown
+
+    p = tiny_params(runs=("darts", "lrnas"))
+    p["pipeline"].update(results=str(tmp_path / "results"), seeds=[0])
+    p["search"]["epochs"] = 8
+    p["search"].setdefault("methods", {}).setdefault("lrnas", {}).update(step_size=0.1, warmup_epochs=4)
+    params = params_from_dict(p)
+    history = [{}] * 6 + [{"shapley_step_factor": 0.5}, {"shapley_step_factor": 0.25}]
+    for run in ("darts", "lrnas"):
+        f = paths.search_log(params, run, 0)
+        f.parent.mkdir(parents=True)
+        f.write_text(json.dumps({"history": history, **stability_summary(list("aaaaaaab"), 8)}))
+    lrnas = paths.search_log(params, "lrnas", 0).parent / "contributions.json"
+    lrnas.write_text(json.dumps(_lrnas_contributions([1.0, -2.0, 3.0])))
+    md = decisions_markdown(params)
+    assert "| run | seed | agreement (r) | order gap (α) | late step (α) |" in md
+    assert "| lrnas | 0 | 1.00 | 0.3000 | 0.1000 |" in md
+    assert "| darts | 0 |" not in md.split("agreement (r)")[1]  # only LRNAS searches get a row

@@ -2,21 +2,29 @@
 architecture stopped changing (``stable_from_epoch`` in ``search.json``, see
 :mod:`rnas.search.stability`), whether that happened before the last quarter of the search
 (*decided*), how often the decision changed, and the final entropy of softmax(α) as a share of
-the uniform distribution's (``alphas.json``; 100% = the search did not move α at all).
+the uniform distribution's (``alphas.json``; 100%: softmax(α) uniform, as when a search did not move α).
 
 An undecided search returns an architecture that the next epoch could have changed: its
 comparison with other methods says little about the method. The table flags it.
+
+LRNAS moves α by small steps of its contribution estimates (no gradient) and its greedy selection
+ranks the per-edge maxima of α itself, not softmax(α): H(α) stays near 100% whether or not the
+selection settles. A second table says why it does or does not (:func:`lrnas_diagnostics`): how
+far consecutive estimates agree, how far apart the edges sit in the selection's order, and how
+large α's step still is where the last quarter begins.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 
 from rnas import paths
 from rnas.config import Params
 from rnas.report.cells import entropy
 from rnas.runs import resolve_run
+from rnas.search.stability import last_quarter_start
 
 
 def _json(path):
@@ -44,9 +52,74 @@ def _side_choices(search: dict, epochs: int) -> str:
     )
 
 
+def lrnas_diagnostics(contributions: dict, history: list[dict], step_size: float, epochs: int) -> dict[str, float]:
+    """Why an LRNAS selection settles or not, from its ``contributions.json`` and the search's
+    per-epoch ``history`` (``shapley_step_factor``: the schedule's factor of the step ``step_size``).
+
+    ``agreement``: mean Pearson r of consecutive estimates V̂ over the primitives (0: each estimate
+    is noise to the next). ``order_gap``: median difference between neighbours in the sorted
+    per-edge maxima of α of both cell types, the order in which the greedy selection takes edges
+    (and with it, under the budget, which edges get parametric ops). ``late_step``: median over
+    the primitives of α's step η·f·|V| at the first estimate inside the last quarter of the search
+    (:func:`~rnas.search.stability.last_quarter_start`). Where ``late_step`` is not small against
+    ``order_gap``, the last quarter's estimates can still reorder the selection. A figure that
+    cannot be computed (fewer than two estimates, no estimate in the last quarter) is NaN."""
+    values = contributions.get("value") or []
+    pairs = []
+    for a, b in zip(values, values[1:]):
+        try:
+            pairs.append(statistics.correlation(a, b))
+        except statistics.StatisticsError:  # a constant estimate has no correlation
+            continue
+    maxima = sorted(max(row) for kind in ("normal", "reduce") for row in contributions.get("alpha", {}).get(kind, []))
+    gaps = [hi - lo for lo, hi in zip(maxima, maxima[1:])]
+    start = last_quarter_start(epochs)
+    late = [
+        (epoch, momentum)
+        for epoch, momentum in zip(contributions.get("epochs", []), contributions.get("momentum", []))
+        if epoch >= start and epoch < len(history)
+    ]
+    late_step = math.nan
+    if late:
+        epoch, momentum = late[0]
+        factor = history[epoch].get("shapley_step_factor", math.nan)
+        late_step = step_size * factor * statistics.median(abs(v) for v in momentum)
+    return {
+        "agreement": statistics.fmean(pairs) if pairs else math.nan,
+        "order_gap": statistics.median(gaps) if gaps else math.nan,
+        "late_step": late_step,
+    }
+
+
+def _lrnas_markdown(rows: list[tuple[str, int, dict[str, float]]]) -> list[str]:
+    if not rows:
+        return []
+
+    def fmt(v: float, digits: int) -> str:
+        return "–" if math.isnan(v) else f"{round(v, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.00"
+
+    return [
+        "",
+        "LRNAS moves α by small steps of its contribution estimates and selects by α itself, not "
+        "softmax(α), so its H(α) stays near 100%. Whether its selection can settle: *agreement*, the "
+        "mean correlation of consecutive contribution estimates over the primitives (0: noise); "
+        "*order gap*, the median α difference between neighbouring edges in the order in which the "
+        "greedy selection takes them (under the budget, that order decides which edges get "
+        "parametric ops); *late step*, α's median step at the first estimate in the last quarter of "
+        "the search. A late step that is not small against the order gap can still reorder the selection.",
+        "",
+        "| run | seed | agreement (r) | order gap (α) | late step (α) |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {run} | {seed} | {fmt(d['agreement'], 2)} | {fmt(d['order_gap'], 4)} | {fmt(d['late_step'], 4)} |"
+            for run, seed, d in rows
+        ),
+    ]
+
+
 def decisions_markdown(params: Params) -> str:
     """The section as Markdown, or "" when no search has written its stability yet."""
-    lines, undecided = [], []
+    lines, undecided, lrnas_rows = [], [], []
     for run in params.pipeline.runs:
         if resolve_run(run).arch_from:
             continue
@@ -55,7 +128,14 @@ def decisions_markdown(params: Params) -> str:
             if not search or "stable_from_epoch" not in search:
                 continue
             epochs = len(search.get("history", [])) or params.search.epochs
-            alphas = _json(paths.arch_file(params, run, seed).parent / "alphas.json")
+            folder = paths.arch_file(params, run, seed).parent
+            alphas = _json(folder / "alphas.json")
+            contributions = _json(folder / "contributions.json") if resolve_run(run).method == "lrnas" else None
+            if contributions:
+                step = params.search.methods.lrnas.step_size
+                lrnas_rows.append(
+                    (run, seed, lrnas_diagnostics(contributions, search.get("history", []), step, epochs))
+                )
             decided = bool(search.get("decided"))
             if not decided:
                 undecided.append(f"{run} (seed {seed})")
@@ -73,7 +153,7 @@ def decisions_markdown(params: Params) -> str:
         "Stable from: the first epoch from which the derived architecture (argmax genotype; the widths "
         "of RNAS-CL's width space; LRNAS's greedy selection) no longer changed. Decided: stable over the "
         "whole last quarter of the search. H(α): final mean entropy of softmax(α) per edge as a share of "
-        "the uniform one (100% = α did not move). Other choices: what a search decides beside the network "
+        "the uniform one (100%: softmax(α) is uniform). Other choices: what a search decides beside the network "
         "(RNAS-CL's tutor of each student layer, used in retraining), with its own stable-from epoch; it does "
         "not count towards decided.",
         "",
@@ -83,4 +163,4 @@ def decisions_markdown(params: Params) -> str:
         "| run | seed | stable from epoch | decided | changes | H(α) normal | H(α) reduce | other choices |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    return "\n".join(head + lines + [""])
+    return "\n".join(head + lines + _lrnas_markdown(lrnas_rows) + [""])

@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["decision_digest", "is_decided", "stable_from", "stability_summary"]
+__all__ = ["decision_digest", "is_decided", "last_quarter_start", "stable_from", "stability_summary"]
 
 
 def decision_digest(decision: Any) -> str:
@@ -46,8 +46,13 @@ def is_decided(stable_epoch: int | None, epochs: int, fraction: float = 0.25) ->
     """
     if stable_epoch is None or epochs < 2:
         return False
-    window = max(1, math.ceil(fraction * epochs))
-    return stable_epoch <= epochs - window - 1
+    return stable_epoch <= last_quarter_start(epochs, fraction) - 1
+
+
+def last_quarter_start(epochs: int, fraction: float = 0.25) -> int:
+    """First epoch (0-based) of the window :func:`is_decided` checks: the last ``fraction`` of
+    ``epochs``, at least one epoch (20 epochs: 15)."""
+    return epochs - max(1, math.ceil(fraction * epochs))
 
 
 def stability_summary(decisions: Sequence[str], epochs: int, fraction: float = 0.25) -> dict[str, Any]:
