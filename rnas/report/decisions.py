@@ -74,14 +74,17 @@ def lrnas_diagnostics(contributions: dict, history: list[dict], step_size: float
     maxima = sorted(max(row) for kind in ("normal", "reduce") for row in contributions.get("alpha", {}).get(kind, []))
     gaps = [hi - lo for lo, hi in zip(maxima, maxima[1:])]
     start = last_quarter_start(epochs)
-    late = [
-        (epoch, momentum)
-        for epoch, momentum in zip(contributions.get("epochs", []), contributions.get("momentum", []))
-        if epoch >= start and epoch < len(history)
-    ]
+    late = next(
+        (
+            (epoch, momentum)
+            for epoch, momentum in zip(contributions.get("epochs", []), contributions.get("momentum", []))
+            if start <= epoch < len(history)
+        ),
+        None,
+    )
     late_step = math.nan
     if late:
-        epoch, momentum = late[0]
+        epoch, momentum = late
         factor = history[epoch].get("shapley_step_factor", math.nan)
         late_step = step_size * factor * statistics.median(abs(v) for v in momentum)
     return {
@@ -121,21 +124,21 @@ def decisions_markdown(params: Params) -> str:
     """The section as Markdown, or "" when no search has written its stability yet."""
     lines, undecided, lrnas_rows = [], [], []
     for run in params.pipeline.runs:
-        if resolve_run(run).arch_from:
+        spec = resolve_run(run)
+        if spec.arch_from:
             continue
         for seed in params.pipeline.seeds:
             search = _json(paths.search_log(params, run, seed))
             if not search or "stable_from_epoch" not in search:
                 continue
-            epochs = len(search.get("history", [])) or params.search.epochs
+            history = search.get("history", [])
+            epochs = len(history) or params.search.epochs
             folder = paths.arch_file(params, run, seed).parent
             alphas = _json(folder / "alphas.json")
-            contributions = _json(folder / "contributions.json") if resolve_run(run).method == "lrnas" else None
+            contributions = _json(folder / "contributions.json") if spec.method == "lrnas" else None
             if contributions:
-                step = params.search.methods.lrnas.step_size
-                lrnas_rows.append(
-                    (run, seed, lrnas_diagnostics(contributions, search.get("history", []), step, epochs))
-                )
+                eta = params.search.methods.lrnas.step_size
+                lrnas_rows.append((run, seed, lrnas_diagnostics(contributions, history, eta, epochs)))
             decided = bool(search.get("decided"))
             if not decided:
                 undecided.append(f"{run} (seed {seed})")
