@@ -72,9 +72,30 @@ def peak_rss_mib() -> float:
     return max(peak, rss_mib())
 
 
+def conv_backward_flops(grad_out, x, weight, output_mask, out) -> int:
+    """FLOPs of ``aten.convolution_backward`` (not transposed) for grouped convolutions too.
+
+    ``torch.utils.flop_counter``'s formula (torch 2.14) counts the weight gradient of a grouped
+    convolution as if it were dense: ``groups`` times too many, 16x on a 16-channel depthwise
+    conv, so a supernet's search step read 2.4-3x its real FLOPs (benchmarks/README.md, "FLOPs of
+    grouped convolutions"). Here each gradient costs what the forward costs: the input gradient
+    is a transposed convolution with the same weight, and the weight gradient multiplies every
+    output-gradient element with the k·k·C_in/groups inputs under its window, once each."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    flops = 0
+    if output_mask[0]:  # grad_input: as torch's formula (already right for groups)
+        flops += conv_flop_count(list(grad_out.shape), list(weight.shape), list(out[0].shape), transposed=True)
+    if output_mask[1]:  # grad_weight: the forward's count, out[1] having the weight's shape (C_out, C_in/g, k, k)
+        flops += conv_flop_count(list(x.shape), list(out[1].shape), list(grad_out.shape))
+    return flops
+
+
 class FlopCount(TorchDispatchMode):
     """``torch.utils.flop_counter``'s formulas without ``FlopCounterMode``'s module tracker, whose
-    autograd hooks break ``torch.autograd.grad`` on a leaf input (AutoAttack's APGD)."""
+    autograd hooks break ``torch.autograd.grad`` on a leaf input (AutoAttack's APGD); the
+    backward of a convolution is counted by :func:`conv_backward_flops` (grouped weight
+    gradients counted once, not ``groups`` times)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -83,6 +104,9 @@ class FlopCount(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if func._overloadpacket is torch.ops.aten.convolution_backward and not args[7]:  # not transposed
+            self.total += conv_backward_flops(args[0], args[1], args[2], args[10], out)
+            return out
         formula = flop_registry.get(func._overloadpacket)
         if formula is not None:
             self.total += int(formula(*args, **kwargs, out_val=out))

@@ -33,6 +33,36 @@ def test_every_issue_row_is_registered():
     assert CASES["certify_ibp_crown"].requires == "rnas.bounds"
 
 
+@pytest.mark.parametrize(
+    ("channels", "groups", "kernel", "dilation", "stride"),
+    [(16, 16, 3, 1, 1), (16, 16, 5, 2, 2), (16, 4, 3, 1, 2), (16, 1, 3, 1, 1)],
+    ids=["depthwise", "depthwise_dilated_s2", "grouped_s2", "dense"],
+)
+def test_flop_count_of_a_convolution_backward_is_the_forwards_per_gradient(channels, groups, kernel, dilation, stride):
+    """Each gradient of a convolution costs its forward's multiply-adds: the input gradient is a
+    transposed convolution with the same weight, the weight gradient one product per (output
+    gradient, input under its window) pair. torch 2.14's own formula counts a grouped weight
+    gradient ``groups`` times (16x on this depthwise conv); FlopCount must not."""
+    from benchmarks.measure import FlopCount
+    from rnas.space.ops import DepthwiseConv2d
+
+    make = DepthwiseConv2d if groups == channels else torch.nn.Conv2d
+    conv = make(channels, channels, kernel, stride, dilation * (kernel // 2), dilation, groups, bias=False)
+    x = torch.randn(4, channels, 8, 8, requires_grad=True)
+    with FlopCount() as forward:
+        y = conv(x)
+    macs = y.numel() * (channels // groups) * kernel * kernel  # every output: C_in/g · k² products
+    assert forward.total == 2 * macs
+    with FlopCount() as both:
+        y.square().sum().backward()
+    assert both.total == 2 * forward.total
+    conv.weight.requires_grad_(False)
+    y = conv(x)
+    with FlopCount() as input_only:
+        y.square().sum().backward()
+    assert input_only.total == forward.total
+
+
 @pytest.mark.parametrize("case", ["ablate_dilconv_s2_5x5", "ablate_avgpool"])
 def test_measure_reports_time_flops_memory_and_the_same_result(case):
     runs = {
