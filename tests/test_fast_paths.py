@@ -319,6 +319,41 @@ def test_supernet_matches_the_straightforward_forward(k, channels_last, size):
     assert all(g.abs().sum() > 0 for g in grads[-4 if k > 1 else -2 :] if g is not None)  # α (and β) learn
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("channels", [4, 8, 16])
+@pytest.mark.parametrize("affine", [False, True])
+def test_batch_norm_on_an_nchw_copy_is_the_same_function(threads, channels, affine):
+    """ops.batch_norm takes a channels-last input with few channels through an NCHW copy: the
+    same output (channels-last), input / weight / bias gradients and running statistics as
+    ``F.batch_norm``, up to float round-off; eval mode is ``F.batch_norm`` itself."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        x = (3 * torch.randn(8, channels, 6, 6) + 1).contiguous(memory_format=torch.channels_last)
+        g = torch.randn_like(x)
+        weight, bias = (torch.rand(channels), torch.randn(channels)) if affine else (None, None)
+        expected_detour = channels <= 4 or (channels < 16 and threads > 1)
+        assert ops.nchw_batch_norm(x) == expected_detour
+        assert not ops.nchw_batch_norm(x.contiguous())  # NCHW input: torch's own kernel
+        results = []
+        for fn in (F.batch_norm, ops.batch_norm):
+            xi = x.clone().requires_grad_()
+            w, b = (weight.clone().requires_grad_(), bias.clone().requires_grad_()) if affine else (None, None)
+            rm, rv = torch.zeros(channels), torch.ones(channels)
+            y = fn(xi, rm, rv, w, b, True, 0.1, 1e-5)
+            assert y.is_contiguous(memory_format=torch.channels_last)
+            y.backward(g)
+            grads = [xi.grad] + ([w.grad, b.grad] if affine else [])
+            with torch.no_grad():
+                evaluated = fn(x, rm, rv, w, b, False, 0.1, 1e-5)
+            results.append([y.detach(), *grads, rm, rv, evaluated])
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_channel_shuffle_keeps_channels_last_and_values():
     x = torch.arange(2 * 8 * 3 * 3, dtype=torch.float32).reshape(2, 8, 3, 3)
     out = channel_shuffle(x.contiguous(memory_format=torch.channels_last), 4)

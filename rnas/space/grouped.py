@@ -28,7 +28,17 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from rnas.space.ops import DilConv, FactorizedReduce, Identity, SepConv, Zero, depthwise, pointwise, unhooked
+from rnas.space.ops import (
+    DilConv,
+    FactorizedReduce,
+    Identity,
+    SepConv,
+    Zero,
+    batch_norm,
+    depthwise,
+    pointwise,
+    unhooked,
+)
 
 
 def groupable(bns: list[nn.BatchNorm2d]) -> bool:
@@ -69,7 +79,7 @@ def batch_norm_group(x: torch.Tensor, bns: list[nn.BatchNorm2d]) -> torch.Tensor
     rv = torch.cat([b.running_var for b in bns])
     weight = torch.cat([b.weight for b in bns]) if first.affine else None
     bias = torch.cat([b.bias for b in bns]) if first.affine else None
-    y = nn.functional.batch_norm(x, rm, rv, weight, bias, True, first.momentum, first.eps)
+    y = batch_norm(x, rm, rv, weight, bias, True, first.momentum, first.eps)
     with torch.no_grad():  # F.batch_norm updated the concatenation; hand each BN its part
         c = first.num_features
         for t, b in enumerate(bns):
@@ -85,7 +95,7 @@ def shared_batch_norm(x: torch.Tensor, bns: list[nn.BatchNorm2d]) -> torch.Tenso
     """The output every BN of ``bns`` (affine-free, train mode) gives on the same x: one
     normalization; each BN's running statistics updated from x's batch statistics."""
     first = bns[0]
-    y = nn.functional.batch_norm(x, None, None, None, None, True, 0.0, first.eps)
+    y = batch_norm(x, None, None, None, None, True, 0.0, first.eps)
     with torch.no_grad():
         var, mean = torch.var_mean(x.detach().to(first.running_mean.dtype), dim=(0, 2, 3), correction=0)
         _update_running(bns, mean, var, x.numel() // x.shape[1])
