@@ -579,6 +579,30 @@ def _avgpool_workload(variant: str, env: Env, quick: bool) -> Workload:
     return _op_workload(op, variant, env, 16 if quick else 64, 16, 32, data_seed=5)
 
 
+def _batch_norm_workload(variant: str, env: Env, quick: bool) -> Workload:
+    """Forward + backward of a train-mode batch norm (op weight as its weight, as the supernet's
+    closing BNs) on the PC-DARTS K=4 paper supernet's first cells' edges: C=16/4 = 4 channels,
+    32x32, batch 64, channels-last; before: ``F.batch_norm``, after: ``rnas.space.ops.batch_norm``
+    (an NCHW copy where :func:`rnas.space.ops.nchw_batch_norm` says so)."""
+    from rnas.space.ops import batch_norm
+
+    _configure(variant, env, amp=False)
+    fn = batch_norm if variant == "after" else nn.functional.batch_norm
+    x, _ = _data(16 if quick else 64, 4, 32, 10, 7, env.device)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    weight = torch.full((4,), 0.3, device=env.device, requires_grad=True)
+    running_mean, running_var = torch.zeros(4, device=env.device), torch.ones(4, device=env.device)
+    # a fixed projection, not the squared output: mean(BN(x)²) is w² up to eps, its x-gradient ~0
+    g = _data(len(x), 4, 32, 10, 8, env.device)[0].contiguous(memory_format=torch.channels_last) - 0.5
+
+    def run() -> float:
+        x.grad = weight.grad = None
+        (fn(x, running_mean, running_var, weight, None, True, 0.1, 1e-5) * g).mean().backward()
+        return float(x.grad.abs().sum())
+
+    return Workload(run, images=len(x))
+
+
 def _amp_or_compile_workload(option: str, variant: str, env: Env, spec: SearchSpec | None = None) -> Workload:
     """A search step (default: the paper PC-DARTS one) with bf16 autocast (``pipeline.amp``; CUDA
     or a CPU with native bf16) / torch.compile (CUDA) off and on, everything else as in the fast
@@ -813,6 +837,14 @@ CASES: dict[str, Case] = {
             "avg_pool_3x3 (+BN): pooling kernel -> ones-kernel depthwise conv / "
             "window count (C=16, 32x32, batch 64, fwd+bwd)",
             lambda v, e: _avgpool_workload(v, e, e.quick),
+            variants=ABLATION_VARIANTS,
+        ),
+        Case(
+            "ablate_nchw_batch_norm",
+            "ablation",
+            "train-mode batch norm of a channels-last map with 4 channels: torch's channels-last kernel -> "
+            "an NCHW copy (rnas.space.ops.batch_norm; PC-DARTS K=4 paper edges: 32x32, batch 64, fwd+bwd)",
+            lambda v, e: _batch_norm_workload(v, e, e.quick),
             variants=ABLATION_VARIANTS,
         ),
         Case(
