@@ -63,6 +63,18 @@ def test_flop_count_of_a_convolution_backward_is_the_forwards_per_gradient(chann
     assert input_only.total == forward.total
 
 
+def test_kernel_rates_prints_a_rate_for_every_kernel_and_shape(capsys):
+    from benchmarks import kernel_rates
+
+    assert kernel_rates.main(["--quick"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r.split(" | ")[0].removeprefix("| ") for r in rows[1:]] == list(kernel_rates.KERNELS)
+    for row in rows[1:]:
+        cells = row.strip("| ").split(" | ")[1:]
+        assert len(cells) == len(kernel_rates.SHAPES)
+        assert all(float(c.split(" ")[0]) > 0 for c in cells)
+
+
 @pytest.mark.parametrize("case", ["ablate_dilconv_s2_5x5", "ablate_avgpool", "ablate_nchw_batch_norm"])
 def test_measure_reports_time_flops_memory_and_the_same_result(case):
     runs = {
