@@ -558,7 +558,9 @@ def nchw_batch_norm(x: torch.Tensor) -> bool:
     2,172 against 1,115 / 738; (8, 16x16) 283 / 592 against 565 / 315; (8, 32x32) 1,590 / 2,534
     against 2,774 / 1,554; (16, 16x16) 352 / 199 against 1,139 / 624 (benchmarks/README.md,
     "Batch norm with few channels")."""
-    c = x.shape[1] if x.dim() == 4 else NCHW_BATCH_NORM_BELOW
+    if x.dim() != 4:
+        return False
+    c = x.shape[1]
     return (
         c < NCHW_BATCH_NORM_BELOW
         and (c <= 4 or torch.get_num_threads() > 1)
