@@ -528,3 +528,67 @@ def test_out_edges_of_a_state_share_its_pools(k, monkeypatch):
         counts.append(calls["n"])
     bypass = 2 * 2 if k > 1 else 0  # PC-DARTS: each reduction cell's stride-2 bypass pools of states 0 and 1
     assert counts == [3 * 5 + bypass, 3 * 14 + bypass]
+
+
+def _unshared_forward(net, x):
+    """The final network's forward with every op run as it is (each its own ReLU)."""
+    s0 = s1 = net.stem(net.normalize(x))
+    for cell in net.cells:
+        states = [cell.preprocess0(s0), cell.preprocess1(s1)]
+        for node in range(len(cell.ops) // 2):
+            states.append(sum(cell.ops[j](states[cell.indices[j]]) for j in (2 * node, 2 * node + 1)))
+        s0, s1 = s1, torch.cat([states[i] for i in cell.concat], dim=1)
+    return net.classifier(net.global_pooling(s1).flatten(1))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("train", [False, True])
+def test_shared_relus_of_the_final_network_are_the_same_function(seed, train):
+    """One ReLU per state (ops.SharedReLU): the same logits bit for bit, the same input and
+    weight gradients up to the order of float sums, on random genotypes with every op (the
+    reduction cells' FactorizedReduce preprocessing and skips included), and the shared path
+    really taken (fewer ReLU kernels)."""
+    from rnas.evaluation.fold import fold_batchnorm
+    from rnas.space.genotype import random_genotype
+    from rnas.space.network import CellNetwork
+
+    torch.manual_seed(seed)
+    genotype = random_genotype(4, torch.Generator().manual_seed(seed))
+    net = place_model(CellNetwork(genotype, 4, 3, 10, input_channels=1, dataset="digits"), "cpu", True)
+    net.train(train)
+    if not train:
+        net(torch.rand(16, 1, 8, 8))  # (train-mode running stats would stay at init otherwise)
+        net = fold_batchnorm(net.train().eval())
+    x = torch.rand(6, 1, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    shared = net(x)
+    plain = _unshared_forward(net, x)
+    assert torch.equal(shared, plain)
+    wrt = [x, *(p for p in net.parameters() if p.requires_grad)]
+    for a, b in zip(torch.autograd.grad(shared.square().sum(), wrt), torch.autograd.grad(plain.square().sum(), wrt)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+    counts = {}
+    for name, run in (("shared", net), ("plain", lambda t: _unshared_forward(net, t))):
+        with torch.profiler.profile() as prof:
+            run(x)
+        counts[name] = sum(e.count for e in prof.key_averages() if e.key in ("aten::relu", "aten::clamp_min"))
+    assert counts["shared"] < counts["plain"]
+
+
+def test_shared_relu_steps_aside_for_hooked_ops():
+    """An op with a hook on a module the shared path skips runs as it is (its hook fires)."""
+    from rnas.space.network import CellNetwork
+
+    edges = [["sep_conv_3x3", 0], ["sep_conv_3x3", 0], ["dil_conv_3x3", 0], ["sep_conv_5x5", 1]] * 2
+    cells = {"normal": edges, "normal_concat": [2, 3, 4, 5], "reduce": edges, "reduce_concat": [2, 3, 4, 5]}
+    net = CellNetwork(cells, 4, 3, 10, input_channels=1, dataset="digits")
+    calls = []
+    for op in (net.cells[0].ops[1], net.cells[0].ops[1][0][0], net.cells[1].preprocess0[0]):
+        op.register_forward_hook(lambda m, i, o: calls.append(m))
+    net(torch.rand(2, 1, 8, 8))
+    assert len(calls) == 3
+    relus = ops.SharedReLU()
+    x = torch.rand(2, 4, 5, 5)
+    assert relus(x) is relus(x) and torch.equal(relus(x), torch.relu(x))
+    relus.keep()
+    assert relus(x) is not None and len(relus._pairs) == 1

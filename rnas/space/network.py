@@ -16,7 +16,7 @@ from torch import nn
 
 from rnas.models.normalize import Normalize, normalization_for
 from rnas.space.genotype import Genotype, GenotypeError, validate_genotype
-from rnas.space.ops import FactorizedReduce, Identity, ReLUConvBN, make_op
+from rnas.space.ops import FactorizedReduce, Identity, ReLUConvBN, SharedReLU, make_op
 
 
 def cell_normalization(dataset: str | None, input_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -77,12 +77,14 @@ class Cell(nn.Module):
         self.multiplier = len(self.concat)
         self.drop_prob = 0.0
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, relus: SharedReLU | None = None) -> torch.Tensor:
+        # relus: the network's SharedReLU (ReLU(s0), ReLU(s1) and each state's ReLU computed once)
+        relus = SharedReLU() if relus is None else relus
+        states = [relus.apply(self.preprocess0, s0), relus.apply(self.preprocess1, s1)]
         for node in range(len(self.ops) // 2):
             total = 0
             for j in (2 * node, 2 * node + 1):
-                h = self.ops[j](states[self.indices[j]])
+                h = relus.apply(self.ops[j], states[self.indices[j]])
                 if self.training and self.drop_prob > 0 and not isinstance(self.ops[j], Identity):
                     h = drop_path(h, self.drop_prob)
                 total = total + h
@@ -142,7 +144,9 @@ class CellNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C_in, H, W) in [0, 1]
         s0 = s1 = self.stem(self.normalize(x))
+        relus = SharedReLU()  # a cell's output is rectified by the next two cells' preprocessing
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1)
+            s0, s1 = s1, cell(s0, s1, relus)
+            relus.keep(s0, s1)
         out = self.global_pooling(s1).flatten(1)
         return self.classifier(out)  # (B, num_classes) logits
