@@ -592,3 +592,42 @@ def test_shared_relu_steps_aside_for_hooked_ops():
     assert relus(x) is relus(x) and torch.equal(relus(x), torch.relu(x))
     relus.keep()
     assert relus(x) is not None and len(relus._pairs) == 1
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_partial_channel_split_is_slicing_with_the_gradient_in_the_inputs_layout(channels_last):
+    """PC-DARTS' two parts of a state by one split: the slices' values and gradient bit for bit,
+    the gradient in x's memory format (two slices' backward scatters into NCHW zeros)."""
+    from rnas.space.supernet import _first_channels, _partial_split
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.rand(3, 8, 5, 5).contiguous(memory_format=fmt).requires_grad_(True)
+    xa, xb = _partial_split(x, 2)
+    ya, yb = _first_channels(x, 2), x[:, 2:]
+    assert torch.equal(xa, ya) and torch.equal(xb, yb)
+    assert xa.is_contiguous(memory_format=fmt)
+    ga = torch.rand_like(xa)
+    gb = torch.rand(xb.shape).contiguous(memory_format=fmt)
+    (g,) = torch.autograd.grad((xa * ga).sum() + (xb * gb).sum(), x)
+    (g_ref,) = torch.autograd.grad((ya * ga).sum() + (yb * gb).sum(), x)
+    assert torch.equal(g, g_ref)
+    assert g.is_contiguous(memory_format=fmt)
+
+
+def test_channels_last_pcdarts_cells_hand_their_preprocessing_a_channels_last_gradient():
+    """The BN closing a PC-DARTS cell's preprocessing (channels-last input) gets a channels-last
+    gradient, not torch's slow mixed-layout case (an NCHW gradient of a channels-last map)."""
+    torch.manual_seed(0)
+    net = Supernet(8, 3, 10, 3, "cifar10", partial_channels=4).train().to(memory_format=torch.channels_last)
+    layouts = []
+
+    def record(_m, _i, out):
+        out.register_hook(lambda g: layouts.append(g.is_contiguous(memory_format=torch.channels_last)))
+
+    for cell in net.cells:
+        for pre in (cell.preprocess0, cell.preprocess1):
+            bn = pre[-1] if isinstance(pre, nn.Sequential) else pre.bn
+            bn.register_forward_hook(record)
+    x = torch.rand(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    F.cross_entropy(net(x), torch.randint(0, 10, (4,))).backward()
+    assert len(layouts) == 2 * len(net.cells) and all(layouts)

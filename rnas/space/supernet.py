@@ -76,6 +76,18 @@ def _first_channels(x: torch.Tensor, n: int) -> torch.Tensor:
     return x[:, :n].contiguous(memory_format=fmt)
 
 
+def _partial_split(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """PC-DARTS' two parts of a state, (x[:, :n] as :func:`_first_channels` copies it, x[:, n:]),
+    cut by one ``split``: its backward concatenates the two gradients, in x's memory format.
+    Two slices would each scatter their gradient into a new NCHW zero tensor and add the two, so
+    the channels-last BN that made x (a cell's preprocessing) differentiated an NCHW gradient,
+    torch's slow mixed-layout kernel: 3-8 ms a call on the paper search step's (64, 16-32, 32,
+    32) maps against ~0.6 for two channels-last operands (benchmarks/README.md, session 22)."""
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    xa, xb = x.split([n, x.shape[1] - n], dim=1)
+    return xa.contiguous(memory_format=fmt), xb
+
+
 class _CatChannels(torch.autograd.Function):
     """``torch.cat(xs, dim=1)`` whose backward hands each input a contiguous gradient in that
     input's memory format, not a strided slice of the concatenated gradient. In the per-edge
@@ -162,7 +174,10 @@ class MixedOp(nn.Module):
 
     def bypass(self, x: torch.Tensor) -> torch.Tensor:
         """PC-DARTS: the channels the ops do not see, (B, C − C/K, H/s, W/s)."""
-        xb = x[:, x.shape[1] // self.k :]
+        return self.bypass_part(x[:, x.shape[1] // self.k :])
+
+    def bypass_part(self, xb: torch.Tensor) -> torch.Tensor:
+        """:meth:`bypass` of the channels already cut, x[:, C/K:]."""
         return self.bypass_pool(xb) if self.bypass_pool is not None else xb
 
     def forward(
@@ -178,9 +193,9 @@ class MixedOp(nn.Module):
         if self.k == 1:
             return self.mix(x, weights, active, x_relu, shared)
         c_ops = x.shape[1] // self.k
-        xa = _first_channels(x, c_ops)
+        xa, xb = _partial_split(x, c_ops)
         ra = None if x_relu is None else _first_channels(x_relu, c_ops)
-        return channel_shuffle(torch.cat([self.mix(xa, weights, active, ra), self.bypass(x)], dim=1), self.k)
+        return channel_shuffle(torch.cat([self.mix(xa, weights, active, ra), self.bypass_part(xb)], dim=1), self.k)
 
 
 class SearchCell(nn.Module):
@@ -297,12 +312,12 @@ class SearchCell(nn.Module):
             beta = None if edge_weights is None else edge_weights[ids]
             if beta is not None:
                 w = w * beta[:, None]
-            xa = _first_channels(h, h.shape[1] // k) if k > 1 else h
+            xa, xb = _partial_split(h, h.shape[1] // k) if k > 1 else (h, None)
             out = grouped.state_ops(edges, primitives, xa, torch.relu(xa), w)
             # split, not slicing: its backward concatenates the gradients in their memory format
             # (a slice's backward scatters into a new NCHW tensor, slow on channels_last networks)
             parts = out.split(out.shape[1] // len(ids), dim=1)
-            xb = edges[0].bypass(h) if k > 1 else None
+            xb = edges[0].bypass_part(xb) if k > 1 else None
             for t, node in enumerate(targets):
                 y = parts[t]
                 if ops_sum[node] is None:
@@ -342,8 +357,8 @@ class SearchCell(nn.Module):
         parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]] = []
 
         def add_state(h: torch.Tensor, first_edge: MixedOp) -> None:
-            xa = _first_channels(h, h.shape[1] // k)  # (B, C/K, H, W)
-            parts.append((xa, torch.relu(xa), first_edge.bypass(h), {}))  # {}: its pools (MixedOp.mix)
+            xa, xb = _partial_split(h, h.shape[1] // k)  # (B, C/K, H, W), (B, C − C/K, H, W)
+            parts.append((xa, torch.relu(xa), first_edge.bypass_part(xb), {}))  # {}: its pools (MixedOp.mix)
 
         offset = 0
         for j, h in enumerate(states):
