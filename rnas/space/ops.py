@@ -524,7 +524,8 @@ class SharedReLU:
     are the same bit for bit; an input's gradient is the same sum of its consumers' gradients,
     summed in another order where three or more meet (float rounding). Measured on the retrained
     digits networks (AMD EPYC, one thread): an attack's forward + input gradient 1.04-1.08x at
-    150 examples, 1.18-1.24x at 360; APGD-CE + APGD-T 1.05x.
+    150 examples, 1.18-1.24x at 360; APGD-CE + APGD-T 0.96-1.19x over three networks, two runs
+    each, the same flags (benchmarks/README.md, session 22).
 
     One instance serves one forward pass, keyed by tensor identity; :meth:`keep` forgets every
     ReLU but those of the given tensors (the next cell's inputs), so no-grad inference holds at
