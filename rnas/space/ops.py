@@ -549,7 +549,7 @@ class SharedReLU:
     def apply(self, op: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``op(x)``, from the shared ReLU(x) where ``op`` starts with a ReLU."""
         skips = getattr(op, "preactivation_skips", None)
-        if skips is None or any(m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m) for m in skips()):
+        if skips is None or not all(_runs_as_defined(m) for m in skips()):
             return op(x)
         return op.forward_preactivated(self(x))
 
@@ -672,10 +672,16 @@ def _foldable_bn(bn: nn.Module) -> bool:
     )
 
 
+def _runs_as_defined(m: nn.Module) -> bool:
+    """``m`` has no forward hook and no instance-level ``forward``: calling its class's code
+    directly (skipping its ``__call__``) skips nothing."""
+    return not (m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m))
+
+
 def unhooked(op: nn.Module) -> bool:
     """No module of ``op`` has a hook or an instance-level ``forward``: a fast path that skips
     their ``__call__`` would skip those too (also :func:`rnas.space.grouped.edges_groupable`)."""
-    return not any(m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m) for m in op.modules())
+    return all(_runs_as_defined(m) for m in op.modules())
 
 
 def _pool_key(pool: nn.Module) -> tuple:

@@ -69,11 +69,14 @@ def per_copy_batch_norm(bn: nn.BatchNorm2d, copies: int, x: torch.Tensor) -> tor
     return y.reshape(b // g, g, c, h, w).transpose(0, 1).reshape(b, c, h, w)
 
 
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
 def _first_channels(x: torch.Tensor, n: int) -> torch.Tensor:
     """x[:, :n] copied once into x's memory format (every op of the edge reads it; a strided
     view would be copied again inside each conv)."""
-    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    return x[:, :n].contiguous(memory_format=fmt)
+    return x[:, :n].contiguous(memory_format=_layout(x))
 
 
 def _partial_split(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,9 +86,8 @@ def _partial_split(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]
     the channels-last BN that made x (a cell's preprocessing) differentiated an NCHW gradient,
     torch's slow mixed-layout kernel: 3-8 ms a call on the paper search step's (64, 16-32, 32,
     32) maps against ~0.6 for two channels-last operands (benchmarks/README.md, session 22)."""
-    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     xa, xb = x.split([n, x.shape[1] - n], dim=1)
-    return xa.contiguous(memory_format=fmt), xb
+    return xa.contiguous(memory_format=_layout(x)), xb
 
 
 class _CatChannels(torch.autograd.Function):
@@ -172,12 +174,9 @@ class MixedOp(nn.Module):
             out = xa[:, :, :: self.stride, :: self.stride].mul(0.0)
         return out
 
-    def bypass(self, x: torch.Tensor) -> torch.Tensor:
-        """PC-DARTS: the channels the ops do not see, (B, C − C/K, H/s, W/s)."""
-        return self.bypass_part(x[:, x.shape[1] // self.k :])
-
     def bypass_part(self, xb: torch.Tensor) -> torch.Tensor:
-        """:meth:`bypass` of the channels already cut, x[:, C/K:]."""
+        """PC-DARTS: the channels the ops do not see, xb = x[:, C/K:] (cut by :func:`_partial_split`),
+        taken to the edge's stride: (B, C − C/K, H/s, W/s)."""
         return self.bypass_pool(xb) if self.bypass_pool is not None else xb
 
     def forward(
