@@ -658,6 +658,12 @@ class EvaluateConfig(_Section):
         description="APGD and FAB iterations of the AutoAttack attacks (autoattack, apgd, autoattack_l2); 0: "
         "AutoAttack's standard 100. Anything else departs from the standard protocol: for quick tests",
     )
+    autoattack_stack_targets: Bool = Field(
+        True,
+        description="APGD-T runs its target classes side by side, up to batch_size rows per call (the same "
+        "per-example attack, its random starts drawn for the whole stack; docs/evaluation.md); false: "
+        "pyautoattack's loop, one target after the other",
+    )
     certify_float64_below: Float = Field(
         1e-6,
         ge=0.0,

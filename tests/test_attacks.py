@@ -414,6 +414,62 @@ def test_autoattack_custom_runs_the_subset_at_standard_settings(setup, monkeypat
     assert not (both & ~ce).any()  # APGD-T only adds breaks
 
 
+def _constant_rand(*size, **kwargs):
+    """torch.rand with every value 0.75: APGD's random start becomes x + ε (clamped), the same
+    for an example wherever it sits in a batch."""
+    shape = tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else size
+    return torch.full(shape, 0.75, dtype=kwargs.get("dtype") or torch.float32, device=kwargs.get("device"))
+
+
+@pytest.mark.parametrize("max_batch", [1, 250, 10_000])
+def test_stacked_apgd_t_is_the_librarys_target_loop_side_by_side(setup, monkeypatch, max_batch):
+    """APGD-T with its target classes stacked in one batch (one target a call when ``max_batch``
+    is below the survivors, two, or all nine) is pyautoattack's loop over the targets: with the
+    random starts fixed, the same examples are broken, at the same adversarial points."""
+    from pyautoattack.autopgd_base import APGDAttack_targeted
+
+    model, _, _ = setup
+    x, y = _data(120, torch.Generator().manual_seed(5))  # at ε 0.08 later targets break 7 more than the first
+    eps = 0.08
+    monkeypatch.setattr(torch, "rand", _constant_rand)
+
+    def apgd_t(stacked: bool, targets: int = N_CLASSES - 1) -> torch.Tensor:
+        attack = APGDAttack_targeted(model, n_iter=10, eps=eps, seed=0, device=x.device, n_target_classes=targets)
+        with torch.no_grad():  # as AutoAttack.run_standard_evaluation calls it
+            return A.stacked_targeted_perturb(attack, x, y, max_batch) if stacked else attack.perturb(x, y)
+
+    library, stacked = apgd_t(False), apgd_t(True)
+    assert torch.allclose(stacked, library, atol=1e-6)
+    robust = A.robust_flags(model, x, stacked, y)
+    assert torch.equal(robust, A.robust_flags(model, x, library, y))
+    assert (_linf(stacked, x) <= eps + 1e-6).all() and stacked.min() >= 0 and stacked.max() <= 1
+    # The case is not trivial: some examples stay robust, and the later targets break some the
+    # most likely other class alone did not.
+    clean = A.clean_flags(model, x, y)
+    first_target_only = A.robust_flags(model, x, apgd_t(False, targets=1), y)
+    assert robust.any() and (first_target_only & ~robust).any() and not (robust & ~clean).any()
+
+
+def test_autoattack_stacks_apgd_t_targets_only_when_asked(setup, monkeypatch):
+    """``stack_targets`` (the protocol's ``evaluate.autoattack_stack_targets``) decides which
+    APGD-T loop AutoAttack runs; both break the same examples with the random starts fixed."""
+    model, x, y = setup
+    monkeypatch.setattr(torch, "rand", _constant_rand)
+    calls = []
+    real = A.stacked_targeted_perturb
+    monkeypatch.setattr(A, "stacked_targeted_perturb", lambda *a, **k: calls.append(1) or real(*a, **k))
+    options = dict(version="custom", attacks=("apgd-ce", "apgd-t"), n_iter=20)
+    stacked = A.autoattack_flags(model, x, y, EPS, stack_targets=True, **options)
+    assert calls
+    calls.clear()
+    library = A.autoattack_flags(model, x, y, EPS, stack_targets=False, **options)
+    assert not calls and torch.equal(stacked, library)
+    settings = EvalSettings(epsilon=EPS, epsilon_l2=0.5, pgd_step_size=0.03)
+    assert settings.autoattack_stack_targets and settings.attack_call("apgd")[2]["stack_targets"]
+    off = EvalSettings(epsilon=EPS, epsilon_l2=0.5, pgd_step_size=0.03, autoattack_stack_targets=False)
+    assert not off.attack_call("autoattack")[2]["stack_targets"]
+
+
 def test_autoattack_rejects_attacks_outside_custom(setup):
     model, x, y = setup
     with pytest.raises(ValueError, match="custom"):

@@ -145,6 +145,7 @@ class EvalSettings:
     attacks: tuple[str, ...] = ("fgsm", "pgd20", "pgd100", "autoattack", "autoattack_l2", "cw", "deepfool")
     batch_size: int = 256  # examples per attack chunk (bounds memory)
     autoattack_iterations: int = 0  # APGD/FAB iterations of the AutoAttack attacks; 0: the standard 100
+    autoattack_stack_targets: bool = True  # APGD-T's targets side by side (attacks.stacked_targeted_perturb)
     seed: int = 0  # torch seed set before every attack
 
     def __post_init__(self) -> None:
@@ -180,8 +181,10 @@ class EvalSettings:
         if name not in calls:
             raise ValueError(f"unknown attack {name!r}; known: {', '.join(PROTOCOL_ATTACKS)}")
         epsilon, options = calls[name]
-        if self.autoattack_iterations and name in ("autoattack", "apgd", "autoattack_l2"):
-            options = dict(options, n_iter=self.autoattack_iterations)
+        if name in ("autoattack", "apgd", "autoattack_l2"):
+            options = dict(options, stack_targets=self.autoattack_stack_targets)
+            if self.autoattack_iterations:
+                options = dict(options, n_iter=self.autoattack_iterations)
         return PROTOCOL_ATTACKS[name].registry_name, epsilon, dict(options, batch_size=self.batch_size)
 
     def sweep_epsilons(self) -> tuple[float, ...]:

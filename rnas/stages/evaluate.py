@@ -54,6 +54,7 @@ def settings_from(params) -> EvalSettings:
         attacks=e.attacks,
         batch_size=e.batch_size,
         autoattack_iterations=e.autoattack_iterations,
+        autoattack_stack_targets=e.autoattack_stack_targets,
     )
 
 
