@@ -713,7 +713,8 @@ def stacked_targeted_perturb(attack: Any, x: Tensor, y: Tensor, max_batch: int) 
         n = int(acc.sum())
         if n == 0:
             break
-        group, targets = targets[: max(1, max_batch // n)], targets[max(1, max_batch // n) :]
+        size = max(1, max_batch // n)  # targets in this stack
+        group, targets = targets[:size], targets[size:]
         for _restart in range(attack.n_restarts):
             ind = acc.nonzero().flatten()
             if ind.numel() == 0:
