@@ -158,6 +158,11 @@ class EvalSettings:
         if not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
+    @classmethod
+    def from_params(cls, evaluate: Any) -> EvalSettings:
+        """The settings of a params file's ``evaluate`` section: every key of :data:`_PARAMS_KEYS`."""
+        return cls(**{name: getattr(evaluate, name) for name in _PARAMS_KEYS})
+
     def attack_call(self, name: str) -> tuple[str, float, dict[str, Any]]:
         """(registry name, radius, options) with which protocol attack ``name`` runs."""
         pgd = dict(step_size=self.pgd_step_size, restarts=self.pgd_restarts, random_start=True)

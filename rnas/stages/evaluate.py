@@ -41,21 +41,7 @@ def settings_from(params) -> EvalSettings:
             e.autoattack_iterations,
             e.autoattack_iterations,
         )
-    return EvalSettings(
-        epsilon=e.epsilon,
-        epsilon_l2=e.epsilon_l2,
-        pgd_step_size=e.pgd_step_size,
-        pgd_restarts=e.pgd_restarts,
-        cw_steps=e.cw_steps,
-        cw_binary_search_steps=e.cw_binary_search_steps,
-        cw_initial_const=e.cw_initial_const,
-        deepfool_steps=e.deepfool_steps,
-        eps_sweep=e.eps_sweep,
-        attacks=e.attacks,
-        batch_size=e.batch_size,
-        autoattack_iterations=e.autoattack_iterations,
-        autoattack_stack_targets=e.autoattack_stack_targets,
-    )
+    return EvalSettings.from_params(e)
 
 
 def sanity_from(params) -> SanitySettings:

@@ -85,7 +85,7 @@ onstart:
     finally:
         if store is not None and store.wait() != 0:
             raise WorkflowError(f"rnas init-store --params {PARAMS} failed (exit {store.returncode})")
-    if P.tracking.enabled:
+    if store is not None:
         shell(f"rnas pipeline-run start --params {shlex.quote(PARAMS)}")
 
 
