@@ -518,3 +518,66 @@ def test_unsupported_module_is_a_clear_error():
         build_graph(model)
     with pytest.raises(ValueError, match="unknown bound method"):
         margin_lower_bound(_model("small_cnn"), *_data(), 0.1, "linf", "lp")
+
+
+def _layouts(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return t.contiguous(), t.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "k, stride, dilation, groups, side",
+    # depthwise "same" convs of the cell ops (subsampled, by pixel phases, cropped on small maps),
+    # 1x1 convs (ReLUConvBN, and the supernet graph's grouped 1x1 of n edges), and a plain conv
+    [(3, 1, 1, 0, 8), (5, 1, 1, 0, 8), (3, 1, 2, 0, 8), (5, 1, 2, 0, 4), (3, 2, 2, 0, 8), (5, 2, 2, 0, 8)]
+    + [(5, 1, 2, 0, 2), (1, 1, 1, 1, 4), (1, 1, 1, 4, 4), (3, 1, 1, 1, 5)],
+)
+def test_graph_conv_fast_paths_equal_the_convolution(k, stride, dilation, groups, side, dtype):
+    """The graph's conv node computes depthwise and 1x1 convs with the networks' fast kernels
+    (``rnas.space.ops.depthwise`` / ``pointwise``): the value, ``|W| r`` and every gradient
+    (input, weight), double backward included (DSRNA's Jacobian metric), equal ``F.conv2d``'s in
+    both memory formats."""
+    torch.manual_seed(0)
+    c = 16
+    groups = c if groups == 0 else groups  # 0: depthwise
+    conv = nn.Conv2d(c, c, k, stride, dilation * (k - 1) // 2, dilation, groups, bias=False).to(dtype)
+    node = g.Conv(conv)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-12, rtol=1e-12)
+    for x0 in _layouts(torch.randn(6, c, side, side, dtype=dtype)):
+        pairs = ((node.apply, conv), (node.apply_abs, lambda t: conv._conv_forward(t, conv.weight.abs(), None)))
+        for fast, plain in pairs:
+            x = x0.clone().requires_grad_(True)
+            got, want = fast(x), plain(x)
+            assert got.shape == want.shape and torch.allclose(got, want, **tol)
+            v = torch.randn_like(want)
+            g_got = torch.autograd.grad((got * v).sum(), (x, conv.weight), create_graph=True)
+            g_want = torch.autograd.grad((want * v).sum(), (x, conv.weight), create_graph=True)
+            for a, b in zip(g_got, g_want):
+                assert torch.allclose(a, b, **tol)
+            gg_got = torch.autograd.grad(g_got[0].square().sum(), conv.weight)[0]
+            gg_want = torch.autograd.grad(g_want[0].square().sum(), conv.weight)[0]
+            assert torch.allclose(gg_got, gg_want, **tol)
+
+
+@pytest.mark.parametrize("shape", [(64, 32, 8, 8), (6, 5, 3, 3), (7, 128, 2, 2)])
+def test_batch_var_mean_is_var_mean_with_its_gradient(shape):
+    """BN statistics of the bound graph and the grouped pools: the biased variance and the mean
+    per channel, values and gradients, in both memory formats (channels-last takes the two
+    products with a row of 1/N)."""
+    from rnas.space.ops import batch_var_mean
+
+    torch.manual_seed(0)
+    base = torch.randn(*shape, dtype=torch.float64) * 3 + 1
+    v_ref, m_ref = torch.var_mean(base, dim=(0, 2, 3), unbiased=False)
+    for x0 in _layouts(base):
+        for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
+            x = x0.to(dtype).requires_grad_(True)
+            var, mean = batch_var_mean(x)
+            assert torch.allclose(var.double(), v_ref, rtol=tol, atol=tol)
+            assert torch.allclose(mean.double(), m_ref, rtol=tol, atol=tol)
+            w1, w2 = torch.randn(shape[1], dtype=dtype), torch.randn(shape[1], dtype=dtype)
+            (got,) = torch.autograd.grad((var * w1 + mean * w2).sum(), x)
+            xr = x.detach().double().requires_grad_(True)
+            vr, mr = torch.var_mean(xr, dim=(0, 2, 3), unbiased=False)
+            (want,) = torch.autograd.grad((vr * w1.double() + mr * w2.double()).sum(), xr)
+            assert torch.allclose(got.double(), want, rtol=tol, atol=tol)

@@ -4,11 +4,14 @@ gradient-masked models (the checks flag them)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import train_tiny
 from torch import nn
 
+from rnas.evaluation import attacks
 from rnas.evaluation.protocol import EvalSettings, evaluate_with_sanity, worst_case_flags
 from rnas.evaluation.sanity import (
     SANITY_CHECKS,
@@ -20,6 +23,7 @@ from rnas.evaluation.sanity import (
     large_eps_l2_key,
     model_probe,
     probe_attacks,
+    probe_examples,
     run_checks,
     sanity_summary,
 )
@@ -326,6 +330,29 @@ def test_honest_model_passes_every_check(trained):
     assert set(metrics["autoattack_checks"]) == {SQUARE_KEY, "sanity/apgd_ce_l2@4.0"}
     assert all(all(c.values()) for c in metrics["autoattack_checks"].values())
     assert metrics["attack_seconds"]["sanity"] > 0
+
+
+def test_square_probe_runs_on_the_white_box_survivors_only(trained, monkeypatch):
+    """Square alone sees exactly the examples that every white-box L∞ attack left robust (the only
+    ones where it can change the check or the worst case); its flags are False on the others."""
+    model, x, y = trained
+    spec = attacks.ATTACKS["autoattack"]
+    seen: list[torch.Tensor] = []
+
+    def spy(net, xs, ys, epsilon, **options):
+        if options.get("attacks") == ("square",):
+            seen.append(xs.detach().clone())
+        return spec.fn(net, xs, ys, epsilon, **options)
+
+    monkeypatch.setitem(attacks.ATTACKS, "autoattack", dataclasses.replace(spec, fn=spy))
+    metrics, flags = _evaluate(model, x, y)
+    left = flags["clean"] & flags["fgsm"] & flags["pgd20"] & flags["pgd100"]
+    assert 0 < int(left.sum()) < len(x)  # a real subset
+    assert len(seen) == 1 and torch.equal(seen[0], x[left])
+    assert not bool((flags[SQUARE_KEY] & ~left).any())
+    assert torch.equal(probe_examples(SQUARE_KEY, flags), left)
+    assert probe_examples("sanity/pgd20@0.5", flags) is None
+    assert metrics["sanity"]["square_not_stronger_than_whitebox"] is True, metrics["sanity_details"]
 
 
 def test_quantized_input_model_is_flagged(trained):

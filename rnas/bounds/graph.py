@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnas.space.ops import batch_var_mean, depthwise, pointwise
+
 Box = tuple[Tensor, Tensor]  # (lower, upper), same shape as the activation
 
 
@@ -230,7 +232,7 @@ class BatchNorm(ChannelAffine):
         m = self.m
         use_batch = m.training or m.running_mean is None
         if use_batch:
-            var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+            var, mean = batch_var_mean(x)
         else:  # float32 buffers of a float32 model: cast before rsqrt, so it runs in x's dtype
             mean, var = cast(m.running_mean, x), cast(m.running_var, x)
         scale = torch.rsqrt(var + m.eps)
@@ -257,6 +259,27 @@ class BatchNorm(ChannelAffine):
         return super().ibp(zs, n)
 
 
+def _conv_kind(m, weight: Tensor, c_in: int) -> str:
+    """``depthwise`` (one odd square filter per channel, "same" padding d·(k−1)/2),
+    ``pointwise`` (1x1, stride 1, no padding, any groups) or ``conv``."""
+    k = tuple(weight.shape[-2:])
+    stride, padding, dilation = _pair(m.stride), _pair(m.padding), _pair(m.dilation)
+    if k == (1, 1) and stride == (1, 1) and padding == (0, 0):
+        return "pointwise"
+    d = dilation[0]
+    if (
+        k[0] == k[1]
+        and k[0] % 2 == 1
+        and dilation[0] == dilation[1]
+        and stride[0] == stride[1]
+        and padding == (d * (k[0] - 1) // 2,) * 2
+        and m.groups == c_in == weight.shape[0]
+        and weight.shape[1] == 1
+    ):
+        return "depthwise"
+    return "conv"
+
+
 class Conv(LinearOp):
     """``nn.Conv2d`` (zero padding; any stride, dilation, groups; optional bias)."""
 
@@ -267,6 +290,15 @@ class Conv(LinearOp):
 
     def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         m = self.m
+        kind = _conv_kind(m, weight, x.shape[1])
+        if kind == "depthwise":
+            return depthwise(x, weight, _pair(m.stride)[0], _pair(m.dilation)[0], bias, own_backward=False)
+        if kind == "pointwise":
+            n = m.groups
+            c_out, c_in = weight.shape[0] // n, weight.shape[1]
+            w2 = weight.view(n * c_out, c_in)
+            w2 = w2 if n == 1 else torch.block_diag(*w2.view(n, c_out, c_in).unbind(0))
+            return pointwise(x, w2, bias)
         return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
 
     def apply(self, x):

@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from rnas.config import check_evaluate
@@ -70,6 +71,7 @@ from rnas.evaluation.sanity import (
     SanitySettings,
     model_probe,
     probe_attacks,
+    probe_examples,
     run_checks,
     sanity_summary,
 )
@@ -321,10 +323,31 @@ def _cached(state: EvalState | None, name: str, run) -> tuple[Tensor, float, dic
     return flags, seconds, info
 
 
-def _attack_runner(model: nn.Module, x: Tensor, y: Tensor, seed: int, call: tuple[str, float, dict[str, Any]]):
+def _attack_runner(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    seed: int,
+    call: tuple[str, float, dict[str, Any]],
+    subset: Tensor | None = None,
+):
     """A thunk running one attack in its own seeded RNG scope; AutoAttack runs return
-    ``(flags, {"autoattack_checks": {...}})``, the others their flags."""
+    ``(flags, {"autoattack_checks": {...}})``, the others their flags. ``subset`` (a boolean
+    mask (N,)): the attack runs on those examples only and the flags of the others are False."""
     registry_name, epsilon, options = call
+    if subset is not None:
+        inner = _attack_runner(model, x[subset.to(x.device)], y[subset.to(y.device)], seed, call)
+
+        def run_subset():
+            flags = torch.zeros(len(x), dtype=torch.bool)
+            if not bool(subset.any()):
+                return flags
+            result = inner()
+            part, info = result if isinstance(result, tuple) else (result, None)
+            flags[subset.cpu()] = part.detach().bool().cpu()
+            return flags if info is None else (flags, info)
+
+        return run_subset
 
     def run():
         with rng_scope(seed, x.device):
@@ -475,19 +498,21 @@ def evaluate_with_sanity(
     """:func:`evaluate_model`, then the sanity checks (:mod:`rnas.evaluation.sanity`).
 
     The checks reuse the protocol's flags; only the probe attacks they need on top (Square
-    alone, PGD-20 at the large L∞ radius when the sweep lacks it, APGD-CE at the large L2
-    radius) run here, resumable through the same ``state``. A probe at the evaluation's own
-    radius (Square alone at ``epsilon``) is an attack like the others: it joins the worst case
-    ``robust_acc``. Adds to the metrics ``sanity`` ({check: passed} for the checks that apply)
-    and ``sanity_details`` ({check: one line with the numbers}); the probe flags are returned
-    with the others (keys ``sanity/...``), and their seconds under ``attack_seconds["sanity"]``.
+    alone on the examples the white-box attacks left, PGD-20 at the large L∞ radius when the
+    sweep lacks it, APGD-CE at the large L2 radius) run here, resumable through the same
+    ``state``. A probe at the evaluation's own radius (Square alone at ``epsilon``) is an attack
+    like the others: it joins the worst case ``robust_acc``. Adds to the metrics ``sanity``
+    ({check: passed} for the checks that apply) and ``sanity_details`` ({check: one line with
+    the numbers}); the probe flags are returned with the others (keys ``sanity/...``), and their
+    seconds under ``attack_seconds["sanity"]``.
     """
     net = _inference_copy(model)
     metrics, flags = evaluate_model(model, x, y, settings, progress=progress, state=state, attack_model=net)
     probe_seconds = 0.0
     linf, l2 = list(linf_attacks(settings.attacks)), list(l2_attacks(settings.attacks))
     for key, call in probe_attacks(settings, sanity).items():
-        result, took, info = _cached(state, key, _attack_runner(net, x, y, settings.seed, call))
+        subset = probe_examples(key, flags)
+        result, took, info = _cached(state, key, _attack_runner(net, x, y, settings.seed, call, subset))
         flags[key] = result.detach().bool().cpu()
         probe_seconds += took
         _record_checks(metrics, key, info)

@@ -16,7 +16,8 @@ check                                   passes when
 ``pgd_not_weaker_than_fgsm``            acc(PGD-k) ≤ acc(FGSM) + tol for every PGD that ran
 ``more_pgd_steps_not_weaker``           acc(PGD-100) ≤ acc(PGD-20) + tol
 ``square_not_stronger_than_whitebox``   share of examples Square alone breaks that every
-                                        white-box L∞ attack (FGSM, PGD-20, PGD-100) missed ≤ tol
+                                        white-box L∞ attack (FGSM, PGD-20, PGD-100, APGD) missed
+                                        ≤ tol (Square runs on those examples only)
 ``nonzero_input_gradients``             share of examples with ∇ₓ CE(f(x), y) ≡ 0 ≤ max share
 ``outputs_are_logits``                  the outputs are not a probability vector per row
 ``autoattack_own_checks``               no AutoAttack run's own check warned (``autoattack_checks``)
@@ -28,9 +29,9 @@ so two honest runs can differ by an example or two.
 Checks are named functions in the :data:`SANITY_CHECKS` registry. Each reads a
 :class:`SanityInputs` (the metrics and per-example flags of the protocol plus cheap model
 probes) and returns a :class:`CheckResult` (``passed`` is None when the check does not apply,
-e.g. no FGSM ran). The attacks the checks need beyond the protocol's own -- Square alone on all
-examples, PGD-20 at the large radius unless the sweep already holds it, APGD-CE at the large L2
-radius when an L2 attack is in the protocol -- are declared by
+e.g. no FGSM ran). The attacks the checks need beyond the protocol's own -- Square alone on the
+examples the white-box attacks left, PGD-20 at the large radius unless the sweep already holds
+it, APGD-CE at the large L2 radius when an L2 attack is in the protocol -- are declared by
 :func:`probe_attacks` and run by :func:`rnas.evaluation.protocol.evaluate_with_sanity`, which
 stores their flags in the resumable evaluation state like every other attack.
 """
@@ -62,6 +63,7 @@ __all__ = [
     "large_eps_l2_key",
     "model_probe",
     "probe_attacks",
+    "probe_examples",
     "run_checks",
     "sanity_summary",
 ]
@@ -169,9 +171,10 @@ def probe_attacks(settings: EvalSettings, sanity: SanitySettings) -> dict[str, t
     """Attacks the checks need beyond the protocol: flag key -> (registry name, ε, options).
 
     * Square alone (AutoAttack ``version="custom"``, ``square_queries`` queries) at ``epsilon``
-      on *all* examples: inside AutoAttack standard it only sees the survivors of the
-      white-box attacks, so its own flags are not separable there. It is an attack at ε, so
-      it also joins the worst case ``robust_acc``.
+      on the examples every white-box L∞ attack left robust (:func:`probe_examples`): inside
+      AutoAttack standard it only sees the survivors of *all* earlier sub-attacks, so which
+      examples it alone breaks is not separable there. It is an attack at ε, so it also joins
+      the worst case ``robust_acc``.
     * PGD-20 at ``large_epsilon`` with the sweep's step/ε ratio, unless the sweep holds it.
     * APGD-CE at ``norm="L2"`` (AutoAttack ``version="custom"``, 100 iterations) at
       ``large_epsilon_l2``, when an L2 attack is in the protocol.
@@ -201,6 +204,27 @@ def probe_attacks(settings: EvalSettings, sanity: SanitySettings) -> dict[str, t
             dict(version="custom", attacks=("apgd-ce",), seed=settings.seed, batch_size=settings.batch_size),
         )
     return probes
+
+
+def probe_examples(key: str, flags: Mapping[str, Tensor]) -> Tensor | None:
+    """The examples the probe ``key`` runs on, a boolean mask (N,) on the CPU, or None for all.
+
+    Square (:data:`SQUARE_KEY`) runs on the examples classified correctly that every white-box
+    L∞ attack of the protocol (:data:`WHITEBOX_LINF`) left robust: the only examples on which its
+    result can change ``square_not_stronger_than_whitebox`` (per example, on exactly those) or
+    the worst case ``robust_acc`` (an AND over the attacks). Its flag is False on the others,
+    which are broken (or misclassified) already, so its flags read "robust to the white-box
+    attacks and to Square". Square's iterations run on the examples it has not broken yet, so
+    the examples the white-box attacks break are most of its cost: on the digits models it ran
+    2.3 and 2.0x faster on these (137 and 145 of 359 examples) than on all, breaking none of them
+    either way (docs/evaluation.md)."""
+    if key != SQUARE_KEY:
+        return None
+    mask = flags["clean"].bool().cpu().clone()
+    for name in WHITEBOX_LINF:
+        if name in flags:
+            mask &= flags[name].bool().cpu()
+    return mask
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,7 +314,8 @@ def check_square_not_stronger_than_whitebox(s: SanityInputs) -> CheckResult:
     """Black-box Square must not break what the gradient attacks could not; if it does,
     gradients are masked. Per example: the examples every white-box L∞ attack left robust but
     Square broke may be at most a ``tolerance`` share (comparing totals would let Square's
-    extra breaks hide behind examples only the white-box attacks broke)."""
+    extra breaks hide behind examples only the white-box attacks broke). Square runs on exactly
+    those examples (:func:`probe_examples`); its flags are False elsewhere."""
     square = s.flags.get(SQUARE_KEY)
     white = {a: _acc(s.flags[a]) for a in WHITEBOX_LINF if a in s.flags}
     if square is None or not white:
@@ -299,6 +324,7 @@ def check_square_not_stronger_than_whitebox(s: SanityInputs) -> CheckResult:
     extra = s.flags["clean"].clone().bool()
     for a in white:
         extra &= s.flags[a].bool()
+    n_left = int(extra.sum())
     extra &= ~square.bool()  # broken by Square only
     n_extra = int(extra.sum())
     share = n_extra / extra.numel()
@@ -306,10 +332,9 @@ def check_square_not_stronger_than_whitebox(s: SanityInputs) -> CheckResult:
     return CheckResult(
         share <= s.sanity.tolerance,
         f"{n_extra} examples ({_pct(share)}, allowed {_pct(s.sanity.tolerance)}) broken by Square "
-        f"({s.sanity.square_queries} queries) that {', '.join(a.upper() for a in white)} all missed"
+        f"({s.sanity.square_queries} queries) of the {n_left} that {', '.join(a.upper() for a in white)} all missed"
         + (f" (examples {shown})" if n_extra else "")
-        + f"; Square {_pct(_acc(square))} vs best white-box {best_name.upper()} "
-        f"{_pct(white[best_name])}",
+        + f"; best white-box {best_name.upper()} {_pct(white[best_name])}",
     )
 
 

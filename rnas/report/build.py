@@ -200,7 +200,7 @@ def _settings_list(params: Params) -> list[str]:
         f"{e.cw_steps} steps from c = {e.cw_initial_const:g}; DeepFool {e.deepfool_steps} steps)",
         "ε sweep (PGD-20, step/ε fixed): " + ", ".join(f"{v:g}" for v in sorted({0.0, e.epsilon, *e.eps_sweep})),
         f"sanity: large ε {e.sanity_large_epsilon:g} (L∞) and {e.sanity_large_epsilon_l2:g} (L2), Square alone "
-        f"{e.sanity_square_queries} queries, "
+        f"{e.sanity_square_queries} queries on the examples the white-box attacks left, "
         f"tolerance {100 * e.sanity_tolerance:g} points, zero-gradient share ≤ {e.sanity_max_zero_grad_fraction:g}",
         f"seeds {list(params.pipeline.seeds)}",
     ]

@@ -35,6 +35,7 @@ from rnas.space.ops import (
     SepConv,
     Zero,
     batch_norm,
+    batch_var_mean,
     depthwise,
     pointwise,
     unhooked,
@@ -97,7 +98,7 @@ def shared_batch_norm(x: torch.Tensor, bns: list[nn.BatchNorm2d]) -> torch.Tenso
     first = bns[0]
     y = batch_norm(x, None, None, None, None, True, 0.0, first.eps)
     with torch.no_grad():
-        var, mean = torch.var_mean(x.detach().to(first.running_mean.dtype), dim=(0, 2, 3), correction=0)
+        var, mean = batch_var_mean(x.detach().to(first.running_mean.dtype))
         _update_running(bns, mean, var, x.numel() // x.shape[1])
     return y
 

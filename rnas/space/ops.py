@@ -643,6 +643,21 @@ def nchw_batch_norm(x: torch.Tensor) -> bool:
     )
 
 
+def batch_var_mean(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(biased variance, mean) per channel of x (B, C, H, W) over (B, H, W), as
+    ``torch.var_mean(x, dim=(0, 2, 3), unbiased=False)`` up to float round-off. On a channels-last
+    x the pixels are the rows of a (B·H·W, C) matrix and both passes (the mean, then the mean
+    square deviation) are products with a row of 1/N: 2-2.3x faster with the backward than
+    ``var_mean``'s kernel on the digits supernet's maps (AMD EPYC, one thread)."""
+    if x.dim() != 4 or memory_format_of(x) != torch.channels_last:
+        return torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+    rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # a view
+    ones = rows.new_full((1, rows.shape[0]), 1.0 / rows.shape[0])
+    mean = (ones @ rows).squeeze(0)
+    dev = rows - mean
+    return (ones @ (dev * dev)).squeeze(0), mean
+
+
 def batch_norm(
     x: torch.Tensor,
     running_mean: torch.Tensor | None,
