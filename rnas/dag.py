@@ -496,3 +496,42 @@ def dvc_yaml_problems(path: str | Path, params: Params, params_file: str = DEFAU
     problems += [f"stage {name!r} is not in the pipeline any more" for name in have if name not in want]
     problems += [f"stage {name!r} differs" for name in want if name in have and have[name] != want[name]]
     return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Snakemake's scheduler on a local machine
+
+#: Snakemake's default --max-jobs-per-timespan: (jobs, seconds)
+DEFAULT_RATE_WINDOW = (100, 1.0)
+#: what a local invocation that kept the default gets instead: (jobs, seconds)
+LOCAL_RATE_WINDOW = (1000, 60.0)
+
+
+def widen_rate_window(workflow: Any) -> bool:
+    """Give a local Snakemake run the scheduling window :data:`LOCAL_RATE_WINDOW` when it kept the
+    default :data:`DEFAULT_RATE_WINDOW`; True when it did.
+
+    Snakemake's job scheduler re-selects jobs after every finished job and, with a job-rate
+    limit (on by default, 100 submissions per second), once more per window: each such round
+    stats every input of every ready job and starts a ``threading.Timer`` for the next. Locally
+    the job events are all it needs; the rounds once a second cost about half of Snakemake's
+    own CPU in a 10-minute ``make run`` on 2 cores. A window given on the command line (any other
+    value) is kept; a Snakemake whose settings lack these fields is left alone."""
+    settings = getattr(workflow, "scheduling_settings", None)
+    limit = getattr(settings, "max_jobs_per_timespan", None)
+    if limit is None or (getattr(limit, "max_jobs", None), getattr(limit, "timespan", None)) != DEFAULT_RATE_WINDOW:
+        return False
+    limit.max_jobs, limit.timespan = LOCAL_RATE_WINDOW
+    return True
+
+
+def cancel_timers() -> int:
+    """Cancel the ``threading.Timer`` s still waiting in this process (the scheduler's re-selection
+    timers, :func:`widen_rate_window`): after the last job there is nothing left to select, and a
+    pending timer would keep Snakemake from exiting for up to a window. Returns how many."""
+    import threading
+
+    timers = [t for t in threading.enumerate() if isinstance(t, threading.Timer) and t.is_alive()]
+    for t in timers:
+        t.cancel()
+    return len(timers)

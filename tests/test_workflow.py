@@ -224,6 +224,35 @@ def test_code_inputs_follow_imports_and_keep_methods_apart():
     assert all(Path(f).is_absolute() for f in dag.code_inputs("teacher", root="/nonexistent"))
 
 
+def test_local_snakemake_gets_a_wide_rate_window_and_exits_without_waiting():
+    """A local run that kept Snakemake's default job-rate window (a scheduling round once a
+    second besides the job events) gets one minute; any other window is kept; the timers left
+    at the end are cancelled, so the process need not wait for them."""
+    import threading
+    import types
+
+    from snakemake.settings.types import MaxJobsPerTimespan
+
+    def workflow(limit):
+        return types.SimpleNamespace(scheduling_settings=types.SimpleNamespace(max_jobs_per_timespan=limit))
+
+    default = workflow(MaxJobsPerTimespan.parse_choice("100/1s"))  # the CLI's default, parsed as it parses it
+    assert dag.widen_rate_window(default)
+    limit = default.scheduling_settings.max_jobs_per_timespan
+    assert (limit.max_jobs, limit.timespan) == dag.LOCAL_RATE_WINDOW
+    chosen = workflow(MaxJobsPerTimespan.parse_choice("50/10s"))
+    assert not dag.widen_rate_window(chosen)
+    assert chosen.scheduling_settings.max_jobs_per_timespan.max_jobs == 50
+    assert not dag.widen_rate_window(workflow(None)) and not dag.widen_rate_window(types.SimpleNamespace())
+
+    fired = threading.Event()
+    timer = threading.Timer(60.0, fired.set)
+    timer.start()
+    assert dag.cancel_timers() >= 1
+    timer.join(timeout=5)
+    assert not timer.is_alive() and not fired.is_set()
+
+
 def test_code_inputs_include_data_files_beside_the_modules(tmp_path, monkeypatch):
     """A template next to the report's modules (a package data file) is an input of the report."""
     pkg = tmp_path / "rnas"
