@@ -73,21 +73,20 @@ def stop_forkserver():
         shell(f"rnas forkserver stop --socket {shlex.quote(FORKSERVER)}")
 
 
+# The MLflow store is created once, before parallel jobs; one parent run per invocation holds
+# the stage runs as children (rnas pipeline-run). A fresh store's SQLite migrations (~4 s) run in
+# their own process while the fork server imports torch & co. (~4.5 s): both cores at once.
 # Snakemake re-selects jobs on every finished job and, besides, once per --max-jobs-per-timespan
 # window (default 100/1s); each round stats every input of every ready job (the code files
 # included) and starts a timer thread. Locally the job events are all the scheduler needs, and
 # the once-a-second rounds cost ~24 of Snakemake's ~47 s of CPU in a 10-minute `make run`
 # (measured from /proc, session 24). A local invocation that keeps the default window gets one
-# minute instead; the timers still pending at the end are cancelled (rnas.dag.cancel_timers), so
-# Snakemake exits at once. Given on the command line, any other value is kept.
-if workflow.local_exec:
-    dag.widen_rate_window(workflow)
-
-
-# The MLflow store is created once, before parallel jobs; one parent run per invocation holds
-# the stage runs as children (rnas pipeline-run). A fresh store's SQLite migrations (~4 s) run in
-# their own process while the fork server imports torch & co. (~4.5 s): both cores at once.
+# minute instead (set here: the settings exist once the workflow executes, and the scheduler's
+# rate limiter reads them on every round); the timers still pending at the end are cancelled
+# (rnas.dag.cancel_timers), so Snakemake exits at once. Any other window given is kept.
 onstart:
+    if workflow.local_exec:
+        dag.widen_rate_window(workflow)
     store = None
     if P.tracking.enabled:
         store = subprocess.Popen(["rnas", "init-store", "--params", PARAMS], env={**os.environ, forkserver.ENV: "off"})
