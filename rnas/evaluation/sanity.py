@@ -66,6 +66,7 @@ __all__ = [
     "probe_examples",
     "run_checks",
     "sanity_summary",
+    "whitebox_survivors",
 ]
 
 SQUARE_KEY = "sanity/square"
@@ -218,8 +219,12 @@ def probe_examples(key: str, flags: Mapping[str, Tensor]) -> Tensor | None:
     the examples the white-box attacks break are most of its cost: on the digits models it ran
     2.3 and 2.0x faster on these (137 and 145 of 359 examples) than on all, breaking none of them
     either way (docs/evaluation.md)."""
-    if key != SQUARE_KEY:
-        return None
+    return whitebox_survivors(flags) if key == SQUARE_KEY else None
+
+
+def whitebox_survivors(flags: Mapping[str, Tensor]) -> Tensor:
+    """(N,) on the CPU: classified correctly and left robust by every white-box L∞ attack of
+    :data:`WHITEBOX_LINF` that ran."""
     mask = flags["clean"].bool().cpu().clone()
     for name in WHITEBOX_LINF:
         if name in flags:
@@ -321,11 +326,9 @@ def check_square_not_stronger_than_whitebox(s: SanityInputs) -> CheckResult:
     if square is None or not white:
         return CheckResult(None, "needs Square and a white-box L∞ attack")
     best_name = min(white, key=white.get)
-    extra = s.flags["clean"].clone().bool()
-    for a in white:
-        extra &= s.flags[a].bool()
+    extra = whitebox_survivors(s.flags)
     n_left = int(extra.sum())
-    extra &= ~square.bool()  # broken by Square only
+    extra &= ~square.bool().cpu()  # broken by Square only
     n_extra = int(extra.sum())
     share = n_extra / extra.numel()
     shown = ", ".join(str(i) for i in extra.nonzero().flatten().tolist()[:10])
