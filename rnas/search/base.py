@@ -254,8 +254,9 @@ class BilevelMethod(SearchMethod):
                 f"search weight loss is {float(w_loss)} at epoch {progress.epoch + 1}, "
                 f"step {progress.step}; stopping (the last good checkpoint is kept)"
             )
-        w_loss.backward()
-        nn.utils.clip_grad_norm_(net.weights(), s.grad_clip)
+        weights = [p for p in net.weights() if p.requires_grad]
+        w_loss.backward(inputs=weights)  # not through α's branches (the mixed ops' α-gradient sums)
+        nn.utils.clip_grad_norm_(weights, s.grad_clip)
         self.w_opt.step()
         for p in net.arch_parameters():  # α gets no update from the weight step
             p.grad = None
