@@ -6,6 +6,7 @@ accuracy is high and the chosen radii leave some examples robust and break other
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -671,6 +672,49 @@ def test_evaluate_model_metrics_and_flags(setup):
     strip = lambda m: {k: v for k, v in m.items() if k != "attack_seconds"}  # noqa: E731
     assert strip(again) == strip(metrics)
     assert all(torch.equal(again_flags[k], flags[k]) for k in flags)
+
+
+def test_sweep_at_zero_epsilon_is_the_clean_pass_and_runs_no_attack(setup, monkeypatch):
+    """PGD in the ε = 0 ball can only visit x itself, so its flags are the clean ones; the
+    protocol takes them without running it (and PGD-20's at ``epsilon``)."""
+    model, x, y = setup
+    model.eval()
+    clean = A.run_attack("clean", model, x, y, 0.0)
+    assert torch.equal(A.run_attack("pgd", model, x, y, 0.0, step_size=0.025, steps=20), clean)
+    settings = _settings(attacks=("pgd20",), eps_sweep=(0.0, 0.3))
+    ran = []
+    real = A.ATTACKS["pgd"]
+    spy = lambda m, xs, ys, eps, **o: ran.append(eps) or real.fn(m, xs, ys, eps, **o)  # noqa: E731
+    monkeypatch.setitem(A.ATTACKS, "pgd", dataclasses.replace(real, fn=spy))
+    metrics, flags = evaluate_model(model, x, y, settings, progress=False)
+    assert ran == [EPS, 0.3]  # PGD-20, then the sweep's one new radius
+    assert torch.equal(flags["eps_sweep/0.0"], flags["clean"]) and torch.equal(flags["eps_sweep/0.0"], clean)
+    assert metrics["eps_sweep"]["0.0"] == metrics["clean_acc"]
+
+
+def test_pgd20_comes_from_the_first_20_steps_of_pgd100s_run(setup, monkeypatch):
+    """One PGD run gives both protocol PGDs, with the flags each would get from its own run; with
+    restarts they run separately (a restart attacks what its own run left)."""
+    import rnas.evaluation.protocol as protocol
+
+    model, x, y = setup
+    model.eval()
+    settings = _settings(attacks=("pgd20", "pgd100"), eps_sweep=())
+    assert protocol.pgd_prefix_groups(settings) == dict.fromkeys(("pgd20", "pgd100"), ("pgd20", "pgd100"))
+    assert protocol.pgd_prefix_groups(_settings(attacks=("pgd20", "pgd100"), pgd_restarts=2)) == {}
+    assert protocol.pgd_prefix_groups(_settings(attacks=("fgsm", "pgd100"))) == {}
+    calls = []
+    real = protocol.pgd_prefix_flags
+    monkeypatch.setattr(protocol, "pgd_prefix_flags", lambda *a, **k: calls.append(k) or real(*a, **k))
+    metrics, flags = evaluate_model(model, x, y, settings, progress=False, attack_model=model)
+    assert [(c["steps"], c["prefixes"]) for c in calls] == [(100, (20,))]
+    for name in ("pgd20", "pgd100"):
+        registry, eps, options = settings.attack_call(name)
+        with A.rng_scope(settings.seed):
+            own = A.run_attack(registry, model, x, y, eps, **options)
+        assert torch.equal(flags[name], own), name
+    assert metrics["pgd20_acc"] >= metrics["pgd100_acc"]
+    assert metrics["attack_seconds"]["pgd20"] == 0.0 < metrics["attack_seconds"]["pgd100"]
 
 
 def test_evaluate_model_without_linf_attacks(setup):

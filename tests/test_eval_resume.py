@@ -93,7 +93,7 @@ def test_resume_gives_the_uninterrupted_numbers(setup, tmp_path, monkeypatch):
     resumed, resumed_flags = evaluate_with_sanity(
         model, x, y, SETTINGS, SANITY, progress=False, state=EvalState(path, key)
     )
-    assert "fgsm" not in calls and calls["pgd"] == 3  # eps 0, 0.05 and the probe at 0.5; not PGD-20 at ε
+    assert "fgsm" not in calls and calls["pgd"] == 3  # ε 0.05, the probes at 0 and 0.5; not PGD-20 at ε
     assert calls["deepfool_l2"] == 1 and calls["autoattack"] == 1  # the rest, incl. Square alone
     assert calls["autoattack_l2"] == 1  # APGD-CE at the large L2 radius, not the protocol's AutoAttack-L2
     assert _strip(resumed) == _strip(full)

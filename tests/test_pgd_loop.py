@@ -156,3 +156,42 @@ def test_unknown_options_are_errors(data):
         P.pgd_inner(_net(0), x, y, 0.1, 0.03, 1, None, loss="hinge")
     with pytest.raises(ValueError, match="known: normal, uniform"):
         A.pgd_start(x, 0.1, noise="laplace")
+
+
+@pytest.mark.parametrize("steps, prefixes", [(12, (0, 1, 3, 6)), (40, (5,))])
+def test_a_shorter_pgd_is_a_prefix_of_a_longer_run(data, steps, prefixes):
+    """``snapshots`` of a PGD-n run equal PGD-k runs of their own, bit for bit (k < n), as long as
+    some examples are still unbroken (steps 12) and after every example broke (steps 40: the
+    loop ends early, the later snapshots are its final points). This is what lets the protocol
+    take PGD-20 from PGD-100's run."""
+    x, y = data
+    model = _net(2).eval()
+    eps, step = (0.03, 0.01) if steps == 12 else (0.5, 0.2)
+    snaps = dict.fromkeys(prefixes)
+    full = A.pgd_attack(
+        model, x, y, eps, step, steps, generator=torch.Generator().manual_seed(5), track_best=True, snapshots=snaps
+    )
+    alone = A.pgd_attack(model, x, y, eps, step, steps, generator=torch.Generator().manual_seed(5), track_best=True)
+    assert torch.equal(full, alone)
+    for k in prefixes:
+        own = A.pgd_attack(model, x, y, eps, step, k, generator=torch.Generator().manual_seed(5), track_best=True)
+        assert torch.equal(snaps[k], own), k
+    if steps == 40:  # the large ball broke every example before the snapshot
+        assert not bool((model(full).argmax(1) == y).any())
+    else:
+        assert not torch.equal(snaps[prefixes[-1]], full)  # the snapshot is not just the end point
+
+
+def test_pgd_prefix_flags_are_the_separate_runs_and_snapshots_are_checked(data):
+    x, y = data
+    model = _net(3).eval()
+    with A.rng_scope(0):
+        shared = A.pgd_prefix_flags(model, x, y, 0.1, step_size=0.03, steps=10, prefixes=(3,), batch_size=5)
+    for k in (3, 10):
+        with A.rng_scope(0):
+            own = A.pgd_flags(model, x, y, 0.1, step_size=0.03, steps=k, batch_size=5)
+        assert torch.equal(shared[k], own), k
+    with pytest.raises(ValueError, match="snapshots need track_best"):
+        A.pgd_attack(model, x, y, 0.1, 0.03, 4, snapshots={2: None})
+    with pytest.raises(ValueError, match=r"in \[0, 4\)"):
+        A.pgd_attack(model, x, y, 0.1, 0.03, 4, track_best=True, snapshots={4: None})

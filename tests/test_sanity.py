@@ -14,6 +14,7 @@ from torch import nn
 from rnas.evaluation import attacks
 from rnas.evaluation.protocol import EvalSettings, evaluate_with_sanity, worst_case_flags
 from rnas.evaluation.sanity import (
+    EPS0_KEY,
     SANITY_CHECKS,
     SQUARE_KEY,
     ModelProbe,
@@ -83,6 +84,7 @@ HONEST = {
     "pgd20": _flags(1, 1, 1, 0, 0, 0, 0, 0, 0, 0),
     "pgd100": _flags(1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
     "eps_sweep/0.0": CLEAN,
+    EPS0_KEY: CLEAN,
     "eps_sweep/0.05": _flags(1, 1, 1, 1, 1, 0, 0, 0, 0, 0),
     "eps_sweep/0.1": _flags(1, 1, 1, 0, 0, 0, 0, 0, 0, 0),
     "eps_sweep/0.3": _flags(0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
@@ -118,9 +120,9 @@ def _one(name: str, inputs: SanityInputs):
 
 def test_eps0_equals_clean_compares_examples_not_counts():
     swapped = _flags(0, 1, 1, 1, 1, 1, 1, 1, 1, 0)  # same accuracy, other examples
-    result = _one("eps0_equals_clean", _inputs({**HONEST, "eps_sweep/0.0": swapped}))
+    result = _one("eps0_equals_clean", _inputs({**HONEST, EPS0_KEY: swapped}))
     assert result.passed is False and "2 examples differ" in result.detail
-    no_zero = {k: v for k, v in HONEST.items() if k != "eps_sweep/0.0"}
+    no_zero = {k: v for k, v in HONEST.items() if k != EPS0_KEY}
     assert _one("eps0_equals_clean", _inputs(no_zero)).passed is None
 
 
@@ -223,14 +225,17 @@ def test_sanity_settings_validation():
 
 def test_probe_attacks_reuse_the_sweep():
     inside = probe_attacks(_settings(), SanitySettings(large_epsilon=0.3))
-    assert set(inside) == {SQUARE_KEY}  # PGD-20 at 0.3 is already in the sweep
+    assert set(inside) == {EPS0_KEY, SQUARE_KEY}  # PGD-20 at 0.3 is already in the sweep
+    name, eps, options = inside[EPS0_KEY]  # the sweep's ε = 0 point is the clean pass: its own probe
+    assert (name, eps, options["steps"]) == ("pgd", 0.0, 1)
     outside = probe_attacks(_settings(), SanitySettings(large_epsilon=0.5))
-    assert set(outside) == {SQUARE_KEY, "sanity/pgd20@0.5"}
+    assert set(outside) == {EPS0_KEY, SQUARE_KEY, "sanity/pgd20@0.5"}
     name, eps, options = outside["sanity/pgd20@0.5"]
     assert (name, eps, options["steps"]) == ("pgd", 0.5, 20)
     assert options["step_size"] == pytest.approx(0.025 * 0.5 / 0.1)  # the sweep's step/ε ratio
     l2 = probe_attacks(_settings(attacks=("cw",)), SanitySettings(large_epsilon_l2=3.0))
     assert l2 == {
+        EPS0_KEY: inside[EPS0_KEY],
         "sanity/pgd20@0.5": outside["sanity/pgd20@0.5"],
         "sanity/apgd_ce_l2@3.0": (
             "autoattack_l2",

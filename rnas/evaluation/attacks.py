@@ -71,6 +71,8 @@ __all__ = [
     "pgd_adv",
     "pgd_attack",
     "pgd_flags",
+    "pgd_prefix_adv",
+    "pgd_prefix_flags",
     "pgd_loop",
     "pgd_start",
     "predict",
@@ -348,6 +350,7 @@ def pgd_attack(
     generator: torch.Generator | None = None,
     eval_mode: bool = True,
     track_best: bool = False,
+    snapshots: dict[int, Tensor | None] | None = None,
 ) -> Tensor:
     """L∞ projected gradient ascent (Madry et al., 2018); returns ``x_adv`` (B, C, H, W).
 
@@ -371,6 +374,8 @@ def pgd_attack(
             *every* iterate, as in AutoAttack's APGD. The logits of x^t are the ones its
             gradient step computes anyway; only x^steps costs one extra forward pass. Off
             (the default), the last iterate is returned, as adversarial training wants.
+        snapshots: with ``track_best``, step counts k < ``steps`` as keys; each value is set to
+            what this call with ``steps=k`` returns (see :func:`pgd_loop`).
 
     Made of :func:`pgd_start` and :func:`pgd_loop` (the iteration training runs too).
     Gradients are taken with ``torch.autograd.grad`` w.r.t. the input only, so no parameter
@@ -401,6 +406,7 @@ def pgd_attack(
         loss_fn,
         eval_mode=eval_mode,
         track_best=track_best,
+        snapshots=snapshots,
     )
 
 
@@ -443,6 +449,7 @@ def pgd_loop(
     *,
     eval_mode: bool = False,
     track_best: bool = False,
+    snapshots: dict[int, Tensor | None] | None = None,
 ) -> Tensor:
     """The L∞ PGD iteration, the one every PGD of the project runs (training's
     :func:`rnas.training.perturbations.pgd_inner`, the ``rnas_adv`` search through it,
@@ -459,15 +466,25 @@ def pgd_loop(
     Returns the last iterate, or with ``track_best`` (``y`` the labels ``(B,)``), per example the
     first iterate x⁰ … x^steps the model misclassifies, else the last one (see
     :func:`pgd_attack`); a misclassified example leaves the batch, the loop ends when none is left.
+
+    ``snapshots`` (with ``track_best``): a dict whose keys are step counts k < ``steps``. The run
+    is the same as one of k steps up to step k (same start, same iterates, same examples left),
+    so each value is set to exactly what ``steps=k`` returns: PGD-k is a prefix of PGD-``steps``.
     """
     x = x.detach()
     current = x_start.detach()
+    snapshots = {} if snapshots is None else snapshots
+    if snapshots and not (track_best and all(0 <= k < steps for k in snapshots)):
+        raise ValueError(f"snapshots need track_best and step counts in [0, {steps}), got {sorted(snapshots)}")
     if track_best:
         out = current.clone()  # per example: its first misclassified iterate, else the last one
         active = torch.arange(len(x), device=x.device)  # examples not yet misclassified
     x_a, y_a = x, y  # the active examples' clean points and targets
     with _preserve_modes(model, eval_mode=eval_mode), torch.enable_grad():
-        for _ in range(steps):
+        for t in range(steps):
+            if t in snapshots:  # what a run of t steps returns: its loop would end here
+                snapshots[t] = out.clone()
+                snapshots[t][active] = current
             if track_best and active.numel() == 0:
                 break
             current.requires_grad_(True)
@@ -485,6 +502,9 @@ def pgd_loop(
     if not track_best:
         return current
     out[active] = current  # the last iterate (fooling or not)
+    for k, snap in snapshots.items():  # every example was fooled before step k
+        if snap is None:
+            snapshots[k] = out.clone()
     return out
 
 
@@ -522,17 +542,45 @@ def pgd_adv(
     that fools the model. Without ``track_best`` and random start the iteration is exactly
     foolbox's ``LinfPGD`` (tests/test_attacks.py compares them).
     """
+
+    def run(xs: Tensor, ys: Tensor) -> Tensor:
+        options = dict(step_size=step_size, steps=steps, random_start=random_start, batch_size=batch_size)
+        return pgd_prefix_adv(model, xs, ys, epsilon, prefixes=(), **options)[steps]
+
+    with _preserve_modes(model):
+        return _restarted(model, x, y, restarts, run, batch_size)
+
+
+def pgd_prefix_adv(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epsilon: float,
+    *,
+    prefixes: tuple[int, ...],
+    step_size: float,
+    steps: int = 20,
+    random_start: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict[int, Tensor]:
+    """One run of :func:`pgd_adv` (one restart) over ``batch_size`` chunks: {k: x_adv of PGD-k}
+    for k = ``steps`` and every k < ``steps`` in ``prefixes``, the snapshots of that run (see
+    :func:`pgd_loop`). Drawn in the same RNG state, a run of k steps and the first k steps of a
+    longer run are the same computation (same random start, same iterates, the same examples
+    leaving the batch), so each x_adv equals that of its own run: PGD-20 costs nothing beside
+    PGD-100."""
     y = _check_inputs(model, x, y, epsilon)
     if not step_size > 0:
         raise ValueError(f"step_size must be > 0 (absolute, pixel units), got {step_size}")
-
-    def run(xs: Tensor, ys: Tensor) -> Tensor:
-        out = torch.empty_like(xs)
-        for s in _chunks(xs.shape[0], batch_size):
-            out[s] = pgd_attack(
+    prefixes = tuple(sorted({int(k) for k in prefixes} - {steps}))
+    out = {k: torch.empty_like(x) for k in (*prefixes, steps)}
+    with _preserve_modes(model):
+        for s in _chunks(x.shape[0], batch_size):
+            snaps: dict[int, Tensor | None] = dict.fromkeys(prefixes)
+            out[steps][s] = pgd_attack(
                 model,
-                xs[s],
-                ys[s],
+                x[s],
+                y[s],
                 epsilon,
                 step_size,
                 steps,
@@ -540,11 +588,19 @@ def pgd_adv(
                 loss="ce",
                 eval_mode=False,
                 track_best=True,
+                snapshots=snaps,
             )
-        return project(out, xs, epsilon, ThreatModel.LINF)
+            for k in prefixes:
+                out[k][s] = snaps[k]
+    return {k: project(v, x, epsilon, ThreatModel.LINF) for k, v in out.items()}
 
-    with _preserve_modes(model):
-        return _restarted(model, x, y, restarts, run, batch_size)
+
+def pgd_prefix_flags(model: nn.Module, x: Tensor, y: Tensor, epsilon: float, **options) -> dict[int, Tensor]:
+    """{k: the robust flags of PGD-k} for the x_adv of :func:`pgd_prefix_adv` (same options);
+    each equals :func:`pgd_flags` of its own run."""
+    runs = pgd_prefix_adv(model, x, y, epsilon, **options)
+    batch_size = options.get("batch_size", DEFAULT_BATCH_SIZE)
+    return {k: robust_flags(model, x, x_adv, y, batch_size) for k, x_adv in runs.items()}
 
 
 def cw_l2_adv(

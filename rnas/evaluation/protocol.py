@@ -31,7 +31,8 @@ name               attack                                                      r
 Every AutoAttack run records AutoAttack's own checks (:data:`~rnas.evaluation.attacks.AUTOATTACK_CHECKS`)
 in ``autoattack_checks`` / ``autoattack_checks_details`` ({run: {check: ...}}).
 
-The ε sweep runs PGD-20 at ε = 0, ``epsilon`` and every ``eps_sweep`` value. Its step size keeps
+The ε sweep runs PGD-20 at ε = 0, ``epsilon`` and every ``eps_sweep`` value (at ε = 0 the ball is
+the clean input, so its flags are the clean ones; at ``epsilon`` they are PGD-20's). Its step size keeps
 the main setting's ratio step/ε (``pgd_step_size · ε' / epsilon``), so every point of the curve
 is the same attack relative to its ball (a fixed absolute step could not even reach the
 boundary of a large ball in 20 steps, which would fake robustness at large ε).
@@ -63,7 +64,7 @@ import torch
 from torch import Tensor, nn
 
 from rnas.config import check_evaluate
-from rnas.evaluation.attacks import ThreatModel, clean_flags, get_attack, rng_scope
+from rnas.evaluation.attacks import ThreatModel, clean_flags, get_attack, pgd_prefix_flags, rng_scope
 from rnas.evaluation.complexity import count_macs, count_parameters
 from rnas.evaluation.fold import fold_batchnorm
 from rnas.evaluation.sanity import (
@@ -360,6 +361,52 @@ def _attack_runner(
     return run
 
 
+def pgd_prefix_groups(settings: EvalSettings) -> dict[str, tuple[str, ...]]:
+    """{PGD attack of ``settings.attacks``: every PGD attack its one run gives}. With one restart,
+    the longest PGD run gives the shorter ones as its prefixes (same radius and step, same seeded
+    start: :func:`rnas.evaluation.attacks.pgd_prefix_flags`), so ``pgd20`` and ``pgd100`` run
+    once, as PGD-100 with a snapshot after 20 steps. Empty with restarts (a restart attacks the
+    examples its own run left, which differ) or fewer than two PGD attacks."""
+    pgd = [n for n in settings.attacks if PROTOCOL_ATTACKS[n].registry_name == "pgd"]
+    if settings.pgd_restarts != 1 or len(pgd) < 2:
+        return {}
+    calls = {n: settings.attack_call(n) for n in pgd}
+    base = {n: (eps, {k: v for k, v in o.items() if k != "steps"}) for n, (_, eps, o) in calls.items()}
+    if any(base[n] != base[pgd[0]] for n in pgd):
+        return {}
+    group = tuple(sorted(pgd, key=lambda n: calls[n][2]["steps"]))
+    return dict.fromkeys(group, group)
+
+
+def _run_pgd_group(
+    net: nn.Module, x: Tensor, y: Tensor, settings: EvalSettings, group: tuple[str, ...], state: EvalState | None
+) -> dict[str, tuple[Tensor, float]]:
+    """{name: (flags, seconds)} of a :func:`pgd_prefix_groups` group: from the state when every
+    one ran before, else one run of the longest (in its seeded RNG scope, as every attack). Its
+    seconds are recorded under the longest; the prefixes record 0."""
+    if state is not None and all(n in state for n in group):
+        return {n: _cached(state, n, None)[:2] for n in group}
+    steps = {n: settings.attack_call(n)[2]["steps"] for n in group}
+    longest = group[-1]
+    _, epsilon, options = settings.attack_call(longest)
+    options = {k: v for k, v in options.items() if k not in ("steps", "restarts")}
+    start = time.perf_counter()
+    with rng_scope(settings.seed, x.device):
+        by_steps = pgd_prefix_flags(
+            net, x, y, epsilon, steps=steps[longest], prefixes=tuple(steps[n] for n in group[:-1]), **options
+        )
+    took = time.perf_counter() - start
+    out = {}
+    for n in group:
+        flags, seconds = by_steps[steps[n]], took if n == longest else 0.0
+        if state is not None:
+            state.put(n, flags, seconds, None)
+        via = "" if n == longest else f" (the first {steps[n]} steps of {longest}'s run)"
+        log.info("evaluate %s: accuracy %.4f on %d examples, %.1f s%s", n, _accuracy(flags), len(flags), seconds, via)
+        out[n] = (flags, seconds)
+    return out
+
+
 def _record_checks(metrics: dict[str, Any], name: str, info: dict[str, Any] | None) -> None:
     """Add one AutoAttack run's own checks to ``autoattack_checks`` / ``..._details``."""
     checks = (info or {}).get("autoattack_checks")
@@ -435,6 +482,7 @@ def evaluate_model(
     infos: dict[str, dict[str, Any] | None] = {}
     sweep_eps = settings.sweep_epsilons()
     steps = [*settings.attacks, "eps_sweep"]
+    groups = pgd_prefix_groups(settings)  # pgd20 from the first 20 steps of pgd100's run
 
     def attack(registry_name: str, epsilon: float, options: dict[str, Any]):
         return _attack_runner(net, x, y, settings.seed, (registry_name, epsilon, options))
@@ -449,10 +497,17 @@ def evaluate_model(
                 if eps == settings.epsilon and "pgd20" in flags:
                     flags[key] = flags["pgd20"]  # same attack, same seed: reuse
                     continue
+                if eps == 0:  # the ball is {x}: every PGD iterate is x itself, so the clean flags
+                    flags[key] = flags["clean"]
+                    continue
                 _, _, options = settings.attack_call("pgd20")
                 options["step_size"] = settings.sweep_step_size(eps)
                 flags[key], took, _ = _cached(state, key, attack("pgd", eps, options))
                 seconds[name] += took
+        elif name in groups:
+            if name not in flags:
+                for n, (f, took) in _run_pgd_group(net, x, y, settings, groups[name], state).items():
+                    flags[n], seconds[n], infos[n] = f, took, None
         else:
             flags[name], seconds[name], infos[name] = _cached(state, name, attack(*settings.attack_call(name)))
     bar.close()

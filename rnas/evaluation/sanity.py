@@ -9,7 +9,7 @@ huge radius reveals as fake.
 ======================================  =========================================================
 check                                   passes when
 ======================================  =========================================================
-``eps0_equals_clean``                   PGD-20 at ε = 0 leaves exactly the clean flags
+``eps0_equals_clean``                   PGD (one step) at ε = 0 leaves exactly the clean flags
 ``monotone_in_eps``                     acc(ε_{i+1}) ≤ acc(ε_i) + tol along the ε sweep
 ``large_eps_reaches_chance``            PGD-20 at ``large_epsilon`` gives acc ≤ 1/K (K classes)
 ``large_eps_l2_reaches_chance``         APGD-CE (L2) at ``large_epsilon_l2`` gives acc ≤ 1/K
@@ -29,9 +29,10 @@ so two honest runs can differ by an example or two.
 Checks are named functions in the :data:`SANITY_CHECKS` registry. Each reads a
 :class:`SanityInputs` (the metrics and per-example flags of the protocol plus cheap model
 probes) and returns a :class:`CheckResult` (``passed`` is None when the check does not apply,
-e.g. no FGSM ran). The attacks the checks need beyond the protocol's own -- Square alone on the
-examples the white-box attacks left, PGD-20 at the large radius unless the sweep already holds
-it, APGD-CE at the large L2 radius when an L2 attack is in the protocol -- are declared by
+e.g. no FGSM ran). The attacks the checks need beyond the protocol's own -- PGD at ε = 0 (the
+sweep's ε = 0 point is the clean pass itself), Square alone on the examples the white-box attacks
+left, PGD-20 at the large radius unless the sweep already holds it, APGD-CE at the large L2
+radius when an L2 attack is in the protocol -- are declared by
 :func:`probe_attacks` and run by :func:`rnas.evaluation.protocol.evaluate_with_sanity`, which
 stores their flags in the resumable evaluation state like every other attack.
 """
@@ -70,6 +71,7 @@ __all__ = [
 ]
 
 SQUARE_KEY = "sanity/square"
+EPS0_KEY = "sanity/pgd@0"  # PGD, one step, at ε = 0
 WHITEBOX_LINF = ("fgsm", "pgd20", "pgd100", "apgd")  # the white-box L∞ attacks Square is compared with
 L2_PROTOCOL = ("autoattack_l2", "cw", "deepfool")  # protocol L2 attacks (any of them -> the L2 probe)
 PGD_ATTACKS = ("pgd20", "pgd100")
@@ -171,6 +173,10 @@ def large_eps_l2_key(sanity: SanitySettings) -> str:
 def probe_attacks(settings: EvalSettings, sanity: SanitySettings) -> dict[str, tuple[str, float, dict[str, Any]]]:
     """Attacks the checks need beyond the protocol: flag key -> (registry name, ε, options).
 
+    * PGD, one step, at ε = 0 (random start, gradient step, projection): it cannot move, so its
+      flags must be the clean ones (a model whose outputs change from pass to pass, or an attack
+      that leaves its ball, fails ``eps0_equals_clean``). The ε sweep takes the clean flags at
+      ε = 0 instead of running PGD-20 there (~0.6 s a digits model).
     * Square alone (AutoAttack ``version="custom"``, ``square_queries`` queries) at ``epsilon``
       on the examples every white-box L∞ attack left robust (:func:`probe_examples`): inside
       AutoAttack standard it only sees the survivors of *all* earlier sub-attacks, so which
@@ -181,6 +187,8 @@ def probe_attacks(settings: EvalSettings, sanity: SanitySettings) -> dict[str, t
       ``large_epsilon_l2``, when an L2 attack is in the protocol.
     """
     probes: dict[str, tuple[str, float, dict[str, Any]]] = {}
+    _, _, options = settings.attack_call("pgd20")
+    probes[EPS0_KEY] = ("pgd", 0.0, dict(options, steps=1))
     if any(a in settings.attacks for a in WHITEBOX_LINF):
         probes[SQUARE_KEY] = (
             "autoattack",
@@ -246,9 +254,9 @@ def _pct(value: float) -> str:
 
 def check_eps0_equals_clean(s: SanityInputs) -> CheckResult:
     """At ε = 0 the attack cannot move: its flags must equal the clean flags, example by example."""
-    zero, clean = s.flags.get("eps_sweep/0.0"), s.flags["clean"]
+    zero, clean = s.flags.get(EPS0_KEY), s.flags["clean"]
     if zero is None:
-        return CheckResult(None, "no ε = 0 point in the sweep")
+        return CheckResult(None, "PGD at ε = 0 did not run")
     differ = int((zero.bool() != clean.bool()).sum())
     return CheckResult(
         differ == 0, f"acc(ε=0) {_pct(_acc(zero))} vs clean {_pct(_acc(clean))}; {differ} examples differ"
