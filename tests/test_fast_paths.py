@@ -631,3 +631,30 @@ def test_channels_last_pcdarts_cells_hand_their_preprocessing_a_channels_last_gr
     x = torch.rand(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
     F.cross_entropy(net(x), torch.randint(0, 10, (4,))).backward()
     assert len(layouts) == 2 * len(net.cells) and all(layouts)
+
+
+@pytest.mark.parametrize(
+    "conv, same",
+    [
+        (nn.Conv2d(8, 8, 3, padding=1, groups=8), True),
+        (nn.Conv2d(8, 8, 5, stride=2, padding=4, dilation=2, groups=8), True),
+        (nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8), True),
+        (nn.Conv2d(8, 8, 3, padding=0, groups=8), False),  # not "same"
+        (nn.Conv2d(8, 8, 4, padding=2, groups=8), False),  # even kernel
+        (nn.Conv2d(8, 8, (3, 5), padding=(1, 2), groups=8), False),  # not square
+        (nn.Conv2d(8, 8, 3, stride=(1, 2), padding=1, groups=8), False),
+        (nn.Conv2d(8, 8, 3, padding=(2, 1), dilation=(2, 1), groups=8), False),
+        (nn.Conv2d(8, 16, 3, padding=1, groups=8), False),  # two filters per channel
+        (nn.Conv2d(8, 8, 3, padding=1, groups=4), False),  # grouped, not depthwise
+        (nn.Conv2d(8, 8, 3, padding=1), False),
+    ],
+)
+def test_is_same_depthwise_is_what_depthwise_computes(conv, same):
+    """The one predicate behind DepthwiseConv2d's and the bound graph's fast paths: where it holds,
+    :func:`ops.depthwise` equals the convolution."""
+    assert ops.is_same_depthwise(conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups, 8) is same
+    if same:
+        x = torch.randn(2, 8, 8, 8)
+        d = conv.dilation[0]
+        expected = conv(x)
+        assert torch.allclose(ops.depthwise(x, conv.weight, conv.stride[0], d, conv.bias), expected, atol=1e-5)

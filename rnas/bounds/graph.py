@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnas.space.ops import batch_var_mean, depthwise, pointwise
+from rnas.space.ops import batch_var_mean, depthwise, is_same_depthwise, pointwise
 
 Box = tuple[Tensor, Tensor]  # (lower, upper), same shape as the activation
 
@@ -262,20 +262,9 @@ class BatchNorm(ChannelAffine):
 def _conv_kind(m, weight: Tensor, c_in: int) -> str:
     """``depthwise`` (one odd square filter per channel, "same" padding d·(k−1)/2),
     ``pointwise`` (1x1, stride 1, no padding, any groups) or ``conv``."""
-    k = tuple(weight.shape[-2:])
-    stride, padding, dilation = _pair(m.stride), _pair(m.padding), _pair(m.dilation)
-    if k == (1, 1) and stride == (1, 1) and padding == (0, 0):
+    if tuple(weight.shape[-2:]) == (1, 1) and _pair(m.stride) == (1, 1) and _pair(m.padding) == (0, 0):
         return "pointwise"
-    d = dilation[0]
-    if (
-        k[0] == k[1]
-        and k[0] % 2 == 1
-        and dilation[0] == dilation[1]
-        and stride[0] == stride[1]
-        and padding == (d * (k[0] - 1) // 2,) * 2
-        and m.groups == c_in == weight.shape[0]
-        and weight.shape[1] == 1
-    ):
+    if is_same_depthwise(weight, m.stride, m.padding, m.dilation, m.groups, c_in):
         return "depthwise"
     return "conv"
 

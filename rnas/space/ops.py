@@ -198,18 +198,12 @@ class DepthwiseConv2d(nn.Conv2d):
     own_backward: bool = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (k, k1), (d, d1) = self.kernel_size, self.dilation
-        same = (
-            k == k1
-            and d == d1
-            and k % 2 == 1
-            and self.padding_mode == "zeros"
-            and self.padding == (d * (k - 1) // 2,) * 2
-            and self.stride[0] == self.stride[1]
-            and self.groups == self.in_channels == self.out_channels
+        d = self.dilation[0]
+        same = self.padding_mode == "zeros" and is_same_depthwise(
+            self.weight, self.stride, self.padding, self.dilation, self.groups, self.in_channels
         )
         if not same:
-            if max(d, d1) > 1 and self.stride == (1, 1) and _cpu_autocast(x):
+            if max(self.dilation) > 1 and self.stride == (1, 1) and _cpu_autocast(x):
                 with torch.autocast("cpu", enabled=False):  # see depthwise()
                     return super().forward(x.float())
             return super().forward(x)
@@ -218,6 +212,25 @@ class DepthwiseConv2d(nn.Conv2d):
 
 def _cpu_autocast(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+
+
+def is_same_depthwise(weight: torch.Tensor, stride, padding, dilation, groups: int, in_channels: int) -> bool:
+    """Whether a zero-padded conv with these settings is what :func:`depthwise` computes: one odd
+    square filter per channel (``weight`` (C, 1, k, k), ``groups`` = C = ``in_channels``), equal
+    stride and dilation d on both axes, "same" padding d·(k−1)/2. :class:`DepthwiseConv2d` and
+    the bound graph's conv node (:mod:`rnas.bounds.graph`) take their fast paths on it."""
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(int(e) for e in v)  # noqa: E731
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    c, per_group, kh, kw = weight.shape
+    return (
+        kh == kw
+        and kh % 2 == 1
+        and dh == dw
+        and sh == sw
+        and (ph, pw) == (dh * (kh - 1) // 2,) * 2
+        and groups == in_channels == c
+        and per_group == 1
+    )
 
 
 def depthwise(
