@@ -507,6 +507,18 @@ DEFAULT_RATE_WINDOW = (100, 1.0)
 LOCAL_RATE_WINDOW = (1000, 60.0)
 
 
+#: Snakemake ``priority:`` of each stage's rules: among the jobs ready at a time, the earlier
+#: stage runs first (the teacher first of all: RNAS-CL's searches wait for it). Snakemake breaks
+#: ties between equal priorities arbitrarily; with every priority 0 it could start a search while
+#: the other core had only retraining and evaluation left, and that search's chain then ran alone
+#: at the end: in session 25's second `make run` a `darts` search started 621 s into a 699 s
+#: run, and one core idled for 65 s (21 s in the first run, 29 s in session 24's last). With the
+#: stages in order, the last jobs are evaluations: list scheduling of the measured job times
+#: (200 random tie-breaks of each of two runs) gives a worst case 706 against 730 s and 690
+#: against 709 s, the same median.
+STAGE_PRIORITY: dict[str, int] = {"teacher": 3, "search": 2, "retrain": 1, "evaluate": 0, "report": 0}
+
+
 def widen_rate_window(workflow: Any) -> bool:
     """Give a local Snakemake run the scheduling window :data:`LOCAL_RATE_WINDOW` when it kept the
     default :data:`DEFAULT_RATE_WINDOW`; True when it did.

@@ -422,6 +422,26 @@ def test_snakemake_config_overrides_validate_and_reach_the_commands(project):
     assert list((project / "results" / ".params").glob("*.yaml")) == written  # the same params, the same file
 
 
+def test_stages_run_in_order_of_their_priority(tmp_path):
+    """Every job carries its stage's priority (rnas.dag.STAGE_PRIORITY): among ready jobs the
+    teacher goes first, then searches, retraining, evaluation, so no search is left to start
+    when only evaluations remain (its chain would then run alone at the end)."""
+    p = _tiny(("darts", "rnas_cl"))
+    _write_params(tmp_path, p)
+    out = _snakemake(tmp_path, "-n").stdout
+    seen = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        m = re.match(r"(?:local)?rule (\w+):", block.strip())
+        if m and m[1] != "all":
+            stage = "search" if m[1].startswith("search_") else m[1].replace("evaluate_teacher", "evaluate")
+            priority = re.search(r"priority: (\d+)", block)
+            seen.setdefault(stage, set()).add(int(priority[1]) if priority else 0)
+    assert seen == {stage: {dag.STAGE_PRIORITY[stage]} for stage in seen}
+    assert set(seen) == {"teacher", "search", "retrain", "evaluate", "report"}
+    order = dag.STAGE_PRIORITY
+    assert order["teacher"] > order["search"] > order["retrain"] > order["evaluate"] >= order["report"]
+
+
 def test_slurm_profile_sizes_every_cluster_rule(project):
     rules = set(_snakemake(project, "--list-rules").stdout.split())
     profile = yaml.safe_load((ROOT / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())

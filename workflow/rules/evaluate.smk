@@ -14,6 +14,7 @@ rule evaluate:
     benchmark:
         f"{LOGS}/{{run}}/seed{{seed}}/evaluate.benchmark.tsv"
     threads: P.pipeline.threads
+    priority: dag.STAGE_PRIORITY["evaluate"]
     resources:
         gpu=GPUS,
     retries: RETRIES

@@ -12,6 +12,7 @@ rule retrain:
     benchmark:
         f"{LOGS}/{{run}}/seed{{seed}}/retrain.benchmark.tsv"
     threads: P.pipeline.threads
+    priority: dag.STAGE_PRIORITY["retrain"]
     resources:
         gpu=GPUS,
     retries: RETRIES

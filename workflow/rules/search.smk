@@ -25,6 +25,7 @@ for kind, files in dag.SEARCH_FILES.items():
         benchmark:
             f"{LOGS}/{{run}}/seed{{seed}}/search.benchmark.tsv"
         threads: P.pipeline.threads
+        priority: dag.STAGE_PRIORITY["search"]
         resources:
             gpu=GPUS,
         retries: RETRIES

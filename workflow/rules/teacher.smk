@@ -11,6 +11,7 @@ rule teacher:
     benchmark:
         f"{LOGS}/teacher.benchmark.tsv"
     threads: P.pipeline.threads
+    priority: dag.STAGE_PRIORITY["teacher"]
     resources:
         gpu=GPUS,
     retries: RETRIES
