@@ -376,7 +376,7 @@ class WidthSpaceConfig(_Section):
 
     @model_validator(mode="after")
     def _check_stages(self) -> WidthSpaceConfig:
-        from rnas.space.width import width_choices
+        from rnas.space.widths import width_choices
 
         where = "search.methods.rnas_cl.width"
         if not len(self.stage_widths) == len(self.stage_blocks) == len(self.stage_strides):
@@ -596,6 +596,13 @@ class RetrainConfig(_Section):
     distill: RetrainDistillConfig = Field(default_factory=RetrainDistillConfig)
 
 
+#: The protocol's attack names, the values ``evaluate.attacks`` allows: the keys of
+#: :data:`rnas.evaluation.protocol.PROTOCOL_ATTACKS` (tests/test_config.py checks they agree), kept
+#: here so that validating params does not import the attack registry and with it torch (~1.4 s
+#: of every params load: the Snakefile's parse, ``rnas init-store``).
+EVALUATE_ATTACKS: tuple[str, ...] = ("fgsm", "pgd20", "pgd100", "autoattack", "apgd", "autoattack_l2", "cw", "deepfool")
+
+
 class EvaluateConfig(_Section):
     """Evaluation protocol (docs/design.md §6). ε here is independent of the training ε."""
 
@@ -691,13 +698,10 @@ class EvaluateConfig(_Section):
     def check_attacks_and_radii(self) -> None:
         """The checks across this section's keys; run with the other checks across keys, once
         every key of the file has been read (:func:`params_from_dict`), and by :func:`check_evaluate`."""
-        # Imported here: the attack registry needs torch, the config module does not.
-        from rnas.evaluation.protocol import PROTOCOL_ATTACKS
-
         for i, name in enumerate(self.attacks):
-            if name not in PROTOCOL_ATTACKS:
+            if name not in EVALUATE_ATTACKS:
                 raise ParamsError(
-                    f"evaluate.attacks[{i}]: unknown attack {name!r}; known: {', '.join(PROTOCOL_ATTACKS)}"
+                    f"evaluate.attacks[{i}]: unknown attack {name!r}; known: {', '.join(EVALUATE_ATTACKS)}"
                 )
             if name in self.attacks[:i]:
                 raise ParamsError(f"evaluate.attacks[{i}]: {name!r} is listed twice (attacks must not repeat)")

@@ -51,3 +51,40 @@ def test_deterministic_runtime_without_importing_inductor():
     )
     loaded = _modules_after(code)
     assert "torch._inductor" not in loaded
+
+
+def test_forkserver_commands_do_not_import_torch(tmp_path):
+    """`rnas forkserver stop` (and start) run in their own process at the start and end of every
+    pipeline run: the CLI's error handling must not pull in torch for them (~2 s each)."""
+    code = (
+        "from rnas.cli import main\n"
+        f"assert main(['forkserver', 'stop', '--socket', {str(tmp_path / 'none' / 'sock')!r}]) == 0"
+    )
+    assert "torch" not in _modules_after(code)
+
+
+def test_user_errors_exit_with_one_line_and_others_raise(monkeypatch, capsys):
+    """Known errors print one line (params: exit 2; a missing dataset, a corrupt checkpoint, ...:
+    exit 1); anything else keeps its traceback."""
+    import rnas.cli as cli
+    from rnas.checkpoint import CheckpointError
+    from rnas.config import ParamsError
+    from rnas.data import DatasetNotFoundError
+
+    module = cli.command_module("validate-params")
+    for error, code in (
+        (ParamsError("evaluate.epsilon: 2.0 not in [0.0, 1.0]"), 2),
+        (CheckpointError("model.pt is corrupt"), 1),
+        (DatasetNotFoundError("no dataset under data/"), 1),
+    ):
+
+        def run(args, error=error):
+            raise error
+
+        monkeypatch.setattr(module, "run", run)
+        assert cli.run_command(["validate-params", "params.yaml"]) == code
+        err = capsys.readouterr().err
+        assert str(error) in err and "Traceback" not in err
+    monkeypatch.setattr(module, "run", lambda args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        cli.run_command(["validate-params", "params.yaml"])

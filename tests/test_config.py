@@ -102,6 +102,21 @@ def test_python_object_tag_is_refused(tmp_path):
         load_params(f)
 
 
+def test_params_load_without_torch_and_know_every_protocol_attack():
+    """Loading and validating params (the Snakefile's parse, `rnas init-store`, every light
+    command) imports no torch; the attack names it allows are the protocol's registry keys."""
+    code = (
+        "import sys; from rnas.config import load_params\n"
+        f"load_params({str(ROOT / 'configs' / 'digits_full.yaml')!r})\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('rnas'))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    from rnas.config import EVALUATE_ATTACKS
+    from rnas.evaluation.protocol import PROTOCOL_ATTACKS
+
+    assert tuple(PROTOCOL_ATTACKS) == EVALUATE_ATTACKS
+
+
 def test_validate_params_command_exit_codes(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text((ROOT / "params.yaml").read_text())

@@ -49,6 +49,7 @@ from rnas.space.genotype import GenotypeError
 from rnas.space.gumbel import gumbel_softmax, one_hot_argmax
 from rnas.space.network import cell_normalization
 from rnas.space.ops import conv2d
+from rnas.space.widths import width_choices
 
 STEM_KERNEL = 3  # the stem is a 3x3 conv at stride 1, as in the DARTS networks
 
@@ -61,19 +62,6 @@ def conv_out_size(size: int, kernel: int, stride: int) -> int:
     """Output side of a conv with padding kernel // 2 (pixels)."""
     pad = kernel // 2
     return (size + 2 * pad - kernel) // stride + 1
-
-
-def width_choices(c_max: int, n_options: int, step_fraction: float, step_channels: int = 0) -> tuple[int, ...]:
-    """The options C_max − i·step (i = 0..n−1), rounded, descending; step = ``step_channels`` channels
-    when given (FBNetV2's fixed step, e.g. 4), else step_fraction·C_max."""
-    step = step_channels if step_channels > 0 else step_fraction * c_max
-    widths = tuple(int(round(c_max - i * step)) for i in range(n_options))
-    if len(set(widths)) != len(widths) or widths[-1] < 1:
-        raise ValueError(
-            f"width options {widths} for C_max={c_max} are not distinct positive channel counts; "
-            f"lower width_options or raise width_step / the stage width"
-        )
-    return widths
 
 
 def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:

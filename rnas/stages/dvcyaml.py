@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rnas.config import load_params
 from rnas.dag import dvc_yaml_problems, render_dvc_yaml
-from rnas.stages.common import add_params_argument
+from rnas.stages import add_params_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

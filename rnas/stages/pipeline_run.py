@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from rnas.config import load_params
-from rnas.stages.common import add_params_argument
+from rnas.stages import add_params_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

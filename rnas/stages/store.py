@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rnas.config import load_params
-from rnas.stages.common import add_params_argument
+from rnas.stages import add_params_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
