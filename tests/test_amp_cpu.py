@@ -260,5 +260,5 @@ def test_evaluation_attacks_stay_float32_with_amp_on(native_bf16, _one_thread):
     )
     metrics, _flags = evaluate_model(model, x, y, settings, progress=False)
     assert metrics["pgd20_acc"] is not None and metrics["deepfool_acc"] is not None
-    assert len(seen) > 20  # the clean pass, FGSM, PGD-20, DeepFool, the ε sweep
+    assert len(seen) > 10  # the clean pass, FGSM, PGD-20, DeepFool, the ε sweep at 0.05 (its 0 is the clean pass)
     assert all(not on and dtype == torch.float32 for _, on, dtype in seen)
