@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnas.space.ops import batch_var_mean, depthwise, is_same_depthwise, pointwise
+from rnas.space.ops import as_pair, batch_var_mean, depthwise, is_same_depthwise, pointwise
 
 Box = tuple[Tensor, Tensor]  # (lower, upper), same shape as the activation
 
@@ -60,10 +60,6 @@ def cast(t: Tensor | None, like: Tensor) -> Tensor | None:
     return t if t is None or t.dtype == like.dtype else t.to(like.dtype)
 
 
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 def conv_adjoint(A: Tensor, weight: Tensor, stride, padding, dilation, groups: int, in_hw: tuple[int, int]) -> Tensor:
     """Aᵀ through a (bias-free) 2-D convolution: (B, S, C_out, H', W') -> (B, S, C_in, H, W).
 
@@ -78,7 +74,7 @@ def conv_adjoint(A: Tensor, weight: Tensor, stride, padding, dilation, groups: i
     (channels-last is 2x slower there) and at stride 2 in ``conv_transpose2d``."""
     b, s = A.shape[:2]
     a = A.reshape(b * s, *A.shape[2:])
-    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    stride, padding, dilation = as_pair(stride), as_pair(padding), as_pair(dilation)
     k = weight.shape[-2:]
     out_pad = [
         in_hw[d] - ((a.shape[2 + d] - 1) * stride[d] - 2 * padding[d] + dilation[d] * (k[d] - 1) + 1) for d in range(2)
@@ -262,7 +258,7 @@ class BatchNorm(ChannelAffine):
 def _conv_kind(m, weight: Tensor, c_in: int) -> str:
     """``depthwise`` (one odd square filter per channel, "same" padding d·(k−1)/2),
     ``pointwise`` (1x1, stride 1, no padding, any groups) or ``conv``."""
-    if tuple(weight.shape[-2:]) == (1, 1) and _pair(m.stride) == (1, 1) and _pair(m.padding) == (0, 0):
+    if tuple(weight.shape[-2:]) == (1, 1) and as_pair(m.stride) == (1, 1) and as_pair(m.padding) == (0, 0):
         return "pointwise"
     if is_same_depthwise(weight, m.stride, m.padding, m.dilation, m.groups, c_in):
         return "depthwise"
@@ -281,7 +277,7 @@ class Conv(LinearOp):
         m = self.m
         kind = _conv_kind(m, weight, x.shape[1])
         if kind == "depthwise":
-            return depthwise(x, weight, _pair(m.stride)[0], _pair(m.dilation)[0], bias, own_backward=False)
+            return depthwise(x, weight, as_pair(m.stride)[0], as_pair(m.dilation)[0], bias, own_backward=False)
         if kind == "pointwise":
             n = m.groups
             c_out, c_in = weight.shape[0] // n, weight.shape[1]
@@ -353,9 +349,9 @@ class AvgPool(LinearOp):
 
     def crown(self, A, boxes, xs):
         x = xs[0]
-        k = _pair(self.m.kernel_size)
-        stride = _pair(self.m.stride if self.m.stride is not None else self.m.kernel_size)
-        pad = _pair(self.m.padding)
+        k = as_pair(self.m.kernel_size)
+        stride = as_pair(self.m.stride if self.m.stride is not None else self.m.kernel_size)
+        pad = as_pair(self.m.padding)
         ones = torch.ones(1, 1, *x.shape[-2:], dtype=A.dtype, device=A.device)
         sums = F.avg_pool2d(ones, k, stride, pad, count_include_pad=True) * (k[0] * k[1])
         scale = self.m(ones) / sums  # (1, 1, H', W')

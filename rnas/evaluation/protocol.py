@@ -318,10 +318,18 @@ def _cached(state: EvalState | None, name: str, run) -> tuple[Tensor, float, dic
     result = run()
     flags, info = result if isinstance(result, tuple) else (result, None)
     seconds = time.perf_counter() - start
+    _record(state, name, flags, seconds, info)
+    return flags, seconds, info
+
+
+def _record(
+    state: EvalState | None, name: str, flags: Tensor, seconds: float, info: dict[str, Any] | None, note: str = ""
+) -> None:
+    """Save a finished attack's flags in the state (if any) and log its INFO line (``note`` ends it)."""
     if state is not None:
         state.put(name, flags, seconds, info)
-    log.info("evaluate %s: accuracy %.4f on %d examples, %.1f s", name, _accuracy(flags.bool()), flags.numel(), seconds)
-    return flags, seconds, info
+    accuracy = _accuracy(flags.bool())
+    log.info("evaluate %s: accuracy %.4f on %d examples, %.1f s%s", name, accuracy, flags.numel(), seconds, note)
 
 
 def _attack_runner(
@@ -399,10 +407,8 @@ def _run_pgd_group(
     out = {}
     for n in group:
         flags, seconds = by_steps[steps[n]], took if n == longest else 0.0
-        if state is not None:
-            state.put(n, flags, seconds, None)
-        via = "" if n == longest else f" (the first {steps[n]} steps of {longest}'s run)"
-        log.info("evaluate %s: accuracy %.4f on %d examples, %.1f s%s", n, _accuracy(flags), len(flags), seconds, via)
+        note = "" if n == longest else f" (the first {steps[n]} steps of {longest}'s run)"
+        _record(state, n, flags, seconds, None, note)
         out[n] = (flags, seconds)
     return out
 

@@ -214,13 +214,17 @@ def _cpu_autocast(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
 
 
+def as_pair(v) -> tuple[int, int]:
+    """A conv setting (stride, padding, ...) as given to ``nn.Conv2d``, an int or a pair, as a pair."""
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
 def is_same_depthwise(weight: torch.Tensor, stride, padding, dilation, groups: int, in_channels: int) -> bool:
     """Whether a zero-padded conv with these settings is what :func:`depthwise` computes: one odd
     square filter per channel (``weight`` (C, 1, k, k), ``groups`` = C = ``in_channels``), equal
     stride and dilation d on both axes, "same" padding d·(k−1)/2. :class:`DepthwiseConv2d` and
     the bound graph's conv node (:mod:`rnas.bounds.graph`) take their fast paths on it."""
-    pair = lambda v: (v, v) if isinstance(v, int) else tuple(int(e) for e in v)  # noqa: E731
-    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    (sh, sw), (ph, pw), (dh, dw) = as_pair(stride), as_pair(padding), as_pair(dilation)
     c, per_group, kh, kw = weight.shape
     return (
         kh == kw
