@@ -130,3 +130,98 @@ def test_reference_label_above_every_run_stays_inside_the_axes():
     reference_line(ax, 45.0, " other")
     assert ax.get_ylim() == before
     plt.close(fig)
+
+
+def _crowded_labels():
+    """Five runs whose means nearly coincide: some labels leave their first place for a leader."""
+    import matplotlib.pyplot as plt
+
+    from rnas.report.plots import label_points
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.set_xscale("log")
+    ax.set_xlim(1, 500)
+    ax.set_ylim(30, 70)
+    points = [
+        ("rnas_cl_nokd", 118.0, 40.2),
+        ("dsrna_combined", 120.0, 40.0),
+        ("rnas_adv", 125.0, 40.4),
+        ("lrnas_15k", 116.0, 39.8),
+        ("darts", 122.0, 39.6),
+    ]
+    return fig, ax, label_points(ax, points)
+
+
+def test_a_leader_line_starts_at_its_label_not_inside_it():
+    """A moved label's leader line runs from the corner of its text nearest the point to the
+    point, so it meets the text at a corner and never runs along or into the word (drawn from the
+    text's centre, it met the word's edge in the middle, as `dsrna_cb`'s on the digits report's
+    Pareto plot)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from rnas.report.plots import text_box
+
+    fig, ax, notes = _crowded_labels()
+    renderer = fig.canvas.get_renderer()
+    led = [n for n in notes if n.arrow_patch is not None]
+    assert led  # the crowded labels were moved (so the test can fail)
+    for note in led:
+        box = text_box(note, renderer)
+        verts = note.arrow_patch.get_path().interpolated(50).vertices  # display coordinates, once drawn
+        inner = box.padded(-1.0)  # one pixel inside the text's box
+        assert not any(inner.contains(u, v) for u, v in verts), note.get_text()
+        marker = ax.transData.transform(note.xy)
+        start, end = verts[0], verts[-1]
+        assert np.hypot(*(marker - end)) < np.hypot(*(marker - start))  # it ends at the point
+        corners = np.array([(box.x0, box.y0), (box.x0, box.y1), (box.x1, box.y0), (box.x1, box.y1)])
+        nearest = corners[np.argmin(np.hypot(*(corners - marker).T))]
+        assert np.hypot(*(start - nearest)) < 8.0, note.get_text()  # within the text's pad of its corner
+    plt.close(fig)
+
+
+def test_labels_keep_off_error_bars():
+    """A run's label whose first place (right of its marker) lies on a neighbour's error bar moves
+    when the bars are given as lines to avoid (`errorbar_lines`, as the Pareto and cost plots
+    pass them), so every run's spread stays readable."""
+    import matplotlib.pyplot as plt
+
+    from rnas.report.plots import _line_samples, errorbar_lines, label_points, text_box
+
+    assert errorbar_lines(10.0, 40.0) == []
+    assert errorbar_lines(10.0, 40.0, xerr=2.0, yerr=5.0) == [([10.0, 10.0], [35.0, 45.0]), ([8.0, 12.0], [40.0, 40.0])]
+
+    def place(avoid):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        ax.set_xscale("log")
+        ax.set_xlim(1, 500)
+        ax.set_ylim(30, 70)
+        bars = errorbar_lines(24.0, 60.0, yerr=20.0)  # a neighbour above "near", its bar passing right of it
+        ax.errorbar(24.0, 60.0, yerr=20.0, fmt="o")
+        notes = label_points(ax, [("near", 20.0, 44.0), ("bar", 24.0, 60.0)], avoid_lines=bars if avoid else ())
+        renderer = fig.canvas.get_renderer()
+        box = text_box(next(n for n in notes if n.get_text() == "near"), renderer)
+        covered = any(box.contains(u, v) for u, v in _line_samples(ax, bars))
+        plt.close(fig)
+        return covered
+
+    assert place(avoid=False)  # the first place covers the bar (so the test can fail)
+    assert not place(avoid=True)
+
+
+def test_error_bars_reaching_zero_on_a_log_axis_are_sampled_to_the_axis_edge():
+    """The cost plot's search seconds are on a log axis, and a spread larger than the mean gives a
+    bar below 0: it is sampled from the axis' edge, not as NaN."""
+    import math
+
+    import matplotlib.pyplot as plt
+
+    from rnas.report.plots import _line_samples, errorbar_lines
+
+    fig, ax = plt.subplots()
+    ax.set_xscale("log")
+    ax.set_xlim(1, 100)
+    ax.set_ylim(0, 10)
+    samples = _line_samples(ax, errorbar_lines(3.0, 5.0, xerr=4.0))
+    assert samples and all(math.isfinite(u) and math.isfinite(v) for u, v in samples)
+    plt.close(fig)

@@ -304,6 +304,8 @@ def _restarted(
     if restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {restarts}")
     best = run(x, y)
+    if restarts == 1:  # nothing to compare the points with
+        return best
     alive = predict(model, best, batch_size) == y
     for _ in range(restarts - 1):
         idx = alive.nonzero().flatten()

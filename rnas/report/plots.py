@@ -187,12 +187,33 @@ _LABEL_OFFSETS = tuple((dx, dy) for dy in (5, -13, 17, -25, 29, -37, 41, -49) fo
 Polyline = tuple[Sequence[float], Sequence[float]]  # x values, y values (data coordinates)
 
 
+def _leader(dx: float, dy: float) -> dict:
+    """A leader line's style, drawn from the corner of the label's text nearest the point (the
+    left edge of a label right of the point, the bottom of one above it), not from the text's
+    centre, through the text."""
+    corner = (0.0 if dx > 0 else 1.0, 0.0 if dy > 0 else 1.0)
+    return {"arrowstyle": "-", "lw": 0.5, "color": "#888888", "relpos": corner}
+
+
+def errorbar_lines(x: float, y: float, xerr: float | None = None, yerr: float | None = None) -> list[Polyline]:
+    """The bars of ``ax.errorbar(x, y, xerr=..., yerr=...)`` as polylines, for ``label_points``'
+    ``avoid_lines`` (a label on a neighbour's error bar hides how far that run's seeds spread)."""
+    lines: list[Polyline] = []
+    if yerr:
+        lines.append(([x, x], [y - yerr, y + yerr]))
+    if xerr:
+        lines.append(([x - xerr, x + xerr], [y, y]))
+    return lines
+
+
 def _line_samples(ax, lines: Sequence[Polyline], step: float = 3.0) -> list[tuple[float, float]]:
     """Points every ``step`` pixels along each polyline (x values, y values in data coordinates),
     in display coordinates: what a label must not cover to leave the line readable."""
     out: list[tuple[float, float]] = []
+    x_min = ax.get_xlim()[0] if ax.get_xscale() == "log" else -math.inf  # a bar reaching 0 or below on a log
+    y_min = ax.get_ylim()[0] if ax.get_yscale() == "log" else -math.inf  # axis is drawn to the axis' edge
     for xs, ys in lines:
-        pts = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]
+        pts = [ax.transData.transform((max(x, x_min), max(y, y_min))) for x, y in zip(xs, ys)]
         for (u0, v0), (u1, v1) in zip(pts, pts[1:]):
             n = max(1, int(math.hypot(u1 - u0, v1 - v0) / step))
             out.extend((u0 + (u1 - u0) * k / n, v0 + (v1 - v0) * k / n) for k in range(n + 1))
@@ -208,11 +229,12 @@ def label_points(
 ) -> list:
     """Annotate each (text, x, y) beside its point so that no two labels overlap, no label covers
     a point's marker or crosses a line of ``avoid_lines`` (polylines in data coordinates, e.g. a
-    Pareto front) and every label stays inside the axes: the labels go in order of decreasing y,
-    each at the first offset of ``_LABEL_OFFSETS`` that satisfies all of these against what is
-    placed (else the first that satisfies all but the lines, else the first inside the axes, else
-    the first); a label moved off its first row (beside the point, right or left) gets a thin
-    leader line to it. Call it after the axes' scales, limits and layout are final (boxes are
+    Pareto front or error bars: :func:`errorbar_lines`) and every label stays inside the axes:
+    the labels go in order of decreasing y, each at the first offset of ``_LABEL_OFFSETS`` that
+    satisfies all of these against what is placed (else the first that satisfies all but the
+    lines, else the first inside the axes, else the first); a label moved off its first row
+    (beside the point, right or left) gets a thin leader line to it, from the text's corner
+    nearest the point. Call it after the axes' scales, limits and layout are final (boxes are
     measured in display coordinates). Returns the annotations."""
     fig = ax.figure
     fig.canvas.draw()
@@ -240,7 +262,7 @@ def label_points(
             xytext=(dx, dy),
             ha="left" if dx > 0 else "right",
             fontsize=fontsize,
-            arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "#888888"} if i >= 2 else None,
+            arrowprops=_leader(dx, dy) if i >= 2 else None,
         )
         return note, text_box(note, renderer)
 
@@ -289,8 +311,10 @@ def plot_pareto(rows: list[RunRow], path: str | Path) -> Path:
     styles = _styles(rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     xy = [(statistics.mean(p), 100 * statistics.mean(a)) for _, p, a in pts]
+    bars: list[Polyline] = []
     for (row, _, a), (x, y) in zip(pts, xy):
         err = 100 * statistics.stdev(a) if len(a) > 1 else 0.0
+        bars += errorbar_lines(x, y, yerr=err)
         ax.errorbar(
             x,
             y,
@@ -318,7 +342,7 @@ def plot_pareto(rows: list[RunRow], path: str | Path) -> Path:
     ax.legend(fontsize=8, frameon=False, loc="lower right")
     ax.set_title(title + " (upper left is better)", fontsize=11)
     fig.tight_layout()
-    label_points(ax, [(row.run, x, y) for (row, _, _), (x, y) in zip(pts, xy)], avoid_lines=[front_line])
+    label_points(ax, [(row.run, x, y) for (row, _, _), (x, y) in zip(pts, xy)], avoid_lines=[front_line, *bars])
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -342,6 +366,7 @@ def plot_cost(rows: list[RunRow], path: str | Path) -> Path:
     styles = _styles(rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     labels: list[tuple[str, float, float]] = []
+    bars: list[Polyline] = []
     for row, seeds in pts:
         st = styles[row.run]
         ax.scatter(
@@ -351,6 +376,7 @@ def plot_cost(rows: list[RunRow], path: str | Path) -> Path:
         yerr = statistics.stdev(a for _, a in seeds) if len(seeds) > 1 else None
         xerr = statistics.stdev(t for t, _ in seeds) if len(seeds) > 1 else None
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=st["marker"], ms=8, color=st["color"], capsize=3, zorder=3)
+        bars += errorbar_lines(x, y, xerr, yerr)
         labels.append((row.run, x, y))
     ax.set_xscale("log")
     for row in rows:
@@ -361,7 +387,7 @@ def plot_cost(rows: list[RunRow], path: str | Path) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.set_title(title + " (upper left is better)", fontsize=11)
     fig.tight_layout()
-    label_points(ax, labels)
+    label_points(ax, labels, avoid_lines=bars)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
