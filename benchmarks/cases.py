@@ -163,6 +163,7 @@ def _search_workload(
     plain: bool | None = None,
     grouped: bool = True,
     fold: bool = True,
+    onednn_grouped: bool | None = None,
 ) -> Workload:
     """One first-order DARTS step (α on an architecture batch, then w on a weight batch) through
     rnas's :class:`~rnas.search.base.BilevelMethod`; the straightforward variant swaps in the
@@ -170,7 +171,9 @@ def _search_workload(
     ``nn.Conv2d`` / ``nn.AvgPool2d`` kernels (``plain``; default: the straightforward variant).
     ``grouped`` False: the fused supernet runs its edges one by one (``SearchCell.group_edges``).
     ``fold`` False: each op's output is multiplied by its weight instead of taking it as the
-    weight of its closing BN (``MixedOp.fold_weights``)."""
+    weight of its closing BN (``MixedOp.fold_weights``). ``onednn_grouped``: the grouped 1x1
+    convs' kernel (``SearchCell.onednn_grouped``; None: the rule of
+    :func:`rnas.space.ops.onednn_grouped_pointwise`, False: the block-diagonal product)."""
     from benchmarks.reference import NaiveSupernet
     from rnas.search.base import Progress
 
@@ -184,6 +187,7 @@ def _search_workload(
         plain_kernels(method.supernet)
     for cell in method.supernet.cells:
         cell.group_edges = grouped
+        cell.onednn_grouped = onednn_grouped
         for edge in cell.edges:
             edge.fold_weights = fold
     if not fused:
@@ -751,6 +755,20 @@ CASES: dict[str, Case] = {
             "out-edges of a state one by one -> together (rnas.space.grouped), fast path "
             "(PC-DARTS K=4 paper search step: C=16, 8 cells, batch 64+64, 32x32x3, first-order)",
             lambda v, e: _search_workload(_paper(4, e.quick), "fast", e, grouped=(v == "after")),
+            quick_config="PC-DARTS K=4 paper search step, batch 8+8",
+            variants=ABLATION_VARIANTS,
+            heavy=True,
+            tolerance_rel=SEARCH_REL,
+        ),
+        Case(
+            "ablate_grouped_pointwise",
+            "ablation",
+            "grouped edges' 1x1 convs: one product with the block-diagonal weights -> oneDNN's grouped "
+            "conv where rnas.space.ops.onednn_grouped_pointwise says so (PC-DARTS K=4 paper search step: "
+            "C=16, 8 cells, batch 64+64, 32x32x3, first-order)",
+            lambda v, e: _search_workload(
+                _paper(4, e.quick), "fast", e, onednn_grouped=None if v == "after" else False
+            ),
             quick_config="PC-DARTS K=4 paper search step, batch 8+8",
             variants=ABLATION_VARIANTS,
             heavy=True,

@@ -202,22 +202,25 @@ def test_cpu_vendor_is_read_from_cpuinfo():
 
 
 @pytest.mark.parametrize("vendor", ["AuthenticAMD", "GenuineIntel"])
-def test_wide_pointwise_convs_run_on_onednn_on_amd_only_and_digits_shapes_never(monkeypatch, vendor):
-    """Issue 17, session 15: on AMD CPUs torch's matmul is the slow kernel, so 1x1 convs on
-    inputs with 32+ channels on 8x8+ maps and either 64+ channels or 16x16+ maps run on oneDNN;
-    the digits networks' shapes (the supernet's 32-channel preprocessing on 8x8, the width
-    space's 48-channel projections on 8x8, anything smaller) keep the matmul on every CPU, so
-    the digits pipeline computes exactly what it did. Same function either way."""
+def test_wide_or_tall_pointwise_convs_run_on_onednn_on_amd_only(monkeypatch, vendor):
+    """Issue 17, sessions 15 and 26: on AMD CPUs torch's matmul is the slow kernel, so 1x1 convs on
+    8x8+ maps with inputs of 32+ channels and either 64+ channels or 16x16+ maps, or with 6144+
+    rows (batch x pixels: the evaluation's attack batches), run on oneDNN; the digits training
+    batches (64 on 8x8: 4096 rows), 4x4 and 2x2 maps keep the matmul, and so does every shape on
+    other CPUs. Same function either way."""
     monkeypatch.setattr(ops, "cpu_vendor", lambda: vendor)
     amd = vendor == "AuthenticAMD"
 
     def cl(*shape):
         return torch.rand(*shape).contiguous(memory_format=torch.channels_last)
 
-    for shape in [(64, 32, 16, 16), (64, 64, 8, 8), (64, 64, 32, 32), (8, 256, 8, 8)]:  # paper-scale cells
-        assert ops.onednn_pointwise(cl(*shape)) == amd
-    for shape in [(359, 32, 8, 8), (64, 48, 8, 8), (64, 16, 32, 32), (64, 96, 4, 4), (359, 32, 2, 2), (64, 8, 8, 8)]:
-        assert not ops.onednn_pointwise(cl(*shape))  # digits shapes, and (64, 16, 32, 32) where the matmul wins
+    wide = [(64, 32, 16, 16), (64, 64, 8, 8), (64, 64, 32, 32), (8, 256, 8, 8)]  # paper-scale cells
+    tall = [(359, 8, 8, 8), (359, 32, 8, 8), (103, 24, 8, 8), (64, 16, 32, 32), (64, 4, 16, 16)]  # >= 6144 rows
+    for shape in wide + tall:
+        assert ops.onednn_pointwise(cl(*shape)) == amd, shape
+    small = [(64, 8, 8, 8), (64, 48, 8, 8), (95, 16, 8, 8), (64, 96, 4, 4), (512, 16, 4, 4), (359, 32, 2, 2)]
+    for shape in small:  # the training batches on 8x8, 4x4 and 2x2 maps
+        assert not ops.onednn_pointwise(cl(*shape)), shape
     assert not ops.onednn_pointwise(torch.rand(64, 64, 8, 8))  # NCHW keeps its product
     assert not ops.onednn_pointwise(cl(64, 64, 8, 8).double())
 
@@ -237,6 +240,55 @@ def test_wide_pointwise_convs_run_on_onednn_on_amd_only_and_digits_shapes_never(
         torch.autograd.grad(plain.square().sum(), (x, m.weight)),
     ):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("onednn", [False, True], ids=["block_diagonal", "grouped_conv"])
+def test_grouped_pointwise_equals_a_grouped_conv(channels_last, bias, onednn):
+    """``grouped_pointwise`` (n 1x1 convs on n channel groups: oneDNN's grouped conv or one product
+    with the block-diagonal weight matrix) is F.conv2d with ``groups`` n: output, its memory
+    format, and the input, weight and bias gradients; one group is the plain product."""
+    torch.manual_seed(0)
+    n, c_in, c_out = 3, 5, 4
+    x = torch.rand(6, n * c_in, 7, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    w = torch.randn(n * c_out, c_in, 1, 1, requires_grad=True)
+    b = torch.randn(n * c_out, requires_grad=True) if bias else None
+    fast = ops.grouped_pointwise(x, w, n, b, onednn=onednn)
+    plain = F.conv2d(x, w, b, groups=n)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    assert fast.is_contiguous(memory_format=torch.channels_last) == channels_last
+    inputs = (x, w) + ((b,) if bias else ())
+    g = torch.rand_like(plain)
+    for a, c in zip(torch.autograd.grad(fast, inputs, g), torch.autograd.grad(plain, inputs, g)):
+        torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4)
+    one = ops.grouped_pointwise(x[:, :c_in], w[:c_out], 1, onednn=onednn)
+    torch.testing.assert_close(one, F.conv2d(x[:, :c_in], w[:c_out]), atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_pointwise_rule(monkeypatch):
+    """Session 26: oneDNN's grouped 1x1 conv where it beat the block-diagonal product on the AMD
+    EPYC: float32 channels-last CPU inputs with 2^18+ elements (paper-scale supernet states), or
+    3+ groups on one thread (the digits search, one thread per job); else the product."""
+
+    def cl(*shape, dtype=torch.float32):
+        return torch.rand(*shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert ops.onednn_grouped_pointwise(cl(64, 64, 32, 32), 4)  # DARTS paper, C=16 x 4 edges
+    assert ops.onednn_grouped_pointwise(cl(64, 8, 32, 32), 2)  # PC-DARTS K=4, 2^19 elements
+    assert ops.onednn_grouped_pointwise(cl(64, 32, 8, 8), 4)  # digits normal cell, 4 edges
+    assert ops.onednn_grouped_pointwise(cl(64, 48, 4, 4), 3)
+    assert not ops.onednn_grouped_pointwise(cl(64, 16, 8, 8), 2)  # 2 groups, small: the product
+    assert not ops.onednn_grouped_pointwise(cl(64, 32, 8, 8), 1)
+    assert not ops.onednn_grouped_pointwise(torch.rand(64, 32, 8, 8), 4)  # NCHW
+    assert not ops.onednn_grouped_pointwise(cl(64, 32, 8, 8, dtype=torch.float64), 4)  # float64 bound passes
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert not ops.onednn_grouped_pointwise(cl(64, 32, 8, 8), 4)  # two threads: the product wins small
+    assert ops.onednn_grouped_pointwise(cl(64, 64, 32, 32), 4)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

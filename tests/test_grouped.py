@@ -38,9 +38,14 @@ def _run(net: Supernet, x: torch.Tensor, y: torch.Tensor):
 @pytest.mark.parametrize("k", [1, 2, 4])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("size", [8, 7])
-def test_grouped_equals_per_edge(k: int, channels_last: bool, size: int) -> None:
+@pytest.mark.parametrize("onednn", [False, True], ids=["block_diagonal", "grouped_conv"])
+def test_grouped_equals_per_edge(k: int, channels_last: bool, size: int, onednn: bool) -> None:
+    """Both kernels of the grouped 1x1 convs (``SearchCell.onednn_grouped``: the block-diagonal
+    product, the grouped convolution), second-order gradients included."""
     cin = 3 if k == 4 else 1
     a, b = _pair(k, channels_last, cin)
+    for cell in a.cells:
+        cell.onednn_grouped = onednn
     calls = {"n": 0}
     original = grouped.state_ops
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnas.space.ops import as_pair, batch_var_mean, depthwise, is_same_depthwise, pointwise
+from rnas.space.ops import as_pair, batch_var_mean, depthwise, grouped_pointwise, is_same_depthwise
 
 Box = tuple[Tensor, Tensor]  # (lower, upper), same shape as the activation
 
@@ -279,11 +279,7 @@ class Conv(LinearOp):
         if kind == "depthwise":
             return depthwise(x, weight, as_pair(m.stride)[0], as_pair(m.dilation)[0], bias, own_backward=False)
         if kind == "pointwise":
-            n = m.groups
-            c_out, c_in = weight.shape[0] // n, weight.shape[1]
-            w2 = weight.view(n * c_out, c_in)
-            w2 = w2 if n == 1 else torch.block_diag(*w2.view(n, c_out, c_in).unbind(0))
-            return pointwise(x, w2, bias)
+            return grouped_pointwise(x, weight, m.groups, bias)
         return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
 
     def apply(self, x):

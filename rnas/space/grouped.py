@@ -9,8 +9,9 @@ it), so each candidate op can run once for all n out-edges of the state instead 
   exactly as it would have.
 - **sep/dil convs**: the input is repeated n times along the channels, edge-major (channel
   t·C + i is edge t's channel i); the edges' depthwise convs become one depthwise conv over n·C
-  channels, their 1x1 convs one product with the block-diagonal matrix of the edges' 1x1 weights,
-  their BNs one BN over n·C channels.
+  channels, their 1x1 convs one grouped 1x1 conv (oneDNN's, or one product with the
+  block-diagonal matrix of the edges' 1x1 weights where that is the faster:
+  :func:`~rnas.space.ops.grouped_pointwise`), their BNs one BN over n·C channels.
 - **FactorizedReduce** (the stride-2 skip of a reduction cell) runs per edge, concatenated.
 
 The weighted sum Σ_o w_{t,o}·op_o(x) is then one scaled add per op for all n edges. The result is
@@ -37,7 +38,7 @@ from rnas.space.ops import (
     batch_norm,
     batch_var_mean,
     depthwise,
-    pointwise,
+    grouped_pointwise,
     unhooked,
 )
 
@@ -103,25 +104,33 @@ def shared_batch_norm(x: torch.Tensor, bns: list[nn.BatchNorm2d]) -> torch.Tenso
     return y
 
 
-def dil_conv_group(x: torch.Tensor, convs: list[nn.Sequential], stride: int) -> torch.Tensor:
+def dil_conv_group(
+    x: torch.Tensor, convs: list[nn.Sequential], stride: int, onednn: bool | None = None
+) -> torch.Tensor:
     """n :class:`~rnas.space.ops.DilConv` units (ReLU, depthwise, 1x1, BN) on their inputs
-    already ReLU'd and stacked edge-major, x (B, n·C_in, H, W) -> (B, n·C_out, H/s, W/s)."""
+    already ReLU'd and stacked edge-major, x (B, n·C_in, H, W) -> (B, n·C_out, H/s, W/s).
+    ``onednn``: the 1x1 convs' kernel (:func:`~rnas.space.ops.grouped_pointwise`; None: its rule)."""
     dws = [m[1] for m in convs]
     weight = torch.cat([dw.weight for dw in dws])  # (n·C_in, 1, k, k)
     y = depthwise(x, weight, stride, dws[0].dilation[0], own_backward=dws[0].own_backward)
-    pw = torch.block_diag(*[m[2].weight.view(m[2].out_channels, m[2].in_channels) for m in convs])
-    y = pointwise(y, pw)
+    y = grouped_pointwise(y, torch.cat([m[2].weight for m in convs]), len(convs), onednn=onednn)
     return batch_norm_group(y, [m[3] for m in convs])
 
 
 def state_ops(
-    edges: list[nn.Module], primitives: tuple[str, ...], xa: torch.Tensor, ra: torch.Tensor, w: torch.Tensor
+    edges: list[nn.Module],
+    primitives: tuple[str, ...],
+    xa: torch.Tensor,
+    ra: torch.Tensor,
+    w: torch.Tensor,
+    onednn: bool | None = None,
 ) -> torch.Tensor:
     """Σ_o w[t, o]·op_o^(t)(xa) for every out-edge t of one state, edge-major (B, n·C, H/s, W/s).
 
     ``edges``: the :class:`~rnas.space.supernet.MixedOp` s leaving the state (same stride);
     xa the ops' input (B, C, H, W) and ra = ReLU(xa); ``w`` (n, n_ops) the edges' op weights
-    (with PC-DARTS' edge weights folded in)."""
+    (with PC-DARTS' edge weights folded in); ``onednn``: the kernel of the grouped 1x1 convs
+    (:func:`dil_conv_group`)."""
     n = len(edges)
     stride = edges[0].stride
     total: torch.Tensor | None = None
@@ -145,10 +154,10 @@ def state_ops(
             if ra_rep is None:
                 ra_rep = repeat_channels(ra, n)
             if name.startswith("sep_conv"):
-                y = dil_conv_group(ra_rep, [op[0] for op in ops], stride)
-                y = dil_conv_group(torch.relu(y), [op[1] for op in ops], 1)
+                y = dil_conv_group(ra_rep, [op[0] for op in ops], stride, onednn)
+                y = dil_conv_group(torch.relu(y), [op[1] for op in ops], 1, onednn)
             else:
-                y = dil_conv_group(ra_rep, ops, stride)
+                y = dil_conv_group(ra_rep, ops, stride, onednn)
             add(y, o)
     if total is None:  # only `none`: a zero edge
         return repeat_channels(xa[:, :, ::stride, ::stride].mul(0.0), n)

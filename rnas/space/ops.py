@@ -75,10 +75,11 @@ class PointwiseConv2d(nn.Conv2d):
     x[..., ::s, ::s] first. Other devices and padded or grouped convs run ``nn.Conv2d.forward``;
     hooks and the bound propagation see an ordinary ``nn.Conv2d``.
 
-    On AMD CPUs wide inputs run ``nn.Conv2d.forward`` too (:func:`onednn_pointwise`): torch's
-    matmul (MKL) reaches ~110 GFLOP/s there against oneDNN's ~290 for convolutions, and oneDNN's
-    1x1 conv measured 1.9-2.2x the matmul forward + backward on (64, 64, 8, 8) and
-    (64, 32, 16, 16) (benchmarks/README.md, session 15)."""
+    On AMD CPUs wide or tall inputs run ``nn.Conv2d.forward`` too (:func:`onednn_pointwise`):
+    torch's matmul (MKL) reaches ~110 GFLOP/s there against oneDNN's ~290 for convolutions, is
+    slow for tall products with few columns, and oneDNN's 1x1 conv measured 1.9-2.2x the matmul
+    forward + backward on (64, 64, 8, 8) and (64, 32, 16, 16) (benchmarks/README.md, session 15),
+    1.0-2.7x on the evaluation's batches of 8x8 maps (session 26)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
@@ -101,22 +102,27 @@ class PointwiseConv2d(nn.Conv2d):
 
 
 ONEDNN_POINTWISE_VENDORS = ("AuthenticAMD",)
+ONEDNN_POINTWISE_MIN_ROWS = 6144  # batch x pixels from which oneDNN's 1x1 conv wins on 8x8+ maps
 
 
 def onednn_pointwise(x: torch.Tensor) -> bool:
     """Whether a stride-1 1x1 conv on the CPU input ``x`` runs on oneDNN rather than as one
     matmul: on CPUs of :data:`ONEDNN_POINTWISE_VENDORS` (read from /proc/cpuinfo, never
-    assumed), for float32 channels-last inputs with 32+ channels on 8x8+ maps and either 64+
-    channels or 16x16+ maps. Measured on an AMD EPYC, forward + backward, oneDNN against the
-    matmul: 1.9x on (64, 64, 8, 8), 2.2x on (64, 32, 16, 16), but 0.39x on (64, 16, 32, 32) and
-    0.46x on (64, 16, 4, 4); the paper-scale DARTS search step 1.08-1.13x. The digits networks'
-    1x1 convs (at most 32 channels on 8x8 maps, 48 in the width space's) stay on the matmul
-    (on the Xeon the matmul was the faster at that size, 1.29x)."""
+    assumed), for float32 channels-last inputs on 8x8+ maps with either 6144+ rows (batch x
+    pixels: the evaluation's attack batches, LRNAS's stacked coalitions, maps of 16x16 and up)
+    or 32+ channels and either 64+ channels or 16x16+ maps. torch's matmul (MKL) is slow on
+    these CPUs for a tall product with few columns (a (10048, 8) @ (8, 8) product 4-5x slower
+    than oneDNN's conv). Measured on an AMD EPYC (Zen 5), forward + both backwards, matmul time /
+    oneDNN time, one thread (benchmarks/README.md, session 26): 1.0-2.7x at 8x8 maps with 6592+
+    rows and 4-48 channels, 1.3-4.1x at 16x16 and 32x32 (batch 64), but 0.6-1.3x with 4096
+    rows (the training batches of 64 at 8x8, which stay on the matmul), 0.5-1.0x on 4x4 maps
+    with 2512 rows and 0.4-0.7x on 2x2; AutoAttack's APGD on two digits networks 1.08-1.14x;
+    session 15: 1.9x on (64, 64, 8, 8), 2.2x on (64, 32, 16, 16), the paper-scale DARTS search
+    step 1.08-1.13x. On the Xeon the matmul was the faster at the digits training size (1.29x)."""
     c, pixels = x.shape[1], x.shape[-2] * x.shape[-1]
     return (
-        c >= 32
-        and pixels >= 64
-        and (c >= 64 or pixels >= 256)
+        pixels >= 64
+        and (x.shape[0] * pixels >= ONEDNN_POINTWISE_MIN_ROWS or (c >= 32 and (c >= 64 or pixels >= 256)))
         and x.dtype == torch.float32
         and x.is_contiguous(memory_format=torch.channels_last)
         and not x.is_contiguous()
@@ -143,6 +149,47 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     if bias is not None:
         out = out + bias.view(1, -1, 1)
     return out.view(b, c_out, h, w)
+
+
+GROUPED_ONEDNN_MIN_ELEMENTS = 1 << 18  # input elements from which oneDNN's grouped 1x1 conv wins at any n
+
+
+def onednn_grouped_pointwise(x: torch.Tensor, groups: int) -> bool:
+    """Whether ``groups`` stride-1 1x1 convs on the channel groups of the CPU input ``x`` run as
+    oneDNN's grouped convolution rather than as one product with the block-diagonal matrix of
+    their weights (:func:`grouped_pointwise`): for float32 channels-last inputs with 2^18+
+    elements (the paper-scale supernets' states), or 3+ groups on one thread (the digits search,
+    one thread per job). The block-diagonal product multiplies ``groups`` times the useful
+    work, most of it by zeros; the grouped convolution does the useful work in one call, which
+    costs more per call. Measured on an AMD EPYC (Zen 5), forward + both backwards, batch 64,
+    block-diagonal time / grouped-conv time (benchmarks/README.md, session 26): one thread
+    2.5-6.4x at the DARTS paper states (C 16-64, 32x32-8x8), 1.0-3.6x at PC-DARTS K = 4's (4-16
+    channels per edge), 1.0-1.7x at the digits states with 3 or 4 groups, 0.66-0.79x with 2
+    groups below 2^18 elements; two threads 2.5-6.0x, 1.2-2.4x at PC-DARTS' with 3-4 groups,
+    0.6-1.0x at the digits states."""
+    return (
+        groups > 1
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and memory_format_of(x) == torch.channels_last
+        and (x.numel() >= GROUPED_ONEDNN_MIN_ELEMENTS or (groups >= 3 and torch.get_num_threads() == 1))
+    )
+
+
+def grouped_pointwise(
+    x: torch.Tensor, weight: torch.Tensor, groups: int, bias: torch.Tensor | None = None, onednn: bool | None = None
+) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, groups=groups)`` for a 1x1 ``weight`` (groups·C_out, C_in, 1, 1),
+    stride 1, x (B, groups·C_in, H, W): group t's C_out outputs from its C_in inputs. Where
+    :func:`onednn_grouped_pointwise` says so (``onednn`` overrides it; benchmarks and tests), that
+    very call; otherwise (and for one group) one matrix product (:func:`pointwise`), with the
+    block-diagonal matrix of the groups' weights. The same function up to float round-off."""
+    c_out, c_in = weight.shape[0] // groups, weight.shape[1]
+    if groups == 1:
+        return pointwise(x, weight.view(c_out, c_in), bias)
+    if onednn_grouped_pointwise(x, groups) if onednn is None else onednn:
+        return torch.nn.functional.conv2d(x, weight.view(groups * c_out, c_in, 1, 1), bias, groups=groups)
+    return pointwise(x, torch.block_diag(*weight.view(groups, c_out, c_in).unbind(0)), bias)
 
 
 def conv2d(c_in: int, c_out: int, kernel: int, **kwargs) -> nn.Conv2d:

@@ -209,6 +209,7 @@ class SearchCell(nn.Module):
     # group_tiny_values values, or at most group_max_values with at most group_max_channels
     # channels (benchmarks/README.md, "Grouped edges": every PC-DARTS K = 4 cell and every digits
     # cell grouped; the paper's DARTS K = 1 cells, 16-64 channels on 32x32-8x8 maps, not).
+    onednn_grouped: bool | None = None  # the grouped 1x1 convs' kernel (None: ops.grouped_pointwise's rule)
     group_tiny_values: int = 1024
     group_max_values: int = 4096
     group_max_channels: int = 16
@@ -312,7 +313,7 @@ class SearchCell(nn.Module):
             if beta is not None:
                 w = w * beta[:, None]
             xa, xb = _partial_split(h, h.shape[1] // k) if k > 1 else (h, None)
-            out = grouped.state_ops(edges, primitives, xa, torch.relu(xa), w)
+            out = grouped.state_ops(edges, primitives, xa, torch.relu(xa), w, self.onednn_grouped)
             # split, not slicing: its backward concatenates the gradients in their memory format
             # (a slice's backward scatters into a new NCHW tensor, slow on channels_last networks)
             parts = out.split(out.shape[1] // len(ids), dim=1)
