@@ -547,10 +547,12 @@ def _dilconv_workload(stride: int, kernel: int, variant: str, env: Env, quick: b
     return _op_workload(op, variant, env, 16 if quick else 64, 32, 32, data_seed=4)
 
 
-def _small_map_workload(op_name: str, channels: int, size: int, variant: str, env: Env, quick: bool) -> Workload:
+def _small_map_workload(
+    op_name: str, channels: int, size: int, variant: str, env: Env, quick: bool, batch: int = 100
+) -> Workload:
     """Forward + backward of one op at the map sizes of the digits networks (8x8 down to 2x2),
-    batch 100 (the evaluation's examples), channels-last: where oneDNN's ~50 µs per-call cost,
-    not arithmetic, sets the time."""
+    batch 100 (the evaluation's examples; ``batch``), channels-last: where oneDNN's ~50 µs
+    per-call cost, not arithmetic, sets the time."""
     from rnas.space.ops import PointwiseConv2d, make_op
 
     _configure(variant, env, amp=False)
@@ -559,7 +561,7 @@ def _small_map_workload(op_name: str, channels: int, size: int, variant: str, en
         op = nn.Sequential(nn.ReLU(), PointwiseConv2d(channels, channels, 1, bias=False))
     else:
         op = make_op(op_name, channels, 1, affine=True)
-    return _op_workload(op, variant, env, 20 if quick else 100, channels, size, data_seed=6, train=False)
+    return _op_workload(op, variant, env, 20 if quick else batch, channels, size, data_seed=6, train=False)
 
 
 def _avgpool_workload(variant: str, env: Env, quick: bool) -> Workload:
@@ -815,8 +817,9 @@ CASES: dict[str, Case] = {
         Case(
             "ablate_pointwise",
             "ablation",
-            "1x1 conv (+ReLU): oneDNN conv -> one matmul (C=8, 8x8 digits map, batch 100, fwd+bwd)",
-            lambda v, e: _small_map_workload("conv_1x1", 8, 8, v, e, e.quick),
+            "1x1 conv (+ReLU): oneDNN conv -> one matmul (C=8, 8x8 digits map, batch 64: 4096 rows, where "
+            "rnas.space.ops.onednn_pointwise keeps the matmul; fwd+bwd)",
+            lambda v, e: _small_map_workload("conv_1x1", 8, 8, v, e, e.quick, batch=64),
             variants=ABLATION_VARIANTS,
         ),
         Case(

@@ -111,7 +111,7 @@ def onednn_pointwise(x: torch.Tensor) -> bool:
     assumed), for float32 channels-last inputs on 8x8+ maps with either 6144+ rows (batch x
     pixels: the evaluation's attack batches, LRNAS's stacked coalitions, maps of 16x16 and up)
     or 32+ channels and either 64+ channels or 16x16+ maps. torch's matmul (MKL) is slow on
-    these CPUs for a tall product with few columns (a (10048, 8) @ (8, 8) product 4-5x slower
+    these CPUs for a tall product with few columns (a (23040, 8) @ (8, 8) product 3.9x slower
     than oneDNN's conv). Measured on an AMD EPYC (Zen 5), forward + both backwards, matmul time /
     oneDNN time, one thread (benchmarks/README.md, session 26): 1.0-2.7x at 8x8 maps with 6592+
     rows and 4-48 channels, 1.3-4.1x at 16x16 and 32x32 (batch 64), but 0.6-1.3x with 4096
