@@ -163,10 +163,10 @@ def onednn_grouped_pointwise(x: torch.Tensor, groups: int) -> bool:
     work, most of it by zeros; the grouped convolution does the useful work in one call, which
     costs more per call. Measured on an AMD EPYC (Zen 5), forward + both backwards, batch 64,
     block-diagonal time / grouped-conv time (benchmarks/README.md, session 26): one thread
-    2.5-6.4x at the DARTS paper states (C 16-64, 32x32-8x8), 1.0-3.6x at PC-DARTS K = 4's (4-16
+    2.2-6.4x at the DARTS paper states (C 16-64, 32x32-8x8), 1.0-3.6x at PC-DARTS K = 4's (4-16
     channels per edge), 1.0-1.7x at the digits states with 3 or 4 groups, 0.66-0.79x with 2
-    groups below 2^18 elements; two threads 2.5-6.0x, 1.2-2.4x at PC-DARTS' with 3-4 groups,
-    0.6-1.0x at the digits states."""
+    groups below 2^18 elements; two threads 2.5-6.0x, 1.1-2.4x at PC-DARTS' with 3-4 groups,
+    0.6-1.2x at the digits states."""
     return (
         groups > 1
         and x.device.type == "cpu"
