@@ -124,8 +124,7 @@ def onednn_pointwise(x: torch.Tensor) -> bool:
         pixels >= 64
         and (x.shape[0] * pixels >= ONEDNN_POINTWISE_MIN_ROWS or (c >= 32 and (c >= 64 or pixels >= 256)))
         and x.dtype == torch.float32
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and not x.is_contiguous()
+        and memory_format_of(x) == torch.channels_last
         and cpu_vendor() in ONEDNN_POINTWISE_VENDORS
     )
 
@@ -135,7 +134,7 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     output keeps x's memory format (NCHW or channels_last)."""
     b, c, h, w = x.shape
     c_out = weight.shape[0]
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if memory_format_of(x) == torch.channels_last:
         # NHWC: (B·H·W, C_in) @ (C_in, C_out), the result viewed back as channels_last NCHW
         rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
         if bias is not None and not torch.is_autocast_enabled(x.device.type):

@@ -46,7 +46,7 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     ``g·(C/groups) + i``, so the C/K channels an op processed are spread over the tensor.
     A channels-last input gives a channels-last output (the shuffle runs on the NHWC view)."""
     b, c, h, w = x.shape
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if memory_format_of(x) == torch.channels_last:
         nhwc = x.permute(0, 2, 3, 1)  # (B, H, W, C), contiguous
         out = nhwc.reshape(b, h, w, groups, c // groups).transpose(3, 4).reshape(b, h, w, c)
         return out.permute(0, 3, 1, 2)

@@ -11,7 +11,7 @@ from rnas.config import Params, load_params
 from rnas.data import Splits, load_splits
 from rnas.io import read_json, write_json  # noqa: F401  (a stage writes its JSON outputs with these)
 from rnas.runtime import seed_everything, setup_runtime
-from rnas.stages import add_params_argument  # noqa: F401  (the stages import it from here too)
+from rnas.stages import add_params_argument
 
 log = logging.getLogger("rnas")
 

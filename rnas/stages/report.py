@@ -11,7 +11,8 @@ import argparse
 from rnas.config import load_params
 from rnas.pipeline import stage_keys
 from rnas.report.build import build_report
-from rnas.stages.common import add_params_argument, log
+from rnas.stages import add_params_argument
+from rnas.stages.common import log
 from rnas.tracking import stage_run
 
 

@@ -11,7 +11,8 @@ from rnas.config import params_hash
 from rnas.models import build_model
 from rnas.pipeline import stage_keys
 from rnas.runtime import place_model, show_progress
-from rnas.stages.common import add_params_argument, load_data, log, log_training_data, prepare, write_json
+from rnas.stages import add_params_argument
+from rnas.stages.common import load_data, log, log_training_data, prepare, write_json
 from rnas.tracking import stage_run
 from rnas.training.trainer import Trainer
 
