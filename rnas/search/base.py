@@ -326,18 +326,25 @@ class BilevelMethod(SearchMethod):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "supernet": self.supernet.state_dict(),
-            "w_opt": self.w_opt.state_dict(),
-            "w_sched": self.w_sched.state_dict(),
-            "a_opt": self.a_opt.state_dict(),
-        }
+        return optimizer_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.supernet.load_state_dict(state["supernet"])
-        self.w_opt.load_state_dict(state["w_opt"])
-        self.w_sched.load_state_dict(state["w_sched"])
-        self.a_opt.load_state_dict(state["a_opt"])
+        load_optimizer_state(self, state)
+
+
+def optimizer_state(method: Any) -> dict[str, Any]:
+    """The resumable state of a method with a supernet, a weight optimizer and its schedule, and
+    an architecture optimizer (``supernet``, ``w_opt``, ``w_sched``, ``a_opt``)."""
+    return {key: getattr(method, key).state_dict() for key in _OPTIMIZER_STATE}
+
+
+def load_optimizer_state(method: Any, state: dict[str, Any]) -> None:
+    """Restore what :func:`optimizer_state` saved."""
+    for key in _OPTIMIZER_STATE:
+        getattr(method, key).load_state_dict(state[key])
+
+
+_OPTIMIZER_STATE = ("supernet", "w_opt", "w_sched", "a_opt")
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

@@ -51,6 +51,8 @@ from rnas.search.base import (
     SearchMethod,
     alpha_entropy,
     arch_lr_factor,
+    load_optimizer_state,
+    optimizer_state,
     weight_optimizer,
 )
 from rnas.space.gumbel import one_hot_argmax
@@ -320,19 +322,10 @@ class RnasClWidthSearch(SearchMethod):
         return [self.cl.plot(folder, f"RNAS-CL tutor map ({self.ctx.run.name}, width space)")]
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "supernet": self.supernet.state_dict(),
-            "w_opt": self.w_opt.state_dict(),
-            "w_sched": self.w_sched.state_dict(),
-            "a_opt": self.a_opt.state_dict(),
-            **self.cl.state_dict(),
-        }
+        return {**optimizer_state(self), **self.cl.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.supernet.load_state_dict(state["supernet"])
-        self.w_opt.load_state_dict(state["w_opt"])
-        self.w_sched.load_state_dict(state["w_sched"])
-        self.a_opt.load_state_dict(state["a_opt"])
+        load_optimizer_state(self, state)
         self.cl.load_state_dict(state)
 
 
