@@ -92,6 +92,63 @@ def test_measure_reports_time_flops_memory_and_the_same_result(case):
     assert after["result"] == pytest.approx(before["result"], rel=1e-4)  # same function, other kernel
 
 
+@pytest.mark.parametrize("case", ["ablate_grouped_pointwise", "ablate_op_weight_in_bn"])
+def test_op_level_ablations_compute_the_same_in_both_variants(case):
+    runs = {
+        v: measure(case, v, repeats=1, device=torch.device("cpu"), quick=True, model_file=None)
+        for v in CASES[case].variants
+    }
+    before, after = (runs[v] for v in CASES[case].variants)
+    assert after["flops"] > 0 and before["flops"] > 0
+    assert after["result"] == pytest.approx(before["result"], rel=1e-4)
+
+
+def test_the_grouped_pointwise_row_replays_the_paper_steps_own_grouped_convs(monkeypatch):
+    """The row's calls are those of a PC-DARTS K=4 paper step (every one grouped), and only its
+    ``after`` variant sends any of them to oneDNN's grouped convolution."""
+    from benchmarks.cases import Env, _grouped_pointwise_workload, _paper, _recorded_grouped_pointwise
+    from rnas.space import ops
+
+    env = Env(device=torch.device("cpu"), quick=True)
+    calls = _recorded_grouped_pointwise(_paper(4, True), env)
+    assert calls and all(groups >= 2 and w[0] % groups == 0 for _, w, groups in calls)
+    assert {x[1] // groups for x, _, groups in calls} == {4, 8, 16}  # C/K at the three resolutions
+    grouped_convs = []
+    conv2d = torch.nn.functional.conv2d
+    monkeypatch.setattr(
+        torch.nn.functional,
+        "conv2d",
+        lambda *a, **k: grouped_convs.append(k.get("groups", 1)) or conv2d(*a, **k),
+    )
+    monkeypatch.setattr(ops, "onednn_grouped_pointwise", lambda x, groups: True)
+    for variant, used in (("before", False), ("after", True)):
+        work = _grouped_pointwise_workload(variant, env)
+        grouped_convs.clear()
+        work.run()
+        assert any(g > 1 for g in grouped_convs) == used
+
+
+def test_the_closing_bn_row_folds_the_weights_only_after(monkeypatch):
+    from benchmarks.cases import Env, _closing_bn_workload
+    from rnas.space import supernet
+
+    env = Env(device=torch.device("cpu"), quick=True)
+    folded = []
+    fold = supernet.scaled_by_closing_bn
+
+    def noting(*args):
+        out = fold(*args)
+        folded.append(out is not None)
+        return out
+
+    monkeypatch.setattr(supernet, "scaled_by_closing_bn", noting)
+    for variant, n_folded in (("before", 0), ("after", 6)):  # sep/dil convs and the two pools' BNs
+        work = _closing_bn_workload(variant, env)
+        folded.clear()
+        work.run()
+        assert sum(folded) == n_folded
+
+
 # -- the result check: a fast path that computes something else fails `make bench` ----------
 
 
@@ -196,9 +253,14 @@ def test_the_spread_is_the_iqr_from_five_pairs_and_the_range_below():
         ([1.02, 1.05, 1.1, 1.2, 1.3], "faster"),  # all above 1
         ([0.8, 1.2, 1.25, 1.3, 1.4], "faster"),  # one outlier pair below 1 stays outside the IQR
         ([0.8, 0.85, 0.9, 0.95, 0.99], "slower"),
+        ([1.005, 1.01, 1.012, 1.015, 1.02], "no gain (±2%)"),  # IQR 1.010-1.015: excludes 1.0, too small to claim
+        ([0.99, 0.995, 1.0, 1.005, 1.01], "no gain (±2%)"),
+        ([1.01, 1.015, 1.02, 1.025, 1.03], "within noise"),  # IQR 1.015-1.025: neither clear of 1.02 nor within it
+        ([1.0, 1.03, 1.04, 1.05, 1.2], "faster"),  # IQR 1.03-1.05
+        ([0.9, 0.95, 0.96, 0.97, 1.0], "slower"),  # IQR 0.95-0.97
     ],
 )
-def test_the_verdict_needs_the_spread_to_exclude_one(ratios, expected):
+def test_the_verdict_needs_the_spread_to_clear_one_by_the_smallest_effect(ratios, expected):
     from benchmarks.__main__ import verdict
 
     assert verdict(ratios) == expected
@@ -242,7 +304,7 @@ def test_the_table_prints_median_speedup_spread_and_verdict(monkeypatch, capsys,
         CASES, "fake", Case("fake", "a", "a fake row", lambda v, e: Workload(lambda: 1.0, images=10, count_flops=False))
     )
     canned = {
-        "noisy": [0.97, 1.04, 0.99, 1.02, 1.01],
+        "noisy": [0.96, 1.05, 0.99, 1.03, 1.01],
         "clear": [1.5, 1.6, 1.55, 1.7, 1.45],
     }
     for label, ratios in canned.items():
@@ -260,7 +322,7 @@ def test_the_table_prints_median_speedup_spread_and_verdict(monkeypatch, capsys,
         out = capsys.readouterr().out
         row = next(line for line in out.splitlines() if line.startswith("| fake | fast |"))
         if label == "noisy":
-            assert "| 1.01x | IQR 0.99-1.02 | within noise | 5 x 3 runs |" in row
+            assert "| 1.01x | IQR 0.99-1.03 | within noise | 5 x 3 runs |" in row
         else:
             assert "| 1.55x | IQR 1.50-1.60 | faster | 5 x 3 runs |" in row
         text = md.read_text()
