@@ -162,18 +162,12 @@ def _search_workload(
     compile: bool = False,
     plain: bool | None = None,
     grouped: bool = True,
-    fold: bool = True,
-    onednn_grouped: bool | None = None,
 ) -> Workload:
     """One first-order DARTS step (α on an architecture batch, then w on a weight batch) through
     rnas's :class:`~rnas.search.base.BilevelMethod`; the straightforward variant swaps in the
     direct supernet forward of :mod:`benchmarks.reference` in NCHW, with the plain
     ``nn.Conv2d`` / ``nn.AvgPool2d`` kernels (``plain``; default: the straightforward variant).
-    ``grouped`` False: the fused supernet runs its edges one by one (``SearchCell.group_edges``).
-    ``fold`` False: each op's output is multiplied by its weight instead of taking it as the
-    weight of its closing BN (``MixedOp.fold_weights``). ``onednn_grouped``: the grouped 1x1
-    convs' kernel (``SearchCell.onednn_grouped``; None: the rule of
-    :func:`rnas.space.ops.onednn_grouped_pointwise`, False: the block-diagonal product)."""
+    ``grouped`` False: the fused supernet runs its edges one by one (``SearchCell.group_edges``)."""
     from benchmarks.reference import NaiveSupernet
     from rnas.search.base import Progress
 
@@ -187,9 +181,6 @@ def _search_workload(
         plain_kernels(method.supernet)
     for cell in method.supernet.cells:
         cell.group_edges = grouped
-        cell.onednn_grouped = onednn_grouped
-        for edge in cell.edges:
-            edge.fold_weights = fold
     if not fused:
         method.supernet = NaiveSupernet(method.supernet)
     xw, yw = _data(spec.batch, spec.channels, spec.size, info.num_classes, 1, env.device)
