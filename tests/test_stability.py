@@ -1,6 +1,14 @@
 """The search-stability measure (rnas.search.stability)."""
 
-from rnas.search.stability import decision_digest, is_decided, last_quarter_start, stability_summary, stable_from
+from rnas.search.stability import (
+    decision_digest,
+    decision_entries,
+    is_decided,
+    last_quarter_start,
+    late_changes,
+    stability_summary,
+    stable_from,
+)
 
 
 def test_stable_from_finds_the_final_unchanged_stretch():
@@ -40,6 +48,48 @@ def test_summary_is_one_based_and_counts_changes():
 def test_digest_ignores_key_order_but_not_values():
     assert decision_digest({"a": 1, "b": [1, 2]}) == decision_digest({"b": [1, 2], "a": 1})
     assert decision_digest({"a": 1}) != decision_digest({"a": 2})
+
+
+def _genotype(normal_input: int, reduce_op: str) -> dict:
+    return {
+        "normal": [["sep_conv_3x3", 0], ["skip_connect", normal_input]],
+        "normal_concat": [2],
+        "reduce": [[reduce_op, 1], ["avg_pool_3x3", 0]],
+        "reduce_concat": [2],
+    }
+
+
+def test_decision_entries_name_every_op_and_input():
+    entries = decision_entries(_genotype(1, "max_pool_3x3"))
+    assert entries["normal[1][0]"] == "skip_connect" and entries["normal[1][1]"] == 1
+    assert entries["reduce[0][0]"] == "max_pool_3x3" and entries["reduce_concat[0]"] == 2
+    assert len(entries) == 10
+    assert decision_entries({"widths": [8, 6]}) == {"widths[0]": 8, "widths[1]": 6}
+
+
+def test_late_changes_name_what_moved_in_the_last_quarter():
+    # 12 epochs: the window is epoch 8 (the one before the last quarter) through 11.
+    settled = [_genotype(0, "max_pool_3x3")] * 8 + [_genotype(1, "dil_conv_3x3")] * 4
+    assert late_changes(settled, 12) == {"late_changed": [], "decision_entries": 10}
+    # The normal cell's second input toggles at epoch 10; the reduce op changed at epoch 7
+    # (before the window) and is not named.
+    toggling = [_genotype(0, "max_pool_3x3")] * 7 + [_genotype(0, "dil_conv_3x3")] * 3
+    toggling += [_genotype(1, "dil_conv_3x3"), _genotype(0, "dil_conv_3x3")]
+    assert late_changes(toggling, 12)["late_changed"] == ["normal[1][1]"]
+    # An entry that appears or vanishes (a width list that grew) counts too.
+    assert late_changes([{"w": [8]}, {"w": [8, 4]}], 2)["late_changed"] == ["w[1]"]
+    assert late_changes([_genotype(0, "x")], 12) == {}
+
+
+def test_late_changes_are_empty_exactly_when_decided():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(300):
+        epochs = rng.randint(2, 14)
+        values = [_genotype(rng.randint(0, 1), rng.choice("ab")) for _ in range(epochs)]
+        decided = stability_summary([decision_digest(v) for v in values], epochs)["decided"]
+        assert (late_changes(values, epochs)["late_changed"] == []) == decided
 
 
 def _flipping_method(switch_at: int):
@@ -104,6 +154,7 @@ def test_loop_records_one_decision_per_epoch_across_a_resume(tmp_path):
         _flipping_method(2), ctx, splits, resume=ResumeState(tmp_path / "s", params_hash="h"), progress=False
     )
     assert resumed.start_epoch == 3 and resumed.decisions == full.decisions
+    assert full.decision_values == ["a"] * 2 + ["b"] * 4 and resumed.decision_values == full.decision_values
     # The side choice is tracked per epoch on its own (and kept across the resume); it never
     # settles, while the architecture decided.
     assert full.side_decisions == {"tutor": [decision_digest(n % 2) for n in range(1, 7)]}
@@ -124,22 +175,24 @@ def test_report_section_flags_undecided_searches(tmp_path):
     p["pipeline"].update(results=str(tmp_path / "results"), seeds=[0, 1])
     params = params_from_dict(p)
     assert decisions_markdown(params) == ""
-    for seed, summary in ((0, stability_summary(list("aabbbbbb"), 8)), (1, stability_summary(list("abababab"), 8))):
+    for seed, values in ((0, list("aabbbbbb")), (1, list("abababab"))):
+        summary = {**stability_summary(values, 8), **late_changes([{"op": v} for v in values], 8)}
         f = paths.search_log(params, "darts", seed)
         f.parent.mkdir(parents=True)
         f.write_text(json.dumps({"search_seconds": 1.0, "history": [{}] * 8, **summary}))
     (f.parent / "alphas.json").write_text(json.dumps({"normal": [[0.5, 0.5]], "reduce": [[1.0, 0.0]]}))
     md = decisions_markdown(params)
     assert "**1 of 2 searches decided.** Undecided: darts (seed 1)." in md
-    assert "| darts | 0 | 3/8 | yes | 1 |" in md
-    assert "| darts | 1 | 8/8 | **no** | 7 | 100% | 0% | – |" in md
+    assert "| darts | 0 | 3/8 | yes | 1 | 0 of 1 |" in md
+    assert "| darts | 1 | 8/8 | **no** | 7 | 1 of 1 | 100% | 0% | – |" in md
+    assert "- darts (seed 1): `op`" in md.split("What still moved")[1]
     # A choice beside the network (RNAS-CL's tutors) gets its own column and does not count.
     f = paths.search_log(params, "darts", 0)
     side = {"tutors": stability_summary(list("abababab"), 8)}
     f.write_text(json.dumps({**json.loads(f.read_text()), "side_stability": side}))
     md = decisions_markdown(params)
     assert "**1 of 2 searches decided.**" in md
-    assert "| darts | 0 | 3/8 | yes | 1 | – | – | tutors: 8/8 (unsettled), 7 changes |" in md
+    assert "| darts | 0 | 3/8 | yes | 1 | 0 of 1 | – | – | tutors: 8/8 (unsettled), 7 changes |" in md
 
 
 def _lrnas_contributions(momentum_late):

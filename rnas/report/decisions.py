@@ -1,7 +1,9 @@
 """Report section "Did the searches decide?": per search, the epoch from which its derived
 architecture stopped changing (``stable_from_epoch`` in ``search.json``, see
 :mod:`rnas.search.stability`), whether that happened before the last quarter of the search
-(*decided*), how often the decision changed, and the final entropy of softmax(α) as a share of
+(*decided*), how often the decision changed, which of its entries (an op, an input, a width)
+still moved in the last quarter (none exactly when decided: one near-tie or the whole cell?),
+and the final entropy of softmax(α) as a share of
 the uniform distribution's (``alphas.json``; 100%: softmax(α) uniform, as when a search did not move α).
 
 An undecided search returns an architecture that the next epoch could have changed: its
@@ -50,6 +52,22 @@ def _side_choices(search: dict, epochs: int) -> str:
         )
         or "–"
     )
+
+
+def _late_moved(search: dict) -> str:
+    """ "k of n" entries of the decision that moved in the last quarter, or "–" (not recorded)."""
+    if "late_changed" not in search:
+        return "–"
+    return f"{len(search['late_changed'])} of {search.get('decision_entries', '?')}"
+
+
+LATE_PATHS_SHOWN = 6
+
+
+def _late_paths(search: dict) -> str:
+    paths_ = search.get("late_changed") or []
+    shown = ", ".join(f"`{p}`" for p in paths_[:LATE_PATHS_SHOWN])
+    return shown + (f" and {len(paths_) - LATE_PATHS_SHOWN} more" if len(paths_) > LATE_PATHS_SHOWN else "")
 
 
 def lrnas_diagnostics(contributions: dict, history: list[dict], step_size: float, epochs: int) -> dict[str, float]:
@@ -122,7 +140,7 @@ def _lrnas_markdown(rows: list[tuple[str, int, dict[str, float]]]) -> list[str]:
 
 def decisions_markdown(params: Params) -> str:
     """The section as Markdown, or "" when no search has written its stability yet."""
-    lines, undecided, lrnas_rows = [], [], []
+    lines, undecided, lrnas_rows, moved = [], [], [], []
     for run in params.pipeline.runs:
         spec = resolve_run(run)
         if spec.arch_from:
@@ -142,9 +160,11 @@ def decisions_markdown(params: Params) -> str:
             decided = bool(search.get("decided"))
             if not decided:
                 undecided.append(f"{run} (seed {seed})")
+                if search.get("late_changed"):
+                    moved.append(f"- {run} (seed {seed}): {_late_paths(search)}")
             lines.append(
                 f"| {run} | {seed} | {search['stable_from_epoch']}/{epochs} | "
-                f"{'yes' if decided else '**no**'} | {search.get('decision_changes', '–')} | "
+                f"{'yes' if decided else '**no**'} | {search.get('decision_changes', '–')} | {_late_moved(search)} | "
                 f"{_entropy_share(alphas, 'normal')} | {_entropy_share(alphas, 'reduce')} | "
                 f"{_side_choices(search, epochs)} |"
             )
@@ -153,17 +173,22 @@ def decisions_markdown(params: Params) -> str:
     head = [
         "### Did the searches decide?",
         "",
-        "Stable from: the first epoch from which the derived architecture (argmax genotype; the widths "
-        "of RNAS-CL's width space; LRNAS's greedy selection) no longer changed. Decided: stable over the "
-        "whole last quarter of the search. H(α): final mean entropy of softmax(α) per edge as a share of "
-        "the uniform one (100%: softmax(α) is uniform). Other choices: what a search decides beside the network "
-        "(RNAS-CL's tutor of each student layer, used in retraining), with its own stable-from epoch; it does "
-        "not count towards decided.",
+        "Stable from: the first epoch from which the derived architecture (argmax genotype; the widths of "
+        "RNAS-CL's width space; LRNAS's greedy selection) no longer changed. Decided: stable over the whole"
+        " last quarter of the search. Moved late: how many entries of the decision (a cell's kept edges' "
+        "ops and inputs, `normal[k][0]` and `normal[k][1]` for its k-th edge, i.e. node k // 2; a width) "
+        "differed from the final one in the last quarter or the epoch before it: 0 exactly when decided, a "
+        "few for a near-tie between two ops or inputs. H(α): final mean entropy of softmax(α) per edge as a"
+        " share of the uniform one (100%: softmax(α) is uniform). Other choices: what a search decides "
+        "beside the network (RNAS-CL's tutor of each student layer, used in retraining), with its own "
+        "stable-from epoch; it does not count towards decided.",
         "",
         f"**{len(lines) - len(undecided)} of {len(lines)} searches decided.**"
         + (f" Undecided: {', '.join(undecided)}." if undecided else ""),
         "",
-        "| run | seed | stable from epoch | decided | changes | H(α) normal | H(α) reduce | other choices |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | seed | stable from epoch | decided | changes | moved late | H(α) normal | H(α) reduce "
+        "| other choices |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    return "\n".join(head + lines + _lrnas_markdown(lrnas_rows) + [""])
+    late = ["", "What still moved in the last quarter of each undecided search:", "", *moved] if moved else []
+    return "\n".join(head + lines + late + _lrnas_markdown(lrnas_rows) + [""])

@@ -8,6 +8,7 @@ and checkpoints the method's full state (resumable, see :mod:`rnas.checkpoint`).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class SearchResult:
     start_epoch: int = 0  # first epoch this process ran (> 0 after a resume)
     steps_run: int = 0  # method steps this process ran (a resume runs only the remaining epochs)
     decisions: list[str] = field(default_factory=list)  # digest of the derived architecture per epoch
+    decision_values: list[Any] = field(default_factory=list)  # the decision itself per epoch (JSON-able)
     side_decisions: dict[str, list[str]] = field(default_factory=dict)  # per name, a digest per epoch
 
 
@@ -69,6 +71,7 @@ def run_search(
     log_metrics = log_metrics or (lambda m, step: None)
     history: list[dict[str, float]] = []
     decisions: list[str] = []
+    decision_values: list[Any] = []
     side_decisions: dict[str, list[str]] = {}
     elapsed = 0.0
     if not method.uses_search_loop:
@@ -84,6 +87,7 @@ def run_search(
         restore_rng(state, gen)
         history, elapsed, start = state["history"], state["seconds"], state["epoch"] + 1
         decisions = list(state.get("decisions", []))
+        decision_values = list(state.get("decision_values", []))  # absent in older checkpoints
         side_decisions = {k: list(v) for k, v in state.get("side_decisions", {}).items()}
         log_resume(desc, start, s.epochs, resume)
         for epoch, metrics in enumerate(history):  # the logger skips (metric, step) pairs it has
@@ -112,7 +116,9 @@ def run_search(
             bar.set_postfix({k: f"{v / count:.3f}" for k, v in list(sums.items())[:3]})
         metrics = {k: v / max(1, count) for k, v in sums.items()}
         metrics.update(method.end_epoch(epoch))
-        decisions.append(decision_digest(method.decision()))
+        decision = method.decision()
+        decisions.append(decision_digest(decision))
+        decision_values.append(json.loads(json.dumps(decision, default=str)))  # plain JSON types, as saved
         for name, choice in method.side_decisions().items():
             side_decisions.setdefault(name, []).append(decision_digest(choice))
         net = method.eval_model()
@@ -131,6 +137,7 @@ def run_search(
                     "history": history,
                     "seconds": elapsed,
                     "decisions": decisions,
+                    "decision_values": decision_values,
                     "side_decisions": side_decisions,
                 }
             )
@@ -145,5 +152,6 @@ def run_search(
         start_epoch=start,
         steps_run=steps_run,
         decisions=decisions,
+        decision_values=decision_values,
         side_decisions=side_decisions,
     )

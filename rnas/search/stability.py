@@ -5,8 +5,10 @@ cell-space search, the widths of a width search, LRNAS's greedy selection) stays
 the last quarter of its epochs. Choices beside the network (RNAS-CL's tutors, see
 ``SearchMethod.side_decisions``) get the same summary of their own and do not count.
 :func:`stable_from` finds the first epoch of the final unchanged stretch; :func:`is_decided`
-applies the last-quarter rule. The search loop records the per-epoch decision digest in the
-history and both figures in ``search.json``; the report shows them beside the α entropy.
+applies the last-quarter rule; :func:`late_changes` names the entries of the decision (an op, an
+input, a width) that still moved in that window, so an undecided search shows how far from decided
+it is (one near-tie or the whole cell). The search loop records the per-epoch decision (and its
+digest) and the figures in ``search.json``; the report shows them beside the α entropy.
 """
 
 from __future__ import annotations
@@ -17,13 +19,59 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["decision_digest", "is_decided", "last_quarter_start", "stable_from", "stability_summary"]
+__all__ = [
+    "decision_digest",
+    "decision_entries",
+    "is_decided",
+    "last_quarter_start",
+    "late_changes",
+    "stable_from",
+    "stability_summary",
+]
 
 
 def decision_digest(decision: Any) -> str:
     """A short, order-independent digest of a JSON-able decision (dict keys sorted)."""
     text = json.dumps(decision, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def decision_entries(decision: Any, prefix: str = "") -> dict[str, Any]:
+    """A JSON-able decision as its scalar entries by path: dict keys (sorted) after a dot, list
+    positions in brackets. A DARTS genotype ``{"normal": [["sep_conv_3x3", 0], ...], ...}`` gives
+    ``normal[0][0]`` (the op of the cell's first kept edge) and ``normal[0][1]`` (its input)."""
+    if isinstance(decision, dict):
+        out: dict[str, Any] = {}
+        for key in sorted(decision, key=str):
+            out.update(decision_entries(decision[key], f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(decision, list | tuple):
+        out = {}
+        for i, item in enumerate(decision):
+            out.update(decision_entries(item, f"{prefix}[{i}]"))
+        return out or {prefix: []}
+    return {prefix: decision}
+
+
+def late_changes(values: Sequence[Any], epochs: int, fraction: float = 0.25) -> dict[str, Any]:
+    """The entries (:func:`decision_entries`) of the per-epoch decisions ``values`` that differ
+    from the final decision in some epoch of the window :func:`is_decided` checks (the epoch
+    before the last ``fraction`` of ``epochs`` and every epoch in it): ``late_changed``, their
+    paths, empty exactly when the search decided; ``decision_entries``, how many the decision has.
+    Empty dict when there are fewer than two decisions."""
+    if len(values) < 2:
+        return {}
+    final = decision_entries(values[-1])
+    first = max(0, last_quarter_start(epochs, fraction) - 1)
+    missing = object()
+    changed: dict[str, None] = {}  # insertion-ordered: the final decision's order, then vanished paths
+    for value in values[first:-1]:
+        entries = decision_entries(value)
+        for path in [*final, *(p for p in entries if p not in final)]:
+            if entries.get(path, missing) != final.get(path, missing):
+                changed[path] = None
+    order = {path: i for i, path in enumerate(final)}
+    return {"late_changed": sorted(changed, key=lambda p: order.get(p, len(order))), "decision_entries": len(final)}
 
 
 def stable_from(decisions: Sequence[str]) -> int | None:

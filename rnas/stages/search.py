@@ -13,7 +13,7 @@ from rnas.runs import resolve_run
 from rnas.runtime import show_progress
 from rnas.search.loop import run_search
 from rnas.search.methods import make_method
-from rnas.search.stability import stability_summary
+from rnas.search.stability import late_changes, stability_summary
 from rnas.stages.common import add_run_arguments, load_data, log, log_training_data, prepare, write_json
 from rnas.tracking import file_digest, stage_run
 
@@ -73,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
             tracker.log_artifact(extra_file)
         epochs = search_for(params, spec.method).epochs  # the method's own (search.methods.<m>.overrides)
         stability = stability_summary(result.decisions, epochs) if method.uses_search_loop else {}
+        if stability and len(result.decision_values) == len(result.decisions):  # (not after an old checkpoint)
+            stability.update(late_changes(result.decision_values, epochs))
+        late = {"late_changed_entries": float(len(stability["late_changed"]))} if "late_changed" in stability else {}
         if result.side_decisions:  # e.g. RNAS-CL's tutors: their own stable-from, not part of `decided`
             stability["side_stability"] = {
                 name: stability_summary(digests, epochs) for name, digests in result.side_decisions.items()
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             {
                 "search_seconds": result.seconds,
                 **{k: float(v) for k, v in stability.items() if isinstance(v, int | float)},
+                **late,
                 **{
                     f"{name}_{k}": float(v)
                     for name, summary in stability.get("side_stability", {}).items()
