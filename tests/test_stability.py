@@ -248,3 +248,14 @@ def test_report_section_explains_lrnas_selections(tmp_path):
     assert "| run | seed | agreement (r) | order gap (α) | late step (α) |" in md
     assert "| lrnas | 0 | 1.00 | 0.3000 | 0.1000 |" in md
     assert "| darts | 0 |" not in md.split("agreement (r)")[1]  # only LRNAS searches get a row
+
+
+def test_search_curves_mark_the_stable_from_epoch():
+    from rnas.report.plots import stable_mark
+
+    pts = [(1, 2.0), (2, 1.0), (3, 0.5), (4, 0.4)]
+    assert stable_mark({"stable_from_epoch": 3, "decided": True}, pts) == (3, 0.5, True)
+    assert stable_mark({"stable_from_epoch": 4, "decided": False}, pts) == (4, 0.4, False)
+    assert stable_mark({"stable_from_epoch": None}, pts) is None
+    assert stable_mark({}, pts) is None
+    assert stable_mark({"stable_from_epoch": 5, "decided": True}, pts) is None  # no point there

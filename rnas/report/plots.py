@@ -10,7 +10,8 @@
 * :func:`plot_cost` -- worst-case robust accuracy against search seconds, one small point per
   seed and the mean over seeds per run (± std bars): what each method's search cost buys.
 * :func:`plot_search_curves` -- per-epoch search history (``search.json``): supernet validation
-  accuracy and the entropy of softmax(α) per cell type, one line per run and seed.
+  accuracy and the entropy of softmax(α) per cell type, one line per run and seed, each search's
+  stable-from epoch marked (filled: decided) and the last quarter shaded.
 
 Every function writes its file even without data (a figure saying so), so a workflow that
 declares the paths as outputs always gets them.
@@ -27,11 +28,13 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
 import matplotlib.text  # noqa: E402
 import matplotlib.transforms  # noqa: E402
 
 from rnas.report.collect import RunRow  # noqa: E402
+from rnas.search.stability import last_quarter_start  # noqa: E402
 from rnas.space.ops import PRIMITIVES  # noqa: E402
 
 DPI = 110
@@ -404,35 +407,57 @@ def reference_line(ax, y: float, label: str) -> matplotlib.text.Text:
     return ax.text(ax.get_xlim()[0], y, label, fontsize=8, color="#444444", va="bottom")
 
 
+def stable_mark(search: dict, pts: Sequence[tuple[int, float]]) -> tuple[int, float, bool] | None:
+    """Where a search's curve gets its stable-from mark: (epoch, the curve's value there, decided),
+    or None when ``search.json`` has no stable-from epoch or the curve has no point at it."""
+    stable = search.get("stable_from_epoch")
+    at = dict(pts).get(stable) if isinstance(stable, int) else None
+    return None if at is None else (stable, at, bool(search.get("decided")))
+
+
 def plot_search_curves(rows: list[RunRow], path: str | Path) -> Path:
+    """Per panel one line per run and seed; a triangle marks the epoch from which the search's
+    derived architecture no longer changed (``stable_from_epoch``), filled when the search decided
+    (stable before the shaded last quarter), hollow when not."""
     path = _prepare(path)
     title = "Search curves"
-    series = []  # (row, seed, history)
+    series = []  # (row, history, search.json), one per seed
     for row in rows:
         for res in row.results:
             history = (res.search or {}).get("history") or []
             if history:
-                series.append((row, res.seed, history))
-    keys = [(k, lab) for k, lab in SEARCH_CURVES if any(k in h for _, _, hist in series for h in hist)]
+                series.append((row, history, res.search))
+    keys = [(k, lab) for k, lab in SEARCH_CURVES if any(k in h for _, hist, _ in series for h in hist)]
     if not keys:
         return _empty(path, title, "no search history (no run searched with the search loop)")
     styles = _styles(rows)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
-    multi_seed = len({seed for _, seed, _ in series}) > 1
+    epochs = max(len(history) for _, history, _ in series)
+    handles: dict[str, Any] = {}  # one legend entry per run: its seeds share the style
     for ax, (key, lab) in zip(axes[0], keys):
-        for row, seed, history in series:
+        if epochs >= 2:
+            ax.axvspan(last_quarter_start(epochs) + 0.5, epochs + 0.5, color="#000000", alpha=0.06, lw=0)
+        for row, history, search in series:
             pts = [(e + 1, h[key]) for e, h in enumerate(history) if isinstance(h.get(key), (int, float))]
             if not pts:
                 continue
             scale = 100 if key.endswith("_acc") else 1
-            ax.plot(
-                [e for e, _ in pts],
-                [scale * v for _, v in pts],
-                ms=3,
-                lw=1.6,
-                **styles[row.run],
-                label=row.run + (f" s{seed}" if multi_seed else ""),
-            )
+            (line,) = ax.plot([e for e, _ in pts], [scale * v for _, v in pts], ms=3, lw=1.6, **styles[row.run])
+            handles.setdefault(row.run, line)
+            mark = stable_mark(search, pts)
+            if mark is not None:
+                colour = styles[row.run]["color"]
+                ax.plot(
+                    [mark[0]],
+                    [scale * mark[1]],
+                    marker="v",
+                    ms=8,
+                    ls="none",
+                    mec=colour,
+                    mfc=colour if mark[2] else "white",
+                    mew=1.4,
+                    zorder=3,
+                )
         if key.startswith("alpha_entropy"):  # absolute scale: 0 = one op per edge, ln K = uniform α
             h_max = math.log(len(PRIMITIVES))
             ax.axhline(h_max, color="#999999", lw=1, linestyle=":")
@@ -444,9 +469,21 @@ def plot_search_curves(rows: list[RunRow], path: str | Path) -> Path:
         ax.set_ylabel(lab, fontsize=9)
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[0][0].legend(fontsize=8, frameon=False)
-    fig.suptitle(title + " (per epoch, from search.json)", fontsize=10)
+    marks = [
+        plt.Line2D([], [], marker="v", ms=8, ls="none", mec="#444444", mfc="#444444", label="stable from (decided)"),
+        plt.Line2D([], [], marker="v", ms=8, ls="none", mec="#444444", mfc="white", label="stable from (undecided)"),
+        matplotlib.patches.Patch(color="#000000", alpha=0.06, label="last quarter"),
+    ]
+    fig.legend(
+        [*handles.values(), *marks],
+        [*handles, *(m.get_label() for m in marks)],
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        fontsize=8,
+        frameon=False,
+    )
+    fig.suptitle(title + " (per epoch, from search.json; one line per seed)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
