@@ -245,6 +245,8 @@ def test_report_section_explains_lrnas_selections(tmp_path):
     lrnas = paths.search_log(params, "lrnas", 0).parent / "contributions.json"
     lrnas.write_text(json.dumps(_lrnas_contributions([1.0, -2.0, 3.0])))
     md = decisions_markdown(params)
+    # search.json files written before the late changes were recorded: the column says "–".
+    assert "| darts | 0 | 8/8 | **no** | 1 | – |" in md and "What still moved" not in md
     assert "| run | seed | agreement (r) | order gap (α) | late step (α) |" in md
     assert "| lrnas | 0 | 1.00 | 0.3000 | 0.1000 |" in md
     assert "| darts | 0 |" not in md.split("agreement (r)")[1]  # only LRNAS searches get a row
