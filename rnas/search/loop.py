@@ -116,9 +116,9 @@ def run_search(
             bar.set_postfix({k: f"{v / count:.3f}" for k, v in list(sums.items())[:3]})
         metrics = {k: v / max(1, count) for k, v in sums.items()}
         metrics.update(method.end_epoch(epoch))
-        decision = method.decision()
-        decisions.append(decision_digest(decision))
-        decision_values.append(json.loads(json.dumps(decision, default=str)))  # plain JSON types, as saved
+        decision = json.loads(json.dumps(method.decision(), default=str))  # plain JSON types, as saved
+        decisions.append(decision_digest(decision))  # the same digest as of the raw decision
+        decision_values.append(decision)
         for name, choice in method.side_decisions().items():
             side_decisions.setdefault(name, []).append(decision_digest(choice))
         net = method.eval_model()
