@@ -113,11 +113,18 @@ def cell_plot(params: Params, run: str, seed: int) -> Path:
 def report_plots(params: Params) -> list[Path]:
     """Every PNG ``rnas report`` writes under ``plots_dir`` (always all of them, so a workflow
     can declare them as outputs): the ε sweep, the certified ε sweep, the Pareto front, the search
-    curves, robust accuracy vs search cost, and one cell drawing per cell-space run with its own
-    search (not ``arch_from`` ablations) and seed."""
+    curves, what the undecided searches still moved, robust accuracy vs search cost, and one cell
+    drawing per cell-space run with its own search (not ``arch_from`` ablations) and seed."""
     out = [
         plots_dir(params) / name
-        for name in ("eps_sweep.png", "certified_sweep.png", "pareto.png", "search_curves.png", "cost.png")
+        for name in (
+            "eps_sweep.png",
+            "certified_sweep.png",
+            "pareto.png",
+            "search_curves.png",
+            "late_entries.png",
+            "cost.png",
+        )
     ]
     for run in params.pipeline.runs:
         spec = resolve_run(run)

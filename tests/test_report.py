@@ -295,6 +295,7 @@ def test_plots_cells_and_figures(report):
         "certified_sweep.png",
         "pareto.png",
         "search_curves.png",
+        "late_entries.png",
         "cost.png",
         "cell_darts_seed0.png",
         "cell_darts_seed1.png",
@@ -316,7 +317,7 @@ def test_html_is_self_contained(report):
     _, out = report
     html = out.html.read_text()
     images = re.findall(r'<img src="([^"]+)"', html)
-    assert len(images) == 5 + 4 + 2  # ε/certified ε/Pareto/search/cost, 4 cell drawings, 2 method figures
+    assert len(images) == 6 + 4 + 2  # ε/certified ε/Pareto/search/late entries/cost, 4 cells, 2 method figures
     assert all(src.startswith("data:image/png;base64,") for src in images)
     assert not re.search(r'(src|href)="(?!data:|#)', html)  # nothing loaded from elsewhere
     assert "<style>" in html and 'href="#sanity"' in html

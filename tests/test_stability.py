@@ -119,6 +119,9 @@ def _flipping_method(switch_at: int):
         def side_decisions(self):  # a choice beside the network that flips every epoch
             return {"tutor": int(self.epochs_done.item()) % 2}
 
+        def epoch_snapshot(self):  # the continuous state behind the choice
+            return {"n": self.epochs_done.item()}
+
         def state_dict(self):
             return {"n": self.epochs_done.clone()}
 
@@ -155,6 +158,7 @@ def test_loop_records_one_decision_per_epoch_across_a_resume(tmp_path):
     )
     assert resumed.start_epoch == 3 and resumed.decisions == full.decisions
     assert full.decision_values == ["a"] * 2 + ["b"] * 4 and resumed.decision_values == full.decision_values
+    assert full.snapshots == [{"n": float(n)} for n in range(1, 7)] and resumed.snapshots == full.snapshots
     # The side choice is tracked per epoch on its own (and kept across the resume); it never
     # settles, while the architecture decided.
     assert full.side_decisions == {"tutor": [decision_digest(n % 2) for n in range(1, 7)]}
@@ -261,3 +265,169 @@ def test_search_curves_mark_the_stable_from_epoch():
     assert stable_mark({"stable_from_epoch": None}, pts) is None
     assert stable_mark({}, pts) is None
     assert stable_mark({"stable_from_epoch": 5, "decided": True}, pts) is None  # no point there
+
+
+def _two_node_cell():
+    # Nodes 0 and 1 of a cell: edges 0-1 feed node 0 (inputs 0, 1), edges 2-4 node 1 (inputs 0-2).
+    primitives = ["none", "skip_connect", "sep_conv_3x3", "max_pool_3x3"]
+    rows = [
+        [0.1, 0.5, 0.3, 0.1],  # node 0 <- input 0: skip 0.5 leads sep 0.3
+        [0.2, 0.1, 0.3, 0.4],  # node 0 <- input 1: max_pool 0.4 leads sep 0.3
+        [0.6, 0.1, 0.2, 0.1],  # node 1 <- input 0: `none` is heaviest but never counts; strength 0.2
+        [0.1, 0.35, 0.5, 0.05],  # node 1 <- input 1: strength 0.5
+        [0.1, 0.45, 0.4, 0.05],  # node 1 <- input 2: strength 0.45
+    ]
+    genotype = {
+        "normal": [["skip_connect", 0], ["max_pool_3x3", 1], ["sep_conv_3x3", 1], ["skip_connect", 2]],
+        "normal_concat": [2, 3],
+    }
+    return genotype, {"primitives": primitives, "normal": rows}
+
+
+def test_entry_margin_by_hand():
+    from rnas.report.decisions import entry_margin
+
+    genotype, alphas = _two_node_cell()
+    # The op of the cell's first kept edge (node 0 <- input 0) against that edge's next-best op.
+    assert entry_margin("normal[0][0]", genotype, alphas) == "skip_connect 0.500 vs sep_conv_3x3 0.300"
+    assert entry_margin("normal[1][0]", genotype, alphas) == "max_pool_3x3 0.400 vs sep_conv_3x3 0.300"
+    # Node 1 keeps inputs 1 and 2; the input left out is 0, whose best non-`none` op weighs 0.2.
+    assert entry_margin("normal[2][1]", genotype, alphas) == "input 1 0.500 vs input 0 0.200"
+    assert entry_margin("normal[3][1]", genotype, alphas) == "input 2 0.450 vs input 0 0.200"
+    # Node 0 has no input to leave out; the output list, a width, missing files: no margin.
+    assert entry_margin("normal[0][1]", genotype, alphas) is None
+    assert entry_margin("normal_concat[0]", genotype, alphas) is None
+    assert entry_margin("stage_widths[1]", genotype, alphas) is None
+    assert entry_margin("normal[0][0]", None, alphas) is None and entry_margin("normal[0][0]", genotype, None) is None
+    assert entry_margin("reduce[0][0]", genotype, alphas) is None
+    # PC-DARTS: the derivation scales each edge's weights by its edge weight, and so does the margin.
+    scaled = {**alphas, "normal_edges": [1.0, 1.0, 1.0, 0.5, 1.0]}
+    assert entry_margin("normal[2][1]", genotype, scaled) == "input 1 0.250 vs input 0 0.200"
+
+
+def test_entry_margin_agrees_with_the_derivation_on_random_cells():
+    """Whatever the weights, the op a margin names first is the derived genotype's op for that
+    entry and weighs at least the one named second; an input's strength is at least the one left out."""
+    import torch
+
+    from rnas.report.decisions import entry_margin
+    from rnas.space.genotype import PRIMITIVES, derive_genotype
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        normal, reduce = (torch.softmax(torch.randn(14, len(PRIMITIVES), generator=g), -1) for _ in range(2))
+        genotype = derive_genotype(normal, reduce, 4).to_dict()
+        alphas = {"primitives": list(PRIMITIVES), "normal": normal.tolist(), "reduce": reduce.tolist()}
+        for kind in ("normal", "reduce"):
+            for k, (op, _src) in enumerate(genotype[kind]):
+                first, w1, _vs, second, w2 = entry_margin(f"{kind}[{k}][0]", genotype, alphas).split()
+                assert first == op and second != op and float(w1) >= float(w2)
+                if k >= 2:  # nodes 1-3 leave inputs out
+                    _, _, s1, _, _, _, s2 = entry_margin(f"{kind}[{k}][1]", genotype, alphas).split()
+                    assert float(s1) >= float(s2)
+
+
+def test_report_lists_the_margin_of_each_late_entry(tmp_path):
+    import json
+
+    from conftest import tiny_params
+
+    from rnas import paths
+    from rnas.config import params_from_dict
+    from rnas.report.decisions import decisions_markdown
+
+    p = tiny_params(runs=("darts",))
+    p["pipeline"].update(results=str(tmp_path / "results"), seeds=[0])
+    params = params_from_dict(p)
+    genotype, alphas = _two_node_cell()
+    values = [genotype] * 6 + [{**genotype, "normal": [["sep_conv_3x3", 0], *genotype["normal"][1:]]}, genotype]
+    summary = {**stability_summary([decision_digest(v) for v in values], 8), **late_changes(values, 8)}
+    f = paths.search_log(params, "darts", 0)
+    f.parent.mkdir(parents=True)
+    f.write_text(json.dumps({"history": [{}] * 8, **summary}))
+    (f.parent / "alphas.json").write_text(json.dumps(alphas))
+    paths.arch_file(params, "darts", 0).write_text(json.dumps(genotype))
+    md = decisions_markdown(params)
+    assert "- darts (seed 0): `normal[0][0]` (skip_connect 0.500 vs sep_conv_3x3 0.300)" in md
+
+
+def test_a_cell_search_records_softmax_alpha_per_epoch():
+    """The last epoch's snapshot is the final softmax(α) of ``alphas.json``; PC-DARTS adds its
+    edge weights (the derivation scales by them); rows sum to 1."""
+    import math
+
+    import torch
+    from conftest import tiny_params, tiny_splits
+
+    from rnas.config import params_from_dict
+    from rnas.runs import resolve_run
+    from rnas.search.loop import run_search
+    from rnas.search.methods import make_method
+
+    for k in (1, 2):
+        p = tiny_params()
+        p["search"].update(epochs=2, batch_size=8, partial_channels=k)
+        params = params_from_dict(p)
+        splits = tiny_splits(n_train=32)
+        ctx = {"params": params, "run": resolve_run("darts"), "info": splits.info, "seed": 0}
+        result = run_search(make_method("darts"), {**ctx, "device": torch.device("cpu")}, splits, progress=False)
+        final = result.extra_outputs["alphas.json"]
+        assert len(result.snapshots) == 2 and result.snapshots[-1] == {
+            key: value for key, value in final.items() if key != "primitives"
+        }
+        assert ("normal_edges" in final) == (k > 1)
+        assert all(math.isclose(sum(row), 1.0, rel_tol=1e-5) for s in result.snapshots for row in s["normal"])
+
+
+def test_entry_series_follows_the_entry_over_the_epochs():
+    from rnas.report.decisions import entry_series
+
+    genotype, final = _two_node_cell()
+    early = {"normal": [[0.1, 0.3, 0.5, 0.1], *final["normal"][1:]]}  # sep_conv_3x3 led on edge 0 first
+    alphas = {**final, "per_epoch": [early, early, {"normal": final["normal"]}]}
+    # The edge's top three ops by their final weight, each over the three epochs.
+    assert entry_series("normal[0][0]", genotype, alphas) == {
+        "skip_connect": [0.3, 0.3, 0.5],
+        "sep_conv_3x3": [0.5, 0.5, 0.3],
+        "max_pool_3x3": [0.1, 0.1, 0.1],
+    }
+    assert list(entry_series("normal[2][1]", genotype, alphas, top=2)) == ["input 1", "input 2"]
+    assert entry_series("normal[0][0]", genotype, final) == {}  # no per_epoch: nothing to draw
+    assert entry_series("stage_widths[0]", genotype, alphas) == {}
+
+
+def test_late_entries_plot_draws_each_undecided_search(tmp_path, monkeypatch):
+    from rnas.report.collect import RunRow, SeedResult
+    from rnas.report.plots import plot_late_entries
+
+    genotype, final = _two_node_cell()
+    alphas = {**final, "per_epoch": [{"normal": final["normal"]}] * 8}
+    undecided = {"decided": False, "late_changed": ["normal[0][0]", "normal[2][1]", "normal_concat[0]"]}
+    rows = [
+        RunRow("darts", "darts", "", results=[SeedResult(0, {}, undecided, architecture=genotype, alphas=alphas)]),
+        RunRow("dsrna_cb", "dsrna", "cb", results=[SeedResult(0, {}, {"decided": True}, architecture=genotype)]),
+    ]
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    original = plt.Axes.plot
+
+    def spy(ax, *args, **kwargs):
+        drawn.append(kwargs.get("label"))
+        return original(ax, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Axes, "plot", spy)
+    path = plot_late_entries(rows, tmp_path / "late.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # One line per op of the moved edge and per input of the moved node's choice; the output list
+    # has nothing to draw; the decided search gets no panel.
+    assert drawn == [
+        "normal[0][0]: skip_connect",
+        "normal[0][0]: sep_conv_3x3",
+        "normal[0][0]: max_pool_3x3",
+        "normal[2][1]: input 1",
+        "normal[2][1]: input 2",
+        "normal[2][1]: input 0",
+    ]
+    drawn.clear()
+    assert plot_late_entries(rows[1:], tmp_path / "none.png").is_file() and drawn == []

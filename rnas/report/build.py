@@ -34,7 +34,14 @@ from rnas.report.document import (
     to_html,
     to_markdown,
 )
-from rnas.report.plots import plot_certified_sweep, plot_cost, plot_eps_sweep, plot_pareto, plot_search_curves
+from rnas.report.plots import (
+    plot_certified_sweep,
+    plot_cost,
+    plot_eps_sweep,
+    plot_late_entries,
+    plot_pareto,
+    plot_search_curves,
+)
 from rnas.report.sections import SECTIONS
 from rnas.report.table import autoattack_checks_table, main_table, sanity_failures, sanity_table, seed_table
 
@@ -217,6 +224,7 @@ def build_report(params: Params) -> ReportOutputs:
     cert_png = plot_certified_sweep(rows, plots / "certified_sweep.png")
     pareto_png = plot_pareto(rows, plots / "pareto.png")
     search_png = plot_search_curves(rows, plots / "search_curves.png")
+    late_png = plot_late_entries(rows, plots / "late_entries.png")
     cost_png = plot_cost(rows, plots / "cost.png")
     cell_blocks, cell_pngs = _cells_section(params, rows)
     curves = write_curves(params)
@@ -266,6 +274,13 @@ def build_report(params: Params) -> ReportOutputs:
         Heading("Search", 2, "search"),
         Figure([Image(search_png, alt="search curves")]),
         Figure(
+            [Image(late_png, alt="what undecided searches still moved")],
+            caption="Why an undecided search did not decide: for each entry of its genotype that still moved "
+            "in the last quarter (the section *Did the searches decide?* lists them), the softmax(α) weights "
+            "that decide it per epoch, the edge's top ops or the node's inputs; crossing lines in the shaded "
+            "quarter are a near-tie the search did not break.",
+        ),
+        Figure(
             [Image(cost_png, alt="robust accuracy vs search seconds")],
             caption="What the search cost buys: worst-case robust accuracy against search seconds (one small "
             "point per seed, the mean ± std per run). The end-to-end cost of each method is in the "
@@ -305,11 +320,11 @@ def build_report(params: Params) -> ReportOutputs:
     md_path.write_text(to_markdown(blocks, md_path.parent))
     anchors = {b.anchor for b in blocks if isinstance(b, Heading)}
     html_path.write_text(to_html(blocks, f"rnas report — {params.data.dataset}", [a for a in NAV if a[0] in anchors]))
-    log.info("report -> %s, %s (%d plots)", md_path, html_path, 5 + len(cell_pngs))
+    log.info("report -> %s, %s (%d plots)", md_path, html_path, 6 + len(cell_pngs))
     return ReportOutputs(
         md_path,
         html_path,
-        [eps_png, cert_png, pareto_png, search_png, cost_png, *cell_pngs],
+        [eps_png, cert_png, pareto_png, search_png, late_png, cost_png, *cell_pngs],
         curves,
         [im.path for im in figures],
         failures,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 
 from rnas import paths
@@ -64,9 +65,93 @@ def _late_moved(search: dict) -> str:
 LATE_PATHS_SHOWN = 6
 
 
-def _late_paths(search: dict) -> str:
+_GENOTYPE_ENTRY = re.compile(r"^(normal|reduce)\[(\d+)\]\[([01])\]$")
+
+
+def _node_weights(snapshot: dict, kind: str, node: int) -> list[list[float]]:
+    """softmax(α) of the edges into ``node`` (one row per input), scaled by PC-DARTS's edge weights
+    where the snapshot has them, as :func:`rnas.space.genotype.derive_genotype` sees them."""
+    rows, edges = snapshot.get(kind) or [], snapshot.get(f"{kind}_edges")
+    start = sum(i + 2 for i in range(node))
+    return [
+        [w * (edges[start + src] if edges else 1.0) for w in rows[start + src]]
+        for src in range(node + 2)
+        if start + src < len(rows)
+    ]
+
+
+def _parse_entry(path: str, genotype: dict | None, alphas: dict | None) -> tuple[str, int, int, int, list[int]] | None:
+    """(cell type, k, 0 for the op / 1 for the input, the final input, the non-``none`` op indices)."""
+    match = _GENOTYPE_ENTRY.match(path)
+    if not match or not genotype or not alphas or not alphas.get("primitives"):
+        return None
+    kind, k, part = match.group(1), int(match.group(2)), int(match.group(3))
+    cell = genotype.get(kind)
+    if not cell or k >= len(cell):
+        return None
+    ops = [i for i, name in enumerate(alphas["primitives"]) if name != "none"]
+    return kind, k, part, int(cell[k][1]), ops
+
+
+def _entry_values(path: str, genotype: dict, alphas: dict, snapshot: dict) -> dict[str, float] | None:
+    """What decides one genotype entry in ``snapshot``: for an op, each non-``none`` op's weight on
+    the edge (by op name); for an input, each input's strength, its best non-``none`` weight."""
+    parsed = _parse_entry(path, genotype, alphas)
+    if parsed is None:
+        return None
+    kind, k, part, src, ops = parsed
+    weights = _node_weights(snapshot, kind, k // 2)
+    if src >= len(weights):
+        return None
+    if part == 0:
+        return {alphas["primitives"][i]: weights[src][i] for i in ops}
+    return {f"input {s}": max(row[i] for i in ops) for s, row in enumerate(weights)}
+
+
+def entry_margin(path: str, genotype: dict | None, alphas: dict | None) -> str | None:
+    """How close the final decision of one genotype entry was, from the final softmax(α)
+    (``alphas.json``, scaled by PC-DARTS's edge weights where it has them, as the derivation is):
+    for ``cell[k][0]``, the op of the cell's k-th kept edge, the chosen op's weight against the
+    strongest other non-``none`` op on that edge ("skip_connect 0.391 vs sep_conv_3x3 0.352"); for
+    ``cell[k][1]``, its input, that edge's strength (its best non-``none`` weight) against the
+    strongest input of node k // 2 left out ("input 1 0.412 vs input 2 0.405"). None where the
+    entry is not such a path (a width, a fixed output list) or the files do not hold it."""
+    values = _entry_values(path, genotype, alphas, alphas) if alphas else None
+    if not values:
+        return None
+    kind, k, part, src, _ = _parse_entry(path, genotype, alphas)
+    if part == 0:
+        chosen = genotype[kind][k][0]
+        other = max((name for name in values if name != chosen), key=values.__getitem__)
+        return f"{chosen} {values[chosen]:.3f} vs {other} {values[other]:.3f}"
+    kept = {f"input {int(edge[1])}" for edge in genotype[kind][2 * (k // 2) : 2 * (k // 2) + 2]}
+    dropped = [name for name in values if name not in kept]
+    if not dropped:
+        return None
+    best = max(dropped, key=values.__getitem__)
+    return f"input {src} {values[f'input {src}']:.3f} vs {best} {values[best]:.3f}"
+
+
+def entry_series(path: str, genotype: dict | None, alphas: dict | None, top: int = 3) -> dict[str, list[float]]:
+    """Per epoch (``alphas.json``'s ``per_epoch``), the values that decide one genotype entry
+    (:func:`entry_margin`): the ``top`` ops of the edge, or inputs of the node, by their final
+    value, each as a list over epochs. Empty where the files do not hold it."""
+    per_epoch = (alphas or {}).get("per_epoch") or []
+    series = [_entry_values(path, genotype, alphas, snapshot) for snapshot in per_epoch]
+    if not series or any(s is None for s in series):
+        return {}
+    names = sorted(series[-1], key=lambda name: -series[-1][name])[:top]
+    return {name: [s[name] for s in series] for name in names}
+
+
+def _late_paths(search: dict, genotype: dict | None = None, alphas: dict | None = None) -> str:
     paths_ = search.get("late_changed") or []
-    shown = ", ".join(f"`{p}`" for p in paths_[:LATE_PATHS_SHOWN])
+
+    def shown_entry(path: str) -> str:
+        margin = entry_margin(path, genotype, alphas)
+        return f"`{path}` ({margin})" if margin else f"`{path}`"
+
+    shown = ", ".join(shown_entry(p) for p in paths_[:LATE_PATHS_SHOWN])
     return shown + (f" and {len(paths_) - LATE_PATHS_SHOWN} more" if len(paths_) > LATE_PATHS_SHOWN else "")
 
 
@@ -161,7 +246,8 @@ def decisions_markdown(params: Params) -> str:
             if not decided:
                 undecided.append(f"{run} (seed {seed})")
                 if search.get("late_changed"):
-                    moved.append(f"- {run} (seed {seed}): {_late_paths(search)}")
+                    genotype = _json(paths.arch_file(params, run, seed)) if alphas and spec.method != "lrnas" else None
+                    moved.append(f"- {run} (seed {seed}): {_late_paths(search, genotype, alphas)}")
             lines.append(
                 f"| {run} | {seed} | {search['stable_from_epoch']}/{epochs} | "
                 f"{'yes' if decided else '**no**'} | {search.get('decision_changes', '–')} | {_late_moved(search)} | "
@@ -191,5 +277,16 @@ def decisions_markdown(params: Params) -> str:
         "| other choices |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    late = ["", "What still moved in the last quarter of each undecided search:", "", *moved] if moved else []
+    late = (
+        [
+            "",
+            "What still moved in the last quarter of each undecided search, with how close the final "
+            "choice was in softmax(α) (an op against the edge's next-best op, an input against the "
+            "node's strongest input left out):",
+            "",
+            *moved,
+        ]
+        if moved
+        else []
+    )
     return "\n".join(head + lines + late + _lrnas_markdown(lrnas_rows) + [""])

@@ -12,6 +12,9 @@
 * :func:`plot_search_curves` -- per-epoch search history (``search.json``): supernet validation
   accuracy and the entropy of softmax(α) per cell type, one line per run and seed, each search's
   stable-from epoch marked (filled: decided) and the last quarter shaded.
+* :func:`plot_late_entries` -- for each undecided cell-space search, softmax(α) per epoch of what
+  decides the entries that still moved in its last quarter (the ops of an edge, the inputs of a
+  node): the near-ties the search did not break.
 
 Every function writes its file even without data (a figure saying so), so a workflow that
 declares the paths as outputs always gets them.
@@ -483,6 +486,78 @@ def plot_search_curves(rows: list[RunRow], path: str | Path) -> Path:
         frameon=False,
     )
     fig.suptitle(title + " (per epoch, from search.json; one line per seed)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+LATE_PANELS = 9  # undecided searches drawn (the report's list names every one)
+LATE_ENTRIES = 3  # moved-late entries drawn per search
+
+
+def plot_late_entries(rows: list[RunRow], path: str | Path) -> Path:
+    """One panel per undecided cell-space search (LRNAS excluded: it selects by α itself, see its
+    contributions figure): for each entry of its genotype that moved in the last quarter (at most
+    ``LATE_ENTRIES``), the weights that decide it over the epochs (``alphas.json``'s
+    ``per_epoch``; :func:`rnas.report.decisions.entry_series`): the top three ops of the edge, or
+    inputs of the node, one colour per entry, the final choice solid."""
+    from rnas.report.decisions import entry_series
+
+    path = _prepare(path)
+    title = "What undecided searches still moved"
+    panels = []  # (title, {label: series}, epochs)
+    for row in rows:
+        if row.method == "lrnas":
+            continue
+        for res in row.results:
+            search = res.search or {}
+            if search.get("decided", True) or not search.get("late_changed"):
+                continue
+            entries = {}
+            for entry in search["late_changed"]:
+                series = entry_series(entry, res.architecture, res.alphas)
+                if series:
+                    entries[entry] = series
+                if len(entries) == LATE_ENTRIES:
+                    break
+            if entries:
+                epochs = len(next(iter(next(iter(entries.values())).values())))
+                panels.append((f"{row.run}, seed {res.seed}", entries, epochs))
+    if not panels:
+        return _empty(path, title, "no undecided cell-space search with per-epoch α (alphas.json)")
+    panels = panels[:LATE_PANELS]
+    cols = min(3, len(panels))
+    n_rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4.8 * cols, 3.4 * n_rows), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, (name, entries, epochs) in zip(axes.flat, panels):
+        if epochs >= 2:
+            ax.axvspan(last_quarter_start(epochs) + 0.5, epochs + 0.5, color="#000000", alpha=0.06, lw=0)
+        x = list(range(1, epochs + 1))
+        for i, (entry, series) in enumerate(entries.items()):
+            for j, (label, values) in enumerate(series.items()):
+                ax.plot(
+                    x,
+                    values,
+                    color=cmap(i % 10),
+                    linestyle=LINESTYLES[j % len(LINESTYLES)],
+                    lw=1.8 if j == 0 else 1.2,
+                    label=f"{entry}: {label}",
+                )
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("search epoch")
+        ax.set_ylabel("softmax(α) weight", fontsize=9)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize=7, loc="upper left", frameon=False)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.suptitle(
+        title + " (per epoch; solid: the final choice; shaded: the last quarter)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)

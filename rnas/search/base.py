@@ -101,6 +101,13 @@ class SearchMethod:
         """The network whose validation accuracy the loop reports (the supernet), if any."""
         return None
 
+    def epoch_snapshot(self) -> Any:
+        """The continuous state behind the decision (JSON-able), recorded by the loop after every
+        epoch, or None: a cell-space search's softmax(α), so how an undecided search's near-ties
+        evolved can be read (and drawn) from its files. The search stage writes the list into
+        ``alphas.json`` as ``per_epoch``."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -316,14 +323,21 @@ class BilevelMethod(SearchMethod):
     def architecture(self) -> dict[str, Any]:
         return self.supernet.genotype().to_dict()
 
-    def extra_outputs(self) -> dict[str, Any]:
-        return {
-            "alphas.json": {
-                "primitives": list(self.supernet.primitives),
-                "normal": torch.softmax(self.supernet.alpha_normal.detach().cpu(), -1).tolist(),
-                "reduce": torch.softmax(self.supernet.alpha_reduce.detach().cpu(), -1).tolist(),
-            }
+    def epoch_snapshot(self) -> dict[str, Any]:
+        """softmax(α) per cell type (and PC-DARTS's edge weights, by which the derivation scales it)."""
+        net = self.supernet
+        alphas: dict[str, Any] = {
+            "normal": torch.softmax(net.alpha_normal.detach().cpu(), -1).tolist(),
+            "reduce": torch.softmax(net.alpha_reduce.detach().cpu(), -1).tolist(),
         }
+        for kind, reduction in (("normal", False), ("reduce", True)):
+            edges = net.edge_weights(reduction)
+            if edges is not None:
+                alphas[f"{kind}_edges"] = edges.detach().cpu().tolist()
+        return alphas
+
+    def extra_outputs(self) -> dict[str, Any]:
+        return {"alphas.json": {"primitives": list(self.supernet.primitives), **self.epoch_snapshot()}}
 
     def state_dict(self) -> dict[str, Any]:
         return optimizer_state(self)

@@ -39,6 +39,7 @@ class SearchResult:
     decisions: list[str] = field(default_factory=list)  # digest of the derived architecture per epoch
     decision_values: list[Any] = field(default_factory=list)  # the decision itself per epoch (JSON-able)
     side_decisions: dict[str, list[str]] = field(default_factory=dict)  # per name, a digest per epoch
+    snapshots: list[Any] = field(default_factory=list)  # the method's epoch_snapshot() per epoch (e.g. softmax α)
 
 
 def search_halves(splits: Splits, seed: int) -> tuple[TensorPair, TensorPair]:
@@ -73,6 +74,7 @@ def run_search(
     decisions: list[str] = []
     decision_values: list[Any] = []
     side_decisions: dict[str, list[str]] = {}
+    snapshots: list[Any] = []
     elapsed = 0.0
     if not method.uses_search_loop:
         t0 = time.perf_counter()
@@ -89,6 +91,7 @@ def run_search(
         decisions = list(state.get("decisions", []))
         decision_values = list(state.get("decision_values", []))  # absent in older checkpoints
         side_decisions = {k: list(v) for k, v in state.get("side_decisions", {}).items()}
+        snapshots = list(state.get("snapshots", []))  # absent in older checkpoints
         log_resume(desc, start, s.epochs, resume)
         for epoch, metrics in enumerate(history):  # the logger skips (metric, step) pairs it has
             log_metrics(metrics, epoch)
@@ -121,6 +124,9 @@ def run_search(
         decision_values.append(decision)
         for name, choice in method.side_decisions().items():
             side_decisions.setdefault(name, []).append(decision_digest(choice))
+        snapshot = method.epoch_snapshot()
+        if snapshot is not None:
+            snapshots.append(snapshot)
         net = method.eval_model()
         if net is not None:
             metrics["val_acc"] = accuracy(net, splits.val, 256, device)
@@ -139,6 +145,7 @@ def run_search(
                     "decisions": decisions,
                     "decision_values": decision_values,
                     "side_decisions": side_decisions,
+                    "snapshots": snapshots,
                 }
             )
         log_metrics(metrics, epoch)
@@ -154,4 +161,5 @@ def run_search(
         decisions=decisions,
         decision_values=decision_values,
         side_decisions=side_decisions,
+        snapshots=snapshots,
     )

@@ -66,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
         )
         arch_path = paths.arch_file(params, args.run, args.seed)
         run_dir = arch_path.parent
-        for name, data in result.extra_outputs.items():
+        extra = dict(result.extra_outputs)
+        if "alphas.json" in extra and len(result.snapshots) == len(result.history):  # (not after an old checkpoint)
+            extra["alphas.json"] = {**extra["alphas.json"], "per_epoch": result.snapshots}
+        for name, data in extra.items():
             write_json(run_dir / name, data)
         write_json(arch_path, result.architecture)
         for extra_file in method.write_files(run_dir):

@@ -423,6 +423,9 @@ class RnasClMethod(SearchMethod):
     def eval_model(self) -> nn.Module | None:
         return self.impl.eval_model()
 
+    def epoch_snapshot(self) -> Any:
+        return self.impl.epoch_snapshot()
+
     def state_dict(self) -> dict[str, Any]:
         return self.impl.state_dict()
 
