@@ -551,7 +551,7 @@ def plot_late_entries(rows: list[RunRow], path: str | Path) -> Path:
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend(fontsize=7, loc="upper left", frameon=False)
+        ax.legend(fontsize=7, loc="best", frameon=True, framealpha=0.8)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(
