@@ -392,6 +392,8 @@ def test_entry_series_follows_the_entry_over_the_epochs():
         "max_pool_3x3": [0.1, 0.1, 0.1],
     }
     assert list(entry_series("normal[2][1]", genotype, alphas, top=2)) == ["input 1", "input 2"]
+    # An input entry draws its own input first (solid in the figure), even when it is not the strongest.
+    assert list(entry_series("normal[3][1]", genotype, alphas)) == ["input 2", "input 1", "input 0"]
     assert entry_series("normal[0][0]", genotype, final) == {}  # no per_epoch: nothing to draw
     assert entry_series("stage_widths[0]", genotype, alphas) == {}
 

@@ -134,14 +134,17 @@ def entry_margin(path: str, genotype: dict | None, alphas: dict | None) -> str |
 
 def entry_series(path: str, genotype: dict | None, alphas: dict | None, top: int = 3) -> dict[str, list[float]]:
     """Per epoch (``alphas.json``'s ``per_epoch``), the values that decide one genotype entry
-    (:func:`entry_margin`): the ``top`` ops of the edge, or inputs of the node, by their final
-    value, each as a list over epochs. Empty where the files do not hold it."""
+    (:func:`entry_margin`), each as a list over epochs: the final choice first (the entry's op,
+    or its input), then the edge's other ops, or the node's other inputs, by their final value,
+    ``top`` in all. Empty where the files do not hold it."""
     per_epoch = (alphas or {}).get("per_epoch") or []
     series = [_entry_values(path, genotype, alphas, snapshot) for snapshot in per_epoch]
     if not series or any(s is None for s in series):
         return {}
-    names = sorted(series[-1], key=lambda name: -series[-1][name])[:top]
-    return {name: [s[name] for s in series] for name in names}
+    kind, k, part, src, _ = _parse_entry(path, genotype, alphas)
+    chosen = genotype[kind][k][0] if part == 0 else f"input {src}"
+    others = sorted((name for name in series[-1] if name != chosen), key=lambda name: -series[-1][name])
+    return {name: [s[name] for s in series] for name in [chosen, *others][:top]}
 
 
 def _late_paths(search: dict, genotype: dict | None = None, alphas: dict | None = None) -> str:

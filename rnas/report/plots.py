@@ -529,7 +529,7 @@ def plot_late_entries(rows: list[RunRow], path: str | Path) -> Path:
     panels = panels[:LATE_PANELS]
     cols = min(3, len(panels))
     n_rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(n_rows, cols, figsize=(4.8 * cols, 3.4 * n_rows), squeeze=False)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(5.2 * cols, 4.6 * n_rows), squeeze=False)  # legends below
     cmap = plt.get_cmap("tab10")
     for ax, (name, entries, epochs) in zip(axes.flat, panels):
         if epochs >= 2:
@@ -551,7 +551,7 @@ def plot_late_entries(rows: list[RunRow], path: str | Path) -> Path:
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend(fontsize=7, loc="best", frameon=True, framealpha=0.8)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(
