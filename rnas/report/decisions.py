@@ -93,18 +93,16 @@ def _parse_entry(path: str, genotype: dict | None, alphas: dict | None) -> tuple
     return kind, k, part, int(cell[k][1]), ops
 
 
-def _entry_values(path: str, genotype: dict, alphas: dict, snapshot: dict) -> dict[str, float] | None:
-    """What decides one genotype entry in ``snapshot``: for an op, each non-``none`` op's weight on
-    the edge (by op name); for an input, each input's strength, its best non-``none`` weight."""
-    parsed = _parse_entry(path, genotype, alphas)
-    if parsed is None:
-        return None
+def _entry_values(parsed: tuple[str, int, int, int, list[int]], primitives: list[str], snapshot: dict) -> dict | None:
+    """What decides one genotype entry (:func:`_parse_entry`) in ``snapshot``: for an op, each
+    non-``none`` op's weight on the edge (by op name); for an input, each input's strength, its best
+    non-``none`` weight."""
     kind, k, part, src, ops = parsed
     weights = _node_weights(snapshot, kind, k // 2)
     if src >= len(weights):
         return None
     if part == 0:
-        return {alphas["primitives"][i]: weights[src][i] for i in ops}
+        return {primitives[i]: weights[src][i] for i in ops}
     return {f"input {s}": max(row[i] for i in ops) for s, row in enumerate(weights)}
 
 
@@ -116,10 +114,11 @@ def entry_margin(path: str, genotype: dict | None, alphas: dict | None) -> str |
     ``cell[k][1]``, its input, that edge's strength (its best non-``none`` weight) against the
     strongest input of node k // 2 left out ("input 1 0.412 vs input 2 0.405"). None where the
     entry is not such a path (a width, a fixed output list) or the files do not hold it."""
-    values = _entry_values(path, genotype, alphas, alphas) if alphas else None
+    parsed = _parse_entry(path, genotype, alphas)
+    values = _entry_values(parsed, alphas["primitives"], alphas) if parsed else None
     if not values:
         return None
-    kind, k, part, src, _ = _parse_entry(path, genotype, alphas)
+    kind, k, part, src, _ = parsed
     if part == 0:
         chosen = genotype[kind][k][0]
         other = max((name for name in values if name != chosen), key=values.__getitem__)
@@ -137,11 +136,14 @@ def entry_series(path: str, genotype: dict | None, alphas: dict | None, top: int
     (:func:`entry_margin`), each as a list over epochs: the final choice first (the entry's op,
     or its input), then the edge's other ops, or the node's other inputs, by their final value,
     ``top`` in all. Empty where the files do not hold it."""
+    parsed = _parse_entry(path, genotype, alphas)
     per_epoch = (alphas or {}).get("per_epoch") or []
-    series = [_entry_values(path, genotype, alphas, snapshot) for snapshot in per_epoch]
-    if not series or any(s is None for s in series):
+    if parsed is None or not per_epoch:
         return {}
-    kind, k, part, src, _ = _parse_entry(path, genotype, alphas)
+    series = [_entry_values(parsed, alphas["primitives"], snapshot) for snapshot in per_epoch]
+    if any(s is None for s in series):
+        return {}
+    kind, k, part, src, _ = parsed
     chosen = genotype[kind][k][0] if part == 0 else f"input {src}"
     others = sorted((name for name in series[-1] if name != chosen), key=lambda name: -series[-1][name])
     return {name: [s[name] for s in series] for name in [chosen, *others][:top]}

@@ -521,9 +521,8 @@ def plot_late_entries(rows: list[RunRow], path: str | Path) -> Path:
                     entries[entry] = series
                 if len(entries) == LATE_ENTRIES:
                     break
-            if entries:
-                epochs = len(next(iter(next(iter(entries.values())).values())))
-                panels.append((f"{row.run}, seed {res.seed}", entries, epochs))
+            if entries:  # a series exists only where alphas.json has per_epoch
+                panels.append((f"{row.run}, seed {res.seed}", entries, len(res.alphas["per_epoch"])))
     if not panels:
         return _empty(path, title, "no undecided cell-space search with per-epoch α (alphas.json)")
     panels = panels[:LATE_PANELS]
