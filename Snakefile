@@ -1,4 +1,4 @@
-# rnas pipeline: teacher -> search -> retrain -> evaluate -> report (docs/design.md §2).
+# rnas pipeline: teacher -> search -> retrain -> evaluate (-> alternative) -> report (docs/design.md §2).
 # Every rule calls the same `rnas <stage>` command as dvc.yaml. The params are Snakemake's config,
 # validated before any job starts:
 #   snakemake --cores all                                        # params.yaml (digits, embedded)
@@ -21,6 +21,7 @@ include: "workflow/rules/teacher.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/retrain.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/alternative.smk"
 include: "workflow/rules/report.smk"
 
 

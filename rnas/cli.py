@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("search", "search an architecture for one run and seed"),
     "retrain": ("retrain", "retrain a found architecture adversarially"),
     "evaluate": ("evaluate", "attack a trained model, write eval.json"),
+    "alternative": ("alternative", "retrain and evaluate the cell an undecided search chose before its final one"),
     "certify": ("certify", "certified accuracy at ε (IBP / CROWN bounds) of a trained model"),
     "report": ("report", "compare every run in results/report.md and report.html, with plots"),
     "compare": ("compare", "print the comparison table from the MLflow store"),

@@ -138,6 +138,11 @@ class PipelineConfig(_Section):
         False, description="CUDA only: torch.compile the placed models (ignored with a warning on CPU)"
     )
     results: Str = Field("results", description="root folder of all outputs")
+    alternative_cells: Bool = Field(
+        False,
+        description="for every undecided gradient cell-space search, retrain and evaluate the cell it "
+        "chose before its final one (rnas alternative; the report sets it beside the final cell)",
+    )
     progress: Bool = Field(True, description="show tqdm progress bars")
     teacher_checkpoint: Str = Field(
         "",

@@ -33,7 +33,7 @@ from rnas import paths
 from rnas.config import Params
 from rnas.io import atomic_write_text
 from rnas.pipeline import stage_keys
-from rnas.runs import resolve_run
+from rnas.runs import has_alternative, resolve_run
 
 PACKAGE = Path(__file__).resolve().parent
 METHODS_PACKAGE = "rnas.search.methods"
@@ -56,7 +56,7 @@ DATA_SUFFIXES = frozenset(
     }
 )
 DEFAULT_PARAMS = "params.yaml"
-STAGES = ("teacher", "search", "retrain", "evaluate", "report")
+STAGES = ("teacher", "search", "retrain", "evaluate", "alternative", "report")
 
 # --------------------------------------------------------------------------------------------
 # What each stage writes and reads
@@ -104,6 +104,22 @@ def retrain_inputs(params: Params, run: str, seed: int) -> list[str]:
     return deps
 
 
+def alternative_runs(params: Params) -> list[str]:
+    """Runs whose undecided searches get their alternative cell retrained and evaluated
+    (``pipeline.alternative_cells``; :func:`rnas.runs.has_alternative`)."""
+    if not params.pipeline.alternative_cells:
+        return []
+    return [run for run in params.pipeline.runs if has_alternative(run)]
+
+
+def alternative_inputs(params: Params, run: str, seed: int) -> list[str]:
+    """What ``rnas alternative`` reads: the search's files (its decision, per-epoch α, final cell)
+    and what the run's retraining reads (the teacher and tutors of a distilled run)."""
+    folder = paths.run_dir(params, run, seed)
+    own = [str(folder / name) for name in ("search.json", "alphas.json")]
+    return list(dict.fromkeys([*retrain_inputs(params, run, seed), *own]))
+
+
 def eval_targets(params: Params) -> list[str]:
     out = [str(paths.eval_file(params, paths.TEACHER, 0))]
     for run in params.pipeline.runs:
@@ -115,8 +131,10 @@ def eval_targets(params: Params) -> list[str]:
 def report_inputs(params: Params) -> list[str]:
     """Every file the report reads (rnas.report.collect, claims, decisions): per run and seed
     ``eval.json``, ``flags.json``, ``train.json``; of the search that made its architecture the
-    architecture file, ``search.json`` (own searches only), ``alphas.json`` and the PNGs it drew."""
+    architecture file, ``search.json`` (own searches only), ``alphas.json`` and the PNGs it drew;
+    the ``alternative`` folder of each run and seed that has one (:func:`alternative_runs`)."""
     out: list[str] = []
+    alternatives = set(alternative_runs(params))
     for run, seed in [(paths.TEACHER, 0), *((r, s) for r in params.pipeline.runs for s in params.pipeline.seeds)]:
         out += [
             str(paths.eval_file(params, run, seed)),
@@ -125,6 +143,8 @@ def report_inputs(params: Params) -> list[str]:
         ]
         if run == paths.TEACHER:
             continue
+        if run in alternatives:
+            out.append(str(paths.alternative_dir(params, run, seed)))
         source = paths.arch_source(run)
         read = {paths.arch_file(params, run, seed).name, "alphas.json"}
         for name in SEARCH_FILES[search_kind(source)]:
@@ -434,6 +454,16 @@ def dvc_yaml(params: Params, params_file: str = DEFAULT_PARAMS, root: str | Path
                 "outs": [t.path(paths.model_file(params, run, _SEED)), t.path(paths.train_log(params, run, _SEED))],
             },
         }
+    for run in alternative_runs(params):
+        stages[f"alternative_{run}"] = {
+            "foreach": t.seeds(),
+            "do": {
+                "cmd": t.cmd("alternative", "--run", run, "--seed", "${item}"),
+                "deps": [t.path(p) for p in alternative_inputs(params, run, _SEED)] + t.code("alternative"),
+                "params": t.keys("alternative", run),
+                "outs": [t.path(paths.alternative_dir(params, run, _SEED))],
+            },
+        }
     item = {"seed": "${item.seed}", "run": "${item.run}"}
     stages["evaluate"] = {
         "matrix": {"run": list(params.pipeline.runs), "seed": t.seeds()},
@@ -516,7 +546,14 @@ LOCAL_RATE_WINDOW = (1000, 60.0)
 #: stages in order, the last jobs are evaluations: list scheduling of the measured job times
 #: (200 random tie-breaks of each of two runs) gives a worst case 706 against 730 s and 690
 #: against 709 s, the same median.
-STAGE_PRIORITY: dict[str, int] = {"teacher": 3, "search": 2, "retrain": 1, "evaluate": 0, "report": 0}
+STAGE_PRIORITY: dict[str, int] = {
+    "teacher": 3,
+    "search": 2,
+    "retrain": 1,
+    "evaluate": 0,
+    "alternative": 0,
+    "report": 0,
+}
 
 
 def widen_rate_window(workflow: Any) -> bool:

@@ -83,6 +83,12 @@ def flags_file(params: Params, run: str, seed: int) -> Path:
     return run_dir(params, run, seed) / "flags.json"
 
 
+def alternative_dir(params: Params, run: str, seed: int) -> Path:
+    """``rnas alternative``'s folder: ``summary.json`` always; for an undecided search also the
+    alternative cell's ``genotype.json``, ``model.pt``, ``train.json``, ``eval.json``, ``flags.json``."""
+    return run_dir(params, run, seed) / "alternative"
+
+
 def state_dir(params: Params, run: str, seed: int, stage: str) -> Path:
     rel = run_dir(params, run, seed).relative_to(Path(params.pipeline.results))
     return Path(params.pipeline.results) / ".state" / rel / stage

@@ -44,6 +44,15 @@ def stage_keys(stage: str, run: str | None = None) -> tuple[str, ...]:
         )
     if stage == "evaluate":
         return ("data", "evaluate", *RUNTIME_KEYS)
+    if stage == "alternative":  # retrains and evaluates one more cell of the run's search
+        return tuple(dict.fromkeys((*stage_keys("retrain", run), "evaluate")))
     if stage == "report":
-        return ("pipeline.runs", "pipeline.seeds", "data.dataset", "teacher.family", "evaluate")
+        return (
+            "pipeline.runs",
+            "pipeline.seeds",
+            "pipeline.alternative_cells",
+            "data.dataset",
+            "teacher.family",
+            "evaluate",
+        )
     raise ValueError(f"unknown stage {stage!r}")

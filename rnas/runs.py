@@ -162,3 +162,15 @@ def resolve_run(name: str) -> RunSpec:
         if m:
             return make(m)
     raise KeyError(name)
+
+
+#: Methods whose searches derive their cell from α by DARTS's rule, so an epoch's α gives the cell
+#: it chose then (``rnas alternative``); LRNAS selects greedily under a budget, random has no α.
+ALTERNATIVE_METHODS = frozenset({"darts", "rnas", "dsrna", "rnas_cl"})
+
+
+def has_alternative(name: str) -> bool:
+    """True for a run with a cell-space gradient search of its own (its alternative cell can be
+    retrained): not an ``arch_from`` ablation, not the width space."""
+    spec = resolve_run(name)
+    return spec.method in ALTERNATIVE_METHODS and spec.space == "cell" and spec.arch_from is None

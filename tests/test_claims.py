@@ -43,7 +43,9 @@ def _params(tmp_path, runs, seeds):
     return params_from_dict(p)
 
 
-def _write_run(params, run, seed, clean, robust, certified=None, n_params=1000, search_seconds=None, radius=None):
+def _write_run(
+    params, run, seed, clean, robust, certified=None, n_params=1000, search_seconds=None, radius=None, cpu_seconds=None
+):
     d = paths.run_dir(params, run, seed)
     d.mkdir(parents=True, exist_ok=True)
     flags = {"clean": clean, "robust": robust}
@@ -55,7 +57,8 @@ def _write_run(params, run, seed, clean, robust, certified=None, n_params=1000, 
         json.dumps({"params": n_params, "clean_acc": float(np.mean(clean)), "robust_acc": float(np.mean(robust))})
     )
     if search_seconds is not None:
-        (d / "search.json").write_text(json.dumps({"search_seconds": search_seconds}))
+        cpu = {"search_cpu_seconds": cpu_seconds} if cpu_seconds is not None else {}
+        (d / "search.json").write_text(json.dumps({"search_seconds": search_seconds, **cpu}))
 
 
 def _flags(rng, p):
@@ -148,7 +151,33 @@ def test_budget_and_cost_claims(tmp_path):
     assert budget.verdict == "contradicted" and "1/2 seeds" in budget.detail
     cost = results["the noise search `rnas` costs a fraction of the adversarial one `rnas_adv`"]
     assert cost.effect == pytest.approx(np.exp(np.mean(np.log([10 / 40, 11 / 43]))))
-    assert cost.verdict == "supported"
+    assert cost.verdict == "supported" and cost.detail.startswith("wall-clock time ratio")
+
+
+def test_cost_claim_on_cpu_seconds_where_every_seed_has_them(tmp_path):
+    """The ratio is taken on the searches' CPU seconds when every timed seed of both runs has them
+    (wall clock carries the load of whatever else ran); with one seed lacking them (a file written
+    before the key existed), on wall-clock seconds for all seeds, never a mix."""
+    params = _params(tmp_path, ("darts", "rnas", "rnas_adv"), seeds=(0, 1, 2))
+    ok = np.ones(N, bool)
+    cpu = {"rnas": (10.0, 11.0, 12.0), "rnas_adv": (40.0, 40.0, 41.0)}
+    wall = {"rnas": (30.0, 11.0, 12.0), "rnas_adv": (40.0, 90.0, 41.0)}  # seed 0 and 1 under load
+    for seed in (0, 1, 2):
+        _write_run(params, "darts", seed, ok, ok)
+        for run in ("rnas", "rnas_adv"):
+            _write_run(params, run, seed, ok, ok, search_seconds=wall[run][seed], cpu_seconds=cpu[run][seed])
+    statement = "the noise search `rnas` costs a fraction of the adversarial one `rnas_adv`"
+    cost = {r.statement: r for r in evaluate_claims(params)}[statement]
+    ratios = [a / b for a, b in zip(cpu["rnas"], cpu["rnas_adv"], strict=True)]
+    assert cost.effect == pytest.approx(np.exp(np.mean(np.log(ratios))))
+    assert cost.detail == "CPU time ratio noise/adversarial per seed: 0.25, 0.28, 0.29"
+    lo, hi = cost.ci
+    assert lo < cost.effect < hi < 0.35
+    _write_run(params, "rnas_adv", 1, ok, ok, search_seconds=90.0)  # seed 1 without CPU seconds
+    cost = {r.statement: r for r in evaluate_claims(params)}[statement]
+    ratios = [a / b for a, b in zip(wall["rnas"], wall["rnas_adv"], strict=True)]
+    assert cost.effect == pytest.approx(np.exp(np.mean(np.log(ratios))))
+    assert cost.detail.startswith("wall-clock time ratio")
 
 
 def test_no_results_no_section(tmp_path):

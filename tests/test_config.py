@@ -33,13 +33,15 @@ def test_default_params_file_is_valid():
 
 def test_full_digits_profile_is_params_yaml_with_every_run():
     """configs/digits_full.yaml differs from params.yaml only in pipeline.runs, which holds the
-    default runs, every registered run and a LRNAS budget sweep: so `make run-full` after
-    `make run` reuses every default job and adds the variants and ablations."""
+    default runs, every registered run and a LRNAS budget sweep, and in pipeline.alternative_cells
+    (on): so `make run-full` after `make run` reuses every default job and adds the variants,
+    ablations and alternative cells."""
     from rnas.runs import RUNS
 
     default = yaml.safe_load((ROOT / "params.yaml").read_text())
     full = yaml.safe_load((ROOT / "configs" / "digits_full.yaml").read_text())
     default_runs, full_runs = default["pipeline"].pop("runs"), full["pipeline"].pop("runs")
+    assert (default["pipeline"].pop("alternative_cells"), full["pipeline"].pop("alternative_cells")) == (False, True)
     assert full == default
     assert set(default_runs) < set(full_runs) and set(RUNS) <= set(full_runs)
     assert len([r for r in full_runs if r.startswith("lrnas_")]) >= 2

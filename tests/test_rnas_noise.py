@@ -301,8 +301,17 @@ def test_report_section(tmp_path):
     assert "| rnas | noise | 1 | 30 | 90.0 | 50.0 |" in text
     assert "| rnas_adv | adversarial (PGD) | 1 | 90 | 85.0 | 60.0 |" in text
     assert "3.0× faster" in text and "-10.0 points" in text
+    assert "search CPU s" not in text  # the files predate the CPU seconds
     only_noise = params_from_dict({"pipeline": {"results": str(tmp_path), "runs": ["rnas"]}})
     assert noise_vs_adversarial_markdown(only_noise) == ""
+    # With the CPU seconds of every seed: their column, and the ratio stated on them.
+    for run, seconds, cpu in (("rnas", 30.0, 20.0), ("rnas_adv", 90.0, 80.0)):
+        (tmp_path / "digits" / run / "seed0" / "search.json").write_text(
+            json.dumps({"search_seconds": seconds, "search_cpu_seconds": cpu})
+        )
+    text = noise_vs_adversarial_markdown(params)
+    assert "| rnas | noise | 1 | 30 | 20 | 90.0 | 50.0 |" in text
+    assert "took 0.25× the CPU time of the adversarial one (4.0× faster)" in text
 
 
 def test_frozen_running_stats_keep_the_batch_norm_path_and_restore_the_buffers():

@@ -398,13 +398,23 @@ def test_entry_series_follows_the_entry_over_the_epochs():
     assert entry_series("stage_widths[0]", genotype, alphas) == {}
 
 
+def test_decided_by_joins_the_inputs_of_one_node():
+    from rnas.report.decisions import decided_by
+
+    assert decided_by("normal[2][1]") == decided_by("normal[3][1]") == "normal node 1 inputs"
+    assert decided_by("reduce[4][1]") == "reduce node 2 inputs" != decided_by("normal[4][1]")
+    assert decided_by("normal[2][0]") == "normal[2][0]" != decided_by("normal[3][0]")  # ops: one edge each
+    assert decided_by("stage_widths[0]") == "stage_widths[0]"
+
+
 def test_late_entries_plot_draws_each_undecided_search(tmp_path, monkeypatch):
     from rnas.report.collect import RunRow, SeedResult
     from rnas.report.plots import plot_late_entries
 
     genotype, final = _two_node_cell()
     alphas = {**final, "per_epoch": [{"normal": final["normal"]}] * 8}
-    undecided = {"decided": False, "late_changed": ["normal[0][0]", "normal[2][1]", "normal_concat[0]"]}
+    moved = ["normal[0][0]", "normal[2][1]", "normal_concat[0]", "normal[3][1]"]  # [2][1], [3][1]: node 1's inputs
+    undecided = {"decided": False, "late_changed": moved}
     rows = [
         RunRow("darts", "darts", "", results=[SeedResult(0, {}, undecided, architecture=genotype, alphas=alphas)]),
         RunRow("dsrna_cb", "dsrna", "cb", results=[SeedResult(0, {}, {"decided": True}, architecture=genotype)]),
@@ -421,15 +431,80 @@ def test_late_entries_plot_draws_each_undecided_search(tmp_path, monkeypatch):
     monkeypatch.setattr(plt.Axes, "plot", spy)
     path = plot_late_entries(rows, tmp_path / "late.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # One line per op of the moved edge and per input of the moved node's choice; the output list
-    # has nothing to draw; the decided search gets no panel.
+    # One line per op of the moved edge and per input of the moved node, drawn once for both of
+    # its moved inputs; the output list has nothing to draw; the decided search gets no panel.
     assert drawn == [
         "normal[0][0]: skip_connect",
         "normal[0][0]: sep_conv_3x3",
         "normal[0][0]: max_pool_3x3",
-        "normal[2][1]: input 1",
-        "normal[2][1]: input 2",
-        "normal[2][1]: input 0",
+        "normal[2][1], normal[3][1]: input 1",
+        "normal[2][1], normal[3][1]: input 2",
+        "normal[2][1], normal[3][1]: input 0",
     ]
     drawn.clear()
     assert plot_late_entries(rows[1:], tmp_path / "none.png").is_file() and drawn == []
+
+
+def test_loop_counts_the_search_threads_cpu_time_across_a_resume(tmp_path):
+    """``cpu_seconds`` is CPU time, not wall clock: a step that burns CPU counts, one that waits
+    does not; a resume adds the CPU seconds of the process that wrote the checkpoint, and a
+    checkpoint written before the key existed gives an unknown total (None), not a part."""
+    import time
+
+    import torch
+    from conftest import tiny_params, tiny_splits
+
+    from rnas.checkpoint import ResumeState
+    from rnas.config import params_from_dict
+    from rnas.runs import resolve_run
+    from rnas.search.base import SearchMethod
+    from rnas.search.loop import run_search
+
+    burn, nap = 0.02, 0.03
+
+    class BurnAndWait(SearchMethod):
+        def step(self, batch_w, batch_a, progress):
+            c0 = time.process_time()
+            while time.process_time() - c0 < burn:
+                pass
+            time.sleep(nap)
+            return {}
+
+        def architecture(self):
+            return {"op": "a"}
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    p = tiny_params()
+    p["search"].update(epochs=6, batch_size=8)  # 32 examples: 16 per half, 2 steps an epoch
+    params = params_from_dict(p)
+    splits = tiny_splits(n_train=32)
+    ctx = {"params": params, "run": resolve_run("darts"), "info": splits.info, "device": torch.device("cpu"), "seed": 0}
+    steps = 6 * 2
+    full = run_search(BurnAndWait(), ctx, splits, progress=False)
+    assert full.cpu_seconds >= steps * burn
+    assert full.cpu_seconds < full.seconds - 0.5 * steps * nap  # the waits are wall clock only
+    # Three epochs, then a resume that runs the other three: the total holds both processes' CPU.
+    p["search"]["epochs"] = 3
+    run_search(
+        BurnAndWait(),
+        {**ctx, "params": params_from_dict(p)},
+        splits,
+        resume=ResumeState(tmp_path / "s", "h"),
+        progress=False,
+    )
+    resumed = run_search(BurnAndWait(), ctx, splits, resume=ResumeState(tmp_path / "s", "h"), progress=False)
+    assert resumed.start_epoch == 3 and resumed.cpu_seconds >= steps * burn
+    # A checkpoint of an older version (no "cpu_seconds"): the total is not known.
+    p["search"]["epochs"] = 3
+    old = ResumeState(tmp_path / "old", "h")
+    run_search(BurnAndWait(), {**ctx, "params": params_from_dict(p)}, splits, resume=old, progress=False)
+    state = old.load()
+    del state["cpu_seconds"], state["params_hash"]
+    old.save(state)
+    from_old = run_search(BurnAndWait(), ctx, splits, resume=ResumeState(tmp_path / "old", "h"), progress=False)
+    assert from_old.start_epoch == 3 and from_old.cpu_seconds is None

@@ -39,7 +39,7 @@ from rnas.cli import main
 from rnas.config import load_params
 
 argv = sys.argv[1:]
-if argv[0] not in ("teacher", "search", "retrain", "evaluate", "report"):
+if argv[0] not in ("teacher", "search", "retrain", "evaluate", "alternative", "report"):
     sys.exit(main(argv) if argv[0] == "dvc-yaml" else 0)
 stage, opts = argv[0], dict(zip(argv[1::2], argv[2::2]))
 params = load_params(opts.get("--params", "params.yaml"))
@@ -48,6 +48,7 @@ outs = {{"teacher": lambda: [paths.teacher_model(params), paths.train_log(params
         "search": lambda: dag.search_outputs(params, run, seed),
         "retrain": lambda: [paths.model_file(params, run, seed), paths.train_log(params, run, seed)],
         "evaluate": lambda: [paths.eval_file(params, run, seed), paths.flags_file(params, run, seed)],
+        "alternative": lambda: [paths.alternative_dir(params, run, seed) / "summary.json"],  # its folder
         "report": lambda: dag.report_outputs(params)}}[stage]()
 for out in map(Path, outs):
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -372,6 +373,7 @@ def test_snakemake_plans_the_full_profile_from_its_configfile(tmp_path):
             **{k: v * n for k, v in searches.items()},
             "retrain": len(p.pipeline.runs) * n,
             "evaluate": len(p.pipeline.runs) * n,
+            "alternative": len(dag.alternative_runs(p)) * n,
             "teacher": 1,
             "evaluate_teacher": 1,
             "report": 1,
@@ -380,6 +382,8 @@ def test_snakemake_plans_the_full_profile_from_its_configfile(tmp_path):
     )
     assert _planned(text) == want, text[-3000:]
     assert len(FULL_RUNS) == 14 and want["search_cell_lrnas"] == 3 * n  # lrnas, lrnas_10k, lrnas_15k
+    # the gradient cell searches: darts, rnas, rnas_adv, rnas_cl_cell, the three dsrna variants
+    assert want["alternative"] == 7 * n
 
 
 @pytest.mark.slow
@@ -470,13 +474,16 @@ def test_every_report_item_has_its_own_caption():
 def test_both_runners_plan_the_same_jobs(tmp_path):
     p = _tiny(("darts", "random", "lrnas_10k", "rnas_cl", "rnas_cl_nokd", "rnas_cl_cell"))
     p["pipeline"]["seeds"] = [0, 1]
+    p["pipeline"]["alternative_cells"] = True  # darts and rnas_cl_cell: an alternative job per seed
     _write_params(tmp_path, p)
     snake = _snakemake_jobs(_snakemake(tmp_path, "-n").stdout)
     (tmp_path / "dvc.yaml").write_text(dag.render_dvc_yaml(load_params(tmp_path / "params.yaml"), root=tmp_path))
     _dvc_init(tmp_path)
     names = _dvc(tmp_path, "stage", "list", "--name-only").stdout.split()
     assert _dvc_jobs(names) == snake
-    assert len(snake) == 2 + 5 * 2 + 6 * 2 * 2 + 1  # teacher (+eval), 5 searches, 6 retrain + evaluate, report
+    # teacher (+eval), 5 searches, 6 retrain + evaluate, 2 alternatives, report
+    assert len(snake) == 2 + 5 * 2 + 6 * 2 * 2 + 2 * 2 + 1
+    assert {("alternative", "darts", 1), ("alternative", "rnas_cl_cell", 0)} <= snake
     # a fresh project: dvc status lists every stage, a dry run writes nothing
     status = _changed_stages(_dvc(tmp_path, "status").stdout)
     assert {

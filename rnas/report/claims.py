@@ -122,10 +122,23 @@ def _eval_number(params: Params, run: str, seed: int, key: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def _search_seconds(params: Params, run: str, seed: int) -> float | None:
+def _search_seconds(params: Params, run: str, seed: int, key: str = "search_seconds") -> float | None:
     s = _json(paths.search_log(params, run, seed)) or {}
-    v = s.get("search_seconds")
-    return float(v) if isinstance(v, (int, float)) and v > 0 else None
+    v = s.get(key)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else None
+
+
+def _cost_ratios(params: Params, noise: str, adv: str) -> tuple[str, list[float]]:
+    """Per-seed search-time ratios ``noise / adv`` and what was timed: the searches' CPU seconds
+    (``search_cpu_seconds``) when every seed of both runs has them -- the two runs may have shared
+    the machine with different jobs, which moves wall clock more than CPU time -- else the
+    wall-clock ``search_seconds`` (files written before the CPU time was recorded)."""
+    wall = {s: (_search_seconds(params, noise, s), _search_seconds(params, adv, s)) for s in params.pipeline.seeds}
+    timed = [s for s, (a, b) in wall.items() if a is not None and b is not None]
+    cpu = {s: tuple(_search_seconds(params, r, s, "search_cpu_seconds") for r in (noise, adv)) for s in timed}
+    if timed and all(a is not None and b is not None for a, b in cpu.values()):
+        return "CPU", [cpu[s][0] / cpu[s][1] for s in timed]
+    return "wall-clock", [wall[s][0] / wall[s][1] for s in timed]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,11 +277,7 @@ def _cost_claim(params: Params) -> ClaimResult | None:
     """RNAS: the noise search costs a fraction of the adversarial one (paired t on log seconds)."""
     if "rnas" not in params.pipeline.runs or "rnas_adv" not in params.pipeline.runs:
         return None
-    ratios = []
-    for seed in params.pipeline.seeds:
-        tn, ta = _search_seconds(params, "rnas", seed), _search_seconds(params, "rnas_adv", seed)
-        if tn is not None and ta is not None:
-            ratios.append(tn / ta)
+    what, ratios = _cost_ratios(params, "rnas", "rnas_adv")
     if not ratios:
         return None
     logs = np.log(ratios)
@@ -285,7 +294,7 @@ def _cost_claim(params: Params) -> ClaimResult | None:
         t_crit = t_quantile(0.975, len(logs) - 1)
         res.ci = (math.exp(mean - t_crit * se), math.exp(mean + t_crit * se))
         res.p = min(1.0, 2.0 * t_sf(abs(mean) / se, len(logs) - 1))
-    res.detail = f"time ratio noise/adversarial per seed: {', '.join(f'{r:.2f}' for r in ratios)}"
+    res.detail = f"{what} time ratio noise/adversarial per seed: {', '.join(f'{r:.2f}' for r in ratios)}"
     return res
 
 

@@ -28,6 +28,7 @@ from rnas.config import Params
 from rnas.report.cells import entropy
 from rnas.runs import resolve_run
 from rnas.search.stability import last_quarter_start
+from rnas.space.genotype import num_edges
 
 
 def _json(path):
@@ -72,7 +73,7 @@ def _node_weights(snapshot: dict, kind: str, node: int) -> list[list[float]]:
     """softmax(α) of the edges into ``node`` (one row per input), scaled by PC-DARTS's edge weights
     where the snapshot has them, as :func:`rnas.space.genotype.derive_genotype` sees them."""
     rows, edges = snapshot.get(kind) or [], snapshot.get(f"{kind}_edges")
-    start = sum(i + 2 for i in range(node))
+    start = num_edges(node)  # node's first row
     return [
         [w * (edges[start + src] if edges else 1.0) for w in rows[start + src]]
         for src in range(node + 2)
@@ -129,6 +130,16 @@ def entry_margin(path: str, genotype: dict | None, alphas: dict | None) -> str |
         return None
     best = max(dropped, key=values.__getitem__)
     return f"input {src} {values[f'input {src}']:.3f} vs {best} {values[best]:.3f}"
+
+
+def decided_by(path: str) -> str:
+    """What decides a genotype entry: its edge's ops for an op (``cell[k][0]``: the path itself),
+    node k // 2's input strengths for an input (``cell[k][1]``), which both inputs of one node
+    share ("normal node 1 inputs"). Other paths (widths, output lists) decide themselves."""
+    match = _GENOTYPE_ENTRY.match(path)
+    if not match or match.group(3) == "0":
+        return path
+    return f"{match.group(1)} node {int(match.group(2)) // 2} inputs"
 
 
 def entry_series(path: str, genotype: dict | None, alphas: dict | None, top: int = 3) -> dict[str, list[float]]:
@@ -290,6 +301,15 @@ def decisions_markdown(params: Params) -> str:
             "node's strongest input left out):",
             "",
             *moved,
+            "",
+            "Whether the entry left open matters: "
+            + (
+                "the section *The cell an undecided search left open* retrains and evaluates the cell each "
+                "undecided gradient search chose before its final one."
+                if params.pipeline.alternative_cells
+                else "`pipeline.alternative_cells: true` (on in `configs/digits_full.yaml`) retrains and "
+                "evaluates the cell each undecided gradient search chose before its final one."
+            ),
         ]
         if moved
         else []

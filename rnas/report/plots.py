@@ -501,8 +501,9 @@ def plot_late_entries(rows: list[RunRow], path: str | Path) -> Path:
     contributions figure): for each entry of its genotype that moved in the last quarter (at most
     ``LATE_ENTRIES``), the weights that decide it over the epochs (``alphas.json``'s
     ``per_epoch``; :func:`rnas.report.decisions.entry_series`): the top three ops of the edge, or
-    inputs of the node, one colour per entry, the final choice solid."""
-    from rnas.report.decisions import entry_series
+    inputs of the node, one colour per entry, the final choice solid. Both inputs of one node that
+    moved are one entry (the same strengths decide them, :func:`~rnas.report.decisions.decided_by`)."""
+    from rnas.report.decisions import decided_by, entry_series
 
     path = _prepare(path)
     title = "What undecided searches still moved"
@@ -514,13 +515,16 @@ def plot_late_entries(rows: list[RunRow], path: str | Path) -> Path:
             search = res.search or {}
             if search.get("decided", True) or not search.get("late_changed"):
                 continue
-            entries = {}
+            entries, labels = {}, {}  # what decides -> series; -> the moved paths it decides
             for entry in search["late_changed"]:
+                key = decided_by(entry)
+                if key in labels:  # the node's other input: its lines are drawn already
+                    labels[key].append(entry)
+                    continue
                 series = entry_series(entry, res.architecture, res.alphas)
-                if series:
-                    entries[entry] = series
-                if len(entries) == LATE_ENTRIES:
-                    break
+                if series and len(entries) < LATE_ENTRIES:
+                    entries[key], labels[key] = series, [entry]
+            entries = {", ".join(labels[key]): series for key, series in entries.items()}
             if entries:  # a series exists only where alphas.json has per_epoch
                 panels.append((f"{row.run}, seed {res.seed}", entries, len(res.alphas["per_epoch"])))
     if not panels:

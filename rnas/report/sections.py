@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rnas.config import Params
+from rnas.report.alternatives import alternatives_markdown
 from rnas.report.claims import claims_markdown
 from rnas.report.cost import cost_markdown
 from rnas.report.decisions import decisions_markdown
@@ -20,6 +21,7 @@ from rnas.report.rnas_noise import noise_vs_adversarial_markdown
 SECTIONS: dict[str, Callable[[Params], str]] = {
     "claims": claims_markdown,
     "decisions": decisions_markdown,
+    "alternatives": alternatives_markdown,
     "cost": cost_markdown,
     "rnas_noise": noise_vs_adversarial_markdown,
 }

@@ -32,7 +32,8 @@ MetricsLogger = Callable[[dict[str, float], int], None]
 class SearchResult:
     architecture: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall clock of the search loop (resumed runs: every process's epochs)
+    cpu_seconds: float | None = None  # CPU time of this process's threads in those epochs (None: not known)
     extra_outputs: dict[str, Any] = field(default_factory=dict)
     start_epoch: int = 0  # first epoch this process ran (> 0 after a resume)
     steps_run: int = 0  # method steps this process ran (a resume runs only the remaining epochs)
@@ -76,10 +77,11 @@ def run_search(
     side_decisions: dict[str, list[str]] = {}
     snapshots: list[Any] = []
     elapsed = 0.0
+    cpu: float | None = 0.0
     if not method.uses_search_loop:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         arch = method.architecture()
-        return SearchResult(arch, history, time.perf_counter() - t0, method.extra_outputs())
+        return SearchResult(arch, history, time.perf_counter() - t0, time.process_time() - c0, method.extra_outputs())
 
     gen = torch.Generator().manual_seed(seed)
     start = 0
@@ -88,6 +90,7 @@ def run_search(
         method.load_state_dict(state["method"])
         restore_rng(state, gen)
         history, elapsed, start = state["history"], state["seconds"], state["epoch"] + 1
+        cpu = state.get("cpu_seconds")  # absent in older checkpoints: the total is then not known
         decisions = list(state.get("decisions", []))
         decision_values = list(state.get("decision_values", []))  # absent in older checkpoints
         side_decisions = {k: list(v) for k, v in state.get("side_decisions", {}).items()}
@@ -98,7 +101,7 @@ def run_search(
 
     steps_run = 0
     for epoch in range(start, s.epochs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         method.begin_epoch(epoch)
         batches = zip(
             iterate_batches(half_w, s.batch_size, shuffle=True, generator=gen, drop_last=True),
@@ -132,6 +135,8 @@ def run_search(
             metrics["val_acc"] = accuracy(net, splits.val, 256, device)
         epoch_seconds = time.perf_counter() - t0
         elapsed += epoch_seconds
+        if cpu is not None:
+            cpu += time.process_time() - c0
         metrics["seconds"] = elapsed
         history.append(metrics)
         if resume is not None:  # state first, then the log: a resume re-logs what is missing
@@ -142,6 +147,7 @@ def run_search(
                     **capture_rng(gen),
                     "history": history,
                     "seconds": elapsed,
+                    "cpu_seconds": cpu,
                     "decisions": decisions,
                     "decision_values": decision_values,
                     "side_decisions": side_decisions,
@@ -155,6 +161,7 @@ def run_search(
         method.architecture(),
         history,
         elapsed,
+        cpu,
         method.extra_outputs(),
         start_epoch=start,
         steps_run=steps_run,

@@ -162,4 +162,6 @@ def random_genotype(nodes: int, generator: torch.Generator) -> Genotype:
 
 
 def num_edges(nodes: int) -> int:
+    """Edges of a cell with ``nodes`` intermediate nodes (node i has i + 2 inputs); also the index
+    of node ``nodes``'s first edge, as α's rows are numbered node by node."""
     return sum(i + 2 for i in range(nodes))

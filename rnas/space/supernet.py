@@ -281,7 +281,7 @@ class SearchCell(nn.Module):
         """(nodes, edge indices) of the out-edges of state j (0, 1: the cell inputs; 2 + i: node
         i): j feeds nodes max(0, j − 1) .. nodes − 1, node i's edges numbered from Σ_{k<i} (k + 2)."""
         nodes = list(range(max(0, j - 1), self.nodes))
-        return nodes, [sum(k + 2 for k in range(node)) + j for node in nodes]
+        return nodes, [num_edges(node) + j for node in nodes]
 
     def _worth_grouping(self, h: torch.Tensor) -> bool:
         c = h.shape[1] // self.edges[0].k

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 import torch
 
-from rnas.config import Params, load_params
+from rnas import paths
+from rnas.checkpoint import ResumeState
+from rnas.config import Params, load_params, params_hash
 from rnas.data import Splits, load_splits
 from rnas.io import read_json, write_json  # noqa: F401  (a stage writes its JSON outputs with these)
+from rnas.pipeline import stage_keys
+from rnas.runs import RunSpec
 from rnas.runtime import seed_everything, setup_runtime
 from rnas.stages import add_params_argument
+from rnas.tracking import stage_run
 
 log = logging.getLogger("rnas")
 
@@ -28,6 +34,25 @@ def prepare(args: argparse.Namespace, seed: int) -> tuple[Params, torch.device]:
     device = setup_runtime(pipe.threads, pipe.deterministic, pipe.device, amp=pipe.amp, compile=pipe.compile)
     seed_everything(seed)
     return params, device
+
+
+def run_stage(params: Params, stage: str, spec: RunSpec, seed: int) -> tuple[ResumeState, Any]:
+    """A run's resumable stage: its resume state (under ``.state/``, keyed by the hash of the
+    params keys the stage reads) and the MLflow run around it (a context manager), which a
+    resumed process continues."""
+    keys = stage_keys(stage, spec.name)
+    resume = ResumeState(paths.state_dir(params, spec.name, seed, stage), params_hash(params, keys))
+    tracker = stage_run(
+        params,
+        stage,
+        run=spec.name,
+        method=spec.method,
+        variant=spec.variant,
+        seed=seed,
+        keys=keys,
+        claim_dir=resume.folder,
+    )
+    return resume, tracker
 
 
 def load_data(params: Params, seed: int) -> Splits:

@@ -120,6 +120,55 @@ def log_lineage(tracker, params, run: str, seed: int, test: TensorPair) -> None:
     )
 
 
+def eval_state(params, model_path, x, y, state_folder) -> EvalState:
+    """The per-attack resume state of one evaluation, keyed by the settings, the model file's
+    digest and the examples (cleared by the caller once its files are written)."""
+    key = state_key(settings_from(params), file_digest(model_path), x, y, sanity_from(params))
+    return EvalState(state_folder / "flags.pt", key)
+
+
+def evaluate_model(params, model, x, y, state: EvalState) -> tuple[dict, dict, dict]:
+    """The evaluation protocol on one model (``evaluate.*``): every attack on every example with
+    the sanity checks, then the certified bounds, resumable per attack in ``state``. Returns
+    (metrics with ``eval_seconds``, per-example flags, per-example certified values)."""
+    t0 = time.perf_counter()
+    settings, sanity = settings_from(params), sanity_from(params)
+    metrics, flags = evaluate_with_sanity(
+        model, x, y, settings, sanity, progress=show_progress(params.pipeline.progress), state=state
+    )
+    e = params.evaluate  # per_example: {"certified", "certified_radius"} per example, for flags.json
+    per_example = certify_evaluation(
+        metrics,
+        flags,
+        model,
+        x,
+        y,
+        settings,
+        e.certify_method,
+        e.certify_batch_size,
+        sanity,
+        e.certify_intermediate,
+        e.certify_eps_sweep,
+        e.certify_radius_steps,
+        e.certify_radius_min,
+        e.certify_float64_below,
+    )
+    metrics["eval_seconds"] = time.perf_counter() - t0
+    return metrics, flags, per_example
+
+
+def write_evaluation(metrics: dict, flags: dict, per_example: dict, eval_path, flags_path):
+    """eval.json and flags.json (with the certified flags and radii per example); returns the
+    flags file's path."""
+    flags_out = write_flags(
+        flags_path,
+        {**flags, **{k: v for k, v in per_example.items() if k == "certified"}},
+        {k: v.tolist() for k, v in per_example.items() if k == "certified_radius"},
+    )
+    write_json(eval_path, metrics)
+    return flags_out
+
+
 def run(args: argparse.Namespace) -> int:
     params, device = prepare(args, args.seed)
     if args.run == paths.TEACHER:
@@ -145,40 +194,12 @@ def run(args: argparse.Namespace) -> int:
         claim_dir=state_folder,
     ) as tracker:
         log_lineage(tracker, params, args.run, args.seed, TensorPair(splits.test.x[:n], splits.test.y[:n]))
-        t0 = time.perf_counter()
-        settings, sanity = settings_from(params), sanity_from(params)
-        model_path = paths.model_file(params, args.run, args.seed)
-        state = EvalState(state_folder / "flags.pt", state_key(settings, file_digest(model_path), x, y, sanity))
-        metrics, flags = evaluate_with_sanity(
-            model, x, y, settings, sanity, progress=show_progress(params.pipeline.progress), state=state
-        )
-        e = params.evaluate  # per_example: {"certified", "certified_radius"} per example, for flags.json
-        per_example = certify_evaluation(
-            metrics,
-            flags,
-            model,
-            x,
-            y,
-            settings,
-            e.certify_method,
-            e.certify_batch_size,
-            sanity,
-            e.certify_intermediate,
-            e.certify_eps_sweep,
-            e.certify_radius_steps,
-            e.certify_radius_min,
-            e.certify_float64_below,
-        )
-        metrics["eval_seconds"] = time.perf_counter() - t0
+        state = eval_state(params, paths.model_file(params, args.run, args.seed), x, y, state_folder)
+        metrics, flags, per_example = evaluate_model(params, model, x, y, state)
         metrics["device"] = str(device)
         metrics["device_name"] = device_name(device)
         out = paths.eval_file(params, args.run, args.seed)
-        flags_out = write_flags(
-            paths.flags_file(params, args.run, args.seed),
-            {**flags, **{k: v for k, v in per_example.items() if k == "certified"}},
-            {k: v.tolist() for k, v in per_example.items() if k == "certified_radius"},
-        )
-        write_json(out, metrics)
+        flags_out = write_evaluation(metrics, flags, per_example, out, paths.flags_file(params, args.run, args.seed))
         log_evaluation(tracker, metrics)
         tracker.log_artifact(out)
         tracker.log_artifact(flags_out)

@@ -9,16 +9,13 @@ import argparse
 import time
 
 from rnas import paths
-from rnas.checkpoint import ResumeState, save_model
-from rnas.config import params_hash
-from rnas.pipeline import stage_keys
+from rnas.checkpoint import save_model
 from rnas.runs import resolve_run
 from rnas.runtime import place_model, show_progress
 from rnas.space.genotype import load_genotype
 from rnas.space.network import CellNetwork
 from rnas.space.width import WidthArchitectureError, build_width_network, is_width_file, load_width_architecture
-from rnas.stages.common import add_run_arguments, load_data, log, log_training_data, prepare, write_json
-from rnas.tracking import stage_run
+from rnas.stages.common import add_run_arguments, load_data, log, log_training_data, prepare, run_stage, write_json
 from rnas.training.trainer import Trainer
 
 
@@ -66,45 +63,43 @@ def make_distillation(params, model, arch_path, device, info):
     )
 
 
+def train_architecture(params, spec, arch_path, splits, device, seed: int, resume, log_metrics=None, desc="retrain"):
+    """Build the final network of ``arch_path`` and train it with ``retrain.train`` (and the run's
+    distillation terms): the one recipe of every retraining. Returns (model, fit result, seconds)."""
+    model = build_final_network(params, spec, arch_path, splits.info)
+    model = place_model(model, device, params.pipeline.channels_last)
+    distill = make_distillation(params, model, arch_path, device, splits.info) if spec.distill else None
+    t0 = time.perf_counter()
+    trainer = Trainer(
+        model,
+        params.retrain.train,
+        device,
+        seed=seed,
+        log_metrics=log_metrics,
+        resume=resume,
+        progress=show_progress(params.pipeline.progress),
+        desc=desc,
+        extra_loss=distill,
+    )
+    result = trainer.fit(splits.train, splits.val)
+    if distill is not None:
+        distill.remove()
+    return model, result, time.perf_counter() - t0
+
+
 def run(args: argparse.Namespace) -> int:
     params, device = prepare(args, args.seed)
     spec = resolve_run(args.run)
     splits = load_data(params, args.seed)
-    keys = stage_keys("retrain", args.run)
     arch_path = paths.arch_file(params, spec.arch_from or args.run, args.seed)  # ablations reuse another run's
-    model = build_final_network(params, spec, arch_path, splits.info)
-    model = place_model(model, device, params.pipeline.channels_last)
-    distill = make_distillation(params, model, arch_path, device, splits.info) if spec.distill else None
-    resume = ResumeState(paths.state_dir(params, args.run, args.seed, "retrain"), params_hash(params, keys))
-    with stage_run(
-        params,
-        "retrain",
-        run=args.run,
-        method=spec.method,
-        variant=spec.variant,
-        seed=args.seed,
-        keys=keys,
-        claim_dir=resume.folder,
-    ) as tracker:
+    resume, tracking = run_stage(params, "retrain", spec, args.seed)
+    with tracking as tracker:
         # tags search_run_id: the search that wrote the architecture
         tracker.link_producer("arch_sha256", arch_path, run=spec.arch_from or args.run, seed=str(args.seed))
         log_training_data(tracker, params, splits, args.seed)
-        t0 = time.perf_counter()
-        trainer = Trainer(
-            model,
-            params.retrain.train,
-            device,
-            seed=args.seed,
-            log_metrics=tracker.log_metrics,
-            resume=resume,
-            progress=show_progress(params.pipeline.progress),
-            desc=f"retrain {args.run}",
-            extra_loss=distill,
+        model, result, seconds = train_architecture(
+            params, spec, arch_path, splits, device, args.seed, resume, tracker.log_metrics, f"retrain {args.run}"
         )
-        result = trainer.fit(splits.train, splits.val)
-        if distill is not None:
-            distill.remove()
-        seconds = time.perf_counter() - t0
         out = paths.model_file(params, args.run, args.seed)
         save_model(out, model, model.model_args, {"best_epoch": result.best_epoch})
         write_json(

@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 
 from rnas import paths
-from rnas.checkpoint import ResumeState
-from rnas.config import params_hash, search_for
+from rnas.config import search_for
 from rnas.models.external import load_teacher
-from rnas.pipeline import stage_keys
 from rnas.runs import resolve_run
 from rnas.runtime import show_progress
 from rnas.search.loop import run_search
 from rnas.search.methods import make_method
 from rnas.search.stability import late_changes, stability_summary
-from rnas.stages.common import add_run_arguments, load_data, log, log_training_data, prepare, write_json
-from rnas.tracking import file_digest, stage_run
+from rnas.stages.common import add_run_arguments, load_data, log, log_training_data, prepare, run_stage, write_json
+from rnas.tracking import file_digest
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,23 +27,13 @@ def run(args: argparse.Namespace) -> int:
         log.error("run %s reuses the architecture of run %s and has no search of its own", args.run, spec.arch_from)
         return 2
     splits = load_data(params, args.seed)
-    keys = stage_keys("search", args.run)
     teacher = None
     if spec.needs_teacher:
         teacher = load_teacher(params, splits.info, device)
         for p in teacher.parameters():
             p.requires_grad_(False)
-    resume = ResumeState(paths.state_dir(params, args.run, args.seed, "search"), params_hash(params, keys))
-    with stage_run(
-        params,
-        "search",
-        run=args.run,
-        method=spec.method,
-        variant=spec.variant,
-        seed=args.seed,
-        keys=keys,
-        claim_dir=resume.folder,
-    ) as tracker:
+    resume, tracking = run_stage(params, "search", spec, args.seed)
+    with tracking as tracker:
         log_training_data(tracker, params, splits, args.seed)
         method = make_method(spec.method)
         result = run_search(
@@ -83,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
             stability["side_stability"] = {
                 name: stability_summary(digests, epochs) for name, digests in result.side_decisions.items()
             }
+        # CPU seconds of the search's threads: steadier than wall clock on a shared machine (the cost claim)
+        cpu = {"search_cpu_seconds": result.cpu_seconds} if result.cpu_seconds is not None else {}
         write_json(
             paths.search_log(params, args.run, args.seed),
             {
@@ -91,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
                 "variant": spec.variant,
                 "seed": args.seed,
                 "search_seconds": result.seconds,
+                **cpu,
                 **stability,
                 "decisions": result.decisions,
                 **({"side_decisions": result.side_decisions} if result.side_decisions else {}),
@@ -100,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         tracker.log_metrics(
             {
                 "search_seconds": result.seconds,
+                **cpu,
                 **{k: float(v) for k, v in stability.items() if isinstance(v, int | float)},
                 **late,
                 **{
