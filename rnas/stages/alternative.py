@@ -17,9 +17,10 @@ import argparse
 import shutil
 
 from rnas import paths
-from rnas.checkpoint import save_model
+from rnas.checkpoint import load_model, save_model
 from rnas.io import read_json
 from rnas.runs import has_alternative, resolve_run
+from rnas.runtime import place_model
 from rnas.search.alternative import alternative_cell
 from rnas.space.genotype import save_genotype
 from rnas.stages.common import add_run_arguments, load_data, log, prepare, run_stage, write_json
@@ -81,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
         write_json(
             out / "train.json", {"history": result.history, "best_epoch": result.best_epoch, "seconds": train_seconds}
         )
+        # Evaluated as `rnas evaluate` evaluates a run: the model as loaded from its file, the same examples.
+        model, _ = load_model(model_path, device)
+        model = place_model(model, device, params.pipeline.channels_last)
         test = load_data(params, EVAL_DATA_SEED).test
         n = min(params.evaluate.n_examples, len(test))
         x, y = test.x[:n].to(device), test.y[:n].to(device)
