@@ -4,8 +4,10 @@ For each undecided search whose alternative cell ``rnas alternative`` retrained 
 (``<run>/seed<K>/alternative/``), its accuracies beside the final cell's, paired on the same test
 examples: Δ = alternative − final in points and the exact McNemar p-value on the per-example
 worst-case robust flags. The summary sets the differences beside the seed-to-seed spread of the
-same runs' robust accuracy, which the Claims section's intervals already carry: an entry left
-open that moves results by less than a seed does adds variance, not a bias (docs/methods/darts.md).
+same runs' robust accuracy, which the Claims section's intervals already carry: differences of
+that size and of no consistent sign are variance of the kind the intervals hold; differences
+larger than the seeds', or of one sign over many searches, would bias a comparison
+(docs/methods/darts.md).
 """
 
 from __future__ import annotations
