@@ -11,8 +11,6 @@ protocol (``rnas alternative``), it measures how much the entry left open moves 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from rnas.search.stability import decision_entries
@@ -41,22 +39,12 @@ def alternative_cell(genotype: dict, alphas: dict) -> tuple[int, Genotype, list[
     if not per_epoch or not primitives:
         raise ValueError("alphas.json has no per-epoch α (per_epoch) or no primitives")
     nodes = len(genotype["normal"]) // 2
-    cells = [snapshot_genotype(s, primitives, nodes).to_dict() for s in per_epoch]
-    final = _plain(genotype)
-    if _plain(cells[-1]) != final:
+    cells = [snapshot_genotype(s, primitives, nodes) for s in per_epoch]
+    if cells[-1].to_dict() != genotype:  # to_dict is the file's own JSON form (save_genotype)
         raise ValueError("the last epoch's α does not derive the search's genotype.json")
     for epoch in range(len(cells) - 1, -1, -1):
-        if _plain(cells[epoch]) != final:
-            before, after = decision_entries(final), decision_entries(_plain(cells[epoch]))
+        if cells[epoch].to_dict() != genotype:
+            before, after = decision_entries(genotype), decision_entries(cells[epoch].to_dict())
             moved = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-            return epoch + 1, snapshot_genotype(per_epoch[epoch], primitives, nodes), moved
+            return epoch + 1, cells[epoch], moved
     return None
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists (JSON's view), for comparing a derived cell with a file's."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
