@@ -1,6 +1,7 @@
 """The search-stability measure (rnas.search.stability)."""
 
 from rnas.search.stability import (
+    changed_entries,
     decision_digest,
     decision_entries,
     is_decided,
@@ -79,6 +80,14 @@ def test_late_changes_name_what_moved_in_the_last_quarter():
     # An entry that appears or vanishes (a width list that grew) counts too.
     assert late_changes([{"w": [8]}, {"w": [8, 4]}], 2)["late_changed"] == ["w[1]"]
     assert late_changes([_genotype(0, "x")], 12) == {}
+
+
+def test_changed_entries_in_the_final_order_then_vanished_paths():
+    final = {"normal": [["sep_conv_3x3", 0], ["skip_connect", 1]], "widths": [8]}
+    value = {"normal": [["sep_conv_3x3", 1], ["max_pool_3x3", 1]], "widths": [8, 4]}
+    assert changed_entries(value, final) == ["normal[0][1]", "normal[1][0]", "widths[1]"]
+    assert changed_entries(final, value) == ["normal[0][1]", "normal[1][0]", "widths[1]"]
+    assert changed_entries(final, final) == []
 
 
 def test_late_changes_are_empty_exactly_when_decided():

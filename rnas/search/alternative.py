@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from rnas.search.stability import decision_entries
+from rnas.search.stability import changed_entries
 from rnas.space.genotype import Genotype, derive_genotype
 
 
@@ -44,7 +44,5 @@ def alternative_cell(genotype: dict, alphas: dict) -> tuple[int, Genotype, list[
         raise ValueError("the last epoch's α does not derive the search's genotype.json")
     for epoch in range(len(cells) - 1, -1, -1):
         if cells[epoch].to_dict() != genotype:
-            before, after = decision_entries(genotype), decision_entries(cells[epoch].to_dict())
-            moved = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-            return epoch + 1, cells[epoch], moved
+            return epoch + 1, cells[epoch], changed_entries(cells[epoch].to_dict(), genotype)
     return None

@@ -61,17 +61,21 @@ def late_changes(values: Sequence[Any], epochs: int, fraction: float = 0.25) -> 
     Empty dict when there are fewer than two decisions."""
     if len(values) < 2:
         return {}
-    final = decision_entries(values[-1])
+    final = values[-1]
     first = max(0, last_quarter_start(epochs, fraction) - 1)
-    missing = object()
-    changed: dict[str, None] = {}  # insertion-ordered: the final decision's order, then vanished paths
+    changed: dict[str, None] = {}  # insertion-ordered
     for value in values[first:-1]:
-        entries = decision_entries(value)
-        for path in [*final, *(p for p in entries if p not in final)]:
-            if entries.get(path, missing) != final.get(path, missing):
-                changed[path] = None
-    order = {path: i for i, path in enumerate(final)}
-    return {"late_changed": sorted(changed, key=lambda p: order.get(p, len(order))), "decision_entries": len(final)}
+        changed.update(dict.fromkeys(changed_entries(value, final)))
+    order = {path: i for i, path in enumerate(decision_entries(final))}
+    return {"late_changed": sorted(changed, key=lambda p: order.get(p, len(order))), "decision_entries": len(order)}
+
+
+def changed_entries(value: Any, final: Any) -> list[str]:
+    """The entries (:func:`decision_entries`) where decision ``value`` differs from ``final``: the
+    final decision's paths in its order, then paths only ``value`` has."""
+    a, b = decision_entries(value), decision_entries(final)
+    missing = object()
+    return [p for p in [*b, *(p for p in a if p not in b)] if a.get(p, missing) != b.get(p, missing)]
 
 
 def stable_from(decisions: Sequence[str]) -> int | None:
