@@ -200,3 +200,53 @@ def test_report_section_pairs_each_alternative_with_its_final_cell(tmp_path):
     assert "mean +15.0, mean absolute 15.0, from +15.0 to +15.0 points" in text
     assert f"robust accuracy is {sd:.1f}–{sd:.1f} points" in text
     assert pvalue > 0.05 and "0 of 1 differences significant at 0.05" in text  # 20 vs 14 discordant
+
+
+def _alternatives_with(tmp_path, per_search: dict[int, tuple[int, int]], n: int = 100) -> str:
+    """The section for darts seeds whose final cell gets ``final`` of n examples robust and
+    whose alternative ``alt`` (``per_search``: seed -> (final, alt)), the alternative's robust
+    examples a superset or subset of the final's (no discordant pair the other way)."""
+    import numpy as np
+
+    from rnas.config import params_from_dict
+    from rnas.evaluation.flags import write_flags
+    from rnas.report.alternatives import alternatives_markdown
+
+    p = tiny_params(runs=("darts", "random"))
+    p["pipeline"].update(seeds=sorted(per_search), results=str(tmp_path), alternative_cells=True)
+    params = params_from_dict(p)
+    for seed, (final, alt) in per_search.items():
+        d = paths.run_dir(params, "darts", seed)
+        d.mkdir(parents=True)
+        write_flags(
+            paths.flags_file(params, "darts", seed), {"clean": np.ones(n, bool), "robust": np.arange(n) < final}
+        )
+        (d / "eval.json").write_text(json.dumps({"clean_acc": 1.0, "robust_acc": final / n}))
+        a = paths.alternative_dir(params, "darts", seed)
+        a.mkdir()
+        write_flags(a / "flags.json", {"clean": np.ones(n, bool), "robust": np.arange(n) < alt})
+        summary = {"retrained": True, "epoch": 11, "moved": ["normal[0][0]"], "clean_acc": 1.0, "robust_acc": alt / n}
+        (a / "summary.json").write_text(json.dumps(summary))
+    return alternatives_markdown(params)
+
+
+def test_report_section_tests_the_direction_over_the_searches(tmp_path):
+    from scipy import stats
+
+    # Δ = +6, +4, +8 points: a consistent direction, the t interval by hand (1,000 examples, so
+    # the example-level floor of the standard error, 0.4 points, stays below the seeds' 1.2).
+    d = [6.0, 4.0, 8.0]
+    text = _alternatives_with(tmp_path / "up", {0: (400, 460), 1: (500, 540), 2: (450, 530)}, n=1000)
+    sd, mean = stats.tstd(d), sum(d) / 3
+    half = stats.t.ppf(0.975, 2) * sd / 3**0.5
+    p = 2 * stats.t.sf(mean / (sd / 3**0.5), 2)
+    assert f"mean Δ robust +6.0 points, 95% interval [{mean - half:+.1f}, {mean + half:+.1f}], p {p:.2g}" in text
+    assert "3 alternatives more robust, 0 less, 0 equal" in text
+    assert "**The alternative cells are more robust than the final ones**" in text
+    # Δ = +5, −4, 0: no direction, and the smallest detectable difference is printed.
+    text = _alternatives_with(tmp_path / "mixed", {0: (40, 45), 1: (50, 46), 2: (45, 45)})
+    assert "1 alternatives more robust, 1 less, 1 equal" in text
+    assert "No consistent direction" in text and "could detect:" in text
+    # One search is no replicate set: the per-search table only.
+    text = _alternatives_with(tmp_path / "one", {0: (40, 45)})
+    assert "| darts | 0 | 11 |" in text and "paired t" not in text

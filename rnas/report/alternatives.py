@@ -7,7 +7,10 @@ worst-case robust flags. The summary sets the differences beside the seed-to-see
 same runs' robust accuracy, which the Claims section's intervals already carry: differences of
 that size and of no consistent sign are variance of the kind the intervals hold; differences
 larger than the seeds', or of one sign over many searches, would bias a comparison
-(docs/methods/darts.md).
+(docs/methods/darts.md). Whether they have one sign is tested over the searches, each search a
+replicate as a seed is in the Claims (:func:`rnas.report.stats.compare_paired`: the mean Δ with
+its 95% t interval, the paired t-test's p and the smallest mean difference the searches could
+have detected), beside the count of positive and negative differences.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from rnas import paths
 from rnas.config import Params
 from rnas.evaluation.flags import read_flags
-from rnas.report.stats import mcnemar_exact
+from rnas.report.stats import ALPHA, compare_paired, mcnemar_exact
 from rnas.runs import has_alternative
 
 
@@ -46,9 +49,10 @@ def alternative_rows(params: Params) -> tuple[list[dict], int]:
                 continue
             alt_flags, _ = read_flags(folder / "flags.json")
             final_flags, _ = read_flags(paths.flags_file(params, run, seed))
-            p = None
+            p, pair = None, None
             if "robust" in alt_flags and "robust" in final_flags:
-                p = mcnemar_exact(alt_flags["robust"], final_flags["robust"])[2]
+                pair = (alt_flags["robust"], final_flags["robust"])
+                p = mcnemar_exact(*pair)[2]
             rows.append(
                 {
                     "run": run,
@@ -60,6 +64,7 @@ def alternative_rows(params: Params) -> tuple[list[dict], int]:
                     "d_robust": summary["robust_acc"] - final["robust_acc"],
                     "d_clean": summary["clean_acc"] - final["clean_acc"],
                     "p": p,
+                    "robust_flags": pair,  # (alternative, final) per example, or None
                 }
             )
     return rows, summaries
@@ -115,6 +120,32 @@ def alternatives_markdown(params: Params) -> str:
             f"; the seed-to-seed sd of the same runs' robust accuracy is {100 * min(sds):.1f}–{100 * max(sds):.1f} "
             f"points (median {100 * statistics.median(sds):.1f})"
         )
-    significant = sum(1 for r in rows if r["p"] is not None and r["p"] < 0.05)
+    significant = sum(1 for r in rows if r["p"] is not None and r["p"] < ALPHA)
     text += f". {significant} of {len(rows)} differences significant at 0.05 (McNemar, uncorrected)."
-    return "\n".join([*lines, "", text, ""])
+    return "\n".join([*lines, "", text, "", *_direction(rows), ""])
+
+
+def _direction(rows: list[dict]) -> list[str]:
+    """Whether the alternatives are more (or less) robust than the final cells over the searches:
+    the paired comparison with each search a replicate; [] for fewer than two searches with flags."""
+    pairs = [r["robust_flags"] for r in rows if r["robust_flags"] is not None]
+    sizes = {len(a) for a, _ in pairs} | {len(b) for _, b in pairs}
+    if len(pairs) < 2 or len(sizes) != 1:
+        return []
+    c = compare_paired("robust", [a for a, _ in pairs], [b for _, b in pairs])
+    up = sum(1 for a, b in pairs if a.mean() > b.mean())
+    down = sum(1 for a, b in pairs if a.mean() < b.mean())
+    lo, hi = c.ci
+    head = (
+        f"Over the {c.n_seeds} searches (each a replicate, paired t): mean Δ robust {100 * c.diff:+.1f} points, "
+        f"95% interval [{100 * lo:+.1f}, {100 * hi:+.1f}], p {c.p:.2g}; {up} alternatives more robust, "
+        f"{down} less, {len(pairs) - up - down} equal. "
+    )
+    if c.p < ALPHA:
+        side = "more" if c.diff > 0 else "less"
+        return [
+            head + f"**The alternative cells are {side} robust than the final ones**: an undecided search's "
+            "last-epoch choice is biased in this direction, beyond the seed-to-seed variance of the comparison."
+        ]
+    mde = f" (the smallest mean difference these searches could detect: {100 * c.mde:.1f} points)" if c.mde else ""
+    return [head + "No consistent direction: the choice left open adds variance, not a detected bias" + mde + "."]
