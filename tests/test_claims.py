@@ -207,3 +207,19 @@ def test_teacher_premise_needs_five_points_over_every_student(tmp_path):
     r = {r.statement: r for r in evaluate_claims(params)}[premise]
     assert r.verdict == "supported" and r.effect == pytest.approx(0.06)
     assert "+6.0 pts" in claims_markdown(params)
+
+
+def test_a_detectable_difference_beyond_the_scale_says_so():
+    from rnas.report.claims import ClaimResult, _row
+    from rnas.report.stats import Comparison
+
+    def row(mde: float) -> str:
+        c = Comparison(
+            metric="robust", n_seeds=3, n_examples=359, diff=0.2, ci=(-0.1, 0.5), p=0.07, mde=mde,
+            test="paired t over seeds", per_seed=((0, 50, 10, 0.001),), se=0.07, df=2,
+        )  # fmt: skip
+        return _row(ClaimResult("RNAS-CL", "A beats B", "paired", comparison=c, p_adjusted=1.0, mde=mde))
+
+    # 1.58 in accuracy units: 158 points, more than an accuracy can differ by.
+    assert "could detect ±158.0 pts (more than 100: no accuracy difference is detectable" in row(1.58)
+    assert "could detect ±40.0 pts;" in row(0.40) and "more than 100" not in row(0.40)

@@ -406,6 +406,8 @@ def _row(r: ClaimResult) -> str:
         extra = ""
         if r.verdict == "inconclusive":
             extra = "no example differs" if r.mde is None else f"could detect ±{_pts(r.mde, c.metric)[1:]} {unit}"
+            if r.mde is not None and unit == "pts" and r.mde > 1.0:  # beyond what an accuracy can differ by
+                extra += f" (more than 100: no accuracy difference is detectable at this level with {c.n_seeds} seeds)"
         if r.direction == 0:
             extra = (extra + "; " if extra else "") + f"margin {100 * NONINFERIORITY_MARGIN:.0f} pts"
         mcn = "; ".join(f"s{s}: {ab}/{ba}, p {_p(p)}" for s, ab, ba, p in c.per_seed)
