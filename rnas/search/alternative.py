@@ -40,9 +40,10 @@ def alternative_cell(genotype: dict, alphas: dict) -> tuple[int, Genotype, list[
         raise ValueError("alphas.json has no per-epoch α (per_epoch) or no primitives")
     nodes = len(genotype["normal"]) // 2
     cells = [snapshot_genotype(s, primitives, nodes) for s in per_epoch]
-    if cells[-1].to_dict() != genotype:  # to_dict is the file's own JSON form (save_genotype)
+    files = [c.to_dict() for c in cells]  # each cell in the file's own JSON form (save_genotype)
+    if files[-1] != genotype:
         raise ValueError("the last epoch's α does not derive the search's genotype.json")
     for epoch in range(len(cells) - 1, -1, -1):
-        if cells[epoch].to_dict() != genotype:
-            return epoch + 1, cells[epoch], changed_entries(cells[epoch].to_dict(), genotype)
+        if files[epoch] != genotype:
+            return epoch + 1, cells[epoch], changed_entries(files[epoch], genotype)
     return None
