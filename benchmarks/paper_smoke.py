@@ -538,7 +538,8 @@ def cost_rows(rows: list[Row], value: str = "flops") -> list[dict[str, Any]]:
             spec = resolve_run(run)
             s = params_for_run(params, run).search
             search = 0.0
-            if spec.arch_from is None and resolve_run(run).method != "random":
+            # no search of its own: ablations (arch_from), LRNAS budget runs (select_from), random
+            if spec.arch_from is None and spec.select_from is None and spec.method != "random":
                 row = by_key.get((profile, run, "search"))
                 search = float("nan")
                 if row is not None:

@@ -885,11 +885,16 @@ def _cross_checks(p: Params) -> None:
         except KeyError:
             raise ParamsError(f"pipeline.runs[{i}]: unknown run {run!r}; known runs: {', '.join(RUNS)}") from None
     for i, run in enumerate(p.pipeline.runs):
-        source = resolve_run(run).arch_from
-        if source is not None and source not in p.pipeline.runs:
+        spec = resolve_run(run)
+        if spec.arch_from is not None and spec.arch_from not in p.pipeline.runs:
             raise ParamsError(
-                f"pipeline.runs[{i}]: {run!r} retrains the architecture of {source!r}; "
-                f"list {source!r} in pipeline.runs too"
+                f"pipeline.runs[{i}]: {run!r} retrains the architecture of {spec.arch_from!r}; "
+                f"list {spec.arch_from!r} in pipeline.runs too"
+            )
+        if spec.select_from is not None and spec.select_from not in p.pipeline.runs:
+            raise ParamsError(
+                f"pipeline.runs[{i}]: {run!r} selects its architecture from the search of {spec.select_from!r}; "
+                f"list {spec.select_from!r} in pipeline.runs too"
             )
     if len(set(p.pipeline.runs)) != len(p.pipeline.runs):
         raise ParamsError("pipeline.runs: a run is listed twice")

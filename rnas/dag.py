@@ -90,8 +90,18 @@ def search_outputs(params: Params, run: str, seed: int) -> list[str]:
     return [str(folder / name) for name in SEARCH_FILES[search_kind(run)]]
 
 
-def search_inputs(params: Params, run: str) -> list[str]:
-    return [str(paths.distill_teacher(params))] if resolve_run(run).needs_teacher else []
+#: What a run that shares another run's search (``RunSpec.select_from``) reads of it.
+SHARED_SEARCH_FILES = ("alphas.json", "contributions.json", "search.json", "genotype.json")
+
+
+def search_inputs(params: Params, run: str, seed: int | str) -> list[str]:
+    """The files a run's search reads: the teacher (distilling runs), the shared search's files
+    (``RunSpec.select_from``)."""
+    spec = resolve_run(run)
+    out = [str(paths.distill_teacher(params))] if spec.needs_teacher else []
+    if spec.select_from:
+        out += [str(paths.run_dir(params, spec.select_from, seed) / name) for name in SHARED_SEARCH_FILES]
+    return out
 
 
 def retrain_inputs(params: Params, run: str, seed: int) -> list[str]:
@@ -440,7 +450,7 @@ def dvc_yaml(params: Params, params_file: str = DEFAULT_PARAMS, root: str | Path
                 "foreach": t.seeds(),
                 "do": {
                     "cmd": t.cmd("search", "--run", run, "--seed", "${item}"),
-                    "deps": [t.path(p) for p in search_inputs(params, run)] + t.code("search", run),
+                    "deps": [t.path(p) for p in search_inputs(params, run, _SEED)] + t.code("search", run),
                     "params": t.keys("search", run),
                     "outs": [t.path(p) for p in search_outputs(params, run, _SEED)],
                 },

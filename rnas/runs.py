@@ -23,6 +23,10 @@ class RunSpec:
     arch_from: str | None = None  # ablation: reuse this run's architecture, no search of its own
     distill: bool = False  # retraining adds the method's distillation terms (RNAS-CL)
     search_keys: tuple[str, ...] = field(default=())  # further sections the search reads (LRNAS: final size)
+    # The run's search stage selects its architecture from this run's search (same seed) instead of
+    # searching: an LRNAS budget run, whose λ acts only in the final greedy selection, so the α
+    # trajectory is the same for every budget (rnas.search.methods.lrnas.select_from_search).
+    select_from: str | None = None
 
     @property
     def arch_file(self) -> str:
@@ -126,8 +130,10 @@ for _variant, _keys in _DSRNA_KEYS.items():
 
 # LRNAS: the search reads the final network's size (its parameter budget is counted there).
 # A budget run ``lrnas_<budget>`` (e.g. lrnas_20k, lrnas_2M; parameters, suffix k = 10^3,
-# M = 10^6) reads the same block but takes λ from its name (variant "20k"), so its keys leave
-# out the block's own ``budget``.
+# M = 10^6) takes λ from its name (variant "20k") and selects its architecture under it from
+# the ``lrnas`` run's search of the same seed (λ does not act before the final selection, so a
+# search of its own would repeat that one's α step for step); its keys are the block's without
+# ``budget``, so a change of any of them re-runs the selection as it re-runs the search.
 _LRNAS_SIZE = ("retrain.init_channels", "retrain.layers")
 RUNS["lrnas"] = _spec("lrnas", "lrnas", search_keys=_LRNAS_SIZE)
 _BUDGET = re.compile(r"([1-9][0-9]*)([kM]?)")
@@ -145,7 +151,7 @@ def _lrnas_budget_run(m: re.Match[str]) -> RunSpec:
     from rnas.config import LrnasMethodConfig
 
     keys = tuple(f"search.methods.lrnas.{name}" for name in LrnasMethodConfig.model_fields if name != "budget")
-    return _spec(m[0], "lrnas", variant=m[1], method_keys=keys, search_keys=_LRNAS_SIZE)
+    return _spec(m[0], "lrnas", variant=m[1], method_keys=keys, search_keys=_LRNAS_SIZE, select_from="lrnas")
 
 
 _PATTERNS: list[tuple[re.Pattern[str], callable]] = [

@@ -138,10 +138,11 @@ def test_a_worse_method_is_contradicted(tmp_path):
 
 
 def test_budget_and_cost_claims(tmp_path):
-    params = _params(tmp_path, ("darts", "lrnas_10k", "lrnas_15k", "rnas", "rnas_adv"), seeds=(0, 1))
+    params = _params(tmp_path, ("darts", "lrnas", "lrnas_10k", "lrnas_15k", "rnas", "rnas_adv"), seeds=(0, 1))
     ok = np.ones(N, bool)
     for seed in (0, 1):
         _write_run(params, "darts", seed, ok, ok)
+        _write_run(params, "lrnas", seed, ok, ok, n_params=19000)
         _write_run(params, "lrnas_10k", seed, ok, ok, n_params=9000)
         _write_run(params, "lrnas_15k", seed, ok, ok, n_params=14000 if seed == 0 else 8000)
         _write_run(params, "rnas", seed, ok, ok, search_seconds=10.0 + seed)

@@ -9,6 +9,7 @@ import copy
 import itertools
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -898,3 +899,80 @@ def test_warmup_must_leave_an_estimation_epoch():
     d["search"]["methods"]["lrnas"]["warmup_epochs"] = 5
     d["pipeline"]["runs"] = ["darts"]  # no lrnas run: not checked
     params_from_dict(d)
+
+
+# --------------------------------------------------------------------------------------------
+# A budget run selects from the search of ``lrnas``
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_budget_run_shares_the_lrnas_search():
+    from rnas import dag
+    from rnas.config import ParamsError
+
+    spec = resolve_run("lrnas_15k")
+    assert spec.select_from == "lrnas" and resolve_run("lrnas").select_from is None
+    params = params_from_dict({"pipeline": {"runs": ["lrnas", "lrnas_15k"]}})
+    read = dag.search_inputs(params, "lrnas_15k", 2)
+    assert {f"results/digits/lrnas/seed2/{name}" for name in ("alphas.json", "search.json")} <= set(read)
+    assert dag.search_inputs(params, "lrnas", 2) == []
+    with pytest.raises(ParamsError, match=r"pipeline.runs\[1\]: 'lrnas_15k' selects .* list 'lrnas' in pipeline.runs"):
+        params_from_dict({"pipeline": {"runs": ["darts", "lrnas_15k"]}})
+
+
+@pytest.mark.slow
+def test_a_budget_runs_selection_is_what_a_search_of_its_own_would_decide(tmp_path):
+    """``rnas search --run lrnas_8k`` selects from the ``lrnas`` search's files; a project whose
+    ``lrnas`` searches with λ = 8k itself decides the same after every epoch and at the end."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import tiny_params
+
+    def project(name: str, budget: int) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        p = tiny_params(runs=("lrnas", "lrnas_8k"))
+        p["tracking"]["enabled"] = False
+        p["search"]["epochs"] = 3  # two contribution estimates after a warm-up epoch
+        p["search"]["methods"]["lrnas"].update(warmup_epochs=1, budget=budget)
+        p["retrain"].update(init_channels=8, layers=3)
+        (folder / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+        return folder
+
+    def search(folder: Path, run: str) -> None:
+        env = dict(os.environ, OMP_NUM_THREADS="1", GIT_PYTHON_REFRESH="quiet", RNAS_FORKSERVER="off")
+        cmd = [sys.executable, "-m", "rnas.cli", "search", "--run", run, "--seed", "0"]
+        out = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+
+    def files(folder: Path, run: str) -> dict:
+        d = folder / "results" / "digits" / run / "seed0"
+        return {name: json.loads((d / f"{name}.json").read_text()) for name in ("genotype", "search", "contributions")}
+
+    shared, own = project("shared", 10_000_000), project("own", 8_000)
+    search(shared, "lrnas")
+    search(shared, "lrnas_8k")
+    search(own, "lrnas")
+    big, selected, alone = files(shared, "lrnas"), files(shared, "lrnas_8k"), files(own, "lrnas")
+    assert selected["genotype"] == alone["genotype"]
+    for key in ("decisions", "stable_from_epoch", "decided", "decision_changes", "late_changed"):
+        assert selected["search"][key] == alone["search"][key], key
+
+    def untimed(history: list[dict]) -> list[dict]:
+        return [{k: v for k, v in epoch.items() if "seconds" not in k} for epoch in history]
+
+    assert untimed(selected["search"]["history"]) == untimed(alone["search"]["history"])  # one α trajectory
+    assert selected["search"]["search_shared_with"] == "lrnas"
+    assert selected["search"]["search_seconds"] == big["search"]["search_seconds"]  # the shared search's time
+    drop = ("run", "params_built")
+    assert {k: v for k, v in selected["contributions"].items() if k not in drop} == {
+        k: v for k, v in alone["contributions"].items() if k not in drop
+    }
+    # the budget binds, so the selection is not the search's own: the test compares two decisions
+    assert selected["contributions"]["over_budget"] and not big["contributions"]["over_budget"]
+    assert selected["contributions"]["params"] <= 8_000 < big["contributions"]["params"]
+    assert selected["search"]["decisions"] != big["search"]["decisions"]
+    assert (shared / "results/digits/lrnas_8k/seed0/contributions.png").read_bytes()[:4] == b"\x89PNG"

@@ -40,6 +40,15 @@ def test_cost_rows_are_per_stage_means_and_their_sum():
     assert not d["needs_teacher"] and table["rnas_cl"]["needs_teacher"]
 
 
+def test_a_budget_run_names_the_search_it_shares():
+    rows = [
+        RunRow("lrnas", "lrnas", "default", results=[_seed(0, 40.0, 20.0, 30.0, 0.4)]),
+        RunRow("lrnas_10k", "lrnas", "10k", results=[_seed(0, 40.0, 18.0, 29.0, 0.3)]),
+    ]
+    table = {r["run"]: r for r in cost_rows(rows)}
+    assert table["lrnas"]["search_from"] is None and table["lrnas_10k"]["search_from"] == "lrnas"
+
+
 def test_cost_total_missing_when_a_stage_is_missing():
     row = RunRow("darts", "darts", "default", results=[SeedResult(0, {"eval_seconds": 3.0, "robust_acc": 0.1})])
     (r,) = cost_rows([row])

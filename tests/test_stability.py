@@ -245,19 +245,23 @@ def test_report_section_explains_lrnas_selections(tmp_path):
     from rnas.config import params_from_dict
     from rnas.report.decisions import decisions_markdown
 
-    p = tiny_params(runs=("darts", "lrnas"))
+    p = tiny_params(runs=("darts", "lrnas", "lrnas_10k"))
     p["pipeline"].update(results=str(tmp_path / "results"), seeds=[0])
     p["search"]["epochs"] = 8
     p["search"].setdefault("methods", {}).setdefault("lrnas", {}).update(step_size=0.1, warmup_epochs=4)
     params = params_from_dict(p)
     history = [{}] * 6 + [{"shapley_step_factor": 0.5}, {"shapley_step_factor": 0.25}]
-    for run in ("darts", "lrnas"):
+    for run in ("darts", "lrnas", "lrnas_10k"):
         f = paths.search_log(params, run, 0)
         f.parent.mkdir(parents=True)
         f.write_text(json.dumps({"history": history, **stability_summary(list("aaaaaaab"), 8)}))
-    lrnas = paths.search_log(params, "lrnas", 0).parent / "contributions.json"
-    lrnas.write_text(json.dumps(_lrnas_contributions([1.0, -2.0, 3.0])))
+    for run in ("lrnas", "lrnas_10k"):
+        contributions = paths.search_log(params, run, 0).parent / "contributions.json"
+        contributions.write_text(json.dumps(_lrnas_contributions([1.0, -2.0, 3.0])))
     md = decisions_markdown(params)
+    # the budget run selects from lrnas's search: its figures would repeat lrnas's row
+    assert "| lrnas_10k | 0 | 8/8 |" in md and "| lrnas_10k | 0 |" not in md.split("agreement (r)")[1]
+    assert "lrnas_10k: no search of their own; each selects under its own budget from the search of lrnas" in md
     # search.json files written before the late changes were recorded: the column says "–".
     assert "| darts | 0 | 8/8 | **no** | 1 | – |" in md and "What still moved" not in md
     assert "| run | seed | agreement (r) | order gap (α) | late step (α) |" in md

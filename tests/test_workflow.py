@@ -472,7 +472,7 @@ def test_every_report_item_has_its_own_caption():
 
 @pytest.mark.slow
 def test_both_runners_plan_the_same_jobs(tmp_path):
-    p = _tiny(("darts", "random", "lrnas_10k", "rnas_cl", "rnas_cl_nokd", "rnas_cl_cell"))
+    p = _tiny(("darts", "random", "lrnas", "lrnas_10k", "rnas_cl", "rnas_cl_nokd", "rnas_cl_cell"))
     p["pipeline"]["seeds"] = [0, 1]
     p["pipeline"]["alternative_cells"] = True  # darts and rnas_cl_cell: an alternative job per seed
     _write_params(tmp_path, p)
@@ -481,8 +481,8 @@ def test_both_runners_plan_the_same_jobs(tmp_path):
     _dvc_init(tmp_path)
     names = _dvc(tmp_path, "stage", "list", "--name-only").stdout.split()
     assert _dvc_jobs(names) == snake
-    # teacher (+eval), 5 searches, 6 retrain + evaluate, 2 alternatives, report
-    assert len(snake) == 2 + 5 * 2 + 6 * 2 * 2 + 2 * 2 + 1
+    # teacher (+eval), 6 searches (lrnas_10k's selects from lrnas's), 7 retrain + evaluate, 2 alternatives, report
+    assert len(snake) == 2 + 6 * 2 + 7 * 2 * 2 + 2 * 2 + 1
     assert {("alternative", "darts", 1), ("alternative", "rnas_cl_cell", 0)} <= snake
     # a fresh project: dvc status lists every stage, a dry run writes nothing
     status = _changed_stages(_dvc(tmp_path, "status").stdout)

@@ -5,7 +5,8 @@ Per run, the mean over its seeds of the seconds each stage recorded itself: the 
 ``train.json``) and the evaluation (``eval_seconds`` of ``eval.json``), and their sum. Runs that
 need the robust teacher (RNAS-CL and its ``*_nokd`` ablation's searches) also pay for training
 it once; that shared cost is listed separately rather than added, since one teacher serves
-every seed and run. Times are wall clock of the stage's own work (process start-up and the
+every seed and run. A run that selects from another run's search (an LRNAS budget run) shows
+that search's time, which it shares. Times are wall clock of the stage's own work (process start-up and the
 workflow's scheduling are not included) on the machine that ran the pipeline.
 """
 
@@ -44,6 +45,7 @@ def cost_rows(rows: list[RunRow]) -> list[dict]:
                 **means,
                 "total": sum(known) if len(known) == len(STAGES) else None,
                 "needs_teacher": resolve_run(row.run).needs_teacher,
+                "search_from": resolve_run(row.run).select_from,
             }
         )
     return out
@@ -61,6 +63,14 @@ def cost_markdown(params: Params) -> str:
         "Seconds per stage, mean over seeds (each stage's own wall clock, start-up excluded); "
         "*total* = search + retrain + evaluate. † needs the robust teacher, trained once for all runs "
         "and seeds (below).",
+        *(
+            [
+                "‡ no search of its own: selects its architecture under its own budget from the search "
+                "of the run named, whose time it shows (one search serves them all)."
+            ]
+            if any(r["search_from"] for r in table)
+            else []
+        ),
         "",
         "| run | seeds | search s | retrain s | evaluate s | total s |",
         "|---|---|---|---|---|---|",
@@ -68,9 +78,8 @@ def cost_markdown(params: Params) -> str:
     for r in table:
         cells = [_mean([r[k]] if r[k] is not None else []) for k, _ in STAGES]
         total = f"{r['total']:.0f}" if r["total"] is not None else "–"
-        lines.append(
-            f"| {r['run']}{' †' if r['needs_teacher'] else ''} | {r['seeds']} | {' | '.join(cells)} | {total} |"
-        )
+        marks = (" †" if r["needs_teacher"] else "") + (f" ‡ {r['search_from']}" if r["search_from"] else "")
+        lines.append(f"| {r['run']}{marks} | {r['seeds']} | {' | '.join(cells)} | {total} |")
     teacher = next((row for row in rows if row.reference), None)
     if teacher is not None:
         train, ev = teacher.values("train_seconds"), teacher.values("eval_seconds")

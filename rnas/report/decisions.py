@@ -255,7 +255,7 @@ def decisions_markdown(params: Params) -> str:
             folder = paths.arch_file(params, run, seed).parent
             alphas = _json(folder / "alphas.json")
             contributions = _json(folder / "contributions.json") if spec.method == "lrnas" else None
-            if contributions:
+            if contributions and not spec.select_from:  # a budget run's figures are its search's
                 eta = params.search.methods.lrnas.step_size
                 lrnas_rows.append((run, seed, lrnas_diagnostics(contributions, history, eta, epochs)))
             decided = bool(search.get("decided"))
@@ -272,6 +272,19 @@ def decisions_markdown(params: Params) -> str:
             )
     if not lines:
         return ""
+    shared = {run: resolve_run(run).select_from for run in params.pipeline.runs if resolve_run(run).select_from}
+    shared_note = (
+        [
+            "",
+            ", ".join(f"{run}" for run in shared)
+            + ": no search of their own; each selects under its own budget from the search of "
+            + ", ".join(dict.fromkeys(shared.values()))
+            + " with the same seed, after every epoch as at the end, so its stability is that of its "
+            "selection on that search's α (LRNAS's budget acts in the selection only).",
+        ]
+        if shared
+        else []
+    )
     head = [
         "### Did the searches decide?",
         "",
@@ -288,6 +301,7 @@ def decisions_markdown(params: Params) -> str:
         "",
         f"**{len(lines) - len(undecided)} of {len(lines)} searches decided.**"
         + (f" Undecided: {', '.join(undecided)}." if undecided else ""),
+        *shared_note,
         "",
         "| run | seed | stable from epoch | decided | changes | moved late | H(α) normal | H(α) reduce "
         "| other choices |",

@@ -8,7 +8,9 @@ A method is an object with a small fixed surface (NASLib's optimizer interface):
 - ``end_epoch(epoch)``: per-epoch bookkeeping, returns metrics;
 - ``architecture()``: the discrete result as a JSON-able dict (a genotype, or a width-space
   architecture), written by the search stage;
-- ``state_dict()`` / ``load_state_dict()``: everything that must be checkpointed.
+- ``state_dict()`` / ``load_state_dict()``: everything that must be checkpointed;
+- ``select_from(folder, params, run, info)`` (only where a run has ``RunSpec.select_from``): the
+  architecture of a run that shares another run's search, from that search's files.
 
 :class:`BilevelMethod` is DARTS (Liu et al. 2019): weights w minimize L_train(w, α) with SGD
 (or Adam: ``search.w_optimizer``, :func:`weight_optimizer`), architecture α minimizes L_val(w*(α), α)
@@ -61,6 +63,17 @@ class Progress:
     epoch: int
     step: int
     steps_per_epoch: int
+
+
+@dataclass
+class Selected:
+    """What :meth:`SearchMethod.select_from` gives a run that shares another run's search."""
+
+    architecture: dict[str, Any]
+    decision_values: list[Any]  # per epoch of the shared search, the decision (file form) for this run
+    extra_outputs: dict[str, Any]  # JSON files written beside the architecture ({name: data})
+    source: dict[str, Any]  # the shared search's search.json
+    draw: Callable[[Path], list[Path]] = lambda folder: []  # writes the run's plots into folder
 
 
 class SearchMethod:
@@ -117,6 +130,11 @@ class SearchMethod:
     def extra_outputs(self) -> dict[str, Any]:
         """Further JSON files the search stage writes beside the architecture ({name: data})."""
         return {}
+
+    def select_from(self, folder: Path, params: Params, run: RunSpec, info: DatasetInfo) -> Selected:
+        """The architecture of ``run`` (``RunSpec.select_from``) from the files of the search it
+        shares, in ``folder``; the method is not set up."""
+        raise NotImplementedError(f"{type(self).__name__} has no run that selects from another run's search")
 
     def write_files(self, folder: Path) -> list[Path]:
         """Non-JSON files (e.g. plots) written into ``folder`` beside the architecture; returns them."""

@@ -7,7 +7,7 @@ for kind, files in dag.SEARCH_FILES.items():
         name:
             f"search_{kind}"
         input:
-            teacher=lambda w: dag.search_inputs(P, w.run),
+            read=lambda w: dag.search_inputs(P, w.run, w.seed),
             code=lambda w: dag.code_inputs("search", w.run),
         output:
             [

@@ -31,11 +31,19 @@ weight-sharing supernet lag behind its weights and do not match a subnetwork wit
 switched off (on digits after 3 epochs: 45% clean accuracy with running statistics, 89% with
 batch statistics). The running statistics are restored after each estimate. A run ``lrnas_<budget>``
 takes λ from its name (RunSpec variant, e.g. "20k"); ``lrnas`` uses the block's ``budget``.
+
+λ acts only in step 4, so the search of a budget run would repeat ``lrnas``'s α step for step.
+A budget run therefore does not search: :func:`select_from_search` makes its greedy selection
+under its own λ from the α the ``lrnas`` search of the same seed kept after every epoch
+(``alphas.json``'s ``per_epoch``, which carries α itself beside softmax(α)), the per-epoch
+decisions included, so its architecture and stability are those a search of its own would
+report (``tests/test_lrnas.py``), at no search cost of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,11 +55,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnas.config import LrnasMethodConfig, LrnasValue
+from rnas.config import LrnasMethodConfig, LrnasValue, Params
+from rnas.data import DatasetInfo
 from rnas.evaluation.attacks import frozen_parameters
 from rnas.evaluation.complexity import count_parameters
-from rnas.runs import parse_budget
-from rnas.search.base import Batch, BilevelMethod, Progress, SearchContext, arch_lr_factor
+from rnas.runs import RunSpec, parse_budget
+from rnas.search.base import Batch, BilevelMethod, Progress, SearchContext, Selected, arch_lr_factor
 from rnas.search.shapley import lrnas_values, permutation_marginals, zscore
 from rnas.space.genotype import Edge, Genotype
 from rnas.space.network import CellNetwork, reduction_layers
@@ -434,7 +443,7 @@ class LrnasMethod(BilevelMethod):
                 f"search.methods.lrnas.warmup_epochs ({self.cfg.warmup_epochs}) leaves no epoch of "
                 f"contribution estimation (search.epochs is {s.epochs})"
             )
-        self.budget = self.cfg.budget if ctx.run.variant == "default" else parse_budget(ctx.run.variant)
+        self.budget = run_budget(self.cfg, ctx.run)
         net = self.supernet
         for p in net.arch_parameters():  # α (and PC-DARTS β) get no gradient in LRNAS
             p.requires_grad_(False)
@@ -445,10 +454,7 @@ class LrnasMethod(BilevelMethod):
         self.history: list[dict[str, Any]] = []
         self._batches: list[Batch] = []
         self._selection: Selection | None = None
-        r = ctx.params.retrain
-        self.cost = ParameterCost(
-            r.init_channels, r.layers, ctx.info.num_classes, ctx.info.input_channels, ctx.info.name, s.nodes
-        )
+        self.cost = final_network_cost(ctx.params, ctx.info)
 
     def begin_epoch(self, epoch: int) -> None:
         self._batches = []
@@ -557,16 +563,12 @@ class LrnasMethod(BilevelMethod):
         ]
 
     def contributions(self) -> dict[str, Any]:
-        sel = self.selection()
         r = self.ctx.params.retrain
         return {
             "method": "lrnas",
             "run": self.ctx.run.name,
-            "budget": self.budget,
             "final_network": {"init_channels": r.init_channels, "layers": r.layers},
-            "params": sel.params,
-            "params_built": self.cost.count_built(sel.genotype),
-            "over_budget": sel.over_budget,
+            **selection_fields(self.selection(), self.cost),
             "primitives": list(self.supernet.primitives),
             "players": self.players(),
             "epochs": [h["epoch"] for h in self.history],
@@ -577,30 +579,36 @@ class LrnasMethod(BilevelMethod):
             "full_clean_acc": [h["full_clean_acc"] for h in self.history],
             "full_fgsm_acc": [h["full_fgsm_acc"] for h in self.history],
             "evaluations": [h["evaluations"] for h in self.history],
-            "alpha": {
-                "normal": self.supernet.alpha_normal.detach().cpu().tolist(),
-                "reduce": self.supernet.alpha_reduce.detach().cpu().tolist(),
-            },
-            "selection": sel.steps,
+            "alpha": self.alpha(),
         }
 
     def extra_outputs(self) -> dict[str, Any]:
         return {**super().extra_outputs(), "contributions.json": self.contributions()}
 
-    def write_files(self, folder: Path) -> list[Path]:
-        from rnas.report.contributions import plot_contributions
+    def alpha(self) -> dict[str, list[list[float]]]:
+        """α itself per cell type (the greedy selection ranks it across edges; softmax(α) does not
+        keep that order)."""
+        net = self.supernet
+        return {"normal": net.alpha_normal.detach().cpu().tolist(), "reduce": net.alpha_reduce.detach().cpu().tolist()}
 
-        players = self.players()
-        labels = [f"{p['node']}←{p['input']} {p['op']}" for p in players]
-        path = plot_contributions(
-            [h["value"].tolist() for h in self.history],
-            [h["epoch"] for h in self.history],
-            labels,
-            [p["cell"] for p in players],
-            Path(folder) / "contributions.png",
-            title=f"LRNAS contributions ({self.ctx.run.name}, λ = {self.budget:,} params)",
+    def epoch_snapshot(self) -> dict[str, Any]:
+        """softmax(α), as every cell-space search, and α (``alpha``): a budget run replays each
+        epoch's selection from it (:func:`select_from_search`)."""
+        return {**super().epoch_snapshot(), "alpha": self.alpha()}
+
+    def write_files(self, folder: Path) -> list[Path]:
+        return [draw_contributions(self.contributions(), folder)]
+
+    def select_from(self, folder: Path, params: Params, run: RunSpec, info: DatasetInfo) -> Selected:
+        budget = run_budget(params.search.methods.lrnas, run)
+        shared = select_from_search(folder, run.name, budget, final_network_cost(params, info))
+        return Selected(
+            architecture=shared.selection.genotype.to_dict(),
+            decision_values=shared.decision_values,
+            extra_outputs={"alphas.json": shared.alphas, "contributions.json": shared.contributions},
+            source=shared.search,
+            draw=lambda out: [draw_contributions(shared.contributions, out)],
         )
-        return [path]
 
     # -- checkpoint ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -611,3 +619,86 @@ class LrnasMethod(BilevelMethod):
         self.V = state["lrnas_V"]
         self.history = list(state["lrnas_history"])
         self._selection = None
+
+
+# --------------------------------------------------------------------------------------------
+# A budget run: the selection under its own λ from the search of ``lrnas``
+# --------------------------------------------------------------------------------------------
+
+
+def run_budget(cfg: LrnasMethodConfig, run: RunSpec) -> int:
+    """λ of a run: ``lrnas`` the block's ``budget``, ``lrnas_<budget>`` the one in its name."""
+    return cfg.budget if run.variant == "default" else parse_budget(run.variant)
+
+
+def final_network_cost(params: Params, info: DatasetInfo) -> ParameterCost:
+    """The parameter count of the final network (``retrain.init_channels``, ``retrain.layers``)."""
+    r, nodes = params.retrain, params.search.nodes
+    return ParameterCost(r.init_channels, r.layers, info.num_classes, info.input_channels, info.name, nodes)
+
+
+def selection_fields(sel: Selection, cost: ParameterCost) -> dict[str, Any]:
+    """The fields of ``contributions.json`` that depend on λ."""
+    return {
+        "budget": sel.budget,
+        "params": sel.params,
+        "params_built": cost.count_built(sel.genotype),
+        "over_budget": sel.over_budget,
+        "selection": sel.steps,
+    }
+
+
+def draw_contributions(contributions: dict[str, Any], folder: str | Path) -> Path:
+    """``contributions.png`` of a ``contributions.json`` (:mod:`rnas.report.contributions`)."""
+    from rnas.report.contributions import plot_contributions
+
+    players = contributions["players"]
+    return plot_contributions(
+        contributions["value"],
+        contributions["epochs"],
+        [f"{p['node']}←{p['input']} {p['op']}" for p in players],
+        [p["cell"] for p in players],
+        Path(folder) / "contributions.png",
+        title=f"LRNAS contributions ({contributions['run']}, λ = {contributions['budget']:,} params)",
+    )
+
+
+@dataclass
+class SharedSelection:
+    """A budget run's selection from another run's search (:func:`select_from_search`)."""
+
+    selection: Selection  # under this run's λ, from the search's final α
+    decision_values: list[Any]  # per epoch, the architecture the selection gave then (file form)
+    contributions: dict[str, Any]  # the search's contributions.json with this run's λ and selection
+    alphas: dict[str, Any]  # the search's alphas.json
+    search: dict[str, Any]  # the search's search.json
+
+
+def select_from_search(folder: str | Path, run: str, budget: int, cost: ParameterCost) -> SharedSelection:
+    """The greedy selection under ``budget`` from the LRNAS search whose files are in ``folder``
+    (``alphas.json``, ``contributions.json``, ``search.json``): after every epoch (from the α
+    that epoch left, ``per_epoch[i]["alpha"]``) and at the end. Since λ acts in nothing but this
+    selection, every epoch's decision equals that of a search run with this ``budget``."""
+    folder = Path(folder)
+    files = {name: folder / f"{name}.json" for name in ("alphas", "contributions", "search")}
+    for path in files.values():
+        if not path.is_file():
+            raise FileNotFoundError(f"{run} selects from the LRNAS search in {folder}, which has no {path.name}")
+    alphas, contributions, search = (json.loads(path.read_text()) for path in files.values())
+    per_epoch = alphas.get("per_epoch") or []
+    if not per_epoch or any("alpha" not in snapshot for snapshot in per_epoch) or "alpha" not in alphas:
+        raise ValueError(
+            f"{files['alphas']} has no per-epoch α (written by an older version of the LRNAS search): "
+            "run that search again"
+        )
+    primitives = tuple(alphas["primitives"])
+
+    def select(alpha: dict[str, Any]) -> Selection:
+        a = {k: torch.tensor(alpha[k], dtype=torch.float64) for k in CELL_TYPES}
+        return greedy_select(a["normal"], a["reduce"], cost, budget, primitives)
+
+    # the file form, as the search loop records a decision (tuples become lists)
+    decisions = [json.loads(json.dumps(select(s["alpha"]).genotype.to_dict())) for s in per_epoch]
+    final = select(alphas["alpha"])
+    contributions = {**contributions, "run": run, **selection_fields(final, cost)}
+    return SharedSelection(final, decisions, contributions, alphas, search)
