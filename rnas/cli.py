@@ -107,6 +107,7 @@ USER_ERRORS = (
     ("rnas.space.genotype", "GenotypeError"),
     ("rnas.distill", "DistillationError"),
     ("rnas.training.trainer", "NonFiniteLossError"),
+    ("rnas.search.base", "SharedSearchError"),
 )
 
 

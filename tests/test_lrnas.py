@@ -906,9 +906,11 @@ def test_warmup_must_leave_an_estimation_epoch():
 # --------------------------------------------------------------------------------------------
 
 
-def test_a_budget_run_shares_the_lrnas_search():
+def test_a_budget_run_shares_the_lrnas_search(tmp_path):
     from rnas import dag
     from rnas.config import ParamsError
+    from rnas.search.base import SharedSearchError
+    from rnas.search.methods.lrnas import select_from_search
 
     spec = resolve_run("lrnas_15k")
     assert spec.select_from == "lrnas" and resolve_run("lrnas").select_from is None
@@ -918,6 +920,18 @@ def test_a_budget_run_shares_the_lrnas_search():
     assert dag.search_inputs(params, "lrnas", 2) == []
     with pytest.raises(ParamsError, match=r"pipeline.runs\[1\]: 'lrnas_15k' selects .* list 'lrnas' in pipeline.runs"):
         params_from_dict({"pipeline": {"runs": ["darts", "lrnas_15k"]}})
+    # the shared search not run yet, or run by a version that kept no per-epoch α: what to run
+    folder = tmp_path / "lrnas" / "seed2"
+    folder.mkdir(parents=True)
+    cost = ParameterCost(8, 3, 10, 1, "digits", 4)
+    with pytest.raises(
+        SharedSearchError, match=r"no alphas.json: run that search first \(`rnas search --run lrnas --seed 2`\)"
+    ):
+        select_from_search(folder, "lrnas_15k", 15_000, cost)
+    for name in ("alphas", "contributions", "search"):
+        (folder / f"{name}.json").write_text(json.dumps({"per_epoch": [{"normal": [], "reduce": []}]}))
+    with pytest.raises(SharedSearchError, match="has no per-epoch α"):
+        select_from_search(folder, "lrnas_15k", 15_000, cost)
 
 
 @pytest.mark.slow

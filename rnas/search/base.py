@@ -65,6 +65,11 @@ class Progress:
     steps_per_epoch: int
 
 
+class SharedSearchError(RuntimeError):
+    """The search a run shares (``RunSpec.select_from``) has not written its files, or wrote them
+    in an older form; the message names the folder and the command that writes them."""
+
+
 @dataclass
 class Selected:
     """What :meth:`SearchMethod.select_from` gives a run that shares another run's search."""

@@ -60,7 +60,15 @@ from rnas.data import DatasetInfo
 from rnas.evaluation.attacks import frozen_parameters
 from rnas.evaluation.complexity import count_parameters
 from rnas.runs import RunSpec, parse_budget
-from rnas.search.base import Batch, BilevelMethod, Progress, SearchContext, Selected, arch_lr_factor
+from rnas.search.base import (
+    Batch,
+    BilevelMethod,
+    Progress,
+    SearchContext,
+    Selected,
+    SharedSearchError,
+    arch_lr_factor,
+)
 from rnas.search.shapley import lrnas_values, permutation_marginals, zscore
 from rnas.space.genotype import Edge, Genotype
 from rnas.space.network import CellNetwork, reduction_layers
@@ -678,18 +686,23 @@ def select_from_search(folder: str | Path, run: str, budget: int, cost: Paramete
     """The greedy selection under ``budget`` from the LRNAS search whose files are in ``folder``
     (``alphas.json``, ``contributions.json``, ``search.json``): after every epoch (from the α
     that epoch left, ``per_epoch[i]["alpha"]``) and at the end. Since λ acts in nothing but this
-    selection, every epoch's decision equals that of a search run with this ``budget``."""
+    selection, every epoch's decision equals that of a search run with this ``budget``.
+    :class:`SharedSearchError` when the files are missing or hold no per-epoch α."""
     folder = Path(folder)
+    again = (
+        f"run that search first (`rnas search --run {folder.parent.name} --seed {folder.name.removeprefix('seed')}`)"
+    )
     files = {name: folder / f"{name}.json" for name in ("alphas", "contributions", "search")}
     for path in files.values():
         if not path.is_file():
-            raise FileNotFoundError(f"{run} selects from the LRNAS search in {folder}, which has no {path.name}")
+            raise SharedSearchError(
+                f"{run} selects from the LRNAS search in {folder}, which has no {path.name}: {again}"
+            )
     alphas, contributions, search = (json.loads(path.read_text()) for path in files.values())
     per_epoch = alphas.get("per_epoch") or []
     if not per_epoch or any("alpha" not in snapshot for snapshot in per_epoch) or "alpha" not in alphas:
-        raise ValueError(
-            f"{files['alphas']} has no per-epoch α (written by an older version of the LRNAS search): "
-            "run that search again"
+        raise SharedSearchError(
+            f"{files['alphas']} has no per-epoch α (written by an older version of the LRNAS search): {again}"
         )
     primitives = tuple(alphas["primitives"])
 
