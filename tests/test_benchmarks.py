@@ -539,3 +539,52 @@ def test_ablate_malloc_runs_each_variant_under_its_heap_policy():
     runs = {v: bench._subprocess([*cmd, "--variant", v], args, None, env[v]) for v in ("before", "after")}
     assert runs["before"]["heap_reuse"] is False and runs["after"]["heap_reuse"] is True
     assert runs["before"]["result"] == runs["after"]["result"]  # the allocator changes no value
+
+
+def test_lrnas_budgets_replays_each_seeds_selection_per_budget(tmp_path):
+    """benchmarks/lrnas_budgets.py on two hand-made ``lrnas`` searches of 8 epochs: one whose α
+    stops moving after epoch 2 (every budget's selection decided), one whose last epoch swaps two
+    ops (undecided wherever that edge is chosen, e.g. without a budget); every final network
+    within its budget once λ clears the parameter-free network."""
+    import json
+
+    from benchmarks.lrnas_budgets import budget_table, markdown
+    from rnas import paths
+    from rnas.config import params_from_dict
+    from rnas.space.ops import PRIMITIVES
+
+    params = params_from_dict(
+        {
+            "pipeline": {"runs": ["lrnas"], "seeds": [0, 1], "results": str(tmp_path / "results")},
+            "search": {"epochs": 8, "nodes": 2, "methods": {"lrnas": {"warmup_epochs": 1}}},
+            "retrain": {"init_channels": 4, "layers": 3},
+        }
+    )
+    gen = torch.Generator().manual_seed(0)
+    edges = 2 + 3  # nodes 2: inputs 2 and 3
+    for seed in (0, 1):
+        a = {k: torch.rand(edges, len(PRIMITIVES), generator=gen) for k in ("normal", "reduce")}
+        per_epoch = []
+        for epoch in range(8):
+            if epoch < 2:
+                a = {k: v + torch.rand(v.shape, generator=gen) for k, v in a.items()}
+            if seed == 1 and epoch == 7:  # the last epoch: every edge's best two ops of the normal cell swap
+                top2 = a["normal"].topk(2, dim=1).indices
+                rows = torch.arange(edges)
+                b = a["normal"].clone()
+                b[rows, top2[:, 0]], b[rows, top2[:, 1]] = a["normal"][rows, top2[:, 1]], a["normal"][rows, top2[:, 0]]
+                a = {**a, "normal": b}
+            per_epoch.append({"alpha": {k: v.tolist() for k, v in a.items()}})
+        folder = paths.run_dir(params, "lrnas", seed)
+        folder.mkdir(parents=True)
+        alphas = {"primitives": list(PRIMITIVES), "per_epoch": per_epoch, "alpha": per_epoch[-1]["alpha"]}
+        (folder / "alphas.json").write_text(json.dumps(alphas))
+        (folder / "contributions.json").write_text("{}")
+        (folder / "search.json").write_text("{}")
+    rows = budget_table(params, [1_000, 50_000, 10**9])
+    assert [r["budget"] for r in rows] == [1_000, 50_000, 10**9]
+    assert all(row["seeds"][0]["decided"] and row["seeds"][0]["stable_from_epoch"] == 2 for row in rows)
+    assert not rows[-1]["seeds"][1]["decided"] and rows[-1]["seeds"][1]["stable_from_epoch"] == 8
+    assert all(s["params"] <= 50_000 for s in rows[1]["seeds"])
+    text = markdown(rows, 8)
+    assert "| 1,000,000,000 | 2 * | 8 |" in text and text.rstrip().endswith("pairs decided.")
