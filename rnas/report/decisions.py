@@ -272,11 +272,12 @@ def decisions_markdown(params: Params) -> str:
             )
     if not lines:
         return ""
-    shared = {run: resolve_run(run).select_from for run in params.pipeline.runs if resolve_run(run).select_from}
+    sources = {run: resolve_run(run).select_from for run in params.pipeline.runs}
+    shared = {run: source for run, source in sources.items() if source}
     shared_note = (
         [
             "",
-            ", ".join(f"{run}" for run in shared)
+            ", ".join(shared)
             + ": no search of their own; each selects under its own budget from the search of "
             + ", ".join(dict.fromkeys(shared.values()))
             + " with the same seed, after every epoch as at the end, so its stability is that of its "

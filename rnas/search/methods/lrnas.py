@@ -700,7 +700,7 @@ def select_from_search(folder: str | Path, run: str, budget: int, cost: Paramete
             )
     alphas, contributions, search = (json.loads(path.read_text()) for path in files.values())
     per_epoch = alphas.get("per_epoch") or []
-    if not per_epoch or any("alpha" not in snapshot for snapshot in per_epoch) or "alpha" not in alphas:
+    if not per_epoch or any("alpha" not in snapshot for snapshot in per_epoch):
         raise SharedSearchError(
             f"{files['alphas']} has no per-epoch α (written by an older version of the LRNAS search): {again}"
         )
@@ -710,8 +710,9 @@ def select_from_search(folder: str | Path, run: str, budget: int, cost: Paramete
         a = {k: torch.tensor(alpha[k], dtype=torch.float64) for k in CELL_TYPES}
         return greedy_select(a["normal"], a["reduce"], cost, budget, primitives)
 
+    selections = [select(s["alpha"]) for s in per_epoch]  # the last epoch's α is the final one
     # the file form, as the search loop records a decision (tuples become lists)
-    decisions = [json.loads(json.dumps(select(s["alpha"]).genotype.to_dict())) for s in per_epoch]
-    final = select(alphas["alpha"])
+    decisions = [json.loads(json.dumps(sel.genotype.to_dict())) for sel in selections]
+    final = selections[-1]
     contributions = {**contributions, "run": run, **selection_fields(final, cost)}
     return SharedSelection(final, decisions, contributions, alphas, search)
