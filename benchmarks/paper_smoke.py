@@ -14,7 +14,8 @@ dataset's shape. For each run it times, through the code the pipeline runs:
 * ``search``: one step of the run's method (``method.step`` on a weight and an architecture batch;
   bilevel methods at their first epoch with α moving, LRNAS at its first estimation epoch, RNAS-CL's
   width search with both its weight and its logit update), plus for LRNAS one contribution
-  estimate with a single permutation (``estimate``: the profile's 10 cost 10x);
+  estimate with a single permutation (``estimate``: the profile's 10 cost 10x); none for a budget run
+  (``lrnas_<budget>``), which has no search of its own and selects under its budget from ``lrnas``'s;
 * ``retrain``: one adversarial training step of the final network (``Trainer.train_step``: the
   profile's augmentation, perturbation and, for distillation runs, RNAS-CL's terms with the tutors
   the search step chose);
@@ -302,7 +303,7 @@ class ProfileSmoke:
         net = getattr(method, "supernet", None) or getattr(getattr(method, "impl", None), "supernet", None)
         network = type(net).__name__ if net is not None else "(no network)"
         n_params = _count(net) if net is not None else 0
-        if method.uses_search_loop:
+        if method.uses_search_loop and not spec.select_from:  # a budget run selects from another run's search
             s = params.search
             network += f" C={s.init_channels} L={s.layers} K={s.partial_channels}" if spec.space == "cell" else ""
             epoch = first_full_epoch(params, spec.method)

@@ -262,6 +262,8 @@ def test_report_section_explains_lrnas_selections(tmp_path):
     # the budget run selects from lrnas's search: its figures would repeat lrnas's row
     assert "| lrnas_10k | 0 | 8/8 |" in md and "| lrnas_10k | 0 |" not in md.split("agreement (r)")[1]
     assert "lrnas_10k: no search of their own; each selects under its own budget from the search of lrnas" in md
+    # the headline counts searches proper apart from the selections made from them
+    assert "**0 of 2 searches decided**, and 0 of 1 budget selections made from them." in md
     # search.json files written before the late changes were recorded: the column says "–".
     assert "| darts | 0 | 8/8 | **no** | 1 | – |" in md and "What still moved" not in md
     assert "| run | seed | agreement (r) | order gap (α) | late step (α) |" in md
@@ -521,3 +523,11 @@ def test_loop_counts_the_search_threads_cpu_time_across_a_resume(tmp_path):
     old.save(state)
     from_old = run_search(BurnAndWait(), ctx, splits, resume=ResumeState(tmp_path / "old", "h"), progress=False)
     assert from_old.start_epoch == 3 and from_old.cpu_seconds is None
+
+
+def test_decided_count_keeps_budget_selections_apart_from_searches():
+    from rnas.report.decisions import _decided_count
+
+    # 5 rows: 3 searches (2 decided) and 2 budget selections (1 decided)
+    assert _decided_count(5, 3, 2, 1) == "**2 of 3 searches decided**, and 1 of 2 budget selections made from them."
+    assert _decided_count(3, 2, 0, 0) == "**2 of 3 searches decided.**"

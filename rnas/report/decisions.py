@@ -239,9 +239,22 @@ def _lrnas_markdown(rows: list[tuple[str, int, dict[str, float]]]) -> list[str]:
     ]
 
 
+def _decided_count(rows: int, decided: int, selections: int, selections_decided: int) -> str:
+    """The headline count: searches proper, and apart from them the budget selections made
+    from one of those searches (each its own decision under its own λ, yet not a search)."""
+    searches, searched_decided = rows - selections, decided - selections_decided
+    if not selections:
+        return f"**{searched_decided} of {searches} searches decided.**"
+    return (
+        f"**{searched_decided} of {searches} searches decided**, and {selections_decided} of {selections} "
+        "budget selections made from them."
+    )
+
+
 def decisions_markdown(params: Params) -> str:
     """The section as Markdown, or "" when no search has written its stability yet."""
     lines, undecided, lrnas_rows, moved = [], [], [], []
+    selections = [0, 0]  # budget selections made from another run's search: [made, decided]
     for run in params.pipeline.runs:
         spec = resolve_run(run)
         if spec.arch_from:
@@ -259,6 +272,9 @@ def decisions_markdown(params: Params) -> str:
                 eta = params.search.methods.lrnas.step_size
                 lrnas_rows.append((run, seed, lrnas_diagnostics(contributions, history, eta, epochs)))
             decided = bool(search.get("decided"))
+            if spec.select_from:
+                selections[0] += 1
+                selections[1] += decided
             if not decided:
                 undecided.append(f"{run} (seed {seed})")
                 if search.get("late_changed"):
@@ -300,7 +316,7 @@ def decisions_markdown(params: Params) -> str:
         "beside the network (RNAS-CL's tutor of each student layer, used in retraining), with its own "
         "stable-from epoch; it does not count towards decided.",
         "",
-        f"**{len(lines) - len(undecided)} of {len(lines)} searches decided.**"
+        _decided_count(len(lines), len(lines) - len(undecided), *selections)
         + (f" Undecided: {', '.join(undecided)}." if undecided else ""),
         *shared_note,
         "",
