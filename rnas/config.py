@@ -112,6 +112,17 @@ Schedule = Literal["cosine", "step", "constant"]
 
 DatasetName = Literal["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn"]
 
+#: (classes, input channels) of each dataset: ``rnas.data.DATASETS`` is built from these, and params
+#: validation reads them without importing torch (the LRNAS budget check in :func:`_cross_checks`).
+DATASET_SHAPES: dict[str, tuple[int, int]] = {
+    "digits": (10, 1),
+    "mnist": (10, 1),
+    "fashion_mnist": (10, 1),
+    "cifar10": (10, 3),
+    "cifar100": (100, 3),
+    "svhn": (10, 3),
+}
+
 TeacherFamily = Literal["small_cnn", "preact_resnet18", "wide_resnet"]
 
 
@@ -916,12 +927,46 @@ def _cross_checks(p: Params) -> None:
                 f"{where('partial_channels')}: {s.partial_channels} must divide "
                 f"{where('init_channels')} ({s.init_channels})"
             )
+    _check_lrnas_budgets(p)
     lrnas, lrnas_epochs = p.search.methods.lrnas, search_for(p, "lrnas").epochs
     if lrnas.warmup_epochs >= lrnas_epochs and any(resolve_run(r).method == "lrnas" for r in p.pipeline.runs):
         raise ParamsError(
             f"search.methods.lrnas.warmup_epochs: {lrnas.warmup_epochs} leaves no epoch of "
             f"contribution estimation ({_override_path(p, 'lrnas')('epochs')} is {lrnas_epochs})"
         )
+
+
+def _check_lrnas_budgets(p: Params) -> None:
+    """Every LRNAS run's budget λ must exceed the parameters of the final network with only
+    parameter-free edges (:func:`rnas.space.plan.parameter_floor`): at or below it no parametric
+    op fits, and the "selection under λ" is the parameter-free network whatever the search found."""
+    from rnas.runs import parse_budget, resolve_run
+    from rnas.space.plan import parameter_floor
+
+    runs = [(i, run, resolve_run(run)) for i, run in enumerate(p.pipeline.runs)]
+    runs = [(i, run, spec) for i, run, spec in runs if spec.method == "lrnas"]
+    if not runs:
+        return
+    classes, channels = DATASET_SHAPES[p.data.dataset]
+    r = p.retrain
+    floor = parameter_floor(r.init_channels, r.layers, classes, channels, p.search.nodes)
+    where = (
+        f"{floor:,} parameters, the final network ({p.data.dataset}, retrain.init_channels "
+        f"{r.init_channels}, retrain.layers {r.layers}) with every edge parameter-free"
+    )
+    for i, run, spec in runs:
+        if spec.variant == "default":
+            budget = p.search.methods.lrnas.budget
+            if budget <= floor:
+                raise ParamsError(
+                    f"search.methods.lrnas.budget: {budget:,} leaves no room for a parametric op; it must "
+                    f"exceed {where} (allowed: > {floor:,})"
+                )
+        elif (budget := parse_budget(spec.variant)) <= floor:
+            raise ParamsError(
+                f"pipeline.runs[{i}]: {run!r} has a budget of {budget:,}, which leaves no room for a "
+                f"parametric op; it must exceed {where} (allowed: lrnas_<budget> with budget > {floor:,})"
+            )
 
 
 # --------------------------------------------------------------------------------------

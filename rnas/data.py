@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnas.config import DATASET_SHAPES
+
 __all__ = [
     "DATASETS",
     "DIGITS_TEST_SPLIT_SEED",
@@ -237,15 +239,18 @@ def _read_torchvision(name: str, root: Path, download: bool, train: bool) -> Ten
     return TensorPair(x, y)
 
 
+def _info(name: str, image_size: int, default_epsilon: float, loader: Loader) -> DatasetInfo:
+    classes, channels = DATASET_SHAPES[name]  # rnas.config: params validation reads them without torch
+    return DatasetInfo(name, classes, channels, image_size, default_epsilon, loader)
+
+
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo("digits", 10, 1, 16, 0.1, _load_digits),
-    "mnist": DatasetInfo("mnist", 10, 1, 28, 0.3, _torchvision_loader("mnist", "MNIST/raw")),
-    "fashion_mnist": DatasetInfo(
-        "fashion_mnist", 10, 1, 28, 0.3, _torchvision_loader("fashion_mnist", "FashionMNIST/raw")
-    ),
-    "cifar10": DatasetInfo("cifar10", 10, 3, 32, 8 / 255, _torchvision_loader("cifar10", "cifar-10-batches-py")),
-    "cifar100": DatasetInfo("cifar100", 100, 3, 32, 8 / 255, _torchvision_loader("cifar100", "cifar-100-python")),
-    "svhn": DatasetInfo("svhn", 10, 3, 32, 8 / 255, _torchvision_loader("svhn", "{train,test}_32x32.mat")),
+    "digits": _info("digits", 16, 0.1, _load_digits),
+    "mnist": _info("mnist", 28, 0.3, _torchvision_loader("mnist", "MNIST/raw")),
+    "fashion_mnist": _info("fashion_mnist", 28, 0.3, _torchvision_loader("fashion_mnist", "FashionMNIST/raw")),
+    "cifar10": _info("cifar10", 32, 8 / 255, _torchvision_loader("cifar10", "cifar-10-batches-py")),
+    "cifar100": _info("cifar100", 32, 8 / 255, _torchvision_loader("cifar100", "cifar-100-python")),
+    "svhn": _info("svhn", 32, 8 / 255, _torchvision_loader("svhn", "{train,test}_32x32.mat")),
 }
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from rnas.config import params_from_dict, to_dict
+from rnas.evaluation.complexity import count_parameters
 from rnas.runs import parse_budget, resolve_run
 from rnas.search.methods.lrnas import (
     ParameterCost,
@@ -27,6 +28,7 @@ from rnas.search.methods.lrnas import (
 )
 from rnas.search.shapley import lrnas_values, monte_carlo_shapley, permutation_marginals, sample_marginals, zscore
 from rnas.space.genotype import Genotype, num_edges, random_genotype, validate_genotype
+from rnas.space.network import CellNetwork
 from rnas.space.ops import PRIMITIVES, Zero, is_parameter_free
 from rnas.space.supernet import Supernet
 
@@ -906,6 +908,61 @@ def test_warmup_must_leave_an_estimation_epoch():
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("init_channels", "layers", "classes", "channels", "nodes", "dataset"),
+    [
+        (8, 3, 10, 1, 4, "digits"),
+        (36, 20, 10, 3, 4, "cifar10"),
+        (36, 20, 100, 3, 4, "cifar100"),
+        (12, 5, 10, 3, 3, None),
+    ],
+)
+def test_the_parameter_floor_is_the_built_network_with_only_parameter_free_edges(
+    init_channels, layers, classes, channels, nodes, dataset
+):
+    """``parameter_floor`` (torch-free, read by params validation) is the parameter count of the
+    built final network whose edges are all parameter-free, and no genotype has fewer."""
+    from rnas.space.plan import parameter_floor
+
+    floor = parameter_floor(init_channels, layers, classes, channels, nodes)
+    cost = ParameterCost(init_channels, layers, classes, channels, dataset, nodes)
+    free = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect")  # skip: parameter-free at stride 1 only
+    normal = tuple((free[(2 * k + i) % 4], i) for k in range(nodes) for i in (0, 1))
+    reduce = tuple((free[(k + i) % 3], i) for k in range(nodes) for i in (0, 1))  # no skip on a stride-2 edge
+    concat = tuple(range(2, nodes + 2))
+    built = count_parameters(
+        CellNetwork(Genotype(normal, concat, reduce, concat), init_channels, layers, classes, channels, dataset)
+    )
+    assert floor == built == cost.base()
+    g = torch.Generator().manual_seed(0)
+    a_n, a_r = torch.randn(num_edges(nodes), 8, generator=g), torch.randn(num_edges(nodes), 8, generator=g)
+    assert greedy_select(a_n, a_r, cost, 10**9).params > floor  # a parametric op adds to it
+
+
+def test_a_budget_that_leaves_no_room_for_a_parametric_op_is_refused_before_any_work():
+    """λ at or below the parameter-free network's size: the selection could take no parametric op
+    whatever the search found, so params validation refuses it, naming the key and the floor."""
+    from rnas.config import ParamsError
+
+    # digits' final network (retrain 8 channels, 3 cells): 6,130 parameters with every edge parameter-free
+    digits = {"retrain": {"init_channels": 8, "layers": 3}}
+    with pytest.raises(ParamsError, match=r"pipeline.runs\[1\]: 'lrnas_6k' has a budget of 6,000, .* > 6,130"):
+        params_from_dict({"pipeline": {"runs": ["lrnas", "lrnas_6k"]}, **digits})
+    with pytest.raises(ParamsError, match=r"search.methods.lrnas.budget: 6,130 leaves no room .* \(allowed: > 6,130\)"):
+        params_from_dict(
+            {"pipeline": {"runs": ["lrnas"]}, "search": {"methods": {"lrnas": {"budget": 6130}}}, **digits}
+        )
+    params_from_dict({"pipeline": {"runs": ["lrnas", "lrnas_7k"]}, **digits})
+    # the floor follows the final network's size: 20,954 with 16 channels
+    with pytest.raises(ParamsError, match=r"retrain.init_channels 16, retrain.layers 3\) .* > 20,954"):
+        params_from_dict({"pipeline": {"runs": ["lrnas", "lrnas_20k"]}, "retrain": {"init_channels": 16, "layers": 3}})
+    # the paper-scale default (2.0M at 36 channels, 20 cells) against 1,368,190 on digits' 1 channel
+    params_from_dict({"pipeline": {"runs": ["lrnas"]}})
+    with pytest.raises(ParamsError, match=r"'lrnas_1M' has a budget of 1,000,000, .* > 1,368,190"):
+        params_from_dict({"pipeline": {"runs": ["lrnas", "lrnas_1M"]}})
+    params_from_dict({"pipeline": {"runs": ["darts"]}, "search": {"methods": {"lrnas": {"budget": 1}}}})  # no LRNAS run
+
+
 def test_a_budget_run_shares_the_lrnas_search(tmp_path):
     from rnas import dag
     from rnas.config import ParamsError
@@ -914,7 +971,9 @@ def test_a_budget_run_shares_the_lrnas_search(tmp_path):
 
     spec = resolve_run("lrnas_15k")
     assert spec.select_from == "lrnas" and resolve_run("lrnas").select_from is None
-    params = params_from_dict({"pipeline": {"runs": ["lrnas", "lrnas_15k"]}})
+    params = params_from_dict(
+        {"pipeline": {"runs": ["lrnas", "lrnas_15k"]}, "retrain": {"init_channels": 8, "layers": 3}}
+    )
     read = dag.search_inputs(params, "lrnas_15k", 2)
     assert {f"results/digits/lrnas/seed2/{name}" for name in ("alphas.json", "search.json")} <= set(read)
     assert dag.search_inputs(params, "lrnas", 2) == []

@@ -17,6 +17,7 @@ from torch import nn
 from rnas.models.normalize import Normalize, normalization_for
 from rnas.space.genotype import Genotype, GenotypeError, validate_genotype
 from rnas.space.ops import FactorizedReduce, Identity, ReLUConvBN, SharedReLU, make_op
+from rnas.space.plan import cell_plan
 
 
 def cell_normalization(dataset: str | None, input_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -26,37 +27,12 @@ def cell_normalization(dataset: str | None, input_channels: int) -> tuple[tuple[
     return normalization_for(dataset)
 
 
-def cell_plan(
-    init_channels: int, layers: int, stem_multiplier: int, multiplier: int
-) -> list[tuple[int, int, int, bool, bool]]:
-    """The DARTS macro-architecture shared by the supernet and the final network: per cell
-    ``(C_prev_prev, C_prev, C, reduction, reduction_prev)``; a cell outputs ``multiplier·C``."""
-    c_pp = c_p = stem_multiplier * init_channels
-    c_curr, reduction_prev, plan = init_channels, False, []
-    reductions = reduction_layers(layers)
-    for i in range(layers):
-        reduction = i in reductions
-        if reduction:
-            c_curr *= 2
-        plan.append((c_pp, c_p, c_curr, reduction, reduction_prev))
-        reduction_prev = reduction
-        c_pp, c_p = c_p, multiplier * c_curr
-    return plan
-
-
 def drop_path(x: torch.Tensor, drop_prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
     if drop_prob <= 0.0:
         return x
     keep = 1.0 - drop_prob
     mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep, generator=generator)
     return x / keep * mask
-
-
-def reduction_layers(layers: int) -> tuple[int, ...]:
-    """Indices of the reduction cells (at 1/3 and 2/3 of the depth, as DARTS places them)."""
-    if layers < 3:
-        return (layers // 2,) if layers > 1 else ()
-    return (layers // 3, 2 * layers // 3)
 
 
 class Cell(nn.Module):

@@ -28,7 +28,7 @@ from torch import nn
 from rnas.models.normalize import Normalize
 from rnas.space import grouped
 from rnas.space.genotype import Genotype, derive_genotype, num_edges
-from rnas.space.network import cell_normalization, cell_plan
+from rnas.space.network import cell_normalization
 from rnas.space.ops import (
     PRIMITIVES,
     DepthwiseConv2d,
@@ -39,6 +39,7 @@ from rnas.space.ops import (
     memory_format_of,
     scaled_by_closing_bn,
 )
+from rnas.space.plan import cell_plan
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

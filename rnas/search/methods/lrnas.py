@@ -71,8 +71,9 @@ from rnas.search.base import (
 )
 from rnas.search.shapley import lrnas_values, permutation_marginals, zscore
 from rnas.space.genotype import Edge, Genotype
-from rnas.space.network import CellNetwork, reduction_layers
+from rnas.space.network import CellNetwork
 from rnas.space.ops import PRIMITIVES, is_parameter_free, make_op
+from rnas.space.plan import reduction_layers
 from rnas.space.supernet import Supernet
 
 CELL_TYPES = ("normal", "reduce")
