@@ -591,6 +591,27 @@ def _bounds_workload(variant: str, env: Env, eps: float = EVAL_EPS, dtype: torch
     return Workload(run, images=len(x))
 
 
+def _taps64_workload(variant: str, env: Env) -> Workload:
+    """The certified radius's float64 bound pass (IBP + CROWN-IBP at ε 1e-7, as ``ablate_malloc``)
+    with the depthwise convs as aten's grouped conv ("before") or as one multiply-add per kernel
+    tap (``rnas.bounds.graph.depthwise_taps``, "after")."""
+    from rnas.bounds import graph
+
+    inner = _bounds_workload("fast", env, eps=1e-7, dtype=torch.float64)
+    if variant == "after":
+        return inner
+
+    def run() -> float:
+        keep = graph.float64_depthwise
+        graph.float64_depthwise = lambda *a: False  # aten's conv for every depthwise pass
+        try:
+            return inner.run()
+        finally:
+            graph.float64_depthwise = keep
+
+    return Workload(run, images=inner.images)
+
+
 # -- ablations: one optimization off / on ----------------------------------------------------
 
 
@@ -937,6 +958,16 @@ CASES: dict[str, Case] = {
             quick_config=f"n={CERT_N_QUICK}",
             variants=ABLATION_VARIANTS,
             process_env={"before": {"RNAS_MALLOC": "glibc"}, "after": {"RNAS_MALLOC": "reuse"}},
+        ),
+        Case(
+            "ablate_depthwise_taps64",
+            "ablation",
+            "float64 depthwise convs of the bound graph: aten's grouped conv -> one multiply-add per kernel tap "
+            f"(a certified-radius bound pass: IBP + CROWN-IBP in float64 at eps 1e-7, digits DARTS V2 net, n={CERT_N})",
+            _taps64_workload,
+            quick_config=f"n={CERT_N_QUICK}",
+            variants=ABLATION_VARIANTS,
+            tolerance_examples=1,
         ),
         Case(
             "ablate_amp",

@@ -581,3 +581,48 @@ def test_batch_var_mean_is_var_mean_with_its_gradient(shape):
             vr, mr = torch.var_mean(xr, dim=(0, 2, 3), unbiased=False)
             (want,) = torch.autograd.grad((vr * w1.double() + mr * w2.double()).sum(), xr)
             assert torch.allclose(got.double(), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("k", [(3, 3), (5, 5), (3, 5)])
+@pytest.mark.parametrize(
+    "stride, padding, dilation", [(1, 1, 1), (1, 2, 1), (1, 2, 2), (2, 1, 1), (2, 4, 2), (1, 0, 1), (2, 3, 1)]
+)
+@pytest.mark.parametrize("side", [1, 2, 3, 4, 7, 8])
+def test_float64_depthwise_taps_equal_the_convolution_and_its_adjoint(k, stride, padding, dilation, side):
+    """The bound graph's float64 depthwise conv as one multiply-add per kernel tap (the certified
+    radius's passes): the value of ``F.conv2d`` and, as the adjoint, the vector-Jacobian product,
+    on maps smaller than the kernel too, from both memory formats."""
+    torch.manual_seed(0)
+    c = 6
+    if side + 2 * padding < dilation * (max(k) - 1) + 1:
+        pytest.skip("no output position")
+    w = torch.randn(c, 1, *k, dtype=torch.float64)
+    for x0 in _layouts(torch.randn(3, c, side, side, dtype=torch.float64)):
+        x = x0.clone().requires_grad_(True)
+        want = torch.nn.functional.conv2d(x, w, None, stride, padding, dilation, c)
+        assert not g.float64_depthwise(x, w)  # autograd: the plain conv
+        with torch.no_grad():
+            assert g.float64_depthwise(x, w) and not g.float64_depthwise(x.float(), w.float())
+            got = g.depthwise_taps(x, w, stride, padding, dilation)
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-12, rtol=1e-12)
+        A = torch.randn(3, 2, *want.shape[1:], dtype=torch.float64)
+        with torch.no_grad():
+            adj = g.conv_adjoint(A, w, stride, padding, dilation, c, (side, side))
+        for j in range(A.shape[1]):
+            (vjp,) = torch.autograd.grad(want, x, A[:, j], retain_graph=True)
+            assert torch.allclose(adj[:, j], vjp, atol=1e-12, rtol=1e-12)
+
+
+def test_float64_bounds_are_those_of_the_plain_depthwise_conv(monkeypatch):
+    """The certified margins of a cell network (separable and dilated convs, both cell types) in
+    float64 are the same with the depthwise taps as with aten's conv, to float round-off."""
+    from rnas.evaluation.certify import certified_margins
+
+    model, (x, y) = _model("cell").float(), _data()
+    y = model(x.float()).argmax(1)  # classified correctly: finite margins
+    eps = torch.tensor([1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2], dtype=torch.float64)
+    fast = certified_margins(model, x, y, eps, "linf", "both", 8, "ibp", torch.float64)
+    monkeypatch.setattr(g, "float64_depthwise", lambda *a: False)
+    plain = certified_margins(model, x, y, eps, "linf", "both", 8, "ibp", torch.float64)
+    assert torch.isfinite(plain).all() and (plain > 0).any() and (plain < 0).any()
+    assert torch.allclose(fast, plain, rtol=1e-9, atol=1e-12)

@@ -60,6 +60,66 @@ def cast(t: Tensor | None, like: Tensor) -> Tensor | None:
     return t if t is None or t.dtype == like.dtype else t.to(like.dtype)
 
 
+def _taps(size_in: int, size_out: int, k: int, stride: int, padding: int, dilation: int) -> list[tuple[slice, slice]]:
+    """Per kernel tap i along one axis, the output positions o it reaches and the input positions
+    o·s + i·d − p they read, as (output slice, input slice); taps that read only padding are left out."""
+    taps = []
+    for i in range(k):
+        off = i * dilation - padding
+        first = max(0, -(off // stride))  # the first o with o·s + off >= 0
+        last = min(size_out - 1, (size_in - 1 - off) // stride)
+        if last < first:
+            taps.append((slice(0, 0), slice(0, 0)))
+            continue
+        start = first * stride + off
+        taps.append((slice(first, last + 1), slice(start, start + (last - first) * stride + 1, stride)))
+    return taps
+
+
+def float64_depthwise(t: Tensor, weight: Tensor) -> bool:
+    """Whether :func:`depthwise_taps` takes a depthwise conv (weight (C, 1, kh, kw), groups C):
+    float64 on the CPU, where aten runs such a conv group by group (10-20 ms a call on the
+    certified radius's 513-row stacks, 1.5-20x slower than the taps), and outside autograd."""
+    return (
+        t.dtype == torch.float64
+        and t.device.type == "cpu"
+        and weight.shape[1] == 1
+        and weight.shape[0] == t.shape[1]
+        and not (torch.is_grad_enabled() and (t.requires_grad or weight.requires_grad))
+    )
+
+
+def depthwise_taps(
+    x: Tensor, weight: Tensor, stride, padding, dilation, out_hw: tuple[int, int] | None = None, adjoint: bool = False
+) -> Tensor:
+    """The depthwise conv ``F.conv2d(x, weight, None, stride, padding, dilation, C)`` (weight
+    (C, 1, kh, kw)), or with ``adjoint`` its transpose onto an input of size ``out_hw``
+    (``conv_transpose2d`` with the output padding that gives that size), as one multiply-add
+    per kernel tap over the maps laid out (H, W, N, C), so each tap's slice is a few contiguous
+    blocks of N·C values. The same sums in another order (float round-off)."""
+    stride, padding, dilation = as_pair(stride), as_pair(padding), as_pair(dilation)
+    kh, kw = weight.shape[-2:]
+    h, w = x.shape[-2:]
+    if adjoint:
+        size = out_hw
+        taps = [_taps(size[d], (h, w)[d], (kh, kw)[d], stride[d], padding[d], dilation[d]) for d in range(2)]
+    else:
+        size = tuple(
+            (n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip((h, w), (kh, kw), stride, padding, dilation)
+        )
+        taps = [_taps((h, w)[d], size[d], (kh, kw)[d], stride[d], padding[d], dilation[d]) for d in range(2)]
+    xs = x.permute(2, 3, 0, 1).contiguous()
+    out = xs.new_zeros(*size, *xs.shape[2:])
+    wt = weight[:, 0]
+    for i, (o_h, i_h) in enumerate(taps[0]):
+        for j, (o_w, i_w) in enumerate(taps[1]):
+            if adjoint:  # input position += w · output position
+                out[i_h, i_w].addcmul_(xs[o_h, o_w], wt[:, i, j])
+            else:
+                out[o_h, o_w].addcmul_(xs[i_h, i_w], wt[:, i, j])
+    return out.permute(2, 3, 0, 1)
+
+
 def conv_adjoint(A: Tensor, weight: Tensor, stride, padding, dilation, groups: int, in_hw: tuple[int, int]) -> Tensor:
     """Aᵀ through a (bias-free) 2-D convolution: (B, S, C_out, H', W') -> (B, S, C_in, H, W).
 
@@ -74,6 +134,9 @@ def conv_adjoint(A: Tensor, weight: Tensor, stride, padding, dilation, groups: i
     (channels-last is 2x slower there) and at stride 2 in ``conv_transpose2d``."""
     b, s = A.shape[:2]
     a = A.reshape(b * s, *A.shape[2:])
+    if groups > 1 and groups == a.shape[1] and float64_depthwise(a, weight):
+        r = depthwise_taps(a, weight, stride, padding, dilation, in_hw, adjoint=True)
+        return r.reshape(b, s, *r.shape[1:])
     stride, padding, dilation = as_pair(stride), as_pair(padding), as_pair(dilation)
     k = weight.shape[-2:]
     out_pad = [
@@ -276,6 +339,9 @@ class Conv(LinearOp):
     def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         m = self.m
         kind = _conv_kind(m, weight, x.shape[1])
+        if m.groups > 1 and m.groups == x.shape[1] and float64_depthwise(x, weight):
+            y = depthwise_taps(x, weight, m.stride, m.padding, m.dilation)
+            return y if bias is None else y + bias.view(-1, 1, 1)
         if kind == "depthwise":
             return depthwise(x, weight, as_pair(m.stride)[0], as_pair(m.dilation)[0], bias, own_backward=False)
         if kind == "pointwise":
