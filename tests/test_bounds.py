@@ -583,19 +583,25 @@ def test_batch_var_mean_is_var_mean_with_its_gradient(shape):
             assert torch.allclose(got.double(), want, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("k", [(3, 3), (5, 5), (3, 5)])
-@pytest.mark.parametrize(
-    "stride, padding, dilation", [(1, 1, 1), (1, 2, 1), (1, 2, 2), (2, 1, 1), (2, 4, 2), (1, 0, 1), (2, 3, 1)]
-)
-@pytest.mark.parametrize("side", [1, 2, 3, 4, 7, 8])
+def _taps_cases() -> list[tuple]:
+    """Kernel, (stride, padding, dilation) and map side, where the conv has an output position."""
+    geometries = [(1, 1, 1), (1, 2, 1), (1, 2, 2), (2, 1, 1), (2, 4, 2), (1, 0, 1), (2, 3, 1)]
+    return [
+        (k, *geo, side)
+        for k in [(3, 3), (5, 5), (3, 5)]
+        for geo in geometries
+        for side in [1, 2, 3, 4, 7, 8]
+        if side + 2 * geo[1] >= geo[2] * (max(k) - 1) + 1
+    ]
+
+
+@pytest.mark.parametrize("k, stride, padding, dilation, side", _taps_cases())
 def test_float64_depthwise_taps_equal_the_convolution_and_its_adjoint(k, stride, padding, dilation, side):
     """The bound graph's float64 depthwise conv as one multiply-add per kernel tap (the certified
     radius's passes): the value of ``F.conv2d`` and, as the adjoint, the vector-Jacobian product,
     on maps smaller than the kernel too, from both memory formats."""
     torch.manual_seed(0)
     c = 6
-    if side + 2 * padding < dilation * (max(k) - 1) + 1:
-        pytest.skip("no output position")
     w = torch.randn(c, 1, *k, dtype=torch.float64)
     for x0 in _layouts(torch.randn(3, c, side, side, dtype=torch.float64)):
         x = x0.clone().requires_grad_(True)
