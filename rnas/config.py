@@ -940,7 +940,7 @@ def _check_lrnas_budgets(p: Params) -> None:
     """Every LRNAS run's budget λ must exceed the parameters of the final network with only
     parameter-free edges (:func:`rnas.space.plan.parameter_floor`): at or below it no parametric
     op fits, and the "selection under λ" is the parameter-free network whatever the search found."""
-    from rnas.runs import parse_budget, resolve_run
+    from rnas.runs import resolve_run, run_budget
     from rnas.space.plan import parameter_floor
 
     runs = [(i, run, resolve_run(run)) for i, run in enumerate(p.pipeline.runs)]
@@ -955,18 +955,18 @@ def _check_lrnas_budgets(p: Params) -> None:
         f"{r.init_channels}, retrain.layers {r.layers}) with every edge parameter-free"
     )
     for i, run, spec in runs:
+        budget = run_budget(p.search.methods.lrnas, spec)
+        if budget > floor:
+            continue
         if spec.variant == "default":
-            budget = p.search.methods.lrnas.budget
-            if budget <= floor:
-                raise ParamsError(
-                    f"search.methods.lrnas.budget: {budget:,} leaves no room for a parametric op; it must "
-                    f"exceed {where} (allowed: > {floor:,})"
-                )
-        elif (budget := parse_budget(spec.variant)) <= floor:
             raise ParamsError(
-                f"pipeline.runs[{i}]: {run!r} has a budget of {budget:,}, which leaves no room for a "
-                f"parametric op; it must exceed {where} (allowed: lrnas_<budget> with budget > {floor:,})"
+                f"search.methods.lrnas.budget: {budget:,} leaves no room for a parametric op; it must "
+                f"exceed {where} (allowed: > {floor:,})"
             )
+        raise ParamsError(
+            f"pipeline.runs[{i}]: {run!r} has a budget of {budget:,}, which leaves no room for a "
+            f"parametric op; it must exceed {where} (allowed: lrnas_<budget> with budget > {floor:,})"
+        )
 
 
 # --------------------------------------------------------------------------------------

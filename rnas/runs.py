@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rnas.config import LrnasMethodConfig
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,11 @@ def parse_budget(text: str) -> int:
     if m is None:
         raise ValueError(f"not a parameter budget: {text!r} (expected e.g. 20k, 2M or 1500)")
     return int(m[1]) * {"": 1, "k": 1_000, "M": 1_000_000}[m[2]]
+
+
+def run_budget(cfg: LrnasMethodConfig, run: RunSpec) -> int:
+    """λ of an LRNAS run: ``lrnas`` the block's ``budget``, ``lrnas_<budget>`` the one in its name."""
+    return cfg.budget if run.variant == "default" else parse_budget(run.variant)
 
 
 def _lrnas_budget_run(m: re.Match[str]) -> RunSpec:

@@ -606,9 +606,9 @@ def test_float64_depthwise_taps_equal_the_convolution_and_its_adjoint(k, stride,
     for x0 in _layouts(torch.randn(3, c, side, side, dtype=torch.float64)):
         x = x0.clone().requires_grad_(True)
         want = torch.nn.functional.conv2d(x, w, None, stride, padding, dilation, c)
-        assert not g.float64_depthwise(x, w)  # autograd: the plain conv
+        assert not g.float64_depthwise(x, w, c)  # autograd: the plain conv
         with torch.no_grad():
-            assert g.float64_depthwise(x, w) and not g.float64_depthwise(x.float(), w.float())
+            assert g.float64_depthwise(x, w, c) and not g.float64_depthwise(x.float(), w.float(), c)
             got = g.depthwise_taps(x, w, stride, padding, dilation)
         assert got.shape == want.shape and torch.allclose(got, want, atol=1e-12, rtol=1e-12)
         A = torch.randn(3, 2, *want.shape[1:], dtype=torch.float64)

@@ -76,15 +76,16 @@ def _taps(size_in: int, size_out: int, k: int, stride: int, padding: int, dilati
     return taps
 
 
-def float64_depthwise(t: Tensor, weight: Tensor) -> bool:
-    """Whether :func:`depthwise_taps` takes a depthwise conv (weight (C, 1, kh, kw), groups C):
-    float64 on the CPU, where aten runs such a conv group by group (10-20 ms a call on the
+def float64_depthwise(t: Tensor, weight: Tensor, groups: int) -> bool:
+    """Whether :func:`depthwise_taps` takes the conv of ``weight`` over ``t`` (or, for the adjoint,
+    over the coefficients ``t``): depthwise (weight (C, 1, kh, kw), groups C > 1, C channels in
+    ``t``), float64 on the CPU, where aten runs such a conv group by group (10-30 ms a call on the
     certified radius's 513-row stacks, 1.5-20x slower than the taps), and outside autograd."""
     return (
         t.dtype == torch.float64
         and t.device.type == "cpu"
+        and 1 < groups == t.shape[1] == weight.shape[0]
         and weight.shape[1] == 1
-        and weight.shape[0] == t.shape[1]
         and not (torch.is_grad_enabled() and (t.requires_grad or weight.requires_grad))
     )
 
@@ -134,7 +135,7 @@ def conv_adjoint(A: Tensor, weight: Tensor, stride, padding, dilation, groups: i
     (channels-last is 2x slower there) and at stride 2 in ``conv_transpose2d``."""
     b, s = A.shape[:2]
     a = A.reshape(b * s, *A.shape[2:])
-    if groups > 1 and groups == a.shape[1] and float64_depthwise(a, weight):
+    if float64_depthwise(a, weight, groups):
         r = depthwise_taps(a, weight, stride, padding, dilation, in_hw, adjoint=True)
         return r.reshape(b, s, *r.shape[1:])
     stride, padding, dilation = as_pair(stride), as_pair(padding), as_pair(dilation)
@@ -339,7 +340,7 @@ class Conv(LinearOp):
     def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         m = self.m
         kind = _conv_kind(m, weight, x.shape[1])
-        if m.groups > 1 and m.groups == x.shape[1] and float64_depthwise(x, weight):
+        if float64_depthwise(x, weight, m.groups):
             y = depthwise_taps(x, weight, m.stride, m.padding, m.dilation)
             return y if bias is None else y + bias.view(-1, 1, 1)
         if kind == "depthwise":

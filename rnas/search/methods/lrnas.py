@@ -59,7 +59,7 @@ from rnas.config import LrnasMethodConfig, LrnasValue, Params
 from rnas.data import DatasetInfo
 from rnas.evaluation.attacks import frozen_parameters
 from rnas.evaluation.complexity import count_parameters
-from rnas.runs import RunSpec, parse_budget
+from rnas.runs import RunSpec, run_budget
 from rnas.search.base import (
     Batch,
     BilevelMethod,
@@ -633,11 +633,6 @@ class LrnasMethod(BilevelMethod):
 # --------------------------------------------------------------------------------------------
 # A budget run: the selection under its own λ from the search of ``lrnas``
 # --------------------------------------------------------------------------------------------
-
-
-def run_budget(cfg: LrnasMethodConfig, run: RunSpec) -> int:
-    """λ of a run: ``lrnas`` the block's ``budget``, ``lrnas_<budget>`` the one in its name."""
-    return cfg.budget if run.variant == "default" else parse_budget(run.variant)
 
 
 def final_network_cost(params: Params, info: DatasetInfo) -> ParameterCost:
