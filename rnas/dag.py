@@ -12,9 +12,10 @@ its command imports (:func:`code_inputs`, found from the ``import`` statements, 
 inside functions, and the data files beside them, e.g. templates), so editing a module re-runs
 exactly the stages that use it, under both runners. One rule keeps methods apart: a search
 method's module (``rnas/search/methods/<m>.py``) and what only it imports are inputs of that
-method's searches and of the report (which reads every method's registry entry), never of
-another method's search or of the teacher, retraining or evaluation stages, although the
-method registry (``rnas/search/methods/__init__.py``) imports them all.
+method's searches, never of another method's search, although the method registry
+(``rnas/search/methods/__init__.py``) imports them all; no other stage imports the registry.
+Parsing the workflow imports no torch (a test holds it so): it would cost seconds in every
+Snakemake invocation, remote jobs' included, and every ``rnas dvc-yaml``.
 """
 
 from __future__ import annotations
@@ -231,7 +232,7 @@ def _parents(module: str) -> list[str]:
     return [p for p in (".".join(parts[:i]) for i in range(1, len(parts))) if p in _modules()]
 
 
-def _closure(roots: list[str], follow_methods: bool) -> set[str]:
+def _closure(roots: list[str]) -> set[str]:
     seen: set[str] = set()
     todo = list(roots)
     while todo:
@@ -240,7 +241,7 @@ def _closure(roots: list[str], follow_methods: bool) -> set[str]:
             continue
         seen.add(module)
         todo += _parents(module)  # importing a.b.c runs a/__init__.py and a/b/__init__.py
-        if module == METHODS_PACKAGE and not follow_methods:
+        if module == METHODS_PACKAGE:  # the search stage adds its own method's module
             continue
         todo += _imports(module)
     return seen
@@ -297,7 +298,7 @@ def _code_files(stage: str, method: str | None) -> tuple[Path, ...]:
     roots = ["rnas.cli", _stage_module(stage)]
     if method is not None:
         roots.append(method_modules()[method])
-    modules = _closure(roots, follow_methods=stage == "report")
+    modules = _closure(roots)
     return tuple(sorted({_modules()[m] for m in modules} | _data_files(modules)))
 
 

@@ -16,6 +16,12 @@ if TYPE_CHECKING:
     from rnas.config import LrnasMethodConfig
 
 
+# Search methods that need no epochs (their class sets ``uses_search_loop = False``): their searches
+# write no per-epoch history. Kept here, torch-free, because the Snakefile and dvc.yaml read it
+# (the curve files' series) while parsing; a test holds it equal to the method classes.
+SEARCH_LOOP_FREE_METHODS = frozenset({"random"})
+
+
 @dataclass(frozen=True)
 class RunSpec:
     name: str

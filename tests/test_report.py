@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from fnmatch import fnmatch
 from html.parser import HTMLParser
@@ -477,6 +479,42 @@ def test_dvc_curves_match_their_declaration(report):
     assert {e for e in entries if isinstance(e, str)} == {str(p) for p in paths.report_plots(params)}
     # the dataclass knobs the report shows exist in the evaluate config
     assert {"sanity_large_epsilon", "sanity_square_queries"} <= set(type(params.evaluate).model_fields)
+
+
+def test_the_torch_free_list_of_loop_free_methods_is_the_method_classes():
+    """The curve files (read while Snakemake parses the Snakefile) take the methods without a search
+    loop from rnas.runs, without importing the methods; it must say what the classes say."""
+    from rnas.runs import SEARCH_LOOP_FREE_METHODS
+    from rnas.search.methods import METHODS
+
+    assert SEARCH_LOOP_FREE_METHODS == {name for name, cls in METHODS.items() if not cls.uses_search_loop}
+    assert SEARCH_LOOP_FREE_METHODS  # random
+
+
+def test_parsing_the_snakefile_does_not_import_torch(tmp_path):
+    """Every Snakemake invocation (and every remote job's) parses the Snakefile, and `rnas dvc-yaml`
+    renders the same DAG: importing torch there cost 3-4 s each. A dry run in this process, then
+    whether torch was imported."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    code = (
+        "import sys\n"
+        "from snakemake.cli import main\n"
+        "from rnas import dag\n"
+        "from rnas.config import load_params\n"
+        f"sys.argv = ['snakemake', '--snakefile', {str(ROOT / 'Snakefile')!r}, '-n', '-q']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as end:\n"
+        "    assert not end.code, end.code\n"
+        "dag.render_dvc_yaml(load_params('params.yaml'), root=dag.Path('.'))\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    env = dict(os.environ, RNAS_FORKSERVER="off", GIT_PYTHON_REFRESH="quiet")
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "torch imported: False"
 
 
 def test_best_is_the_highest_passing_mean_and_none_for_a_tie():

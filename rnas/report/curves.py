@@ -27,7 +27,7 @@ from typing import Any
 from rnas import paths
 from rnas.config import Params
 from rnas.io import read_json, write_json
-from rnas.runs import resolve_run
+from rnas.runs import SEARCH_LOOP_FREE_METHODS, resolve_run
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,9 @@ def curve_specs(params: Params) -> list[CurveSpec]:
 
 
 def _uses_search_loop(run: str) -> bool:
-    from rnas.search.methods import METHODS
-
-    factory = METHODS.get(resolve_run(run).method)
-    return bool(getattr(factory, "uses_search_loop", True))
+    """Whether the run's search has epochs (a history to draw), without importing the methods
+    (that imports torch, seconds in every Snakemake and dvc-yaml invocation that parses this)."""
+    return resolve_run(run).method not in SEARCH_LOOP_FREE_METHODS
 
 
 def curve_files(params: Params) -> list[Path]:
