@@ -19,7 +19,10 @@ QUIET := 2>&1 | { grep -v "is ignored: it is neither" || true; }
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip $(QUIET)
-	$(VENV)/bin/python -m pip install -q -e '.[test]' $(QUIET)
+	$(VENV)/bin/python -m pip install -q --no-compile -e '.[test]' $(QUIET)
+	@# pip writes the bytecode one file at a time; compileall uses every core (~40 s less here). Its
+	@# exit status is 1 where a package ships files that are not Python 3, which pip skips alike.
+	$(VENV)/bin/python -m compileall -q -j 0 "$$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
 	$(VENV)/bin/python -c "import rnas, torch, torchvision, foolbox, pyautoattack, mlflow, snakemake, dvc"
 	touch $(STAMP)
 
