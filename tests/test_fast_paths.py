@@ -269,7 +269,7 @@ def test_grouped_pointwise_equals_a_grouped_conv(channels_last, bias, onednn):
     torch.testing.assert_close(one, F.conv2d(x[:, :c_in], w[:c_out]), atol=1e-5, rtol=1e-5)
 
 
-def test_grouped_pointwise_rule(monkeypatch):
+def test_grouped_pointwise_rule_on_amd(monkeypatch):
     """Session 26: oneDNN's grouped 1x1 conv where it beat the block-diagonal product on the AMD
     EPYC: float32 channels-last CPU inputs with 2^18+ elements (paper-scale supernet states), or
     3+ groups on one thread (the digits search, one thread per job); else the product."""
@@ -277,6 +277,7 @@ def test_grouped_pointwise_rule(monkeypatch):
     def cl(*shape, dtype=torch.float32):
         return torch.rand(*shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
 
+    monkeypatch.setattr(ops, "cpu_vendor", lambda: "AuthenticAMD")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert ops.onednn_grouped_pointwise(cl(64, 64, 32, 32), 4)  # DARTS paper, C=16 x 4 edges
     assert ops.onednn_grouped_pointwise(cl(64, 8, 32, 32), 2)  # PC-DARTS K=4, 2^19 elements
@@ -289,6 +290,33 @@ def test_grouped_pointwise_rule(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert not ops.onednn_grouped_pointwise(cl(64, 32, 8, 8), 4)  # two threads: the product wins small
     assert ops.onednn_grouped_pointwise(cl(64, 64, 32, 32), 4)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_grouped_pointwise_rule_elsewhere(monkeypatch, threads):
+    """Session 35: on an Intel Xeon the block-diagonal product beat oneDNN's grouped conv at the
+    digits states and PC-DARTS K = 4's (2 groups, or 4-8 channels per group); oneDNN only for 3+
+    groups of 16+ channels on 2^18+ elements, on one thread or two."""
+
+    def cl(*shape, dtype=torch.float32):
+        return torch.rand(*shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+    monkeypatch.setattr(ops, "cpu_vendor", lambda: "GenuineIntel")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    for shape, groups in [
+        ((64, 32, 8, 8), 4),  # digits normal cell, 4 edges
+        ((64, 48, 4, 4), 3),
+        ((64, 128, 2, 2), 4),
+        ((64, 16, 32, 32), 4),  # PC-DARTS K=4: 4 channels per edge
+        ((64, 32, 16, 16), 4),
+        ((64, 48, 8, 8), 3),  # 16 channels per group, below 2^18 elements
+        ((64, 32, 32, 32), 2),  # two groups
+    ]:
+        assert not ops.onednn_grouped_pointwise(cl(*shape), groups), (shape, groups)
+    for shape, groups in [((64, 64, 8, 8), 4), ((64, 96, 8, 8), 3), ((64, 256, 8, 8), 4), ((256, 64, 8, 8), 4)]:
+        assert ops.onednn_grouped_pointwise(cl(*shape), groups), (shape, groups)
+    assert not ops.onednn_grouped_pointwise(cl(64, 64, 8, 8, dtype=torch.float64), 4)
+    assert not ops.onednn_grouped_pointwise(torch.rand(64, 64, 8, 8), 4)  # NCHW
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -150,28 +150,45 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     return out.view(b, c_out, h, w)
 
 
-GROUPED_ONEDNN_MIN_ELEMENTS = 1 << 18  # input elements from which oneDNN's grouped 1x1 conv wins at any n
+GROUPED_ONEDNN_MIN_ELEMENTS = 1 << 18  # input elements from which oneDNN's grouped 1x1 conv can win
+GROUPED_ONEDNN_MIN_GROUP_CHANNELS = 16  # input channels per group from which it wins on other CPUs
 
 
 def onednn_grouped_pointwise(x: torch.Tensor, groups: int) -> bool:
     """Whether ``groups`` stride-1 1x1 convs on the channel groups of the CPU input ``x`` run as
     oneDNN's grouped convolution rather than as one product with the block-diagonal matrix of
-    their weights (:func:`grouped_pointwise`): for float32 channels-last inputs with 2^18+
-    elements (the paper-scale supernets' states), or 3+ groups on one thread (the digits search,
-    one thread per job). The block-diagonal product multiplies ``groups`` times the useful
-    work, most of it by zeros; the grouped convolution does the useful work in one call, which
-    costs more per call. Measured on an AMD EPYC (Zen 5), forward + both backwards, batch 64,
-    block-diagonal time / grouped-conv time (benchmarks/README.md, session 26): one thread
-    2.2-6.4x at the DARTS paper states (C 16-64, 32x32-8x8), 1.0-3.6x at PC-DARTS K = 4's (4-16
-    channels per edge), 1.0-1.7x at the digits states with 3 or 4 groups, 0.66-0.79x with 2
-    groups below 2^18 elements; two threads 2.5-6.0x, 1.1-2.4x at PC-DARTS' with 3-4 groups,
-    0.6-1.2x at the digits states."""
-    return (
+    their weights (:func:`grouped_pointwise`), for float32 channels-last inputs. The
+    block-diagonal product multiplies ``groups`` times the useful work, most of it by zeros; the
+    grouped convolution does the useful work in one call, which costs more per call. Which wins
+    depends on the CPU (:func:`rnas.runtime.cpu_vendor`, read from /proc/cpuinfo, never assumed):
+
+    - On CPUs of :data:`ONEDNN_POINTWISE_VENDORS` (AMD, whose matmul is the slow kernel): inputs
+      with 2^18+ elements (the paper-scale supernets' states), or 3+ groups on one thread (the
+      digits search, one thread per job). Measured on an AMD EPYC (Zen 5), forward + both
+      backwards, batch 64, block-diagonal time / grouped-conv time (benchmarks/README.md, session
+      26): one thread 2.2-6.4x at the DARTS paper states (C 16-64, 32x32-8x8), 1.0-3.6x at PC-DARTS
+      K = 4's (4-16 channels per edge), 1.0-1.7x at the digits states with 3 or 4 groups,
+      0.66-0.79x with 2 groups below 2^18 elements; two threads 2.5-6.0x, 1.1-2.4x at PC-DARTS'
+      with 3-4 groups, 0.6-1.2x at the digits states.
+    - Elsewhere (Intel Xeons): 3+ groups of 16+ input channels each on 2^18+ elements. Measured on
+      an Ice Lake Xeon, the same ratio (benchmarks/README.md, session 35): 0.61-0.91x at every
+      grouped shape of the PC-DARTS K = 4 paper step and the digits step but one, (64, 64, 8, 8)
+      in 4 groups (1.26x); 1.15-2.03x with 3-4 groups of 16-64 channels on 2^18+ elements, 0.76-0.78x
+      with 4-8 channels per group or with 2 groups even there (one thread; two alike). Session 28's
+      Xeon with AMX: the product 1.2-1.5x faster at the digits states."""
+    if not (
         groups > 1
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and memory_format_of(x) == torch.channels_last
-        and (x.numel() >= GROUPED_ONEDNN_MIN_ELEMENTS or (groups >= 3 and torch.get_num_threads() == 1))
+    ):
+        return False
+    if cpu_vendor() in ONEDNN_POINTWISE_VENDORS:
+        return x.numel() >= GROUPED_ONEDNN_MIN_ELEMENTS or (groups >= 3 and torch.get_num_threads() == 1)
+    return (
+        groups >= 3
+        and x.shape[1] // groups >= GROUPED_ONEDNN_MIN_GROUP_CHANNELS
+        and x.numel() >= GROUPED_ONEDNN_MIN_ELEMENTS
     )
 
 
