@@ -170,7 +170,7 @@ def onednn_grouped_pointwise(x: torch.Tensor, groups: int) -> bool:
       K = 4's (4-16 channels per edge), 1.0-1.7x at the digits states with 3 or 4 groups,
       0.66-0.79x with 2 groups below 2^18 elements; two threads 2.5-6.0x, 1.1-2.4x at PC-DARTS'
       with 3-4 groups, 0.6-1.2x at the digits states.
-    - Elsewhere (Intel Xeons): 3+ groups of 16+ input channels each on 2^18+ elements. Measured on
+    - Elsewhere (measured on Intel Xeons): 3+ groups of 16+ input channels each on 2^18+ elements. On
       an Ice Lake Xeon, the same ratio (benchmarks/README.md, session 35): 0.61-0.91x at every
       grouped shape of the PC-DARTS K = 4 paper step and the digits step but one, (64, 64, 8, 8)
       in 4 groups (1.26x); 1.15-2.03x with 3-4 groups of 16-64 channels on 2^18+ elements, 0.76-0.78x
