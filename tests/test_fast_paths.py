@@ -201,6 +201,11 @@ def test_cpu_vendor_is_read_from_cpuinfo():
     assert cpu_vendor("processor : 0\n") == ""
 
 
+def _cl(*shape, dtype=torch.float32) -> torch.Tensor:
+    """A random channels-last tensor (the layout the oneDNN dispatch rules look at)."""
+    return torch.rand(*shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("vendor", ["AuthenticAMD", "GenuineIntel"])
 def test_wide_or_tall_pointwise_convs_run_on_onednn_on_amd_only(monkeypatch, vendor):
     """Issue 17, sessions 15 and 26: on AMD CPUs torch's matmul is the slow kernel, so 1x1 convs on
@@ -211,22 +216,19 @@ def test_wide_or_tall_pointwise_convs_run_on_onednn_on_amd_only(monkeypatch, ven
     monkeypatch.setattr(ops, "cpu_vendor", lambda: vendor)
     amd = vendor == "AuthenticAMD"
 
-    def cl(*shape):
-        return torch.rand(*shape).contiguous(memory_format=torch.channels_last)
-
     wide = [(64, 32, 16, 16), (64, 64, 8, 8), (64, 64, 32, 32), (8, 256, 8, 8)]  # paper-scale cells
     tall = [(359, 8, 8, 8), (359, 32, 8, 8), (103, 24, 8, 8), (64, 16, 32, 32), (64, 4, 16, 16)]  # >= 6144 rows
     for shape in wide + tall:
-        assert ops.onednn_pointwise(cl(*shape)) == amd, shape
+        assert ops.onednn_pointwise(_cl(*shape)) == amd, shape
     small = [(64, 8, 8, 8), (64, 48, 8, 8), (95, 16, 8, 8), (64, 96, 4, 4), (512, 16, 4, 4), (359, 32, 2, 2)]
     for shape in small:  # the training batches on 8x8, 4x4 and 2x2 maps
-        assert not ops.onednn_pointwise(cl(*shape)), shape
+        assert not ops.onednn_pointwise(_cl(*shape)), shape
     assert not ops.onednn_pointwise(torch.rand(64, 64, 8, 8))  # NCHW keeps its product
-    assert not ops.onednn_pointwise(cl(64, 64, 8, 8).double())
+    assert not ops.onednn_pointwise(_cl(64, 64, 8, 8).double())
 
     torch.manual_seed(0)
     m = PointwiseConv2d(64, 32, 1, bias=False)
-    x = cl(4, 64, 8, 8).requires_grad_(True)
+    x = _cl(4, 64, 8, 8).requires_grad_(True)
     calls = []
     original = ops.pointwise
     monkeypatch.setattr(ops, "pointwise", lambda *a: calls.append(1) or original(*a))
@@ -274,22 +276,19 @@ def test_grouped_pointwise_rule_on_amd(monkeypatch):
     EPYC: float32 channels-last CPU inputs with 2^18+ elements (paper-scale supernet states), or
     3+ groups on one thread (the digits search, one thread per job); else the product."""
 
-    def cl(*shape, dtype=torch.float32):
-        return torch.rand(*shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
-
     monkeypatch.setattr(ops, "cpu_vendor", lambda: "AuthenticAMD")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert ops.onednn_grouped_pointwise(cl(64, 64, 32, 32), 4)  # DARTS paper, C=16 x 4 edges
-    assert ops.onednn_grouped_pointwise(cl(64, 8, 32, 32), 2)  # PC-DARTS K=4, 2^19 elements
-    assert ops.onednn_grouped_pointwise(cl(64, 32, 8, 8), 4)  # digits normal cell, 4 edges
-    assert ops.onednn_grouped_pointwise(cl(64, 48, 4, 4), 3)
-    assert not ops.onednn_grouped_pointwise(cl(64, 16, 8, 8), 2)  # 2 groups, small: the product
-    assert not ops.onednn_grouped_pointwise(cl(64, 32, 8, 8), 1)
+    assert ops.onednn_grouped_pointwise(_cl(64, 64, 32, 32), 4)  # DARTS paper, C=16 x 4 edges
+    assert ops.onednn_grouped_pointwise(_cl(64, 8, 32, 32), 2)  # PC-DARTS K=4, 2^19 elements
+    assert ops.onednn_grouped_pointwise(_cl(64, 32, 8, 8), 4)  # digits normal cell, 4 edges
+    assert ops.onednn_grouped_pointwise(_cl(64, 48, 4, 4), 3)
+    assert not ops.onednn_grouped_pointwise(_cl(64, 16, 8, 8), 2)  # 2 groups, small: the product
+    assert not ops.onednn_grouped_pointwise(_cl(64, 32, 8, 8), 1)
     assert not ops.onednn_grouped_pointwise(torch.rand(64, 32, 8, 8), 4)  # NCHW
-    assert not ops.onednn_grouped_pointwise(cl(64, 32, 8, 8, dtype=torch.float64), 4)  # float64 bound passes
+    assert not ops.onednn_grouped_pointwise(_cl(64, 32, 8, 8, dtype=torch.float64), 4)  # float64 bound passes
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert not ops.onednn_grouped_pointwise(cl(64, 32, 8, 8), 4)  # two threads: the product wins small
-    assert ops.onednn_grouped_pointwise(cl(64, 64, 32, 32), 4)
+    assert not ops.onednn_grouped_pointwise(_cl(64, 32, 8, 8), 4)  # two threads: the product wins small
+    assert ops.onednn_grouped_pointwise(_cl(64, 64, 32, 32), 4)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -297,9 +296,6 @@ def test_grouped_pointwise_rule_elsewhere(monkeypatch, threads):
     """Session 35: on an Intel Xeon the block-diagonal product beat oneDNN's grouped conv at the
     digits states and PC-DARTS K = 4's (2 groups, or 4-8 channels per group); oneDNN only for 3+
     groups of 16+ channels on 2^18+ elements, on one thread or two."""
-
-    def cl(*shape, dtype=torch.float32):
-        return torch.rand(*shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
 
     monkeypatch.setattr(ops, "cpu_vendor", lambda: "GenuineIntel")
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
@@ -312,10 +308,10 @@ def test_grouped_pointwise_rule_elsewhere(monkeypatch, threads):
         ((64, 48, 8, 8), 3),  # 16 channels per group, below 2^18 elements
         ((64, 32, 32, 32), 2),  # two groups
     ]:
-        assert not ops.onednn_grouped_pointwise(cl(*shape), groups), (shape, groups)
+        assert not ops.onednn_grouped_pointwise(_cl(*shape), groups), (shape, groups)
     for shape, groups in [((64, 64, 8, 8), 4), ((64, 96, 8, 8), 3), ((64, 256, 8, 8), 4), ((256, 64, 8, 8), 4)]:
-        assert ops.onednn_grouped_pointwise(cl(*shape), groups), (shape, groups)
-    assert not ops.onednn_grouped_pointwise(cl(64, 64, 8, 8, dtype=torch.float64), 4)
+        assert ops.onednn_grouped_pointwise(_cl(*shape), groups), (shape, groups)
+    assert not ops.onednn_grouped_pointwise(_cl(64, 64, 8, 8, dtype=torch.float64), 4)
     assert not ops.onednn_grouped_pointwise(torch.rand(64, 64, 8, 8), 4)  # NCHW
 
 
