@@ -600,3 +600,91 @@ def test_lrnas_budgets_replays_each_seeds_selection_per_budget(tmp_path):
     assert all(s["params"] <= 50_000 for s in rows[1]["seeds"])
     text = markdown(rows, 8)
     assert "| 1,000,000,000 | 2 * | 8 |" in text and text.rstrip().endswith("pairs decided.")
+
+
+def test_amp_accuracy_stops_with_the_reason_where_bf16_is_not_native(monkeypatch, capsys, tmp_path):
+    """benchmarks/amp_accuracy.py: without bf16 in hardware autocast would run float32, so the
+    comparison would be empty; it says why and starts no stage (``--out`` stays empty)."""
+    import benchmarks.amp_accuracy as amp
+
+    monkeypatch.setattr(amp, "native_bf16", lambda device: (False, "no avx512_bf16 or amx_bf16 flag"))
+    monkeypatch.setattr(amp, "rnas_command", lambda *a, **k: pytest.fail("a stage ran"))
+    assert amp.main(["--out", str(tmp_path / "out")]) == 0
+    assert "skipped: no avx512_bf16 or amx_bf16 flag" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+
+
+def test_amp_accuracy_refuses_a_teacher_run_and_a_used_folder(monkeypatch, tmp_path):
+    """A run that distils needs the teacher, which the chains do not train; a non-empty ``--out``
+    would make the stages resume from another comparison's files."""
+    import benchmarks.amp_accuracy as amp
+
+    monkeypatch.setattr(amp, "native_bf16", lambda device: (True, ""))
+    monkeypatch.setattr(amp, "rnas_command", lambda *a, **k: pytest.fail("a stage ran"))
+    with pytest.raises(SystemExit):
+        amp.main(["--run", "rnas_cl", "--out", str(tmp_path / "a")])
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "left.txt").write_text("x")
+    with pytest.raises(SystemExit):
+        amp.main(["--out", str(tmp_path / "b")])
+
+
+def test_amp_accuracy_variants_differ_only_in_amp_and_results(tmp_path):
+    """The two params files are valid, the same as the user's but for ``pipeline.amp`` and each
+    its own results folder."""
+    import yaml
+
+    from benchmarks.amp_accuracy import PRECISIONS, write_variant
+    from rnas.config import load_params
+
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, amp in PRECISIONS.items():
+        raw = yaml.safe_load(write_variant(ROOT / "params.yaml", tmp_path, name).read_text())
+        assert raw["pipeline"].pop("amp") is amp and raw["pipeline"].pop("results") == str(tmp_path / name / "results")
+        expected = {**base, "pipeline": {k: v for k, v in base["pipeline"].items() if k not in ("amp", "results")}}
+        assert raw == expected
+        assert load_params(tmp_path / name / "params.yaml").pipeline.amp is amp
+
+
+def test_amp_accuracy_compares_cells_and_flags_by_hand():
+    """Cells: the count of differing (op, input) entries; flags: bf16 − float32 paired over seeds,
+    within seed noise only when the interval holds 0 and the difference is no larger than the
+    float32 seeds' sd."""
+    import numpy as np
+
+    from benchmarks.amp_accuracy import cell_differences, compare
+
+    g = {"normal": [["sep_conv_3x3", 0], ["skip_connect", 1]], "reduce": [["max_pool_3x3", 0]]}
+    assert cell_differences(g, g) == 0
+    assert cell_differences(g, {**g, "reduce": [["max_pool_3x3", 1]]}) == 1
+    assert cell_differences(g, {**g, "normal": g["normal"][:1]}) == 1
+    rng = np.random.default_rng(0)
+    f32 = {s: (rng.random(360) < p).astype(float) for s, p in zip((0, 1, 2), (0.5, 0.6, 0.55), strict=True)}
+
+    def results(bf16):
+        return {
+            "float32": {s: {"flags": {"robust": f}} for s, f in f32.items()},
+            "bf16": {s: {"flags": {"robust": bf16(f)}} for s, f in f32.items()},
+        }
+
+    same = compare(results(lambda f: f.copy()), [0, 1, 2], scores=("robust",))["robust"]
+    assert same["comparison"].diff == 0.0 and same["within_seed_noise"]
+    assert same["float32_seed_sd"] == pytest.approx(np.std([f.mean() for f in f32.values()], ddof=1))
+    worse = compare(results(lambda f: np.zeros_like(f)), [0, 1, 2], scores=("robust",))["robust"]
+    assert worse["comparison"].diff == pytest.approx(-np.mean([f.mean() for f in f32.values()]))
+    assert not worse["within_seed_noise"]
+
+
+def test_amp_accuracy_sets_bf16s_cell_changes_against_another_seeds():
+    """The cells' reference: bf16 against float32 seed by seed, and float32 seeds pairwise."""
+    from benchmarks.amp_accuracy import _mean_differences
+
+    def cell(*ops):
+        return {"normal": [[op, 0] for op in ops], "reduce": []}
+
+    results = {
+        "float32": {0: {"architecture": cell("a", "b")}, 1: {"architecture": cell("c", "d")}},
+        "bf16": {0: {"architecture": cell("a", "x")}, 1: {"architecture": cell("c", "d")}},
+    }
+    assert _mean_differences(results, [0, 1], "bf16") == "0.5"  # seed 0: one entry, seed 1: none
+    assert _mean_differences(results, [0, 1]) == "2.0"  # the float32 seeds differ in both entries
