@@ -6,17 +6,19 @@ For each seed, one run (default ``darts``) goes through the pipeline's own stage
 params file as it is (``pipeline.amp: false``, float32) and once with ``pipeline.amp: true``
 (bf16 autocast of the search and training steps; the evaluation's attacks stay float32). Each
 precision gets its own results folder and MLflow store under ``--out``. Printed per seed: whether
-the derived cells are the same, the search's stable-from epoch, the stage seconds, clean and
+the derived cells are the same (the genotype entries that differ, counted as the report counts
+them: :func:`rnas.search.stability.changed_entries`), the search's stable-from epoch, the stage seconds, clean and
 robust accuracy; then bf16 − float32 over the seeds (paired per example, the report's
 :func:`rnas.report.stats.compare_paired`: a McNemar test per seed, a t interval over seeds)
 beside the float32 seeds' own spread, and a verdict: bf16 changes results *within seed noise*
 when the interval holds 0 and the mean difference is no larger than the float32 seeds' standard
 deviation, else *beyond seed noise*.
 
-Needs bf16 in hardware (CUDA, or a CPU whose /proc/cpuinfo names ``avx512_bf16`` or
-``amx_bf16``); elsewhere autocast would fall back to float32 and the comparison would be empty,
-so it stops with the reason. A statistical check that takes minutes (about 15 on a 2-core
-machine for three seeds of ``darts`` at the digits default), not a timing; the stage seconds are
+Needs what the stages need to autocast (:func:`rnas.runtime.amp_supported`: CUDA, or a CPU
+whose /proc/cpuinfo names ``avx512_bf16`` or ``amx_bf16``); elsewhere ``pipeline.amp`` is ignored
+(float32) and the comparison would be empty, so it stops with the reason. A statistical check
+that takes minutes (11 on a 2-core Intel Xeon with AMX for three seeds of ``darts`` at the digits
+default), not a timing; the stage seconds are
 a by-product, comparable only on an idle machine.
 
     python -m benchmarks.amp_accuracy --seeds 0,1,2 --jobs 2 --out /tmp/rnas-amp
@@ -39,20 +41,20 @@ from typing import Any
 import numpy as np
 import yaml
 
+from rnas.search.stability import changed_entries
+
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = {"float32": False, "bf16": True}  # name -> pipeline.amp
 STAGES = ("search", "retrain", "evaluate")
 
 
 def native_bf16(device: str) -> tuple[bool, str]:
-    """Whether bf16 runs in hardware on ``device`` (the params file's ``pipeline.device``), and why not."""
-    import torch
+    """Whether the stages would autocast on ``device`` (the params file's ``pipeline.device``, chosen
+    as they choose it), and why not."""
+    from rnas.runtime import amp_supported, choose_device
 
-    from rnas.runtime import cpu_has_native_bf16
-
-    if device in ("cuda", "auto") and torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported()), "this GPU has no bf16"
-    return cpu_has_native_bf16(), "no avx512_bf16 or amx_bf16 flag in /proc/cpuinfo"
+    chosen = choose_device(device)
+    return amp_supported(chosen), f"pipeline.amp is ignored on this {chosen.type} (no avx512_bf16 or amx_bf16 flag)"
 
 
 def write_variant(params_file: Path, out: Path, precision: str) -> Path:
@@ -103,18 +105,14 @@ def outcome(params_file: Path, run: str, seed: int) -> dict[str, Any]:
     return {
         "architecture": json.loads(paths.arch_file(params, run, seed).read_text()),
         "stable_from_epoch": search.get("stable_from_epoch"),
-        "decided": search.get("decided"),
         "flags": {k: v.astype(float) for k, v in flags.items()},
     }
 
 
 def cell_differences(a: dict[str, Any], b: dict[str, Any]) -> int:
-    """Entries (op, input) of the two genotypes' cells that differ; 0 for the same architecture."""
-    n = 0
-    for key in ("normal", "reduce"):
-        ea, eb = a.get(key, []), b.get(key, [])
-        n += sum(1 for x, y in zip(ea, eb, strict=False) if x != y) + abs(len(ea) - len(eb))
-    return n
+    """The genotype entries (each kept edge's op and input, the concat lists) that differ, as the
+    report counts them; 0 for the same architecture."""
+    return len(changed_entries(a, b))
 
 
 def _mean_differences(results, seeds: list[int], against: str | None = None) -> str:
